@@ -1,0 +1,24 @@
+"""transferkit: turn a pretrained transformer into a task model.
+
+    import transferkit
+    result = transferkit.finetune(data="movie-sentences", method="lora", epochs=1)
+    transferkit.Predictor.from_run(result.run_dir).predict(["a fine film"])
+"""
+from .api import evaluate, finetune, list_datasets, list_models, make_config, predict
+from .config import RunConfig
+from .errors import UserError
+from .modeling import register as _register
+
+
+def __getattr__(name: str):  # Predictor imports torch; load it only when asked for
+    if name == "Predictor":
+        from .inference import Predictor
+        return Predictor
+    raise AttributeError(name)
+
+
+_register()
+
+__all__ = ["finetune", "evaluate", "predict", "list_datasets", "list_models", "make_config",
+           "RunConfig", "UserError", "Predictor"]
+__version__ = "0.1.0"

@@ -1,0 +1,342 @@
+"""The Python API; the CLI maps 1:1 onto these functions.
+
+    finetune(cfg)            train a classifier, write a run directory, return its metrics
+    evaluate(run_dir, ...)   metrics, plots and an HTML report for a finished run
+    predict(run_dir, texts)  labels with confidence, in input order
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import RunConfig, validate
+from .errors import UserError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied."""
+    if isinstance(config, RunConfig):
+        cfg = RunConfig.from_dict(config.to_dict())
+    elif isinstance(config, dict):
+        cfg = RunConfig.from_dict(config)
+    elif config is not None:
+        cfg = RunConfig.from_yaml(config)
+    else:
+        cfg = RunConfig()
+    for k, v in (overrides or {}).items():
+        cfg.override(k, v)
+    return cfg
+
+
+def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
+             log: Any = _log, **overrides: Any) -> FinetuneResult:
+    """Fine-tune a classifier. Overrides use dotted keys (`train.lr=1e-4`) or these short names:
+    data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir."""
+    from . import methods  # noqa: F401  (registers methods)
+    from .registry import METHODS
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a transferkit run directory)")
+        cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+        if (run_dir / "metrics.json").is_file():
+            raise UserError(f"{run_dir} already finished; nothing to resume")
+    else:
+        cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    validate(cfg)
+    method = METHODS.get(cfg.method.name)(cfg.method)
+    from .models import resolve_model
+    resolved = resolve_model(cfg.model.name)
+    pooling = resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
+
+    from .data.prepare import prepare_splits
+    splits = prepare_splits(cfg.data, cfg.train.seed, log=log)
+    from .models import load_tokenizer
+    tokenizer = load_tokenizer(resolved.path)
+    from .data import tokens as tk
+    lengths = tk.token_lengths(tokenizer, splits.train.texts)
+    stats = tk.length_stats(lengths)
+    from transformers import AutoConfig
+    limit = tk.model_max_length(tokenizer, AutoConfig.from_pretrained(resolved.path))
+    max_length = cfg.data.max_length or tk.choose_max_length(stats, limit)
+    if max_length > limit:
+        raise UserError(f"data.max_length {max_length} exceeds the model's limit of {limit} tokens")
+    log(f"tokens per text (train): mean {stats['mean']}, p95 {stats['p95']}, max {stats['max']} -> max_length {max_length}"
+        + ("" if cfg.data.max_length else " (from the data)"))
+
+    # All input is valid: from here on a run directory exists.
+    run_dir = Path(resume) if resume else _new_run_dir(cfg)
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
+                           resuming=resume is not None, log=log)
+
+
+SHORT_KEYS = {"data": "data.data", "text_column": "data.text_column", "label_column": "data.label_column",
+              "model": "model.name", "method": "method.name", "epochs": "train.epochs",
+              "batch_size": "train.batch_size", "lr": "train.lr", "max_steps": "train.max_steps",
+              "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit"}
+
+
+def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, splits: Any, tokenizer: Any,
+                    max_length: int, stats: dict, run_dir: Path, resuming: bool, log: Any) -> FinetuneResult:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .data.batches import FeatureData, TokenData
+    from .data.tokens import tokenize
+    from .inference import pooled_features, predict_logits
+    from .methods.base import count_parameters, describe_parameters
+    from .metrics import classification_metrics
+    from .models import build_classifier
+    from .runinfo import RunInfo
+    from .train import Trainer
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg.train.seed)
+    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout)
+    model = method.apply(model)
+    counts = count_parameters(model)
+    log(describe_parameters(counts))
+    pad_id = tokenizer.pad_token_id or 0
+    data = {name: TokenData(tokenize(tokenizer, s.texts, max_length), list(s.labels))
+            for name, s in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+    if method.cache_features:
+        data = _cached_features(model, data, run_dir, pooled_features, accelerator.device, pad_id, log)
+    num_labels = len(splits.label_names)
+
+    def eval_split(m: Any, name: str) -> tuple[dict[str, float], torch.Tensor]:
+        logits = predict_logits(m, data[name], 64, pad_id, accelerator.device)
+        labels = torch.tensor(data[name].labels)
+        metrics = {"loss": float(torch.nn.functional.cross_entropy(logits, labels))}
+        metrics.update(classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), num_labels))
+        return metrics, logits
+
+    has_val = len(data["validation"]) > 0
+    lr = cfg.train.lr or method.default_lr
+    head_lr = cfg.train.head_lr or method.default_head_lr or lr
+    trainer = Trainer(model, data["train"], cfg.train, lr, head_lr, run_dir, accelerator, pad_id,
+                      eval_fn=(lambda m: eval_split(m, "validation")[0]) if has_val else None, log=log)
+    if resuming:
+        if trainer.load_checkpoint():
+            log(f"resuming {run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
+        else:
+            log(f"no checkpoint in {run_dir}: starting from the beginning")
+    log(f"training {method.name}: lr {lr:g} (head {head_lr:g}), {trainer.total_steps} steps of "
+        f"{cfg.train.batch_size * cfg.train.grad_accum} examples, {accelerator.device}")
+    state = trainer.fit()
+    model = accelerator.unwrap_model(trainer.model)
+
+    test_metrics, test_logits = eval_split(model, "test")
+    best_val = None
+    if has_val:
+        best_val, _ = eval_split(model, "validation")
+    # Save the artefact to a temporary folder first so a crash never leaves half a model.
+    art = run_dir / method.artifact
+    tmp = run_dir / (method.artifact + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    method.save(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(art, ignore_errors=True)
+    tmp.rename(art)
+    info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
+                   cfg.model.classifier_dropout, _method_options(cfg))
+    info.write()
+    samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
+    metrics = {"test": test_metrics, "validation": best_val,
+               "train": {"steps": state.global_step, "epochs": round(state.global_step / trainer.steps_per_epoch, 3),
+                         "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
+                         "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
+                         "best_step": state.best_step, "lr": lr, "head_lr": head_lr},
+               "params": counts, "data": {**splits.summary, "token_lengths": stats, "max_length": max_length},
+               "method": method.name, "model": resolved.name}
+    _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    _write_report(run_dir, splits, test_logits, info, cfg)
+    log(f"test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+    log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
+    log(f"run directory: {run_dir}")
+    return FinetuneResult(run_dir, metrics)
+
+
+def _cached_features(model: Any, data: dict, run_dir: Path, pooled_features: Any, device: Any, pad_id: int,
+                     log: Any) -> dict:
+    """Encode every split once with the frozen encoder; reuse the cache when a run resumes."""
+    from safetensors.torch import load_file, save_file
+
+    from .data.batches import FeatureData
+    path = run_dir / "cache" / "features.safetensors"
+    if path.is_file():
+        feats = load_file(str(path))
+        log(f"using cached encoder features from {path}")
+    else:
+        t0 = time.perf_counter()
+        model.to(device)
+        feats = {name: pooled_features(model, d, 64, pad_id, device).contiguous() for name, d in data.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(feats, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+        log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
+            f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
+    return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
+
+
+def _method_options(cfg: RunConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+    return asdict(cfg.method)
+
+
+def _write_report(run_dir: Path, splits: Any, logits: Any, info: Any, cfg: RunConfig) -> None:
+    import torch
+
+    from .metrics import full_report
+    from .report import write_report
+    probs = torch.softmax(logits, -1).numpy()
+    y_true = list(splits.test.labels)
+    report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
+    write_report(run_dir / "report", report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
+                 label_names=splits.label_names, history=read_history(run_dir),
+                 title=f"transferkit: {info.method} on {cfg.data.data or cfg.data.train}",
+                 extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
+                        "data": cfg.data.data or cfg.data.train, "split": "test"})
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    if cfg.output_dir:
+        p = Path(cfg.output_dir)
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
+        if p.exists():
+            p.rmdir()
+        return p
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{cfg.method.name}"
+    p, i = base, 1
+    while p.exists():
+        p, i = Path(f"{base}-{i}"), i + 1
+    return p
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,
+             label_column: str | None = None, output_dir: str | Path | None = None, quantize: bool = False,
+             log: Any = _log) -> dict[str, Any]:
+    """Score a finished run on its own test split (default) or on a labelled file; write the report."""
+    from .inference import Predictor
+    from .metrics import full_report
+    from .report import write_report
+    from .runinfo import RunInfo
+    info = RunInfo.read(run_dir)
+    texts, y_true, source = _labelled_texts(run_dir, info, data, text_column, label_column)
+    predictor = Predictor.from_run(run_dir, quantize=quantize)
+    probs = predictor.predict_proba(texts)
+    report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
+    out = Path(output_dir) if output_dir else Path(run_dir) / "report"
+    paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
+                         history=read_history(Path(run_dir)), title=f"transferkit: {info.method} on {source}",
+                         extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
+                                "data": source, "rows": len(texts)})
+    log(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "f1_macro")))
+    log(f"report: {paths.get('html', out)}")
+    return report
+
+
+def _labelled_texts(run_dir: Any, info: Any, data: str | None, text_column: str | None,
+                    label_column: str | None) -> tuple[list[str], list[int], str]:
+    if data is None:
+        from .data.prepare import prepare_splits
+        cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
+        splits = prepare_splits(cfg.data, cfg.train.seed, log=lambda *_: None)
+        return list(splits.test.texts), list(splits.test.labels), f"{cfg.data.data or cfg.data.test} (test split)"
+    from .data.load import load_table
+    table = load_table(data, text_column, label_column)
+    index = {name: i for i, name in enumerate(info.label_names)}
+    y = []
+    for row, label in enumerate(table.labels, start=1):
+        key = str(label)
+        if key not in index:
+            raise UserError(f"{data}: row {row} has label {key!r}, which the model does not know "
+                            f"(labels: {', '.join(info.label_names)})")
+        y.append(index[key])
+    return list(table.texts), y, str(data)
+
+
+def predict(run_dir: str | Path, texts: Sequence[str] | None = None, *, input: str | None = None,
+            output: str | None = None, text_column: str | None = None, batch_size: int = 64,
+            quantize: bool = False, log: Any = _log) -> list[dict[str, Any]]:
+    """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given."""
+    from .inference import Predictor
+    if texts is None and input is None:
+        raise UserError("give texts to predict or --input FILE")
+    if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise UserError(f"output file {output}: use a .jsonl or .csv name")
+    all_texts = list(texts or [])
+    if input is not None:
+        from .data.load import read_texts
+        all_texts += read_texts(input, text_column)
+    if not all_texts:
+        raise UserError("no texts to predict")
+    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size)
+    results = predictor.predict(all_texts)
+    log(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
+    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
+    if output is not None:
+        _write_predictions(Path(output), rows, predictor.label_names)
+        log(f"wrote {output}")
+    return rows
+
+
+def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix.lower() == ".csv":
+        import csv
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
+            for r in rows:
+                w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
+    else:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    from .data.bundled import list_datasets as _ld
+    return _ld()
+
+
+def list_models() -> list[dict[str, Any]]:
+    from .models import list_models as _lm
+    return _lm()

