@@ -4,6 +4,13 @@
     result = transferkit.finetune(data="movie-sentences", method="lora", epochs=1)
     transferkit.Predictor.from_run(result.run_dir).predict(["a fine film"])
 """
+import os as _os
+
+# On a shared 2-core machine, spinning OpenMP threads made a training step 2.5-6x slower whenever
+# another process held a core (PERFORMANCE.md); passive waiting removed that. It must be set before
+# torch loads OpenMP, hence here; a value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .api import evaluate, finetune, list_datasets, list_models, make_config, predict
 from .config import RunConfig
 from .errors import UserError

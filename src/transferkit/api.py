@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import runtime
 from .config import RunConfig, validate
 from .errors import UserError
 
@@ -51,6 +52,7 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir."""
     from . import methods  # noqa: F401  (registers methods)
     from .registry import METHODS
+    runtime.setup()
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -113,7 +115,9 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
-    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout)
+    head = method.default_head if cfg.model.head == "auto" else cfg.model.head
+    head_hidden = 0 if head == "linear" else _hidden_size(resolved.path)
+    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden)
     model = method.apply(model)
     counts = count_parameters(model)
     log(describe_parameters(counts))
@@ -135,6 +139,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     lr = cfg.train.lr or method.default_lr
     head_lr = cfg.train.head_lr or method.default_head_lr or lr
     trainer = Trainer(model, data["train"], cfg.train, lr, head_lr, run_dir, accelerator, pad_id,
+                      epochs=cfg.train.epochs or method.default_epochs,
                       eval_fn=(lambda m: eval_split(m, "validation")[0]) if has_val else None, log=log)
     if resuming:
         if trainer.load_checkpoint():
@@ -159,7 +164,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     shutil.rmtree(art, ignore_errors=True)
     tmp.rename(art)
     info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
-                   cfg.model.classifier_dropout, _method_options(cfg))
+                   cfg.model.classifier_dropout, head_hidden, _method_options(cfg))
     info.write()
     samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
     metrics = {"test": test_metrics, "validation": best_val,
@@ -197,6 +202,14 @@ def _cached_features(model: Any, data: dict, run_dir: Path, pooled_features: Any
         log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
             f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
     return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
+
+
+def _hidden_size(path: str) -> int:
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(path)
+    if getattr(c, "model_type", "") == "transferkit_classifier":
+        return c.hidden_size
+    return int(getattr(c, "hidden_size", None) or getattr(c, "dim", None) or c.d_model)
 
 
 def _method_options(cfg: RunConfig) -> dict[str, Any]:
@@ -256,6 +269,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
     from .metrics import full_report
     from .report import write_report
     from .runinfo import RunInfo
+    runtime.setup()
     info = RunInfo.read(run_dir)
     texts, y_true, source = _labelled_texts(run_dir, info, data, text_column, label_column)
     predictor = Predictor.from_run(run_dir, quantize=quantize)
@@ -296,6 +310,7 @@ def predict(run_dir: str | Path, texts: Sequence[str] | None = None, *, input: s
             quantize: bool = False, log: Any = _log) -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given."""
     from .inference import Predictor
+    runtime.setup()
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):

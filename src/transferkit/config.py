@@ -35,6 +35,7 @@ class ModelConfig:
     name: str = field(default="minilm-l6", metadata={"help": "bundled name, local HF folder or hub name"})
     pooling: str = field(default="auto", metadata={"help": "auto|mean|cls: how the head reads the encoder (auto: what the model was trained with)"})
     classifier_dropout: float = field(default=0.1, metadata={"help": "dropout before the classification layer"})
+    head: str = field(default="auto", metadata={"help": "auto|linear|mlp: the task head (auto: per method; mlp has one hidden layer of the encoder's width)"})
 
 
 @dataclass
@@ -48,9 +49,9 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = field(default=3, metadata={"help": "passes over the training split"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the training split (default per method)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step (before accumulation)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per micro-batch; a step sees batch_size * grad_accum"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: per method)"})
@@ -193,7 +194,7 @@ def validate(cfg: RunConfig) -> None:
         (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
         (t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
         (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
-        (t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
+        (t.epochs is not None and t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
         (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),
         (t.weight_decay < 0, "train.weight_decay", "must be >= 0", t.weight_decay),
         (not 0 <= t.warmup < 1, "train.warmup", "must be in [0, 1)", t.warmup),
@@ -203,6 +204,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.method.lora_r <= 0, "method.lora_r", "must be > 0", cfg.method.lora_r),
         (not 0 <= cfg.method.lora_dropout < 1, "method.lora_dropout", "must be in [0, 1)", cfg.method.lora_dropout),
         (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
+        (cfg.model.head not in ("auto", "linear", "mlp"), "model.head", "must be auto, linear or mlp", cfg.model.head),
         (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
         (len(cfg.data.split) != 3 or any(f < 0 for f in cfg.data.split) or abs(sum(cfg.data.split) - 1) > 1e-6,
          "data.split", "must be three non-negative fractions summing to 1", cfg.data.split),

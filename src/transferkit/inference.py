@@ -70,7 +70,9 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, device: str | None = None, quantize: bool = False,
                  batch_size: int = 64) -> "Predictor":
         """Load a finetune run directory (full model or adapter, merged for serving)."""
+        from . import runtime
         from .runinfo import RunInfo
+        runtime.setup()
         info = RunInfo.read(run_dir)
         model = info.load_model(merge=True)
         if quantize:

@@ -33,10 +33,11 @@ class TransferkitClassifierConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, encoder: dict | None = None, pooling: str = "mean",
-                 classifier_dropout: float = 0.1, **kwargs: Any) -> None:
+                 classifier_dropout: float = 0.1, head_hidden: int = 0, **kwargs: Any) -> None:
         self.encoder = dict(encoder or {})
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
+        self.head_hidden = head_hidden  # 0: linear head; >0: one GELU hidden layer of this width
         super().__init__(**kwargs)
 
     def encoder_config(self) -> PretrainedConfig:
@@ -49,7 +50,7 @@ class TransferkitClassifierConfig(PretrainedConfig):
 
 
 class TransferkitForSequenceClassification(PreTrainedModel):
-    """Encoder -> pooling (mean over real tokens, or the first token) -> dropout -> linear."""
+    """Encoder -> pooling (mean over real tokens, or the first token) -> dropout -> linear (or small MLP)."""
 
     config_class = TransferkitClassifierConfig
     base_model_prefix = "encoder"
@@ -61,12 +62,18 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # never read: the head pools itself
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        h, n = config.hidden_size, config.num_labels
+        if config.head_hidden:
+            self.classifier = nn.Sequential(nn.Linear(h, config.head_hidden), nn.GELU(),
+                                            nn.Dropout(config.classifier_dropout), nn.Linear(config.head_hidden, n))
+        else:
+            self.classifier = nn.Linear(h, n)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         # Only the head is ours; encoder weights come from the checkpoint or the encoder's own init.
-        if module is getattr(self, "classifier", None):
+        head = getattr(self, "classifier", None)
+        if head is not None and isinstance(module, nn.Linear) and any(module is m for m in head.modules()):
             std = float(self.config.encoder.get("initializer_range", 0.02))
             nn.init.normal_(module.weight, std=std)
             nn.init.zeros_(module.bias)
@@ -102,7 +109,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_encoder(cls, path: str, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
-                     id2label: dict[int, str] | None = None, **load_kwargs: Any) -> "TransferkitForSequenceClassification":
+                     id2label: dict[int, str] | None = None, head_hidden: int = 0, **load_kwargs: Any) -> "TransferkitForSequenceClassification":
         """A new classifier over the pretrained encoder at `path` (a HF folder or hub name)."""
         encoder = AutoModel.from_pretrained(path, **load_kwargs)
         enc_cfg = encoder.config.to_dict()
@@ -110,7 +117,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
             enc_cfg.pop(k, None)
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         config = TransferkitClassifierConfig(
-            encoder=enc_cfg, pooling=pooling, classifier_dropout=classifier_dropout,
+            encoder=enc_cfg, pooling=pooling, classifier_dropout=classifier_dropout, head_hidden=head_hidden,
             num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
         return cls(config, encoder=encoder)
 

@@ -103,7 +103,8 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float) -> Any:
+def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
+                     head_hidden: int = 0) -> Any:
     """A fresh classifier over the resolved encoder, with the task's label names."""
     from .modeling import TransferkitForSequenceClassification
     id2label = dict(enumerate(label_names))
@@ -114,8 +115,9 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
         old = TransferkitForSequenceClassification.from_pretrained(path)
         from .modeling import TransferkitClassifierConfig
         config = TransferkitClassifierConfig(
-            encoder=old.config.encoder, pooling=pooling, classifier_dropout=classifier_dropout,
+            encoder=old.config.encoder, pooling=pooling, classifier_dropout=classifier_dropout, head_hidden=head_hidden,
             num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()})
         return TransferkitForSequenceClassification(config, encoder=old.encoder)
     return TransferkitForSequenceClassification.from_encoder(
-        path, num_labels=len(label_names), pooling=pooling, classifier_dropout=classifier_dropout, id2label=id2label)
+        path, num_labels=len(label_names), pooling=pooling, classifier_dropout=classifier_dropout, id2label=id2label,
+        head_hidden=head_hidden)

@@ -25,6 +25,7 @@ class RunInfo:
     max_length: int
     pooling: str
     classifier_dropout: float
+    head_hidden: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -61,6 +62,6 @@ class RunInfo:
         from .models import ResolvedModel, build_classifier
         method = self.method_instance()
         base = lambda: build_classifier(ResolvedModel(self.model_name, self.model_path, self.pooling),  # noqa: E731
-                                        self.label_names, self.pooling, self.classifier_dropout)
+                                        self.label_names, self.pooling, self.classifier_dropout, self.head_hidden)
         model = method.load(self.artifact_dir, base)
         return method.for_inference(model) if merge else model

@@ -91,7 +91,7 @@ class Trainer:
     """Trains `model` on `train_data` (TokenData or FeatureData) and keeps a resumable run directory."""
 
     def __init__(self, model: nn.Module, train_data: Any, cfg: TrainConfig, lr: float, head_lr: float,
-                 run_dir: Path, accelerator: Any, pad_id: int = 0,
+                 run_dir: Path, accelerator: Any, pad_id: int = 0, epochs: float | None = None,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  loss_fn: Callable = classification_loss, log: Callable[[str], None] = print) -> None:
         self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
@@ -99,7 +99,8 @@ class Trainer:
         self.lengths = train_data.lengths()
         micro = math.ceil(len(train_data) / cfg.batch_size / accelerator.num_processes)
         self.steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
-        self.total_steps = cfg.max_steps or max(1, math.ceil(self.steps_per_epoch * cfg.epochs))
+        self.epochs = epochs or cfg.epochs or 3
+        self.total_steps = cfg.max_steps or max(1, math.ceil(self.steps_per_epoch * self.epochs))
         self.model = model.to(accelerator.device)
         opt = make_optimizer(param_groups(self.model, lr, head_lr, cfg.weight_decay), accelerator.device)
         from transformers import get_linear_schedule_with_warmup

@@ -64,7 +64,7 @@ def read_texts(source: str, text_column: str | None = None, role: str = "input")
     path = Path(source).expanduser()
     if path.suffix.lower() == ".txt" and path.is_file():
         lines = [ln.strip() for ln in _read_utf8(path, source).split("\n")]
-        texts = [ln for ln in lines if ln]  # blank lines separate nothing here; skip them
+        texts = [ln for ln in lines if ln]  # a blank line is not a text to predict
         if not texts:
             raise UserError(f"{source}: file is empty (no rows)")
         return texts

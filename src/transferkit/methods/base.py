@@ -42,6 +42,8 @@ class Method:
     name: ClassVar[str]
     default_lr: ClassVar[float]
     default_head_lr: ClassVar[float | None] = None  # None: same as lr
+    default_epochs: ClassVar[float] = 3
+    default_head: ClassVar[str] = "linear"  # linear | mlp
     # True when the encoder is frozen, so pooled features can be computed once and cached.
     cache_features: ClassVar[bool] = False
     # Folder name inside the run directory: "model" (full HF folder) or "adapter" (PEFT folder).

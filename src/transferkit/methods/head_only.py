@@ -16,6 +16,10 @@ from .base import Method, is_head_param
 class HeadOnly(Method):
     name = "head_only"
     default_lr = 1e-3
+    default_epochs = 20  # an epoch over cached features takes well under a second
+    # A frozen encoder leaves the head all the capacity there is: one hidden layer gained ~1 point
+    # over a linear head on the movie sentences (77.5% vs 75-76.5%, MiniLM mean-pooled features).
+    default_head = "mlp"
     cache_features = True
 
     def apply(self, model: nn.Module) -> nn.Module:

@@ -1,0 +1,179 @@
+"""Inference throughput: the textbook one-sentence-at-a-time loop vs `transferkit.inference.Predictor`.
+
+All variants run in this one process on the same model object (same weights) and the same
+sentences: the first N (default 2,000) bundled movie sentences in file order.
+
+    naive          AutoTokenizer per sentence, padding="max_length" (128), truncation, torch.no_grad()
+    Predictor fp32 one tokenizer call, length-sorted batches padded per batch, inference_mode
+    Predictor int8 the same with dynamic int8 quantisation of the Linear layers (a quantised copy)
+
+Usage:
+    python benchmarks/inference.py                 # fresh MiniLM classifier (speed does not need training)
+    python benchmarks/inference.py --run RUN_DIR   # a trained run: also int8 vs fp32 argmax agreement
+    python benchmarks/inference.py --quick         # 100 sentences, smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, environment, print_table, quiet_libraries, ratio, set_threads, write_json  # noqa: E402
+
+NAIVE_MAX_LENGTH = 128
+TARGET = 10.0  # best Predictor variant vs naive
+
+
+def load_texts(n: int) -> list[str]:
+    """The first `n` bundled movie sentences in file order."""
+    import transferkit.data.bundled  # noqa: F401  (registers the bundled datasets)
+    from transferkit.registry import DATASETS
+    df = DATASETS.get("movie-sentences").load()
+    if n > len(df):
+        raise SystemExit(f"--n {n} exceeds the {len(df)} bundled sentences")
+    return [str(t) for t in df["text"].iloc[:n]]
+
+
+def load_model(run: Path | None, max_length: int, batch_size: int) -> tuple[Any, Any, str, dict[str, Any]]:
+    """(fp32 Predictor, baseline tokenizer, tokenizer folder, model description)."""
+    from transformers import AutoTokenizer
+
+    from transferkit.inference import Predictor
+    if run is not None:
+        from transferkit.runinfo import RunInfo
+        predictor = Predictor.from_run(run, device="cpu", batch_size=batch_size)
+        info = RunInfo.read(run)
+        tok_dir = str(info.artifact_dir)
+        desc = {"kind": "trained run", "run_dir": str(run), "method": info.method, "model": info.model_name,
+                "predictor_max_length": info.max_length}
+    else:
+        from transferkit.models import build_classifier, load_tokenizer, resolve_model
+        resolved = resolve_model("minilm-l6")
+        model = build_classifier(resolved, ["negative", "positive"], resolved.pooling, 0.1)
+        tok_dir = resolved.path
+        predictor = Predictor(model, load_tokenizer(tok_dir), ["negative", "positive"], max_length=max_length,
+                              batch_size=batch_size, device="cpu")
+        desc = {"kind": "fresh classifier (untrained head)", "model": resolved.name, "pooling": resolved.pooling,
+                "predictor_max_length": max_length}
+    return predictor, AutoTokenizer.from_pretrained(tok_dir), tok_dir, desc
+
+
+def naive_proba(model: Any, tokenizer: Any, texts: list[str]) -> Any:
+    """The textbook loop: one sentence per call, padded to 128, under no_grad."""
+    import torch
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            enc = tokenizer(text, padding="max_length", max_length=NAIVE_MAX_LENGTH, truncation=True,
+                            return_tensors="pt")
+            logits = model(**enc).logits  # [1, classes]
+            rows.append(torch.softmax(logits, dim=-1)[0])
+    return torch.stack(rows).numpy()
+
+
+def timed(fn: Callable[[list[str]], Any], texts: list[str], repeats: int) -> tuple[float, list[float], Any]:
+    """Median sentences/s over `repeats` runs, every run's rate, and the last run's output."""
+    rates, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(texts)
+        rates.append(len(texts) / (time.perf_counter() - t0))
+    return statistics.median(rates), rates, out
+
+
+def compare(a: Any, b: Any) -> dict[str, float]:
+    """Argmax agreement and the largest probability difference between two [n, classes] arrays."""
+    import numpy as np
+    return {"argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
+            "max_abs_prob_diff": float(np.abs(a - b).max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p, "inference")
+    p.add_argument("--run", type=Path, help="a finished transferkit run directory (default: a fresh classifier)")
+    p.add_argument("--n", type=int, default=2000, help="sentences (the first N in file order; default 2000)")
+    p.add_argument("--batch-size", type=int, default=64, help="Predictor batch size (default 64)")
+    p.add_argument("--max-length", type=int, default=NAIVE_MAX_LENGTH,
+                   help="Predictor token limit for the fresh model (a run uses its own; default 128, as naive)")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes per variant; the median is reported")
+    p.add_argument("--warmup", type=int, default=64, help="sentences run untimed through each variant first")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n = min(args.n, 100)
+        args.warmup = min(args.warmup, 16)
+
+    set_threads(args.threads)
+    quiet_libraries()
+    # torch 2.13 warns that quantised tensor constructors are deprecated; the kernels still run.
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    import torch
+
+    from transferkit.inference import Predictor, quantize_int8
+    env = environment(args.threads)
+    texts = load_texts(args.n)
+    predictor, naive_tok, tok_dir, model_desc = load_model(args.run, args.max_length, args.batch_size)
+    model = predictor.model  # the one fp32 model both the naive loop and the Predictor run
+    # quantize_dynamic copies the model, so `model` stays fp32; same weights before quantisation.
+    predictor_q = Predictor(quantize_int8(model), predictor.tokenizer, predictor.label_names, predictor.max_length,
+                            args.batch_size, device="cpu")
+    print(f"model: {model_desc['kind']} ({tok_dir}); {len(texts)} sentences; {args.threads} threads; "
+          f"torch {torch.__version__}", file=sys.stderr)
+
+    variants: dict[str, Callable[[list[str]], Any]] = {
+        "naive (1 at a time, pad 128)": lambda t: naive_proba(model, naive_tok, t),
+        "Predictor fp32": predictor.predict_proba,
+        "Predictor int8": predictor_q.predict_proba,
+    }
+    warm = texts[:args.warmup]
+    results: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, Any] = {}
+    for name, fn in variants.items():
+        fn(warm)  # first calls pay for lazy init, allocator growth and oneDNN kernel selection
+        print(f"timing {name} ...", file=sys.stderr, flush=True)
+        rate, rates, out = timed(fn, texts, args.repeats)
+        results[name] = {"sentences_per_s": round(rate, 2), "all_runs": [round(r, 2) for r in rates],
+                         "seconds": round(len(texts) / rate, 2)}
+        outputs[name] = out
+
+    naive_rate = results["naive (1 at a time, pad 128)"]["sentences_per_s"]
+    for r in results.values():
+        r["vs_naive"] = ratio(r["sentences_per_s"], naive_rate)
+    checks = {"fp32_vs_naive": compare(outputs["Predictor fp32"], outputs["naive (1 at a time, pad 128)"]),
+              "int8_vs_fp32": compare(outputs["Predictor int8"], outputs["Predictor fp32"])}
+    trained = args.run is not None
+
+    print()
+    print_table(["variant", "sentences/s", "seconds", "vs naive"],
+                [[n, r["sentences_per_s"], r["seconds"], f"{r['vs_naive']:.2f}x"] for n, r in results.items()])
+    print()
+    fp = checks["fp32_vs_naive"]
+    print(f"Predictor fp32 vs naive: argmax agreement {fp['argmax_agreement']:.2%}, "
+          f"max |prob diff| {fp['max_abs_prob_diff']:.2e} (should match: same weights, padding is masked)")
+    q = checks["int8_vs_fp32"]
+    note = "" if trained else "  [untrained head: near-tied logits, agreement not meaningful; use --run]"
+    print(f"Predictor int8 vs fp32: argmax agreement {q['argmax_agreement']:.2%} on {len(texts)} sentences, "
+          f"max |prob diff| {q['max_abs_prob_diff']:.3f}{note}")
+    best = max(results["Predictor fp32"]["vs_naive"], results["Predictor int8"]["vs_naive"])
+    print(f"target: best Predictor variant >= {TARGET:g}x naive -> {best:.2f}x "
+          f"({'met' if best >= TARGET else 'NOT met'}){'  [quick run: noisy]' if args.quick else ''}")
+
+    write_json(args.out, {
+        "benchmark": "inference", "quick": args.quick, "environment": env, "model": model_desc,
+        "data": {"dataset": "movie-sentences", "rows": len(texts), "selection": "first N in file order"},
+        "settings": {"batch_size": args.batch_size, "naive_max_length": NAIVE_MAX_LENGTH,
+                     "predictor_max_length": predictor.max_length, "repeats": args.repeats, "warmup": args.warmup},
+        "results": results, "checks": checks, "int8_agreement_meaningful": trained,
+        "target": {"best_predictor_vs_naive": TARGET, "achieved": best, "met": best >= TARGET},
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

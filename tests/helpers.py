@@ -1,0 +1,74 @@
+"""Test helpers: the synthetic sentiment corpus, the tiny BERT config and tokenizer, tiny run configs."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+POSITIVE = ["good", "great", "fine", "excellent", "wonderful", "lovely", "superb", "brilliant"]
+NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "dreadful", "weak"]
+FILLER = ["the", "movie", "film", "was", "is", "a", "plot", "story", "acting", "really", "very", "quite",
+          "and", "with", "this", "that", "cast", "ending", "music", "script", "scenes", "director"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIALS + POSITIVE + NEGATIVE + FILLER
+VOCAB_SIZE = 128  # the embedding table is larger than the vocabulary, like real checkpoints
+LABELS = ["negative", "positive"]
+
+
+def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` distinct (text, label) pairs: filler words plus one or two sentiment words."""
+    rng = random.Random(seed)
+    rows: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        label = LABELS[len(rows) % 2]
+        words = rng.choices(FILLER, k=rng.randint(3, 14))
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[Any, Any]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def tiny_bert_config(dropout: float = 0.1) -> Any:
+    from transformers import BertConfig
+    return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                      attention_probs_dropout_prob=dropout)
+
+
+def make_tokenizer() -> Any:
+    from transformers import BertTokenizer
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True, model_max_length=64)
+    return tok
+
+
+def tiny_config(data: Path, model_dir: Path, output_dir: Path | None, method: str = "full", **train: Any) -> Any:
+    """A RunConfig for a fast run of the tiny model on a CSV."""
+    from transferkit.config import RunConfig
+    cfg = RunConfig()
+    cfg.data.data = str(data)
+    cfg.model.name = str(model_dir)
+    cfg.method.name = method
+    cfg.train.epochs = 1
+    cfg.train.batch_size = 16
+    cfg.train.progress = False
+    cfg.output_dir = str(output_dir) if output_dir is not None else None
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def quiet(*_: Any) -> None:
+    """A `log` that drops messages."""
