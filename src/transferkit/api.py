@@ -136,18 +136,17 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
         return metrics, logits
 
     has_val = len(data["validation"]) > 0
-    lr = cfg.train.lr or method.default_lr
-    head_lr = cfg.train.head_lr or method.default_head_lr or lr
-    trainer = Trainer(model, data["train"], cfg.train, lr, head_lr, run_dir, accelerator, pad_id,
-                      epochs=cfg.train.epochs or method.default_epochs,
+    tcfg = method.train_config(cfg.train)
+    trainer = Trainer(model, data["train"], tcfg, run_dir, accelerator, pad_id,
                       eval_fn=(lambda m: eval_split(m, "validation")[0]) if has_val else None, log=log)
     if resuming:
         if trainer.load_checkpoint():
             log(f"resuming {run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
         else:
             log(f"no checkpoint in {run_dir}: starting from the beginning")
-    log(f"training {method.name}: lr {lr:g} (head {head_lr:g}), {trainer.total_steps} steps of "
-        f"{cfg.train.batch_size * cfg.train.grad_accum} examples, {accelerator.device}")
+    log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {tcfg.epochs:g} epochs = {trainer.total_steps} "
+        f"steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience {tcfg.early_stopping_patience}, "
+        f"{accelerator.device}")
     state = trainer.fit()
     model = accelerator.unwrap_model(trainer.model)
 
@@ -171,7 +170,8 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
                "train": {"steps": state.global_step, "epochs": round(state.global_step / trainer.steps_per_epoch, 3),
                          "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
                          "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
-                         "best_step": state.best_step, "lr": lr, "head_lr": head_lr},
+                         "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
+                         "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
                "params": counts, "data": {**splits.summary, "token_lengths": stats, "max_length": max_length},
                "method": method.name, "model": resolved.name}
     _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))

@@ -51,7 +51,7 @@ class MethodConfig:
 class TrainConfig:
     epochs: float | None = field(default=None, metadata={"help": "passes over the training split (default per method)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per micro-batch; a step sees batch_size * grad_accum"})
+    batch_size: int | None = field(default=None, metadata={"help": "examples per micro-batch (default per method); a step sees batch_size * grad_accum"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: per method)"})
@@ -59,7 +59,7 @@ class TrainConfig:
     warmup: float = field(default=0.1, metadata={"help": "warmup fraction of the optimizer steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: every epoch)"})
-    early_stopping_patience: int | None = field(default=2, metadata={"help": "evaluations without improvement before stopping"})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before stopping (default per method; 0 never stops early)"})
     metric: str = field(default="accuracy", metadata={"help": "validation metric for early stopping and best weights"})
     checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
@@ -192,7 +192,9 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
         (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
-        (t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
+        (t.batch_size is not None and t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
+        (t.early_stopping_patience is not None and t.early_stopping_patience < 0, "train.early_stopping_patience",
+         "must be >= 0", t.early_stopping_patience),
         (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
         (t.epochs is not None and t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
         (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),

@@ -88,10 +88,13 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 class Trainer:
-    """Trains `model` on `train_data` (TokenData or FeatureData) and keeps a resumable run directory."""
+    """Trains `model` on `train_data` (TokenData or FeatureData) and keeps a resumable run directory.
 
-    def __init__(self, model: nn.Module, train_data: Any, cfg: TrainConfig, lr: float, head_lr: float,
-                 run_dir: Path, accelerator: Any, pad_id: int = 0, epochs: float | None = None,
+    `cfg` must be fully resolved (lr, epochs, batch size set: see `Method.train_config`).
+    """
+
+    def __init__(self, model: nn.Module, train_data: Any, cfg: TrainConfig, run_dir: Path, accelerator: Any,
+                 pad_id: int = 0,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  loss_fn: Callable = classification_loss, log: Callable[[str], None] = print) -> None:
         self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
@@ -99,10 +102,9 @@ class Trainer:
         self.lengths = train_data.lengths()
         micro = math.ceil(len(train_data) / cfg.batch_size / accelerator.num_processes)
         self.steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
-        self.epochs = epochs or cfg.epochs or 3
-        self.total_steps = cfg.max_steps or max(1, math.ceil(self.steps_per_epoch * self.epochs))
+        self.total_steps = cfg.max_steps or max(1, math.ceil(self.steps_per_epoch * cfg.epochs))
         self.model = model.to(accelerator.device)
-        opt = make_optimizer(param_groups(self.model, lr, head_lr, cfg.weight_decay), accelerator.device)
+        opt = make_optimizer(param_groups(self.model, cfg.lr, cfg.head_lr, cfg.weight_decay), accelerator.device)
         from transformers import get_linear_schedule_with_warmup
         sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * self.total_steps), self.total_steps)
         self.model, self.opt, self.sched = accelerator.prepare(self.model, opt, sched)
@@ -227,7 +229,7 @@ class Trainer:
             return False
         st.bad_evals += 1
         patience = self.cfg.early_stopping_patience
-        if patience is not None and st.bad_evals >= patience:
+        if patience and st.bad_evals >= patience:
             st.stopped_early = True
             self.log(f"early stopping: no improvement in {self.cfg.metric} for {patience} evaluations")
             return True

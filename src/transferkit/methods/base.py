@@ -43,6 +43,8 @@ class Method:
     default_lr: ClassVar[float]
     default_head_lr: ClassVar[float | None] = None  # None: same as lr
     default_epochs: ClassVar[float] = 3
+    default_batch_size: ClassVar[int] = 16
+    default_patience: ClassVar[int] = 2  # evaluations without improvement before early stopping
     default_head: ClassVar[str] = "linear"  # linear | mlp
     # True when the encoder is frozen, so pooled features can be computed once and cached.
     cache_features: ClassVar[bool] = False
@@ -51,6 +53,16 @@ class Method:
 
     def __init__(self, options: Any) -> None:
         self.options = options  # MethodConfig
+
+    def train_config(self, cfg: Any) -> Any:
+        """`cfg` (a TrainConfig) with every unset hyperparameter filled from this method's defaults."""
+        import dataclasses
+        return dataclasses.replace(
+            cfg, lr=cfg.lr or self.default_lr,
+            head_lr=cfg.head_lr or self.default_head_lr or cfg.lr or self.default_lr,
+            epochs=cfg.epochs or self.default_epochs, batch_size=cfg.batch_size or self.default_batch_size,
+            early_stopping_patience=(self.default_patience if cfg.early_stopping_patience is None
+                                     else cfg.early_stopping_patience))
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Freeze/wrap `model` so exactly the method's parameters train; returns the model to train."""

@@ -16,7 +16,11 @@ from .base import Method, is_head_param
 class HeadOnly(Method):
     name = "head_only"
     default_lr = 1e-3
-    default_epochs = 20  # an epoch over cached features takes well under a second
+    # An epoch over cached features takes about a second, so train long with larger batches and
+    # patient early stopping: validation accuracy of the head still rose after 15 epochs.
+    default_epochs = 20
+    default_batch_size = 64
+    default_patience = 5
     # A frozen encoder leaves the head all the capacity there is: one hidden layer gained ~1 point
     # over a linear head on the movie sentences (77.5% vs 75-76.5%, MiniLM mean-pooled features).
     default_head = "mlp"
