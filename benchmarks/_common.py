@@ -23,7 +23,13 @@ def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def set_threads(n: int) -> None:
-    """Pin torch's thread pools so every variant runs with the same parallelism."""
+    """Pin torch's thread pools so every variant runs with the same parallelism.
+
+    transferkit is imported first: it sets its OMP_WAIT_POLICY default (unless the caller set one)
+    before torch starts OpenMP, so baseline and transferkit run under the same policy, the one a
+    transferkit user gets. Spawned children inherit it through the environment.
+    """
+    import transferkit  # noqa: F401
     import torch
     torch.set_num_threads(n)
     try:

@@ -56,13 +56,15 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     """A plain transformers.Trainer (+ peft for LoRA) with the textbook settings."""
+    import datasets
     import numpy as np
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              PrinterCallback, Trainer, TrainingArguments, set_seed)
 
     from transferkit.data.prepare import prepare_splits
     from transferkit.models import resolve_model
+    datasets.disable_progress_bars()
     padded = spec["variant"] == "textbook"
     splits = prepare_splits(spec["data"], spec["seed"], log=_quiet_log)
     path = resolve_model("minilm-l6").path
@@ -94,6 +96,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
             train_sampling_strategy="random" if padded else "group_by_length")
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                           data_collator=None if padded else DataCollatorWithPadding(tok))
+        trainer.remove_callback(PrinterCallback)  # it prints a metrics dict; the table reports them
         train_out = trainer.train()
         pred = trainer.predict(test_ds)
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
@@ -135,9 +138,12 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 def in_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one variant in a fresh spawned interpreter (fork would inherit this process's memory)."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    pool = mp.get_context("spawn").Pool(1)
+    try:
         return pool.apply(run_variant, (spec,))
+    finally:
+        pool.close()  # close+join rather than terminate: a clean exit leaves no semaphores behind
+        pool.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-run", type=Path, help="keep transferkit's run directory here (e.g. for inference.py --run)")
     args = p.parse_args(argv)
     if args.quick:
-        args.limit = min(args.limit or 300, 300)
+        args.limit = min(args.limit or 160, 160)
         args.epochs = min(args.epochs, 1.0)
         args.eval_limit = min(args.eval_limit or 200, 200)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -128,9 +128,10 @@ class Trainer:
             batches = length_grouped_batches(self.lengths, cfg.batch_size, cfg.seed, st.epoch, cfg.group_by_length)
             batches = self._shard(batches)
             groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-            t0 = time.perf_counter()
             for gi in range(st.batch_in_epoch // cfg.grad_accum, len(groups)):
+                t0 = time.perf_counter()  # training time counts optimizer steps only, not eval or saving
                 loss, items, correct = self._step(groups[gi])
+                st.train_seconds += time.perf_counter() - t0
                 st.global_step += 1
                 st.batch_in_epoch = (gi + 1) * cfg.grad_accum
                 st.samples_seen += items
@@ -143,8 +144,6 @@ class Trainer:
                                   "loss": run_loss / run_items, "accuracy": run_correct / run_items,
                                   "lr": self.sched.get_last_lr()[0]})
                     run_loss = run_items = run_correct = 0.0
-                st.train_seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
                 if cfg.eval_steps and st.global_step % cfg.eval_steps == 0:
                     stop = self._evaluate()
                 if st.global_step >= self.total_steps:
