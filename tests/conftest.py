@@ -1,12 +1,19 @@
 """Shared fixtures: a tiny BERT with a real WordPiece vocabulary, a synthetic sentiment CSV, tiny runs."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable
+import os
 
-import pytest
+# Before anything loads torch (transferkit sets the same on import): spinning OpenMP threads make
+# every step several times slower when another process holds one of the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers import VOCAB, make_sentences, make_tokenizer, quiet, tiny_bert_config, tiny_config, write_csv
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import pytest  # noqa: E402
+
+from helpers import (RUN_EPOCHS, VOCAB, make_sentences, make_tokenizer, quiet, tiny_bert_config,  # noqa: E402
+                     tiny_config, write_csv)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +54,8 @@ def finished_run(tmp_path_factory, tiny_model_dir, sentiment_csv) -> Callable[[s
         if method not in runs:
             out = tmp_path_factory.mktemp(f"run-{method}") / "run"
             lr = {"full": 3e-3, "lora": 1e-2, "head_only": 1e-2}.get(method)
-            cfg = tiny_config(sentiment_csv, tiny_model_dir, out, method, epochs=2, lr=lr, head_lr=lr)
+            cfg = tiny_config(sentiment_csv, tiny_model_dir, out, method, epochs=RUN_EPOCHS.get(method, 2), lr=lr,
+                              head_lr=lr, early_stopping_patience=0)
             runs[method] = api.finetune(cfg, log=quiet).run_dir
         return runs[method]
     return get

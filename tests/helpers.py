@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 POSITIVE = ["good", "great", "fine", "excellent", "wonderful", "lovely", "superb", "brilliant"]
 NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "dreadful", "weak"]
@@ -14,6 +14,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCAB = SPECIALS + POSITIVE + NEGATIVE + FILLER
 VOCAB_SIZE = 128  # the embedding table is larger than the vocabulary, like real checkpoints
 LABELS = ["negative", "positive"]
+RUN_EPOCHS = {"head_only": 10}  # epochs of the shared runs: over cached features they are nearly free
 
 
 def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:

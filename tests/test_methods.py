@@ -20,8 +20,8 @@ TEXTS = [t for t, _ in make_sentences(12, seed=3)]
 Y = [LABELS.index(label) for _, label in make_sentences(12, seed=3)]
 
 
-def _build(model_dir):
-    return build_classifier(ResolvedModel("tiny", str(model_dir), "mean"), LABELS, "mean", 0.1)
+def _build(model_dir, head_hidden=0):
+    return build_classifier(ResolvedModel("tiny", str(model_dir), "mean"), LABELS, "mean", 0.1, head_hidden)
 
 
 def _batch(model_dir):
@@ -38,9 +38,8 @@ def _logits(model, batch):
 
 def _one_step(model, data, tmp_path):
     from accelerate import Accelerator
-    cfg = TrainConfig(batch_size=len(data), warmup=0.0, progress=False)
-    trainer = Trainer(model, data, cfg, lr=1e-2, head_lr=1e-2, run_dir=tmp_path, accelerator=Accelerator(cpu=True),
-                      pad_id=0, log=quiet)
+    cfg = TrainConfig(batch_size=len(data), epochs=1, lr=1e-2, head_lr=1e-2, warmup=0.0, progress=False)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0, log=quiet)
     trainer.model.train()
     trainer._step([list(range(len(data)))])
     return trainer.acc.unwrap_model(trainer.model)
@@ -50,12 +49,13 @@ def test_registry_has_the_documented_methods():
     assert {"full", "lora", "head_only"} <= set(METHODS.names())
 
 
+@pytest.mark.parametrize("head_hidden", [0, 16], ids=["linear", "mlp"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_contract(name, tiny_model_dir, tmp_path):
+def test_method_contract(name, head_hidden, tiny_model_dir, tmp_path):
     """One step changes exactly the trainable parameters; save/load and for_inference keep the logits."""
     torch.manual_seed(0)
     method = METHODS.get(name)(MethodConfig(name=name))
-    model = method.apply(_build(tiny_model_dir))
+    model = method.apply(_build(tiny_model_dir, head_hidden))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, f"{name} trains nothing"
@@ -72,11 +72,11 @@ def test_method_contract(name, tiny_model_dir, tmp_path):
     trained = _logits(model, batch)
     out = tmp_path / "artifact"
     method.save(model, out)
-    reloaded = method.load(out, lambda: _build(tiny_model_dir))
+    reloaded = method.load(out, lambda: _build(tiny_model_dir, head_hidden))
     torch.testing.assert_close(_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
 
-    fast = method.for_inference(reloaded)
-    torch.testing.assert_close(_logits(fast, batch), trained, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(method.for_inference(reloaded), batch), trained, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(method.for_inference(model), batch), trained, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -175,7 +175,8 @@ def test_lora_on_hf_bert_matches_peft_reference_line(capsys):
 def test_describe_parameters_format():
     line = describe_parameters({"trainable": 1538, "total": 108_893_186, "head": 1538})
     assert line == "trainable params: 1,538 || all params: 108,893,186 || trainable%: 0.0014 (head: 1,538)"
-    assert describe_parameters({"trainable": 0, "total": 0, "head": 0}).startswith("trainable params: 0 || all params: 0")
+    empty = describe_parameters({"trainable": 0, "total": 0, "head": 0})
+    assert empty.startswith("trainable params: 0 || all params: 0 ||")
 
 
 def test_minilm_reference_counts():

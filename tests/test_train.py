@@ -40,10 +40,9 @@ def eight():
 def _step(model, data, groups, tmp_path, dtype=torch.float32, max_grad_norm=1.0):
     """One Trainer step over `groups`; returns the parameters after it, the gradients it used, its result."""
     model = copy.deepcopy(model).to(dtype)
-    cfg = TrainConfig(batch_size=len(groups[0]), grad_accum=len(groups), warmup=0.0, max_grad_norm=max_grad_norm,
-                      progress=False)
-    trainer = Trainer(model, data, cfg, lr=1e-3, head_lr=1e-3, run_dir=tmp_path, accelerator=_accelerator(),
-                      pad_id=0, log=quiet)
+    cfg = TrainConfig(batch_size=len(groups[0]), grad_accum=len(groups), epochs=1, lr=1e-3, head_lr=1e-3,
+                      warmup=0.0, max_grad_norm=max_grad_norm, progress=False)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0, log=quiet)
     grads: dict[str, torch.Tensor] = {}
     step = trainer.opt.step
 
@@ -139,8 +138,9 @@ def _feature_trainer(tmp_path, eval_values, **cfg_kw):
         p.requires_grad_(n.startswith("classifier."))
     data = FeatureData(torch.randn(40, 32), [i % 2 for i in range(40)])
     values = iter(eval_values)
-    cfg = TrainConfig(batch_size=10, warmup=0.0, progress=False, **cfg_kw)
-    return Trainer(model, data, cfg, lr=1e-2, head_lr=1e-2, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0,
+    cfg = TrainConfig(**{"batch_size": 10, "lr": 1e-2, "head_lr": 1e-2, "warmup": 0.0, "progress": False,
+                         "early_stopping_patience": 0, **cfg_kw})
+    return Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0,
                    eval_fn=lambda m: {"accuracy": next(values), "loss": 0.5}, log=quiet)
 
 
@@ -153,7 +153,8 @@ def test_early_stopping_restores_best_weights(tmp_path):
     def spy():
         stop = orig()
         if trainer.state.global_step == 8:
-            best_at_step_8.update({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+            params = trainer.model.named_parameters()
+            best_at_step_8.update({n: p.detach().clone() for n, p in params if p.requires_grad})
         return stop
     trainer._evaluate = spy
     state = trainer.fit()
@@ -166,6 +167,12 @@ def test_early_stopping_restores_best_weights(tmp_path):
     assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8, 12, 16]
     assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
     assert json.loads((tmp_path / "checkpoints" / "last" / "state.json").read_text())["global_step"] == 16
+
+
+def test_patience_zero_never_stops_early(tmp_path):
+    trainer = _feature_trainer(tmp_path, [0.9, 0.1, 0.1, 0.1, 0.1], epochs=5, early_stopping_patience=0)
+    state = trainer.fit()
+    assert not state.stopped_early and state.global_step == 20 and state.best_step == 4
 
 
 def test_grad_accum_steps_per_epoch(tmp_path):
@@ -184,13 +191,13 @@ def test_max_steps_overrides_epochs(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
     """load_checkpoint restores weights, optimizer, scheduler and counters, and drops later records."""
-    a = _feature_trainer(tmp_path, [0.5, 0.6], epochs=2, max_steps=6, early_stopping_patience=None)
+    a = _feature_trainer(tmp_path, [0.5, 0.6], epochs=2, max_steps=6)
     assert a.fit().best_step == 6  # so the weights after fit are those of the last checkpoint
     saved = {n: p.detach().clone() for n, p in a.model.named_parameters() if p.requires_grad}
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"type": "train", "step": 99}\n')
-    b = _feature_trainer(tmp_path, [0.5] * 10, epochs=2, max_steps=6, early_stopping_patience=None)
+    b = _feature_trainer(tmp_path, [0.5] * 10, epochs=2, max_steps=6)
     assert b.load_checkpoint()
     assert b.state.global_step == 6
     for n, p in b.model.named_parameters():

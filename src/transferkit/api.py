@@ -68,8 +68,12 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     resolved = resolve_model(cfg.model.name)
     pooling = resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
 
+    run_dir = Path(resume) if resume else _new_run_dir(cfg)  # checked now, created once input is valid
     from .data.prepare import prepare_splits
-    splits = prepare_splits(cfg.data, cfg.train.seed, log=log)
+    notes: list[str] = []  # the data summary is printed only once the data passed every check
+    splits = prepare_splits(cfg.data, cfg.train.seed, log=notes.append)
+    for line in notes:
+        log(line)
     from .models import load_tokenizer
     tokenizer = load_tokenizer(resolved.path)
     from .data import tokens as tk
@@ -84,9 +88,8 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         + ("" if cfg.data.max_length else " (from the data)"))
 
     # All input is valid: from here on a run directory exists.
-    run_dir = Path(resume) if resume else _new_run_dir(cfg)
     if not resume:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir.mkdir(parents=True, exist_ok=True)  # new, or empty (checked by _new_run_dir)
         _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
     return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
                            resuming=resume is not None, log=log)
@@ -244,8 +247,6 @@ def _new_run_dir(cfg: RunConfig) -> Path:
         p = Path(cfg.output_dir)
         if p.exists() and any(p.iterdir()):
             raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
-        if p.exists():
-            p.rmdir()
         return p
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{stamp}-{cfg.method.name}"

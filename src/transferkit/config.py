@@ -111,8 +111,6 @@ class RunConfig:
         if key not in fields or dataclasses.is_dataclass(getattr(obj, key)):
             raise UserError(f"unknown config key {dotted!r}")
         hint = typing.get_type_hints(type(obj))[key]
-        if isinstance(value, str):
-            value = _parse_scalar(value)
         setattr(obj, key, _coerce(value, hint, dotted))
 
 
@@ -129,11 +127,19 @@ def _parse_scalar(s: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check `value` against a type hint; ints widen to floats, strings parse; else a UserError."""
+    """Check `value` against a type hint; ints widen to floats, strings parse; else a UserError.
+
+    A string meets a `str` hint verbatim ("007" stays "007"); for other hints it is parsed, so
+    `train.lr=1e-4` from the command line and `lr: 1e-4` in YAML (a string to YAML 1.1) both work.
+    """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
+        if isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and type(None) in args:
+            return None
+        if isinstance(value, str) and str in args:
+            return value
         errors = []
         for a in args:
             if a is type(None):
@@ -145,10 +151,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise errors[0]
     if origin is list:
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            parsed = _parse_scalar(value) if value.strip().startswith("[") else None
+            value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key!r}: expected a list, got {value!r}")
         return [_coerce(_parse_scalar(v) if isinstance(v, str) and args and args[0] is not str else v, args[0], key) for v in value]
+    if isinstance(value, str) and hint is not str:
+        value = _parse_scalar(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")

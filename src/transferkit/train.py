@@ -45,6 +45,10 @@ class TrainState:
     metrics_lines: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0
+    # Sums over the current logging window, so a resumed run logs the same records.
+    window_loss: float = 0.0
+    window_items: int = 0
+    window_correct: int = 0
     stopped_early: bool = False
 
 
@@ -121,7 +125,6 @@ class Trainer:
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
-        run_loss = run_items = run_correct = 0.0
         stop = st.global_step >= self.total_steps or st.stopped_early
         self.model.train()
         while not stop:
@@ -135,15 +138,19 @@ class Trainer:
                 st.global_step += 1
                 st.batch_in_epoch = (gi + 1) * cfg.grad_accum
                 st.samples_seen += items
-                run_loss, run_items, run_correct = run_loss + loss, run_items + items, run_correct + correct
+                st.window_loss += loss
+                st.window_items += items
+                st.window_correct += correct
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{run_loss / run_items:.4f}", acc=f"{run_correct / run_items:.3f}")
+                    bar.set_postfix(loss=f"{st.window_loss / st.window_items:.4f}",
+                                    acc=f"{st.window_correct / st.window_items:.3f}")
                 if st.global_step % LOG_EVERY == 0 or st.global_step == self.total_steps:
                     self._record({"type": "train", "step": st.global_step, "epoch": round(self._epoch_pos(), 4),
-                                  "loss": run_loss / run_items, "accuracy": run_correct / run_items,
+                                  "loss": st.window_loss / st.window_items,
+                                  "accuracy": st.window_correct / st.window_items,
                                   "lr": self.sched.get_last_lr()[0]})
-                    run_loss = run_items = run_correct = 0.0
+                    st.window_loss, st.window_items, st.window_correct = 0.0, 0, 0
                 if cfg.eval_steps and st.global_step % cfg.eval_steps == 0:
                     stop = self._evaluate()
                 if st.global_step >= self.total_steps:
