@@ -26,5 +26,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
+# The measurements behind the README's results (about 45 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/methods_accuracy.py
+	$(BIN)/python benchmarks/inference.py --run runs/accuracy/lora
+	$(BIN)/python benchmarks/head_only_cache.py
+	$(BIN)/python benchmarks/training.py --method lora --limit 2000 --epochs 1 --out benchmarks/results/training_lora.json
+	$(BIN)/python benchmarks/training.py --method full --limit 2000 --epochs 1 --out benchmarks/results/training_full.json
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

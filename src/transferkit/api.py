@@ -48,8 +48,11 @@ def make_config(config: str | Path | RunConfig | dict | None = None, overrides: 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
              log: Any = _log, **overrides: Any) -> FinetuneResult:
-    """Fine-tune a classifier. Overrides use dotted keys (`train.lr=1e-4`) or these short names:
-    data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir."""
+    """Fine-tune a classifier; returns the run directory and its metrics.
+
+    Overrides are dotted config keys (`**{"train.warmup": 0.06}`) or the short names in
+    `SHORT_KEYS` (data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir, ...).
+    `resume=RUN_DIR` continues an interrupted run from its last checkpoint."""
     from . import methods  # noqa: F401  (registers methods)
     from .registry import METHODS
     runtime.setup()
@@ -95,10 +98,13 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
                            resuming=resume is not None, log=log)
 
 
-SHORT_KEYS = {"data": "data.data", "text_column": "data.text_column", "label_column": "data.label_column",
+# Short names for the most used config keys (Python keyword arguments and CLI flags).
+SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.validation", "test": "data.test",
+              "text_column": "data.text_column", "label_column": "data.label_column",
               "model": "model.name", "method": "method.name", "epochs": "train.epochs",
               "batch_size": "train.batch_size", "lr": "train.lr", "max_steps": "train.max_steps",
-              "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit"}
+              "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit",
+              "output_dir": "output_dir"}
 
 
 def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, splits: Any, tokenizer: Any,

@@ -40,18 +40,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.warmup=0.06")
 
 
-FLAG_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.validation", "test": "data.test",
-             "text_column": "data.text_column", "label_column": "data.label_column", "model": "model.name",
-             "method": "method.name", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-             "max_steps": "train.max_steps", "max_length": "data.max_length", "seed": "train.seed",
-             "output_dir": "output_dir"}
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import SHORT_KEYS
     out: dict[str, Any] = {}
     if args.train and not args.data:
         out["data.data"] = None
-    for flag, key in FLAG_KEYS.items():
+    for flag, key in SHORT_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
             out[key] = v
