@@ -63,11 +63,30 @@ def resolve_model(name: str) -> ResolvedModel:
         raise UserError(f"model folder not found: {name}")
     try:
         from transformers import AutoConfig
-        AutoConfig.from_pretrained(name)
+        try:  # a hub model already in the local cache needs no network
+            AutoConfig.from_pretrained(name, local_files_only=True)
+        except Exception:
+            if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_reachable():
+                raise
+            from huggingface_hub.utils import logging as hub_logging
+            hub_logging.set_verbosity_error()
+            AutoConfig.from_pretrained(name)
     except Exception:
         raise UserError(f"model {name!r} could not be resolved offline: it is not a bundled name, a local "
                         f"folder, or a reachable hub model; bundled models: {', '.join(MODELS.names())}") from None
     return ResolvedModel(name, name, "mean")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub's host resolves and accepts a connection (instead of ~30 s of retries)."""
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _pooling_hint(path: Path) -> str:
