@@ -20,38 +20,33 @@ from .errors import UserError
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, data: TokenData | FeatureData, batch_size: int = 64, pad_id: int = 0,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits [n, classes] in the input order, computed in length-sorted batches."""
-    was_training = model.training
-    model.eval()
+def _batched(module: nn.Module, fn: Any, data: TokenData | FeatureData, batch_size: int, pad_id: int,
+             device: torch.device | str) -> torch.Tensor:
+    """`fn(batch) -> [batch, k]` over length-sorted batches in eval mode; rows back in input order."""
+    was_training = module.training
+    module.eval()
     out: torch.Tensor | None = None
     for idx in sorted_batches(data.lengths(), batch_size):
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
-        logits = model(**batch).logits.float().cpu()  # [batch, classes]
+        rows = fn(batch).float().cpu()  # [batch, k]
         if out is None:
-            out = torch.empty(len(data), logits.shape[-1])
-        out[idx] = logits
-    model.train(was_training)
+            out = torch.empty(len(data), rows.shape[-1])
+        out[idx] = rows
+    module.train(was_training)
     return out if out is not None else torch.empty(0, 0)
 
 
-@torch.inference_mode()
+def predict_logits(model: nn.Module, data: TokenData | FeatureData, batch_size: int = 64, pad_id: int = 0,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits [n, classes] in the input order, computed in length-sorted batches."""
+    return _batched(model, lambda b: model(**b).logits, data, batch_size, pad_id, device)
+
+
 def pooled_features(model: nn.Module, data: TokenData, batch_size: int = 64, pad_id: int = 0,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Pooled encoder vectors [n, hidden] of a (frozen) classifier, in input order."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    was_training = base.training
-    base.eval()
-    out: torch.Tensor | None = None
-    for idx in sorted_batches(data.lengths(), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
-        vec = base.pool(**batch).float().cpu()  # [batch, hidden]
-        if out is None:
-            out = torch.empty(len(data), vec.shape[-1])
-        out[idx] = vec
-    base.train(was_training)
-    return out if out is not None else torch.empty(0, 0)
+    return _batched(base, lambda b: base.pool(**b), data, batch_size, pad_id, device)
 
 
 class Predictor:
