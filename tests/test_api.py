@@ -47,8 +47,9 @@ def test_run_directory(method, finished_run):
     epochs = RUN_EPOCHS.get(method, 2)
     assert metrics["train"]["steps"] == 10 * epochs and metrics["train"]["samples"] == 160 * epochs
     assert metrics["data"]["sizes"] == {"train": 160, "validation": 20, "test": 20}
-    h = json.loads((run / "run.json").read_text()).get("head_hidden", 0)
-    assert metrics["params"]["head"] == (66 if not h else 32 * h + h + 2 * h + 2)
+    info_json = json.loads((run / "run.json").read_text())
+    h, width = info_json.get("head_hidden", 0), 32 * info_json.get("pool_layers", 1)  # tiny hidden size 32
+    assert metrics["params"]["head"] == (width * 2 + 2 if not h else width * h + h + 2 * h + 2)
     if method == "head_only":
         assert metrics["params"]["trainable"] == metrics["params"]["head"]
 
@@ -71,8 +72,9 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
     from safetensors.torch import load_file
     run = finished_run("head_only")
     feats = load_file(str(run / "cache" / "features.safetensors"))
-    assert {k: tuple(v.shape) for k, v in feats.items()} == {"train": (160, 32), "validation": (20, 32),
-                                                             "test": (20, 32)}
+    width = 32 * json.loads((run / "run.json").read_text())["pool_layers"]  # last k layers, concatenated
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"train": (160, width), "validation": (20, width),
+                                                             "test": (20, width)}
     # the encoder stayed frozen: the saved encoder equals the starting one
     from transformers import AutoModel
     start = AutoModel.from_pretrained(tiny_model_dir)
@@ -89,7 +91,7 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
     info = json.loads((run / "run.json").read_text())
     set_seed(42)
     start_head = build_classifier(ResolvedModel("tiny", str(tiny_model_dir), "mean"), LABELS, "mean", 0.1,
-                                  info["head_hidden"]).classifier
+                                  info["head_hidden"], info["pool_layers"]).classifier
     diffs = [(a - b).abs().max().item() for a, b in zip(start_head.parameters(), trained.classifier.parameters())]
     assert len(diffs) == (4 if info["head_hidden"] else 2) and min(diffs) > 1e-4
     from transferkit.data.prepare import prepare_splits

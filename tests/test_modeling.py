@@ -66,6 +66,18 @@ def test_cls_pooling_reads_the_first_token(tiny_model_dir, batch):
 
 
 @torch.no_grad()
+def test_pool_layers_concatenates_last_layers_last_first(tiny_model_dir, batch):
+    torch.manual_seed(0)
+    model = TransferkitForSequenceClassification.from_encoder(str(tiny_model_dir), num_labels=2, pool_layers=2).eval()
+    assert model.classifier.in_features == 64
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    states = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    m = mask.unsqueeze(-1).float()
+    expected = torch.cat([(h * m).sum(1) / m.sum(1) for h in (states[-1], states[-2])], dim=-1)
+    torch.testing.assert_close(model.pool(ids, mask), expected, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
 def test_forward_from_pooled_and_loss(tiny_model_dir, batch):
     model = _classifier(tiny_model_dir)
     labels = torch.tensor([1, 0, 1])

@@ -83,7 +83,11 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     lengths = tk.token_lengths(tokenizer, splits.train.texts)
     stats = tk.length_stats(lengths)
     from transformers import AutoConfig
-    limit = tk.model_max_length(tokenizer, AutoConfig.from_pretrained(resolved.path))
+    model_config = AutoConfig.from_pretrained(resolved.path)
+    limit = tk.model_max_length(tokenizer, model_config)
+    n_layers = getattr(model_config, "num_hidden_layers", None) or model_config.encoder.get("num_hidden_layers")
+    if cfg.model.pool_layers and n_layers and cfg.model.pool_layers > n_layers:
+        raise UserError(f"model.pool_layers {cfg.model.pool_layers} exceeds the model's {n_layers} layers")
     max_length = cfg.data.max_length or tk.choose_max_length(stats, limit)
     if max_length > limit:
         raise UserError(f"data.max_length {max_length} exceeds the model's limit of {limit} tokens")
@@ -126,7 +130,9 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     set_seed(cfg.train.seed)
     head = method.default_head if cfg.model.head == "auto" else cfg.model.head
     head_hidden = 0 if head == "linear" else _hidden_size(resolved.path)
-    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden)
+    pool_layers = cfg.model.pool_layers or method.default_pool_layers
+    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden,
+                             pool_layers)
     model = method.apply(model)
     counts = count_parameters(model)
     log(describe_parameters(counts))
@@ -172,7 +178,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     shutil.rmtree(art, ignore_errors=True)
     tmp.rename(art)
     info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
-                   cfg.model.classifier_dropout, head_hidden, _method_options(cfg))
+                   cfg.model.classifier_dropout, head_hidden, pool_layers, _method_options(cfg))
     info.write()
     samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
     metrics = {"test": test_metrics, "validation": best_val,

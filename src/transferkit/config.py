@@ -35,6 +35,7 @@ class ModelConfig:
     name: str = field(default="minilm-l6", metadata={"help": "bundled name, local HF folder or hub name"})
     pooling: str = field(default="auto", metadata={"help": "auto|mean|cls: how the head reads the encoder (auto: what the model was trained with)"})
     classifier_dropout: float = field(default=0.1, metadata={"help": "dropout before the classification layer"})
+    pool_layers: int | None = field(default=None, metadata={"help": "pool each of the last k encoder layers and concatenate (default per method)"})
     head: str = field(default="auto", metadata={"help": "auto|linear|mlp: the task head (auto: per method; mlp has one hidden layer of the encoder's width)"})
 
 
@@ -215,6 +216,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.method.lora_r <= 0, "method.lora_r", "must be > 0", cfg.method.lora_r),
         (not 0 <= cfg.method.lora_dropout < 1, "method.lora_dropout", "must be in [0, 1)", cfg.method.lora_dropout),
         (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
+        (cfg.model.pool_layers is not None and cfg.model.pool_layers < 1, "model.pool_layers", "must be >= 1",
+         cfg.model.pool_layers),
         (cfg.model.head not in ("auto", "linear", "mlp"), "model.head", "must be auto, linear or mlp", cfg.model.head),
         (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
         (len(cfg.data.split) != 3 or any(f < 0 for f in cfg.data.split) or abs(sum(cfg.data.split) - 1) > 1e-6,

@@ -33,11 +33,13 @@ class TransferkitClassifierConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, encoder: dict | None = None, pooling: str = "mean",
-                 classifier_dropout: float = 0.1, head_hidden: int = 0, **kwargs: Any) -> None:
+                 classifier_dropout: float = 0.1, head_hidden: int = 0, pool_layers: int = 1,
+                 **kwargs: Any) -> None:
         self.encoder = dict(encoder or {})
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
         self.head_hidden = head_hidden  # 0: linear head; >0: one GELU hidden layer of this width
+        self.pool_layers = pool_layers  # pool each of the last k layers and concatenate
         super().__init__(**kwargs)
 
     def encoder_config(self) -> PretrainedConfig:
@@ -62,7 +64,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # never read: the head pools itself
         self.dropout = nn.Dropout(config.classifier_dropout)
-        h, n = config.hidden_size, config.num_labels
+        h, n = config.hidden_size * config.pool_layers, config.num_labels
         if config.head_hidden:
             self.classifier = nn.Sequential(nn.Linear(h, config.head_hidden), nn.GELU(),
                                             nn.Dropout(config.classifier_dropout), nn.Linear(config.head_hidden, n))
@@ -80,7 +82,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
 
     def pool(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
              token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled sentence vectors [batch, hidden]."""
+        """Pooled sentence vectors [batch, hidden * pool_layers] (last layer first)."""
         kwargs: dict[str, Any] = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -88,7 +90,12 @@ class TransferkitForSequenceClassification(PreTrainedModel):
             kwargs["inputs_embeds"] = inputs_embeds
         else:
             kwargs["input_ids"] = input_ids
-        hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
+        k = self.config.pool_layers
+        out = self.encoder(**kwargs, output_hidden_states=k > 1)
+        layers = [out.last_hidden_state] if k == 1 else list(out.hidden_states[-k:])[::-1]  # each [batch, seq, hidden]
+        return torch.cat([self._pool_one(h, attention_mask) for h in layers], dim=-1)
+
+    def _pool_one(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.config.pooling == "cls":
             return hidden[:, 0]
         if attention_mask is None:
@@ -109,7 +116,8 @@ class TransferkitForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_encoder(cls, path: str, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
-                     id2label: dict[int, str] | None = None, head_hidden: int = 0, **load_kwargs: Any) -> "TransferkitForSequenceClassification":
+                     id2label: dict[int, str] | None = None, head_hidden: int = 0, pool_layers: int = 1,
+                     **load_kwargs: Any) -> "TransferkitForSequenceClassification":
         """A new classifier over the pretrained encoder at `path` (a HF folder or hub name)."""
         encoder = AutoModel.from_pretrained(path, **load_kwargs)
         enc_cfg = encoder.config.to_dict()
@@ -118,7 +126,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         config = TransferkitClassifierConfig(
             encoder=enc_cfg, pooling=pooling, classifier_dropout=classifier_dropout, head_hidden=head_hidden,
-            num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+            pool_layers=pool_layers, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
         return cls(config, encoder=encoder)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:

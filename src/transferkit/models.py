@@ -123,7 +123,7 @@ def load_tokenizer(path: str) -> Any:
 
 
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
-                     head_hidden: int = 0) -> Any:
+                     head_hidden: int = 0, pool_layers: int = 1) -> Any:
     """A fresh classifier over the resolved encoder, with the task's label names."""
     from .modeling import TransferkitForSequenceClassification
     id2label = dict(enumerate(label_names))
@@ -135,8 +135,8 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
         from .modeling import TransferkitClassifierConfig
         config = TransferkitClassifierConfig(
             encoder=old.config.encoder, pooling=pooling, classifier_dropout=classifier_dropout, head_hidden=head_hidden,
-            num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+            pool_layers=pool_layers, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()})
         return TransferkitForSequenceClassification(config, encoder=old.encoder)
     return TransferkitForSequenceClassification.from_encoder(
         path, num_labels=len(label_names), pooling=pooling, classifier_dropout=classifier_dropout, id2label=id2label,
-        head_hidden=head_hidden)
+        head_hidden=head_hidden, pool_layers=pool_layers)

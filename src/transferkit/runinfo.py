@@ -26,6 +26,7 @@ class RunInfo:
     pooling: str
     classifier_dropout: float
     head_hidden: int = 0
+    pool_layers: int = 1
     method_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,6 +63,7 @@ class RunInfo:
         from .models import ResolvedModel, build_classifier
         method = self.method_instance()
         base = lambda: build_classifier(ResolvedModel(self.model_name, self.model_path, self.pooling),  # noqa: E731
-                                        self.label_names, self.pooling, self.classifier_dropout, self.head_hidden)
+                                        self.label_names, self.pooling, self.classifier_dropout, self.head_hidden,
+                                        self.pool_layers)
         model = method.load(self.artifact_dir, base)
         return method.for_inference(model) if merge else model

@@ -46,6 +46,7 @@ class Method:
     default_batch_size: ClassVar[int] = 16
     default_patience: ClassVar[int] = 2  # evaluations without improvement before early stopping
     default_head: ClassVar[str] = "linear"  # linear | mlp
+    default_pool_layers: ClassVar[int] = 1  # encoder layers the head reads (mean-pooled, concatenated)
     # True when the encoder is frozen, so pooled features can be computed once and cached.
     cache_features: ClassVar[bool] = False
     # Folder name inside the run directory: "model" (full HF folder) or "adapter" (PEFT folder).

@@ -24,6 +24,9 @@ class HeadOnly(Method):
     # A frozen encoder leaves the head all the capacity there is: one hidden layer gained ~1 point
     # over a linear head on the movie sentences (77.5% vs 75-76.5%, MiniLM mean-pooled features).
     default_head = "mlp"
+    # Reading the last two layers (each mean-pooled, concatenated) gave the frozen-feature head ~2
+    # points more validation and ~1 point more test accuracy than the last layer alone (two seeds).
+    default_pool_layers = 2
     cache_features = True
 
     def apply(self, model: nn.Module) -> nn.Module:
