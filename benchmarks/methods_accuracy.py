@@ -37,7 +37,7 @@ def main() -> None:
                      "epochs": met["train"]["epochs"], "train_seconds": met["train"]["seconds"],
                      "wall_seconds": round(wall, 1), "lr": met["train"]["lr"],
                      "trainable": met["params"]["trainable"], "command": " ".join(cmd[1:])})
-    print(f"\n| method | test accuracy | test F1 | epochs run | training s | wall s | trainable params |")
+    print("\n| method | test accuracy | test F1 | epochs run | training s | wall s | trainable params |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['accuracy']:.1%} | {r['f1']:.1%} | {r['epochs']:.2f} | {r['train_seconds']:.0f} "

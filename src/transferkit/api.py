@@ -117,7 +117,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .data.batches import FeatureData, TokenData
+    from .data.batches import TokenData
     from .data.tokens import tokenize
     from .inference import pooled_features, predict_logits
     from .methods.base import count_parameters, describe_parameters
@@ -191,7 +191,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
                "method": method.name, "model": resolved.name}
     _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     _write_report(run_dir, splits, test_logits, info, cfg)
-    log(f"test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+    log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
     log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
     log(f"run directory: {run_dir}")
     return FinetuneResult(run_dir, metrics)
