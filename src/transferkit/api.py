@@ -360,6 +360,13 @@ def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list
     os.replace(tmp, path)
 
 
+def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
+    """Exact parameter counts of `model` adapted by `method`, computed without loading weights."""
+    from .params import parameter_report
+    runtime.setup()
+    return parameter_report(model, method, **options)
+
+
 def list_datasets() -> list[dict[str, Any]]:
     from .data.bundled import list_datasets as _ld
     return _ld()

@@ -99,6 +99,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    from . import api
+    targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
+    r = api.params(args.model, args.method, num_labels=args.num_labels, lora_r=args.lora_r,
+                   lora_alpha=args.lora_alpha, target_modules=targets)
+    share = 100 * r["trainable"] / r["total"]
+    print(f"{r['model']} + {r['method']} ({args.num_labels} labels), counted on the meta device:")
+    print(f"  total      {r['total']:>14,}")
+    print(f"  trainable  {r['trainable']:>14,}  ({share:.4f}%)")
+    print(f"  head       {r['head']:>14,}")
+    if r["method_params"]:
+        print(f"  method     {r['method_params']:>14,}  ({100 * r['method_share_of_adapted']:.2f}% of the "
+              f"{r['adapted_weights']:,} weights in the {r['adapted_matrices']} adapted matrices)")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from . import api
     rows = api.list_datasets()
@@ -143,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("params", help="exact parameter counts of a model + method, without loading weights")
+    p.add_argument("--model", default="minilm-l6",
+                   help="known hub name (bert-base-uncased, ...), config.json, model folder or bundled name")
+    p.add_argument("--method", default="full")
+    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--target-modules", help="comma-separated, e.g. query,key,value,attention.output.dense")
+    p.set_defaults(func=cmd_params)
     p = sub.add_parser("datasets", help="list bundled datasets")
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("models", help="list bundled models")

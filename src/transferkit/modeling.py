@@ -48,7 +48,8 @@ class TransferkitClassifierConfig(PretrainedConfig):
 
     @property
     def hidden_size(self) -> int:  # peft and the head read this
-        return int(self.encoder.get("hidden_size") or self.encoder.get("dim") or self.encoder["d_model"])
+        enc = self.encoder
+        return int(enc.get("hidden_size") or enc.get("dim") or enc.get("n_embd") or enc["d_model"])
 
 
 class TransferkitForSequenceClassification(PreTrainedModel):

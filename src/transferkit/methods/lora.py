@@ -43,8 +43,9 @@ class LoRA(Method):
 
         o = self.options
         targets = o.target_modules or default_targets(model)
-        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        missing = [t for t in targets if t not in names]
+        # peft matches a target by the module's full name or a dotted suffix ("attention.output.dense").
+        names = [n for n, _ in model.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
             from ..errors import UserError
             raise UserError(f"method.target_modules: {missing} not found in the model "
