@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,7 +85,11 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     from transformers import AutoConfig
     model_config = AutoConfig.from_pretrained(resolved.path)
     limit = tk.model_max_length(tokenizer, model_config)
-    n_layers = getattr(model_config, "num_hidden_layers", None) or model_config.encoder.get("num_hidden_layers")
+    encoder_cfg = (model_config.encoder if model_config.model_type == "transferkit_classifier"
+                   else model_config.to_dict())
+    n_layers = encoder_cfg.get("num_hidden_layers") or encoder_cfg.get("n_layers") or encoder_cfg.get("n_layer")
+    hidden = (encoder_cfg.get("hidden_size") or encoder_cfg.get("dim") or encoder_cfg.get("n_embd")
+              or encoder_cfg.get("d_model"))
     if cfg.model.pool_layers and n_layers and cfg.model.pool_layers > n_layers:
         raise UserError(f"model.pool_layers {cfg.model.pool_layers} exceeds the model's {n_layers} layers")
     max_length = cfg.data.max_length or tk.choose_max_length(stats, limit)
@@ -99,7 +103,7 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         run_dir.mkdir(parents=True, exist_ok=True)  # new, or empty (checked by _new_run_dir)
         _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
     return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
-                           resuming=resume is not None, log=log)
+                           hidden=int(hidden), resuming=resume is not None, log=log)
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).
@@ -112,7 +116,8 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
 
 
 def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, splits: Any, tokenizer: Any,
-                    max_length: int, stats: dict, run_dir: Path, resuming: bool, log: Any) -> FinetuneResult:
+                    max_length: int, stats: dict, run_dir: Path, hidden: int, resuming: bool,
+                    log: Any) -> FinetuneResult:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -129,7 +134,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
     head = method.default_head if cfg.model.head == "auto" else cfg.model.head
-    head_hidden = 0 if head == "linear" else _hidden_size(resolved.path)
+    head_hidden = 0 if head == "linear" else hidden
     pool_layers = cfg.model.pool_layers or method.default_pool_layers
     model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden,
                              pool_layers)
@@ -166,9 +171,6 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     model = accelerator.unwrap_model(trainer.model)
 
     test_metrics, test_logits = eval_split(model, "test")
-    best_val = None
-    if has_val:
-        best_val, _ = eval_split(model, "validation")
     # Save the artefact to a temporary folder first so a crash never leaves half a model.
     art = run_dir / method.artifact
     tmp = run_dir / (method.artifact + ".tmp")
@@ -178,10 +180,10 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     shutil.rmtree(art, ignore_errors=True)
     tmp.rename(art)
     info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
-                   cfg.model.classifier_dropout, head_hidden, pool_layers, _method_options(cfg))
+                   cfg.model.classifier_dropout, head_hidden, pool_layers, asdict(cfg.method))
     info.write()
     samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
-    metrics = {"test": test_metrics, "validation": best_val,
+    metrics = {"test": test_metrics, "validation": state.best_metrics,
                "train": {"steps": state.global_step, "epochs": round(state.global_step / trainer.steps_per_epoch, 3),
                          "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
                          "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
@@ -217,19 +219,6 @@ def _cached_features(model: Any, data: dict, run_dir: Path, pooled_features: Any
         log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
             f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
     return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
-
-
-def _hidden_size(path: str) -> int:
-    from transformers import AutoConfig
-    c = AutoConfig.from_pretrained(path)
-    if getattr(c, "model_type", "") == "transferkit_classifier":
-        return c.hidden_size
-    return int(getattr(c, "hidden_size", None) or getattr(c, "dim", None) or c.d_model)
-
-
-def _method_options(cfg: RunConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-    return asdict(cfg.method)
 
 
 def _write_report(run_dir: Path, splits: Any, logits: Any, info: Any, cfg: RunConfig) -> None:

@@ -120,7 +120,14 @@ class TransferkitForSequenceClassification(PreTrainedModel):
                      id2label: dict[int, str] | None = None, head_hidden: int = 0, pool_layers: int = 1,
                      **load_kwargs: Any) -> "TransferkitForSequenceClassification":
         """A new classifier over the pretrained encoder at `path` (a HF folder or hub name)."""
-        encoder = AutoModel.from_pretrained(path, **load_kwargs)
+        return cls.with_encoder(AutoModel.from_pretrained(path, **load_kwargs), num_labels, pooling,
+                                classifier_dropout, id2label, head_hidden, pool_layers)
+
+    @classmethod
+    def with_encoder(cls, encoder: nn.Module, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
+                     id2label: dict[int, str] | None = None, head_hidden: int = 0,
+                     pool_layers: int = 1) -> "TransferkitForSequenceClassification":
+        """A new head over an encoder module that is already loaded."""
         enc_cfg = encoder.config.to_dict()
         for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
             enc_cfg.pop(k, None)

@@ -125,18 +125,14 @@ def load_tokenizer(path: str) -> Any:
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
                      head_hidden: int = 0, pool_layers: int = 1) -> Any:
     """A fresh classifier over the resolved encoder, with the task's label names."""
-    from .modeling import TransferkitForSequenceClassification
-    id2label = dict(enumerate(label_names))
-    path = resolved.path
-    cfg_file = Path(path) / "config.json"
+    from transformers import AutoModel
+
+    from .modeling import TransferkitForSequenceClassification as Classifier
+    cfg_file = Path(resolved.path) / "config.json"
     if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "transferkit_classifier":
         # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
-        old = TransferkitForSequenceClassification.from_pretrained(path)
-        from .modeling import TransferkitClassifierConfig
-        config = TransferkitClassifierConfig(
-            encoder=old.config.encoder, pooling=pooling, classifier_dropout=classifier_dropout, head_hidden=head_hidden,
-            pool_layers=pool_layers, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()})
-        return TransferkitForSequenceClassification(config, encoder=old.encoder)
-    return TransferkitForSequenceClassification.from_encoder(
-        path, num_labels=len(label_names), pooling=pooling, classifier_dropout=classifier_dropout, id2label=id2label,
-        head_hidden=head_hidden, pool_layers=pool_layers)
+        encoder = Classifier.from_pretrained(resolved.path).encoder
+    else:
+        encoder = AutoModel.from_pretrained(resolved.path)
+    return Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,
+                                   dict(enumerate(label_names)), head_hidden, pool_layers)
