@@ -41,11 +41,17 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = field(default="full", metadata={"help": "adaptation method: full, lora, head_only"})
+    name: str = field(default="full", metadata={"help": "adaptation method: full, lora, adapter, prefix, ia3, bitfit, head_only"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "modules LoRA adapts (default per architecture)"})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "modules LoRA/IA3 adapt (default per architecture; all-linear: every linear layer of the encoder)"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)"})
+    lora_plus_ratio: float | None = field(default=None, metadata={"help": "LoRA+: the B matrices learn at lr * ratio (the LoRA+ paper suggests 16)"})
+    adapter_kind: str = field(default="pfeiffer", metadata={"help": "bottleneck adapter placement: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward)"})
+    adapter_reduction: int = field(default=16, metadata={"help": "bottleneck adapter reduction factor: hidden size / bottleneck size"})
+    prefix_tokens: int = field(default=20, metadata={"help": "prefix tuning: virtual tokens prepended to every layer's keys and values"})
 
 
 @dataclass
@@ -56,6 +62,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: per method)"})
+    layer_lr_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay: encoder layer at depth d below the top trains at lr * decay^d (None or 1: off)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorm)"})
     warmup: float = field(default=0.1, metadata={"help": "warmup fraction of the optimizer steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
@@ -213,6 +220,14 @@ def validate(cfg: RunConfig) -> None:
         (t.max_grad_norm < 0, "train.max_grad_norm", "must be >= 0", t.max_grad_norm),
         (t.eval_steps is not None and t.eval_steps <= 0, "train.eval_steps", "must be > 0", t.eval_steps),
         (t.checkpoint_steps <= 0, "train.checkpoint_steps", "must be > 0", t.checkpoint_steps),
+        (t.layer_lr_decay is not None and not 0 < t.layer_lr_decay <= 1, "train.layer_lr_decay", "must be in (0, 1]",
+         t.layer_lr_decay),
+        (cfg.method.lora_plus_ratio is not None and cfg.method.lora_plus_ratio <= 0, "method.lora_plus_ratio",
+         "must be > 0", cfg.method.lora_plus_ratio),
+        (cfg.method.adapter_kind not in ("houlsby", "pfeiffer"), "method.adapter_kind", "must be houlsby or pfeiffer",
+         cfg.method.adapter_kind),
+        (cfg.method.adapter_reduction < 1, "method.adapter_reduction", "must be >= 1", cfg.method.adapter_reduction),
+        (cfg.method.prefix_tokens < 1, "method.prefix_tokens", "must be >= 1", cfg.method.prefix_tokens),
         (cfg.method.lora_r <= 0, "method.lora_r", "must be > 0", cfg.method.lora_r),
         (not 0 <= cfg.method.lora_dropout < 1, "method.lora_dropout", "must be in [0, 1)", cfg.method.lora_dropout),
         (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
