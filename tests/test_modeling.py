@@ -156,3 +156,26 @@ def test_bundled_minilm_resolves():
     assert r.pooling == "mean"
     cfg = json.loads(open(f"{r.path}/config.json").read())
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (384, 6, 30522)
+
+
+def test_random_init_keeps_architecture_not_weights(tiny_model_dir):
+    """model.init=random: the no-pretraining baseline has the same shapes and fresh weights."""
+    resolved = ResolvedModel("tiny", str(tiny_model_dir), "mean")
+    torch.manual_seed(1)
+    pretrained = build_classifier(resolved, LABELS, "mean", 0.1)
+    random = build_classifier(resolved, LABELS, "mean", 0.1, random_init=True)
+    shapes = {n: p.shape for n, p in pretrained.encoder.named_parameters()}
+    assert shapes == {n: p.shape for n, p in random.encoder.named_parameters()}
+    w = "embeddings.word_embeddings.weight"
+    assert not torch.equal(pretrained.encoder.get_parameter(w), random.encoder.get_parameter(w))
+
+
+def test_random_init_needs_full_method():
+    from transferkit.config import RunConfig, validate
+    cfg = RunConfig()
+    cfg.override("model.init", "random")
+    cfg.override("method.name", "lora")
+    with pytest.raises(UserError, match="model.init"):
+        validate(cfg)
+    cfg.override("method.name", "full")
+    validate(cfg)

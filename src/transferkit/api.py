@@ -137,7 +137,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     head_hidden = 0 if head == "linear" else hidden
     pool_layers = cfg.model.pool_layers or method.default_pool_layers
     model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden,
-                             pool_layers)
+                             pool_layers, random_init=cfg.model.init == "random")
     model = method.apply(model)
     counts = count_parameters(model)
     log(describe_parameters(counts))

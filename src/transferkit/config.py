@@ -37,6 +37,7 @@ class ModelConfig:
     classifier_dropout: float = field(default=0.1, metadata={"help": "dropout before the classification layer"})
     pool_layers: int | None = field(default=None, metadata={"help": "pool each of the last k encoder layers and concatenate (default per method)"})
     head: str = field(default="auto", metadata={"help": "auto|linear|mlp: the task head (auto: per method; mlp has one hidden layer of the encoder's width)"})
+    init: str = field(default="pretrained", metadata={"help": "pretrained|random: start from the pretrained weights, or the same architecture randomly initialised (method full only; shows what pretraining is worth)"})
 
 
 @dataclass
@@ -234,6 +235,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.model.pool_layers is not None and cfg.model.pool_layers < 1, "model.pool_layers", "must be >= 1",
          cfg.model.pool_layers),
         (cfg.model.head not in ("auto", "linear", "mlp"), "model.head", "must be auto, linear or mlp", cfg.model.head),
+        (cfg.model.init not in ("pretrained", "random"), "model.init", "must be pretrained or random", cfg.model.init),
+        (cfg.model.init == "random" and cfg.method.name != "full", "model.init",
+         "random needs method full (a frozen random encoder cannot be rebuilt for loading)", cfg.model.init),
         (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
         (len(cfg.data.split) != 3 or any(f < 0 for f in cfg.data.split) or abs(sum(cfg.data.split) - 1) > 1e-6,
          "data.split", "must be three non-negative fractions summing to 1", cfg.data.split),

@@ -123,15 +123,21 @@ def load_tokenizer(path: str) -> Any:
 
 
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
-                     head_hidden: int = 0, pool_layers: int = 1) -> Any:
-    """A fresh classifier over the resolved encoder, with the task's label names."""
-    from transformers import AutoModel
+                     head_hidden: int = 0, pool_layers: int = 1, random_init: bool = False) -> Any:
+    """A fresh classifier over the resolved encoder, with the task's label names.
+
+    `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
+    from transformers import AutoConfig, AutoModel
 
     from .modeling import TransferkitForSequenceClassification as Classifier
     cfg_file = Path(resolved.path) / "config.json"
     if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "transferkit_classifier":
         # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
         encoder = Classifier.from_pretrained(resolved.path).encoder
+        if random_init:
+            encoder = AutoModel.from_config(encoder.config)
+    elif random_init:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolved.path))
     else:
         encoder = AutoModel.from_pretrained(resolved.path)
     return Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,
