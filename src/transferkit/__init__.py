@@ -12,6 +12,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import evaluate, finetune, list_datasets, list_models, make_config, params, predict
+from .api import fill_mask, generate
 from .config import RunConfig
 from .errors import UserError
 from .modeling import register as _register
@@ -28,4 +29,5 @@ _register()
 
 __all__ = ["finetune", "evaluate", "predict", "params", "list_datasets", "list_models", "make_config",
            "RunConfig", "UserError", "Predictor"]
+__all__ += ["fill_mask", "generate"]
 __version__ = "0.1.0"

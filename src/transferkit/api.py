@@ -364,3 +364,21 @@ def list_datasets() -> list[dict[str, Any]]:
 def list_models() -> list[dict[str, Any]]:
     from .models import list_models as _lm
     return _lm()
+
+
+def fill_mask(model: Any, text: str, top_k: int = 5, **kwargs: Any) -> list[dict[str, Any]]:
+    """Top-k fillers (token, score, sequence) for the one [MASK] / <mask> in `text`; see generation.py."""
+    from .generation import fill_mask as _fm
+    return _fm(model, text, top_k, **kwargs)
+
+
+def generate(model: Any, prompt: str, max_new_tokens: int = 50, **kwargs: Any) -> list[str]:
+    """Texts generated from `prompt` by a causal LM (greedy when temperature is 0); see generation.py."""
+    from .generation import generate as _gen
+    return _gen(model, prompt, max_new_tokens, **kwargs)
+
+
+def lm_sizes() -> list[dict[str, Any]]:
+    """The from-scratch architectures and sizes `pretrain` can build (layers, hidden, heads, ffn)."""
+    from .lm_models import size_table
+    return size_table()

