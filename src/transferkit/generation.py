@@ -139,6 +139,14 @@ class TextGenerator:
                  chat: bool = False) -> list[str]:
         """Greedy when temperature is 0, else sampling. Returns prompt + continuation for each sequence
         (with `chat`, the assistant's reply alone)."""
+        new = self.generate_ids(prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed, chat)
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [t.strip() for t in texts] if chat else [prompt + t for t in texts]
+
+    def generate_ids(self, prompt: str, max_new_tokens: int = 50, temperature: float = 0.0,
+                     top_k: int | None = None, top_p: float | None = None, num_return_sequences: int = 1,
+                     seed: int | None = None, chat: bool = False) -> Any:
+        """The new token ids only: (num_return_sequences, <= max_new_tokens)."""
         import torch
         from transformers import set_seed
         _check_options(max_new_tokens, temperature, top_k, top_p, num_return_sequences)
@@ -146,11 +154,14 @@ class TextGenerator:
         if chat:
             if not getattr(tok, "chat_template", None):
                 raise UserError("this model's tokenizer has no chat template; drop --chat")
-            enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True)["input_ids"]
         else:
-            enc = tok(prompt, return_tensors="pt")
-        ids = enc["input_ids"]  # (1, T)
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            eos = self.model.config.eos_token_id
+            if ids.shape[1] > 1 and eos is not None and int(ids[0, -1]) == eos:
+                ids = ids[:, :-1]  # BERT-style vocabularies end every text with [SEP]: the prompt is not finished
+        # ids: (1, T)
         if ids.shape[1] == 0:
             raise UserError("the prompt is empty and the tokenizer adds no start token; give a prompt")
         limit = _max_positions(self.model.config)
@@ -170,11 +181,9 @@ class TextGenerator:
             set_seed(seed)
         dev = next(self.model.parameters()).device
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids.to(dev), attention_mask=enc["attention_mask"].to(dev),
+            out = self.model.generate(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
                                       **kwargs)  # (num_return_sequences, T + new)
-        new = out[:, ids.shape[1]:].cpu()
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        return [t.strip() for t in texts] if chat else [prompt + t for t in texts]
+        return out[:, ids.shape[1]:].cpu()
 
 
 def _check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
