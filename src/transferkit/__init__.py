@@ -11,7 +11,7 @@ import os as _os
 # torch loads OpenMP, hence here; a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .api import evaluate, finetune, list_datasets, list_models, make_config, params, predict
+from .api import compare, evaluate, finetune, list_datasets, list_models, make_config, params, predict
 from .api import fill_mask, generate
 from .config import RunConfig
 from .errors import UserError
@@ -27,7 +27,7 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
 
 _register()
 
-__all__ = ["finetune", "evaluate", "predict", "params", "list_datasets", "list_models", "make_config",
+__all__ = ["compare", "finetune", "evaluate", "predict", "params", "list_datasets", "list_models", "make_config",
            "RunConfig", "UserError", "Predictor"]
 __all__ += ["fill_mask", "generate"]
 __version__ = "0.1.0"

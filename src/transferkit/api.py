@@ -3,6 +3,7 @@
     finetune(cfg)            train a classifier, write a run directory, return its metrics
     evaluate(run_dir, ...)   metrics, plots and an HTML report for a finished run
     predict(run_dir, texts)  labels with confidence, in input order
+    compare(methods, ...)    every method on the same data and budget, one table
 """
 from __future__ import annotations
 
@@ -167,6 +168,8 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {tcfg.epochs:g} epochs = {trainer.total_steps} "
         f"steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience {tcfg.early_stopping_patience}, "
         f"{accelerator.device}")
+    from .comparison import current_rss_mb, memory_report
+    rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
     state = trainer.fit()
     model = accelerator.unwrap_model(trainer.model)
 
@@ -190,7 +193,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
                          "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
                          "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
                "params": counts, "data": {**splits.summary, "token_lengths": stats, "max_length": max_length},
-               "method": method.name, "model": resolved.name}
+               "method": method.name, "model": resolved.name, "memory": memory_report(rss_before_train)}
     _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     _write_report(run_dir, splits, test_logits, info, cfg)
     log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
@@ -347,6 +350,21 @@ def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | RunConfig | dict | None = None,
+            output_dir: str | Path | None = None, inference_repeats: int = 3, log: Any = _log,
+            **overrides: Any) -> Any:
+    """Train every method (default: all registered) on the same data, seed and budget; write one table.
+
+    Each method is a run directory `output_dir/<method>` trained in its own process; finished runs
+    are reused and interrupted ones resumed. Overrides as in `finetune` (short names or dotted
+    keys). Returns a `CompareResult` (rows, failed methods, markdown, paths of compare.md/csv/png)."""
+    from .comparison import run_compare
+    if "method" in overrides or "method.name" in overrides:
+        raise UserError("compare runs every method in `methods`; do not set method")
+    base = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
 
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:

@@ -115,6 +115,23 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import api
+    if args.method or args.resume:
+        raise UserError("compare takes --methods a,b,c (it resumes interrupted runs itself); "
+                        "--method and --resume belong to finetune")
+    overrides = _overrides(args)
+    output_dir = overrides.pop("output_dir", None)
+    result = api.compare(args.methods, config=args.config, output_dir=output_dir,
+                         inference_repeats=args.inference_repeats, **overrides)
+    print(result.markdown)
+    if result.failed:
+        print(f"transferkit: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "
+              f"(logs in {result.output_dir / 'logs'})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from . import api
     rows = api.list_datasets()
@@ -194,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--target-modules", help="comma-separated, e.g. query,key,value,attention.output.dense")
     p.set_defaults(func=cmd_params)
+    p = sub.add_parser("compare", help="train every method on the same data and budget; one table")
+    _finetune_args(p)
+    for action in p._actions:  # the finetune options, minus those compare decides itself
+        if action.dest in ("method", "resume"):
+            action.help = argparse.SUPPRESS
+        elif action.dest == "output_dir":
+            action.help = "folder for OUT/<method> runs and OUT/compare.{md,csv,png} (default runs/compare)"
+    p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
+    p.add_argument("--inference-repeats", type=int, default=3, help="timed passes over the test texts (median)")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("datasets", help="list bundled datasets")
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("models", help="list bundled models")
