@@ -59,3 +59,60 @@ def test_cli_params(capsys, monkeypatch):
     assert main(["params", "--model", "not-a-model-anywhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not be resolved offline" in err[0] and "bert-base-uncased" in err[0]
+
+
+# ---- the other methods on bert-base, counted by hand ----------------------------------------------------
+H, LAYERS, FFN = 768, 12, 3072
+BERT_BASE_NO_POOLER = 109_483_778 - BERT_BASE_POOLER
+HEAD = H * 2 + 2
+
+
+def test_pfeiffer_adapter_reduction_16():
+    r = parameter_report("bert-base-uncased", "adapter", adapter_kind="pfeiffer", adapter_reduction=16)
+    per_adapter = H * 48 + 48 + 48 * H + H  # down (768 -> 48) + up (48 -> 768), with biases
+    assert r["method_params"] == LAYERS * per_adapter == 894_528
+    assert r["trainable"] == 894_528 + HEAD  # Pfeiffer: LayerNorms stay frozen
+    assert r["total"] == BERT_BASE_NO_POOLER + 894_528
+    assert r["adapted_matrices"] == LAYERS
+
+
+def test_houlsby_adapter_trains_layer_norms():
+    r = parameter_report("bert-base-uncased", "adapter", adapter_kind="houlsby", adapter_reduction=16)
+    assert r["method_params"] == 2 * 894_528  # after attention and after the feed-forward block
+    layer_norms = LAYERS * 2 * 2 * H  # two LayerNorms per layer, weight + bias
+    assert r["trainable"] == 2 * 894_528 + layer_norms + HEAD
+
+
+def test_bitfit_counts_every_encoder_bias():
+    r = parameter_report("bert-base-uncased", "bitfit")
+    # per layer: query/key/value/attention-output biases, attention LayerNorm bias, intermediate (3072),
+    # output, output LayerNorm bias; plus the embedding LayerNorm bias
+    per_layer = 4 * H + H + FFN + H + H
+    assert r["method_params"] == LAYERS * per_layer + H == 102_144
+    assert r["trainable"] == 102_144 + HEAD
+    assert r["total"] == BERT_BASE_NO_POOLER
+
+
+def test_ia3_prefix_and_lora_variants():
+    ia3 = parameter_report("bert-base-uncased", "ia3")
+    assert ia3["method_params"] == LAYERS * (H + H + FFN) == 55_296  # key, value outputs; feed-forward input
+    assert ia3["trainable"] == 55_296 + HEAD
+    prefix = parameter_report("bert-base-uncased", "prefix", prefix_tokens=20)
+    assert prefix["method_params"] == LAYERS * 2 * 20 * H == 368_640  # a key and a value per virtual token
+    assert prefix["trainable"] == 368_640 + HEAD
+    all_linear = parameter_report("bert-base-uncased", "lora", lora_r=8, target_modules=["all-linear"])
+    per_layer = 4 * 8 * (H + H) + 8 * (H + FFN) + 8 * (FFN + H)
+    assert all_linear["method_params"] == LAYERS * per_layer == 1_327_104
+    assert all_linear["adapted_matrices"] == 6 * LAYERS
+    dora = parameter_report("bert-base-uncased", "lora", lora_r=8, use_dora=True)
+    assert dora["method_params"] == 294_912 + 2 * LAYERS * H  # plus one magnitude vector per matrix
+    assert parameter_report("bert-base-uncased", "lora", lora_r=8, use_rslora=True)["method_params"] == 294_912
+
+
+def test_cli_params_adapter(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["params", "--model", "bert-base-uncased", "--method", "adapter", "--adapter-reduction", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "894,528" in out and "896,066" in out
+    assert main(["params", "--model", "bert-base-uncased", "--method", "bitfit"]) == 0
+    assert "102,144" in capsys.readouterr().out

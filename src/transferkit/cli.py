@@ -27,7 +27,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", help="column with the text (default: auto-detect)")
     p.add_argument("--label-column", help="column with the label (default: auto-detect)")
     p.add_argument("--model", help="bundled model name, local HF folder or hub name (default minilm-l6)")
-    p.add_argument("--method", help="full | lora | head_only (default full)")
+    p.add_argument("--method", help="full | lora | adapter | prefix | ia3 | bitfit | head_only (default full)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default: per method)")
@@ -103,15 +103,19 @@ def cmd_params(args: argparse.Namespace) -> int:
     from . import api
     targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
     r = api.params(args.model, args.method, num_labels=args.num_labels, lora_r=args.lora_r,
-                   lora_alpha=args.lora_alpha, target_modules=targets)
+                   lora_alpha=args.lora_alpha, target_modules=targets, use_dora=args.use_dora or None,
+                   use_rslora=args.use_rslora or None, adapter_kind=args.adapter_kind,
+                   adapter_reduction=args.adapter_reduction, prefix_tokens=args.prefix_tokens)
     share = 100 * r["trainable"] / r["total"]
     print(f"{r['model']} + {r['method']} ({args.num_labels} labels), counted on the meta device:")
     print(f"  total      {r['total']:>14,}")
     print(f"  trainable  {r['trainable']:>14,}  ({share:.4f}%)")
     print(f"  head       {r['head']:>14,}")
-    if r["method_params"]:
+    if r["method_params"] and r["method_share_of_adapted"] is not None:
         print(f"  method     {r['method_params']:>14,}  ({100 * r['method_share_of_adapted']:.2f}% of the "
               f"{r['adapted_weights']:,} weights in the {r['adapted_matrices']} adapted matrices)")
+    elif r["method_params"]:
+        print(f"  method     {r['method_params']:>14,}")
     return 0
 
 
@@ -210,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--target-modules", help="comma-separated, e.g. query,key,value,attention.output.dense")
+    p.add_argument("--use-dora", action="store_true", help="lora: DoRA (adds a magnitude vector per matrix)")
+    p.add_argument("--use-rslora", action="store_true", help="lora: rank-stabilised scaling (same count)")
+    p.add_argument("--adapter-kind", choices=["houlsby", "pfeiffer"], help="adapter: placement (pfeiffer)")
+    p.add_argument("--adapter-reduction", type=int, help="adapter: hidden size / bottleneck size (16)")
+    p.add_argument("--prefix-tokens", type=int, help="prefix: virtual tokens per layer (20)")
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("compare", help="train every method on the same data and budget; one table")
     _finetune_args(p)

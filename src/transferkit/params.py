@@ -60,7 +60,8 @@ def parameter_report(model: str, method: str = "full", num_labels: int = 2, head
                      pool_layers: int = 1, **method_options: Any) -> dict[str, Any]:
     """Total, trainable, head and method parameter counts of the classifier with `method` applied.
 
-    Counts follow peft: for LoRA the total includes peft's trainable copy of the head.
+    Counts follow peft: for LoRA the total includes peft's trainable copy of the head. `method_params`
+    are what the method adds or selects besides the head (LoRA/IA3/adapter weights, prefixes, BitFit biases).
     """
     import torch
 
@@ -86,11 +87,20 @@ def parameter_report(model: str, method: str = "full", num_labels: int = 2, head
     with torch.device("meta"):
         net = m.apply(TransferkitForSequenceClassification(config))
     counts = count_parameters(net)
-    added = {n: p.numel() for n, p in net.named_parameters() if "lora_" in n}
-    adapted = {n.rsplit(".lora_", 1)[0] for n in added}
-    adapted_weights = sum(p.numel() for n, p in net.named_parameters()
-                          if n.endswith(".base_layer.weight") and n[: -len(".base_layer.weight")] in adapted)
+    added = m.method_params(net)
+    params = dict(net.named_parameters())
+    adapted = {a for a in (_adapted_module(n, params) for n in added) if a is not None}
+    adapted_weights = sum(params[a + ".base_layer.weight"].numel() for a in adapted)
     report = {"model": model, "method": method, **counts, "method_params": sum(added.values()),
               "adapted_matrices": len(adapted), "adapted_weights": adapted_weights}
     report["method_share_of_adapted"] = report["method_params"] / adapted_weights if adapted_weights else None
     return report
+
+
+def _adapted_module(name: str, params: dict[str, Any]) -> str | None:
+    """The wrapped layer a method parameter belongs to (the nearest module with a `base_layer`), if any."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) + ".base_layer.weight" in params:
+            return ".".join(parts[:i])
+    return None

@@ -10,6 +10,23 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 HEAD_NAMES = ("classifier",)
+# Attribute a method sets on the model it returns to ask for per-parameter lr multipliers
+# (e.g. LoRA+: B matrices at lr * ratio); `train.param_groups` reads it. A dict: name part -> factor.
+LR_SCALE_ATTR = "transferkit_lr_scale"
+
+
+def set_lr_scale(model: nn.Module, scales: dict[str, float]) -> None:
+    """Parameters whose dotted name contains a key of `scales` train at lr * that factor."""
+    object.__setattr__(model, LR_SCALE_ATTR, dict(scales))
+
+
+def lr_scale(model: nn.Module, name: str) -> float:
+    """The lr multiplier the method asked for on parameter `name` (1.0 when none)."""
+    factor = 1.0
+    for part, f in (getattr(model, LR_SCALE_ATTR, None) or {}).items():
+        if part in name.split("."):
+            factor *= f
+    return factor
 
 
 def is_head_param(name: str) -> bool:
@@ -51,6 +68,8 @@ class Method:
     cache_features: ClassVar[bool] = False
     # Folder name inside the run directory: "model" (full HF folder) or "adapter" (PEFT folder).
     artifact: ClassVar[str] = "model"
+    # True when the method's update folds into the base weights (merge/unmerge below work).
+    can_merge: ClassVar[bool] = False
 
     def __init__(self, options: Any) -> None:
         self.options = options  # MethodConfig
@@ -81,3 +100,15 @@ class Method:
     def for_inference(self, model: nn.Module) -> nn.Module:
         """The fastest equivalent model for prediction (e.g. LoRA merged into the weights)."""
         return model
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold the method's update into the base weights in place (only when `can_merge`)."""
+        raise NotImplementedError(f"{self.name} cannot merge into the base weights")
+
+    def unmerge(self, model: nn.Module) -> None:
+        """Undo `merge`: the base weights return to their pretrained values."""
+        raise NotImplementedError(f"{self.name} cannot merge into the base weights")
+
+    def method_params(self, model: nn.Module) -> dict[str, int]:
+        """Parameters the method adds or selects (not the head): name -> numel. Empty for full/head_only."""
+        return {}

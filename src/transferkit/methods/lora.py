@@ -1,13 +1,18 @@
-"""LoRA through peft: low-rank updates on chosen linear layers; the head trains and is saved with it."""
-from __future__ import annotations
+"""LoRA through peft: low-rank updates on chosen linear layers; the head trains and is saved with it.
 
-from pathlib import Path
-from typing import Callable
+Options: `target_modules` (names, dotted suffixes, or `all-linear` for every linear layer of the
+encoder but not the head), rsLoRA (`use_rslora`: scale alpha/sqrt(r)), DoRA (`use_dora`), all
+peft's; LoRA+ (`lora_plus_ratio`: the B matrices learn at lr * ratio) is an optimizer setting, so
+the method only marks the B matrices and `train.param_groups` gives them their learning rate.
+"""
+from __future__ import annotations
 
 from torch import nn
 
 from ..registry import METHODS
-from .base import Method
+from .base import set_lr_scale
+from .layout import model_type
+from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets
 
 # Linear layers LoRA adapts by default, per encoder architecture (model_type).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -27,43 +32,27 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    cfg = model.config
-    model_type = cfg.encoder.get("model_type") if hasattr(cfg, "encoder") else cfg.model_type
-    return DEFAULT_TARGETS.get(model_type, ["query", "value"])
+    return DEFAULT_TARGETS.get(model_type(model), ["query", "value"])
 
 
 @METHODS.register("lora")
-class LoRA(Method):
+class LoRA(PeftMethod):
     name = "lora"
     default_lr = 1e-3
-    artifact = "adapter"
+    marker = "lora_"
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model
 
         o = self.options
-        targets = o.target_modules or default_targets(model)
-        # peft matches a target by the module's full name or a dotted suffix ("attention.output.dense").
-        names = [n for n, _ in model.named_modules()]
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-        if missing:
-            from ..errors import UserError
-            raise UserError(f"method.target_modules: {missing} not found in the model "
-                            f"(linear layers include: {', '.join(sorted(_linear_names(model)))})")
+        targets: list[str] | str = o.target_modules or default_targets(model)
+        if targets == [ALL_LINEAR]:
+            targets = all_linear_regex(model)
+        check_targets(model, targets)
         config = LoraConfig(task_type=TaskType.SEQ_CLS, r=o.lora_r, lora_alpha=o.lora_alpha or 2 * o.lora_r,
-                            lora_dropout=o.lora_dropout, target_modules=targets)
-        return get_peft_model(model, config)
-
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors (head included)
-
-    def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
-        from peft import PeftModel
-        return PeftModel.from_pretrained(build_base(), art_dir)
-
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        return model.merge_and_unload()
-
-
-def _linear_names(model: nn.Module) -> set[str]:
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+                            lora_dropout=o.lora_dropout, target_modules=targets, use_rslora=o.use_rslora,
+                            use_dora=o.use_dora)
+        peft_model = get_peft_model(model, config)
+        if o.lora_plus_ratio:
+            set_lr_scale(peft_model, {"lora_B": o.lora_plus_ratio})
+        return peft_model

@@ -1,0 +1,92 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021), written here: peft has none.
+
+Each adapter is down-projection (hidden -> hidden / reduction), ReLU, up-projection back, added to
+its input (a residual). The up-projection starts near zero, so before training every adapter is
+almost the identity and the model computes what the pretrained encoder computed. An adapter is
+inserted by wrapping an output projection of each layer (`AdapterLinear`: base_layer, then
+`h + adapter(h)`), before that sub-layer's dropout, residual and LayerNorm:
+
+- houlsby: after the attention output projection and after the feed-forward output projection;
+- pfeiffer: after the feed-forward output projection only (half the adapters, about the same accuracy
+  in the AdapterFusion paper).
+
+What trains: the adapters and the head; with houlsby also the LayerNorms of every layer, as in
+Houlsby et al. ("we also train the layer normalization parameters"), while the Pfeiffer
+configuration keeps them frozen (AdapterHub's default). Wrapping a module (rather than a forward
+hook on the Linear) keeps the adapter when int8 quantisation swaps the Linear layers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import METHODS
+from .artifact import TensorArtifactMethod
+from .base import is_head_param
+from .layout import output_projections, replace_module
+
+UP_INIT_STD = 1e-3  # near-identity start; exact zeros would also zero the down-projection's gradient
+
+
+class Bottleneck(nn.Module):
+    """x [.., hidden] -> up(relu(down(x))) [.., hidden]."""
+
+    def __init__(self, hidden: int, bottleneck: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden)
+        nn.init.normal_(self.down.weight, std=init_std)
+        nn.init.zeros_(self.down.bias)
+        nn.init.normal_(self.up.weight, std=UP_INIT_STD)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.down(x)))
+
+
+class AdapterLinear(nn.Module):
+    """A frozen projection followed by a residual bottleneck adapter on its output."""
+
+    def __init__(self, base_layer: nn.Linear, bottleneck: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        w = base_layer.weight
+        with torch.device(w.device):  # meta when counting parameters
+            self.adapter = Bottleneck(base_layer.out_features, bottleneck, init_std).to(w.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base_layer(x)  # [batch, seq, hidden]
+        return h + self.adapter(h)
+
+
+@METHODS.register("adapter")
+class BottleneckAdapter(TensorArtifactMethod):
+    name = "adapter"
+    # Adapters start as (nearly) the identity and have few weights: like LoRA they need a large lr to
+    # move within a few epochs (1e-4 is usual for large models, 1e-3 for small ones like MiniLM).
+    default_lr = 1e-3
+    option_keys = ("adapter_kind", "adapter_reduction")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        kind, reduction = self.options.adapter_kind, self.options.adapter_reduction
+        places = output_projections(model, "adapter")
+        hidden = places[0][0].get_submodule(places[0][2]).out_features
+        bottleneck = max(1, hidden // reduction)
+        std = float(getattr(model.config, "encoder", {}).get("initializer_range", 0.02))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer, attn_out, ffn_out in places:
+            for name in ((attn_out, ffn_out) if kind == "houlsby" else (ffn_out,)):
+                replace_module(layer, name, AdapterLinear(layer.get_submodule(name), bottleneck, std))
+            if kind == "houlsby":
+                for m in layer.modules():
+                    if isinstance(m, nn.LayerNorm):
+                        m.requires_grad_(True)
+        for n, p in model.named_parameters():
+            if ".adapter." in n or is_head_param(n):
+                p.requires_grad_(True)
+        return model
+
+    def method_params(self, model: nn.Module) -> dict[str, int]:
+        return {n: p.numel() for n, p in model.named_parameters() if ".adapter." in n}
+

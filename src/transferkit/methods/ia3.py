@@ -1,0 +1,67 @@
+"""(IA)^3 through peft (Liu et al. 2022): learned vectors rescale keys, values and the feed-forward activation.
+
+Default targets per layout are exact regexes: peft's own default for BERT (`output.dense` as a
+suffix) also rescales the attention output projection's input, which the paper does not; here the
+feed-forward vector scales the input of each layer's second feed-forward projection only.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import METHODS
+from .layout import model_type
+from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets
+
+# model_type -> (target regex, feed-forward regex); peft full-matches them against module names.
+_BERT = (r".*\.layer\.\d+\.(?:attention\.self\.(?:key|value)|output\.dense)", r".*\.layer\.\d+\.output\.dense")
+DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "distilbert": (r".*\.layer\.\d+\.(?:attention\.(?:k_lin|v_lin)|ffn\.lin2)", r".*\.layer\.\d+\.ffn\.lin2"),
+}
+# Last name parts of feed-forward output projections: IA3 scales their input, not their output.
+FEEDFORWARD_NAMES = ("output.dense", "lin2", "fc2", "down_proj", "c_proj", "wo")
+
+
+@METHODS.register("ia3")
+class IA3(PeftMethod):
+    name = "ia3"
+    # (IA)^3 has the fewest parameters of all (a vector per adapted layer, initialised to ones); the
+    # paper trains at 3e-3, and rescaling vectors near 1 tolerate a large step.
+    default_lr = 3e-3
+    marker = "ia3_l"
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from peft import IA3Config, TaskType, get_peft_model
+
+        o = self.options
+        if o.target_modules and o.target_modules != [ALL_LINEAR]:
+            targets: list[str] | str = o.target_modules
+            feedforward: list[str] | str = [t for t in targets if t.endswith(FEEDFORWARD_NAMES)]
+        elif o.target_modules == [ALL_LINEAR]:
+            targets, feedforward = all_linear_regex(model), []
+        elif model_type(model) in DEFAULT_TARGETS:
+            targets, feedforward = DEFAULT_TARGETS[model_type(model)]
+        else:
+            from ..errors import UserError
+            raise UserError(f"ia3: no default targets for model type {model_type(model)}; "
+                            "set method.target_modules (e.g. key,value,output.dense)")
+        check_targets(model, targets)
+        config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=feedforward)
+        return get_peft_model(model, config)
+
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        # peft 0.21's IA3 merge_and_unload fails on a multi-layer head in modules_to_save ("'Sequential'
+        # object has no attribute 'weight'"), so merge through peft and unwrap the modules here.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import ModulesToSaveWrapper
+
+        from .layout import replace_module
+        model.merge_adapter()
+        base = model.get_base_model()
+        adapter = model.active_adapter
+        for name, module in list(base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                replace_module(base, name, module.get_base_layer())
+            elif isinstance(module, ModulesToSaveWrapper):
+                replace_module(base, name, module.modules_to_save[adapter])
+        return base
