@@ -140,3 +140,26 @@ def test_cli_errors_exit_2(argv, msg, mlm_run, tiny_model_dir, clm_dir, capsys):
     assert main([a.format(**paths) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("transferkit: error:") and msg in err and "\n" not in err
+
+
+def test_cloze_items_are_single_token_content_words_and_scored(mlm_run):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import cloze
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from transferkit.generation import MaskFiller
+    docs = ["The movie was really good and the acting was superb. This film had a very dull plot indeed.",
+            "A story with wonderful music and a dreadful ending. The director made this quite boring film with music."]
+    filler = MaskFiller.load(str(mlm_run))
+    items = cloze.build_items(docs, [filler.tokenizer], n=10, seed=0)
+    assert len(items) == 4  # four sentences of 8+ words, one item each
+    for it in items:
+        word = it["sentence"][it["start"]:it["end"]]
+        assert word == it["word"] and word.isalpha() and len(word) >= 4
+        assert word.lower() not in ENGLISH_STOP_WORDS  # "this", "with", "very" are eligible otherwise
+        assert it["targets"] == [VOCAB.index(word.lower())]
+    assert cloze.single_token(filler.tokenizer, "the unknownword here", 4, 15) is None  # [UNK] spans no vocab word
+    r = cloze.score(filler, items, 0, batch_size=2)
+    assert r["items"] == 4 and 0 <= r["top1"] <= r["top5"] <= 1
