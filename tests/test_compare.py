@@ -51,7 +51,7 @@ def compared(tmp_path_factory, tiny_model_dir, sentiment_csv):
 
 
 def test_one_row_per_method_with_plausible_numbers(compared):
-    out, _, result, logs = compared
+    out, _, result, _ = compared
     assert result.failed == [] and [r["method"] for r in result.rows] == ["full", "lora"]
     rows = {r["method"]: r for r in result.rows}
     for r in rows.values():

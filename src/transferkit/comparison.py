@@ -12,13 +12,11 @@ for every method. Neither transformers nor peft has a cross-method harness, henc
 
     OUT/<method>/            a normal finetune run directory
     OUT/logs/<method>.yaml   the config the method ran with; .log its output; .json its attempts
-    OUT/compare.{md,csv,png} the table and its plot (written atomically)
+    OUT/compare.{md,csv,png} the table and its plot (comparison_report.py; written atomically)
 """
 from __future__ import annotations
 
 import codecs
-import csv
-import io
 import json
 import os
 import statistics
@@ -33,9 +31,6 @@ from .errors import UserError
 
 Log = Callable[[str], None]
 PROGRESS_EVERY_S = 20.0  # how often a child's progress bar (\r updates) is echoed to the log
-CSV_FIELDS = ["method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
-              "peak_gpu_mb", "train_seconds", "samples_per_s", "wall_seconds", "inference_per_s", "artifact_mb",
-              "weights_mb", "accuracy", "f1_macro", "predictor_accuracy", "steps", "epochs", "lr", "run_dir"]
 
 
 # ---- process memory (finetune records these in metrics.json) --------------------------------------
@@ -294,21 +289,24 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     log(f"compare: {', '.join(names)} -> {out} ("
         + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
 
-    rows, failed = [], []
+    statuses: dict[str, str] = {}
     for plan in plans:
         if plan.state == "finished":
             log(f"== {plan.method}: reusing the finished run {plan.run_dir}")
-            status = "ok"
-        else:
-            rc = _run_child(plan, out, log)
-            ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
-            status = "ok" if ok else f"failed (exit {rc})"
-            if not ok:
-                failed.append(plan.method)
-                log(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
-        rows.append(_row(plan, out, status, texts, labels, inference_repeats, log))
+            statuses[plan.method] = "ok"
+            continue
+        rc = _run_child(plan, out, log)
+        ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
+        statuses[plan.method] = "ok" if ok else f"failed (exit {rc})"
+        if not ok:
+            log(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
+    # Inference is timed only now, every method back to back, so all meet the same machine load.
+    log(f"timing inference on the {len(texts)} test texts ({inference_repeats} passes each, median)")
+    rows = [_row(p, out, statuses[p.method], texts, labels, inference_repeats, log) for p in plans]
+    failed = [m for m, st in statuses.items() if st != "ok"]
 
-    markdown, paths = write_tables(out, rows, base, splits)
+    from .comparison_report import write_tables
+    markdown, paths = write_tables(out, rows, base, splits, inference_repeats)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     return CompareResult(out, rows, failed, markdown, paths)
 
@@ -317,134 +315,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-# ---- the table and its plot ---------------------------------------------------------------------
-
-def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
-    return "" if v is None else format(v * scale if scale != 1 else v, spec)
-
-
-def _added(r: dict[str, Any]) -> float | None:
-    """Memory the training itself added: peak minus the resident memory just before it."""
-    if r.get("peak_rss_mb") is None or r.get("rss_before_train_mb") is None:
-        return None
-    return r["peak_rss_mb"] - r["rss_before_train_mb"]
-
-
-def _less(ratio: float) -> str:
-    return f"{100 * (1 - ratio):.0f}% lower" if ratio <= 1 else f"{100 * (ratio - 1):.0f}% higher"
-
-
-def _mb(v: float) -> str:
-    return f"{v:.2f}" if v < 10 else f"{v:.0f}"
-
-
-def _versus_full(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per method against full fine-tuning: the textbook claims, measured."""
-    full = next((r for r in rows if r["method"] == "full" and r.get("accuracy") is not None), None)
-    if full is None:
-        return []
-    lines = ["", "Against full fine-tuning (same data, seed and budget):", ""]
-    for r in rows:
-        if r is full or r.get("accuracy") is None:
-            continue
-        parts = [f"{r['trainable_pct']:.2f}% of the parameters train",
-                 f"accuracy {100 * (r['accuracy'] - full['accuracy']):+.1f} points"]
-        if r.get("samples_per_s") and full.get("samples_per_s"):
-            parts.append(f"{r['samples_per_s'] / full['samples_per_s']:.2f}x the training samples/s")
-        if r.get("peak_rss_mb") and full.get("peak_rss_mb"):
-            parts.append("peak memory " + _less(r["peak_rss_mb"] / full["peak_rss_mb"]))
-        if _added(r) is not None and _added(full):
-            parts.append("memory added by training " + _less(_added(r) / _added(full)))
-        if r.get("artifact_mb") and full.get("artifact_mb"):
-            parts.append(f"artefact {_mb(r['artifact_mb'])} MB vs {_mb(full['artifact_mb'])} MB")
-        lines.append(f"- {r['method']}: " + "; ".join(parts))
-    return lines
-
-
-def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any) -> str:
-    import platform
-
-    import torch
-    budget = (f"max {base.train.max_steps} steps" if base.train.max_steps else
-              f"{base.train.epochs:g} epoch(s)" if base.train.epochs else "each method's default epochs")
-    lr = f"lr {base.train.lr:g} for all" if base.train.lr else "each method at its default learning rate"
-    sizes = splits.summary.get("sizes", {})
-    head = [f"# transferkit compare: {base.data.data or base.data.train} on {base.model.name}", "",
-            f"{sizes.get('train', len(splits.train.texts)):,} training / {sizes.get('test', len(splits.test.texts)):,}"
-            f" test texts, seed {base.train.seed}, {budget}, {lr}. "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__} ({platform.machine()}), "
-            f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; methods ran one after another, each in its own "
-            f"process (peak MB: that process's peak resident memory).", ""]
-    cols = ["method", "trainable params", "trainable %", "peak MB", "training adds MB", "train s", "samples/s",
-            "wall s", "infer sent/s", "artefact MB", "lr", "steps", "test acc %", "macro F1 %"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
-    for r in rows:
-        if r["status"] != "ok" and r.get("accuracy") is None:
-            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(cols) - 2))
-            continue
-        cells = [r["method"], _fmt(r.get("trainable"), ","), _fmt(r.get("trainable_pct"), ".2f"),
-                 _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(_added(r), ".0f"), _fmt(r.get("train_seconds"), ".1f"),
-                 _fmt(r.get("samples_per_s"), ".1f"), _fmt(r.get("wall_seconds"), ".0f"),
-                 _fmt(r.get("inference_per_s"), ".0f"), ("" if r.get("artifact_mb") is None else _mb(r["artifact_mb"])), _fmt(r.get("lr"), "g"),
-                 _fmt(r.get("steps"), "d"), _fmt(r.get("accuracy"), ".1f", 100), _fmt(r.get("f1_macro"), ".1f", 100)]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [r for r in rows if r["status"] != "ok"]
-    tail = [""] + [f"- {r['method']}: {r['status']}" for r in notes] if notes else []
-    return "\n".join(head + lines + _versus_full(rows) + tail) + "\n"
-
-
-def render_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows)
-    return buf.getvalue()
-
-
-def render_png(rows: list[dict[str, Any]], title: str) -> bytes:
-    """Accuracy against trainable parameters, training speed and peak memory, one panel each."""
-    import matplotlib
-    import matplotlib.ticker
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ok = [r for r in rows if r.get("accuracy") is not None]
-    names = [r["method"] for r in ok]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    ax = axes[0]
-    for r in ok:
-        ax.scatter(max(r["trainable"], 1), 100 * r["accuracy"], s=40)
-        ax.annotate(r["method"], (max(r["trainable"], 1), 100 * r["accuracy"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=9)
-    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel="test accuracy (%)", title="accuracy")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.grid(alpha=0.3)
-    axes[1].barh(names, [r.get("samples_per_s") or 0 for r in ok], color="tab:green")
-    axes[1].set(xlabel="training samples/s", title="training speed")
-    before = [r.get("rss_before_train_mb") or 0 for r in ok]
-    axes[2].barh(names, before, color="tab:gray", label="before training")
-    axes[2].barh(names, [max((r.get("peak_rss_mb") or 0) - b, 0) for r, b in zip(ok, before)], left=before,
-                 color="tab:red", label="added by training (peak)")
-    axes[2].set(xlabel="process memory (MB)", title="peak memory")
-    axes[2].legend(fontsize=8, loc="lower right")
-    for a in axes[1:]:
-        a.invert_yaxis()
-        a.grid(axis="x", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_tables(out: Path, rows: list[dict[str, Any]], base: Any, splits: Any) -> tuple[str, dict[str, Path]]:
-    """Write OUT/compare.md, .csv and .png atomically; returns the markdown and the paths."""
-    markdown = render_markdown(rows, base, splits)
-    paths = {"md": out / "compare.md", "csv": out / "compare.csv", "png": out / "compare.png"}
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(paths["md"], markdown.encode())
-    _write_atomic(paths["csv"], render_csv(rows).encode())
-    _write_atomic(paths["png"], render_png(rows, f"transferkit compare: {base.data.data or base.data.train}"))
-    return markdown, paths
