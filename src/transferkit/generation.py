@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .errors import UserError
-from .lm_models import _tied_names, model_folder
+from .lm_models import model_folder, model_type, tied_parameter_names
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -32,10 +32,9 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
     from transformers.models.auto import modeling_auto as ma
 
     from . import runtime
-    from .lm_models import _model_type
     runtime.setup()
     folder = model_folder(name_or_path)
-    mtype = _model_type(folder)
+    mtype = model_type(folder)
     if kind == "masked":
         if mtype not in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
             raise UserError(f"{name_or_path} ({mtype}) has no masked-LM head: fill-mask needs an MLM model "
@@ -47,7 +46,7 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
                             "smollm2-135m or a `transferkit pretrain --objective clm` run")
         auto = ma.AutoModelForCausalLM
     model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32)
-    tied = _tied_names(model)
+    tied = tied_parameter_names(model)
     missing = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
     if missing:
         what = "masked-LM" if kind == "masked" else "language-model"

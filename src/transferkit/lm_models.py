@@ -142,7 +142,8 @@ def model_folder(name_or_path: str) -> Path:
                     "directory with model/)")
 
 
-def _model_type(folder: Path) -> str:
+def model_type(folder: Path) -> str:
+    """The `model_type` in a model folder's config.json."""
     try:
         return json.loads((folder / "config.json").read_text())["model_type"]
     except (OSError, ValueError, KeyError):
@@ -152,7 +153,7 @@ def _model_type(folder: Path) -> str:
 def _auto_class(folder: Path, objective: str, label: str) -> Any:
     """The AutoModel class for `objective`, after checking the model's kind fits it."""
     from transformers.models.auto import modeling_auto as ma
-    mtype = _model_type(folder)
+    mtype = model_type(folder)
     if mtype == "transferkit_classifier":
         raise UserError(f"{label} is a fine-tuned classifier; continue pretraining from its base model instead")
     is_encoder = mtype in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -184,7 +185,7 @@ def load_for_objective(name_or_path: str, objective: str, log: Any = _log) -> tu
     from transformers import AutoTokenizer
     model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32)
     model.tie_weights()  # the decoder shares the (loaded) word embeddings when the config ties them
-    tied = _tied_names(model)
+    tied = tied_parameter_names(model)
     new = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
     model.newly_initialized = new
     try:
@@ -202,7 +203,7 @@ def load_for_objective(name_or_path: str, objective: str, log: Any = _log) -> tu
     return model, tokenizer
 
 
-def _tied_names(model: Any) -> set[str]:
+def tied_parameter_names(model: Any) -> set[str]:
     """Parameter names that share storage with another parameter (tied weights are not 'new')."""
     seen: dict[int, str] = {}
     tied: set[str] = set()

