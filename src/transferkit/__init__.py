@@ -13,6 +13,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import compare, evaluate, finetune, list_datasets, list_models, make_config, params, predict
 from .api import fill_mask, generate
+from .api import pretrain
+from .api import export
 from .config import RunConfig
 from .errors import UserError
 from .modeling import register as _register
@@ -30,4 +32,6 @@ _register()
 __all__ = ["compare", "finetune", "evaluate", "predict", "params", "list_datasets", "list_models", "make_config",
            "RunConfig", "UserError", "Predictor"]
 __all__ += ["fill_mask", "generate"]
+__all__ += ["pretrain"]
+__all__ += ["export"]
 __version__ = "0.1.0"

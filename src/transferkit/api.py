@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import runtime
 from .config import RunConfig, validate
@@ -310,12 +310,26 @@ def _labelled_texts(run_dir: Any, info: Any, data: str | None, text_column: str 
     return list(table.texts), y, str(data)
 
 
-def predict(run_dir: str | Path, texts: Sequence[str] | None = None, *, input: str | None = None,
-            output: str | None = None, text_column: str | None = None, batch_size: int = 64,
-            quantize: bool = False, log: Any = _log) -> list[dict[str, Any]]:
-    """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given."""
+def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
+            input: str | None = None, output: str | None = None, text_column: str | None = None,
+            batch_size: int = 64, quantize: bool = False, adapter: str | None = None,
+            adapters: Sequence[str] | None = None, adapter_column: str | None = None,
+            log: Any = _log) -> list[dict[str, Any]]:
+    """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
+
+    `run_dir` may be `{name: run_dir, ...}` (lora/head_only runs of one base model): the base loads
+    once and each text uses the adapter named by `adapters` (one per text), the input file's
+    `adapter_column`, a `NAME:text` tag, or else `adapter`."""
     from .inference import Predictor
     runtime.setup()
+    if isinstance(run_dir, Mapping):
+        if quantize:
+            raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
+        from .multi_adapter import predict_runs
+        return predict_runs(run_dir, texts, adapter=adapter, adapters=adapters, input=input, text_column=text_column,
+                            adapter_column=adapter_column, output=output, batch_size=batch_size, log=log)
+    if adapter is not None or adapters is not None or adapter_column is not None:
+        raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):
@@ -367,6 +381,13 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
 
 
+def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, log: Any = _log) -> Path:
+    """Write the run as one model folder with adapters merged into the weights (see `exporter.py`);
+    `plain=True`: a stock BertForSequenceClassification (needs a [CLS]-reading linear head)."""
+    from .exporter import export as _export
+    return _export(run_dir, out_dir, plain=plain, log=log)
+
+
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
     """Exact parameter counts of `model` adapted by `method`, computed without loading weights."""
     from .params import parameter_report
@@ -400,3 +421,12 @@ def lm_sizes() -> list[dict[str, Any]]:
     """The from-scratch architectures and sizes `pretrain` can build (layers, hidden, heads, ffn)."""
     from .lm_models import size_table
     return size_table()
+
+
+def pretrain(config: Any = None, *, resume: str | Path | None = None, log: Any = _log, **overrides: Any) -> Any:
+    """Pretrain with MLM, CLM or MLM+NSP on a corpus; returns a PretrainResult (run_dir, metrics).
+
+    Overrides are config keys or short names: objective, corpus, model, from_scratch, arch, size,
+    tokenizer, train_tokenizer, vocab_size, max_length, epochs, max_steps, batch_size, lr, seed, output_dir."""
+    from .pretraining import pretrain as _pt
+    return _pt(config, resume=resume, log=log, **overrides)

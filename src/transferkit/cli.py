@@ -19,6 +19,19 @@ DEMO_SENTENCES = [
 ]
 
 
+PREDICT_HELP = """Label texts with a finished run:
+  transferkit predict RUN_DIR "text" ... | --input FILE [--output preds.jsonl|.csv]
+
+Several lora/head_only runs of one base model load on a single encoder with --adapter NAME=RUN_DIR
+(repeat); each text names its adapter as a NAME:text tag, or --use NAME covers untagged texts, or
+an --input file names it in --adapter-column. One call serves them all as mixed batches:
+  transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
+      "sentiment:a gorgeous film" "topic:shares fell 3% after the results"
+  transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
+      --input mixed.csv --adapter-column task --output preds.jsonl
+Each output row carries its adapter and that adapter's own labels and probabilities."""
+
+
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
@@ -91,11 +104,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
-    rows = api.predict(args.run_dir, args.texts or None, input=args.input, output=args.output,
-                       text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8)
+    if args.adapter:  # several runs on one base: the first positional is a text, not a run
+        texts = ([args.run_dir] if args.run_dir else []) + list(args.texts)
+        rows = api.predict(_adapter_runs(args.adapter), texts or None, input=args.input, output=args.output,
+                           text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8,
+                           adapter=args.use, adapter_column=args.adapter_column)
+    else:
+        if not args.run_dir:
+            raise UserError("give a RUN_DIR (or several runs with --adapter NAME=RUN_DIR)")
+        if args.use or args.adapter_column:
+            raise UserError("--use and --adapter-column need runs given with --adapter NAME=RUN_DIR")
+        rows = api.predict(args.run_dir, args.texts or None, input=args.input, output=args.output,
+                           text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8)
     if args.output is None:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def _adapter_runs(items: list[str]) -> dict[str, str]:
+    runs: dict[str, str] = {}
+    for item in items:
+        name, sep, run = item.partition("=")
+        if not sep or not name.strip() or not run.strip():
+            raise UserError(f"--adapter {item!r}: expected NAME=RUN_DIR")
+        if name.strip() in runs:
+            raise UserError(f"--adapter: name {name.strip()!r} given twice")
+        runs[name.strip()] = run.strip()
+    return runs
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import api
+    api.export(args.run_dir, args.out_dir, plain=args.plain)
     return 0
 
 
@@ -180,6 +221,61 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", help="mlm | clm | mlm+nsp (default mlm)")
+    p.add_argument("--corpus", nargs="+", help="text/JSONL files or folders, or a bundled corpus (wiki-summaries)")
+    p.add_argument("--text-column", help="JSONL/CSV field with the text (default: auto-detect)")
+    p.add_argument("--model", help="existing model to continue pretraining: bundled name or HF folder")
+    p.add_argument("--from-scratch", action="store_true", default=None, help="build a new model of --arch/--size")
+    p.add_argument("--arch", help="from scratch: bert | gpt2 | llama")
+    p.add_argument("--size", help="from scratch: tiny | mini | small (default mini)")
+    p.add_argument("--tokenizer", help="tokenizer folder")
+    p.add_argument("--train-tokenizer", action="store_true", default=None,
+                   help="train one on the corpus (WordPiece for bert, byte-level BPE for gpt2/llama)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary of a trained tokenizer (default 16000)")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (default 128)")
+    p.add_argument("--heldout", type=float, help="share of documents held out for evaluation (default 0.05)")
+    p.add_argument("--limit", type=int, help="use only the first N documents")
+    p.add_argument("--whole-word-mask", action="store_true", default=None, help="MLM: mask whole WordPiece words")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default per objective, scratch vs continued)")
+    p.add_argument("--eval-steps", type=int, help="evaluate on the held-out split every N steps (default: per epoch)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir", help="run directory (default runs/<time>-pretrain-<objective>)")
+    p.add_argument("--config", help="a pretrain run's config.yaml to start from")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. mlm_probability=0.2")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import api
+    from .pretraining import PRETRAIN_KEYS
+    if args.resume:
+        api.pretrain(resume=args.resume)
+        return 0
+    out: dict[str, Any] = {}
+    extra = list(args.overrides)
+    if args.corpus:  # --corpus takes several values, so trailing key=value overrides land there
+        extra += [c for c in args.corpus if "=" in c and not Path(c).exists()]
+        args.corpus = [c for c in args.corpus if c not in extra]
+    for flag, key in PRETRAIN_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            out[key] = v
+    for item in extra:
+        if "=" not in item:
+            raise UserError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    from .pretraining import make_pretrain_config
+    api.pretrain(make_pretrain_config(args.config, out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferkit", description="Fine-tune, evaluate and serve text classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,15 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where to write the report (default RUN_DIR/report)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("predict", help="label texts with a finished run")
-    p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*", help="texts to label")
+    p = sub.add_parser("predict", help="label texts with a finished run (or several runs on one base model)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=PREDICT_HELP)
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run (omit when --adapter is given)")
+    p.add_argument("texts", nargs="*", help="texts to label (with --adapter: NAME:text)")
+    p.add_argument("--adapter", action="append", metavar="NAME=RUN_DIR",
+                   help="load this lora/head_only run as adapter NAME on a shared base (repeat for more)")
+    p.add_argument("--use", metavar="NAME", help="with --adapter: the adapter for texts without a NAME: tag")
+    p.add_argument("--adapter-column", help="with --adapter and --input: column naming each row's adapter")
     p.add_argument("--input", help="file of texts (txt: one per line; csv/tsv/jsonl/parquet: --text-column)")
     p.add_argument("--output", help="write predictions to .jsonl or .csv")
     p.add_argument("--text-column")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="write a run as one model folder with its adapter merged into the weights",
+                       description="Write RUN_DIR's classifier, with LoRA merged into the weights, and its tokenizer to "
+                       "OUT_DIR: AutoModelForSequenceClassification.from_pretrained(OUT_DIR, trust_remote_code=True) "
+                       "gives the run's logits (checked before the folder appears).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) folder")
+    p.add_argument("--plain", action="store_true",
+                   help="a stock BertForSequenceClassification needing no custom code; only for runs whose head "
+                   "reads [CLS] linearly (model.pooling=cls model.head=linear) on a BERT-layout encoder")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("params", help="exact parameter counts of a model + method, without loading weights")
     p.add_argument("--model", default="minilm-l6",
                    help="known hub name (bert-base-uncased, ...), config.json, model folder or bundled name")
@@ -228,12 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
         elif action.dest == "output_dir":
             action.help = "folder for OUT/<method> runs and OUT/compare.{md,csv,png} (default runs/compare)"
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
+    p.add_argument("--limit", type=int, help="use only the first N training rows (same rows for every method)")
     p.add_argument("--inference-repeats", type=int, default=3, help="timed passes over the test texts (median)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("datasets", help="list bundled datasets")
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("models", help="list bundled models")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("pretrain", help="pretrain (MLM, CLM, MLM+NSP) on a corpus, from scratch or continued")
+    _pretrain_args(p)
+    p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("fill-mask", help="top-k words for the [MASK] in a sentence (an MLM model or run)")
     p.add_argument("model", help="pretrain run dir, its model/ folder, or a local HF masked-LM folder")
     p.add_argument("text", help='text with one mask, e.g. "The capital of France is [MASK]."')

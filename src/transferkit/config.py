@@ -247,3 +247,81 @@ def validate(cfg: RunConfig) -> None:
     for bad, key, what, value in checks:
         if bad:
             raise UserError(f"{key} {what}, got {value}")
+
+
+# ---- pretraining ---------------------------------------------------------------------------
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run: objective, corpus, model (existing or from scratch), tokenizer, training."""
+
+    objective: str = field(default="mlm", metadata={"help": "mlm | clm | mlm+nsp"})
+    corpus: list[str] = field(default_factory=lambda: ["wiki-summaries"], metadata={"help": "text/JSONL files or folders, or a bundled corpus name"})
+    text_column: str | None = field(default=None, metadata={"help": "JSONL/CSV field holding the text (auto-detected if unset)"})
+    model: str | None = field(default=None, metadata={"help": "existing model to continue pretraining (bundled name or HF folder)"})
+    from_scratch: bool = field(default=False, metadata={"help": "build a randomly initialised model of --arch/--size"})
+    arch: str = field(default="bert", metadata={"help": "from-scratch architecture: bert | gpt2 | llama"})
+    size: str = field(default="mini", metadata={"help": "from-scratch size: tiny | mini | small"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (default: the model's, or a trained one)"})
+    train_tokenizer: bool = field(default=False, metadata={"help": "train a tokenizer on the corpus (WordPiece for bert, byte-level BPE otherwise)"})
+    vocab_size: int = field(default=16000, metadata={"help": "vocabulary size of a trained tokenizer"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per training sequence (default per objective)"})
+    heldout: float = field(default=0.05, metadata={"help": "share of documents held out for evaluation (seeded)"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N documents of the corpus"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "share of non-special tokens selected for MLM"})
+    mask_replace: float = field(default=0.8, metadata={"help": "share of selected tokens replaced by [MASK]"})
+    random_replace: float = field(default=0.1, metadata={"help": "share of selected tokens replaced by a random token (the rest stay)"})
+    whole_word_mask: bool = field(default=False, metadata={"help": "select whole words (WordPiece '##' continuations go with their word)"})
+    nsp_not_next: float = field(default=0.5, metadata={"help": "share of NSP pairs whose second sentence comes from another document"})
+    # Pretraining tracks the held-out loss and never stops early by default.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="loss", early_stopping_patience=0))
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-pretrain-<objective>)"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PretrainConfig":
+        return RunConfig.from_yaml.__func__(cls, path)  # same reading and errors, this class
+
+    override = RunConfig.override
+
+
+def validate_pretrain(cfg: PretrainConfig) -> None:
+    """Pretraining hyperparameter checks that need no data or model."""
+    t = cfg.train
+    checks = [
+        (not cfg.corpus, "corpus", "must name at least one file or a bundled corpus", cfg.corpus),
+        (cfg.model is not None and cfg.from_scratch, "model", "cannot be combined with from_scratch", cfg.model),
+        (cfg.tokenizer is not None and cfg.train_tokenizer, "tokenizer", "cannot be combined with train_tokenizer",
+         cfg.tokenizer),
+        (cfg.vocab_size < 100, "vocab_size", "must be >= 100", cfg.vocab_size),
+        (cfg.max_length is not None and not 8 <= cfg.max_length <= 4096, "max_length", "must be in [8, 4096]",
+         cfg.max_length),
+        (not 0 <= cfg.heldout < 0.5, "heldout", "must be in [0, 0.5)", cfg.heldout),
+        (cfg.limit is not None and cfg.limit <= 1, "limit", "must be > 1", cfg.limit),
+        (not 0 < cfg.mlm_probability < 1, "mlm_probability", "must be in (0, 1)", cfg.mlm_probability),
+        (not 0 <= cfg.mask_replace <= 1, "mask_replace", "must be in [0, 1]", cfg.mask_replace),
+        (not 0 <= cfg.random_replace <= 1 - cfg.mask_replace, "random_replace", "must be in [0, 1 - mask_replace]",
+         cfg.random_replace),
+        (not 0 < cfg.nsp_not_next < 1, "nsp_not_next", "must be in (0, 1)", cfg.nsp_not_next),
+        (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
+        (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
+        (t.batch_size is not None and t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
+        (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
+        (t.epochs is not None and t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
+        (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),
+        (not 0 <= t.warmup < 1, "train.warmup", "must be in [0, 1)", t.warmup),
+        (t.eval_steps is not None and t.eval_steps <= 0, "train.eval_steps", "must be > 0", t.eval_steps),
+        (t.checkpoint_steps <= 0, "train.checkpoint_steps", "must be > 0", t.checkpoint_steps),
+    ]
+    for bad, key, what, value in checks:
+        if bad:
+            raise UserError(f"{key} {what}, got {value}")

@@ -46,6 +46,7 @@ class TrainState:
     last_eval_step: int = -1
     metrics_lines: int = 0
     samples_seen: int = 0
+    tokens_seen: int = 0  # input tokens (attention mask) of the batches trained on
     train_seconds: float = 0.0
     # Sums over the current logging window, so a resumed run logs the same records.
     window_loss: float = 0.0
@@ -153,7 +154,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.higher_is_better = cfg.metric != "loss"
+        self.higher_is_better = cfg.metric not in ("loss", "perplexity")
+        self._step_tokens = 0
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -175,18 +177,23 @@ class Trainer:
                 st.global_step += 1
                 st.batch_in_epoch = (gi + 1) * cfg.grad_accum
                 st.samples_seen += items
+                st.tokens_seen += self._step_tokens
                 st.window_loss += loss
                 st.window_items += items
                 st.window_correct += correct
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{st.window_loss / st.window_items:.4f}",
-                                    acc=f"{st.window_correct / st.window_items:.3f}")
+                                    acc=f"{st.window_correct / st.window_items:.3f}",
+                                    **({"tok/s": f"{st.tokens_seen / max(st.train_seconds, 1e-9):.0f}"}
+                                       if st.tokens_seen else {}))
                 if st.global_step % LOG_EVERY == 0 or st.global_step == self.total_steps:
                     self._record({"type": "train", "step": st.global_step, "epoch": round(self._epoch_pos(), 4),
                                   "loss": st.window_loss / st.window_items,
                                   "accuracy": st.window_correct / st.window_items,
-                                  "lr": self.sched.get_last_lr()[0]})
+                                  "lr": self.sched.get_last_lr()[0],
+                                  **({"tokens_per_s": round(st.tokens_seen / max(st.train_seconds, 1e-9), 1)}
+                                     if st.tokens_seen else {})})
                     st.window_loss, st.window_items, st.window_correct = 0.0, 0, 0
                 if cfg.eval_steps and st.global_step % cfg.eval_steps == 0:
                     stop = self._evaluate()
@@ -221,6 +228,7 @@ class Trainer:
     def _step(self, group: list[list[int]]) -> tuple[float, int, int]:
         """One optimizer step over `group` micro-batches, scaled so the loss is the big batch's mean."""
         batches = [self.data.collate(b, self.pad_id) for b in group]
+        self._step_tokens = sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
         n_items = sum(int(b["labels"].numel()) if "labels" in b else len(b) for b in batches)
         if self.acc.num_processes > 1:
             n_items = int(self.acc.reduce(torch.tensor(n_items, device=self.acc.device), "sum")) // self.acc.num_processes

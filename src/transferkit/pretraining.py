@@ -1,0 +1,268 @@
+"""A pretraining run: corpus -> tokenizer -> model -> objective -> Trainer -> RUN_DIR/model.
+
+(`transferkit.pretrain` runs it; a module named `pretrain` would shadow that function.)
+
+    transferkit pretrain --objective mlm --corpus wiki-summaries --model minilm-l6
+    transferkit pretrain --objective clm --corpus notes/ --from-scratch --arch gpt2 --size mini --train-tokenizer
+
+The run directory holds config.yaml, metrics.jsonl (training records with tokens/s, held-out
+evaluations with loss/perplexity/accuracy), checkpoints/ (resumable with `--resume RUN_DIR`),
+tokenizer/ (the tokenizer the run uses, so a resumed run reuses a trained one) and, when finished,
+model/ (a Hugging Face folder with the tokenizer: `AutoModelForMaskedLM` / `AutoModelForCausalLM`
+load it, and `transferkit finetune --model RUN_DIR/model` fine-tunes its encoder) and metrics.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import PretrainConfig, validate_pretrain
+from .errors import UserError
+
+# Short names for the most used keys (Python keyword arguments and CLI flags).
+PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "text_column", "model": "model",
+                 "from_scratch": "from_scratch", "arch": "arch", "size": "size", "tokenizer": "tokenizer",
+                 "train_tokenizer": "train_tokenizer", "vocab_size": "vocab_size", "max_length": "max_length",
+                 "heldout": "heldout", "limit": "limit", "whole_word_mask": "whole_word_mask",
+                 "mlm_probability": "mlm_probability", "epochs": "train.epochs", "max_steps": "train.max_steps",
+                 "batch_size": "train.batch_size", "lr": "train.lr", "eval_steps": "train.eval_steps",
+                 "seed": "train.seed", "output_dir": "output_dir"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+
+def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = None,
+                         overrides: dict[str, Any] | None = None) -> PretrainConfig:
+    """A PretrainConfig from a YAML path, dict or PretrainConfig, with short or dotted overrides."""
+    if isinstance(config, PretrainConfig):
+        cfg = PretrainConfig.from_dict(config.to_dict())
+    elif isinstance(config, dict):
+        cfg = PretrainConfig.from_dict(config)
+    elif config is not None:
+        cfg = PretrainConfig.from_yaml(config)
+    else:
+        cfg = PretrainConfig()
+    for k, v in (overrides or {}).items():
+        cfg.override(PRETRAIN_KEYS.get(k, k), v)
+    return cfg
+
+
+def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
+             log: Callable[[str], None] = _log, **overrides: Any) -> PretrainResult:
+    """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
+    from . import objectives  # noqa: F401  (registers the objectives)
+    from . import runtime
+    from .registry import OBJECTIVES
+    runtime.setup()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a transferkit run directory)")
+        if (run_dir / "metrics.json").is_file():
+            raise UserError(f"{run_dir} already finished; nothing to resume")
+        cfg = PretrainConfig.from_yaml(run_dir / "config.yaml")
+    else:
+        cfg = make_pretrain_config(config, overrides)
+    validate_pretrain(cfg)
+    objective = OBJECTIVES.get(cfg.objective)
+    if not cfg.from_scratch and cfg.model is None:
+        raise UserError("name a model to continue pretraining (--model NAME_OR_PATH) or build one (--from-scratch)")
+    if cfg.model is not None and cfg.train_tokenizer:
+        raise UserError("train_tokenizer needs --from-scratch: an existing model keeps its own tokenizer")
+    if cfg.from_scratch and cfg.tokenizer is None and not cfg.train_tokenizer and resume is None:
+        raise UserError("a model built from scratch needs a tokenizer: --tokenizer PATH or --train-tokenizer")
+    if cfg.from_scratch:
+        _check_arch(cfg, objective)
+    if not resume:
+        run_dir = _new_run_dir(cfg)
+
+    from .data.corpus import heldout_split, load_documents
+    docs = load_documents(cfg.corpus, cfg.text_column, cfg.limit)
+    train_idx, held_idx = heldout_split(len(docs), cfg.heldout, cfg.train.seed)
+    train_docs, held_docs = [docs[i] for i in train_idx], [docs[i] for i in held_idx]
+    log(f"corpus {', '.join(cfg.corpus)}: {len(docs):,} documents, {sum(len(d.split()) for d in docs):,} words "
+        f"-> {len(train_docs):,} training, {len(held_docs):,} held out")
+
+    import torch
+    from accelerate.utils import set_seed
+    set_seed(cfg.train.seed)
+    model, tokenizer, new_params = _model_and_tokenizer(cfg, objective, run_dir, train_docs, log)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding table only {vocab}")
+
+    # All input is valid: from here on the run directory exists.
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    if not (run_dir / "tokenizer").is_dir():
+        _save_folder(run_dir / "tokenizer", tokenizer.save_pretrained)
+
+    train_data, held_data = objective.prepare(train_docs, held_docs, tokenizer, min(len(tokenizer), vocab), cfg, log)
+    if train_data is None or len(train_data) == 0:
+        raise UserError(f"corpus {', '.join(cfg.corpus)} gives no {cfg.objective} training examples")
+    tcfg = resolve_train_config(cfg, objective, bool(new_params))
+    return _train_and_save(cfg, tcfg, objective, model, tokenizer, new_params, train_data, held_data, run_dir,
+                           resuming=resume is not None, n_docs=(len(train_docs), len(held_docs)), log=log,
+                           device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _check_arch(cfg: PretrainConfig, objective: Any) -> None:
+    """Fail before the corpus is read when the from-scratch architecture cannot train the objective."""
+    from .lm_models import ARCHS, SIZES
+    if cfg.arch not in ARCHS:
+        raise UserError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(ARCHS)}")
+    if cfg.size not in SIZES:
+        raise UserError(f"unknown model size {cfg.size!r}; choose one of: {', '.join(SIZES)}")
+    if (cfg.arch == "bert") != (objective.model_kind == "encoder"):
+        fits = "bert" if objective.model_kind == "encoder" else "gpt2, llama"
+        raise UserError(f"objective {cfg.objective} does not fit arch {cfg.arch}; use --arch {fits}")
+
+
+def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool) -> Any:
+    """Training options with the objective's defaults filled in (lr from scratch vs continued, batch, 1 epoch)."""
+    t = cfg.train
+    lr = t.lr or (objective.lr_scratch if cfg.from_scratch else objective.lr_continued)
+    head_lr = t.head_lr or (objective.head_lr_new if has_new_head else lr)
+    return dataclasses.replace(t, lr=lr, head_lr=head_lr, epochs=t.epochs or 1.0,
+                               batch_size=t.batch_size or objective.default_batch_size,
+                               early_stopping_patience=t.early_stopping_patience or 0)
+
+
+def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, train_docs: list[str],
+                         log: Callable[[str], None]) -> tuple[Any, Any, list[str]]:
+    from . import lm_models
+    saved = run_dir / "tokenizer"
+    if cfg.from_scratch:
+        if saved.is_dir():  # a resumed run: the tokenizer it started with
+            tokenizer = _load_tokenizer(str(saved))
+        elif cfg.train_tokenizer:
+            import time
+
+            from .tokenizer_training import kind_for_arch, train_tokenizer
+            t0 = time.perf_counter()
+            kind = kind_for_arch(cfg.arch)
+            tokenizer = train_tokenizer(train_docs, kind, cfg.vocab_size)
+            log(f"trained a {kind} tokenizer of {len(tokenizer):,} tokens on the training documents "
+                f"in {time.perf_counter() - t0:.1f} s")
+        else:
+            tokenizer = _load_tokenizer(cfg.tokenizer)
+        model = lm_models.build_from_scratch(cfg.arch, cfg.size, tokenizer, cfg.objective)
+        n = sum(p.numel() for p in model.parameters())
+        log(f"built {type(model).__name__} ({cfg.arch}, {cfg.size}) from scratch: {n / 1e6:.1f}M parameters")
+        return model, tokenizer, []
+    model, tokenizer = lm_models.load_for_objective(cfg.model, cfg.objective, log=log)
+    if cfg.tokenizer is not None:
+        tokenizer = _load_tokenizer(cfg.tokenizer)
+    return model, tokenizer, list(getattr(model, "newly_initialized", []))
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+    if not Path(path).is_dir():
+        raise UserError(f"tokenizer folder not found: {path}")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure has the same fix
+        raise UserError(f"could not load a tokenizer from {path}: {type(e).__name__}") from None
+
+
+def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, tokenizer: Any, new_params: list[str],
+                    train_data: Any, held_data: Any, run_dir: Path, resuming: bool, n_docs: tuple[int, int],
+                    log: Callable[[str], None], device: Any) -> PretrainResult:
+    from accelerate import Accelerator
+
+    from .train import Trainer
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    wrapped = objective.wrap(model, new_params)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eval_bs = max(tcfg.batch_size, 32)
+    eval_fn = None
+    if held_data is not None and len(held_data):
+        eval_fn = lambda m: objective.evaluate(m, held_data, eval_bs, pad_id, accelerator.device)  # noqa: E731
+    trainer = Trainer(wrapped, train_data, tcfg, run_dir, accelerator, pad_id, eval_fn=eval_fn,
+                      loss_fn=objective.loss_fn, log=log)
+    if resuming:
+        if trainer.load_checkpoint():
+            log(f"resuming {run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
+        else:
+            log(f"no checkpoint in {run_dir}: starting from the beginning")
+    width = max(train_data.lengths())
+    log(f"pretraining {cfg.objective}: {len(train_data):,} sequences of up to {width} tokens, lr {tcfg.lr:g}"
+        + (f" (new head weights {tcfg.head_lr:g})" if new_params else "")
+        + f", {tcfg.epochs:g} epoch(s) = {trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum}, "
+        f"{accelerator.device}")
+    state = trainer.fit()
+    model = accelerator.unwrap_model(trainer.model).model
+    _save_folder(run_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    tokens_per_s = state.tokens_seen / max(state.train_seconds, 1e-9)
+    held = state.best_metrics or {}
+    metrics = {"objective": cfg.objective, "heldout": held,
+               "train": {"steps": state.global_step, "epochs": round(state.global_step / trainer.steps_per_epoch, 3),
+                         "tokens": state.tokens_seen, "scored_tokens": state.samples_seen,
+                         "seconds": round(state.train_seconds, 2), "tokens_per_s": round(tokens_per_s, 1),
+                         "lr": tcfg.lr, "head_lr": tcfg.head_lr, "batch_size": tcfg.batch_size,
+                         "best_step": state.best_step},
+               "data": {"corpus": cfg.corpus, "documents": {"train": n_docs[0], "heldout": n_docs[1]},
+                        "sequences": {"train": len(train_data), "heldout": len(held_data) if held_data else 0},
+                        "max_length": width},
+               "model": {"start": cfg.model or f"scratch:{cfg.arch}-{cfg.size}", "class": type(model).__name__,
+                         "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
+                         "newly_initialized": new_params}}
+    _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    if held:
+        log("held-out: " + " ".join(f"{k}={v:.4f}" for k, v in held.items() if k != "tokens"))
+    log(f"trained {state.tokens_seen:,} tokens in {state.train_seconds:.1f} s ({tokens_per_s:,.0f} tokens/s)")
+    log(f"model: {run_dir / 'model'}")
+    return PretrainResult(run_dir, metrics)
+
+
+def _new_run_dir(cfg: PretrainConfig) -> Path:
+    if cfg.output_dir:
+        p = Path(cfg.output_dir)
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
+        return p
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-pretrain-{cfg.objective.replace('+', '-')}"
+    p, i = base, 1
+    while p.exists():
+        p, i = Path(f"{base}-{i}"), i + 1
+    return p
+
+
+def _save_folder(final: Path, write: Callable[[str], Any]) -> None:
+    """Write a folder beside its final name, then rename: a crash never leaves half a model."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["pretrain", "PretrainResult", "make_pretrain_config", "resolve_train_config", "PRETRAIN_KEYS"]
