@@ -163,3 +163,16 @@ def test_cloze_items_are_single_token_content_words_and_scored(mlm_run):
     assert cloze.single_token(filler.tokenizer, "the unknownword here", 4, 15) is None  # [UNK] spans no vocab word
     r = cloze.score(filler, items, 0, batch_size=2)
     assert r["items"] == 4 and 0 <= r["top1"] <= r["top5"] <= 1
+
+
+def test_fill_mask_reads_an_mlm_nsp_model_and_generate_a_llama(tmp_path):
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    build_from_scratch("bert", "tiny", tok, "mlm+nsp").save_pretrained(tmp_path / "nsp")
+    tok.save_pretrained(tmp_path / "nsp")
+    assert len(fill_mask(str(tmp_path / "nsp"), TEXT, top_k=2)) == 2  # BertForPreTraining holds the MLM head
+    build_from_scratch("llama", "tiny", tok, "clm").save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    gen = TextGenerator.load(str(tmp_path / "llama"))
+    gen.model.generation_config.eos_token_id = None
+    assert gen.generate_ids("a very", max_new_tokens=4, temperature=1.0, seed=1).shape == (1, 4)
