@@ -2,13 +2,14 @@
 
 Texts are tokenized in one call, sorted by length and padded per batch (dynamic padding), run
 under `torch.inference_mode`, and returned in input order. A LoRA adapter is merged into the
-weights before serving, so prediction costs the same as a plain model.
+weights before serving, so prediction costs the same as a plain model. `Predictor.from_runs` serves
+several runs of one base model on a single encoder (`multi_adapter.AdapterPredictor`).
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +76,14 @@ class Predictor:
         from .models import load_tokenizer
         tok = load_tokenizer(str(info.artifact_dir))
         return cls(model, tok, info.label_names, info.max_length, batch_size, device)
+
+    @classmethod
+    def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
+                  strategy: str = "mixed") -> "Predictor":
+        """Several lora/head_only runs of one base model on a single encoder (see `multi_adapter`):
+        `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
+        from .multi_adapter import AdapterPredictor
+        return AdapterPredictor.from_runs(runs, device, batch_size, strategy)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [n, classes] in input order."""

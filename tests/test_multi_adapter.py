@@ -1,0 +1,179 @@
+"""Several runs on one base encoder: each text's result equals its own run served alone."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import FILLER, make_sentences, quiet, tiny_config, write_csv
+from transferkit import Predictor, api, cli
+from transferkit.errors import UserError
+
+TEXTS = ["good film", "awful boring plot with dull acting and a weak script", "the movie", "superb cast",
+         "bad", "this film was really quite terrible and the ending was poor", "fine music", "the plot"]
+
+
+def _train(tmp_path_factory, tiny_model_dir, rows, name: str, **model) -> Path:
+    data = write_csv(tmp_path_factory.mktemp(f"data-{name}") / "d.csv", rows)
+    out = tmp_path_factory.mktemp(f"run-{name}") / "run"
+    cfg = tiny_config(data, tiny_model_dir, out, "lora", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
+    for k, v in model.items():
+        cfg.override(k, v)
+    return api.finetune(cfg, log=quiet).run_dir
+
+
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA run with three labels (the sentiment rows plus filler-only 'neutral' rows)."""
+    rng = random.Random(1)
+    neutral = {" ".join(rng.choices(FILLER, k=rng.randint(3, 10))) for _ in range(120)}
+    rows = make_sentences(120, seed=3) + [(t, "neutral") for t in sorted(neutral)[:60]]
+    return _train(tmp_path_factory, tiny_model_dir, rows, "three", **{"method.lora_r": 4})
+
+
+@pytest.fixture(scope="module")
+def runs(finished_run, three_class_run) -> dict[str, Path]:
+    return {"sent": finished_run("lora"), "three": three_class_run, "head": finished_run("head_only")}
+
+
+@pytest.fixture(scope="module")
+def multi(runs):
+    return Predictor.from_runs(runs, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def alone(runs):
+    """Each run served by itself (LoRA merged into the weights): the reference."""
+    return {name: Predictor.from_run(run) for name, run in runs.items()}
+
+
+def test_mixed_batch_equals_each_adapter_alone(multi, alone):
+    names = ["sent", "three", "head", "three", "sent", "head", "three", "sent"]
+    rows = multi.predict(TEXTS, adapters=names)
+    assert [r["adapter"] for r in rows] == names
+    for text, name, row in zip(TEXTS, names, rows):
+        ref = alone[name].predict_proba([text])[0]
+        assert list(row["probs"]) == alone[name].label_names  # its own label set
+        assert np.abs(np.array(list(row["probs"].values())) - ref).max() < 1e-5
+        assert row["label"] == alone[name].label_names[int(ref.argmax())]
+    assert sorted(alone["three"].label_names) == ["negative", "neutral", "positive"]
+    # the three adapters really differ on the same text, so a routing mistake would show
+    same = multi.predict(["good film"] * 3, adapters=["sent", "three", "head"])
+    assert len({round(r["probs"]["positive"], 6) for r in same}) == 3
+
+
+def test_grouped_strategy_gives_the_same_results(runs, multi):
+    grouped = Predictor.from_runs(runs, batch_size=3, strategy="grouped")
+    names = ["three", "sent", "head", "sent", "three", "three", "head", "sent"]
+    a, b = multi.predict(TEXTS, adapters=names), grouped.predict(TEXTS, adapters=names)
+    for x, y in zip(a, b):
+        assert x["label"] == y["label"]
+        assert max(abs(x["probs"][k] - y["probs"][k]) for k in x["probs"]) < 1e-5
+
+
+def test_switching_adapters_keeps_one_base(multi, alone):
+    encoder = multi.model.encoder
+    weight = next(p for n, p in encoder.named_parameters() if "base_layer" in n)
+    ptr = weight.data_ptr()
+    for name in ["three", "sent", "head", "three"]:
+        got = multi.predict_proba(TEXTS, adapter=name)
+        ref = alone[name].predict_proba(TEXTS)
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-5
+    assert multi.model.encoder is encoder and weight.data_ptr() == ptr  # nothing reloaded
+    multi.set_adapter("three")
+    assert multi.label_names == alone["three"].label_names
+    assert np.abs(multi.predict_proba(TEXTS) - alone["three"].predict_proba(TEXTS)).max() < 1e-5
+    multi.set_adapter("sent")
+    # one encoder's parameters, not one per run
+    n_base = sum(p.numel() for n, p in encoder.named_parameters() if "lora_" not in n)
+    assert n_base == sum(p.numel() for p in alone["sent"].model.encoder.parameters())
+
+
+def test_order_and_single_text(multi, alone):
+    names = ["sent", "three"] * 4
+    fwd = multi.predict(TEXTS, adapters=names)
+    rev = multi.predict(TEXTS[::-1], adapters=names[::-1])
+    assert [r["label"] for r in rev[::-1]] == [r["label"] for r in fwd]
+    single = multi.predict("good film", adapter="three")
+    assert isinstance(single, dict) and single["adapter"] == "three"
+    assert multi.predict([], adapter="three") == []
+
+
+def test_bad_calls_are_user_errors(multi):
+    with pytest.raises(UserError, match="unknown adapter 'nope'; loaded adapters: sent, three, head"):
+        multi.predict(["good"], adapter="nope")
+    with pytest.raises(UserError, match="2 names for 1 texts"):
+        multi.predict(["good"], adapters=["sent", "three"])
+    with pytest.raises(UserError, match="not both"):
+        multi.predict(["good"], adapter="sent", adapters=["sent"])
+    with pytest.raises(UserError, match="strategy"):
+        type(multi)(multi.model, multi.tokenizer, strategy="fast")
+
+
+def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
+    with pytest.raises(UserError, match="method 'full' cannot share a base model"):
+        Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other_base)
+    moved = tmp_path / "moved"
+    shutil.copytree(finished_run("lora"), moved)
+    info = json.loads((moved / "run.json").read_text())
+    info["model_path"] = str(other_base)
+    (moved / "run.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="'b' .* was trained on .*other-base.*must share one base model"):
+        Predictor.from_runs({"a": finished_run("lora"), "b": moved})
+    with pytest.raises(UserError, match="run directory not found"):
+        Predictor.from_runs({"a": tmp_path / "missing"})
+    with pytest.raises(UserError, match="no runs given"):
+        Predictor.from_runs({})
+
+
+def test_dora_adapter_is_served_group_by_group(tmp_path_factory, tiny_model_dir, finished_run):
+    dora = _train(tmp_path_factory, tiny_model_dir, make_sentences(80, seed=5), "dora", **{"method.use_dora": "true"})
+    multi = Predictor.from_runs({"sent": finished_run("lora"), "dora": dora}, batch_size=4)
+    assert not multi.model.tasks["dora"].mixable and multi.model.tasks["sent"].mixable
+    names = ["dora", "sent"] * 4
+    rows = multi.predict(TEXTS, adapters=names)
+    ref = {"dora": Predictor.from_run(dora), "sent": Predictor.from_run(finished_run("lora"))}
+    for text, name, row in zip(TEXTS, names, rows):
+        assert np.abs(np.array(list(row["probs"].values())) - ref[name].predict_proba([text])[0]).max() < 1e-5
+
+
+def test_api_predict_with_tags_and_adapter_column(runs, alone, tmp_path):
+    rows = api.predict(runs, ["three:good film", "sent:the movie", "bad plot"], adapter="head", log=quiet)
+    assert [(r["adapter"], r["text"]) for r in rows] == [("three", "good film"), ("sent", "the movie"),
+                                                         ("head", "bad plot")]
+    assert rows[0]["label"] == alone["three"].predict(["good film"])[0]["label"]
+    data = write_csv(tmp_path / "mixed.csv", [("good film", "three"), ("awful plot", "sent")], header=("text", "task"))
+    out = tmp_path / "preds.csv"
+    rows = api.predict(runs, input=str(data), adapter_column="task", output=str(out), log=quiet)
+    assert [r["adapter"] for r in rows] == ["three", "sent"]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "text,adapter,label,confidence,probs" and len(lines) == 3
+    with pytest.raises(UserError, match="need several runs"):
+        api.predict(runs["sent"], ["good"], adapter="sent", log=quiet)
+
+
+def test_cli_predict_several_adapters(capsys, runs, tmp_path):
+    flags = [f"--adapter={n}={r}" for n, r in runs.items()]
+    assert cli.main(["predict", *flags, "three:good film", "sent:bad plot"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["adapter"] for r in rows] == ["three", "sent"] and len(rows[0]["probs"]) == 3
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", *flags, "--use", "head", "good film", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["adapter"] == "head"
+    # an untagged text without --use, an unknown adapter in the file, a malformed flag: exit 2, no output
+    data = write_csv(tmp_path / "m.csv", [("good film", "topic")], header=("text", "task"))
+    bad = tmp_path / "bad.jsonl"
+    for argv, msg in [([*flags, "good film"], "text 1 has no adapter tag"),
+                      ([*flags, "--input", str(data), "--adapter-column", "task", "--output", str(bad)],
+                       "names topic, which are not loaded"),
+                      (["--adapter", "sent", "good"], "expected NAME=RUN_DIR"),
+                      (["--use", "sent", str(runs["sent"]), "good"], "need runs given with --adapter")]:
+        assert cli.main(["predict", *argv]) == 2
+        assert msg in capsys.readouterr().err
+    assert not bad.exists()
