@@ -32,19 +32,6 @@ an --input file names it in --adapter-column. One call serves them all as mixed 
 Each output row carries its adapter and that adapter's own labels and probabilities."""
 
 
-PREDICT_HELP = """Label texts with a finished run:
-  transferkit predict RUN_DIR "text" ... | --input FILE [--output preds.jsonl|.csv]
-
-Several lora/head_only runs of one base model load on a single encoder with --adapter NAME=RUN_DIR
-(repeat); each text names its adapter as a NAME:text tag, or --use NAME covers untagged texts, or
-an --input file names it in --adapter-column. One call serves them all as mixed batches:
-  transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
-      "sentiment:a gorgeous film" "topic:shares fell 3% after the results"
-  transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
-      --input mixed.csv --adapter-column task --output preds.jsonl
-Each output row carries its adapter and that adapter's own labels and probabilities."""
-
-
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
@@ -132,24 +119,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output is None:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
-    return 0
-
-
-def _adapter_runs(items: list[str]) -> dict[str, str]:
-    runs: dict[str, str] = {}
-    for item in items:
-        name, sep, run = item.partition("=")
-        if not sep or not name.strip() or not run.strip():
-            raise UserError(f"--adapter {item!r}: expected NAME=RUN_DIR")
-        if name.strip() in runs:
-            raise UserError(f"--adapter: name {name.strip()!r} given twice")
-        runs[name.strip()] = run.strip()
-    return runs
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from . import api
-    api.export(args.run_dir, args.out_dir, plain=args.plain)
     return 0
 
 
@@ -338,16 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("export", help="write a run as one model folder with its adapter merged into the weights",
-                       description="Write RUN_DIR's classifier, with LoRA merged into the weights, and its tokenizer to "
-                       "OUT_DIR: AutoModelForSequenceClassification.from_pretrained(OUT_DIR, trust_remote_code=True) "
-                       "gives the run's logits (checked before the folder appears).")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="new (or empty) folder")
-    p.add_argument("--plain", action="store_true",
-                   help="a stock BertForSequenceClassification needing no custom code; only for runs whose head "
-                   "reads [CLS] linearly (model.pooling=cls model.head=linear) on a BERT-layout encoder")
-    p.set_defaults(func=cmd_export)
     p = sub.add_parser("export", help="write a run as one model folder with its adapter merged into the weights",
                        description="Write RUN_DIR's classifier, with LoRA merged into the weights, and its tokenizer to "
                        "OUT_DIR: AutoModelForSequenceClassification.from_pretrained(OUT_DIR, trust_remote_code=True) "
