@@ -142,6 +142,7 @@ def test_a_crashing_method_does_not_cost_the_table(tmp_path, tiny_model_dir, sen
     (["--methods", " , "], "no methods to compare"),
     (["--methods", "full", "--method", "lora"], "--method and --resume belong to finetune"),
     (["--methods", "full", "--lr", "-1"], "train.lr must be > 0"),
+    (["--methods", "full", "--limit", "0"], "data.limit must be > 0"),
     (["--methods", "full", "--data", "missing.csv"], "missing.csv"),
 ])
 def test_bad_input_stops_before_anything_runs(argv, message, tmp_path, tiny_model_dir, sentiment_csv, capsys,
