@@ -191,3 +191,150 @@ def test_minilm_reference_counts():
         assert sum(p.numel() for p in model.parameters()) == 22_713_986
         model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=8)).apply(model)
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 73_728
+
+
+# ---- merging (lora, ia3) -------------------------------------------------------------------------------
+
+MERGEABLE = [("lora", {}), ("lora", {"use_dora": True}), ("lora", {"use_rslora": True, "lora_r": 4}), ("ia3", {})]
+
+
+@pytest.mark.parametrize("name,options", MERGEABLE, ids=["lora", "dora", "rslora", "ia3"])
+def test_merge_then_unmerge_restores_base(name, options, tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    method = METHODS.get(name)(MethodConfig(name=name, **options))
+    assert method.can_merge
+    data, batch = _batch(tiny_model_dir)
+    model = _one_step(method.apply(_build(tiny_model_dir)), data, tmp_path)  # adapters no longer at identity
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer.weight" in n}
+    assert base
+    unmerged = _logits(model, batch)
+    method.merge(model)
+    changed = [n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])]
+    assert changed, "merging changed no base weight"
+    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=0, atol=1e-5)
+    method.unmerge(model)
+    for n, p in model.named_parameters():
+        if n in base:
+            torch.testing.assert_close(p.detach(), base[n], rtol=0, atol=1e-6)
+    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=0, atol=1e-6)
+
+
+def test_only_lora_and_ia3_merge():
+    assert {n for n in METHODS.names() if METHODS.get(n).can_merge} == {"lora", "ia3"}
+    with pytest.raises(NotImplementedError):
+        METHODS.get("adapter")(MethodConfig(name="adapter")).merge(None)
+
+
+# ---- LoRA options --------------------------------------------------------------------------------------
+
+def test_lora_all_linear_adapts_every_encoder_linear_not_the_head(tiny_model_dir):
+    model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=2, target_modules=["all-linear"])).apply(
+        _build(tiny_model_dir, head_hidden=16))
+    adapted = {n.split(".lora_A.")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert len(adapted) == 2 * 6  # query, key, value, attention output, intermediate, output per layer
+    assert not any("classifier" in n for n in adapted)
+
+
+def test_rslora_and_dora_reach_peft(tiny_model_dir):
+    model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=4, lora_alpha=8, use_rslora=True)).apply(
+        _build(tiny_model_dir))
+    query = model.base_model.model.encoder.encoder.layer[0].attention.self.query
+    assert query.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # alpha / sqrt(r), not alpha / r
+    dora = METHODS.get("lora")(MethodConfig(name="lora", use_dora=True)).apply(_build(tiny_model_dir))
+    assert sum("lora_magnitude_vector" in n for n, _ in dora.named_parameters()) == 4
+
+
+def test_ia3_default_targets_are_exact(tiny_model_dir):
+    model = METHODS.get("ia3")(MethodConfig(name="ia3")).apply(_build(tiny_model_dir))
+    vectors = {n.split(".ia3_l.")[0].split("encoder.encoder.")[1]: p.numel()
+               for n, p in model.named_parameters() if ".ia3_l." in n}
+    # keys and values are scaled on their 32 outputs; the feed-forward output projection on its 64 inputs;
+    # the attention output projection is left alone
+    assert vectors == {f"layer.{i}.{m}": size for i in range(2)
+                       for m, size in (("attention.self.key", 32), ("attention.self.value", 32), ("output.dense", 64))}
+
+
+# ---- adapters and prefixes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,per_layer", [("houlsby", 2), ("pfeiffer", 1)])
+def test_adapter_placement_and_near_identity_start(kind, per_layer, tiny_model_dir):
+    from transferkit.methods.adapter import AdapterLinear
+    _, batch = _batch(tiny_model_dir)
+    torch.manual_seed(0)
+    base = _build(tiny_model_dir)
+    before = _logits(base, batch)
+    model = METHODS.get("adapter")(MethodConfig(name="adapter", adapter_kind=kind, adapter_reduction=4)).apply(base)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, AdapterLinear)]
+    assert len(wrapped) == 2 * per_layer
+    assert all(m.adapter.down.out_features == 8 for m in model.modules() if isinstance(m, AdapterLinear))
+    assert torch.allclose(_logits(model, batch), before, atol=1e-3)  # near-identity start
+    norms = {n for n, p in model.named_parameters() if p.requires_grad and "LayerNorm" in n}
+    assert bool(norms) == (kind == "houlsby")
+
+
+def _unsupported_model():
+    from transformers import GPT2Config, GPT2Model
+
+    from transferkit.modeling import TransferkitForSequenceClassification
+    return TransferkitForSequenceClassification.with_encoder(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)), 2)
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix"])
+def test_unsupported_layout_is_a_user_error(name):
+    from transferkit.errors import UserError
+    with pytest.raises(UserError, match=rf"{name}: unsupported encoder layout \(gpt2\)"):
+        METHODS.get(name)(MethodConfig(name=name)).apply(_unsupported_model())
+
+
+@torch.no_grad()
+def _pooled(model, batch):
+    model.eval()
+    return model.pool(batch["input_ids"], batch["attention_mask"]).clone()  # [batch, hidden]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_prefix_padding_and_attention_implementations(impl, tiny_model_dir):
+    """Batched (padded) equals one-by-one; sdpa and eager agree; the prefix changes what the encoder computes."""
+    _, batch = _batch(tiny_model_dir)
+    torch.manual_seed(0)
+    base = _build(tiny_model_dir)
+    plain = _pooled(base, batch)
+    model = METHODS.get("prefix")(MethodConfig(name="prefix", prefix_tokens=3)).apply(base)
+    with torch.no_grad():  # the tiny random encoder attends almost uniformly: give the prefix weight
+        for n, p in model.named_parameters():
+            if ".prefix_" in n:
+                p.normal_()
+    model.encoder.config._attn_implementation = impl
+    together = _pooled(model, batch)
+    assert (together - plain).abs().max() > 0.05
+    for i in range(len(TEXTS)):
+        n = int(batch["attention_mask"][i].sum())
+        one = {"input_ids": batch["input_ids"][i:i + 1, :n], "attention_mask": batch["attention_mask"][i:i + 1, :n]}
+        torch.testing.assert_close(_pooled(model, one)[0], together[i], rtol=0, atol=1e-5)
+    model.encoder.config._attn_implementation = "eager" if impl == "sdpa" else "sdpa"
+    torch.testing.assert_close(_pooled(model, batch), together, rtol=0, atol=1e-5)
+
+
+def test_artifact_of_another_method_is_a_user_error(tiny_model_dir, tmp_path):
+    from transferkit.errors import UserError
+    bitfit = METHODS.get("bitfit")(MethodConfig(name="bitfit"))
+    bitfit.save(bitfit.apply(_build(tiny_model_dir)), tmp_path / "a")
+    adapter = METHODS.get("adapter")(MethodConfig(name="adapter"))
+    with pytest.raises(UserError, match="holds a 'bitfit' artefact, not 'adapter'"):
+        adapter.load(tmp_path / "a", lambda: _build(tiny_model_dir))
+    with pytest.raises(UserError, match="not a transferkit adapter artefact"):
+        adapter.load(tmp_path / "missing", lambda: _build(tiny_model_dir))
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix", "ia3", "bitfit"])
+def test_predictor_loads_every_new_method(name, finished_run):
+    """A finished run of each method loads through RunInfo for prediction and gives its test logits."""
+    import json
+
+    from transferkit.inference import Predictor
+    run = finished_run(name)
+    p = Predictor.from_run(run)
+    out = p.predict(["a good and great film", "awful boring plot"])
+    assert [set(r["probs"]) for r in out] == [set(LABELS)] * 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == name and metrics["params"]["trainable"] > metrics["params"]["head"]

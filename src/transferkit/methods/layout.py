@@ -24,7 +24,7 @@ def model_type(model: nn.Module) -> str:
     return cfg.encoder.get("model_type", "?") if hasattr(cfg, "encoder") else getattr(cfg, "model_type", "?")
 
 
-def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+def encoder_layers(model: nn.Module, method: str) -> tuple[str, nn.ModuleList]:
     """(dotted name, ModuleList) of the transformer blocks: the longest ModuleList named layer/layers."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, m in model.named_modules():
@@ -32,13 +32,14 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if best is None or len(m) > len(best[1]):
                 best = (name, m)
     if best is None:
-        raise UserError(f"no list of encoder layers found in this {model_type(model)} model")
+        raise UserError(f"{method}: unsupported encoder layout ({model_type(model)}): "
+                        "no list of encoder layers (a ModuleList named layer or layers)")
     return best
 
 
 def output_projections(model: nn.Module, method: str) -> list[tuple[nn.Module, str, str]]:
     """Per layer: (layer module, attention output projection name, feed-forward output projection name)."""
-    _, layers = encoder_layers(model)
+    _, layers = encoder_layers(model, method)
     names = {n for n, _ in layers[0].named_modules()}
     for attn_out, ffn_out in OUTPUT_PROJECTIONS:
         if attn_out in names and ffn_out in names:

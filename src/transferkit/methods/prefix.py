@@ -77,7 +77,7 @@ class PrefixSelfAttention(nn.Module):
 
 def _self_attentions(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(parent `attention` module, its BERT-layout self-attention) per layer, or a UserError."""
-    _, layers = encoder_layers(model)
+    _, layers = encoder_layers(model, "prefix")
     found = []
     for layer in layers:
         parent = getattr(layer, "attention", None)
