@@ -325,7 +325,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     if isinstance(run_dir, Mapping):
         if quantize:
             raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
-        from .multi_adapter import predict_runs
+        from .inference import predict_runs
         return predict_runs(run_dir, texts, adapter=adapter, adapters=adapters, input=input, text_column=text_column,
                             adapter_column=adapter_column, output=output, batch_size=batch_size, log=log)
     if adapter is not None or adapters is not None or adapter_column is not None:
@@ -398,6 +398,12 @@ def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> di
 def list_datasets() -> list[dict[str, Any]]:
     from .data.bundled import list_datasets as _ld
     return _ld()
+
+
+def list_corpora() -> list[dict[str, Any]]:
+    """Bundled raw-text corpora for `pretrain` (name, documents, words, source, cached)."""
+    from .data.corpus import list_corpora as _lc
+    return _lc()
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -184,6 +184,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for d in rows:
         print(f"{d['name']:<16} {d['rows']:>7}  {', '.join(map(str, d['classes'])):<40} {d['source']}"
               + ("" if d.get("cached") else "  (fetched on first use)"))
+    print(f"\n{'corpus':<16} {'docs':>7}  {'words':<40} source  (for pretrain --corpus NAME)")
+    for c in api.list_corpora():
+        print(f"{c['name']:<16} {c['documents']:>7}  {c['words']:<40,} {c['source']}"
+              + ("" if c["cached"] else "  (fetched on first use)"))
     return 0
 
 

@@ -143,7 +143,8 @@ def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool
     t = cfg.train
     lr = t.lr or (objective.lr_scratch if cfg.from_scratch else objective.lr_continued)
     head_lr = t.head_lr or (objective.head_lr_new if has_new_head else lr)
-    return dataclasses.replace(t, lr=lr, head_lr=head_lr, epochs=t.epochs or 1.0,
+    # Held-out evaluation every 100 steps streams perplexity during long runs (about 5% of the time).
+    return dataclasses.replace(t, lr=lr, head_lr=head_lr, epochs=t.epochs or 1.0, eval_steps=t.eval_steps or 100,
                                batch_size=t.batch_size or objective.default_batch_size,
                                early_stopping_patience=t.early_stopping_patience or 0)
 

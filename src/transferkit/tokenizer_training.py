@@ -40,7 +40,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: i
         tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                             special_tokens=specials, continuing_subword_prefix="##")
         tok.train_from_iterator(texts, trainer=trainer)
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -54,7 +54,8 @@ def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: i
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      special_tokens=specials,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer=trainer)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, **GPT_SPECIALS, model_max_length=512)
