@@ -338,3 +338,27 @@ def test_predictor_loads_every_new_method(name, finished_run):
     assert [set(r["probs"]) for r in out] == [set(LABELS)] * 2
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == name and metrics["params"]["trainable"] > metrics["params"]["head"]
+
+
+def test_cli_finetune_houlsby_adapter_with_layer_decay(capsys, tiny_model_dir, sentiment_csv, tmp_path):
+    """Method options and layer-wise lr decay from the command line reach the run and its artefact."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from transferkit.cli import main
+    out = tmp_path / "run"
+    code = main(["finetune", "--data", str(sentiment_csv), "--model", str(tiny_model_dir), "--method", "adapter",
+                 "--output-dir", str(out), "--max-steps", "3", "method.adapter_kind=houlsby",
+                 "method.adapter_reduction=8", "train.layer_lr_decay=0.8", "train.progress=false"])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "run.json").read_text())
+    assert info["method_options"]["adapter_kind"] == "houlsby"
+    saved = load_file(str(out / "adapter" / "trainable.safetensors"))
+    assert sum(n.endswith("adapter.down.weight") for n in saved) == 2 * 2  # two per layer, two layers
+    assert all(t.shape == (4, 32) for n, t in saved.items() if n.endswith("adapter.down.weight"))  # 32 / 8
+    assert any("LayerNorm" in n for n in saved)
+    assert main(["finetune", "--data", str(sentiment_csv), "--model", str(tiny_model_dir), "--method", "adapter",
+                 "--output-dir", str(tmp_path / "bad"), "method.adapter_kind=parallel"]) == 2
+    assert "method.adapter_kind must be houlsby or pfeiffer" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
