@@ -115,7 +115,7 @@ def test_bad_calls_are_user_errors(multi):
 
 
 def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
-    with pytest.raises(UserError, match="method 'full' cannot share a base model"):
+    with pytest.raises(UserError, match="method .full. cannot share a base model .only lora, ia3 and head_only"):
         Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
     other_base = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other_base)
@@ -177,3 +177,30 @@ def test_cli_predict_several_adapters(capsys, runs, tmp_path):
         assert cli.main(["predict", *argv]) == 2
         assert msg in capsys.readouterr().err
     assert not bad.exists()
+
+
+def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_dir, finished_run, tmp_path):
+    """IA3 rows mix with LoRA rows in one batch; vectors pushed far from 1 make their effect large."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    data = write_csv(tmp_path_factory.mktemp("data-ia3") / "d.csv", make_sentences(80, seed=9))
+    out = tmp_path_factory.mktemp("run-ia3") / "run"
+    cfg = tiny_config(data, tiny_model_dir, out, "ia3", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
+    run = api.finetune(cfg, log=quiet).run_dir
+    weights = run / "adapter" / "adapter_model.safetensors"
+    g = torch.Generator().manual_seed(0)
+    state = {k: (v * (0.2 + 2 * torch.rand(v.shape, generator=g)) if k.endswith("ia3_l") else v)
+             for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights))
+    assert sum(k.endswith("ia3_l") for k in state) == 6  # key, value, feed-forward in each of 2 layers
+    multi = Predictor.from_runs({"ia3": run, "sent": finished_run("lora")}, batch_size=4)
+    alone = {"ia3": Predictor.from_run(run), "sent": Predictor.from_run(finished_run("lora"))}
+    names = ["ia3", "sent"] * 4
+    rows = multi.predict(TEXTS, adapters=names)
+    # the tiny model's probabilities stay near 0.5, so the tolerance is tight and the effect checked below
+    for text, name, row in zip(TEXTS, names, rows):
+        assert np.abs(np.array(list(row["probs"].values())) - alone[name].predict_proba([text])[0]).max() < 2e-6
+    got = multi.predict_proba(TEXTS, adapter="ia3")
+    assert np.abs(got - alone["ia3"].predict_proba(TEXTS)).max() < 2e-6
+    multi.model.tasks["ia3"].scales = None  # without the vectors the same head gives other results
+    assert np.abs(multi.predict_proba(TEXTS, adapter="ia3") - got).max() > 5e-5

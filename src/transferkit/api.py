@@ -325,7 +325,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     if isinstance(run_dir, Mapping):
         if quantize:
             raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
-        from .multi_adapter import predict_runs
+        from .inference import predict_runs
         return predict_runs(run_dir, texts, adapter=adapter, adapters=adapters, input=input, text_column=text_column,
                             adapter_column=adapter_column, output=output, batch_size=batch_size, log=log)
     if adapter is not None or adapters is not None or adapter_column is not None:

@@ -2,14 +2,18 @@
 
 Texts are tokenized in one call, sorted by length and padded per batch (dynamic padding), run
 under `torch.inference_mode`, and returned in input order. A LoRA adapter is merged into the
-weights before serving, so prediction costs the same as a plain model. `Predictor.from_runs` serves
-several runs of one base model on a single encoder (`multi_adapter.AdapterPredictor`).
+weights before serving, so prediction costs the same as a plain model.
+
+`Predictor.from_runs({name: run_dir})` gives an `AdapterPredictor`: several lora/ia3/head_only runs
+of one base model on a single encoder (`multi_adapter`), switched per call or mixed per text;
+`predict_runs` is its API/CLI entry (texts routed by list, `NAME:text` tag or file column).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +22,11 @@ from torch import nn
 from .data.batches import FeatureData, TokenData, sorted_batches
 from .data.tokens import tokenize
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .multi_adapter import MultiAdapterModel
+
+MIXED, GROUPED = "mixed", "grouped"  # AdapterPredictor strategies
 
 
 @torch.inference_mode()
@@ -79,10 +88,9 @@ class Predictor:
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
-                  strategy: str = "mixed") -> "Predictor":
+                  strategy: str = MIXED) -> "Predictor":
         """Several lora/head_only runs of one base model on a single encoder (see `multi_adapter`):
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
-        from .multi_adapter import AdapterPredictor
         return AdapterPredictor.from_runs(runs, device, batch_size, strategy)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,3 +126,208 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(t, str):
             raise UserError(f"text {i + 1} is not a string: {t!r}")
     return texts
+
+
+class AdapterPredictor(Predictor):
+    """A Predictor over several runs sharing one base: `predict(texts, adapter=...)` or `adapters=[...]`.
+
+    Without `adapter`/`adapters` a call uses the active adapter (the first, or the last `set_adapter`),
+    so code written for a one-run Predictor (evaluation, serving) works unchanged.
+    """
+
+    def __init__(self, model: MultiAdapterModel, tokenizer: Any, batch_size: int = 64,
+                 device: str | torch.device | None = None, strategy: str = MIXED) -> None:
+        if strategy not in (MIXED, GROUPED):
+            raise UserError(f"strategy {strategy!r}: use {MIXED!r} or {GROUPED!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tokenizer, self.batch_size, self.strategy = tokenizer, batch_size, strategy
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.last_throughput: float | None = None
+        self.active = next(iter(model.tasks))
+
+    @classmethod
+    def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
+                  strategy: str = MIXED) -> "AdapterPredictor":
+        """Load `{name: run_dir}` (lora, ia3 and head_only runs of one base model) on a single encoder."""
+        from .multi_adapter import load_runs
+        model, tokenizer = load_runs(runs)
+        return cls(model, tokenizer, batch_size, device, strategy)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.tasks)
+
+    @property
+    def label_names(self) -> list[str]:  # of the active adapter, as a one-run Predictor has
+        return self.model.tasks[self.active].label_names
+
+    @property
+    def max_length(self) -> int:
+        return self.model.tasks[self.active].max_length
+
+    def labels(self, adapter: str) -> list[str]:
+        return self.model.tasks[self._check_name(adapter)].label_names
+
+    def set_adapter(self, adapter: str) -> None:
+        """Make `adapter` the one calls without `adapter=`/`adapters=` use."""
+        self.active = self._check_name(adapter)
+
+    def _check_name(self, name: str) -> str:
+        if name not in self.model.tasks:
+            raise UserError(f"unknown adapter {name!r}; loaded adapters: {', '.join(self.model.tasks)}")
+        return name
+
+    def _route(self, n: int, adapter: str | None, adapters: Sequence[str] | None) -> list[str]:
+        if adapter is not None and adapters is not None:
+            raise UserError("give either adapter= (one for all texts) or adapters= (one per text), not both")
+        if adapters is None:
+            return [self._check_name(adapter or self.active)] * n
+        adapters = list(adapters)
+        if len(adapters) != n:
+            raise UserError(f"adapters: got {len(adapters)} names for {n} texts (one per text expected)")
+        for a in set(adapters):
+            self._check_name(a)
+        return adapters
+
+    def predict_logits(self, texts: Sequence[str], adapters: Sequence[str]) -> list[torch.Tensor]:
+        """Per text its logits [its adapter's labels], in input order."""
+        tasks = self.model.tasks
+        ids: list[list[int]] = [[] for _ in texts]
+        for limit in {tasks[a].max_length for a in adapters}:  # each text truncated at its own run's limit
+            idx = [i for i, a in enumerate(adapters) if tasks[a].max_length == limit]
+            for i, row in zip(idx, tokenize(self.tokenizer, [texts[i] for i in idx], limit)):
+                ids[i] = row
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for group in self._groups(adapters):
+            for batch_idx in sorted_batches([len(ids[i]) for i in group], self.batch_size):
+                rows = [group[j] for j in batch_idx]
+                batch = TokenData(ids).collate(rows, self.pad_id)
+                with torch.inference_mode():
+                    res = self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                                     [adapters[i] for i in rows])
+                for pos, logits in res.values():
+                    for p, row in zip(pos, logits.float().cpu()):
+                        out[rows[p]] = row
+        return out  # type: ignore[return-value]
+
+    def _groups(self, adapters: Sequence[str]) -> list[list[int]]:
+        """Index groups that run together: all mixable rows in one (mixed), every adapter alone otherwise."""
+        by_name: dict[str, list[int]] = {}
+        for i, a in enumerate(adapters):
+            by_name.setdefault(a, []).append(i)
+        if self.strategy == GROUPED:
+            return list(by_name.values())
+        mixed = [i for a, idx in by_name.items() if self.model.tasks[a].mixable for i in idx]
+        alone = [idx for a, idx in by_name.items() if not self.model.tasks[a].mixable]
+        return ([sorted(mixed)] if mixed else []) + alone
+
+    def predict_proba(self, texts: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Class probabilities [n, labels of `adapter` (default: the active one)] in input order."""
+        texts = _check_texts(texts)
+        names = self._route(len(texts), adapter, None)
+        t0 = time.perf_counter()
+        logits = self.predict_logits(texts, names)
+        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
+        if not logits:
+            return np.zeros((0, len(self.labels(names[0]) if names else self.label_names)), dtype=np.float32)
+        return torch.softmax(torch.stack(logits), dim=-1).numpy()
+
+    def predict(self, texts: Sequence[str] | str, adapter: str | None = None,
+                adapters: Sequence[str] | None = None) -> Any:
+        """Per text: adapter, label, confidence and every class probability of its adapter's labels."""
+        single = isinstance(texts, str)
+        texts = _check_texts([texts] if single else texts)
+        names = self._route(len(texts), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
+        t0 = time.perf_counter()
+        logits = self.predict_logits(texts, names)
+        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
+        out = []
+        for name, row in zip(names, logits):
+            probs = torch.softmax(row, dim=-1)
+            k, labels = int(probs.argmax()), self.model.tasks[name].label_names
+            out.append({"adapter": name, "label": labels[k], "confidence": float(probs[k]),
+                        "probs": {n: float(p) for n, p in zip(labels, probs)}})
+        return out[0] if single else out
+
+
+def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None = None) -> tuple[list[str], list[str]]:
+    """`NAME:text` -> (text, NAME) for a loaded adapter NAME; untagged texts go to `default`."""
+    out_texts, out_names = [], []
+    for i, t in enumerate(texts, start=1):
+        head, sep, rest = t.partition(":")
+        if sep and head.strip() in names:
+            out_texts.append(rest.strip())
+            out_names.append(head.strip())
+        elif default is not None:
+            out_texts.append(t)
+            out_names.append(default)
+        else:
+            raise UserError(f"text {i} has no adapter tag: write NAME:text with NAME one of {', '.join(names)} "
+                            f"(or pass --use NAME for untagged texts)")
+    return out_texts, out_names
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSONL (one object per text) or CSV (probabilities as a JSON column: label sets differ per adapter)."""
+    import csv
+    import os
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            w = csv.writer(f)
+            w.writerow(["text", "adapter", "label", "confidence", "probs"])
+            for r in rows:
+                w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", json.dumps(r["probs"])])
+        else:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
+                 adapter: str | None = None, adapters: Sequence[str] | None = None, input: str | None = None,
+                 text_column: str | None = None, adapter_column: str | None = None, output: str | None = None,
+                 batch_size: int = 64, log: Any = None) -> list[dict[str, Any]]:
+    """`transferkit.predict({name: run_dir, ...}, ...)`: each text goes to one adapter, chosen by
+    `adapters` (one name per text), an input file's `adapter_column`, a `NAME:text` tag, or else `adapter`."""
+    if texts is None and input is None:
+        raise UserError("give texts to predict or --input FILE")
+    if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise UserError(f"output file {output}: use a .jsonl or .csv name")
+    names = [str(n) for n in runs]
+    if adapter is not None and adapter not in names:
+        raise UserError(f"unknown adapter {adapter!r}; loaded adapters: {', '.join(names)}")
+    all_texts = list(texts or [])
+    if adapters is not None:
+        if len(list(adapters)) != len(all_texts):
+            raise UserError(f"adapters: got {len(list(adapters))} names for {len(all_texts)} texts")
+        routed = list(adapters)
+    else:
+        all_texts, routed = split_tags(all_texts, names, adapter)
+    if input is not None:
+        from .data.load import read_texts
+        file_texts = read_texts(input, text_column)
+        if adapter_column is not None:
+            file_names = read_texts(input, adapter_column)
+            unknown = sorted(set(file_names) - set(names))
+            if unknown:
+                raise UserError(f"{input}: adapter column {adapter_column!r} names {', '.join(unknown[:3])}, "
+                                f"which are not loaded (loaded: {', '.join(names)})")
+        else:
+            file_texts, file_names = split_tags(file_texts, names, adapter)
+        all_texts += file_texts
+        routed += file_names
+    if not all_texts:
+        raise UserError("no texts to predict")
+    predictor = AdapterPredictor.from_runs(runs, batch_size=batch_size)
+    results = predictor.predict(all_texts, adapters=routed)
+    if log is not None:
+        log(f"predicted {len(all_texts)} texts with {len(set(routed))} adapter(s) on one base model "
+            f"at {predictor.last_throughput:.1f} texts/s")
+    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
+    if output is not None:
+        write_rows(Path(output), rows)
+        if log is not None:
+            log(f"wrote {output}")
+    return rows
