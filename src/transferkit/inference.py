@@ -89,7 +89,7 @@ class Predictor:
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
                   strategy: str = MIXED) -> "Predictor":
-        """Several lora/head_only runs of one base model on a single encoder (see `multi_adapter`):
+        """Several lora/ia3/head_only runs of one base model on a single encoder (see `multi_adapter`):
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
         return AdapterPredictor.from_runs(runs, device, batch_size, strategy)
 

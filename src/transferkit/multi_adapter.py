@@ -1,9 +1,10 @@
 """Many task models on one base encoder: load the encoder once, switch adapters per call, serve mixed batches.
 
-`Predictor.from_runs({"sentiment": run_a, "topic": run_b})` (an `inference.AdapterPredictor`) loads the base encoder once, adds
-each LoRA run's low-rank weights to it as a named peft adapter, and keeps each run's task head (its
-own label set, any number of labels) beside it. `predict(texts, adapter="topic")` switches adapters
-without reloading anything; `predict(texts, adapters=[one name per text])` serves a mixed batch.
+`Predictor.from_runs({"sentiment": run_a, "topic": run_b})` (an `inference.AdapterPredictor`) loads
+the base encoder once, adds each LoRA run's low-rank weights to it as a named peft adapter, and
+keeps each run's task head (its own label set, any number of labels) beside it.
+`predict(texts, adapter="topic")` switches adapters without reloading anything;
+`predict(texts, adapters=[one name per text])` serves a mixed batch.
 
 Why not `PeftModel.load_adapter` alone: peft keeps the task head in `modules_to_save`, a copy of
 one head module per adapter, so every adapter's head must have the same shape; tasks with different
@@ -13,9 +14,12 @@ peft's `LoraModel` (one adapter per run), and the heads stay outside peft: one s
 
 A mixed batch runs the encoder once with peft's per-row `adapter_names`: each base matmul runs
 once for the whole batch and each LoRA layer adds its low-rank update to its own rows. Then the
-rows of each task are pooled and go through that task's head. head_only runs need no adapter: their
-rows read the plain base (peft's "__base__"). Adapters peft cannot mix in one batch (DoRA) are run
-group by group with the adapter switched on for the group.
+rows of each task are pooled (each head its own way: mean or [CLS], one or more layers) and go
+through that task's head. head_only rows read the plain base (peft's "__base__"). IA3 rows also
+read the base, rescaled by their own vectors through forward hooks written here, because peft's
+IA3 layers have no per-row mode. Adapters peft cannot mix in one batch (DoRA) run group by group
+with their adapter switched on. Runs must share the base weights (run.json `model_path`); each
+text is truncated at its own run's `max_length`.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ class Task:
 
 
 class MultiAdapterModel(nn.Module):
-    """One encoder with N named LoRA adapters, and one head per task."""
+    """One encoder with N named LoRA adapters (and IA3 vectors), and one head per task."""
 
     def __init__(self, encoder: nn.Module, tuner: Any, tasks: dict[str, Task]) -> None:
         super().__init__()
