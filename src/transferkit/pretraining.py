@@ -199,7 +199,11 @@ def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, 
     eval_bs = max(tcfg.batch_size, 32)
     eval_fn = None
     if held_data is not None and len(held_data):
-        eval_fn = lambda m: objective.evaluate(m, held_data, eval_bs, pad_id, accelerator.device)  # noqa: E731
+        def eval_fn(m: Any) -> dict[str, float]:
+            st = trainer.state  # the speed goes to the log only: records must not differ when a run resumes
+            log(f"step {st.global_step}: {st.tokens_seen:,} tokens trained, "
+                f"{st.tokens_seen / max(st.train_seconds, 1e-9):,.0f} tokens/s")
+            return objective.evaluate(m, held_data, eval_bs, pad_id, accelerator.device)
     trainer = Trainer(wrapped, train_data, tcfg, run_dir, accelerator, pad_id, eval_fn=eval_fn,
                       loss_fn=objective.loss_fn, log=log)
     if resuming:

@@ -192,8 +192,8 @@ class Trainer:
                                   "loss": st.window_loss / st.window_items,
                                   "accuracy": st.window_correct / st.window_items,
                                   "lr": self.sched.get_last_lr()[0],
-                                  **({"tokens_per_s": round(st.tokens_seen / max(st.train_seconds, 1e-9), 1)}
-                                     if st.tokens_seen else {})})
+                                  # cumulative, not a rate: a resumed run must log the same records
+                                  **({"tokens": st.tokens_seen} if st.tokens_seen else {})})
                     st.window_loss, st.window_items, st.window_correct = 0.0, 0, 0
                 if cfg.eval_steps and st.global_step % cfg.eval_steps == 0:
                     stop = self._evaluate()
