@@ -28,9 +28,9 @@ def encoder_layers(model: nn.Module, method: str) -> tuple[str, nn.ModuleList]:
     """(dotted name, ModuleList) of the transformer blocks: the longest ModuleList named layer/layers."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(m):
-            if best is None or len(m) > len(best[1]):
-                best = (name, m)
+        is_layers = isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(m)
+        if is_layers and (best is None or len(m) > len(best[1])):
+            best = (name, m)
     if best is None:
         raise UserError(f"{method}: unsupported encoder layout ({model_type(model)}): "
                         "no list of encoder layers (a ModuleList named layer or layers)")

@@ -69,7 +69,7 @@ class PrefixSelfAttention(nn.Module):
         k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # [b, heads, prefix + s, d]
         mask = extend_mask(attention_mask, self.prefix_key.shape[0])
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        eager = getattr(sys.modules[type(a).__module__], "eager_attention_forward")
+        eager = sys.modules[type(a).__module__].eager_attention_forward  # the model's own fallback
         fn = ALL_ATTENTION_FUNCTIONS.get_interface(a.config._attn_implementation, eager)
         out, weights = fn(a, q, k, v, mask, dropout=a.dropout.p if self.training else 0.0, scaling=a.scaling, **kwargs)
         return out.reshape(b, s, -1).contiguous(), weights  # [b, s, hidden]
