@@ -108,6 +108,19 @@ def test_whole_word_masking_takes_whole_words(seed):
             assert int(selected[r].sum()) <= k or int(starts.sum()) == 1
 
 
+def test_every_word_can_be_selected():
+    """Uniform over words: the word before [SEP] or padding is chosen as often as the others."""
+    words = list(range(10, 30))  # 20 one-token words, a [SEP] after the 10th and after the last
+    row = torch.tensor([[CLS, *words[:10], SEP, *words[10:], SEP, PAD, PAD]])
+    mask = (row != PAD).long()
+    counts = torch.zeros(row.shape[1])
+    for seed in range(400):
+        _, labels = Masker(VOCAB, MASK, SPECIAL, continuation_ids=CONT)(row, mask, torch.Generator().manual_seed(seed))
+        counts += (labels[0] != -100).float()
+    per_word = counts[(row[0] >= 10) & (row[0] < 30)] / 400  # each word: 3 of 20 taken, 0.15
+    assert per_word.min() > 0.08 and abs(float(per_word.mean()) - 0.15) < 0.01, per_word
+
+
 def test_whole_word_share_near_target():
     masker = Masker(VOCAB, MASK, SPECIAL, continuation_ids=CONT)
     sel = cand = 0

@@ -73,9 +73,12 @@ class Masker:
         u = torch.rand((bsz, seq + 1), generator=generator)  # one random score per word
         score = u.gather(1, word).masked_fill(~cand, 2.0)
         order = score.argsort(dim=1, stable=True)  # tokens of one word stay together: they share a score
-        cum = cand.gather(1, order).long().cumsum(1)  # tokens taken after each position of that order
+        cand_sorted = cand.gather(1, order).long()
+        cum = cand_sorted.cumsum(1)  # tokens taken after each position of that order
+        # [batch, words]: tokens taken once the word is complete (special/pad tokens carry the word id
+        # before them but sort last, so only candidate positions count)
         word_end = torch.zeros((bsz, seq + 1), dtype=torch.long).scatter_reduce(
-            1, word.gather(1, order), cum, "amax")  # [batch, words]: tokens taken once the word is complete
+            1, word.gather(1, order), cum * cand_sorted, "amax")
         chosen = (word_end <= k[:, None])
         first = word.gather(1, order[:, :1])  # the first word in the order, taken even when it alone exceeds k
         chosen.scatter_(1, first, chosen.gather(1, first) | (k[:, None] > 0))
