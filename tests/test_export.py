@@ -35,7 +35,7 @@ def cls_run(tmp_path_factory, tiny_model_dir) -> Path:
     return api.finetune(cfg, log=quiet).run_dir
 
 
-@pytest.mark.parametrize("method", ["lora", "head_only", "full"])
+@pytest.mark.parametrize("method", ["lora", "head_only", "full", "ia3"])
 def test_export_round_trip(finished_run, tmp_path, method):
     run = finished_run(method)
     out = api.export(run, tmp_path / "exported", log=quiet)
@@ -96,7 +96,9 @@ def test_export_errors(finished_run, tmp_path, monkeypatch):
         api.export(finished_run("lora"), busy, log=quiet)
     with pytest.raises(UserError, match="run directory not found"):
         api.export(tmp_path / "nope", tmp_path / "out", log=quiet)
-    # a method whose inference model keeps its own modules (e.g. prefix tokens) cannot be merged
+    # a method whose inference model keeps its own modules cannot be merged
+    with pytest.raises(UserError, match="method 'adapter' cannot be merged.*e.g. encoder.encoder.layer.0.*adapter"):
+        api.export(finished_run("adapter"), tmp_path / "out", log=quiet)
     from transferkit.runinfo import RunInfo
     monkeypatch.setattr(RunInfo, "load_model", lambda self, merge=False: torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="cannot be merged into the encoder's weights"):

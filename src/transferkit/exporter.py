@@ -33,7 +33,6 @@ TOLERANCE = 1e-4  # largest logit difference accepted between the run and the wr
 def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, log: Any = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
     from . import runtime
-    from .modeling import TransferkitForSequenceClassification as Classifier
     from .models import load_tokenizer
     from .runinfo import RunInfo
     runtime.setup()
@@ -42,9 +41,11 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, log: A
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output folder {out} exists and is not empty; choose another or remove it")
     model = info.load_model(merge=True).eval()
-    if not isinstance(model, Classifier):
-        raise UserError(f"{run_dir}: method {info.method!r} cannot be merged into the encoder's weights "
-                        f"(export supports runs whose inference model is a plain classifier: full, lora, head_only)")
+    extra = _extra_weights(model)
+    if extra:
+        raise UserError(f"{run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
+                        f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
+                        f"that fold into the weights: full, lora, ia3, bitfit, head_only")
     reference = model
     if plain:
         model = to_plain_bert(model, info)
@@ -66,6 +67,16 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, log: A
         kind = "plain BertForSequenceClassification" if plain else "transferkit classifier (trust_remote_code=True)"
         log(f"exported {run_dir} ({info.method}, merged) to {out} as a {kind}")
     return out
+
+
+def _extra_weights(model: nn.Module) -> list[str]:
+    """Weights the plain classifier class does not have (all of them if `model` is another class)."""
+    from .modeling import TransferkitForSequenceClassification as Classifier
+    if not isinstance(model, Classifier):
+        return [type(model).__name__]
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        plain = Classifier(model.config)
+    return sorted(set(model.state_dict()) - set(plain.state_dict()))
 
 
 def to_plain_bert(model: nn.Module, info: Any) -> nn.Module:
