@@ -62,9 +62,10 @@ class AdapterLinear(nn.Module):
 @METHODS.register("adapter")
 class BottleneckAdapter(TensorArtifactMethod):
     name = "adapter"
-    # Adapters start as (nearly) the identity and have few weights: like LoRA they need a large lr to
-    # move within a few epochs (1e-4 is usual for large models, 1e-3 for small ones like MiniLM).
-    default_lr = 1e-3
+    # Adapters start as (nearly) the identity and have few weights: they need a large lr to move within
+    # a few epochs (Houlsby et al. searched 3e-5..3e-3). On MiniLM, first 4,000 movie sentences, one
+    # epoch: 3e-3 reached 83.3% validation / 80.4% test against 82.5% / 77.9% at 1e-3.
+    default_lr = 3e-3
     option_keys = ("adapter_kind", "adapter_reduction")
 
     def apply(self, model: nn.Module) -> nn.Module:
