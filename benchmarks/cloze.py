@@ -72,6 +72,8 @@ def load_filler(name: str) -> tuple[Any, str]:
     from transferkit.lm_models import load_for_objective
     from transferkit.models import MODELS
     if name in MODELS:
+        import torch
+        torch.manual_seed(0)  # the new head's random init: the same 'before' row on every run
         model, tok = load_for_objective(name, "mlm", log=lambda *_: None)
         return MaskFiller(model.eval(), tok), f"{name} (new MLM head, untrained)" if model.newly_initialized else name
     return MaskFiller.load(name), name
