@@ -160,7 +160,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per training run")
     p.add_argument("--n", type=int, default=500, help="texts per throughput measurement")
     p.add_argument("--request-size", type=int, default=16, help="texts per request in the stream scenario")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/transferkit-bench-many-adapters"))
     p.add_argument("--child-memory", nargs=2, metavar=("KIND", "RUNS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -223,14 +223,17 @@ def main() -> None:
     }
     speed: dict[str, Any] = {}
     results: dict[str, Any] = {}
+    for fn in variants.values():  # one warm-up pass each
+        fn(texts[:64], names[:64])
     for scenario in ("one_call", "stream"):
-        for v, fn in variants.items():  # one warm-up pass each
-            fn(texts[:64], names[:64])
-        for v, fn in variants.items():
-            call = (lambda f=fn: f(texts, names)) if scenario == "one_call" else stream(fn)
-            sec, res = timed(call, args.repeats)
-            speed[f"{scenario}/{v}"] = round(len(texts) / sec, 1)
-            results[(scenario, v)] = res
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.repeats):  # variants interleaved, so a change in machine load hits all of them
+            for v, fn in variants.items():
+                call = (lambda f=fn: f(texts, names)) if scenario == "one_call" else stream(fn)
+                sec, results[(scenario, v)] = timed(call, 1)
+                times[v].append(sec)
+        for v in variants:
+            speed[f"{scenario}/{v}"] = round(len(texts) / statistics.median(times[v]), 1)
     diff = max(abs(a["probs"][k] - b["probs"][k]) for a, b in zip(results[("one_call", "mixed")],
                                                                   results[("one_call", "separate")]) for k in a["probs"])
     agree = sum(a["label"] == b["label"] for a, b in zip(results[("one_call", "mixed")], results[("stream", "separate")]))
