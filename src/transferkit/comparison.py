@@ -97,14 +97,8 @@ def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 def _plan(base: Any, method: str, out: Path) -> Plan:
+    from .comparison_report import flat_config
     from .config import RunConfig, validate
     cfg = RunConfig.from_dict(base.to_dict())
     cfg.method.name, cfg.output_dir = method, str(out / method)
@@ -115,7 +109,7 @@ def _plan(base: Any, method: str, out: Path) -> Plan:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} exists but is not a transferkit run (no config.yaml); move it away or "
                         f"choose another --output-dir")
-    saved, wanted = _flat(RunConfig.from_yaml(run_dir / "config.yaml").to_dict()), _flat(cfg.to_dict())
+    saved, wanted = flat_config(RunConfig.from_yaml(run_dir / "config.yaml").to_dict()), flat_config(cfg.to_dict())
     diff = [k for k in wanted if k != "output_dir" and saved.get(k) != wanted[k]]
     if diff:
         k = diff[0]
@@ -254,6 +248,7 @@ def _row(plan: Plan, out: Path, status: str, texts: list[str], labels: list[int]
                epochs=t["epochs"], lr=t["lr"])
     try:
         row["inference_per_s"], row["predictor_accuracy"] = _inference(plan.run_dir, texts, labels, repeats)
+        log(f"{plan.method}: {row['inference_per_s']:.0f} sentences/s")
     except Exception as e:  # one unloadable artefact must not cost the whole table
         row["status"] = f"inference failed: {type(e).__name__}: {e}".splitlines()[0]
         log(f"{plan.method}: {row['status']}")

@@ -47,7 +47,9 @@ def _versus_full(rows: list[dict[str, Any]]) -> list[str]:
         parts = [f"{r['trainable_pct']:.2f}% of the parameters train",
                  f"accuracy {100 * (r['accuracy'] - full['accuracy']):+.1f} points"]
         if r.get("samples_per_s") and full.get("samples_per_s"):
-            parts.append(f"{r['samples_per_s'] / full['samples_per_s']:.2f}x the training samples/s")
+            ratio = r["samples_per_s"] / full["samples_per_s"]
+            parts.append(f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x")
+            parts[-1] += " the training samples/s"
         if r.get("peak_rss_mb") and full.get("peak_rss_mb"):
             parts.append("peak memory " + _less(r["peak_rss_mb"] / full["peak_rss_mb"]))
         if _added(r) is not None and _added(full):
@@ -56,6 +58,25 @@ def _versus_full(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"artefact {_mb(r['artifact_mb'])} MB vs {_mb(full['artifact_mb'])} MB")
         lines.append(f"- {r['method']}: " + "; ".join(parts))
     return lines
+
+
+def command(rows: list[dict[str, Any]], base: Any) -> str:
+    """The CLI line that repeats this comparison: every config key that differs from the default."""
+    from .config import RunConfig
+    default, wanted = flat_config(RunConfig().to_dict()), flat_config(base.to_dict())
+    def text(v: Any) -> str:
+        return ",".join(map(text, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+    keys = [f"{k}={text(v)}" for k, v in wanted.items() if k not in ("output_dir", "method.name") and v != default.get(k)]
+    out = str(Path(rows[0]["run_dir"]).parent) if rows else "runs/compare"
+    return " ".join(["transferkit compare --methods", ",".join(r["method"] for r in rows), *keys, "--output-dir", out])
+
+
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": x}} -> {"train.lr": x}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any, repeats: int) -> str:
@@ -68,6 +89,7 @@ def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any, repeats:
     sizes = splits.summary.get("sizes", {})
     n_train, n_test = sizes.get("train", len(splits.train.texts)), sizes.get("test", len(splits.test.texts))
     head = [f"# transferkit compare: {base.data.data or base.data.train} on {base.model.name}", "",
+            f"`{command(rows, base)}`", "",
             (f"{n_train:,} training / {n_test:,} test texts, seed {base.train.seed}, {budget}, {lr}. "
              f"{os.cpu_count()} CPUs, torch {torch.__version__} ({platform.machine()}), "
              f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; methods trained one after another, each in its "
@@ -121,15 +143,19 @@ def render_png(rows: list[dict[str, Any]], title: str) -> bytes:
     ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel="test accuracy (%)", title="accuracy")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
-    axes[1].barh(names, [r.get("samples_per_s") or 0 for r in ok], color="tab:green")
-    axes[1].set(xlabel="training samples/s", title="training speed")
+    # Optimizer steps, then everything else the process did (head_only's feature encoding sits there).
+    steps = [r.get("train_seconds") or 0 for r in ok]
+    axes[1].barh(names, steps, color="tab:green", label="optimizer steps")
+    axes[1].barh(names, [max((r.get("wall_seconds") or 0) - s, 0) for r, s in zip(ok, steps)], left=steps,
+                 color="tab:olive", label="rest of the process")
+    axes[1].set(xlabel="seconds", title="training time")
     before = [r.get("rss_before_train_mb") or 0 for r in ok]
     axes[2].barh(names, before, color="tab:gray", label="before training")
     axes[2].barh(names, [max((r.get("peak_rss_mb") or 0) - b, 0) for r, b in zip(ok, before)], left=before,
                  color="tab:red", label="added by training (peak)")
     axes[2].set(xlabel="process memory (MB)", title="peak memory")
-    axes[2].legend(fontsize=8, loc="lower right")
     for a in axes[1:]:
+        a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         a.invert_yaxis()
         a.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
