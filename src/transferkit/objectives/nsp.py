@@ -147,4 +147,5 @@ class MLMNSP(MLM):
                 "accuracy": correct / max(n, 1), "nsp_accuracy": nsp_ok / max(pairs, 1), "tokens": n}
 
 
-OBJECTIVES.register("mlm+nsp", MLMNSP()) if "mlm+nsp" not in OBJECTIVES else None
+if "mlm+nsp" not in OBJECTIVES:  # a module reload must not register twice
+    OBJECTIVES.register("mlm+nsp", MLMNSP())
