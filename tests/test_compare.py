@@ -164,3 +164,17 @@ def test_default_is_every_registered_method():
 def test_api_function_is_not_shadowed_by_a_module(compared):
     import transferkit
     assert callable(transferkit.compare) and transferkit.compare is api.compare
+
+
+def test_reused_run_with_old_defaults_is_flagged(compared, tmp_path):
+    import shutil
+    out, options, _, _ = compared
+    shutil.copytree(out / "lora", tmp_path / "lora")
+    metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    metrics["train"]["lr"] = 12.5  # as if lora's default learning rate had changed since this run
+    (tmp_path / "lora" / "metrics.json").write_text(json.dumps(metrics))
+    base = api.make_config(None, {api.SHORT_KEYS.get(k, k): v for k, v in options.items()})
+    notes: list[str] = []
+    plan = comparison._plan(base, "lora", tmp_path, notes.append)
+    assert plan.state == "finished" and len(notes) == 1 and "lr 12.5 -> 0.001" in notes[0]
+    assert comparison._plan(base, "lora", out, notes.append).state == "finished" and len(notes) == 1

@@ -97,7 +97,7 @@ def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def _plan(base: Any, method: str, out: Path) -> Plan:
+def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
     from .comparison_report import flat_config
     from .config import RunConfig, validate
     cfg = RunConfig.from_dict(base.to_dict())
@@ -116,7 +116,22 @@ def _plan(base: Any, method: str, out: Path) -> Plan:
         raise UserError(f"{run_dir} was run with {k}={saved.get(k)!r}, not {wanted[k]!r}; use another "
                         f"--output-dir or remove that run")
     finished = (run_dir / "metrics.json").is_file() and (run_dir / "run.json").is_file()
+    if finished:
+        _warn_if_defaults_moved(method, cfg, run_dir, log)
     return Plan(method, cfg, run_dir, "finished" if finished else "resume")
+
+
+def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = print) -> None:
+    """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
+    from . import methods as _  # noqa: F401  (registers methods)
+    from .registry import METHODS
+    now = METHODS.get(method)(cfg.method).train_config(cfg.train)
+    then = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["train"]
+    moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
+             if then.get(k) is not None and then.get(k) != getattr(now, k)]
+    if moved:
+        log(f"note: {run_dir} is reused, but {method}'s defaults changed since it ran ({', '.join(moved)}); "
+            f"remove it to train with today's")
 
 
 # ---- running one method in its own process --------------------------------------------------------
@@ -273,7 +288,7 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     out = Path(output_dir or base.output_dir or "runs/compare")
     if out.exists() and not out.is_dir():
         raise UserError(f"output directory {out} is a file")
-    plans = [_plan(base, m, out) for m in names]
+    plans = [_plan(base, m, out, log) for m in names]
     resolve_model(base.model.name)  # an unknown model fails here, not once per method
     splits = prepare_splits(base.data, base.train.seed, log=lambda *_: None)  # bad data fails before any run
     texts, labels = list(splits.test.texts), list(splits.test.labels)
