@@ -3,6 +3,7 @@
     import transferkit
     result = transferkit.finetune(data="movie-sentences", method="lora", epochs=1)
     transferkit.Predictor.from_run(result.run_dir).predict(["a fine film"])
+    transferkit.pretrain(objective="mlm", corpus=["wiki-summaries"], model="minilm-l6")
 """
 import os as _os
 
@@ -11,10 +12,8 @@ import os as _os
 # torch loads OpenMP, hence here; a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .api import compare, evaluate, finetune, list_datasets, list_models, make_config, params, predict
-from .api import fill_mask, generate
-from .api import pretrain
-from .api import export
+from .api import (compare, evaluate, export, fill_mask, finetune, generate, list_datasets, list_models, make_config,
+                  params, predict, pretrain)
 from .config import RunConfig
 from .errors import UserError
 from .modeling import register as _register
@@ -29,9 +28,6 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
 
 _register()
 
-__all__ = ["compare", "finetune", "evaluate", "predict", "params", "list_datasets", "list_models", "make_config",
-           "RunConfig", "UserError", "Predictor"]
-__all__ += ["fill_mask", "generate"]
-__all__ += ["pretrain"]
-__all__ += ["export"]
+__all__ = ["pretrain", "finetune", "compare", "evaluate", "predict", "export", "params", "fill_mask", "generate",
+           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor"]
 __version__ = "0.1.0"
