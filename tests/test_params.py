@@ -7,7 +7,7 @@ import pytest
 
 from transferkit.cli import main
 from transferkit.errors import UserError
-from transferkit.params import parameter_report
+from transferkit.param_count import parameter_report
 
 BERT_BASE_POOLER = 768 * 768 + 768  # BertForSequenceClassification has it; transferkit's classifier pools itself
 
@@ -116,3 +116,11 @@ def test_cli_params_adapter(capsys, monkeypatch):
     assert "894,528" in out and "896,066" in out
     assert main(["params", "--model", "bert-base-uncased", "--method", "bitfit"]) == 0
     assert "102,144" in capsys.readouterr().out
+
+
+def test_api_function_survives_its_first_call():
+    """`transferkit.params` stays the function after a call imports the counting module."""
+    import transferkit
+    transferkit.params("bert-base-uncased", "lora")
+    assert callable(transferkit.params)
+    assert transferkit.params("bert-base-uncased", "lora")["method_params"] == 294_912

@@ -390,7 +390,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, log
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
     """Exact parameter counts of `model` adapted by `method`, computed without loading weights."""
-    from .params import parameter_report
+    from .param_count import parameter_report
     runtime.setup()
     return parameter_report(model, method, **options)
 
