@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ from typing import Any, Mapping, Sequence
 from . import runtime
 from .config import RunConfig, validate
 from .errors import UserError
+from .runinfo import new_run_dir
+from .runinfo import write_atomic as _write_atomic
 
 
 def _log(msg: str) -> None:
@@ -247,23 +248,7 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def _new_run_dir(cfg: RunConfig) -> Path:
-    if cfg.output_dir:
-        p = Path(cfg.output_dir)
-        if p.exists() and any(p.iterdir()):
-            raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
-        return p
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{stamp}-{cfg.method.name}"
-    p, i = base, 1
-    while p.exists():
-        p, i = Path(f"{base}-{i}"), i + 1
-    return p
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return new_run_dir(cfg.output_dir, cfg.method.name)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,

@@ -281,7 +281,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transferkit", description="Fine-tune, evaluate and serve text classifiers.")
+    parser = argparse.ArgumentParser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer text models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="fine-tune the bundled encoder on the bundled movie sentences, then predict")
     p.add_argument("--output-dir", help="run directory (default runs/<time>-demo)")

@@ -76,13 +76,8 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
-@dataclass
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-<method>)"})
+class ConfigFile:
+    """YAML in and out, dict in and out and dotted overrides, shared by the run configs below."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,11 +86,11 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         return _build(cls, d, "")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
+    def from_yaml(cls, path: str | Path) -> Any:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
@@ -121,6 +116,15 @@ class RunConfig:
             raise UserError(f"unknown config key {dotted!r}")
         hint = typing.get_type_hints(type(obj))[key]
         setattr(obj, key, _coerce(value, hint, dotted))
+
+
+@dataclass
+class RunConfig(ConfigFile):
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-<method>)"})
 
 
 def _parse_scalar(s: str) -> Any:
@@ -252,7 +256,7 @@ def validate(cfg: RunConfig) -> None:
 # ---- pretraining ---------------------------------------------------------------------------
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigFile):
     """One pretraining run: objective, corpus, model (existing or from scratch), tokenizer, training."""
 
     objective: str = field(default="mlm", metadata={"help": "mlm | clm | mlm+nsp"})
@@ -276,22 +280,6 @@ class PretrainConfig:
     # Pretraining tracks the held-out loss and never stops early by default.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="loss", early_stopping_patience=0))
     output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-pretrain-<objective>)"})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
-        return _build(cls, d, "")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "PretrainConfig":
-        return RunConfig.from_yaml.__func__(cls, path)  # same reading and errors, this class
-
-    override = RunConfig.override
 
 
 def validate_pretrain(cfg: PretrainConfig) -> None:

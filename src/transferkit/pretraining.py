@@ -14,9 +14,7 @@ load it, and `transferkit finetune --model RUN_DIR/model` fine-tunes its encoder
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from typing import Any, Callable
 
 from .config import PretrainConfig, validate_pretrain
 from .errors import UserError
+from .runinfo import new_run_dir
+from .runinfo import write_atomic as _write_atomic
 
 # Short names for the most used keys (Python keyword arguments and CLI flags).
 PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "text_column", "model": "model",
@@ -242,17 +242,7 @@ def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, 
 
 
 def _new_run_dir(cfg: PretrainConfig) -> Path:
-    if cfg.output_dir:
-        p = Path(cfg.output_dir)
-        if p.exists() and any(p.iterdir()):
-            raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
-        return p
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{stamp}-pretrain-{cfg.objective.replace('+', '-')}"
-    p, i = base, 1
-    while p.exists():
-        p, i = Path(f"{base}-{i}"), i + 1
-    return p
+    return new_run_dir(cfg.output_dir, "pretrain-" + cfg.objective.replace("+", "-"))
 
 
 def _save_folder(final: Path, write: Callable[[str], Any]) -> None:
@@ -264,10 +254,3 @@ def _save_folder(final: Path, write: Callable[[str], Any]) -> None:
     tmp.rename(final)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-__all__ = ["pretrain", "PretrainResult", "make_pretrain_config", "resolve_train_config", "PRETRAIN_KEYS"]

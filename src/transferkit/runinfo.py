@@ -15,6 +15,29 @@ from .errors import UserError
 RUN_FILE = "run.json"
 
 
+def new_run_dir(output_dir: str | None, label: str) -> Path:
+    """The run directory to create: `output_dir` if new or empty, else runs/<time>-<label>[-N]."""
+    import datetime as dt
+    if output_dir:
+        p = Path(output_dir)
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
+        return p
+    base = Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{label}"
+    p, i = base, 1
+    while p.exists():
+        p, i = Path(f"{base}-{i}"), i + 1
+    return p
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary name, so a reader never sees half of it."""
+    import os
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 @dataclass
 class RunInfo:
     run_dir: str
