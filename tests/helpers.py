@@ -73,3 +73,15 @@ def tiny_config(data: Path, model_dir: Path, output_dir: Path | None, method: st
 
 def quiet(*_: Any) -> None:
     """A `log` that drops messages."""
+
+
+def expect_user_error(capsys: Any, argv: list[str]) -> str:
+    """Run the CLI expecting a user error: exit 2 and exactly one stderr line; returns that line."""
+    from transferkit.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("transferkit: error: ")
+    return lines[0]

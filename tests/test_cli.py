@@ -13,18 +13,10 @@ import pytest
 
 from transferkit.cli import main
 
-from helpers import make_sentences, write_csv
+from helpers import expect_user_error, make_sentences, write_csv
 
 
-def _fail(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting a user error; return the one stderr line."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("transferkit: error: ")
-    return lines[0]
+_fail = expect_user_error
 
 
 @pytest.fixture

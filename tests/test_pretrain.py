@@ -11,7 +11,7 @@ from transferkit import api, train
 from transferkit.cli import main
 from transferkit.errors import UserError
 
-from helpers import make_sentences, quiet
+from helpers import expect_user_error, make_sentences, quiet
 
 
 @pytest.fixture(autouse=True)
@@ -119,14 +119,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
     assert "accuracy" in ft.metrics["test"]
 
 
-def _fail(capsys, argv: list[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("transferkit: error: ")
-    return lines[0]
+_fail = expect_user_error
 
 
 def test_cli_errors(capsys, tmp_path, corpus):

@@ -35,17 +35,7 @@ class FinetuneResult:
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied."""
-    if isinstance(config, RunConfig):
-        cfg = RunConfig.from_dict(config.to_dict())
-    elif isinstance(config, dict):
-        cfg = RunConfig.from_dict(config)
-    elif config is not None:
-        cfg = RunConfig.from_yaml(config)
-    else:
-        cfg = RunConfig()
-    for k, v in (overrides or {}).items():
-        cfg.override(k, v)
-    return cfg
+    return RunConfig.make(config, overrides)
 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,

@@ -79,6 +79,23 @@ class TrainConfig:
 class ConfigFile:
     """YAML in and out, dict in and out and dotted overrides, shared by the run configs below."""
 
+    @classmethod
+    def make(cls, config: Any = None, overrides: dict[str, Any] | None = None,
+             short_keys: dict[str, str] | None = None) -> Any:
+        """An instance from a YAML path, a dict or an instance (copied), then `overrides` applied
+        (dotted keys, or short names that `short_keys` maps to dotted keys)."""
+        if isinstance(config, cls):
+            cfg = cls.from_dict(config.to_dict())
+        elif isinstance(config, dict):
+            cfg = cls.from_dict(config)
+        elif config is not None:
+            cfg = cls.from_yaml(config)
+        else:
+            cfg = cls()
+        for k, v in (overrides or {}).items():
+            cfg.override((short_keys or {}).get(k, k), v)
+        return cfg
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

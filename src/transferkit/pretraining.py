@@ -53,17 +53,7 @@ class PretrainResult:
 def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = None,
                          overrides: dict[str, Any] | None = None) -> PretrainConfig:
     """A PretrainConfig from a YAML path, dict or PretrainConfig, with short or dotted overrides."""
-    if isinstance(config, PretrainConfig):
-        cfg = PretrainConfig.from_dict(config.to_dict())
-    elif isinstance(config, dict):
-        cfg = PretrainConfig.from_dict(config)
-    elif config is not None:
-        cfg = PretrainConfig.from_yaml(config)
-    else:
-        cfg = PretrainConfig()
-    for k, v in (overrides or {}).items():
-        cfg.override(PRETRAIN_KEYS.get(k, k), v)
-    return cfg
+    return PretrainConfig.make(config, overrides, PRETRAIN_KEYS)
 
 
 def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
