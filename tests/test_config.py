@@ -185,3 +185,12 @@ def test_make_config_sources(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert make_config(str(path)) == cfg
+
+
+def test_partial_section_keeps_the_parent_default(tmp_path):
+    """A pretraining YAML that sets only train.lr keeps pretraining's metric (loss), not finetune's."""
+    from transferkit.config import PretrainConfig
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 0.001\n", encoding="utf-8")
+    cfg = PretrainConfig.from_yaml(path)
+    assert cfg.train.lr == 0.001 and cfg.train.metric == "loss" and cfg.train.early_stopping_patience == 0

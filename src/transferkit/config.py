@@ -216,10 +216,17 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
         if k not in names:
             raise UserError(f"unknown config key {prefix + k!r}")
     kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in d.items():
         hint = hints[k]
         if dataclasses.is_dataclass(hint):
-            kwargs[k] = _build(hint, v or {}, prefix + k + ".")
+            # Keys left out keep the parent's own default section (e.g. pretraining's train.metric
+            # "loss"), not the section class's defaults.
+            if not isinstance(v or {}, dict):
+                raise UserError(f"config key {prefix + k!r}: expected a mapping")
+            f = fields[k]
+            base = f.default_factory() if f.default_factory is not dataclasses.MISSING else hint()
+            kwargs[k] = _build(hint, {**dataclasses.asdict(base), **(v or {})}, prefix + k + ".")
         else:
             kwargs[k] = _coerce(v, hint, prefix + k)
     return cls(**kwargs)
