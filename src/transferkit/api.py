@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any, Mapping, Sequence
 from . import runtime
 from .config import RunConfig, validate
 from .errors import UserError
+from .runtime import log_stderr as _log
 from .runinfo import new_run_dir
 from .runinfo import write_atomic as _write_atomic
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -23,12 +23,12 @@ module only picks sizes, reads token ids from the tokenizer and validates the co
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .runtime import log_stderr as _log
 
 ARCHS = ("bert", "gpt2", "llama")
 OBJECTIVES = ("mlm", "mlm+nsp", "clm")
@@ -51,10 +51,6 @@ SIZES: dict[str, Size] = {
 }
 MAX_POSITIONS = 512
 _OBJECTIVE_ARCHS = {"mlm": ("bert",), "mlm+nsp": ("bert",), "clm": ("gpt2", "llama")}
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def check_objective(objective: str) -> str:

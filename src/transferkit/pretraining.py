@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import PretrainConfig, validate_pretrain
 from .errors import UserError
+from .runtime import log_stderr as _log
 from .runinfo import new_run_dir
 from .runinfo import write_atomic as _write_atomic
 
@@ -34,10 +34,6 @@ PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "t
                  "mlm_probability": "mlm_probability", "epochs": "train.epochs", "max_steps": "train.max_steps",
                  "batch_size": "train.batch_size", "lr": "train.lr", "eval_steps": "train.eval_steps",
                  "seed": "train.seed", "output_dir": "output_dir"}
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

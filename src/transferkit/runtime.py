@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 _done = False
+
+
+def log_stderr(msg: str) -> None:
+    """The default progress log of the API: one line to stderr, flushed (stdout stays for results)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def setup() -> None:

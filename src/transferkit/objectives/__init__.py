@@ -45,11 +45,15 @@ class Objective:
         raise NotImplementedError
 
     def loss_fn(self, out: LMOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        raise NotImplementedError
+        """Summed token cross-entropy over the scored positions (MLM and CLM alike)."""
+        from .clm import lm_loss
+        return lm_loss(out, batch)
 
     def evaluate(self, wrapped: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> dict[str, float]:
-        raise NotImplementedError
+        """Held-out loss, perplexity and token accuracy."""
+        from .clm import evaluate_lm
+        return evaluate_lm(wrapped, data, batch_size, pad_id, device)
 
 
 def head_alias(model: nn.Module, names: list[str]) -> nn.ParameterList | None:

@@ -149,12 +149,6 @@ class CLM(Objective):
         from . import head_alias
         return CausalLMWrapper(model, head_alias(model, new_params))
 
-    def loss_fn(self, out: LMOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        return lm_loss(out, batch)
-
-    def evaluate(self, wrapped: nn.Module, data: Any, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:
-        return evaluate_lm(wrapped, data, batch_size, pad_id, device)
-
 
 if "clm" not in OBJECTIVES:  # a module reload must not register twice
     OBJECTIVES.register("clm", CLM())

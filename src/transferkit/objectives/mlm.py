@@ -18,7 +18,7 @@ from torch import nn
 
 from ..registry import OBJECTIVES
 from . import LMOutput, Objective, head_alias
-from .clm import PackedBlocks, evaluate_lm, lm_loss, separator_id
+from .clm import PackedBlocks, separator_id
 
 
 class Masker:
@@ -190,12 +190,6 @@ class MLM(Objective):
 
     def wrap(self, model: nn.Module, new_params: list[str]) -> nn.Module:
         return MaskedLMWrapper(model, head_alias(model, new_params))
-
-    def loss_fn(self, out: LMOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        return lm_loss(out, batch)
-
-    def evaluate(self, wrapped: nn.Module, data: Any, batch_size: int, pad_id: int, device: Any) -> dict[str, float]:
-        return evaluate_lm(wrapped, data, batch_size, pad_id, device)
 
 
 if "mlm" not in OBJECTIVES:  # a module reload must not register twice

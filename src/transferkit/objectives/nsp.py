@@ -18,7 +18,8 @@ from torch import nn
 
 from ..registry import OBJECTIVES
 from . import LMOutput, batches_of, perplexity
-from .mlm import MLM, MLMData, lm_loss
+from .clm import lm_loss
+from .mlm import MLM, MLMData
 
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 
