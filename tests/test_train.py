@@ -8,23 +8,13 @@ import pytest
 import torch
 
 from transferkit.config import TrainConfig
-from transferkit.data.batches import FeatureData, TokenData, length_grouped_batches
-from transferkit.modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification
-from transferkit.train import Trainer, classification_loss, param_groups
+from transferkit.data.batches import TokenData, length_grouped_batches
+from transferkit.errors import UserError
+from transferkit.train import Trainer, classification_loss, param_groups, total_steps
 
-from helpers import LABELS, make_sentences, make_tokenizer, quiet, tiny_bert_config
-
-
-def _accelerator():
-    from accelerate import Accelerator
-    return Accelerator(cpu=True)
-
-
-def _no_dropout_classifier(seed: int = 0) -> TransferkitForSequenceClassification:
-    torch.manual_seed(seed)
-    config = TransferkitClassifierConfig(encoder=tiny_bert_config(dropout=0.0).to_dict(), num_labels=2,
-                                         classifier_dropout=0.0)
-    return TransferkitForSequenceClassification(config)
+from helpers import LABELS, make_sentences, make_tokenizer, quiet
+from train_helpers import accelerator as _accelerator, feature_trainer as _feature_trainer
+from train_helpers import no_dropout_classifier as _no_dropout_classifier
 
 
 @pytest.fixture(scope="module")
@@ -130,20 +120,6 @@ def test_length_grouped_batches_are_a_seeded_permutation():
     assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
 
 
-def _feature_trainer(tmp_path, eval_values, **cfg_kw):
-    """A trainer over cached features (fast) whose validation scores come from `eval_values`."""
-    torch.manual_seed(0)
-    model = _no_dropout_classifier()
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith("classifier."))
-    data = FeatureData(torch.randn(40, 32), [i % 2 for i in range(40)])
-    values = iter(eval_values)
-    cfg = TrainConfig(**{"batch_size": 10, "lr": 1e-2, "head_lr": 1e-2, "warmup": 0.0, "progress": False,
-                         "early_stopping_patience": 0, **cfg_kw})
-    return Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0,
-                   eval_fn=lambda m: {"accuracy": next(values), "loss": 0.5}, log=quiet)
-
-
 def test_early_stopping_restores_best_weights(tmp_path):
     trainer = _feature_trainer(tmp_path, [0.6, 0.9, 0.8, 0.7, 0.95, 0.99], epochs=6, early_stopping_patience=2)
     assert trainer.steps_per_epoch == 4 and trainer.total_steps == 24
@@ -206,3 +182,20 @@ def test_checkpoint_round_trip(tmp_path):
     assert b.sched.state_dict()["last_epoch"] == a.sched.state_dict()["last_epoch"] == 6
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines
     assert not _feature_trainer(tmp_path / "empty", [0.5], epochs=1).load_checkpoint()
+
+
+def test_max_steps_caps_epochs(tmp_path):
+    """Both set: whichever ends first. A max_steps beyond the epochs does not extend training."""
+    trainer = _feature_trainer(tmp_path, [0.5] * 10, epochs=1, max_steps=100)
+    assert trainer.total_steps == 4
+    assert trainer.fit().global_step == 4
+    assert total_steps(4, 2.5, None) == 10 and total_steps(4, 2, 5) == 5 and total_steps(4, 0.1, None) == 1
+
+
+def test_max_steps_without_epochs_cycles_the_data(tmp_path):
+    trainer = _feature_trainer(tmp_path / "a", [0.5] * 10, epochs=None, max_steps=10)
+    assert trainer.total_steps == 10
+    state = trainer.fit()
+    assert (state.global_step, state.epoch, state.samples_seen) == (10, 2, 100)
+    with pytest.raises(UserError, match="train.epochs or train.max_steps"):
+        _feature_trainer(tmp_path / "b", [0.5], epochs=None, max_steps=None)

@@ -5,28 +5,28 @@ gradient clipping, gradient accumulation whose loss equals the large-batch loss,
 every epoch or every N steps, early stopping that restores the best weights, and resumable
 checkpoints. It does not know which method or task it trains: the model decides what is
 trainable and `loss_fn` decides what is scored. Batches are sharded across processes, so the
-same loop runs on one CPU, one GPU or several processes under accelerate/torchrun.
+same loop runs on one CPU, one GPU or several processes under accelerate/torchrun. A loss or
+gradient that turns NaN/inf stops the run (`TrainingDiverged`) before it can spoil the weights or
+the last checkpoint; checkpoints themselves are written and read by `checkpoint`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import random
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import checkpoint as ckpt
 from .config import TrainConfig
+from .core import fs
 from .data.batches import length_grouped_batches
+from .errors import TrainingDiverged, UserError
 from .methods.base import is_head_param
 
 LOG_EVERY = 10  # optimizer steps between training records in metrics.jsonl
@@ -118,6 +118,16 @@ def make_optimizer(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups)
 
 
+def total_steps(steps_per_epoch: int, epochs: float | None, max_steps: int | None) -> int:
+    """Optimizer steps of a run: the epochs or `max_steps`, whichever ends first (`max_steps` never
+    extends training). Without epochs the run trains exactly `max_steps`, cycling through the data."""
+    limits = [math.ceil(steps_per_epoch * epochs)] if epochs is not None else []
+    limits += [max_steps] if max_steps else []
+    if not limits:
+        raise UserError("set train.epochs or train.max_steps: the run needs to know when to stop")
+    return max(1, min(limits))
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -144,7 +154,7 @@ class Trainer:
         self.lengths = train_data.lengths()
         micro = math.ceil(len(train_data) / cfg.batch_size / accelerator.num_processes)
         self.steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
-        self.total_steps = cfg.max_steps or max(1, math.ceil(self.steps_per_epoch * cfg.epochs))
+        self.total_steps = total_steps(self.steps_per_epoch, cfg.epochs, cfg.max_steps)
         self.model = model.to(accelerator.device)
         opt = make_optimizer(param_groups(self.model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay))
         from transformers import get_linear_schedule_with_warmup
@@ -156,6 +166,7 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.higher_is_better = cfg.metric not in ("loss", "perplexity")
         self._step_tokens = 0
+        self._saved_step: int | None = None  # the step of the checkpoint on disk, named when a run diverges
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -165,6 +176,8 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
         stop = st.global_step >= self.total_steps or st.stopped_early
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         while not stop:
             batches = length_grouped_batches(self.lengths, cfg.batch_size, cfg.seed, st.epoch, cfg.group_by_length)
@@ -244,12 +257,43 @@ class Trainer:
             total_loss += float(loss_sum.detach())
             total_items += items
             total_correct += correct
-        if self.cfg.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        step = self.state.global_step + 1
+        loss = total_loss
+        if self.acc.num_processes > 1:  # every process must stop together, not only the one with the NaN
+            loss = float(self.acc.reduce(torch.tensor(total_loss, device=self.acc.device), "sum"))
+        if not math.isfinite(loss):
+            raise self._diverged(step, "the training loss", loss)
+        norm = self._grad_norm()
+        if norm is not None and not math.isfinite(norm):
+            raise self._diverged(step, "the gradient norm", norm)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return total_loss, total_items, total_correct
+
+    def _grad_norm(self) -> float | None:
+        """The gradient norm (after clipping it, when clipping is on); None where it is not checked.
+
+        Under fp16 loss scaling an overflowing gradient is routine: the scaler skips that step and
+        lowers the scale, so only the loss is checked there.
+        """
+        clip = self.cfg.max_grad_norm > 0
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm) if clip else None
+        if self.acc.scaler is not None or (clip and norm is None):  # DeepSpeed returns no norm
+            return None
+        if not clip:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        return float(norm)
+
+    def _diverged(self, step: int, what: str, value: Any) -> TrainingDiverged:
+        """The one-line error of a run whose loss, gradients or weights stopped being finite."""
+        lr = self.cfg.lr
+        kept = (f"there is no checkpoint under {self.ckpt_dir} yet: start again" if self._saved_step is None else
+                f"the last checkpoint with finite weights (step {self._saved_step}) under {self.ckpt_dir} is kept: "
+                f"resume the run")
+        return TrainingDiverged(f"training diverged at step {step}: {what} is {value} (learning rate {lr:g} too "
+                                f"high for this model/method, or fp16 overflow / bad data); {kept}, e.g. with "
+                                f"a lower learning rate (train.lr={lr / 4:g})")
 
     def _epoch_pos(self) -> float:
         return self.state.global_step / self.steps_per_epoch
@@ -276,8 +320,7 @@ class Trainer:
             st.best_metrics = metrics
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
             if self.acc.is_main_process:
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_save(self.best_state, self.ckpt_dir / "best.safetensors")
+                ckpt.save_best(self.ckpt_dir, self.best_state, st.global_step)
             return False
         st.bad_evals += 1
         patience = self.cfg.early_stopping_patience
@@ -295,57 +338,80 @@ class Trainer:
     def _record(self, rec: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
             return
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        fs.append_line(self.metrics_path, fs.dumps(rec))  # NaN/inf become null: the file stays strict JSON
         self.state.metrics_lines += 1
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Write checkpoints/last atomically: trainable weights, optimizer, scheduler, RNG, state."""
+        """Write checkpoints/last (see `checkpoint.save`): weights, optimizer, scheduler, RNG, state.
+
+        Weights that are no longer finite are never saved: they would replace the last good checkpoint.
+        """
+        model = self.acc.unwrap_model(self.model)
+        trainable = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        if (bad := next((n for n, p in trainable if not bool(torch.isfinite(p).all())), None)) is not None:
+            raise self._diverged(self.state.global_step, f"the weight {bad}", "not finite")
         self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return
-        tmp, final = self.ckpt_dir / "last.tmp", self.ckpt_dir / "last"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(trainable_state(self.acc.unwrap_model(self.model)), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(self.state), indent=1))
-        old = self.ckpt_dir / "last.old"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        if self.acc.is_main_process:
+            ckpt.save(self.ckpt_dir, trainable_state(model),
+                      optimizer={"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
+                      rng=ckpt.rng_state(), state=asdict(self.state), records=self.metrics_path)
+        self._saved_step = self.state.global_step
 
     def load_checkpoint(self) -> bool:
-        """Continue from checkpoints/last if present; True when a checkpoint was loaded."""
-        last = self.ckpt_dir / "last"
-        if not (last / "state.json").is_file():
+        """Continue from the last complete checkpoint; True when one was loaded.
+
+        Without one the run starts over, so the metric records and best weights of the attempt
+        before are dropped (they would be written again). The learning rates of `cfg` win over the
+        checkpoint's, so a diverged run can resume with a lower `train.lr`.
+        """
+        found = ckpt.load(self.ckpt_dir)
+        self.acc.wait_for_everyone()  # every process has read before the main one renames or removes
+        if self.acc.is_main_process:
+            ckpt.settle(self.ckpt_dir, found)
+            if found is None and self.metrics_path.is_file():
+                fs.write_text(self.metrics_path, "")
+        if found is None:
             return False
-        load_trainable_state(self.acc.unwrap_model(self.model), load_file(str(last / "trainable.safetensors")))
-        opt = torch.load(last / "optimizer.pt", weights_only=False)
-        self.opt.load_state_dict(opt["optimizer"])
-        self.sched.load_state_dict(opt["scheduler"])
-        rng = torch.load(last / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.state = TrainState(**json.loads((last / "state.json").read_text()))
-        best = self.ckpt_dir / "best.safetensors"
-        if best.is_file() and self.state.best_step >= 0:
-            self.best_state = load_file(str(best))
-        _truncate_lines(self.metrics_path, self.state.metrics_lines)
+        base_lrs = list(self._scheduler().base_lrs)  # of `cfg`, before the checkpoint's replace them
+        try:
+            load_trainable_state(self.acc.unwrap_model(self.model), found.weights)
+            self.opt.load_state_dict(found.optimizer["optimizer"])
+            self.sched.load_state_dict(found.optimizer["scheduler"])
+            state = TrainState(**found.state)
+        except UserError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"checkpoint {found.folder} does not fit this run: {ckpt.one_line(e)}") from None
+        ckpt.restore_rng(found.rng, found.folder / "rng.json")
+        self._use_config_lrs(base_lrs)
+        self.state = state
+        self.best_state = None
+        if state.best_step >= 0:
+            self.best_state = ckpt.load_best(self.ckpt_dir, state.best_step)
+            if self.best_state is None and state.best_step == state.global_step:
+                self.best_state = found.weights  # evaluated at this very step: the same weights
+            if self.best_state is None:  # a later evaluation replaced them before the run was killed
+                self.log(f"note: {self.ckpt_dir / ckpt.BEST} does not hold the best weights (step {state.best_step})")
+        if self.acc.is_main_process:
+            _truncate_lines(self.metrics_path, state.metrics_lines)
+        self._saved_step = state.global_step
         return True
 
+    def _scheduler(self) -> Any:
+        return getattr(self.sched, "scheduler", self.sched)  # under the AcceleratedScheduler
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    def _use_config_lrs(self, base_lrs: list[float]) -> None:
+        """Put back the configured learning rates when they differ from the checkpoint's."""
+        sched = self._scheduler()
+        if list(sched.base_lrs) == base_lrs:
+            return  # the same run continues: keep the restored values bit for bit
+        sched.base_lrs = base_lrs
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(base_lrs, sched.lr_lambdas)]
+        for group, base, lr in zip(self.opt.param_groups, base_lrs, lrs):
+            group["initial_lr"], group["lr"] = base, lr
+        sched._last_lr = lrs
+        self.log(f"learning rates changed on resume: now {', '.join(f'{b:g}' for b in base_lrs)}")
 
 
 def _truncate_lines(path: Path, n: int) -> None:
@@ -354,4 +420,4 @@ def _truncate_lines(path: Path, n: int) -> None:
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     if len(lines) > n:
-        path.write_text("".join(lines[:n]), encoding="utf-8")
+        fs.write_text(path, "".join(lines[:n]))
