@@ -291,7 +291,7 @@ def test_multi_label_rejected(tmp_path):
 # --- read_texts and bundled names ----------------------------------------------------------
 
 def test_read_texts(tmp_path):
-    assert read_texts(write(tmp_path / "in.txt", "first\n\n  second \n")) == ["first", "second"]
+    assert read_texts(write(tmp_path / "in.txt", "first\n  second \n\n")) == ["first", "second"]
     assert read_texts(write(tmp_path / "in.csv", "id,text\n1,a\n2,b\n")) == ["a", "b"]
     with pytest.raises(UserError, match="input file not found"):
         read_texts(str(tmp_path / "missing.txt"))

@@ -170,5 +170,5 @@ def test_hf_datasetdict_splits_used_as_given(tmp_path):
 
 def test_bundled_dataset_from_prepared_cache(write_cache):
     write_cache("movie-sentences", [f"s{i}" for i in range(40)], ["positive", "negative"] * 20)
-    s = prepare_splits(DataConfig(), 42, log=quiet)
+    s = prepare_splits(DataConfig(data="movie-sentences"), 42, log=quiet)
     assert s.label_names == ["negative", "positive"] and s.summary["sizes"]["train"] == 32

@@ -113,6 +113,7 @@ def split_blank_lines(text: str) -> list[str]:
 
 def load_documents(sources: Sequence[str] | str, text_column: str | None = None, limit: int | None = None) -> list[str]:
     """Every document of `sources` (files, folders or bundled corpus names), in order."""
+    from .listing import summarise
     from .load import _read_utf8, read_texts
     sources = [sources] if isinstance(sources, str) else list(sources)
     docs: list[str] = []
@@ -122,7 +123,7 @@ def load_documents(sources: Sequence[str] | str, text_column: str | None = None,
             docs += CORPORA.get(src).load()
             continue
         if not path.exists():
-            hint = f" (nor a bundled corpus: {', '.join(CORPORA.names())})" if "/" not in src and not path.suffix else ""
+            hint = f" (nor a bundled corpus: {summarise(CORPORA.names(), 10)})" if "/" not in src and not path.suffix else ""
             raise UserError(f"corpus file not found: {src}{hint}")
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS) if path.is_dir() else [path]
         if path.is_dir() and not files:
@@ -139,7 +140,7 @@ def load_documents(sources: Sequence[str] | str, text_column: str | None = None,
             break
     docs = docs[:limit] if limit is not None else docs
     if len(docs) < 2:
-        raise UserError(f"corpus {', '.join(sources)} has {len(docs)} document(s); pretraining needs at least 2")
+        raise UserError(f"corpus {summarise(sources)} has {len(docs)} document(s); pretraining needs at least 2")
     return docs
 
 

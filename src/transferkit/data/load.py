@@ -8,7 +8,10 @@ reads texts alone (no label column needed; `.txt` files hold one text per line).
 
 Every problem the user can fix raises `UserError` with one line naming the file, the
 column and the first bad row (rows count from 1, the header not counted; JSON lines
-files report line numbers instead).
+files report line numbers instead). Text columns must hold strings: a numeric column
+picked as text (Parquet ints, JSON numbers) is refused, not turned into "0", "1", ...
+When several candidate columns match (`text` and `sentence`, say), the choice is kept
+as a note on `LabelledData.notes` (and `prepare_splits` logs it).
 """
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ import io
 import json
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
 from ..registry import DATASETS
 from . import bundled  # noqa: F401  (registers the bundled datasets by name)
+from .listing import clip, summarise
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "tweet")
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "class", "target", "category")
@@ -36,6 +40,7 @@ class LabelledData:
     texts: list[str]
     labels: list
     source: str
+    notes: list[str] = field(default_factory=list)  # e.g. which of several candidate columns was used
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -58,18 +63,33 @@ def load_table(source: str, text_column: str | None = None, label_column: str | 
     return _to_labelled(table, name, text_column, label_column)
 
 
-def read_texts(source: str, text_column: str | None = None, role: str = "input") -> list[str]:
-    """Texts only (no label needed), e.g. for prediction; also reads `.txt` as one text per line."""
+def read_texts(source: str, text_column: str | None = None, role: str = "input",
+               log: Callable[[str], None] | None = None) -> list[str]:
+    """Texts only (no label needed), e.g. for prediction; also reads `.txt` as one text per line.
+
+    Every line (or cell) must hold a text: an empty or whitespace-only one is refused with its
+    line (row) number, since skipping it would shift every later prediction against the input.
+    Blank lines at the very end of a `.txt` file are ignored. `log` receives the note on which
+    column was used when several candidates match.
+    """
     source = str(source)
     path = Path(source).expanduser()
     if path.suffix.lower() == ".txt" and path.is_file():
         lines = [ln.strip() for ln in _read_utf8(path, source).split("\n")]
-        texts = [ln for ln in lines if ln]  # a blank line is not a text to predict
-        if not texts:
+        while lines and not lines[-1]:  # the final newline (and any blank tail) ends the file
+            lines.pop()
+        if not lines:
             raise UserError(f"{source}: file is empty (no rows)")
-        return texts
+        blank = [i for i, ln in enumerate(lines, 1) if not ln]
+        if blank:
+            raise UserError(f"{source}: {len(blank):,} empty or whitespace-only line(s) (first at line {blank[0]}); "
+                            "each line is one text to predict: remove the blank lines")
+        return lines
     table, name = _open(source, role)
-    return _clean_texts(table, _pick_column(table, text_column, TEXT_CANDIDATES, "text", name), name)
+    col, note = _pick_column(table, text_column, TEXT_CANDIDATES, "text", name)
+    if note and log is not None:
+        log(f"note: {note}")
+    return _clean_texts(table, col, name)
 
 
 def _open(source: str, role: str) -> tuple[_Table, str]:
@@ -80,7 +100,7 @@ def _open(source: str, role: str) -> tuple[_Table, str]:
     if not path.exists():
         hint = ""
         if not path.suffix and "/" not in source:
-            hint = f" (nor a bundled dataset: {', '.join(DATASETS.names())})"
+            hint = f" (nor a bundled dataset: {summarise(DATASETS.names(), 10)})"
         raise UserError(f"{role} file not found: {source}{hint}")
     if path.is_dir():
         split = _hf_train_split(path)
@@ -220,7 +240,7 @@ def _hf_train_split(path: Path) -> str | None:
         return "train"
     if len(names) == 1:
         return names[0]
-    raise UserError(f"{path}: DatasetDict has no 'train' split (splits: {', '.join(names)})")
+    raise UserError(f"{path}: DatasetDict has no 'train' split (splits: {summarise(names)})")
 
 
 def _hf_table(path: Path, split: str | None) -> _Table:
@@ -238,25 +258,38 @@ def _hf_table(path: Path, split: str | None) -> _Table:
 
 # --- columns and cleaning ------------------------------------------------------------
 
-def _pick_column(table: _Table, wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
+def _pick_column(table: _Table, wanted: str | None, candidates: tuple[str, ...], what: str,
+                 where: str) -> tuple[str, str | None]:
+    """The column to use, plus a note when other candidate columns were present too (else None)."""
     cols = table.columns
-    listing = ", ".join(cols) if cols else "(none)"
+    listing = summarise(cols)
     if wanted is not None:
         if wanted in cols:
-            return wanted
+            return wanted, None
         loose = [c for c in cols if c.strip().lower() == wanted.strip().lower()]
         if len(loose) == 1:
-            return loose[0]
-        raise UserError(f"{where}: {what} column {wanted!r} not found; available columns: {listing}")
+            return loose[0], None
+        raise UserError(f"{where}: {what} column {clip(wanted)!r} not found; available columns: {listing}")
+    chosen = None
     for cand in candidates:
         if cand in cols:
-            return cand
-    for cand in candidates:
-        loose = [c for c in cols if c.strip().lower() == cand]
-        if len(loose) == 1:
-            return loose[0]
-    raise UserError(f"{where}: no {what} column found (looked for {', '.join(candidates)}); "
-                    f"available columns: {listing}; set data.{what}_column")
+            chosen = cand
+            break
+    else:
+        for cand in candidates:
+            loose = [c for c in cols if c.strip().lower() == cand]
+            if len(loose) == 1:
+                chosen = loose[0]
+                break
+    if chosen is None:
+        raise UserError(f"{where}: no {what} column found (looked for {', '.join(candidates)}); "
+                        f"available columns: {listing}; set data.{what}_column (--{what}-column)")
+    others = [c for c in cols if c != chosen and c.strip().lower() in candidates]
+    note = None
+    if others:
+        note = (f"{where}: using column {chosen!r} as the {what}; also present: {summarise(others, quote=True)} "
+                f"(pick another with --{what}-column / data.{what}_column)")
+    return chosen, note
 
 
 def _is_missing(v: Any) -> bool:
@@ -274,32 +307,37 @@ def _scalar(v: Any) -> Any:
 
 def _to_labelled(table: _Table, where: str, text_column: str | None,
                  label_column: str | None) -> LabelledData:
-    tcol = _pick_column(table, text_column, TEXT_CANDIDATES, "text", where)
-    lcol = _pick_column(table, label_column, LABEL_CANDIDATES, "label", where)
+    tcol, tnote = _pick_column(table, text_column, TEXT_CANDIDATES, "text", where)
+    lcol, lnote = _pick_column(table, label_column, LABEL_CANDIDATES, "label", where)
     if tcol == lcol:
-        raise UserError(f"{where}: text and label columns are both {tcol!r}")
+        raise UserError(f"{where}: text and label columns are both {clip(tcol)!r}")
     texts = _clean_texts(table, tcol, where)
     labels = _clean_labels(table, lcol, where)
-    return LabelledData(texts, labels, where)
+    return LabelledData(texts, labels, where, [n for n in (tnote, lnote) if n])
 
 
 def _clean_texts(table: _Table, col: str, where: str) -> list[str]:
+    """Stripped texts of `col`; refuses non-string values and empty or missing texts."""
+    values = [_scalar(v) for v in table.values(col)]
+    odd = [i for i, v in enumerate(values) if not isinstance(v, str) and not _is_missing(v)]
+    if odd:
+        first = values[odd[0]]
+        raise UserError(f"{where}: text column {clip(col)!r} holds {type(first).__name__} values, not strings "
+                        f"({len(odd):,} of {len(values):,} rows; first {clip(repr(first), 30)} at {table.row_name(odd[0])}); "
+                        f"texts must be strings: pick the text column with --text-column / data.text_column")
     out: list[str] = []
     bad: list[int] = []
-    for i, v in enumerate(table.values(col)):
-        v = _scalar(v)
+    for i, v in enumerate(values):
         if _is_missing(v):
             bad.append(i)
             out.append("")
             continue
-        if isinstance(v, (list, dict, tuple)):
-            raise UserError(f"{where}: text column {col!r} holds a {type(v).__name__} at {table.row_name(i)}, expected a string")
-        s = str(v).strip()
+        s = v.strip()
         if not s:
             bad.append(i)
         out.append(s)
     if bad:
-        raise UserError(f"{where}: {len(bad)} empty or missing text(s) in column {col!r} "
+        raise UserError(f"{where}: {len(bad):,} empty or missing text(s) in column {clip(col)!r} "
                         f"(first at {table.row_name(bad[0])}); remove or fill them")
     return out
 
@@ -320,13 +358,13 @@ def _clean_labels(table: _Table, col: str, where: str) -> list:
             out.append(None)
             continue
         if isinstance(v, (list, dict, tuple)):
-            raise UserError(f"{where}: label column {col!r} holds a {type(v).__name__} at "
+            raise UserError(f"{where}: label column {clip(col)!r} holds a {type(v).__name__} at "
                             f"{table.row_name(i)}; only one label per row is supported")
         if isinstance(v, bool):
             v = str(v).lower()
         out.append(v)
     if bad:
-        raise UserError(f"{where}: {len(bad)} missing label(s) in column {col!r} "
+        raise UserError(f"{where}: {len(bad):,} missing label(s) in column {clip(col)!r} "
                         f"(first at {table.row_name(bad[0])}); remove or label those rows")
     return _normalise_labels(out)
 

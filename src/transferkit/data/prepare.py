@@ -1,6 +1,7 @@
 """Turn a `DataConfig` into train/validation/test splits with integer label ids.
 
-Three ways in, checked in this order:
+`data.data` and the explicit files (`data.train`/`data.validation`/`data.test`) exclude each
+other: giving both is refused rather than silently using one. Three ways in:
   1. `data.train` + `data.test` (+ optional `data.validation`): explicit files, used as
      given. Without a validation file, 10% of the training file is carved off (stratified,
      seeded; the training file is deduplicated first when `data.dedupe` is on, so the
@@ -12,6 +13,10 @@ Three ways in, checked in this order:
 `data.limit` then keeps the first N rows of the training split. The training split of
 2. and 3. is already in seeded random order, so this is a random subsample there; for an
 explicit training file it is the first N rows in file order.
+
+Through `log`: which column was used where several candidates matched, and a warning when
+validation or test texts also occur in training (or a file is identical to the training
+file), since scores on those texts measure memory, not generalisation.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ from typing import Callable
 
 from ..config import DataConfig
 from ..errors import UserError
+from .fingerprint import file_sha256
+from .listing import clip, summarise
 from .load import LabelledData, hf_split_names, load_hf_splits, load_table
-from .split import SPLITS, DedupeReport, dedupe, stratified_split
+from .split import SPLITS, DedupeReport, dedupe, split_sizes, stratified_split, text_key
 
 
 @dataclass
@@ -57,6 +64,10 @@ class _Raw:
 
 def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = print) -> Splits:
     """Load, deduplicate, split and encode the data described by `cfg` (see the module doc)."""
+    explicit = [k for k in ("train", "validation", "test") if getattr(cfg, k) is not None]
+    if cfg.data is not None and explicit:
+        raise UserError(f"give either data.data or data.train/validation/test; not both "
+                        f"(data.data={clip(cfg.data, 60)}, data.{explicit[0]}={clip(getattr(cfg, explicit[0]), 60)})")
     report: DedupeReport | None = None
     hf_splits = _hf_explicit_splits(cfg)
     if cfg.train is not None or hf_splits is not None:
@@ -72,6 +83,7 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
             test_ld = load_table(cfg.test, cfg.text_column, cfg.label_column, role="test")
             val_ld = (load_table(cfg.validation, cfg.text_column, cfg.label_column, role="validation")
                       if cfg.validation is not None else None)
+        _log_notes([train_ld, val_ld, test_ld], log)
         train = _Raw(train_ld.texts, train_ld.labels, train_ld)
         test = _Raw(test_ld.texts, test_ld.labels, test_ld)
         if val_ld is not None:
@@ -80,6 +92,7 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
             texts, labels = train.texts, train.labels
             if cfg.dedupe:
                 texts, labels, report = dedupe(texts, labels)
+            _check_enough_rows(len(texts), (0.9, 0.0, 0.1), train_ld.source, report)
             parts = stratified_split(texts, labels, (0.9, 0.0, 0.1), seed, allow_empty_validation=True, warn=log)
             train = _Raw(*parts["train"], train_ld)
             val = _Raw(*parts["test"], train_ld)
@@ -92,9 +105,11 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
             raise UserError("no data given: set data.data (a file or dataset name) or data.train")
         mode = "split"
         whole = load_table(cfg.data, cfg.text_column, cfg.label_column, role="data")
+        _log_notes([whole], log)
         texts, labels = whole.texts, whole.labels
         if cfg.dedupe:
             texts, labels, report = dedupe(texts, labels)
+        _check_enough_rows(len(texts), cfg.split, whole.source, report)
         parts = stratified_split(texts, labels, cfg.split, seed,
                                  allow_empty_validation=cfg.split[1] == 0, warn=log)
         train, val, test = (_Raw(*parts[s], whole) for s in SPLITS)
@@ -103,7 +118,7 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
     if cfg.limit is not None and cfg.limit < rows_before_limit:
         train = _Raw(train.texts[:cfg.limit], train.labels[:cfg.limit], train.origin)
 
-    label_names = _label_names(train, cfg.limit if len(train.texts) < rows_before_limit else None)
+    label_names = _label_names(train, cfg.limit if len(train.texts) < rows_before_limit else None, report)
     index = {name: i for i, name in enumerate(label_names)}
     raws = {"train": train, "validation": val, "test": test}
     encoded = {name: _encode(raw, name, index, mode) for name, raw in raws.items()}
@@ -121,13 +136,57 @@ def _hf_explicit_splits(cfg: DataConfig) -> list[str] | None:
     return names if names and "train" in names and "test" in names else None
 
 
-def _label_names(train: _Raw, limit: int | None) -> list[str]:
+def _log_notes(loaded: list[LabelledData | None], log: Callable[[str], None]) -> None:
+    """Log each loaded table's notes (e.g. which of several candidate columns was used) once."""
+    seen: set[str] = set()
+    for ld in loaded:
+        for note in (ld.notes if ld is not None else []):
+            if note not in seen:
+                seen.add(note)
+                log(f"note: {note}")
+
+
+def _dedupe_removed(report: DedupeReport | None) -> str:
+    """'dedupe removed N of M rows: ...', or '' when dedupe was off or removed nothing."""
+    if report is None or report.rows_out == report.rows_in:
+        return ""
+    return (f"dedupe removed {report.rows_in - report.rows_out:,} of {report.rows_in:,} rows: "
+            f"{report.duplicates_removed:,} repeats, {report.conflict_rows_removed:,} rows of texts with tied labels")
+
+
+def _check_enough_rows(n: int, fractions, source: str, report: DedupeReport | None) -> None:
+    """Refuse, naming the file and what dedupe removed, when `n` rows leave the training split empty."""
+    n_train, _, _ = split_sizes(n, fractions)
+    if n_train >= 1 or fractions[0] == 0:
+        return  # enough rows (a zero training fraction is stratified_split's error to report)
+    desc = "/".join(f"{f:g}" for f in fractions)
+    removed = _dedupe_removed(report)
+    if removed:
+        raise UserError(f"{source}: {n:,} row(s) left after dedupe are too few for split {desc} ({removed}); "
+                        "data.dedupe=false keeps repeats")
+    raise UserError(f"{source}: {n:,} row(s) are too few for split {desc}: the training split would be empty")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when two paths are the same file or files with the same bytes."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if not (pa.is_file() and pb.is_file()):
+        return False
+    if pa.resolve() == pb.resolve():
+        return True
+    return pa.stat().st_size == pb.stat().st_size and file_sha256(pa) == file_sha256(pb)
+
+
+def _label_names(train: _Raw, limit: int | None, report: DedupeReport | None = None) -> list[str]:
     """Sorted training labels as strings; all-int labels sort numerically."""
     uniq = set(train.labels)
     if len(uniq) < 2:
         only = next(iter(uniq)) if uniq else None
         after = f" after data.limit={limit}" if limit is not None else ""
-        raise UserError(f"training data {train.origin.source} has a single class {str(only)!r}{after}; need at least 2")
+        removed = _dedupe_removed(report)
+        why = f" ({removed}; data.dedupe=false keeps repeats)" if removed else ""
+        raise UserError(f"training data {train.origin.source} has a single class {clip(repr(str(only)))}{after}; "
+                        f"need at least 2{why}")
     if all(isinstance(v, int) for v in uniq):
         return [str(v) for v in sorted(uniq)]
     return sorted(str(v) for v in uniq)
@@ -141,24 +200,27 @@ def _encode(raw: _Raw, split: str, index: dict[str, int], mode: str) -> Labelled
             row = _row_of(raw.origin, text)
             where = f"{raw.origin.source} row {row}" if row else raw.origin.source
             hint = "" if mode != "split" else f" ({Counter(raw.origin.labels)[label]} row(s) in all)"
-            raise UserError(f"label {key!r} in the {split} split ({where}) does not occur in the training "
-                            f"data{hint}; training labels: {', '.join(sorted(index, key=index.get))}")
+            unknown = {str(y) for y in raw.labels} - set(index)
+            more = f"; nor do {len(unknown) - 1:,} other {split} labels" if len(unknown) > 1 else ""
+            raise UserError(f"label {clip(repr(key))} in the {split} split ({where}) does not occur in the training "
+                            f"data{hint}{more}; training labels ({len(index):,}): "
+                            f"{summarise(sorted(index, key=index.get))}")
         ids.append(index[key])
     return LabelledData(list(raw.texts), ids, f"{raw.origin.source} ({split})")
 
 
 def _row_of(data: LabelledData, text: str) -> int | None:
     """1-based row of `text` in the loaded table (only needed for error messages)."""
-    key = text.strip()
+    key = text_key(text)
     for i, t in enumerate(data.texts):
-        if t.strip() == key:
+        if text_key(t) == key:
             return i + 1
     return None
 
 
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encoded: dict[str, LabelledData],
              label_names: list[str], report: DedupeReport | None, rows_before_limit: int) -> dict:
-    train_texts = set(raws["train"].texts)
+    train_texts = {text_key(t) for t in raws["train"].texts}
     return {
         "mode": mode,
         "sources": {s: raws[s].origin.source for s in SPLITS},
@@ -171,7 +233,11 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encod
         "limit": cfg.limit if cfg.limit is not None and cfg.limit < rows_before_limit else None,
         "train_rows_before_limit": rows_before_limit,
         # Repeated texts across splits inflate scores; dedupe before splitting prevents it.
-        "overlap_with_train": {s: sum(t in train_texts for t in set(raws[s].texts)) for s in ("validation", "test")},
+        "overlap_with_train": {s: len({text_key(t) for t in raws[s].texts} & train_texts) for s in ("validation", "test")},
+        "overlap_rows_with_train": {s: sum(text_key(t) in train_texts for t in raws[s].texts) for s in ("validation", "test")},
+        # Explicit validation/test files with the training file's bytes (or the same path).
+        "identical_to_train": [s for s in ("validation", "test") if mode == "files" and getattr(cfg, s) is not None
+                               and _same_file(cfg.train, getattr(cfg, s))],
     }
 
 
@@ -195,6 +261,14 @@ def _log_summary(summary: dict, log: Callable[[str], None]) -> None:
     for n in names:
         counts = [summary["labels"][s].get(n, 0) for s in SPLITS]
         log("  " + n.ljust(width) + "".join(f"  {c:>{w},}" for c, w in zip(counts, cols)))
-    for s, k in summary["overlap_with_train"].items():
-        if k:
-            log(f"note: {k:,} distinct {s} texts also appear in the training split")
+    memory = "scores on them measure memory, not generalisation"
+    for s, k in summary["overlap_rows_with_train"].items():
+        n = sizes[s]
+        if s in summary["identical_to_train"]:
+            log(f"warning: the {s} file {src[s]} is identical to the training file {src['train']} "
+                f"({k:,} of {n:,} {s} texts occur in the training data); {memory}")
+        elif k and src[s] == src["train"]:
+            log(f"warning: {k:,} of {n:,} {s} texts also occur in the training split (repeated texts in {src[s]}; "
+                f"data.dedupe=true removes repeats before splitting); {memory}")
+        elif k:
+            log(f"warning: {k:,} of {n:,} {s} texts also occur in the training data ({src[s]} vs {src['train']}); {memory}")

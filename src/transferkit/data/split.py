@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from ..errors import UserError
+from .listing import clip
 
 SPLITS = ("train", "validation", "test")
 
@@ -33,13 +34,18 @@ class DedupeReport:
         return s
 
 
+def text_key(text: str) -> str:
+    """The form two texts are compared in: `dedupe` keeps one row per key, overlap checks match on it."""
+    return text.strip()
+
+
 def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[list[str], list, DedupeReport]:
     """One row per exact text (after strip), in first-occurrence order; majority label wins, ties are dropped."""
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     votes: dict[str, Counter] = {}
     for t, y in zip(texts, labels):
-        votes.setdefault(t.strip(), Counter())[y] += 1
+        votes.setdefault(text_key(t), Counter())[y] += 1
     out_t: list[str] = []
     out_y: list = []
     dups = conflicts = conflict_rows = relabelled = 0
@@ -106,7 +112,7 @@ def stratified_split(texts: Sequence[str], labels: Sequence, fractions: Sequence
     except ValueError:
         counts = Counter(labels)
         small, c = min(counts.items(), key=lambda kv: kv[1])
-        why = (f"class {small!r} has only {c} row(s)" if c < 2
+        why = (f"class {clip(repr(small))} has only {c} row(s)" if c < 2
                else f"a split is smaller than the {len(counts)} classes")
         msg = f"stratified split impossible ({why}); using a seeded random split instead"
         (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
