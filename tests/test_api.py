@@ -238,7 +238,7 @@ def test_interrupt_leaves_a_resumable_run(resumed):
     _, _, info = resumed
     state = info["state"]
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (5, 0, 5)
-    assert info["files"] == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert info["files"] == ["checkpoints", "config.yaml", "data.json", "metrics.jsonl"]
     assert [r["step"] for r in info["records"]] == [3, 6]
     assert any("resuming" in m and "at step 5 of 20" in m for m in info["logs"])
 

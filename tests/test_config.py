@@ -11,9 +11,11 @@ from transferkit.errors import UserError
 
 
 def test_defaults_validate():
-    cfg = RunConfig()
+    from transferkit.api import make_config
+    cfg = make_config()  # no data named at all: the bundled dataset
     validate(cfg)
     assert (cfg.data.data, cfg.model.name, cfg.method.name) == ("movie-sentences", "minilm-l6", "full")
+    assert make_config(None, {"data.train": "a.csv", "data.test": "b.csv"}).data.data is None
     assert cfg.data.split == [0.8, 0.1, 0.1]
 
 

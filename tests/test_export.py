@@ -100,7 +100,7 @@ def test_export_errors(finished_run, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="method 'adapter' cannot be merged.*e.g. encoder.encoder.layer.0.*adapter"):
         api.export(finished_run("adapter"), tmp_path / "out", log=quiet)
     from transferkit.runinfo import RunInfo
-    monkeypatch.setattr(RunInfo, "load_model", lambda self, merge=False: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(RunInfo, "load_model", lambda self, merge=False, base_model=None: torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="cannot be merged into the encoder's weights"):
         api.export(finished_run("lora"), tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()

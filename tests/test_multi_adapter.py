@@ -115,6 +115,7 @@ def test_bad_calls_are_user_errors(multi):
 
 
 def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
+    from transferkit.runinfo import trust_base
     with pytest.raises(UserError, match="method .full. cannot share a base model .only lora, ia3 and head_only"):
         Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
     other_base = tmp_path / "other-base"
@@ -124,6 +125,9 @@ def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
     info = json.loads((moved / "run.json").read_text())
     info["model_path"] = str(other_base)
     (moved / "run.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="run.json names the base model folder .*other-base.*--base-model"):
+        Predictor.from_runs({"a": finished_run("lora"), "b": moved})  # a folder no run here was trained on
+    trust_base(str(other_base))  # as if a run had been trained on it
     with pytest.raises(UserError, match="'b' .* was trained on .*other-base.*must share one base model"):
         Predictor.from_runs({"a": finished_run("lora"), "b": moved})
     with pytest.raises(UserError, match="run directory not found"):

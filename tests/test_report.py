@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit import report as report_mod
 from transferkit.metrics import full_report
 from transferkit.report import most_confidently_wrong, plot_confusion_matrix, plot_loss_curves, write_report
 
@@ -153,7 +152,8 @@ def test_failed_replace_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch:
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_mod.os, "replace", boom)
+    from transferkit.core import fs
+    monkeypatch.setattr(fs.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path)
     assert os.listdir(tmp_path) == ["evaluation.json"]

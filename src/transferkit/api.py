@@ -8,19 +8,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import runtime
-from .config import RunConfig, validate
+from .config import RunConfig, apply_default_data, apply_resume_overrides, describe_duration, validate
+from .core import fs
+from .core.lock import RunLock
 from .errors import UserError
 from .runtime import log_stderr as _log
-from .runinfo import new_run_dir
-from .runinfo import write_atomic as _write_atomic
+from .runinfo import claim_new_run_dir, new_run_dir, resumable
 
 
 @dataclass
@@ -30,8 +29,9 @@ class FinetuneResult:
 
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied."""
-    return RunConfig.make(config, overrides)
+    """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied
+    (and the bundled dataset when it names no data at all)."""
+    return apply_default_data(RunConfig.make(config, overrides))
 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
@@ -40,29 +40,44 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
 
     Overrides are dotted config keys (`**{"train.warmup": 0.06}`) or the short names in
     `SHORT_KEYS` (data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir, ...).
-    `resume=RUN_DIR` continues an interrupted run from its last checkpoint."""
-    from . import methods  # noqa: F401  (registers methods)
-    from .registry import METHODS
+    `resume=RUN_DIR` continues an interrupted run from its last checkpoint (overrides: only the
+    learning rates, clipping and progress, `config.RESUME_KEYS`)."""
     runtime.setup()
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a transferkit run directory)")
-        cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-        if (run_dir / "metrics.json").is_file():
-            raise UserError(f"{run_dir} already finished; nothing to resume")
-    else:
-        cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+        cfg = RunConfig.from_yaml(resumable(resume))
+        changed = apply_resume_overrides(cfg, overrides, SHORT_KEYS)
+        validate(cfg)
+        with RunLock(resume, "finetune"):  # held from the first read of the checkpoint to the last write
+            if changed:
+                fs.write_text(Path(resume) / "config.yaml", cfg.to_yaml())
+            return _finetune(cfg, Path(resume), log)
+    cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    return _finetune(cfg, None, log)
+
+
+def _finetune(cfg: RunConfig, resume: Path | None, log: Any) -> FinetuneResult:
+    from . import methods  # noqa: F401  (registers methods)
+    from .registry import METHODS
     validate(cfg)
     method = METHODS.get(cfg.method.name)(cfg.method)
+    from .core.folders import check_folder, loading
     from .models import resolve_model
     resolved = resolve_model(cfg.model.name)
+    if Path(resolved.path).is_dir():  # checked before minutes of data preparation
+        check_folder(resolved.path, ("config.json",), weights=cfg.model.init != "random")
     pooling = resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
 
     run_dir = Path(resume) if resume else _new_run_dir(cfg)  # checked now, created once input is valid
+    from .data.fingerprint import check_fingerprints, data_fingerprints
     from .data.prepare import prepare_splits
     notes: list[str] = []  # the data summary is printed only once the data passed every check
     splits = prepare_splits(cfg.data, cfg.train.seed, log=notes.append)
+    fingerprints = data_fingerprints(cfg.data)
+    if resume:  # a resumed run must train on the rows it started with
+        from .core.folders import read_json_object
+        started = run_dir / DATA_FILE
+        if started.is_file():
+            check_fingerprints(read_json_object(started, "data record"), cfg.data)
     for line in notes:
         log(line)
     from .models import load_tokenizer
@@ -71,7 +86,8 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     lengths = tk.token_lengths(tokenizer, splits.train.texts)
     stats = tk.length_stats(lengths)
     from transformers import AutoConfig
-    model_config = AutoConfig.from_pretrained(resolved.path)
+    with loading(resolved.path, "model config"):
+        model_config = AutoConfig.from_pretrained(resolved.path)
     limit = tk.model_max_length(tokenizer, model_config)
     encoder_cfg = (model_config.encoder if model_config.model_type == "transferkit_classifier"
                    else model_config.to_dict())
@@ -87,11 +103,20 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         + ("" if cfg.data.max_length else " (from the data)"))
 
     # All input is valid: from here on a run directory exists.
-    if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)  # new, or empty (checked by _new_run_dir)
-        _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
-    return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
-                           hidden=int(hidden), resuming=resume is not None, log=log)
+    from .runinfo import trust_base
+    trust_base(resolved.path)  # the user chose this base: its runs may load it again
+    if resume:
+        return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
+                               hidden=int(hidden), resuming=True, fingerprints=fingerprints, log=log)
+    with RunLock(run_dir, "finetune"):
+        claim_new_run_dir(run_dir)
+        fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
+        fs.write_json(run_dir / DATA_FILE, fingerprints)
+        return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
+                               hidden=int(hidden), resuming=False, fingerprints=fingerprints, log=log)
+
+
+DATA_FILE = "data.json"  # content hashes of the data files, written when the run starts
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).
@@ -105,7 +130,7 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
 
 def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, splits: Any, tokenizer: Any,
                     max_length: int, stats: dict, run_dir: Path, hidden: int, resuming: bool,
-                    log: Any) -> FinetuneResult:
+                    fingerprints: dict[str, str], log: Any) -> FinetuneResult:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -152,7 +177,7 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
             log(f"resuming {run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
         else:
             log(f"no checkpoint in {run_dir}: starting from the beginning")
-    log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {tcfg.epochs:g} epochs = {trainer.total_steps} "
+    log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = {trainer.total_steps} "
         f"steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience {tcfg.early_stopping_patience}, "
         f"{accelerator.device}")
     from .comparison import current_rss_mb, memory_report
@@ -161,16 +186,10 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
     model = accelerator.unwrap_model(trainer.model)
 
     test_metrics, test_logits = eval_split(model, "test")
-    # Save the artefact to a temporary folder first so a crash never leaves half a model.
-    art = run_dir / method.artifact
-    tmp = run_dir / (method.artifact + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    method.save(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(art, ignore_errors=True)
-    tmp.rename(art)
+    # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
+    fs.write_folder(run_dir / method.artifact, lambda tmp: (method.save(model, tmp), tokenizer.save_pretrained(tmp)))
     info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
-                   cfg.model.classifier_dropout, head_hidden, pool_layers, asdict(cfg.method))
+                   cfg.model.classifier_dropout, head_hidden, pool_layers, asdict(cfg.method), fingerprints)
     info.write()
     samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
     metrics = {"test": test_metrics, "validation": state.best_metrics,
@@ -181,8 +200,8 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
                          "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
                "params": counts, "data": {**splits.summary, "token_lengths": stats, "max_length": max_length},
                "method": method.name, "model": resolved.name, "memory": memory_report(rss_before_train)}
-    _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     _write_report(run_dir, splits, test_logits, info, cfg)
+    fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
     log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
     log(f"run directory: {run_dir}")
@@ -192,20 +211,23 @@ def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, sp
 def _cached_features(model: Any, data: dict, run_dir: Path, pooled_features: Any, device: Any, pad_id: int,
                      log: Any) -> dict:
     """Encode every split once with the frozen encoder; reuse the cache when a run resumes."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .data.batches import FeatureData
     path = run_dir / "cache" / "features.safetensors"
     if path.is_file():
-        feats = load_file(str(path))
+        from .core.folders import check_safetensors, loading
+        check_safetensors(path)
+        with loading(path, "cached features"):
+            feats = load_file(str(path))
         log(f"using cached encoder features from {path}")
     else:
         t0 = time.perf_counter()
         model.to(device)
         feats = {name: pooled_features(model, d, 64, pad_id, device).contiguous() for name, d in data.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(feats, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
+        from safetensors.torch import save as to_bytes
+        fs.write_bytes(path, to_bytes(feats))
         log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
             f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
     return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
@@ -227,10 +249,19 @@ def _write_report(run_dir: Path, splits: Any, logits: Any, info: Any, cfg: RunCo
 
 
 def read_history(run_dir: Path) -> list[dict]:
+    """The run's metric records; a damaged line (a run killed mid-write) is skipped, not fatal."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 def _new_run_dir(cfg: RunConfig) -> Path:
@@ -239,19 +270,23 @@ def _new_run_dir(cfg: RunConfig) -> Path:
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,
              label_column: str | None = None, output_dir: str | Path | None = None, quantize: bool = False,
-             log: Any = _log) -> dict[str, Any]:
-    """Score a finished run on its own test split (default) or on a labelled file; write the report."""
+             base_model: str | None = None, log: Any = _log) -> dict[str, Any]:
+    """Score a finished run on its own test split (default) or on a labelled file; write the report.
+
+    Without `data` the test split is rebuilt from the files the run was trained on, after checking
+    their content hashes: a file that changed since would silently score other (maybe training) rows."""
     from .inference import Predictor
     from .metrics import full_report
     from .report import write_report
     from .runinfo import RunInfo
     runtime.setup()
     info = RunInfo.read(run_dir)
+    out = Path(output_dir) if output_dir else Path(run_dir) / "report"
+    fs.check_writable_dir(out, "report folder")
     texts, y_true, source = _labelled_texts(run_dir, info, data, text_column, label_column)
-    predictor = Predictor.from_run(run_dir, quantize=quantize)
+    predictor = Predictor.from_run(run_dir, quantize=quantize, base_model=base_model)
     probs = predictor.predict_proba(texts)
     report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
-    out = Path(output_dir) if output_dir else Path(run_dir) / "report"
     paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
                          history=read_history(Path(run_dir)), title=f"transferkit: {info.method} on {source}",
                          extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
@@ -264,8 +299,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
 def _labelled_texts(run_dir: Any, info: Any, data: str | None, text_column: str | None,
                     label_column: str | None) -> tuple[list[str], list[int], str]:
     if data is None:
+        from .data.fingerprint import check_fingerprints
         from .data.prepare import prepare_splits
         cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
+        if not info.data_fingerprints:
+            raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
+                            f"be checked; pass --data FILE to score a labelled file")
+        check_fingerprints(info.data_fingerprints, cfg.data)
         splits = prepare_splits(cfg.data, cfg.train.seed, log=lambda *_: None)
         return list(splits.test.texts), list(splits.test.labels), f"{cfg.data.data or cfg.data.test} (test split)"
     from .data.load import load_table
@@ -285,7 +325,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
             input: str | None = None, output: str | None = None, text_column: str | None = None,
             batch_size: int = 64, quantize: bool = False, adapter: str | None = None,
             adapters: Sequence[str] | None = None, adapter_column: str | None = None,
-            log: Any = _log) -> list[dict[str, Any]]:
+            base_model: str | None = None, log: Any = _log) -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
 
     `run_dir` may be `{name: run_dir, ...}` (lora/ia3/head_only runs of one base model): the base loads
@@ -298,20 +338,22 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
             raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
         from .inference import predict_runs
         return predict_runs(run_dir, texts, adapter=adapter, adapters=adapters, input=input, text_column=text_column,
-                            adapter_column=adapter_column, output=output, batch_size=batch_size, log=log)
+                            adapter_column=adapter_column, output=output, batch_size=batch_size, log=log,
+                            base_model=base_model)
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
+    from .inference import OUTPUT_SUFFIXES, _check_texts
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
-    if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise UserError(f"output file {output}: use a .jsonl or .csv name")
-    all_texts = list(texts or [])
+    if output is not None:
+        fs.check_output_file(output, OUTPUT_SUFFIXES)
+    all_texts = _check_texts(texts or [])
     if input is not None:
         from .data.load import read_texts
         all_texts += read_texts(input, text_column)
     if not all_texts:
         raise UserError("no texts to predict")
-    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size)
+    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model)
     results = predictor.predict(all_texts)
     log(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
@@ -322,19 +364,18 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
 
 
 def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    import io
+    buf = io.StringIO(newline="")
     if path.suffix.lower() == ".csv":
         import csv
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
-            for r in rows:
-                w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
+        w = csv.writer(buf)
+        w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
+        for r in rows:
+            w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
     else:
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+        for r in rows:
+            buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
+    fs.write_text(path, buf.getvalue())
 
 
 def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | RunConfig | dict | None = None,
@@ -352,11 +393,12 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, log: Any = _log) -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, base_model: str | None = None,
+           log: Any = _log) -> Path:
     """Write the run as one model folder with adapters merged into the weights (see `exporter.py`);
     `plain=True`: a stock BertForSequenceClassification (needs a [CLS]-reading linear head)."""
     from .exporter import export as _export
-    return _export(run_dir, out_dir, plain=plain, log=log)
+    return _export(run_dir, out_dir, plain=plain, base_model=base_model, log=log)
 
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:

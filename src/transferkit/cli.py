@@ -5,11 +5,15 @@ Every subcommand maps onto one API function; user errors print one line and exit
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import signal
 import sys
 from typing import Any, Sequence
 
 from .errors import UserError
+
+REPORT_URL = "the transferkit issue tracker"
+DEBUG_ENV = "TRANSFERKIT_DEBUG"
 
 DEMO_SENTENCES = [
     "A gorgeous, witty and deeply moving film.",
@@ -30,6 +34,10 @@ an --input file names it in --adapter-column. One call serves them all as mixed 
   transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
       --input mixed.csv --adapter-column task --output preds.jsonl
 Each output row carries its adapter and that adapter's own labels and probabilities."""
+
+
+BASE_MODEL_HELP = ("the base model folder of an adapter run, instead of the one its run.json names (needed when "
+                   "that folder is elsewhere on this machine, or the run was trained on another one)")
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
@@ -56,8 +64,6 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from .api import SHORT_KEYS
     out: dict[str, Any] = {}
-    if args.train and not args.data:
-        out["data.data"] = None
     for flag, key in SHORT_KEYS.items():
         v = getattr(args, flag, None)
         if v is not None:
@@ -73,7 +79,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from . import api
     if args.resume:
-        api.finetune(resume=args.resume)
+        if args.config:
+            raise UserError("--config and --resume: a resumed run keeps its own config.yaml")
+        api.finetune(resume=args.resume, **_overrides(args))
     else:
         cfg = api.make_config(args.config, _overrides(args))
         api.finetune(cfg)
@@ -90,15 +98,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{result.metrics['data']['sizes']['test']} held-out movie sentences")
     for r in rows:
         print(f"{r['label']:>9} {r['confidence']:.2f}  {r['text']}")
-    print(f"\nrun directory: {result.run_dir}  (report: {result.run_dir / 'report' / 'report.html'})")
+    print(f"\nreport: {result.run_dir / 'report' / 'report.html'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import api
     report = api.evaluate(args.run_dir, args.data, text_column=args.text_column, label_column=args.label_column,
-                          output_dir=args.output_dir, quantize=args.int8)
-    print(json.dumps({k: report[k] for k in ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted")}, indent=1))
+                          output_dir=args.output_dir, quantize=args.int8, base_model=args.base_model)
+    from .core.fs import dumps
+    print(dumps({k: report[k] for k in ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted")}, indent=1))
     return 0
 
 
@@ -108,17 +117,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts = ([args.run_dir] if args.run_dir else []) + list(args.texts)
         rows = api.predict(_adapter_runs(args.adapter), texts or None, input=args.input, output=args.output,
                            text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8,
-                           adapter=args.use, adapter_column=args.adapter_column)
+                           adapter=args.use, adapter_column=args.adapter_column, base_model=args.base_model)
     else:
         if not args.run_dir:
             raise UserError("give a RUN_DIR (or several runs with --adapter NAME=RUN_DIR)")
         if args.use or args.adapter_column:
             raise UserError("--use and --adapter-column need runs given with --adapter NAME=RUN_DIR")
         rows = api.predict(args.run_dir, args.texts or None, input=args.input, output=args.output,
-                           text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8)
+                           text_column=args.text_column, batch_size=args.batch_size, quantize=args.int8,
+                           base_model=args.base_model)
     if args.output is None:
+        from .core.fs import dumps
         for r in rows:
-            print(json.dumps(r, ensure_ascii=False))
+            print(dumps(r, ensure_ascii=False))
     return 0
 
 
@@ -136,7 +147,7 @@ def _adapter_runs(items: list[str]) -> dict[str, str]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import api
-    api.export(args.run_dir, args.out_dir, plain=args.plain)
+    api.export(args.run_dir, args.out_dir, plain=args.plain, base_model=args.base_model)
     return 0
 
 
@@ -207,9 +218,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from . import api
+    from .core.fs import dumps
     rows = api.fill_mask(args.model, args.text, top_k=args.top_k)
     for r in rows:
-        print(json.dumps(r, ensure_ascii=False) if args.json else f"{r['score']:.4f}  {r['token']:<15} {r['sequence']}")
+        print(dumps(r, ensure_ascii=False) if args.json else f"{r['score']:.4f}  {r['token']:<15} {r['sequence']}")
     return 0
 
 
@@ -258,9 +270,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from . import api
     from .pretraining import PRETRAIN_KEYS
-    if args.resume:
-        api.pretrain(resume=args.resume)
-        return 0
     out: dict[str, Any] = {}
     extra = list(args.overrides)
     if args.corpus:  # --corpus takes several values, so trailing key=value overrides land there
@@ -275,6 +284,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise UserError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = v
+    if args.resume:
+        if args.config:
+            raise UserError("--config and --resume: a resumed run keeps its own config.yaml")
+        api.pretrain(resume=args.resume, **out)
+        return 0
     from .pretraining import make_pretrain_config
     api.pretrain(make_pretrain_config(args.config, out))
     return 0
@@ -282,6 +296,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer text models.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="fine-tune the bundled encoder on the bundled movie sentences, then predict")
     p.add_argument("--output-dir", help="run directory (default runs/<time>-demo)")
@@ -296,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column")
     p.add_argument("--output-dir", help="where to write the report (default RUN_DIR/report)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
+    p.add_argument("--base-model", help=BASE_MODEL_HELP)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="label texts with a finished run (or several runs on one base model)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=PREDICT_HELP)
@@ -310,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
+    p.add_argument("--base-model", help=BASE_MODEL_HELP)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="write a run as one model folder with its adapter merged into the weights",
                        description="Write RUN_DIR's classifier, with LoRA merged into the weights, and its tokenizer to "
@@ -320,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true",
                    help="a stock BertForSequenceClassification needing no custom code; only for runs whose head "
                    "reads [CLS] linearly (model.pooling=cls model.head=linear) on a BERT-layout encoder")
+    p.add_argument("--base-model", help=BASE_MODEL_HELP)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("params", help="exact parameter counts of a model + method, without loading weights")
     p.add_argument("--model", default="minilm-l6",
@@ -373,8 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler or `kill`) stops a run the way Ctrl-C does: cleanly, resumable."""
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> str:
+    from .core.lock import outermost_taken
+    run = outermost_taken()
+    if run is None:
+        return "transferkit: interrupted"
+    return f"transferkit: interrupted; {run.run_dir} continues with: {run.resume_hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options; argparse leaves those as unknown.
     if extra:
@@ -382,14 +417,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        previous = None
     try:
         return args.func(args)
     except UserError as e:
         print(f"transferkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("transferkit: interrupted; a training run continues with --resume RUN_DIR", file=sys.stderr)
+        print(_interrupted(), file=sys.stderr)
         return 130
+    except Exception as e:  # the last resort: one line, not a traceback, unless asked for
+        if debug:
+            raise
+        where = _origin(e)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"transferkit: internal error: {type(e).__name__}: {first}{where} -- please report it to {REPORT_URL} "
+              f"with the command; rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _origin(e: BaseException) -> str:
+    """' (at file.py:123)' for the innermost frame of the exception, for the report."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
 
 
 if __name__ == "__main__":

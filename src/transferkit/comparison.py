@@ -17,7 +17,6 @@ for every method. Neither transformers nor peft has a cross-method harness, henc
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .core import fs
+from .core.folders import read_json, read_json_object
 from .errors import UserError
 
 Log = Callable[[str], None]
@@ -104,8 +105,8 @@ def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
     cfg.method.name, cfg.output_dir = method, str(out / method)
     validate(cfg)
     run_dir = out / method
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return Plan(method, cfg, run_dir, "new")
+    if not run_dir.exists() or (run_dir.is_dir() and all(c.name == ".lock" for c in run_dir.iterdir())):
+        return Plan(method, cfg, run_dir, "new")  # a lock alone: a child killed before it wrote anything
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} exists but is not a transferkit run (no config.yaml); move it away or "
                         f"choose another --output-dir")
@@ -126,7 +127,7 @@ def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = pri
     from . import methods as _  # noqa: F401  (registers methods)
     from .registry import METHODS
     now = METHODS.get(method)(cfg.method).train_config(cfg.train)
-    then = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["train"]
+    then = read_json_object(run_dir / "metrics.json", "run metrics").get("train") or {}
     moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
              if then.get(k) is not None and then.get(k) != getattr(now, k)]
     if moved:
@@ -178,7 +179,7 @@ def _attempts_path(out: Path, method: str) -> Path:
 
 def _read_attempts(out: Path, method: str) -> list[dict[str, Any]]:
     p = _attempts_path(out, method)
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else []
+    return read_json(p, "attempt record") if p.is_file() else []
 
 
 def _run_child(plan: Plan, out: Path, log: Log) -> int:
@@ -186,7 +187,7 @@ def _run_child(plan: Plan, out: Path, log: Log) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     config_path = logs / f"{plan.method}.yaml"
-    _write_atomic(config_path, plan.cfg.to_yaml().encode())
+    fs.write_text(config_path, plan.cfg.to_yaml())
     cmd = _child_command(plan, config_path)
     log(f"== {plan.method}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
         f"(own process; log {logs / (plan.method + '.log')})")
@@ -216,7 +217,7 @@ def _record_attempt(out: Path, plan: Plan, cmd: list[str], rc: int, wall: float,
     attempts = _read_attempts(out, plan.method)
     attempts.append({"started": started, "mode": plan.state, "exit_code": rc, "wall_seconds": round(wall, 2),
                      "command": cmd})
-    _write_atomic(_attempts_path(out, plan.method), json.dumps(attempts, indent=1).encode())
+    fs.write_json(_attempts_path(out, plan.method), attempts)
 
 
 # ---- measuring a finished run ------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def _row(plan: Plan, out: Path, status: str, texts: list[str], labels: list[int]
     metrics_path = plan.run_dir / "metrics.json"
     if status != "ok" or not metrics_path.is_file():
         return row
-    m = json.loads(metrics_path.read_text(encoding="utf-8"))
+    m = read_json_object(metrics_path, "run metrics")
     p, t, mem = m["params"], m["train"], m.get("memory", {})
     art = plan.run_dir / METHODS.get(plan.method).artifact
     row.update(trainable=p["trainable"], total=p["total"], trainable_pct=round(100 * p["trainable"] / p["total"], 4),
@@ -286,8 +287,7 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     if inference_repeats < 1:
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output directory {out} is a file")
+    fs.check_writable_dir(out)
     plans = [_plan(base, m, out, log) for m in names]
     resolve_model(base.model.name)  # an unknown model fails here, not once per method
     splits = prepare_splits(base.data, base.train.seed, log=lambda *_: None)  # bad data fails before any run
@@ -298,7 +298,14 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
         log(f"note: train.lr={base.train.lr:g} applies to every method (leave it unset for each method's default)")
     log(f"compare: {', '.join(names)} -> {out} ("
         + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
+    from .core.lock import RunLock
+    with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
+        return _run_plans(plans, base, out, splits, texts, labels, inference_repeats, log)
 
+
+def _run_plans(plans: list[Plan], base: Any, out: Path, splits: Any, texts: list[str], labels: list[int],
+               inference_repeats: int, log: Log) -> CompareResult:
+    """Train what is not finished, time inference of every method, write the tables (the folder is locked)."""
     statuses: dict[str, str] = {}
     for plan in plans:
         if plan.state == "finished":
@@ -321,7 +328,3 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     return CompareResult(out, rows, failed, markdown, paths)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

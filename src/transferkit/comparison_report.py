@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .core import fs
+
 CSV_FIELDS = ["method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
               "peak_gpu_mb", "train_seconds", "samples_per_s", "wall_seconds", "inference_per_s", "artifact_mb",
               "weights_mb", "accuracy", "f1_macro", "predictor_accuracy", "steps", "epochs", "lr", "run_dir"]
@@ -172,13 +174,9 @@ def write_tables(out: Path, rows: list[dict[str, Any]], base: Any, splits: Any,
     markdown = render_markdown(rows, base, splits, repeats)
     paths = {"md": out / "compare.md", "csv": out / "compare.csv", "png": out / "compare.png"}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(paths["md"], markdown.encode())
-    _atomic(paths["csv"], render_csv(rows).encode())
-    _atomic(paths["png"], render_png(rows, f"transferkit compare: {base.data.data or base.data.train}"))
+    fs.write_bytes(paths["md"], markdown.encode())
+    fs.write_bytes(paths["csv"], render_csv(rows).encode())
+    fs.write_bytes(paths["png"], render_png(rows, f"transferkit compare: {base.data.data or base.data.train}"))
     return markdown, paths
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -6,6 +6,7 @@ any run can be repeated. Unknown keys and wrong types are errors that name the k
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from .errors import UserError
 
 @dataclass
 class DataConfig:
-    data: str | None = field(default="movie-sentences", metadata={"help": "file, HF dataset folder or bundled dataset name"})
+    data: str | None = field(default=None, metadata={"help": "file, HF dataset folder or bundled dataset name (default movie-sentences when no train file is given)"})
     train: str | None = field(default=None, metadata={"help": "explicit training file (then validation/test are files too)"})
     validation: str | None = field(default=None, metadata={"help": "explicit validation file"})
     test: str | None = field(default=None, metadata={"help": "explicit test file"})
@@ -58,7 +59,7 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     epochs: float | None = field(default=None, metadata={"help": "passes over the training split (default per method)"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps, or at the end of `epochs` if that comes first (epochs unset: exactly this many steps)"})
     batch_size: int | None = field(default=None, metadata={"help": "examples per micro-batch (default per method); a step sees batch_size * grad_accum"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
@@ -191,6 +192,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every `x <= 0` check below, so refuse it here
+            raise UserError(f"config key {key!r}: expected a finite number, got {value}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
@@ -205,6 +208,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise UserError(f"config key {key!r}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def section_from_dict(cls: type, d: Any, where: str) -> Any:
+    """A config section (e.g. MethodConfig) from a mapping read off disk; bad keys or types name `where`."""
+    try:
+        return _build(cls, d, "")
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
@@ -232,10 +243,44 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Hyperparameter sanity checks that do not need data or a model."""
-    t = cfg.train
-    checks = [
+# What a resumed run may change: the rates (a diverged run continues with a lower lr), clipping and the
+# progress bar. Anything else would make the rest of the run a different run from its first part.
+RESUME_KEYS = ("train.lr", "train.head_lr", "train.max_grad_norm", "train.progress")
+
+
+def apply_resume_overrides(cfg: ConfigFile, overrides: dict[str, Any], short_keys: dict[str, str]) -> bool:
+    """Apply `overrides` (dotted or short keys) to a resumed run's config; True if anything changed."""
+    before = cfg.to_dict()
+    for k, v in overrides.items():
+        key = short_keys.get(k, k)
+        if key not in RESUME_KEYS:
+            raise UserError(f"{key} cannot change when a run resumes (only {', '.join(RESUME_KEYS)} can); "
+                            f"start a new run for that")
+        cfg.override(key, v)
+    return cfg.to_dict() != before
+
+
+def describe_duration(t: TrainConfig) -> str:
+    """How long a resolved run trains, for its first log line."""
+    if t.epochs is None:
+        return f"max_steps {t.max_steps}"
+    return f"{t.epochs:g} epochs" + (f" (or max_steps {t.max_steps} if sooner)" if t.max_steps else "")
+
+
+DEFAULT_DATA = "movie-sentences"
+
+
+def apply_default_data(cfg: RunConfig) -> RunConfig:
+    """The bundled dataset when the config names no data at all (neither data.data nor data.train)."""
+    d = cfg.data
+    if d.data is None and d.train is None and d.validation is None and d.test is None:
+        d.data = DEFAULT_DATA
+    return cfg
+
+
+def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
+    """(bad, key, what, value) for the training options both run kinds share."""
+    return [
         (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
         (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
         (t.batch_size is not None and t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
@@ -243,6 +288,7 @@ def validate(cfg: RunConfig) -> None:
          "must be >= 0", t.early_stopping_patience),
         (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
         (t.epochs is not None and t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
+        (t.epochs is not None and t.epochs > 10_000, "train.epochs", "must be <= 10000", t.epochs),
         (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),
         (t.weight_decay < 0, "train.weight_decay", "must be >= 0", t.weight_decay),
         (not 0 <= t.warmup < 1, "train.warmup", "must be in [0, 1)", t.warmup),
@@ -251,8 +297,26 @@ def validate(cfg: RunConfig) -> None:
         (t.checkpoint_steps <= 0, "train.checkpoint_steps", "must be > 0", t.checkpoint_steps),
         (t.layer_lr_decay is not None and not 0 < t.layer_lr_decay <= 1, "train.layer_lr_decay", "must be in (0, 1]",
          t.layer_lr_decay),
+        (t.seed < 0 or t.seed >= 2**32, "train.seed", "must be in [0, 2**32)", t.seed),
+    ]
+
+
+def _raise_first(checks: list[tuple[bool, str, str, Any]]) -> None:
+    for bad, key, what, value in checks:
+        if bad:
+            raise UserError(f"{key} {what}, got {value}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Hyperparameter sanity checks that do not need data or a model."""
+    d = cfg.data
+    _raise_first(_train_checks(cfg.train) + [
+        (d.data is not None and any(x is not None for x in (d.train, d.validation, d.test)), "data.data",
+         "cannot be combined with data.train/validation/test (give one file to split, or the split files)", d.data),
         (cfg.method.lora_plus_ratio is not None and cfg.method.lora_plus_ratio <= 0, "method.lora_plus_ratio",
          "must be > 0", cfg.method.lora_plus_ratio),
+        (cfg.method.lora_alpha is not None and cfg.method.lora_alpha <= 0, "method.lora_alpha", "must be > 0",
+         cfg.method.lora_alpha),
         (cfg.method.adapter_kind not in ("houlsby", "pfeiffer"), "method.adapter_kind", "must be houlsby or pfeiffer",
          cfg.method.adapter_kind),
         (cfg.method.adapter_reduction < 1, "method.adapter_reduction", "must be >= 1", cfg.method.adapter_reduction),
@@ -267,14 +331,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.model.init == "random" and cfg.method.name != "full", "model.init",
          "random needs method full (a frozen random encoder cannot be rebuilt for loading)", cfg.model.init),
         (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
-        (len(cfg.data.split) != 3 or any(f < 0 for f in cfg.data.split) or abs(sum(cfg.data.split) - 1) > 1e-6,
-         "data.split", "must be three non-negative fractions summing to 1", cfg.data.split),
-        (cfg.data.max_length is not None and cfg.data.max_length < 8, "data.max_length", "must be >= 8", cfg.data.max_length),
-        (cfg.data.limit is not None and cfg.data.limit <= 0, "data.limit", "must be > 0", cfg.data.limit),
-    ]
-    for bad, key, what, value in checks:
-        if bad:
-            raise UserError(f"{key} {what}, got {value}")
+        (len(d.split) != 3 or any(f < 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6,
+         "data.split", "must be three non-negative fractions summing to 1", d.split),
+        (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
+        (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
+    ])
 
 
 # ---- pretraining ---------------------------------------------------------------------------
@@ -308,13 +369,12 @@ class PretrainConfig(ConfigFile):
 
 def validate_pretrain(cfg: PretrainConfig) -> None:
     """Pretraining hyperparameter checks that need no data or model."""
-    t = cfg.train
-    checks = [
+    _raise_first([
         (not cfg.corpus, "corpus", "must name at least one file or a bundled corpus", cfg.corpus),
         (cfg.model is not None and cfg.from_scratch, "model", "cannot be combined with from_scratch", cfg.model),
         (cfg.tokenizer is not None and cfg.train_tokenizer, "tokenizer", "cannot be combined with train_tokenizer",
          cfg.tokenizer),
-        (cfg.vocab_size < 100, "vocab_size", "must be >= 100", cfg.vocab_size),
+        (not 100 <= cfg.vocab_size <= 1_000_000, "vocab_size", "must be in [100, 1000000]", cfg.vocab_size),
         (cfg.max_length is not None and not 8 <= cfg.max_length <= 4096, "max_length", "must be in [8, 4096]",
          cfg.max_length),
         (not 0 <= cfg.heldout < 0.5, "heldout", "must be in [0, 0.5)", cfg.heldout),
@@ -324,16 +384,4 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         (not 0 <= cfg.random_replace <= 1 - cfg.mask_replace, "random_replace", "must be in [0, 1 - mask_replace]",
          cfg.random_replace),
         (not 0 < cfg.nsp_not_next < 1, "nsp_not_next", "must be in (0, 1)", cfg.nsp_not_next),
-        (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
-        (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),
-        (t.batch_size is not None and t.batch_size <= 0, "train.batch_size", "must be > 0", t.batch_size),
-        (t.grad_accum <= 0, "train.grad_accum", "must be > 0", t.grad_accum),
-        (t.epochs is not None and t.epochs <= 0, "train.epochs", "must be > 0", t.epochs),
-        (t.max_steps is not None and t.max_steps <= 0, "train.max_steps", "must be > 0", t.max_steps),
-        (not 0 <= t.warmup < 1, "train.warmup", "must be in [0, 1)", t.warmup),
-        (t.eval_steps is not None and t.eval_steps <= 0, "train.eval_steps", "must be > 0", t.eval_steps),
-        (t.checkpoint_steps <= 0, "train.checkpoint_steps", "must be > 0", t.checkpoint_steps),
-    ]
-    for bad, key, what, value in checks:
-        if bad:
-            raise UserError(f"{key} {what}, got {value}")
+    ] + _train_checks(cfg.train))

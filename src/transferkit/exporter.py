@@ -30,17 +30,20 @@ PLAIN_EPS = 1e-4  # pooler slope: small enough that tanh is linear to float32 pr
 TOLERANCE = 1e-4  # largest logit difference accepted between the run and the written folder
 
 
-def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, log: Any = None) -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None,
+           log: Any = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
     from . import runtime
     from .models import load_tokenizer
     from .runinfo import RunInfo
     runtime.setup()
+    from .core.fs import check_writable_dir
     info = RunInfo.read(run_dir)
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_writable_dir(out, "output folder")
+    if out.is_dir() and any(out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; choose another or remove it")
-    model = info.load_model(merge=True).eval()
+    model = info.load_model(merge=True, base_model=base_model).eval()
     extra = _extra_weights(model)
     if extra:
         raise UserError(f"{run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
@@ -61,6 +64,11 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, log: A
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
+    except OSError as e:
+        from .core.fs import is_storage_error, storage_error
+        if is_storage_error(e):
+            raise storage_error(e, out) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if log is not None:

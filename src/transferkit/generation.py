@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .core.folders import check_finite, check_folder, loading
 from .errors import UserError
 from .lm_models import model_folder, model_type, tied_parameter_names
 
@@ -45,7 +46,11 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
             raise UserError(f"{name_or_path} ({mtype}) is not a causal LM: generate needs a decoder such as "
                             "smollm2-135m or a `transferkit pretrain --objective clm` run")
         auto = ma.AutoModelForCausalLM
-    model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32)
+    check_folder(folder, ("config.json",))
+    with loading(folder):
+        model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32,
+                                           use_safetensors=True)
+    check_finite(model, folder)
     tied = tied_parameter_names(model)
     missing = sorted(k for k in info.get("missing_keys", ()) if k not in tied)
     if missing:
@@ -187,6 +192,17 @@ class TextGenerator:
 
 def _check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
                    num_return_sequences: int) -> None:
+    import math
+    for name, v in (("temperature", temperature), ("top_p", top_p)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise UserError(f"{name} must be a finite number, got {v}")  # NaN passes every comparison below
+    for name, v in (("max_new_tokens", max_new_tokens), ("top_k", top_k), ("num_return_sequences", num_return_sequences)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise UserError(f"{name} must be an integer, got {v!r}")
+    if temperature > 100:
+        raise UserError(f"temperature must be <= 100, got {temperature}")
+    if num_return_sequences > 1000:
+        raise UserError(f"num_return_sequences must be at most 1000, got {num_return_sequences}")
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0:
@@ -212,6 +228,8 @@ def fill_mask(model: str | Any, text: str, top_k: int = 5, tokenizer: Any = None
     """Top-k fillers for the one mask in `text`: [{token, token_id, score, sequence}], best first.
 
     `model`: a pretrain run dir, its model/ folder, an HF MLM folder; or a loaded model with `tokenizer`."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
+        raise UserError(f"top_k must be an integer in [1, 1000], got {top_k!r}")
     filler = MaskFiller.load(model) if isinstance(model, str) else MaskFiller(model, _need(tokenizer))
     return filler.fill([text], top_k)[0]
 
@@ -222,6 +240,7 @@ def generate(model: str | Any, prompt: str, max_new_tokens: int = 50, *, tempera
     """Generated texts for `prompt` (greedy when temperature is 0).
 
     `model`: smollm2-135m, a pretrain run dir, an HF causal LM folder; or a loaded model with `tokenizer`."""
+    _check_options(max_new_tokens, temperature, top_k, top_p, num_return_sequences)  # before minutes of loading
     gen = TextGenerator.load(model) if isinstance(model, str) else TextGenerator(model, _need(tokenizer))
     return gen.generate(prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed, chat)
 

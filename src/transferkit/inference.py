@@ -10,7 +10,6 @@ of one base model on a single encoder (`multi_adapter`), switched per call or mi
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from .multi_adapter import MultiAdapterModel
 
 MIXED, GROUPED = "mixed", "grouped"  # AdapterPredictor strategies
+OUTPUT_SUFFIXES = (".jsonl", ".json", ".csv")  # prediction files
 
 
 @torch.inference_mode()
@@ -64,6 +64,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
                  batch_size: int = 64, device: str | torch.device | None = None) -> None:
+        _check_batch_size(batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer, self.label_names = tokenizer, list(label_names)
@@ -73,13 +74,15 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, quantize: bool = False,
-                 batch_size: int = 64) -> "Predictor":
-        """Load a finetune run directory (full model or adapter, merged for serving)."""
+                 batch_size: int = 64, base_model: str | None = None) -> "Predictor":
+        """Load a finetune run directory (full model or adapter, merged for serving); `base_model`
+        overrides the base folder the run records (see `RunInfo.base_model`)."""
         from . import runtime
         from .runinfo import RunInfo
         runtime.setup()
+        _check_batch_size(batch_size)
         info = RunInfo.read(run_dir)
-        model = info.load_model(merge=True)
+        model = info.load_model(merge=True, base_model=base_model)
         if quantize:
             model = quantize_int8(model)
         from .models import load_tokenizer
@@ -88,10 +91,10 @@ class Predictor:
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
-                  strategy: str = MIXED) -> "Predictor":
+                  strategy: str = MIXED, base_model: str | None = None) -> "Predictor":
         """Several lora/ia3/head_only runs of one base model on a single encoder (see `multi_adapter`):
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
-        return AdapterPredictor.from_runs(runs, device, batch_size, strategy)
+        return AdapterPredictor.from_runs(runs, device, batch_size, strategy, base_model)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [n, classes] in input order."""
@@ -100,7 +103,7 @@ class Predictor:
         data = TokenData(tokenize(self.tokenizer, texts, self.max_length))
         logits = predict_logits(self.model, data, self.batch_size, self.pad_id, self.device)
         self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
-        return torch.softmax(logits, dim=-1).numpy()
+        return _finite_probs(torch.softmax(logits, dim=-1))
 
     def predict(self, texts: Sequence[str] | str) -> list[dict[str, Any]]:
         """Per text: label, confidence, and every class probability."""
@@ -121,11 +124,29 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
+    """Texts as a list; a non-string or an empty text (training refuses those too) names its position."""
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise UserError(f"text {i + 1} is not a string: {t!r}")
+        if not t.strip():
+            raise UserError(f"text {i + 1} is empty: there is nothing to classify")
     return texts
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
+        raise UserError(f"batch size must be an integer in [1, 1000000], got {batch_size!r}")
+
+
+def _finite_probs(probs: torch.Tensor, first: int = 0) -> np.ndarray:
+    """Probabilities [n, k] as numpy (rows are texts `first`, `first + 1`, ...); NaN scores (from a model
+    whose weights passed loading but overflow on this input) are an error, never output."""
+    if not bool(torch.isfinite(probs).all()):
+        bad = first + int((~torch.isfinite(probs)).any(-1).nonzero()[0, 0]) + 1
+        raise UserError(f"the model produced non-finite scores for text {bad} (its weights overflow on this "
+                        f"input); no predictions were written")
+    return probs.numpy()
 
 
 class AdapterPredictor(Predictor):
@@ -148,10 +169,11 @@ class AdapterPredictor(Predictor):
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
-                  strategy: str = MIXED) -> "AdapterPredictor":
+                  strategy: str = MIXED, base_model: str | None = None) -> "AdapterPredictor":
         """Load `{name: run_dir}` (lora, ia3 and head_only runs of one base model) on a single encoder."""
         from .multi_adapter import load_runs
-        model, tokenizer = load_runs(runs)
+        _check_batch_size(batch_size)
+        model, tokenizer = load_runs(runs, base_model)
         return cls(model, tokenizer, batch_size, device, strategy)
 
     @property
@@ -231,7 +253,7 @@ class AdapterPredictor(Predictor):
         self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         if not logits:
             return np.zeros((0, len(self.labels(names[0]) if names else self.label_names)), dtype=np.float32)
-        return torch.softmax(torch.stack(logits), dim=-1).numpy()
+        return _finite_probs(torch.softmax(torch.stack(logits), dim=-1))
 
     def predict(self, texts: Sequence[str] | str, adapter: str | None = None,
                 adapters: Sequence[str] | None = None) -> Any:
@@ -243,8 +265,8 @@ class AdapterPredictor(Predictor):
         logits = self.predict_logits(texts, names)
         self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         out = []
-        for name, row in zip(names, logits):
-            probs = torch.softmax(row, dim=-1)
+        for i, (name, row) in enumerate(zip(names, logits)):
+            probs = torch.from_numpy(_finite_probs(torch.softmax(row, dim=-1)[None], first=i))[0]
             k, labels = int(probs.argmax()), self.model.tasks[name].label_names
             out.append({"adapter": name, "label": labels[k], "confidence": float(probs[k]),
                         "probs": {n: float(p) for n, p in zip(labels, probs)}})
@@ -271,30 +293,33 @@ def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None =
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """JSONL (one object per text) or CSV (probabilities as a JSON column: label sets differ per adapter)."""
     import csv
-    import os
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            w = csv.writer(f)
-            w.writerow(["text", "adapter", "label", "confidence", "probs"])
-            for r in rows:
-                w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", json.dumps(r["probs"])])
-        else:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    import io
+
+    from .core import fs
+    buf = io.StringIO(newline="")
+    if path.suffix.lower() == ".csv":
+        w = csv.writer(buf)
+        w.writerow(["text", "adapter", "label", "confidence", "probs"])
+        for r in rows:
+            w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", fs.dumps(r["probs"])])
+    else:
+        for r in rows:
+            buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
+    fs.write_text(path, buf.getvalue())
 
 
 def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
                  adapter: str | None = None, adapters: Sequence[str] | None = None, input: str | None = None,
                  text_column: str | None = None, adapter_column: str | None = None, output: str | None = None,
-                 batch_size: int = 64, log: Any = None) -> list[dict[str, Any]]:
+                 batch_size: int = 64, log: Any = None, base_model: str | None = None) -> list[dict[str, Any]]:
     """`transferkit.predict({name: run_dir, ...}, ...)`: each text goes to one adapter, chosen by
     `adapters` (one name per text), an input file's `adapter_column`, a `NAME:text` tag, or else `adapter`."""
+    from .core import fs
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
-    if output is not None and Path(output).suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise UserError(f"output file {output}: use a .jsonl or .csv name")
+    _check_batch_size(batch_size)
+    if output is not None:
+        fs.check_output_file(output, OUTPUT_SUFFIXES)
     names = [str(n) for n in runs]
     if adapter is not None and adapter not in names:
         raise UserError(f"unknown adapter {adapter!r}; loaded adapters: {', '.join(names)}")
@@ -320,7 +345,8 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
         routed += file_names
     if not all_texts:
         raise UserError("no texts to predict")
-    predictor = AdapterPredictor.from_runs(runs, batch_size=batch_size)
+    _check_texts(all_texts)
+    predictor = AdapterPredictor.from_runs(runs, batch_size=batch_size, base_model=base_model)
     results = predictor.predict(all_texts, adapters=routed)
     if log is not None:
         log(f"predicted {len(all_texts)} texts with {len(set(routed))} adapter(s) on one base model "

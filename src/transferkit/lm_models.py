@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .core.folders import check_finite, check_folder, loading
 from .errors import UserError
 from .runtime import log_stderr as _log
 
@@ -179,7 +180,11 @@ def load_for_objective(name_or_path: str, objective: str, log: Any = _log) -> tu
     auto = _auto_class(folder, objective, name_or_path)
     import torch
     from transformers import AutoTokenizer
-    model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32)
+    check_folder(folder, ("config.json",))
+    with loading(folder):
+        model, info = auto.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32,
+                                           use_safetensors=True)
+    check_finite(model, folder)
     model.tie_weights()  # the decoder shares the (loaded) word embeddings when the config ties them
     tied = tied_parameter_names(model)
     new = sorted(k for k in info.get("missing_keys", ()) if k not in tied)

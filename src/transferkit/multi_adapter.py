@@ -23,6 +23,8 @@ text is truncated at its own run's `max_length`.
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,59 +143,72 @@ class MultiAdapterModel(nn.Module):
         return result
 
 
-def load_runs(runs: Mapping[str, str | Path]) -> tuple[MultiAdapterModel, Any]:
-    """The shared model and tokenizer for `{task name: run directory}`; every run must share one base."""
+def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> tuple[MultiAdapterModel, Any]:
+    """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
+    (`base_model`: the base folder to use instead of what the runs record, see `RunInfo.base_model`)."""
     from . import methods, runtime  # noqa: F401  (methods: registers them)
     from .modeling import TransferkitForSequenceClassification as Classifier
-    from .models import ResolvedModel, build_classifier, load_tokenizer
+    from .core.folders import check_finite, check_folder, loading
+    from .models import build_classifier, load_tokenizer
     from .runinfo import RunInfo
     runtime.setup()
     if not runs:
         raise UserError("no runs given: pass at least one NAME=RUN_DIR")
     infos = {}
     for name, run_dir in runs.items():
-        if not name or not str(name).replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise UserError(f"adapter name {name!r}: use letters, digits, '-', '_' or '.'")
-        infos[str(name)] = RunInfo.read(run_dir)
+        # peft uses adapter names inside module names, where '.' is a path separator
+        if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+            raise UserError(f"adapter name {name!r}: use letters, digits, '-' and '_' (at most 64, no '.')")
+        infos[name] = RunInfo.read(run_dir)
     first = next(iter(infos.values()))
-    base_path = _same_base(infos)
     for name, info in infos.items():
         if info.method not in ("lora", "ia3", "head_only"):
             raise UserError(f"adapter {name!r} ({info.run_dir}): method {info.method!r} cannot share a base model "
                             f"(only lora, ia3 and head_only runs can; serve it alone with Predictor.from_run)")
-    resolved = ResolvedModel(first.model_name, base_path, first.pooling)
-    encoder = build_classifier(resolved, first.label_names, first.pooling, first.classifier_dropout).encoder
+        check_folder(info.artifact_dir, info.method_instance().artifact_files, what=f"{info.method} artefact")
+    resolved = _same_base(infos, base_model)
+    with loading(resolved.path, "base model"):
+        encoder = build_classifier(resolved, first.label_names, first.pooling, first.classifier_dropout).encoder
     encoder.eval()
 
     heads = {}
     for name, info in infos.items():
         heads[name] = Classifier.with_encoder(encoder, len(info.label_names), info.pooling, info.classifier_dropout,
                                               dict(enumerate(info.label_names)), info.head_hidden, info.pool_layers)
-        _load_head(heads[name], info)
+        with loading(info.artifact_dir, "task head"):
+            _load_head(heads[name], info)
     # LoRA layers go in only after every head is built: building a classifier runs transformers'
     # weight initialisation over the encoder's not-yet-loaded modules, which would reset them.
     tuner = None
     tasks: dict[str, Task] = {}
     for name, info in infos.items():
-        if info.method == "lora":
-            tuner = _add_lora(tuner, encoder, name, info.artifact_dir)
-        mixable = info.method != "lora" or not tuner.peft_config[name].use_dora
-        scales = _ia3_vectors(encoder, info.artifact_dir) if info.method == "ia3" else None
+        with loading(info.artifact_dir, f"{info.method} adapter"):
+            if info.method == "lora":
+                tuner = _add_lora(tuner, encoder, name, info.artifact_dir)
+            mixable = info.method != "lora" or not tuner.peft_config[name].use_dora
+            scales = _ia3_vectors(encoder, info.artifact_dir) if info.method == "ia3" else None
         tasks[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
                            heads[name].eval(), mixable, scales)
     tokenizer = load_tokenizer(str(first.artifact_dir))
-    return MultiAdapterModel(encoder, tuner, tasks).eval(), tokenizer
+    model = MultiAdapterModel(encoder, tuner, tasks).eval()
+    check_finite(model, ", ".join(str(i.artifact_dir) for i in infos.values()))
+    return model, tokenizer
 
 
-def _same_base(infos: Mapping[str, Any]) -> str:
-    """The common base model path; a clear error naming the run that differs."""
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _same_base(infos: Mapping[str, Any], base_model: str | None) -> Any:
+    """The common base model (a ResolvedModel); a clear error naming the run that differs."""
     first_name, first = next(iter(infos.items()))
-    key = _resolved(first.model_path)
+    resolved = first.base_model(base_model)
+    key = _resolved(resolved.path)
     for name, info in infos.items():
-        if _resolved(info.model_path) != key:
-            raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {info.model_path}, but adapter "
-                            f"{first_name!r} on {first.model_path}: runs served together must share one base model")
-    return first.model_path
+        other = info.base_model(base_model)
+        if _resolved(other.path) != key:
+            raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {other.path}, but adapter "
+                            f"{first_name!r} on {resolved.path}: runs served together must share one base model")
+    return resolved
 
 
 def _resolved(path: str) -> str:

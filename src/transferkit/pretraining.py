@@ -14,17 +14,16 @@ load it, and `transferkit finetune --model RUN_DIR/model` fine-tunes its encoder
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import PretrainConfig, validate_pretrain
+from .config import PretrainConfig, apply_resume_overrides, describe_duration, validate_pretrain
+from .core import fs
+from .core.lock import RunLock
 from .errors import UserError
 from .runtime import log_stderr as _log
-from .runinfo import new_run_dir
-from .runinfo import write_atomic as _write_atomic
+from .runinfo import claim_new_run_dir, new_run_dir, resumable
 
 # Short names for the most used keys (Python keyword arguments and CLI flags).
 PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "text_column", "model": "model",
@@ -57,17 +56,20 @@ def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume
     """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
     from . import objectives  # noqa: F401  (registers the objectives)
     from . import runtime
-    from .registry import OBJECTIVES
     runtime.setup()
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a transferkit run directory)")
-        if (run_dir / "metrics.json").is_file():
-            raise UserError(f"{run_dir} already finished; nothing to resume")
-        cfg = PretrainConfig.from_yaml(run_dir / "config.yaml")
-    else:
-        cfg = make_pretrain_config(config, overrides)
+        cfg = PretrainConfig.from_yaml(resumable(resume))
+        changed = apply_resume_overrides(cfg, overrides, PRETRAIN_KEYS)
+        validate_pretrain(cfg)
+        with RunLock(resume, "pretrain"):  # held from the first read of the checkpoint to the last write
+            if changed:
+                fs.write_text(Path(resume) / "config.yaml", cfg.to_yaml())
+            return _pretrain(cfg, Path(resume), log)
+    return _pretrain(make_pretrain_config(config, overrides), None, log)
+
+
+def _pretrain(cfg: PretrainConfig, resume: Path | None, log: Callable[[str], None]) -> PretrainResult:
+    from .registry import OBJECTIVES
     validate_pretrain(cfg)
     objective = OBJECTIVES.get(cfg.objective)
     if not cfg.from_scratch and cfg.model is None:
@@ -78,8 +80,7 @@ def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume
         raise UserError("a model built from scratch needs a tokenizer: --tokenizer PATH or --train-tokenizer")
     if cfg.from_scratch:
         _check_arch(cfg, objective)
-    if not resume:
-        run_dir = _new_run_dir(cfg)
+    run_dir = resume if resume is not None else _new_run_dir(cfg)  # checked now, created once input is valid
 
     from .data.corpus import heldout_split, load_documents
     docs = load_documents(cfg.corpus, cfg.text_column, cfg.limit)
@@ -88,7 +89,6 @@ def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume
     log(f"corpus {', '.join(cfg.corpus)}: {len(docs):,} documents, {sum(len(d.split()) for d in docs):,} words "
         f"-> {len(train_docs):,} training, {len(held_docs):,} held out")
 
-    import torch
     from accelerate.utils import set_seed
     set_seed(cfg.train.seed)
     model, tokenizer, new_params = _model_and_tokenizer(cfg, objective, run_dir, train_docs, log)
@@ -97,18 +97,30 @@ def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding table only {vocab}")
 
     # All input is valid: from here on the run directory exists.
-    if not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    if resume is not None:
+        return _prepare_and_train(cfg, objective, model, tokenizer, new_params, train_docs, held_docs, run_dir,
+                                  True, log)
+    with RunLock(run_dir, "pretrain"):
+        claim_new_run_dir(run_dir)
+        fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
+        return _prepare_and_train(cfg, objective, model, tokenizer, new_params, train_docs, held_docs, run_dir,
+                                  False, log)
+
+
+def _prepare_and_train(cfg: PretrainConfig, objective: Any, model: Any, tokenizer: Any, new_params: list[str],
+                       train_docs: list[str], held_docs: list[str], run_dir: Path, resuming: bool,
+                       log: Callable[[str], None]) -> PretrainResult:
+    import torch
+    vocab = model.get_input_embeddings().weight.shape[0]
     if not (run_dir / "tokenizer").is_dir():
-        _save_folder(run_dir / "tokenizer", tokenizer.save_pretrained)
+        fs.write_folder(run_dir / "tokenizer", tokenizer.save_pretrained)
 
     train_data, held_data = objective.prepare(train_docs, held_docs, tokenizer, min(len(tokenizer), vocab), cfg, log)
     if train_data is None or len(train_data) == 0:
         raise UserError(f"corpus {', '.join(cfg.corpus)} gives no {cfg.objective} training examples")
     tcfg = resolve_train_config(cfg, objective, bool(new_params))
     return _train_and_save(cfg, tcfg, objective, model, tokenizer, new_params, train_data, held_data, run_dir,
-                           resuming=resume is not None, n_docs=(len(train_docs), len(held_docs)), log=log,
+                           resuming=resuming, n_docs=(len(train_docs), len(held_docs)), log=log,
                            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -130,7 +142,7 @@ def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool
     lr = t.lr or (objective.lr_scratch if cfg.from_scratch else objective.lr_continued)
     head_lr = t.head_lr or (objective.head_lr_new if has_new_head else lr)
     # Held-out evaluation every 100 steps streams perplexity during long runs (about 5% of the time).
-    return dataclasses.replace(t, lr=lr, head_lr=head_lr, epochs=t.epochs or 1.0, eval_steps=t.eval_steps or 100,
+    return dataclasses.replace(t, lr=lr, head_lr=head_lr, epochs=t.epochs or (None if t.max_steps else 1.0), eval_steps=t.eval_steps or 100,
                                batch_size=t.batch_size or objective.default_batch_size,
                                early_stopping_patience=t.early_stopping_patience or 0)
 
@@ -165,12 +177,11 @@ def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, tra
 
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
-    if not Path(path).is_dir():
-        raise UserError(f"tokenizer folder not found: {path}")
-    try:
+
+    from .core.folders import check_folder, loading
+    check_folder(path, what="tokenizer folder", weights=False)
+    with loading(path, "tokenizer"):
         return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - any failure has the same fix
-        raise UserError(f"could not load a tokenizer from {path}: {type(e).__name__}") from None
 
 
 def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, tokenizer: Any, new_params: list[str],
@@ -200,11 +211,11 @@ def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, 
     width = max(train_data.lengths())
     log(f"pretraining {cfg.objective}: {len(train_data):,} sequences of up to {width} tokens, lr {tcfg.lr:g}"
         + (f" (new head weights {tcfg.head_lr:g})" if new_params else "")
-        + f", {tcfg.epochs:g} epoch(s) = {trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum}, "
+        + f", {describe_duration(tcfg)} = {trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum}, "
         f"{accelerator.device}")
     state = trainer.fit()
     model = accelerator.unwrap_model(trainer.model).model
-    _save_folder(run_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    fs.write_folder(run_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     tokens_per_s = state.tokens_seen / max(state.train_seconds, 1e-9)
     held = state.best_metrics or {}
     metrics = {"objective": cfg.objective, "heldout": held,
@@ -219,7 +230,7 @@ def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, 
                "model": {"start": cfg.model or f"scratch:{cfg.arch}-{cfg.size}", "class": type(model).__name__,
                          "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
                          "newly_initialized": new_params}}
-    _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    fs.write_json(run_dir / "metrics.json", metrics)
     if held:
         log("held-out: " + " ".join(f"{k}={v:.4f}" for k, v in held.items() if k != "tokens"))
     log(f"trained {state.tokens_seen:,} tokens in {state.train_seconds:.1f} s ({tokens_per_s:,.0f} tokens/s)")
@@ -229,14 +240,3 @@ def _train_and_save(cfg: PretrainConfig, tcfg: Any, objective: Any, model: Any, 
 
 def _new_run_dir(cfg: PretrainConfig) -> Path:
     return new_run_dir(cfg.output_dir, "pretrain-" + cfg.objective.replace("+", "-"))
-
-
-def _save_folder(final: Path, write: Callable[[str], Any]) -> None:
-    """Write a folder beside its final name, then rename: a crash never leaves half a model."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-

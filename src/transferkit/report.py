@@ -12,8 +12,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .core import fs  # noqa: E402
 from .metrics import HEADLINE_KEYS, average_mode  # noqa: E402
 
 EVALUATION_JSON = "evaluation.json"
@@ -38,32 +37,11 @@ _MAX_HTML_TEXT = 1000  # example texts in the HTML table are cut; evaluation.jso
 _DPI = 110
 
 
-def _file_mode() -> int:
-    """The mode `open()` would give a new file: mkstemp's 0600 would hide reports from other users."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder and `os.replace`."""
+    """Write `data` to `path` through the one atomic writer; the previous version stays until the swap."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temp file behind; the previous version of `path`, if any, stays intact.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    fs.write_bytes(path, data)
     return path
 
 

@@ -2,40 +2,100 @@
 
 `run.json` records the method, the encoder it started from, the label names and the token
 limit: enough to rebuild the model from the saved artefact (a full model folder or an adapter).
+It is read strictly (types checked, a damaged file is a one-line error naming it), and it cannot
+send loading to an arbitrary folder: a bundled base resolves through the registry whatever
+`model_path` says, and a local base folder is used only if this machine fine-tuned from it (the
+list in the transferkit cache) or the user names it (`base_model=` / `--base-model`).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core import fs
+from .core.folders import check_finite, check_folder, loading, read_json, read_json_object
+from .core.lock import live_owner
 from .errors import UserError
 
 RUN_FILE = "run.json"
+TRUSTED_BASES_FILE = "trusted-bases.json"
+_TRUSTED_MAX = 500
 
 
 def new_run_dir(output_dir: str | None, label: str) -> Path:
-    """The run directory to create: `output_dir` if new or empty, else runs/<time>-<label>[-N]."""
+    """The run directory to create: `output_dir` if new or empty, else runs/<time>-<label>[-N].
+
+    Checked now, before any work: it must be (or become) a writable folder, and not hold another run."""
     import datetime as dt
     if output_dir:
         p = Path(output_dir)
-        if p.exists() and any(p.iterdir()):
+        fs.check_writable_dir(p)
+        owner = live_owner(p) if p.is_dir() else None
+        if owner:
+            raise UserError(f"output directory {p} is in use by process {owner.get('pid')} "
+                            f"({owner.get('command', 'another run')})")
+        if p.is_dir() and any(c.name != ".lock" for c in p.iterdir()):
             raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
         return p
     base = Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{label}"
     p, i = base, 1
     while p.exists():
         p, i = Path(f"{base}-{i}"), i + 1
+    fs.check_writable_dir(p)
     return p
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary name, so a reader never sees half of it."""
-    import os
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def claim_new_run_dir(run_dir: Path) -> None:
+    """After taking the lock: a new run's folder must still hold nothing but the lock (a second
+    process that passed `new_run_dir` at the same moment stops here)."""
+    others = [c.name for c in Path(run_dir).iterdir() if c.name != ".lock"]
+    if others:
+        raise UserError(f"output directory {run_dir} is no longer empty (another process wrote {others[0]}); "
+                        f"choose another")
+
+
+def resumable(run_dir: str | Path) -> Path:
+    """The config.yaml of an unfinished run directory; a UserError when there is nothing to resume."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a transferkit run directory)")
+    if (run_dir / "metrics.json").is_file():
+        raise UserError(f"{run_dir} already finished; nothing to resume")
+    fs.check_writable_dir(run_dir, "run directory")
+    from .checkpoint import find
+    find(run_dir / "checkpoints")  # an old-format or damaged checkpoint is refused before any work
+    return run_dir / "config.yaml"
+
+
+# ---- bases this machine trained from ---------------------------------------------------------
+
+def _trusted_path() -> Path:
+    from .data.bundled import cache_dir
+    return cache_dir() / TRUSTED_BASES_FILE
+
+
+def _trusted() -> list[str]:
+    try:
+        data = read_json(_trusted_path())
+    except UserError:
+        return []
+    return [p for p in data if isinstance(p, str)] if isinstance(data, list) else []
+
+
+def trust_base(path: str) -> None:
+    """Remember a local base folder that the user fine-tuned from on this machine."""
+    p = Path(path)
+    if not p.is_dir():
+        return  # bundled or hub names resolve without this list
+    resolved = str(p.resolve())
+    known = [x for x in _trusted() if x != resolved] + [resolved]
+    try:
+        _trusted_path().parent.mkdir(parents=True, exist_ok=True)
+        fs.write_json(_trusted_path(), known[-_TRUSTED_MAX:])
+    except (OSError, UserError):
+        pass  # a read-only cache only means the user names the base when loading elsewhere
 
 
 @dataclass
@@ -51,19 +111,24 @@ class RunInfo:
     head_hidden: int = 0
     pool_layers: int = 1
     method_options: dict[str, Any] = field(default_factory=dict)
+    data_fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def artifact_dir(self) -> Path:
+        return Path(self.run_dir) / self._method_class().artifact
+
+    def _method_class(self) -> Any:
+        from . import methods  # noqa: F401  (registers methods)
         from .registry import METHODS
-        return Path(self.run_dir) / METHODS.get(self.method).artifact
+        try:
+            return METHODS.get(self.method)
+        except UserError as e:
+            raise UserError(f"{Path(self.run_dir) / RUN_FILE}: {e}") from None
 
     def write(self) -> None:
-        path = Path(self.run_dir) / RUN_FILE
-        tmp = path.with_suffix(".tmp")
         d = asdict(self)
         d.pop("run_dir")
-        tmp.write_text(json.dumps(d, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        fs.write_json(Path(self.run_dir) / RUN_FILE, d)
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunInfo":
@@ -73,20 +138,74 @@ class RunInfo:
         if not path.is_file():
             raise UserError(f"{run_dir} is not a finished transferkit run (no {RUN_FILE}); "
                             f"an interrupted run continues with: transferkit finetune --resume {run_dir}")
-        return cls(run_dir=str(run_dir), **json.loads(path.read_text(encoding="utf-8")))
+        d = read_json_object(path, "run record")
+        return cls(run_dir=str(run_dir), **_checked_fields(d, path))
 
     def method_instance(self) -> Any:
-        from . import methods  # noqa: F401  (registers methods)
-        from .config import MethodConfig
-        from .registry import METHODS
-        return METHODS.get(self.method)(MethodConfig(**self.method_options))
+        from .config import MethodConfig, section_from_dict
+        options = section_from_dict(MethodConfig, {**self.method_options, "name": self.method},
+                                    f"{Path(self.run_dir) / RUN_FILE} method_options")
+        return self._method_class()(options)
 
-    def load_model(self, merge: bool = False) -> Any:
-        """The trained model; `merge=True` gives the fastest equivalent for inference."""
-        from .models import ResolvedModel, build_classifier
+    def base_model(self, override: str | None = None) -> Any:
+        """The ResolvedModel the run's artefact goes on top of (see the module docstring)."""
+        from .models import MODELS, ResolvedModel, resolve_model
+        if override is not None:
+            return resolve_model(override)
+        if self.model_name in MODELS:
+            return resolve_model(self.model_name)
+        p = Path(self.model_path)
+        if not p.is_absolute() and not p.exists():  # a hub name: its cached copy, no network at load time
+            return ResolvedModel(self.model_name, self.model_path, self.pooling)
+        if not p.is_dir():
+            raise UserError(f"{Path(self.run_dir) / RUN_FILE}: its base model folder {p} does not exist here; "
+                            f"pass --base-model DIR (base_model=...) with the model it was trained from")
+        if str(p.resolve()) not in _trusted():
+            raise UserError(f"{Path(self.run_dir) / RUN_FILE} names the base model folder {p}, which no run on "
+                            f"this machine was trained from; if you trust it, pass --base-model {p}")
+        return ResolvedModel(self.model_name, str(p), self.pooling)
+
+    def load_model(self, merge: bool = False, base_model: str | None = None) -> Any:
+        """The trained model; `merge=True` gives the fastest equivalent for inference.
+
+        Every file is checked first (safetensors headers, JSON, no pickle weights), and whatever a
+        library still raises is a one-line error naming the artefact."""
+        from .models import build_classifier
         method = self.method_instance()
-        base = lambda: build_classifier(ResolvedModel(self.model_name, self.model_path, self.pooling),  # noqa: E731
-                                        self.label_names, self.pooling, self.classifier_dropout, self.head_hidden,
-                                        self.pool_layers)
-        model = method.load(self.artifact_dir, base)
-        return method.for_inference(model) if merge else model
+        art = check_folder(self.artifact_dir, method.artifact_files, what=f"{self.method} artefact")
+
+        def base() -> Any:
+            return build_classifier(self.base_model(base_model), self.label_names, self.pooling,
+                                    self.classifier_dropout, self.head_hidden, self.pool_layers)
+        with loading(art, f"{self.method} run"):
+            model = method.load(art, base)
+            model = method.for_inference(model) if merge else model
+        check_finite(model, art)
+        return model
+
+
+_FIELD_TYPES = {"method": str, "model_name": str, "model_path": str, "label_names": list, "max_length": int,
+                "pooling": str, "classifier_dropout": (int, float), "head_hidden": int, "pool_layers": int,
+                "method_options": dict, "data_fingerprints": dict}
+
+
+def _checked_fields(d: dict[str, Any], path: Path) -> dict[str, Any]:
+    """run.json's fields with their types checked; unknown or missing keys name the file."""
+    names = {f.name for f in dataclasses.fields(RunInfo)} - {"run_dir"}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (written by another program, or damaged?)")
+    required = [f.name for f in dataclasses.fields(RunInfo)
+                if f.name != "run_dir" and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise UserError(f"{path}: missing key {missing[0]!r} (damaged or half-written?)")
+    for k, v in d.items():
+        t = _FIELD_TYPES[k]
+        if isinstance(v, bool) or not isinstance(v, t):
+            raise UserError(f"{path}: key {k!r} holds {v!r}, expected {getattr(t, '__name__', 'a number')}")
+    if not d["label_names"] or not all(isinstance(x, str) for x in d["label_names"]):
+        raise UserError(f"{path}: label_names must be a non-empty list of strings")
+    if not 1 <= d["max_length"] <= 1_000_000:
+        raise UserError(f"{path}: max_length {d['max_length']} is out of range")
+    return d

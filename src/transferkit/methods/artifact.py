@@ -7,13 +7,13 @@ a missing or unexpected name is an error rather than a silently half-loaded mode
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from ..core.fs import write_json
 from ..errors import UserError
 from .base import Method
 
@@ -33,17 +33,20 @@ def save_trainable(model: nn.Module, out_dir: Path, method: str, options: dict[s
     save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(out_dir / WEIGHTS_FILE))
     config = {"method": method, "format_version": FORMAT_VERSION, "options": options,
               "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    write_json(out_dir / CONFIG_FILE, config)
 
 
 def read_config(art_dir: Path, method: str) -> dict[str, Any]:
     """The saved method options; a UserError if the folder is not this method's artefact."""
+    from ..core.folders import read_json_object
     path = Path(art_dir) / CONFIG_FILE
     if not path.is_file() or not (Path(art_dir) / WEIGHTS_FILE).is_file():
         raise UserError(f"{art_dir}: not a transferkit {method} artefact (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json_object(path, "method config")
     if config.get("method") != method:
         raise UserError(f"{path}: holds a {config.get('method')!r} artefact, not {method!r}")
+    if not isinstance(config.get("options"), dict):
+        raise UserError(f"{path}: no 'options' object (damaged?)")
     return config["options"]
 
 
@@ -70,6 +73,7 @@ class TensorArtifactMethod(Method):
     """A method saved as trainable tensors + `method.json`; `option_keys` are the options that shape it."""
 
     artifact = "adapter"
+    artifact_files = (CONFIG_FILE, WEIGHTS_FILE)
     option_keys: ClassVar[tuple[str, ...]] = ()
 
     def saved_options(self) -> dict[str, Any]:
@@ -79,6 +83,7 @@ class TensorArtifactMethod(Method):
         save_trainable(model, out_dir, self.name, self.saved_options())
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
-        from ..config import MethodConfig
-        method = type(self)(MethodConfig(name=self.name, **read_config(art_dir, self.name)))
+        from ..config import MethodConfig, section_from_dict
+        options = {**read_config(art_dir, self.name), "name": self.name}
+        method = type(self)(section_from_dict(MethodConfig, options, str(Path(art_dir) / CONFIG_FILE)))
         return load_trainable(method.apply(build_base()), art_dir)

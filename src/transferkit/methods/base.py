@@ -68,6 +68,8 @@ class Method:
     cache_features: ClassVar[bool] = False
     # Folder name inside the run directory: "model" (full HF folder) or "adapter" (PEFT folder).
     artifact: ClassVar[str] = "model"
+    # Files the artefact folder must hold ('|' separates alternatives); checked before loading.
+    artifact_files: ClassVar[tuple[str, ...]] = ("config.json", "model.safetensors")
     # True when the method's update folds into the base weights (merge/unmerge below work).
     can_merge: ClassVar[bool] = False
 
@@ -80,7 +82,8 @@ class Method:
         return dataclasses.replace(
             cfg, lr=cfg.lr or self.default_lr,
             head_lr=cfg.head_lr or self.default_head_lr or cfg.lr or self.default_lr,
-            epochs=cfg.epochs or self.default_epochs, batch_size=cfg.batch_size or self.default_batch_size,
+            # max_steps alone means exactly that many steps; with epochs, whichever ends first
+            epochs=cfg.epochs or (None if cfg.max_steps else self.default_epochs), batch_size=cfg.batch_size or self.default_batch_size,
             early_stopping_patience=(self.default_patience if cfg.early_stopping_patience is None
                                      else cfg.early_stopping_patience))
 
@@ -95,7 +98,8 @@ class Method:
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
         """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
         from ..modeling import TransferkitForSequenceClassification
-        return TransferkitForSequenceClassification.from_pretrained(art_dir)
+        # The class is ours, so the folder's modeling_transferkit.py (for trust_remote_code users) is never run.
+        return TransferkitForSequenceClassification.from_pretrained(art_dir, use_safetensors=True)
 
     def for_inference(self, model: nn.Module) -> nn.Module:
         """The fastest equivalent model for prediction (e.g. LoRA merged into the weights)."""

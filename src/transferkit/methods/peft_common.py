@@ -49,6 +49,7 @@ class PeftMethod(Method):
     """A method built by `peft.get_peft_model`; saved and loaded as a PEFT adapter folder."""
 
     artifact = "adapter"
+    artifact_files = ("adapter_config.json", "adapter_model.safetensors")
     can_merge = True
     marker = ""  # name part of the parameters peft adds ("lora_", "ia3_l")
 
