@@ -126,10 +126,12 @@ def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
     info["model_path"] = str(other_base)
     (moved / "run.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="run.json names the base model folder .*other-base.*--base-model"):
-        Predictor.from_runs({"a": finished_run("lora"), "b": moved})  # a folder no run here was trained on
+        Predictor.from_runs({"b": moved})  # a folder no run here was trained on
     trust_base(str(other_base))  # as if a run had been trained on it
     with pytest.raises(UserError, match="'b' .* was trained on .*other-base.*must share one base model"):
         Predictor.from_runs({"a": finished_run("lora"), "b": moved})
+    with pytest.raises(UserError, match="must share one base model"):  # an override does not hide the mismatch
+        Predictor.from_runs({"a": finished_run("lora"), "b": moved}, base_model=str(tiny_model_dir))
     with pytest.raises(UserError, match="run directory not found"):
         Predictor.from_runs({"a": tmp_path / "missing"})
     with pytest.raises(UserError, match="no runs given"):

@@ -542,3 +542,33 @@ def test_nan_scores_are_never_printed(capsys, finished_run, monkeypatch):
     monkeypatch.setattr(inference, "predict_logits", overflowing)
     _fail(capsys, ["predict", str(finished_run("full")), "good film", "bad film"], "text 2", "non-finite")
     assert "nan" not in capsys.readouterr().out.lower()
+
+
+def test_bad_option_found_while_building_leaves_no_run_dir(capsys, tiny, tmp_path):
+    """target_modules is checked against the model only once it is built: still no run directory."""
+    _fail(capsys, tiny("--method", "lora", "method.target_modules=no_such_layer"), "no_such_layer", after_work=True)
+    assert not (tmp_path / "run").exists()
+    given = tmp_path / "given"
+    given.mkdir()  # a folder the user made stays, empty
+    _fail(capsys, tiny("--method", "lora", "method.target_modules=no_such_layer", out=given), after_work=True)
+    assert given.is_dir() and not list(given.iterdir())
+
+
+def test_huge_integer_for_a_float_option(capsys, tiny, tmp_path):
+    _fail(capsys, tiny("train.lr=1" + "0" * 400), "finite")
+
+
+def test_empty_stale_lock_file_is_taken_over(capsys, tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("")  # a lock file whose process died before it wrote its record
+    assert main(tiny(out=run)) == 0
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("config", ["[1]", '{"model_type": ["bert"]}', "{}"])
+def test_lm_config_of_the_wrong_shape(capsys, lm_folders, tmp_path, config):
+    folder = tmp_path / "mlm"
+    shutil.copytree(lm_folders / "mlm", folder)
+    (folder / "config.json").write_text(config)
+    _fail(capsys, ["fill-mask", str(folder), "good [MASK] film"], "config.json")

@@ -19,7 +19,7 @@ from .core import fs
 from .core.lock import RunLock
 from .errors import UserError
 from .runtime import log_stderr as _log
-from .runinfo import claim_new_run_dir, new_run_dir, resumable
+from .runinfo import new_run_dir, resumable
 
 
 @dataclass
@@ -46,16 +46,13 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     if resume is not None:
         cfg = RunConfig.from_yaml(resumable(resume))
         changed = apply_resume_overrides(cfg, overrides, SHORT_KEYS)
-        validate(cfg)
         with RunLock(resume, "finetune"):  # held from the first read of the checkpoint to the last write
-            if changed:
-                fs.write_text(Path(resume) / "config.yaml", cfg.to_yaml())
-            return _finetune(cfg, Path(resume), log)
+            return _finetune(cfg, Path(resume), log, rewrite_config=changed)
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     return _finetune(cfg, None, log)
 
 
-def _finetune(cfg: RunConfig, resume: Path | None, log: Any) -> FinetuneResult:
+def _finetune(cfg: RunConfig, resume: Path | None, log: Any, rewrite_config: bool = False) -> FinetuneResult:
     from . import methods  # noqa: F401  (registers methods)
     from .registry import METHODS
     validate(cfg)
@@ -77,7 +74,8 @@ def _finetune(cfg: RunConfig, resume: Path | None, log: Any) -> FinetuneResult:
         from .core.folders import read_json_object
         started = run_dir / DATA_FILE
         if started.is_file():
-            check_fingerprints(read_json_object(started, "data record"), cfg.data)
+            check_fingerprints(read_json_object(started, "data record"), cfg.data,
+                               hint="a run resumes only on the data it started with: restore the file or start a new run")
     for line in notes:
         log(line)
     from .models import load_tokenizer
@@ -103,13 +101,14 @@ def _finetune(cfg: RunConfig, resume: Path | None, log: Any) -> FinetuneResult:
         + ("" if cfg.data.max_length else " (from the data)"))
 
     # All input is valid: from here on a run directory exists.
-    from .runinfo import trust_base
-    trust_base(resolved.path)  # the user chose this base: its runs may load it again
     if resume:
+        if rewrite_config:  # a resume that lowers the lr: recorded now that every check has passed
+            fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
         return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
                                hidden=int(hidden), resuming=True, fingerprints=fingerprints, log=log)
-    with RunLock(run_dir, "finetune"):
-        claim_new_run_dir(run_dir)
+    from .runinfo import new_run, trust_base
+    trust_base(resolved.path)  # the user chose this base for a new run: its runs may load it again
+    with new_run(run_dir, "finetune"):
         fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
         fs.write_json(run_dir / DATA_FILE, fingerprints)
         return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,

@@ -418,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    from .core.lock import forget_taken
+    forget_taken()
     try:
         previous = signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not the main thread (main() called from a worker): leave signals alone

@@ -192,8 +192,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # NaN passes every `x <= 0` check below, so refuse it here
-            raise UserError(f"config key {key!r}: expected a finite number, got {value}")
+        try:
+            finite = math.isfinite(value)  # NaN passes every `x <= 0` check below, so refuse it here
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise UserError(f"config key {key!r}: expected a finite number, got {str(value)[:30]}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):

@@ -22,12 +22,11 @@ module only picks sizes, reads token ids from the tokenizer and validates the co
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core.folders import check_finite, check_folder, loading
+from .core.folders import check_finite, check_folder, loading, read_json_object
 from .errors import UserError
 from .runtime import log_stderr as _log
 
@@ -141,10 +140,11 @@ def model_folder(name_or_path: str) -> Path:
 
 def model_type(folder: Path) -> str:
     """The `model_type` in a model folder's config.json."""
-    try:
-        return json.loads((folder / "config.json").read_text())["model_type"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{folder / 'config.json'} is not a readable Hugging Face config (no model_type)") from None
+    check_folder(folder, ("config.json",))  # every file of the folder, before anything reads it
+    mtype = read_json_object(folder / "config.json", "model config").get("model_type")
+    if not isinstance(mtype, str) or not mtype:
+        raise UserError(f"{folder / 'config.json'} is not a Hugging Face config (no model_type string)")
+    return mtype
 
 
 def _auto_class(folder: Path, objective: str, label: str) -> Any:

@@ -150,6 +150,7 @@ class ResolvedModel:
     name: str
     path: str
     pooling: str  # mean or cls
+    local_only: bool = False  # a hub name read from a run: load the cached copy, never download
 
 
 def resolve_model(name: str) -> ResolvedModel:
@@ -255,7 +256,8 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
         elif random_init:
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolved.path))
         else:
-            encoder = AutoModel.from_pretrained(resolved.path, use_safetensors=True)
+            encoder = AutoModel.from_pretrained(resolved.path, use_safetensors=True,
+                                                local_files_only=resolved.local_only)
     if not random_init:
         check_finite(encoder, resolved.path)
     return Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,

@@ -199,16 +199,18 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _same_base(infos: Mapping[str, Any], base_model: str | None) -> Any:
-    """The common base model (a ResolvedModel); a clear error naming the run that differs."""
+    """The common base model (a ResolvedModel): the runs must record the same base (checked before any
+    `base_model` override, which then says where that one base is); a clear error naming the one that differs."""
+    from .models import MODELS
     first_name, first = next(iter(infos.items()))
-    resolved = first.base_model(base_model)
-    key = _resolved(resolved.path)
+
+    def recorded(info: Any) -> str:
+        return info.model_name if info.model_name in MODELS else _resolved(info.model_path)
     for name, info in infos.items():
-        other = info.base_model(base_model)
-        if _resolved(other.path) != key:
-            raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {other.path}, but adapter "
-                            f"{first_name!r} on {resolved.path}: runs served together must share one base model")
-    return resolved
+        if recorded(info) != recorded(first):
+            raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {info.model_path}, but adapter "
+                            f"{first_name!r} on {first.model_path}: runs served together must share one base model")
+    return first.base_model(base_model)
 
 
 def _resolved(path: str) -> str:

@@ -23,7 +23,7 @@ from .core import fs
 from .core.lock import RunLock
 from .errors import UserError
 from .runtime import log_stderr as _log
-from .runinfo import claim_new_run_dir, new_run_dir, resumable
+from .runinfo import new_run, new_run_dir, resumable
 
 # Short names for the most used keys (Python keyword arguments and CLI flags).
 PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "text_column", "model": "model",
@@ -60,15 +60,13 @@ def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume
     if resume is not None:
         cfg = PretrainConfig.from_yaml(resumable(resume))
         changed = apply_resume_overrides(cfg, overrides, PRETRAIN_KEYS)
-        validate_pretrain(cfg)
         with RunLock(resume, "pretrain"):  # held from the first read of the checkpoint to the last write
-            if changed:
-                fs.write_text(Path(resume) / "config.yaml", cfg.to_yaml())
-            return _pretrain(cfg, Path(resume), log)
+            return _pretrain(cfg, Path(resume), log, rewrite_config=changed)
     return _pretrain(make_pretrain_config(config, overrides), None, log)
 
 
-def _pretrain(cfg: PretrainConfig, resume: Path | None, log: Callable[[str], None]) -> PretrainResult:
+def _pretrain(cfg: PretrainConfig, resume: Path | None, log: Callable[[str], None],
+              rewrite_config: bool = False) -> PretrainResult:
     from .registry import OBJECTIVES
     validate_pretrain(cfg)
     objective = OBJECTIVES.get(cfg.objective)
@@ -98,10 +96,11 @@ def _pretrain(cfg: PretrainConfig, resume: Path | None, log: Callable[[str], Non
 
     # All input is valid: from here on the run directory exists.
     if resume is not None:
+        if rewrite_config:  # a resume that lowers the lr: recorded now that every check has passed
+            fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
         return _prepare_and_train(cfg, objective, model, tokenizer, new_params, train_docs, held_docs, run_dir,
                                   True, log)
-    with RunLock(run_dir, "pretrain"):
-        claim_new_run_dir(run_dir)
+    with new_run(run_dir, "pretrain"):
         fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
         return _prepare_and_train(cfg, objective, model, tokenizer, new_params, train_docs, held_docs, run_dir,
                                   False, log)

@@ -9,15 +9,17 @@ list in the transferkit cache) or the user names it (`base_model=` / `--base-mod
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .core import fs
 from .core.folders import check_finite, check_folder, loading, read_json, read_json_object
-from .core.lock import live_owner
-from .errors import UserError
+from .core.lock import LOCK_FILE, RunLock, in_use, live_owner
+from .errors import TrainingDiverged, UserError
 
 RUN_FILE = "run.json"
 TRUSTED_BASES_FILE = "trusted-bases.json"
@@ -33,10 +35,9 @@ def new_run_dir(output_dir: str | None, label: str) -> Path:
         p = Path(output_dir)
         fs.check_writable_dir(p)
         owner = live_owner(p) if p.is_dir() else None
-        if owner:
-            raise UserError(f"output directory {p} is in use by process {owner.get('pid')} "
-                            f"({owner.get('command', 'another run')})")
-        if p.is_dir() and any(c.name != ".lock" for c in p.iterdir()):
+        if owner is not None:
+            raise in_use(p, owner)
+        if p.is_dir() and any(c.name != LOCK_FILE for c in p.iterdir()):
             raise UserError(f"output directory {p} exists and is not empty; choose another or remove it")
         return p
     base = Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{label}"
@@ -47,10 +48,37 @@ def new_run_dir(output_dir: str | None, label: str) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def new_run(run_dir: Path, command: str) -> Iterator[None]:
+    """Lock and claim a new run's folder for the body. A UserError before the run's first checkpoint
+    (a bad option found while building the model, say) removes what the run wrote, so bad input
+    leaves no run directory; after a checkpoint (a diverged loss) the folder stays, resumable."""
+    existed = run_dir.is_dir()
+    discard = False
+    try:
+        with RunLock(run_dir, command):
+            claim_new_run_dir(run_dir)
+            try:
+                yield
+            except TrainingDiverged:
+                raise
+            except UserError:
+                discard = not (run_dir / "checkpoints").exists()
+                if discard:
+                    for child in run_dir.iterdir():
+                        if child.name != LOCK_FILE:
+                            shutil.rmtree(child) if child.is_dir() else child.unlink()
+                raise
+    finally:
+        if discard and not existed:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
 def claim_new_run_dir(run_dir: Path) -> None:
     """After taking the lock: a new run's folder must still hold nothing but the lock (a second
     process that passed `new_run_dir` at the same moment stops here)."""
-    others = [c.name for c in Path(run_dir).iterdir() if c.name != ".lock"]
+    others = [c.name for c in Path(run_dir).iterdir() if c.name != LOCK_FILE]
     if others:
         raise UserError(f"output directory {run_dir} is no longer empty (another process wrote {others[0]}); "
                         f"choose another")
@@ -64,6 +92,9 @@ def resumable(run_dir: str | Path) -> Path:
     if (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} already finished; nothing to resume")
     fs.check_writable_dir(run_dir, "run directory")
+    owner = live_owner(run_dir)
+    if owner is not None:  # before reading a checkpoint its owner may be writing
+        raise in_use(run_dir, owner)
     from .checkpoint import find
     find(run_dir / "checkpoints")  # an old-format or damaged checkpoint is refused before any work
     return run_dir / "config.yaml"
@@ -138,7 +169,7 @@ class RunInfo:
         if not path.is_file():
             raise UserError(f"{run_dir} is not a finished transferkit run (no {RUN_FILE}); "
                             f"an interrupted run continues with: transferkit finetune --resume {run_dir}")
-        d = read_json_object(path, "run record")
+        d = read_json_object(path, "run record", strict=True)
         return cls(run_dir=str(run_dir), **_checked_fields(d, path))
 
     def method_instance(self) -> Any:
@@ -155,8 +186,14 @@ class RunInfo:
         if self.model_name in MODELS:
             return resolve_model(self.model_name)
         p = Path(self.model_path)
-        if not p.is_absolute() and not p.exists():  # a hub name: its cached copy, no network at load time
-            return ResolvedModel(self.model_name, self.model_path, self.pooling)
+        if not p.is_absolute() and not p.exists():  # a hub name: only a copy already in the local cache
+            from transformers import AutoConfig
+            try:
+                AutoConfig.from_pretrained(self.model_path, local_files_only=True)
+            except Exception:  # noqa: BLE001 - not cached, or not a hub name at all
+                raise UserError(f"{Path(self.run_dir) / RUN_FILE} names the base model {self.model_path!r}, which "
+                                f"is not a folder here nor in the local model cache; pass --base-model DIR") from None
+            return ResolvedModel(self.model_name, self.model_path, self.pooling, local_only=True)
         if not p.is_dir():
             raise UserError(f"{Path(self.run_dir) / RUN_FILE}: its base model folder {p} does not exist here; "
                             f"pass --base-model DIR (base_model=...) with the model it was trained from")
@@ -208,4 +245,8 @@ def _checked_fields(d: dict[str, Any], path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: label_names must be a non-empty list of strings")
     if not 1 <= d["max_length"] <= 1_000_000:
         raise UserError(f"{path}: max_length {d['max_length']} is out of range")
+    if not 0 <= d["classifier_dropout"] < 1:
+        raise UserError(f"{path}: classifier_dropout {d['classifier_dropout']} is out of range [0, 1)")
+    if d["pooling"] not in ("mean", "cls"):
+        raise UserError(f"{path}: pooling {d['pooling']!r} is not mean or cls")
     return d

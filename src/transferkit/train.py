@@ -282,7 +282,8 @@ class Trainer:
         if self.acc.scaler is not None or (clip and norm is None):  # DeepSpeed returns no norm
             return None
         if not clip:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+            norm = torch.stack(grads).norm() if grads else torch.zeros(())  # torch < 2.6 has no get_total_norm
         return float(norm)
 
     def _diverged(self, step: int, what: str, value: Any) -> TrainingDiverged:

@@ -22,23 +22,31 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 JSON_SUFFIXES = (".json",)
 
 
-def read_json(path: Path | str, what: str = "file") -> Any:
-    """Parse a JSON file; a missing, non-UTF-8 or malformed file is a UserError naming it."""
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(path: Path | str, what: str = "file", strict: bool = False) -> Any:
+    """Parse a JSON file; a missing, non-UTF-8 or malformed file is a UserError naming it.
+
+    `strict`: also refuse NaN/Infinity (files transferkit writes never hold them; other tools' may)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), **({"parse_constant": _no_constants} if strict else {}))
     except UnicodeDecodeError:
         raise UserError(f"{path}: {what} is not UTF-8 text (damaged?)") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno}; damaged or half-written?)") from None
+    except ValueError as e:  # a NaN/Infinity constant in strict mode
+        raise UserError(f"{path}: {what} is not valid JSON ({e}; damaged or edited?)") from None
     except OSError as e:
         raise UserError(f"{path}: {what} cannot be read ({e.strerror or type(e).__name__})") from None
 
 
-def read_json_object(path: Path | str, what: str = "file") -> dict[str, Any]:
-    data = read_json(path, what)
+def read_json_object(path: Path | str, what: str = "file", strict: bool = False) -> dict[str, Any]:
+    data = read_json(path, what, strict)
     if not isinstance(data, dict):
         raise UserError(f"{path}: {what} holds a JSON {type(data).__name__}, expected an object")
     return data

@@ -103,7 +103,7 @@ def write_folder(final: Path | str, write: Callable[[Path], Any]) -> None:
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - whatever `write` raised, no half folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         if is_storage_error(e):
             raise storage_error(e, final) from None

@@ -1,10 +1,15 @@
-"""One run directory, one writer: an exclusive lock file with the owner's pid.
+"""One run directory, one writer: an exclusive lock on `RUN_DIR/.lock`, held for the life of the run.
 
-`RUN_DIR/.lock` is created with O_EXCL, so of two processes pointed at the same directory
-exactly one gets it; the other exits with a message naming the owner. The file records the pid
-and the process's start time (pids are reused): a lock whose process is gone, or whose pid now
-belongs to a process started later, is stale and is taken over. A clean exit removes it; a killed
-run leaves it behind, and the next `--resume` recognises it as stale.
+The lock is an OS file lock (`flock`) on `.lock`, so of two processes pointed at the same
+directory exactly one holds it, and the kernel releases it when its process ends in any way —
+a clean exit, an exception, SIGKILL — so a lock left behind by a killed run is stale by
+construction and the next run (or `--resume`) simply takes it. The file also records the owner's
+pid, command and start time, which the refused process names. After taking the lock the holder
+checks that `.lock` is still the file it locked (a releasing owner unlinks it), so two processes
+can never hold locks on two different files of the same name.
+
+Only the main process of a multi-process run (rank 0) takes the lock: the others work in the
+same directory under it.
 
 The locks a process took are also where the CLI learns which run an interrupt stopped
 (`outermost_taken()`), so its message names the real run directory and how to resume it.
@@ -20,65 +25,60 @@ from typing import Any
 
 from ..errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the lock degrades to a record of the owner
+    fcntl = None  # type: ignore[assignment]
+
 LOCK_FILE = ".lock"
 _held: list["RunLock"] = []  # locks held by this process, innermost last
-_taken: list["RunLock"] = []  # every lock this process took, latest last (the run an interrupt stopped)
+_taken: list["RunLock"] = []  # every lock this process took since `forget_taken`, latest last
 
 
-def _start_time(pid: int) -> float | None:
-    """The start time of process `pid`, or None when there is no such process."""
+def _try_flock(fd: int) -> bool:
+    if fcntl is None:
+        return True
     try:
-        import psutil
-        return psutil.Process(pid).create_time()
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ZombieProcess...
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return 0.0  # alive, owned by someone else
-        return 0.0
-
-
-def _owner_alive(info: dict[str, Any]) -> bool:
-    if info.get("host") not in (None, socket.gethostname()):
-        return True  # another machine's process: we cannot tell, so honour it
-    pid = info.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
         return False
-    started = _start_time(pid)
-    if started is None:
-        return False
-    recorded = info.get("started")
-    # A pid reused by a process that started after the lock was written is not the owner.
-    return not (isinstance(recorded, (int, float)) and started and started > recorded + 1.0)
 
 
 def read_lock(run_dir: Path | str) -> dict[str, Any] | None:
-    """The lock's owner record, or None when there is none; a garbled lock counts as stale ({})."""
-    path = Path(run_dir) / LOCK_FILE
+    """The owner record in the lock file, or None when there is none (or it is unreadable)."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        info = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def live_owner(run_dir: Path | str) -> dict[str, Any] | None:
-    """The owner record if another live process holds the directory's lock."""
-    info = read_lock(run_dir)
-    if info and info.get("pid") != os.getpid() and _owner_alive(info):
-        return info
-    return None
+    """The owner record when another process holds the directory's lock now, else None."""
+    path = Path(run_dir) / LOCK_FILE
+    if any(h.path == path for h in _held):
+        return None  # this process itself
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if _try_flock(fd):
+            return None  # nobody holds it: a stale file from a run that ended
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return read_lock(run_dir) or {}
 
 
-def _describe(info: dict[str, Any]) -> str:
+def in_use(run_dir: Path | str, info: dict[str, Any]) -> UserError:
+    """The one-line refusal naming the process that holds `run_dir`."""
     when = info.get("started")
     since = time.strftime(" since %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else ""
+    host = f" on {info['host']}" if info.get("host") not in (None, socket.gethostname()) else ""
     cmd = f" ({info['command']})" if info.get("command") else ""
-    return f"process {info.get('pid')}{since}{cmd}"
+    return UserError(f"run directory {run_dir} is in use by process {info.get('pid', '?')}{host}{since}{cmd}; "
+                     f"wait for it to finish or stop it")
 
 
 class RunLock:
@@ -88,43 +88,48 @@ class RunLock:
         self.run_dir, self.command = Path(run_dir), command
         self.resume_hint = resume_hint or f"transferkit {command} --resume {self.run_dir}"
         self.path = self.run_dir / LOCK_FILE
-        self.stale_owner: dict[str, Any] | None = None
+        self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return self  # a worker of a multi-process run: rank 0 holds the directory
+        if any(h.path == self.path for h in _held):
+            return self  # already held by this process (an API call inside another)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()) or time.time(),
-                  "command": self.command}
-        for _ in range(2):  # a second try after removing a stale lock
+        for attempt in range(10):  # retried when the owner released between our open and our lock
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            if not _try_flock(fd):
+                os.close(fd)
+                if attempt < 3 and not read_lock(self.run_dir):  # maybe only another process's brief probe
+                    time.sleep(0.05)
+                    continue
+                raise in_use(self.run_dir, read_lock(self.run_dir) or {})
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = read_lock(self.run_dir)
-                if info is None:
-                    continue  # released meanwhile
-                if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                    break  # this process already holds it (an API call inside another)
-                if info and _owner_alive(info):
-                    raise UserError(f"run directory {self.run_dir} is in use by {_describe(info)}; wait for it "
-                                    f"to finish or stop it (its lock: {self.path})") from None
-                self.stale_owner = info
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            break
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file its owner had just unlinked: take the new one
         else:
             raise UserError(f"run directory {self.run_dir}: could not take its lock {self.path}")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": self.command}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(record).encode())
+        self._fd = fd
         _held.append(self)
         _taken.append(self)
         return self
 
     def release(self) -> None:
-        if self in _held:
-            _held.remove(self)
-            info = read_lock(self.run_dir)
-            if info is not None and info.get("pid") == os.getpid() and self not in _held and \
-                    not any(h.path == self.path for h in _held):
-                self.path.unlink(missing_ok=True)
+        if self._fd is None:
+            return
+        _held.remove(self)
+        try:
+            self.path.unlink(missing_ok=True)  # unlink while still locked, so no one locks the dead file
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -133,11 +138,11 @@ class RunLock:
         self.release()
 
 
-def active() -> RunLock | None:
-    """The innermost run lock this process holds."""
-    return _held[-1] if _held else None
-
-
 def outermost_taken() -> RunLock | None:
     """The first lock of this process: the run the user started (compare holds its folder, then its runs)."""
     return _taken[0] if _taken else None
+
+
+def forget_taken() -> None:
+    """Start a new command's record (the CLI calls this first, so an interrupt names this command's run)."""
+    _taken.clear()

@@ -41,8 +41,12 @@ def data_fingerprints(cfg: DataConfig) -> dict[str, str]:
     return out
 
 
-def check_fingerprints(recorded: dict[str, str], cfg: DataConfig) -> None:
-    """Raise `UserError` for the first source of `cfg` whose content differs from `recorded`.
+EVALUATE_HINT = "pass --data FILE to score other data"
+
+
+def check_fingerprints(recorded: dict[str, str], cfg: DataConfig, hint: str = EVALUATE_HINT) -> None:
+    """Raise `UserError` for the first source of `cfg` whose content differs from `recorded`
+    (the message ends with `hint`: what the user can do instead).
 
     Sources without a recorded hash (runs made before hashes were kept) are not checked.
     A source that no longer exists (or a bundled dataset that is not cached) counts as changed.
@@ -54,10 +58,10 @@ def check_fingerprints(recorded: dict[str, str], cfg: DataConfig) -> None:
         now = source_fingerprint(source)
         if now is None:
             raise UserError(f"{_missing(role, source)}, so the data the run was trained on cannot be checked "
-                            f"(it was {_short(want)}); pass --data FILE to score other data")
+                            f"(it was {_short(want)}); {hint}")
         if now != want:
             raise UserError(f"{role} {source} changed since training ({_short(want)} then, {_short(now)} now); "
-                            "pass --data FILE to score other data")
+                            f"{hint}")
 
 
 def source_fingerprint(source: str) -> str | None:
