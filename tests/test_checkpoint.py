@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from transferkit import checkpoint, train
 from transferkit.errors import TrainingDiverged, UserError
+from transferkit.tasks.classification import classification_loss
 
 from train_helpers import feature_trainer
 
@@ -338,7 +339,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 # ---- divergence ---------------------------------------------------------------------------------
 
 def _nan_at_step_3(outputs, batch):
-    loss, items, correct = train.classification_loss(outputs, batch)
+    loss, items, correct = classification_loss(outputs, batch)
     _nan_at_step_3.calls += 1
     return (loss * float("nan") if _nan_at_step_3.calls == 3 else loss), items, correct
 
@@ -369,7 +370,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch
 def test_an_infinite_gradient_stops_the_run(max_grad_norm, tmp_path):
     def inf_grads(outputs, batch):
         outputs.logits.register_hook(lambda g: g * float("inf"))
-        return train.classification_loss(outputs, batch)
+        return classification_loss(outputs, batch)
     trainer = feature_trainer(tmp_path, EVALS, loss_fn=inf_grads, epochs=1, max_grad_norm=max_grad_norm)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     with pytest.raises(TrainingDiverged, match="step 1: the gradient norm is (inf|nan).*no checkpoint"):

@@ -12,6 +12,7 @@ from transferkit.data.batches import TokenData
 from transferkit.methods.base import count_parameters, describe_parameters, is_head_param
 from transferkit.models import ResolvedModel, build_classifier, load_tokenizer
 from transferkit.registry import METHODS
+from transferkit.tasks.classification import classification_loss
 from transferkit.train import Trainer
 
 from helpers import LABELS, make_sentences, quiet
@@ -39,7 +40,8 @@ def _logits(model, batch):
 def _one_step(model, data, tmp_path):
     from accelerate import Accelerator
     cfg = TrainConfig(batch_size=len(data), epochs=1, lr=1e-2, head_lr=1e-2, warmup=0.0, progress=False)
-    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0, log=quiet)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0,
+                      loss_fn=classification_loss, log=quiet)
     trainer.model.train()
     trainer._step([list(range(len(data)))])
     return trainer.acc.unwrap_model(trainer.model)

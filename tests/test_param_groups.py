@@ -8,6 +8,7 @@ from transferkit import methods  # noqa: F401  (registers the methods)
 from transferkit.config import MethodConfig, TrainConfig
 from transferkit.models import ResolvedModel, build_classifier
 from transferkit.registry import METHODS
+from transferkit.tasks.classification import classification_loss
 from transferkit.train import Trainer, layer_depths, param_groups
 
 from helpers import LABELS, quiet
@@ -88,5 +89,6 @@ def test_trainer_optimizer_uses_layer_decay(tiny_model_dir, tmp_path):
     model = _model(tiny_model_dir)
     data = TokenData([[2, 5, 3], [2, 6, 7, 3]], [0, 1])
     cfg = TrainConfig(batch_size=2, epochs=1, lr=LR, head_lr=HEAD_LR, warmup=0.0, progress=False, layer_lr_decay=0.5)
-    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0, log=quiet)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0,
+                      loss_fn=classification_loss, log=quiet)
     assert sorted({g["initial_lr"] for g in trainer.opt.param_groups}) == [LR * 0.25, LR * 0.5, LR, HEAD_LR]

@@ -10,7 +10,8 @@ import torch
 from transferkit.config import TrainConfig
 from transferkit.data.batches import TokenData, length_grouped_batches
 from transferkit.errors import UserError
-from transferkit.train import Trainer, classification_loss, param_groups, total_steps
+from transferkit.tasks.classification import classification_loss
+from transferkit.train import Trainer, param_groups, total_steps
 
 from helpers import LABELS, make_sentences, make_tokenizer, quiet
 from train_helpers import accelerator as _accelerator, feature_trainer as _feature_trainer
@@ -32,7 +33,7 @@ def _step(model, data, groups, tmp_path, dtype=torch.float32, max_grad_norm=1.0)
     model = copy.deepcopy(model).to(dtype)
     cfg = TrainConfig(batch_size=len(groups[0]), grad_accum=len(groups), epochs=1, lr=1e-3, head_lr=1e-3,
                       warmup=0.0, max_grad_norm=max_grad_norm, progress=False)
-    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0, log=quiet)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0, loss_fn=classification_loss, log=quiet)
     grads: dict[str, torch.Tensor] = {}
     step = trainer.opt.step
 

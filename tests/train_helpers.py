@@ -10,7 +10,8 @@ import torch
 from transferkit.config import TrainConfig
 from transferkit.data.batches import FeatureData
 from transferkit.modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification
-from transferkit.train import Trainer, classification_loss
+from transferkit.tasks.classification import classification_loss
+from transferkit.train import Trainer
 
 from helpers import quiet, tiny_bert_config
 

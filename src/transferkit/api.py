@@ -7,25 +7,17 @@
 """
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import runtime
-from .config import RunConfig, apply_default_data, apply_resume_overrides, describe_duration, validate
+from .config import RunConfig, apply_default_data, apply_resume_overrides
 from .core import fs
 from .core.lock import RunLock
 from .errors import UserError
+from .recipes.finetune import FinetuneResult, FinetuneRun
 from .runtime import log_stderr as _log
-from .runinfo import new_run_dir, resumable
-
-
-@dataclass
-class FinetuneResult:
-    run_dir: Path
-    metrics: dict[str, Any]
+from .runinfo import read_history, resumable
 
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -47,75 +39,9 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         cfg = RunConfig.from_yaml(resumable(resume))
         changed = apply_resume_overrides(cfg, overrides, SHORT_KEYS)
         with RunLock(resume, "finetune"):  # held from the first read of the checkpoint to the last write
-            return _finetune(cfg, Path(resume), log, rewrite_config=changed)
+            return FinetuneRun(cfg, resume, log, rewrite_config=changed).run()
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
-    return _finetune(cfg, None, log)
-
-
-def _finetune(cfg: RunConfig, resume: Path | None, log: Any, rewrite_config: bool = False) -> FinetuneResult:
-    from . import methods  # noqa: F401  (registers methods)
-    from .registry import METHODS
-    validate(cfg)
-    method = METHODS.get(cfg.method.name)(cfg.method)
-    from .core.folders import check_folder, loading
-    from .models import resolve_model
-    resolved = resolve_model(cfg.model.name)
-    if Path(resolved.path).is_dir():  # checked before minutes of data preparation
-        check_folder(resolved.path, ("config.json",), weights=cfg.model.init != "random")
-    pooling = resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
-
-    run_dir = Path(resume) if resume else _new_run_dir(cfg)  # checked now, created once input is valid
-    from .data.fingerprint import check_fingerprints, data_fingerprints
-    from .data.prepare import prepare_splits
-    notes: list[str] = []  # the data summary is printed only once the data passed every check
-    splits = prepare_splits(cfg.data, cfg.train.seed, log=notes.append)
-    fingerprints = data_fingerprints(cfg.data)
-    if resume:  # a resumed run must train on the rows it started with
-        from .core.folders import read_json_object
-        started = run_dir / DATA_FILE
-        if started.is_file():
-            check_fingerprints(read_json_object(started, "data record"), cfg.data,
-                               hint="a run resumes only on the data it started with: restore the file or start a new run")
-    for line in notes:
-        log(line)
-    from .models import load_tokenizer
-    tokenizer = load_tokenizer(resolved.path)
-    from .data import tokens as tk
-    lengths = tk.token_lengths(tokenizer, splits.train.texts)
-    stats = tk.length_stats(lengths)
-    from transformers import AutoConfig
-    with loading(resolved.path, "model config"):
-        model_config = AutoConfig.from_pretrained(resolved.path)
-    limit = tk.model_max_length(tokenizer, model_config)
-    encoder_cfg = (model_config.encoder if model_config.model_type == "transferkit_classifier"
-                   else model_config.to_dict())
-    n_layers = encoder_cfg.get("num_hidden_layers") or encoder_cfg.get("n_layers") or encoder_cfg.get("n_layer")
-    hidden = (encoder_cfg.get("hidden_size") or encoder_cfg.get("dim") or encoder_cfg.get("n_embd")
-              or encoder_cfg.get("d_model"))
-    if cfg.model.pool_layers and n_layers and cfg.model.pool_layers > n_layers:
-        raise UserError(f"model.pool_layers {cfg.model.pool_layers} exceeds the model's {n_layers} layers")
-    max_length = cfg.data.max_length or tk.choose_max_length(stats, limit)
-    if max_length > limit:
-        raise UserError(f"data.max_length {max_length} exceeds the model's limit of {limit} tokens")
-    log(f"tokens per text (train): mean {stats['mean']}, p95 {stats['p95']}, max {stats['max']} -> max_length {max_length}"
-        + ("" if cfg.data.max_length else " (from the data)"))
-
-    # All input is valid: from here on a run directory exists.
-    if resume:
-        if rewrite_config:  # a resume that lowers the lr: recorded now that every check has passed
-            fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
-        return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
-                               hidden=int(hidden), resuming=True, fingerprints=fingerprints, log=log)
-    from .runinfo import new_run, trust_base
-    trust_base(resolved.path)  # the user chose this base for a new run: its runs may load it again
-    with new_run(run_dir, "finetune"):
-        fs.write_text(run_dir / "config.yaml", cfg.to_yaml())
-        fs.write_json(run_dir / DATA_FILE, fingerprints)
-        return _train_and_save(cfg, method, resolved, pooling, splits, tokenizer, max_length, stats, run_dir,
-                               hidden=int(hidden), resuming=False, fingerprints=fingerprints, log=log)
-
-
-DATA_FILE = "data.json"  # content hashes of the data files, written when the run starts
+    return FinetuneRun(cfg, None, log).run()
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).
@@ -124,147 +50,7 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
               "model": "model.name", "method": "method.name", "epochs": "train.epochs",
               "batch_size": "train.batch_size", "lr": "train.lr", "max_steps": "train.max_steps",
               "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit",
-              "output_dir": "output_dir"}
-
-
-def _train_and_save(cfg: RunConfig, method: Any, resolved: Any, pooling: str, splits: Any, tokenizer: Any,
-                    max_length: int, stats: dict, run_dir: Path, hidden: int, resuming: bool,
-                    fingerprints: dict[str, str], log: Any) -> FinetuneResult:
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from .data.batches import TokenData
-    from .data.tokens import tokenize
-    from .inference import pooled_features, predict_logits
-    from .methods.base import count_parameters, describe_parameters
-    from .metrics import classification_metrics
-    from .models import build_classifier
-    from .runinfo import RunInfo
-    from .train import Trainer
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(cfg.train.seed)
-    head = method.default_head if cfg.model.head == "auto" else cfg.model.head
-    head_hidden = 0 if head == "linear" else hidden
-    pool_layers = cfg.model.pool_layers or method.default_pool_layers
-    model = build_classifier(resolved, splits.label_names, pooling, cfg.model.classifier_dropout, head_hidden,
-                             pool_layers, random_init=cfg.model.init == "random")
-    model = method.apply(model)
-    counts = count_parameters(model)
-    log(describe_parameters(counts))
-    pad_id = tokenizer.pad_token_id or 0
-    data = {name: TokenData(tokenize(tokenizer, s.texts, max_length), list(s.labels))
-            for name, s in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
-    if method.cache_features:
-        data = _cached_features(model, data, run_dir, pooled_features, accelerator.device, pad_id, log)
-    num_labels = len(splits.label_names)
-
-    def eval_split(m: Any, name: str) -> tuple[dict[str, float], torch.Tensor]:
-        logits = predict_logits(m, data[name], 64, pad_id, accelerator.device)
-        labels = torch.tensor(data[name].labels)
-        metrics = {"loss": float(torch.nn.functional.cross_entropy(logits, labels))}
-        metrics.update(classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), num_labels))
-        return metrics, logits
-
-    has_val = len(data["validation"]) > 0
-    tcfg = method.train_config(cfg.train)
-    trainer = Trainer(model, data["train"], tcfg, run_dir, accelerator, pad_id,
-                      eval_fn=(lambda m: eval_split(m, "validation")[0]) if has_val else None, log=log)
-    if resuming:
-        if trainer.load_checkpoint():
-            log(f"resuming {run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
-        else:
-            log(f"no checkpoint in {run_dir}: starting from the beginning")
-    log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = {trainer.total_steps} "
-        f"steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience {tcfg.early_stopping_patience}, "
-        f"{accelerator.device}")
-    from .comparison import current_rss_mb, memory_report
-    rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
-    state = trainer.fit()
-    model = accelerator.unwrap_model(trainer.model)
-
-    test_metrics, test_logits = eval_split(model, "test")
-    # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
-    fs.write_folder(run_dir / method.artifact, lambda tmp: (method.save(model, tmp), tokenizer.save_pretrained(tmp)))
-    info = RunInfo(str(run_dir), method.name, resolved.name, resolved.path, splits.label_names, max_length, pooling,
-                   cfg.model.classifier_dropout, head_hidden, pool_layers, asdict(cfg.method), fingerprints)
-    info.write()
-    samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
-    metrics = {"test": test_metrics, "validation": state.best_metrics,
-               "train": {"steps": state.global_step, "epochs": round(state.global_step / trainer.steps_per_epoch, 3),
-                         "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
-                         "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
-                         "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
-                         "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
-               "params": counts, "data": {**splits.summary, "token_lengths": stats, "max_length": max_length},
-               "method": method.name, "model": resolved.name, "memory": memory_report(rss_before_train)}
-    _write_report(run_dir, splits, test_logits, info, cfg)
-    fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
-    log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
-    log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
-    log(f"run directory: {run_dir}")
-    return FinetuneResult(run_dir, metrics)
-
-
-def _cached_features(model: Any, data: dict, run_dir: Path, pooled_features: Any, device: Any, pad_id: int,
-                     log: Any) -> dict:
-    """Encode every split once with the frozen encoder; reuse the cache when a run resumes."""
-    from safetensors.torch import load_file
-
-    from .data.batches import FeatureData
-    path = run_dir / "cache" / "features.safetensors"
-    if path.is_file():
-        from .core.folders import check_safetensors, loading
-        check_safetensors(path)
-        with loading(path, "cached features"):
-            feats = load_file(str(path))
-        log(f"using cached encoder features from {path}")
-    else:
-        t0 = time.perf_counter()
-        model.to(device)
-        feats = {name: pooled_features(model, d, 64, pad_id, device).contiguous() for name, d in data.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save as to_bytes
-        fs.write_bytes(path, to_bytes(feats))
-        log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
-            f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
-    return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
-
-
-def _write_report(run_dir: Path, splits: Any, logits: Any, info: Any, cfg: RunConfig) -> None:
-    import torch
-
-    from .metrics import full_report
-    from .report import write_report
-    probs = torch.softmax(logits, -1).numpy()
-    y_true = list(splits.test.labels)
-    report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
-    write_report(run_dir / "report", report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
-                 label_names=splits.label_names, history=read_history(run_dir),
-                 title=f"transferkit: {info.method} on {cfg.data.data or cfg.data.train}",
-                 extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
-                        "data": cfg.data.data or cfg.data.train, "split": "test"})
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    """The run's metric records; a damaged line (a run killed mid-write) is skipped, not fatal."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def _new_run_dir(cfg: RunConfig) -> Path:
-    return new_run_dir(cfg.output_dir, cfg.method.name)
+              "output_dir": "output_dir", "task": "task"}
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,

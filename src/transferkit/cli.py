@@ -41,6 +41,7 @@ BASE_MODEL_HELP = ("the base model folder of an adapter run, instead of the one 
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="what is predicted: classify (one label per text; the default)")
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
     p.add_argument("--validation", help="explicit validation file")

@@ -138,6 +138,7 @@ class ConfigFile:
 
 @dataclass
 class RunConfig(ConfigFile):
+    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text)"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

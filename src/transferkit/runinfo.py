@@ -100,6 +100,23 @@ def resumable(run_dir: str | Path) -> Path:
     return run_dir / "config.yaml"
 
 
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The run's metric records (metrics.jsonl); a damaged line (a run killed mid-write) is skipped."""
+    import json
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 # ---- bases this machine trained from ---------------------------------------------------------
 
 def _trusted_path() -> Path:

@@ -55,14 +55,6 @@ class TrainState:
     stopped_early: bool = False
 
 
-def classification_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Summed cross-entropy, the number of scored items, and how many were right."""
-    logits, labels = outputs.logits, batch["labels"]  # [batch, classes], [batch]
-    loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-    correct = int((logits.argmax(-1) == labels).sum())
-    return loss, int(labels.numel()), correct
-
-
 def param_groups(model: nn.Module, lr: float, head_lr: float, weight_decay: float,
                  layer_lr_decay: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups: per-parameter learning rates, and no weight decay on biases and norm weights.
@@ -147,8 +139,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train_data: Any, cfg: TrainConfig, run_dir: Path, accelerator: Any,
                  pad_id: int = 0,
-                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-                 loss_fn: Callable = classification_loss, log: Callable[[str], None] = print) -> None:
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, *,
+                 loss_fn: Callable, log: Callable[[str], None] = print) -> None:
         self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
         self.data, self.pad_id, self.eval_fn, self.loss_fn = train_data, pad_id, eval_fn, loss_fn
         self.lengths = train_data.lengths()

@@ -1,0 +1,222 @@
+"""One fine-tuning run as an object: `FinetuneRun(cfg).run()` = setup -> fit -> save.
+
+`api.finetune` is a few lines over it, and so will be search, planning and serving, which run or
+vary a fine-tuning run inside one process. The run never branches on a task's or a method's
+name: the task (`tasks/`) says how data becomes tensors, what the loss and metrics are and what
+the report shows; the method (`methods/`) says what trains and how it is saved.
+
+    setup()  validate the config, resolve the model, prepare and check the data, choose max_length
+             (nothing is written: bad input fails here, before any run directory exists)
+    fit()    build the model, encode the splits, train (resuming from the last checkpoint)
+    save()   score the test split, write the artefact, run.json, the report and metrics.json (last)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import tasks
+from ..config import RunConfig, describe_duration, validate
+from ..core import fs
+from ..errors import UserError
+from ..runtime import log_stderr
+
+DATA_FILE = "data.json"  # content hashes of the data files, written when the run starts
+EVAL_BATCH = 64
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+class FinetuneRun:
+    """A fine-tuning run of `cfg` (a RunConfig); `resume` continues the run directory given."""
+
+    def __init__(self, cfg: RunConfig, resume: str | Path | None = None, log: Callable[[str], None] = log_stderr,
+                 rewrite_config: bool = False) -> None:
+        self.cfg, self.log = cfg, log
+        self.resume = Path(resume) if resume is not None else None
+        self.rewrite_config = rewrite_config  # a resume that changed the lr records it once checks pass
+
+    # ---- the entry point ----------------------------------------------------------------------
+    def run(self) -> FinetuneResult:
+        self.setup()
+        if self.resume is not None:
+            if self.rewrite_config:
+                fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            return self._fit_and_save()
+        from ..runinfo import new_run, trust_base
+        trust_base(self.resolved.path)  # the user chose this base for a new run: its runs may load it again
+        with new_run(self.run_dir, "finetune"):
+            fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            fs.write_json(self.run_dir / DATA_FILE, self.fingerprints)
+            return self._fit_and_save()
+
+    def _fit_and_save(self) -> FinetuneResult:
+        self.fit()
+        return self.save()
+
+    # ---- setup: everything that can fail on bad input -----------------------------------------
+    def setup(self) -> None:
+        from .. import methods  # noqa: F401  (registers the methods)
+        from ..core.folders import check_folder, loading, read_json_object
+        from ..data import tokens as tk
+        from ..data.fingerprint import check_fingerprints, data_fingerprints
+        from ..models import load_tokenizer, resolve_model
+        from ..registry import METHODS
+        cfg, log = self.cfg, self.log
+        validate(cfg)
+        self.task = tasks.get(cfg.task)
+        self.method = METHODS.get(cfg.method.name)(cfg.method)
+        self.resolved = resolve_model(cfg.model.name)
+        if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
+            check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
+        self.pooling = self.resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
+        from ..runinfo import new_run_dir
+        # checked now, created once every input is valid
+        self.run_dir = self.resume if self.resume is not None else new_run_dir(cfg.output_dir, cfg.method.name)
+
+        notes: list[str] = []  # the data summary is printed only once the data passed every check
+        self.splits = self.task.prepare(cfg.data, cfg.train.seed, notes.append)
+        self.fingerprints = data_fingerprints(cfg.data)
+        started = self.run_dir / DATA_FILE
+        if self.resume is not None and started.is_file():  # a resumed run trains on the rows it started with
+            check_fingerprints(read_json_object(started, "data record"), cfg.data,
+                               hint="a run resumes only on the data it started with: restore the file or start a new run")
+        for line in notes:
+            log(line)
+
+        self.tokenizer = load_tokenizer(self.resolved.path)
+        self.stats = tk.length_stats(tk.token_lengths(self.tokenizer, self.task.texts(self.splits.train)))
+        from transformers import AutoConfig
+        with loading(self.resolved.path, "model config"):
+            model_config = AutoConfig.from_pretrained(self.resolved.path)
+        limit = tk.model_max_length(self.tokenizer, model_config)
+        encoder_cfg = (model_config.encoder if model_config.model_type == "transferkit_classifier"
+                       else model_config.to_dict())
+        n_layers = encoder_cfg.get("num_hidden_layers") or encoder_cfg.get("n_layers") or encoder_cfg.get("n_layer")
+        self.hidden = int(encoder_cfg.get("hidden_size") or encoder_cfg.get("dim") or encoder_cfg.get("n_embd")
+                          or encoder_cfg.get("d_model"))
+        if cfg.model.pool_layers and n_layers and cfg.model.pool_layers > n_layers:
+            raise UserError(f"model.pool_layers {cfg.model.pool_layers} exceeds the model's {n_layers} layers")
+        self.max_length = cfg.data.max_length or tk.choose_max_length(self.stats, limit)
+        if self.max_length > limit:
+            raise UserError(f"data.max_length {self.max_length} exceeds the model's limit of {limit} tokens")
+        s = self.stats
+        log(f"tokens per text (train): mean {s['mean']}, p95 {s['p95']}, max {s['max']} -> max_length "
+            f"{self.max_length}" + ("" if cfg.data.max_length else " (from the data)"))
+
+    # ---- fit -------------------------------------------------------------------------------------
+    def fit(self) -> Any:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from ..methods.base import count_parameters, describe_parameters
+        from ..train import Trainer
+        cfg, log, method = self.cfg, self.log, self.method
+        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
+        set_seed(cfg.train.seed)
+        head = method.default_head if cfg.model.head == "auto" else cfg.model.head
+        self.head_hidden = 0 if head == "linear" else self.hidden
+        self.pool_layers = cfg.model.pool_layers or method.default_pool_layers
+        model = self.task.build_model(self.resolved, self.splits.label_names, self.pooling,
+                                      cfg.model.classifier_dropout, self.head_hidden, self.pool_layers,
+                                      random_init=cfg.model.init == "random")
+        model = method.apply(model)
+        self.counts = count_parameters(model)
+        log(describe_parameters(self.counts))
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        data = {name: self.task.encode(self.tokenizer, split, self.max_length)
+                for name, split in (("train", self.splits.train), ("validation", self.splits.validation),
+                                    ("test", self.splits.test))}
+        if method.cache_features:
+            data = self._cached_features(model, data)
+        self.data = data
+
+        def eval_fn(m: Any) -> dict[str, float]:
+            return self.task.evaluate(m, data["validation"], EVAL_BATCH, self.pad_id, acc.device)[0]
+        self.tcfg = tcfg = method.train_config(cfg.train)
+        trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
+                          eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=self.task.loss, log=log)
+        if self.resume is not None:
+            if trainer.load_checkpoint():
+                log(f"resuming {self.run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
+            else:
+                log(f"no checkpoint in {self.run_dir}: starting from the beginning")
+        log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
+            f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
+            f"{tcfg.early_stopping_patience}, {acc.device}")
+        from ..comparison import current_rss_mb
+        self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
+        self.state = trainer.fit()
+        self.trainer = trainer
+        self.model = acc.unwrap_model(trainer.model)
+        return self.state
+
+    def _cached_features(self, model: Any, data: dict) -> dict:
+        """Encode every split once with the frozen encoder; reuse the cache when a run resumes."""
+        from safetensors.torch import load_file
+        from safetensors.torch import save as to_bytes
+
+        from ..core.folders import check_safetensors, loading
+        from ..data.batches import FeatureData
+        from ..inference import pooled_features
+        path = self.run_dir / "cache" / "features.safetensors"
+        device = self.accelerator.device
+        if path.is_file():
+            check_safetensors(path)
+            with loading(path, "cached features"):
+                feats = load_file(str(path))
+            self.log(f"using cached encoder features from {path}")
+        else:
+            t0 = time.perf_counter()
+            model.to(device)
+            feats = {name: pooled_features(model, d, EVAL_BATCH, self.pad_id, device).contiguous()
+                     for name, d in data.items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fs.write_bytes(path, to_bytes(feats))
+            self.log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
+                     f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
+        return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
+
+    # ---- save ------------------------------------------------------------------------------------
+    def save(self) -> FinetuneResult:
+        from ..comparison import memory_report
+        from ..runinfo import RunInfo, read_history
+        cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
+        run_dir, log = self.run_dir, self.log
+        test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
+                                                            self.accelerator.device)
+        # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
+        fs.write_folder(run_dir / method.artifact,
+                        lambda tmp: (method.save(model, tmp), self.tokenizer.save_pretrained(tmp)))
+        info = RunInfo(str(run_dir), method.name, self.resolved.name, self.resolved.path, self.splits.label_names,
+                       self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
+                       self.pool_layers, asdict(cfg.method), self.fingerprints)
+        info.write()
+        samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
+        metrics = {"test": test_metrics, "validation": state.best_metrics,
+                   "train": {"steps": state.global_step,
+                             "epochs": round(state.global_step / self.trainer.steps_per_epoch, 3),
+                             "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
+                             "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
+                             "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
+                             "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
+                   "params": self.counts,
+                   "data": {**self.splits.summary, "token_lengths": self.stats, "max_length": self.max_length},
+                   "method": method.name, "model": self.resolved.name, "memory": memory_report(self.rss_before_train)}
+        source = cfg.data.data or cfg.data.train
+        self.task.write_report(run_dir / "report", self.splits, test_predictions, read_history(run_dir),
+                               title=f"transferkit: {method.name} on {source}",
+                               extra={"run directory": str(run_dir), "model": self.resolved.name,
+                                      "method": method.name, "data": source, "split": "test"})
+        fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
+        log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+        log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
+        log(f"run directory: {run_dir}")
+        return FinetuneResult(run_dir, metrics)

@@ -1,0 +1,55 @@
+"""The Task interface: everything a fine-tuning run needs to know about what it predicts.
+
+A run (`recipes.finetune.FinetuneRun`) prepares the splits, builds the model and scores it only
+through these methods, so a second task (token classification) is a second implementation, not
+a branch in the run, the loop or the predictor.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+class Task:
+    """One kind of prediction. Subclasses set `name` and implement every method below."""
+
+    name: ClassVar[str]
+    # peft's TaskType for methods built on peft (lora, ia3): what PeftModel wraps.
+    peft_task_type: ClassVar[str]
+    # The validation metric that picks the best weights when the user names none.
+    default_metric: ClassVar[str]
+
+    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+        """Load, validate and split the data named by `data_cfg`; returns the task's splits
+        (with `label_names`, `summary`, and `train`/`validation`/`test`)."""
+        raise NotImplementedError
+
+    def texts(self, split: Any) -> list[str]:
+        """The texts of a split (token statistics and max_length are computed on them)."""
+        raise NotImplementedError
+
+    def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
+                    pool_layers: int, random_init: bool = False) -> nn.Module:
+        """A fresh model with this task's head over the resolved encoder."""
+        raise NotImplementedError
+
+    def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
+        """A split as batchable data (`lengths()`, `collate(indices, pad_id)`, `__len__`)."""
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """(summed loss, scored items, correctly predicted items) of one batch."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
+                 device: Any) -> tuple[dict[str, float], Any]:
+        """(metrics, raw predictions) of `model` on `data`."""
+        raise NotImplementedError
+
+    def write_report(self, out: Path, splits: Any, predictions: Any, history: list[dict], title: str,
+                     extra: dict[str, Any]) -> dict[str, Path]:
+        """The run's report of the test split (JSON, plots, HTML); returns the paths written."""
+        raise NotImplementedError

@@ -1,0 +1,66 @@
+"""Sentence classification: one label per text, a pooled-encoder head, cross-entropy, and the
+accuracy / precision / recall / F1 family of metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .base import Task
+
+
+def classification_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy, the number of scored items, and how many were right."""
+    logits, labels = outputs.logits, batch["labels"]  # [batch, classes], [batch]
+    loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    correct = int((logits.argmax(-1) == labels).sum())
+    return loss, int(labels.numel()), correct
+
+
+class SequenceClassification(Task):
+    name = "classify"
+    peft_task_type = "SEQ_CLS"
+    default_metric = "accuracy"
+
+    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+        from ..data.prepare import prepare_splits
+        return prepare_splits(data_cfg, seed, log=log)
+
+    def texts(self, split: Any) -> list[str]:
+        return list(split.texts)
+
+    def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
+                    pool_layers: int, random_init: bool = False) -> nn.Module:
+        from ..models import build_classifier
+        return build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
+                                random_init=random_init)
+
+    def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
+        from ..data.batches import TokenData
+        from ..data.tokens import tokenize
+        return TokenData(tokenize(tokenizer, split.texts, max_length), list(split.labels))
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        return classification_loss(outputs, batch)
+
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
+                 device: Any) -> tuple[dict[str, float], torch.Tensor]:
+        from ..inference import predict_logits
+        from ..metrics import classification_metrics
+        logits = predict_logits(model, data, batch_size, pad_id, device)  # [n, classes]
+        labels = torch.tensor(data.labels)
+        metrics = {"loss": float(nn.functional.cross_entropy(logits, labels))}
+        metrics.update(classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), logits.shape[-1]))
+        return metrics, logits
+
+    def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,
+                     extra: dict[str, Any]) -> dict[str, Path]:
+        from ..metrics import full_report
+        from ..report import write_report
+        probs = torch.softmax(predictions, -1).numpy()
+        y_true = list(splits.test.labels)
+        report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
+        return write_report(out, report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
+                            label_names=splits.label_names, history=history, title=title, extra=extra)

@@ -1,0 +1,30 @@
+"""The fine-tuning run as an object: its steps run in-process, bad input fails in setup(), before any folder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferkit.api import make_config
+from transferkit.errors import UserError
+from transferkit.recipes.finetune import FinetuneRun
+
+from helpers import quiet, tiny_config
+
+
+def test_steps_in_process(tiny_model_dir, sentiment_csv, tmp_path):
+    cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", "lora", max_steps=3)
+    run = FinetuneRun(cfg, log=quiet)
+    run.setup()
+    assert not (tmp_path / "run").exists()  # setup writes nothing
+    assert run.task.name == "classify" and run.splits.label_names == ["negative", "positive"]
+    result = run.run()  # the same object runs to the end
+    assert result.metrics["train"]["steps"] == 3
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == result.metrics["test"]
+
+
+def test_unknown_task_fails_in_setup(tiny_model_dir, sentiment_csv, tmp_path):
+    cfg = make_config(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run"), {"task": "translate"})
+    with pytest.raises(UserError, match="unknown task 'translate'; choose one of: classify"):
+        FinetuneRun(cfg, log=quiet).setup()
+    assert not (tmp_path / "run").exists()
