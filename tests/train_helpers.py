@@ -41,6 +41,7 @@ def feature_trainer(tmp_path: Path, eval_values: Iterable[float], loss_fn: Calla
     data = FeatureData(torch.randn(40, 32), [i % 2 for i in range(40)])
     values = iter(eval_values)
     cfg = TrainConfig(**{"batch_size": 10, "lr": 1e-2, "head_lr": 1e-2, "warmup": 0.0, "progress": False,
+                         "metric": "accuracy",
                          "early_stopping_patience": 0, **cfg_kw})
     return Trainer(model, data, cfg, run_dir=tmp_path, accelerator=accelerator(), pad_id=0,
                    eval_fn=lambda m: {"accuracy": next(values), "loss": 0.5}, loss_fn=loss_fn, log=log)

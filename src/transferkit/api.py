@@ -23,7 +23,11 @@ from .runinfo import read_history, resumable
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied
     (and the bundled dataset when it names no data at all)."""
-    return apply_default_data(RunConfig.make(config, overrides))
+    cfg = apply_default_data(RunConfig.make(config, overrides))
+    if cfg.train.metric is None:  # resolved here so config.yaml and compare see the metric a run uses
+        from . import tasks
+        cfg.train.metric = tasks.get(cfg.task).default_metric
+    return cfg
 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
@@ -151,7 +155,13 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
 def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list[str]) -> None:
     import io
     buf = io.StringIO(newline="")
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() == ".csv" and rows and "entities" in rows[0]:  # NER: the entities as a JSON column
+        import csv
+        w = csv.writer(buf)
+        w.writerow(["text", "entities"])
+        for r in rows:
+            w.writerow([r["text"], fs.dumps(r["entities"], ensure_ascii=False)])
+    elif path.suffix.lower() == ".csv":
         import csv
         w = csv.writer(buf)
         w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])

@@ -70,7 +70,7 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: every epoch)"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before stopping (default per method; 0 never stops early)"})
-    metric: str = field(default="accuracy", metadata={"help": "validation metric for early stopping and best weights"})
+    metric: str | None = field(default=None, metadata={"help": "validation metric for early stopping and best weights (default per task: accuracy for classify, f1 for ner)"})
     checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
     group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches with dynamic padding"})
@@ -138,7 +138,7 @@ class ConfigFile:
 
 @dataclass
 class RunConfig(ConfigFile):
-    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text)"})
+    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text) or ner (one tag per word)"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

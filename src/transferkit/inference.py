@@ -85,9 +85,11 @@ class Predictor:
         model = info.load_model(merge=True, base_model=base_model)
         if quantize:
             model = quantize_int8(model)
+        from . import tasks
         from .models import load_tokenizer
         tok = load_tokenizer(str(info.artifact_dir))
-        return cls(model, tok, info.label_names, info.max_length, batch_size, device)
+        # the run's task decides what predicting means (labels per text, entities per text, ...)
+        return tasks.get(info.task).predictor(model, tok, info.label_names, info.max_length, batch_size, device)
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 MODEL_TYPE = "transferkit_classifier"
 
@@ -34,8 +34,9 @@ class TransferkitClassifierConfig(PretrainedConfig):
 
     def __init__(self, encoder: dict | None = None, pooling: str = "mean",
                  classifier_dropout: float = 0.1, head_hidden: int = 0, pool_layers: int = 1,
-                 **kwargs: Any) -> None:
+                 head_kind: str = "sequence", **kwargs: Any) -> None:
         self.encoder = dict(encoder or {})
+        self.head_kind = head_kind  # sequence (one label per text) | token (one label per token)
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
         self.head_hidden = head_hidden  # 0: linear head; >0: one GELU hidden layer of this width
@@ -146,11 +147,68 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         shutil.copyfile(__file__, Path(save_directory) / "modeling_transferkit.py")
 
 
+class TransferkitForTokenClassification(TransferkitForSequenceClassification):
+    """Encoder -> dropout -> linear (or small MLP) on every token: one label per token.
+
+    The same config class as the sequence classifier (`head_kind="token"`), the same `encoder` and
+    `classifier` names, so every method that adapts the encoder or trains the head works unchanged."""
+
+    def pool(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise TypeError("a token classifier has no pooled sentence vector")
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, **_: Any) -> TokenClassifierOutput:
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
+        hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
+        logits = self.classifier(self.dropout(hidden))  # [batch, seq, num_labels]
+        loss = None
+        if labels is not None:  # -100: special tokens, later sub-tokens, padding
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def with_encoder(cls, encoder: nn.Module, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
+                     id2label: dict[int, str] | None = None, head_hidden: int = 0,
+                     pool_layers: int = 1) -> "TransferkitForTokenClassification":
+        model = super().with_encoder(encoder, num_labels, pooling, classifier_dropout, id2label, head_hidden, 1)
+        model.config.head_kind = "token"
+        return model
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        import json
+        cfg_path = Path(save_directory) / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["auto_map"]["AutoModelForTokenClassification"] = "modeling_transferkit.TransferkitForTokenClassification"
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+HEAD_CLASSES = {"sequence": TransferkitForSequenceClassification, "token": TransferkitForTokenClassification}
+
+
+def load_saved(folder: str | Path, **kwargs: Any) -> TransferkitForSequenceClassification:
+    """A saved transferkit model folder with the head class its config names (sequence or token)."""
+    config = TransferkitClassifierConfig.from_pretrained(folder)
+    return HEAD_CLASSES[getattr(config, "head_kind", "sequence")].from_pretrained(folder, config=config, **kwargs)
+
+
 def register() -> None:
-    """Make AutoConfig/AutoModelForSequenceClassification know the transferkit classifier."""
-    from transformers import AutoModelForSequenceClassification
+    """Make AutoConfig / AutoModelFor{Sequence,Token}Classification know the transferkit classifiers."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
     try:
         AutoConfig.register(MODEL_TYPE, TransferkitClassifierConfig)
-        AutoModelForSequenceClassification.register(TransferkitClassifierConfig, TransferkitForSequenceClassification)
     except ValueError:
         pass  # already registered
+    for auto, cls in ((AutoModelForSequenceClassification, TransferkitForSequenceClassification),
+                      (AutoModelForTokenClassification, TransferkitForTokenClassification)):
+        try:
+            auto.register(TransferkitClassifierConfig, cls)
+        except ValueError:
+            pass  # already registered

@@ -235,14 +235,17 @@ def load_tokenizer(path: str) -> Any:
 
 
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
-                     head_hidden: int = 0, pool_layers: int = 1, random_init: bool = False) -> Any:
-    """A fresh classifier over the resolved encoder, with the task's label names.
+                     head_hidden: int = 0, pool_layers: int = 1, random_init: bool = False,
+                     head_kind: str = "sequence") -> Any:
+    """A fresh classifier over the resolved encoder, with the task's label names; `head_kind`
+    "token" gives one label per token (`TransferkitForTokenClassification`).
 
     `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
     from transformers import AutoConfig, AutoModel
 
     from .core.folders import check_finite, check_folder, loading, read_json_object
-    from .modeling import TransferkitForSequenceClassification as Classifier
+    from .modeling import HEAD_CLASSES, load_saved
+    Classifier = HEAD_CLASSES[head_kind]
     local = Path(resolved.path).is_dir()
     if local:  # every file checked before transformers sees it; pickle-only weights refused
         check_folder(resolved.path, ("config.json",), weights=not random_init)
@@ -250,7 +253,7 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     with loading(resolved.path, "base model"):
         if local and read_json_object(cfg_file, "model config").get("model_type") == "transferkit_classifier":
             # A transferkit classifier as the starting point: reuse its encoder, new head for these labels.
-            encoder = Classifier.from_pretrained(resolved.path, use_safetensors=True).encoder
+            encoder = load_saved(resolved.path, use_safetensors=True).encoder
             if random_init:
                 encoder = AutoModel.from_config(encoder.config)
         elif random_init:

@@ -161,7 +161,11 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
             raise UserError(f"adapter name {name!r}: use letters, digits, '-' and '_' (at most 64, no '.')")
         infos[name] = RunInfo.read(run_dir)
     first = next(iter(infos.values()))
+    from . import tasks
     for name, info in infos.items():
+        if not tasks.get(info.task).shares_base:
+            raise UserError(f"adapter {name!r} ({info.run_dir}): {info.task} runs cannot share a base model yet; "
+                            f"predict with it alone")
         if info.method not in ("lora", "ia3", "head_only"):
             raise UserError(f"adapter {name!r} ({info.run_dir}): method {info.method!r} cannot share a base model "
                             f"(only lora, ia3 and head_only runs can; serve it alone with Predictor.from_run)")

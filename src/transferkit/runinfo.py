@@ -160,6 +160,7 @@ class RunInfo:
     pool_layers: int = 1
     method_options: dict[str, Any] = field(default_factory=dict)
     data_fingerprints: dict[str, str] = field(default_factory=dict)
+    task: str = "classify"
 
     @property
     def artifact_dir(self) -> Path:
@@ -224,12 +225,16 @@ class RunInfo:
 
         Every file is checked first (safetensors headers, JSON, no pickle weights), and whatever a
         library still raises is a one-line error naming the artefact."""
-        from .models import build_classifier
+        from . import tasks
         method = self.method_instance()
         art = check_folder(self.artifact_dir, method.artifact_files, what=f"{self.method} artefact")
+        try:
+            task = tasks.get(self.task)
+        except UserError as e:
+            raise UserError(f"{Path(self.run_dir) / RUN_FILE}: {e}") from None
 
         def base() -> Any:
-            return build_classifier(self.base_model(base_model), self.label_names, self.pooling,
+            return task.build_model(self.base_model(base_model), self.label_names, self.pooling,
                                     self.classifier_dropout, self.head_hidden, self.pool_layers)
         with loading(art, f"{self.method} run"):
             model = method.load(art, base)
@@ -240,7 +245,7 @@ class RunInfo:
 
 _FIELD_TYPES = {"method": str, "model_name": str, "model_path": str, "label_names": list, "max_length": int,
                 "pooling": str, "classifier_dropout": (int, float), "head_hidden": int, "pool_layers": int,
-                "method_options": dict, "data_fingerprints": dict}
+                "method_options": dict, "data_fingerprints": dict, "task": str}
 
 
 def _checked_fields(d: dict[str, Any], path: Path) -> dict[str, Any]:

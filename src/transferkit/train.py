@@ -141,6 +141,8 @@ class Trainer:
                  pad_id: int = 0,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, *,
                  loss_fn: Callable, log: Callable[[str], None] = print) -> None:
+        if eval_fn is not None and cfg.metric is None:
+            raise ValueError("TrainConfig.metric must name the validation metric (the task's default_metric)")
         self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
         self.data, self.pad_id, self.eval_fn, self.loss_fn = train_data, pad_id, eval_fn, loss_fn
         self.lengths = train_data.lengths()
@@ -156,7 +158,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.higher_is_better = cfg.metric not in ("loss", "perplexity")
+        self.higher_is_better = cfg.metric not in ("loss", "perplexity")  # both lower is better
         self._step_tokens = 0
         self._saved_step: int | None = None  # the step of the checkpoint on disk, named when a run diverges
 
@@ -234,7 +236,8 @@ class Trainer:
         """One optimizer step over `group` micro-batches, scaled so the loss is the big batch's mean."""
         batches = [self.data.collate(b, self.pad_id) for b in group]
         self._step_tokens = sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
-        n_items = sum(int(b["labels"].numel()) if "labels" in b else len(b) for b in batches)
+        # scored items: -100 marks positions without a target (special tokens, later sub-tokens, padding)
+        n_items = sum(int((b["labels"] != -100).sum()) if "labels" in b else len(b) for b in batches)
         if self.acc.num_processes > 1:
             n_items = int(self.acc.reduce(torch.tensor(n_items, device=self.acc.device), "sum")) // self.acc.num_processes
         total_loss, total_items, total_correct = 0.0, 0, 0

@@ -23,8 +23,11 @@ def test_steps_in_process(tiny_model_dir, sentiment_csv, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"] == result.metrics["test"]
 
 
-def test_unknown_task_fails_in_setup(tiny_model_dir, sentiment_csv, tmp_path):
-    cfg = make_config(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run"), {"task": "translate"})
-    with pytest.raises(UserError, match="unknown task 'translate'; choose one of: classify"):
-        FinetuneRun(cfg, log=quiet).setup()
+def test_unknown_task_fails_before_anything(tiny_model_dir, sentiment_csv, tmp_path):
+    base = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run")
+    with pytest.raises(UserError, match="unknown task 'translate'; choose one of: classify, ner"):
+        make_config(base, {"task": "translate"})
+    base.task = "translate"
+    with pytest.raises(UserError, match="unknown task 'translate'"):
+        FinetuneRun(base, log=quiet).setup()
     assert not (tmp_path / "run").exists()

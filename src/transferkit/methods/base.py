@@ -97,9 +97,9 @@ class Method:
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
         """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
-        from ..modeling import TransferkitForSequenceClassification
+        from ..modeling import load_saved
         # The class is ours, so the folder's modeling_transferkit.py (for trust_remote_code users) is never run.
-        return TransferkitForSequenceClassification.from_pretrained(art_dir, use_safetensors=True)
+        return load_saved(art_dir, use_safetensors=True)
 
     def for_inference(self, model: nn.Module) -> nn.Module:
         """The fastest equivalent model for prediction (e.g. LoRA merged into the weights)."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..registry import METHODS
 from .layout import model_type
-from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets
+from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
 # model_type -> (target regex, feed-forward regex); peft full-matches them against module names.
 _BERT = (r".*\.layer\.\d+\.(?:attention\.self\.(?:key|value)|output\.dense)", r".*\.layer\.\d+\.output\.dense")
@@ -46,7 +46,8 @@ class IA3(PeftMethod):
             raise UserError(f"ia3: no default targets for model type {model_type(model)}; "
                             "set method.target_modules (e.g. key,value,output.dense)")
         check_targets(model, targets)
-        config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=feedforward)
+        config = IA3Config(task_type=TaskType[peft_task_type(model)], target_modules=targets,
+                           feedforward_modules=feedforward)
         return get_peft_model(model, config)
 
     def for_inference(self, model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from torch import nn
 from ..registry import METHODS
 from .base import set_lr_scale
 from .layout import model_type
-from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets
+from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
 # Linear layers LoRA adapts by default, per encoder architecture (model_type).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -49,7 +49,8 @@ class LoRA(PeftMethod):
         if targets == [ALL_LINEAR]:
             targets = all_linear_regex(model)
         check_targets(model, targets)
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=o.lora_r, lora_alpha=o.lora_alpha or 2 * o.lora_r,
+        config = LoraConfig(task_type=TaskType[peft_task_type(model)], r=o.lora_r,
+                            lora_alpha=o.lora_alpha or 2 * o.lora_r,
                             lora_dropout=o.lora_dropout, target_modules=targets, use_rslora=o.use_rslora,
                             use_dora=o.use_dora)
         peft_model = get_peft_model(model, config)

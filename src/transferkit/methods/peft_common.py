@@ -45,6 +45,11 @@ def all_linear_regex(model: nn.Module) -> str:
     return rf"{prefix}\.(?:.*\.)?(?:{'|'.join(map(re.escape, leaves))})"
 
 
+def peft_task_type(model: nn.Module) -> str:
+    """peft's TaskType for the model's head: sentence heads wrap as SEQ_CLS, per-token heads as TOKEN_CLS."""
+    return "TOKEN_CLS" if getattr(model.config, "head_kind", "sequence") == "token" else "SEQ_CLS"
+
+
 class PeftMethod(Method):
     """A method built by `peft.get_peft_model`; saved and loaded as a PEFT adapter folder."""
 

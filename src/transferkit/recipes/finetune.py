@@ -71,6 +71,8 @@ class FinetuneRun:
         cfg, log = self.cfg, self.log
         validate(cfg)
         self.task = tasks.get(cfg.task)
+        if cfg.train.metric is None:
+            cfg.train.metric = self.task.default_metric
         self.method = METHODS.get(cfg.method.name)(cfg.method)
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
@@ -134,7 +136,7 @@ class FinetuneRun:
         data = {name: self.task.encode(self.tokenizer, split, self.max_length)
                 for name, split in (("train", self.splits.train), ("validation", self.splits.validation),
                                     ("test", self.splits.test))}
-        if method.cache_features:
+        if method.cache_features and self.task.pooled_features:
             data = self._cached_features(model, data)
         self.data = data
 
@@ -197,7 +199,7 @@ class FinetuneRun:
                         lambda tmp: (method.save(model, tmp), self.tokenizer.save_pretrained(tmp)))
         info = RunInfo(str(run_dir), method.name, self.resolved.name, self.resolved.path, self.splits.label_names,
                        self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
-                       self.pool_layers, asdict(cfg.method), self.fingerprints)
+                       self.pool_layers, asdict(cfg.method), self.fingerprints, cfg.task)
         info.write()
         samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
         metrics = {"test": test_metrics, "validation": state.best_metrics,
@@ -216,7 +218,7 @@ class FinetuneRun:
                                extra={"run directory": str(run_dir), "model": self.resolved.name,
                                       "method": method.name, "data": source, "split": "test"})
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
-        log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items()))
+        log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
         log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
         log(f"run directory: {run_dir}")
         return FinetuneResult(run_dir, metrics)

@@ -1,13 +1,14 @@
 """What is predicted and scored: a `Task` owns the label space, the head, how examples become
 tensors, the loss, the metrics and the report. The run, the loop and the predictor ask the task;
-none of them branches on a task's name. `tasks.get(name)` finds one (`classify` today;
-token classification is the next)."""
+none of them branches on a task's name. `tasks.get(name)` finds one: `classify` (one label per
+text) or `ner` (one IOB2 tag per word)."""
 from __future__ import annotations
 
 from .base import Task
 from .classification import SequenceClassification
+from .token_classification import TokenClassification
 
-TASKS: dict[str, type[Task]] = {SequenceClassification.name: SequenceClassification}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (SequenceClassification, TokenClassification)}
 
 
 def get(name: str) -> Task:
@@ -17,4 +18,4 @@ def get(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["Task", "SequenceClassification", "TASKS", "get"]
+__all__ = ["Task", "SequenceClassification", "TokenClassification", "TASKS", "get"]

@@ -21,6 +21,11 @@ class Task:
     peft_task_type: ClassVar[str]
     # The validation metric that picks the best weights when the user names none.
     default_metric: ClassVar[str]
+    # True when one pooled vector per example feeds the head, so a frozen encoder's outputs can be
+    # computed once and cached (head_only); per-token heads read every position.
+    pooled_features: ClassVar[bool] = True
+    # True when runs of this task can share one base encoder in `Predictor.from_runs` / serving.
+    shares_base: ClassVar[bool] = True
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         """Load, validate and split the data named by `data_cfg`; returns the task's splits
@@ -47,6 +52,11 @@ class Task:
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], Any]:
         """(metrics, raw predictions) of `model` on `data`."""
+        raise NotImplementedError
+
+    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
+                  batch_size: int, device: Any) -> Any:
+        """The object that labels new texts with a trained model (`.predict(texts)`)."""
         raise NotImplementedError
 
     def write_report(self, out: Path, splits: Any, predictions: Any, history: list[dict], title: str,

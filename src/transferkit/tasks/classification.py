@@ -55,6 +55,11 @@ class SequenceClassification(Task):
         metrics.update(classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), logits.shape[-1]))
         return metrics, logits
 
+    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
+                  batch_size: int, device: Any) -> Any:
+        from ..inference import Predictor
+        return Predictor(model, tokenizer, label_names, max_length, batch_size, device)
+
     def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
         from ..metrics import full_report

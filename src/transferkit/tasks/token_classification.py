@@ -1,0 +1,122 @@
+"""Token classification (NER): one IOB2 tag per word, a per-token head, cross-entropy on the
+first sub-token of each word, and entity-level precision / recall / F1 (seqeval, strict IOB2).
+
+Words become sub-tokens, windows and aligned labels in `token_spans`; the data files are read
+by `data.tagged`. Sentences longer than the model's window are split into overlapping windows at
+training and prediction time, so no word is silently dropped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Task
+from .token_spans import IGNORE  # -100: positions the loss skips
+
+
+def token_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy over labelled positions, their number, and how many were right."""
+    logits, labels = outputs.logits.flatten(0, 1), batch["labels"].flatten()  # [batch*seq, tags], [batch*seq]
+    keep = labels != IGNORE
+    loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+    correct = int((logits.argmax(-1)[keep] == labels[keep]).sum())
+    return loss, int(keep.sum()), correct
+
+
+@torch.inference_mode()
+def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, device: Any) -> list[np.ndarray]:
+    """Per window: tag probabilities [window length, tags], in window order."""
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray | None] = [None] * len(data)
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))  # similar lengths pad less
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
+        probs = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()  # [batch, seq, tags]
+        for r, i in enumerate(idx):
+            out[i] = probs[r, :len(data.input_ids[i])]
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
+    """Entity-level micro precision/recall/F1 in strict IOB2 mode (an I- with no B- is no entity),
+    per-type scores, and token accuracy."""
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+    kw = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
+    per_type = classification_report(gold, pred, output_dict=True, **kw)
+    tokens = sum(len(s) for s in gold)
+    right = sum(g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
+    return {"precision": float(precision_score(gold, pred, **kw)), "recall": float(recall_score(gold, pred, **kw)),
+            "f1": float(f1_score(gold, pred, **kw)), "token_accuracy": right / max(tokens, 1),
+            "per_type": {t: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                             "f1": float(v["f1-score"]), "support": int(v["support"])}
+                         for t, v in per_type.items() if t not in ("micro avg", "macro avg", "weighted avg")}}
+
+
+class TokenClassification(Task):
+    name = "ner"
+    peft_task_type = "TOKEN_CLS"
+    default_metric = "f1"
+    pooled_features = False
+    shares_base = False  # serving NER runs on one base comes with the server
+    stride = 16  # sub-tokens two neighbouring windows share
+
+    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+        from ..data.tagged import prepare_tagged_splits
+        return prepare_tagged_splits(data_cfg, seed, log)
+
+    def texts(self, split: Any) -> list[str]:
+        return [" ".join(words) for words in split.tokens]
+
+    def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
+                    pool_layers: int, random_init: bool = False) -> nn.Module:
+        from ..models import build_classifier
+        return build_classifier(resolved, label_names, pooling, dropout, head_hidden, 1, random_init=random_init,
+                                head_kind="token")
+
+    def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
+        """The split as `token_spans.EncodedWindows` (batchable: lengths(), collate(), len())."""
+        from .token_spans import encode_words
+        return encode_words(tokenizer, split.tokens, split.tags, max_length, self.stride)
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        return token_loss(outputs, batch)
+
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
+                 device: Any) -> tuple[dict[str, float], list[list[int]]]:
+        from .token_spans import merge_windows
+        names = model.config.id2label
+        probs = window_probs(model, data, batch_size, pad_id, device)
+        words = merge_windows(data, probs)  # per sentence, per word: (tag, p, row)
+        pred = [[w[0] for w in sent] for sent in words]
+        gold = self._gold(data)
+        nll = [-np.log(max(float(w[2][g]), 1e-12)) for sent, gs in zip(words, gold) for w, g in zip(sent, gs)]
+        metrics = entity_metrics([[names[t] for t in s] for s in gold], [[names[t] for t in s] for s in pred])
+        return {"loss": float(np.mean(nll)) if nll else 0.0, **metrics}, pred
+
+    @staticmethod
+    def _gold(enc: Any) -> list[list[int]]:
+        """Per sentence, the word tags, read back from the owning windows' first sub-tokens."""
+        n_sent = enc.n_sentences()
+        gold: list[dict[int, int]] = [{} for _ in range(n_sent)]
+        for w, firsts in enumerate(enc.first_token):
+            for pos, word in firsts:
+                gold[enc.sentence[w]][word] = enc.labels[w][pos]
+        return [[g[i] for i in range(len(g))] for g in gold]
+
+    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
+                  batch_size: int, device: Any) -> Any:
+        from ..inference_tokens import EntityPredictor
+        return EntityPredictor(model, tokenizer, label_names, max_length, batch_size, device)
+
+    def write_report(self, out: Path, splits: Any, predictions: list[list[int]], history: list[dict], title: str,
+                     extra: dict[str, Any]) -> dict[str, Path]:
+        from .token_report import write_token_report
+        return write_token_report(out, splits, predictions, history, title, extra)

@@ -1,0 +1,94 @@
+"""Token classification through the one run: every method trains a tagger on CoNLL data, scores it
+with seqeval's strict entity metrics, and the run predicts entities with character offsets."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from transferkit import api
+from transferkit.cli import main
+from transferkit.tasks.token_classification import entity_metrics
+
+from helpers import FILLER, NEGATIVE, POSITIVE, quiet
+
+METHODS = ["full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only"]
+
+
+def _sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """Filler words with a PER name (one or two words from POSITIVE) and sometimes a LOC (from NEGATIVE)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.choices(FILLER, k=rng.randint(3, 9))]
+        name = [(w, "I-PER") for w in rng.sample(POSITIVE, rng.randint(1, 2))]
+        name[0] = (name[0][0], "B-PER")
+        at = rng.randint(0, len(words))
+        if rng.random() < 0.5:  # a place; the name goes in afterwards as one block, so never around it
+            words.insert(rng.randint(0, at) if rng.random() < 0.5 else rng.randint(at, len(words)),
+                         (rng.choice(NEGATIVE), "B-LOC"))
+        words[at:at] = name
+        out.append(words)
+    return out
+
+
+@pytest.fixture(scope="module")
+def conll(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ner") / "tags.conll"
+    lines = ["-DOCSTART- O", ""]
+    for sent in _sentences(300):
+        lines += [f"{w} X {t}" for w, t in sent] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def test_entity_metrics_strict_iob2():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    pred = [["B-PER", "I-PER", "O", "I-LOC"]]  # an I- with no B- is no entity in strict mode
+    m = entity_metrics(gold, pred)
+    assert (m["precision"], m["recall"]) == (1.0, 0.5)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["token_accuracy"] == 0.75
+    assert m["per_type"]["LOC"]["recall"] == 0.0 and m["per_type"]["PER"]["f1"] == 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_a_tagger(method, conll, tiny_model_dir, tmp_path):
+    result = api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method=method, max_steps=4,
+                          batch_size=16, output_dir=str(tmp_path / "run"), log=quiet, **{"train.progress": False})
+    test = result.metrics["test"]
+    assert {"precision", "recall", "f1", "token_accuracy", "per_type"} <= set(test)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["task"] == "ner" and info["label_names"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    rows = api.predict(tmp_path / "run", ["the film with good great was quite dull"], log=quiet)
+    assert set(rows[0]) == {"text", "entities"}
+    for e in rows[0]["entities"]:
+        assert set(e) == {"entity_group", "score", "word", "start", "end"}
+        assert rows[0]["text"][e["start"]:e["end"]] == e["word"]
+
+
+def test_a_trained_tagger_finds_the_entities(conll, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["finetune", "--task", "ner", "--data", str(conll), "--model", str(tiny_model_dir),
+                 "--method", "full", "--epochs", "8", "--lr", "3e-3", "--batch-size", "8", "--output-dir", str(run),
+                 "train.progress=false", "train.head_lr=3e-3", "train.early_stopping_patience=0"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["f1"] > 0.7, metrics["test"]
+    assert (run / "report" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["predict", str(run), "the story with superb and a dreadful ending"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    groups = {(e["entity_group"], e["word"]) for e in row["entities"]}
+    assert ("PER", "superb") in groups and ("LOC", "dreadful") in groups, row
+
+
+def test_bad_ner_input_is_one_line(capsys, tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.conll"
+    bad.write_text("good B-PER\nfilm\n\n", encoding="utf-8")  # a line with no tag
+    code = main(["finetune", "--task", "ner", "--data", str(bad), "--model", str(tiny_model_dir),
+                 "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "line 2" in err[0], err
+    assert not (tmp_path / "run").exists()
