@@ -63,51 +63,44 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
     """Score a finished run on its own test split (default) or on a labelled file; write the report.
 
     Without `data` the test split is rebuilt from the files the run was trained on, after checking
-    their content hashes: a file that changed since would silently score other (maybe training) rows."""
-    from .inference import Predictor
-    from .metrics import full_report
-    from .report import write_report
+    their content hashes: a file that changed since would silently score other (maybe training) rows.
+    What is scored and reported is the run's task's (labels per text, entities per sentence)."""
+    from . import tasks
+    from .inference import quantize_int8
+    from .models import load_tokenizer
     from .runinfo import RunInfo
     runtime.setup()
     info = RunInfo.read(run_dir)
+    task = tasks.get(info.task)
     out = Path(output_dir) if output_dir else Path(run_dir) / "report"
     fs.check_writable_dir(out, "report folder")
-    texts, y_true, source = _labelled_texts(run_dir, info, data, text_column, label_column)
-    predictor = Predictor.from_run(run_dir, quantize=quantize, base_model=base_model)
-    probs = predictor.predict_proba(texts)
-    report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
-    paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
-                         history=read_history(Path(run_dir)), title=f"transferkit: {info.method} on {source}",
-                         extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
-                                "data": source, "rows": len(texts)})
-    log(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "f1_macro")))
+    split, source = _labelled_split(run_dir, info, task, data, text_column, label_column)
+    model = info.load_model(merge=True, base_model=base_model)
+    if quantize:
+        model = quantize_int8(model)
+    tokenizer = load_tokenizer(str(info.artifact_dir))
+    report, paths = task.score(model, tokenizer, info, split, out, history=read_history(Path(run_dir)),
+                               title=f"transferkit: {info.method} on {source}",
+                               extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
+                                      "data": source, "rows": len(split)})
+    log(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in task.headline_metrics if k in report))
     log(f"report: {paths.get('html', out)}")
     return report
 
 
-def _labelled_texts(run_dir: Any, info: Any, data: str | None, text_column: str | None,
-                    label_column: str | None) -> tuple[list[str], list[int], str]:
-    if data is None:
-        from .data.fingerprint import check_fingerprints
-        from .data.prepare import prepare_splits
-        cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
-        if not info.data_fingerprints:
-            raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
-                            f"be checked; pass --data FILE to score a labelled file")
-        check_fingerprints(info.data_fingerprints, cfg.data)
-        splits = prepare_splits(cfg.data, cfg.train.seed, log=lambda *_: None)
-        return list(splits.test.texts), list(splits.test.labels), f"{cfg.data.data or cfg.data.test} (test split)"
-    from .data.load import load_table
-    table = load_table(data, text_column, label_column)
-    index = {name: i for i, name in enumerate(info.label_names)}
-    y = []
-    for row, label in enumerate(table.labels, start=1):
-        key = str(label)
-        if key not in index:
-            raise UserError(f"{data}: row {row} has label {key!r}, which the model does not know "
-                            f"(labels: {', '.join(info.label_names)})")
-        y.append(index[key])
-    return list(table.texts), y, str(data)
+def _labelled_split(run_dir: Any, info: Any, task: Any, data: str | None, text_column: str | None,
+                    label_column: str | None) -> tuple[Any, str]:
+    """The labelled examples to score: the run's own test split (its data files checked), or `data`."""
+    if data is not None:
+        return task.load_labelled(data, info.label_names, text_column, label_column), str(data)
+    from .data.fingerprint import check_fingerprints
+    cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
+    if not info.data_fingerprints:
+        raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
+                        f"be checked; pass --data FILE to score a labelled file")
+    check_fingerprints(info.data_fingerprints, cfg.data)
+    splits = task.prepare(cfg.data, cfg.train.seed, lambda *_: None)
+    return splits.test, f"{cfg.data.data or cfg.data.test} (test split)"
 
 
 def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str] | None = None, *,

@@ -284,6 +284,10 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     from .models import resolve_model
     runtime.setup()
     names = parse_methods(methods)
+    from . import tasks
+    if not tasks.get(base.task).comparable:
+        raise UserError(f"compare does not tabulate {base.task} runs yet; train each method with "
+                        f"`transferkit finetune --task {base.task} --method M` and read its metrics.json")
     if inference_repeats < 1:
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")

@@ -50,6 +50,9 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
                         f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
                         f"that fold into the weights: full, lora, ia3, bitfit, head_only")
     reference = model
+    if plain and getattr(model.config, "head_kind", "sequence") == "token":
+        raise UserError("--plain writes a BertForSequenceClassification; export a token-classification run "
+                        "without it (it loads with AutoModelForTokenClassification, trust_remote_code=True)")
     if plain:
         model = to_plain_bert(model, info)
     tokenizer = load_tokenizer(str(info.artifact_dir))
@@ -134,12 +137,14 @@ def _probe_batch(vocab_size: int, special: list[int], n: int = 4, length: int = 
 @torch.no_grad()
 def _check_folder(reference: nn.Module, folder: Path, tokenizer: Any, plain: bool) -> None:
     """Reload the written folder the way a user would and compare its logits with the run's model."""
-    from transformers import AutoModelForSequenceClassification
-    loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=not plain).eval()
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    auto = (AutoModelForTokenClassification if getattr(reference.config, "head_kind", "sequence") == "token"
+            else AutoModelForSequenceClassification)  # the Auto class a user of this head would call
+    loaded = auto.from_pretrained(folder, trust_remote_code=not plain).eval()
     if plain and type(loaded).__name__ != "BertForSequenceClassification":
         raise RuntimeError(f"plain export reloaded as {type(loaded).__name__}")
     batch = _probe_batch(reference.config.encoder["vocab_size"], list(tokenizer.all_special_ids))
-    want = reference(**batch).logits  # [n, labels]
+    want = reference(**batch).logits  # [n, labels] or [n, length, tags]
     got = loaded(**batch).logits
     diff = float((want - got).abs().max())
     if not diff <= TOLERANCE * max(1.0, float(want.abs().max())):

@@ -92,3 +92,40 @@ def test_bad_ner_input_is_one_line(capsys, tiny_model_dir, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "line 2" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_a_ner_run(conll, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method="lora", max_steps=4,
+                 output_dir=str(run), log=quiet, **{"train.progress": False})
+    report = api.evaluate(run, log=quiet)  # the run's own test split, its file hash checked
+    assert report["f1"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test"]["f1"])
+    assert (run / "report" / "report.html").is_file() and "per_type" in report
+    other = tmp_path / "other.conll"
+    other.write_text("good B-PER\nfilm O\n\nbad B-LOC\n\n", encoding="utf-8")
+    assert api.evaluate(run, str(other), output_dir=tmp_path / "rep", log=quiet)["token_accuracy"] >= 0
+    unknown = tmp_path / "unknown.conll"
+    unknown.write_text("good B-ORG\n\n", encoding="utf-8")
+    code = main(["evaluate", str(run), "--data", str(unknown), "--output-dir", str(tmp_path / "rep2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "B-ORG" in err[-1] and not (tmp_path / "rep2").exists()
+
+
+def test_export_a_ner_run_loads_with_stock_calls(conll, tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForTokenClassification
+    run = tmp_path / "run"
+    api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method="lora", max_steps=2,
+                 output_dir=str(run), log=quiet, **{"train.progress": False})
+    out = api.export(run, tmp_path / "exported", log=quiet)  # checks the reloaded logits itself
+    model = AutoModelForTokenClassification.from_pretrained(out, trust_remote_code=True).eval()
+    logits = model(input_ids=torch.tensor([[2, 5, 6, 3]])).logits
+    assert logits.shape == (1, 4, 5) and model.config.id2label[3] == "B-PER"
+
+
+def test_compare_refuses_ner_for_now(conll, tiny_model_dir, tmp_path, capsys):
+    code = main(["compare", "--task", "ner", "--data", str(conll), "--model", str(tiny_model_dir), "--methods", "full",
+                 "--output-dir", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "compare does not tabulate ner runs yet" in err[-1]
+    assert not (tmp_path / "cmp").exists()

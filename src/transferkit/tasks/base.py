@@ -26,6 +26,10 @@ class Task:
     pooled_features: ClassVar[bool] = True
     # True when runs of this task can share one base encoder in `Predictor.from_runs` / serving.
     shares_base: ClassVar[bool] = True
+    # True when `compare` can tabulate runs of this task (its table reads accuracy and macro F1).
+    comparable: ClassVar[bool] = True
+    # The metrics `evaluate` prints, in order.
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         """Load, validate and split the data named by `data_cfg`; returns the task's splits
@@ -52,6 +56,16 @@ class Task:
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], Any]:
         """(metrics, raw predictions) of `model` on `data`."""
+        raise NotImplementedError
+
+    def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
+                      label_column: str | None) -> Any:
+        """A labelled file as a split with the run's label indices; an unknown label is a UserError."""
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
+              title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+        """(report, paths): `model` scored on `split`, and the report written to `out`."""
         raise NotImplementedError
 
     def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,

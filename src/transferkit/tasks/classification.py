@@ -23,6 +23,7 @@ class SequenceClassification(Task):
     name = "classify"
     peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
+    headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         from ..data.prepare import prepare_splits
@@ -54,6 +55,33 @@ class SequenceClassification(Task):
         metrics = {"loss": float(nn.functional.cross_entropy(logits, labels))}
         metrics.update(classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), logits.shape[-1]))
         return metrics, logits
+
+    def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
+                      label_column: str | None) -> Any:
+        from ..data.load import LabelledData, load_table
+        from ..errors import UserError
+        table = load_table(source, text_column, label_column)
+        index = {name: i for i, name in enumerate(label_names)}
+        labels = []
+        for row, label in enumerate(table.labels, start=1):
+            key = str(label)
+            if key not in index:
+                raise UserError(f"{source}: row {row} has label {key!r}, which the model does not know "
+                                f"(labels: {', '.join(label_names)})")
+            labels.append(index[key])
+        return LabelledData(list(table.texts), labels, str(source))
+
+    def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
+              title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+        from ..inference import Predictor
+        from ..metrics import full_report
+        from ..report import write_report
+        texts, y_true = list(split.texts), list(split.labels)
+        probs = Predictor(model, tokenizer, info.label_names, info.max_length).predict_proba(texts)
+        report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
+        paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
+                             history=history, title=title, extra=extra)
+        return report, paths
 
     def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
                   batch_size: int, device: Any) -> Any:

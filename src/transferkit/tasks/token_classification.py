@@ -66,7 +66,9 @@ class TokenClassification(Task):
     default_metric = "f1"
     pooled_features = False
     shares_base = False  # serving NER runs on one base comes with the server
+    comparable = False  # compare's table has sentence-classification columns; entity columns come next
     stride = 16  # sub-tokens two neighbouring windows share
+    headline_metrics = ("precision", "recall", "f1", "token_accuracy")
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         from ..data.tagged import prepare_tagged_splits
@@ -110,6 +112,30 @@ class TokenClassification(Task):
             for pos, word in firsts:
                 gold[enc.sentence[w]][word] = enc.labels[w][pos]
         return [[g[i] for i in range(len(g))] for g in gold]
+
+    def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
+                      label_column: str | None) -> Any:
+        from ..data.tagged import TaggedSplit, load_tagged
+        from ..errors import UserError
+        table = load_tagged(source, text_column, label_column)
+        index = {name: i for i, name in enumerate(label_names)}
+        tags = []
+        for words, where in zip(table.tags, table.where):
+            for t in words:
+                if t not in index:
+                    raise UserError(f"{source}: {where} has tag {t!r}, which the model does not know "
+                                    f"(tags: {', '.join(label_names)})")
+            tags.append([index[t] for t in words])
+        return TaggedSplit(table.tokens, tags, table.where, source)
+
+    def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
+              title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+        from types import SimpleNamespace
+        pad = tokenizer.pad_token_id or 0
+        device = next(model.parameters()).device
+        metrics, predictions = self.evaluate(model, self.encode(tokenizer, split, info.max_length), 64, pad, device)
+        splits = SimpleNamespace(test=split, label_names=info.label_names)
+        return metrics, self.write_report(out, splits, predictions, history, title, extra)
 
     def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
                   batch_size: int, device: Any) -> Any:
