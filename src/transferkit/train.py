@@ -45,7 +45,8 @@ class TrainState:
     bad_evals: int = 0
     last_eval_step: int = -1
     metrics_lines: int = 0
-    samples_seen: int = 0
+    samples_seen: int = 0  # scored items: rows for a sentence task, labelled words or tokens otherwise
+    examples_seen: int = 0  # rows of the batches trained on (sentences, windows, sequences)
     tokens_seen: int = 0  # input tokens (attention mask) of the batches trained on
     train_seconds: float = 0.0
     # Sums over the current logging window, so a resumed run logs the same records.
@@ -184,6 +185,7 @@ class Trainer:
                 st.global_step += 1
                 st.batch_in_epoch = (gi + 1) * cfg.grad_accum
                 st.samples_seen += items
+                st.examples_seen += sum(len(idx) for idx in groups[gi])
                 st.tokens_seen += self._step_tokens
                 st.window_loss += loss
                 st.window_items += items

@@ -201,11 +201,13 @@ class FinetuneRun:
                        self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
                        self.pool_layers, asdict(cfg.method), self.fingerprints, cfg.task)
         info.write()
-        samples_per_s = state.samples_seen / max(state.train_seconds, 1e-9)
+        # samples are the examples trained on (texts; windows of sentences for NER), as Trainer counts them
+        samples_per_s = state.examples_seen / max(state.train_seconds, 1e-9)
         metrics = {"test": test_metrics, "validation": state.best_metrics,
                    "train": {"steps": state.global_step,
                              "epochs": round(state.global_step / self.trainer.steps_per_epoch, 3),
-                             "samples": state.samples_seen, "seconds": round(state.train_seconds, 2),
+                             "samples": state.examples_seen, "scored_items": state.samples_seen,
+                             "seconds": round(state.train_seconds, 2),
                              "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
                              "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
                              "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
@@ -219,6 +221,6 @@ class FinetuneRun:
                                       "method": method.name, "data": source, "split": "test"})
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
         log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
-        log(f"trained {state.samples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
+        log(f"trained {state.examples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
         log(f"run directory: {run_dir}")
         return FinetuneResult(run_dir, metrics)
