@@ -47,7 +47,7 @@ def test_registered_with_metadata():
 
 def test_list_datasets_and_cached_flag(write_cache):
     rows = {d["name"]: d for d in list_datasets()}
-    assert set(rows) == {"movie-sentences", "tweets-3class", "bbc-news"}
+    assert set(rows) == {"movie-sentences", "tweets-3class", "bbc-news", "wiki-ner-silver"}
     m = rows["movie-sentences"]
     assert m["rows"] == 10568 and m["classes"] == ["negative", "positive"] and not m["cached"]
     assert "vaderSentiment==3.3.2" in m["source"] and "movieReviewSnippets_GroundTruth.txt" in m["source"]

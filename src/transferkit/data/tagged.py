@@ -14,6 +14,9 @@ Sources (`load_tagged`):
     Tags are strings, or integer ids named by `label_names`.
   - a folder written by `datasets`' `save_to_disk` (its `train` split for a `DatasetDict`);
     a `Sequence(ClassLabel)` tags feature supplies the tag names itself.
+  - any of the text formats gzip-compressed (`.jsonl.gz`, `.conll.gz`, ...).
+  - a bundled tagged dataset name (`wiki-ner-silver`): a gzip JSON lines file shipped inside
+    the package (`bundled.ShippedDataset`), read like any `.jsonl.gz` file under that name.
 
 Tag schemes: IOB2 (B-X / I-X / O), IOB1 (an entity may start with I-X) and IOBES
 (S-X / E-X as well) are all read as IOB2 (`to_iob2`); repairs are kept as notes.
@@ -27,8 +30,10 @@ Every problem the user can fix is a one-line `UserError` naming the file and the
 """
 from __future__ import annotations
 
+import gzip
 import random
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,8 @@ from typing import Any, Callable
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..registry import DATASETS
+from . import bundled
 from .listing import clip, summarise
 from .load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, hf_split_names
 from .prepare import _hf_explicit_splits, _same_file
@@ -43,6 +50,7 @@ from .split import SPLITS, split_sizes
 
 CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob", ".tsv")
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet")
+GZIP_TABLE_EXTENSIONS = (".jsonl.gz", ".json.gz")
 TOKENS_CANDIDATES = ("tokens", "words")
 TAGS_CANDIDATES = ("tags", "ner_tags", "ner", "labels")
 DOCSTART = "-DOCSTART-"
@@ -126,23 +134,29 @@ def load_tagged(source: str, tokens_column: str | None = None, tags_column: str 
     """
     source = str(source)
     path = Path(source).expanduser()
+    if not path.exists() and source in DATASETS:
+        path = _bundled_path(source)
     if not path.exists():
-        raise UserError(f"{role} file not found: {source}")
+        hint = ""
+        if not path.suffix and "/" not in source:
+            hint = f" (nor a bundled tagged dataset: {summarise(bundled.tagged_names(), 10)})"
+        raise UserError(f"{role} file not found: {source}{hint}")
     if path.is_dir():
         split = _hf_train_split(path)
         name = f"{source} [{split}]" if split else source
         return _finish(_from_table(_hf_tagged_table(path, split), name, tokens_column, tags_column, label_names), name)
-    ext = path.suffix.lower()
-    if ext in CONLL_EXTENSIONS:
+    ext = _extension(path)
+    if ext in CONLL_EXTENSIONS or ext in tuple(e + ".gz" for e in CONLL_EXTENSIONS):
         return _finish(_read_conll(path, source), source)
-    if ext not in TABLE_EXTENSIONS:
+    if ext not in TABLE_EXTENSIONS + GZIP_TABLE_EXTENSIONS:
         raise UserError(f"{source}: unsupported file type {ext or '(no extension)'!r} for tagged data; use "
                         f"{', '.join(CONLL_EXTENSIONS)} (a token and its tag per line), "
-                        f"{', '.join(TABLE_EXTENSIONS)} or a datasets folder")
+                        f"{', '.join(TABLE_EXTENSIONS)}, one of the text formats gzipped (.jsonl.gz, "
+                        ".conll.gz, ...) or a datasets folder")
     if ext == ".parquet":
         table = _parquet_table(path, source)
     else:
-        text = _read_utf8(path, source)
+        text = _read_text(path, source)
         if not text.strip():
             raise UserError(f"{source}: file is empty (no sentences)")
         table = _json_table(text, source)
@@ -163,9 +177,46 @@ def load_tagged_splits(path: str | Path, tokens_column: str | None = None, tags_
     return out
 
 
+def _bundled_path(name: str) -> Path:
+    """The shipped file of a bundled tagged dataset; a one-line error for any other bundled name."""
+    ds = DATASETS.get(name)
+    if getattr(ds, "task", None) != "ner":
+        raise UserError(f"{name} is a bundled sentence-classification dataset (text/label rows), not tagged "
+                        f"sentences; bundled tagged datasets for --task ner: {summarise(bundled.tagged_names(), 10)}")
+    if not ds.path.is_file():
+        raise ds.missing()
+    return ds.path
+
+
+def _extension(path: Path) -> str:
+    """The lowercased extension, with `.gz` kept together with the one before it (`.jsonl.gz`)."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
+        return suffixes[-2] + ".gz"
+    return path.suffix.lower()
+
+
+def _read_text(path: Path, source: str) -> str:
+    """A text file as UTF-8 (see `load._read_utf8`); `.gz` files are decompressed first."""
+    if path.suffix.lower() != ".gz":
+        return _read_utf8(path, source)
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off file is EOFError
+        raise UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})") from None
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = start + e.start
+        line = raw[:offset].count(b"\n") + 1
+        raise UserError(f"{source}: not valid UTF-8 at line {line} (of the decompressed text), byte offset "
+                        f"{offset} (byte 0x{raw[offset]:02x}); save the file as UTF-8") from None
+
+
 def _read_conll(path: Path, source: str) -> _Raw:
     """One token per line, tag in the last column, blank lines between sentences."""
-    text = _read_utf8(path, source)
+    text = _read_text(path, source)
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     starts: list[int] = []
