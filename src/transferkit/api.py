@@ -1,8 +1,8 @@
 """The Python API; the CLI maps 1:1 onto these functions.
 
-    finetune(cfg)            train a classifier, write a run directory, return its metrics
+    finetune(cfg)            train a classifier or (task="ner") a tagger, write a run directory, return its metrics
     evaluate(run_dir, ...)   metrics, plots and an HTML report for a finished run
-    predict(run_dir, texts)  labels with confidence, in input order
+    predict(run_dir, texts)  labels with confidence (entities with offsets for NER runs), in input order
     compare(methods, ...)    every method on the same data and budget, one table
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def make_config(config: str | Path | RunConfig | dict | None = None, overrides: 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
              log: Any = _log, **overrides: Any) -> FinetuneResult:
-    """Fine-tune a classifier; returns the run directory and its metrics.
+    """Fine-tune a classifier (or a tagger: task="ner"); returns the run directory and its metrics.
 
     Overrides are dotted config keys (`**{"train.warmup": 0.06}`) or the short names in
     `SHORT_KEYS` (data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir, ...).

@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fine-tune the bundled encoder on the bundled movie sentences, then predict")
     p.add_argument("--output-dir", help="run directory (default runs/<time>-demo)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("finetune", help="train a classifier and write a run directory")
+    p = sub.add_parser("finetune", help="train a classifier (or, with --task ner, an entity tagger) and write a run directory")
     _finetune_args(p)
     p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("evaluate", help="metrics, plots and an HTML report for a finished run")
