@@ -15,6 +15,18 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 
+def in_child(fn: Any, spec: dict[str, Any]) -> Any:
+    """`fn(spec)` in a fresh spawned interpreter (fork would inherit this process's memory), so each
+    variant's peak RSS is its own."""
+    import multiprocessing as mp
+    pool = mp.get_context("spawn").Pool(1)
+    try:
+        return pool.apply(fn, (spec,))
+    finally:
+        pool.close()  # close+join rather than terminate: a clean exit leaves no semaphores behind
+        pool.join()
+
+
 def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
     """--threads, --quick and --out, the flags every script shares."""
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")

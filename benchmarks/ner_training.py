@@ -19,7 +19,6 @@ the same number here unless a sentence exceeds the window).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, environment, peak_rss_mb, print_table, quiet_libraries, ratio, set_threads, write_json  # noqa: E402,E501
+from _common import (add_common_args, environment, in_child, peak_rss_mb, print_table, quiet_libraries,  # noqa: E402
+                     ratio, set_threads, write_json)
 
 TARGET = 1.2  # ours / run_ner samples/s
 
@@ -123,15 +123,6 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             "train_sentences": result.metrics["data"]["sizes"]["train"]}
 
 
-def in_child(spec: dict[str, Any]) -> dict[str, Any]:
-    pool = mp.get_context("spawn").Pool(1)
-    try:
-        return pool.apply(run_variant, (spec,))
-    finally:
-        pool.close()
-        pool.join()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, "ner_training")
@@ -154,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = {"variant": v, "data": args.data, "limit": args.limit, "epochs": args.epochs,
                     "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": args.threads,
                     "run_dir": str(Path(work) / "ours-run")}
-            results[v] = in_child(spec)
+            results[v] = in_child(run_variant, spec)
             print(f"  {v}: {results[v]['samples_per_s']:.1f} samples/s, test entity F1 {results[v]['test_f1']:.4f}",
                   file=sys.stderr, flush=True)
     print_table(["variant", "samples/s", "train s", "peak RSS MB", "test entity F1", "child wall s"],

@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_common_args, data_config, environment, peak_rss_mb, print_table,  # noqa: E402
+from _common import (add_common_args, data_config, environment, in_child, peak_rss_mb, print_table,  # noqa: E402
                      quiet_libraries, ratio, set_threads, write_json)
 
 VARIANTS = ("textbook", "dynamic", "ours")
@@ -136,16 +135,6 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---- parent --------------------------------------------------------------------------------
 
-def in_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one variant in a fresh spawned interpreter (fork would inherit this process's memory)."""
-    pool = mp.get_context("spawn").Pool(1)
-    try:
-        return pool.apply(run_variant, (spec,))
-    finally:
-        pool.close()  # close+join rather than terminate: a clean exit leaves no semaphores behind
-        pool.join()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, "training")
@@ -181,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = {"variant": v, "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
                     "lr": lr, "seed": args.seed, "threads": args.threads, "data": data,
                     "ours_defaults": args.ours_defaults, "run_dir": str(run_dir)}
-            results[v] = in_child(spec)
+            results[v] = in_child(run_variant, spec)
             print(f"  {v}: {results[v]['samples_per_s']:.1f} samples/s, {results[v]['wall_seconds']:.0f} s in all",
                   file=sys.stderr, flush=True)
 

@@ -59,8 +59,8 @@ def pooled_features(model: nn.Module, data: TokenData, batch_size: int = 64, pad
     return _batched(base, lambda b: base.pool(**b), data, batch_size, pad_id, device)
 
 
-class Predictor:
-    """A trained classifier ready to label texts: `Predictor.from_run(run_dir).predict(texts)`."""
+class LoadedModel:
+    """A trained model on its device with its tokenizer and labels: what every task's predictor holds."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
                  batch_size: int = 64, device: str | torch.device | None = None) -> None:
@@ -71,6 +71,10 @@ class Predictor:
         self.max_length, self.batch_size = max_length, batch_size
         self.pad_id = tokenizer.pad_token_id or 0
         self.last_throughput: float | None = None
+
+
+class Predictor(LoadedModel):
+    """A trained classifier ready to label texts: `Predictor.from_run(run_dir).predict(texts)`."""
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, quantize: bool = False,

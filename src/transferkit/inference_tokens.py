@@ -13,22 +13,17 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .inference import LoadedModel
 
-class EntityPredictor:
+
+class EntityPredictor(LoadedModel):
     """A trained token classifier ready to tag texts: `.predict(texts)` -> per text, its entities."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
                  batch_size: int = 64, device: str | torch.device | None = None) -> None:
-        from .inference import _check_batch_size
         from .tasks.token_spans import require_fast
-        _check_batch_size(batch_size)
         require_fast(tokenizer)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.tokenizer, self.label_names = tokenizer, list(label_names)
-        self.max_length, self.batch_size = max_length, batch_size
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.last_throughput: float | None = None
+        super().__init__(model, tokenizer, label_names, max_length, batch_size, device)
 
     def predict(self, texts: Sequence[str] | str) -> Any:
         """Per text: {"entities": [{"entity_group", "score", "word", "start", "end"}, ...]}."""

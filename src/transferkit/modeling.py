@@ -27,6 +27,19 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 MODEL_TYPE = "transferkit_classifier"
 
 
+def encoder_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                   token_type_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> dict[str, Any]:
+    """The encoder's keyword arguments: ids or embeddings, and token types only when given."""
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    if inputs_embeds is not None:
+        kwargs["inputs_embeds"] = inputs_embeds
+    else:
+        kwargs["input_ids"] = input_ids
+    return kwargs
+
+
 class TransferkitClassifierConfig(PretrainedConfig):
     """Config of the encoder (as a dict) plus pooling and head settings."""
 
@@ -85,13 +98,7 @@ class TransferkitForSequenceClassification(PreTrainedModel):
     def pool(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
              token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled sentence vectors [batch, hidden * pool_layers] (last layer first)."""
-        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        if inputs_embeds is not None:
-            kwargs["inputs_embeds"] = inputs_embeds
-        else:
-            kwargs["input_ids"] = input_ids
+        kwargs = encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         k = self.config.pool_layers
         out = self.encoder(**kwargs, output_hidden_states=k > 1)
         layers = [out.last_hidden_state] if k == 1 else list(out.hidden_states[-k:])[::-1]  # each [batch, seq, hidden]
@@ -159,13 +166,7 @@ class TransferkitForTokenClassification(TransferkitForSequenceClassification):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, **_: Any) -> TokenClassifierOutput:
-        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        if inputs_embeds is not None:
-            kwargs["inputs_embeds"] = inputs_embeds
-        else:
-            kwargs["input_ids"] = input_ids
+        kwargs = encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
         hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
         logits = self.classifier(self.dropout(hidden))  # [batch, seq, num_labels]
         loss = None

@@ -147,14 +147,19 @@ def load_hf_splits(path: str | Path, text_column: str | None = None,
 
 def _read_utf8(path: Path, source: str) -> str:
     """Decode strictly as UTF-8 (a BOM is allowed) so bad bytes are reported, never guessed."""
-    raw = path.read_bytes()
+    return decode_utf8(path.read_bytes(), source)
+
+
+def decode_utf8(raw: bytes, source: str, where: str = "") -> str:
+    """`raw` as UTF-8 text (a BOM is allowed); bad bytes are a UserError naming line and offset
+    (`where` qualifies the line, e.g. " (of the decompressed text)")."""
     start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
         return raw[start:].decode("utf-8")
     except UnicodeDecodeError as e:
         offset = start + e.start
         line = raw[:offset].count(b"\n") + 1
-        raise UserError(f"{source}: not valid UTF-8 at line {line}, byte offset {offset} "
+        raise UserError(f"{source}: not valid UTF-8 at line {line}{where}, byte offset {offset} "
                         f"(byte 0x{raw[offset]:02x}); save the file as UTF-8") from None
 
 

@@ -44,7 +44,7 @@ from ..errors import UserError
 from ..registry import DATASETS
 from . import bundled
 from .listing import clip, summarise
-from .load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, hf_split_names
+from .load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, decode_utf8, hf_split_names
 from .prepare import _hf_explicit_splits, _same_file
 from .split import SPLITS, split_sizes
 
@@ -204,14 +204,7 @@ def _read_text(path: Path, source: str) -> str:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off file is EOFError
         raise UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})") from None
-    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        return raw[start:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = start + e.start
-        line = raw[:offset].count(b"\n") + 1
-        raise UserError(f"{source}: not valid UTF-8 at line {line} (of the decompressed text), byte offset "
-                        f"{offset} (byte 0x{raw[offset]:02x}); save the file as UTF-8") from None
+    return decode_utf8(raw, source, " (of the decompressed text)")
 
 
 def _read_conll(path: Path, source: str) -> _Raw:

@@ -17,8 +17,6 @@ class Task:
     """One kind of prediction. Subclasses set `name` and implement every method below."""
 
     name: ClassVar[str]
-    # peft's TaskType for methods built on peft (lora, ia3): what PeftModel wraps.
-    peft_task_type: ClassVar[str]
     # The validation metric that picks the best weights when the user names none.
     default_metric: ClassVar[str]
     # True when one pooled vector per example feeds the head, so a frozen encoder's outputs can be

@@ -21,7 +21,6 @@ def classification_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[t
 
 class SequenceClassification(Task):
     name = "classify"
-    peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
 

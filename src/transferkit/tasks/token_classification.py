@@ -62,7 +62,6 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, An
 
 class TokenClassification(Task):
     name = "ner"
-    peft_task_type = "TOKEN_CLS"
     default_metric = "f1"
     pooled_features = False
     shares_base = False  # serving NER runs on one base comes with the server
