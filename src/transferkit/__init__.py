@@ -3,6 +3,7 @@
     import transferkit
     result = transferkit.finetune(data="movie-sentences", method="lora", epochs=1)
     transferkit.Predictor.from_run(result.run_dir).predict(["a fine film"])
+    transferkit.pipeline("sentiment-analysis", model=result.run_dir)("a fine film")
     transferkit.pretrain(objective="mlm", corpus=["wiki-summaries"], model="minilm-l6")
 """
 import os as _os
@@ -23,11 +24,14 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
     if name == "Predictor":
         from .inference import Predictor
         return Predictor
+    if name == "pipeline":
+        from .pipelines import pipeline
+        return pipeline
     raise AttributeError(name)
 
 
 _register()
 
 __all__ = ["pretrain", "finetune", "compare", "evaluate", "predict", "export", "params", "fill_mask", "generate",
-           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor"]
+           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor", "pipeline"]
 __version__ = "0.1.0"

@@ -155,17 +155,7 @@ class TextGenerator:
         from transformers import set_seed
         _check_options(max_new_tokens, temperature, top_k, top_p, num_return_sequences)
         tok = self.tokenizer
-        if chat:
-            if not getattr(tok, "chat_template", None):
-                raise UserError("this model's tokenizer has no chat template; drop --chat")
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)["input_ids"]
-        else:
-            ids = tok(prompt, return_tensors="pt")["input_ids"]
-            eos = self.model.config.eos_token_id
-            if ids.shape[1] > 1 and eos is not None and int(ids[0, -1]) == eos:
-                ids = ids[:, :-1]  # BERT-style vocabularies end every text with [SEP]: the prompt is not finished
-        # ids: (1, T)
+        ids = self.prompt_ids(prompt, chat)  # (1, T)
         if ids.shape[1] == 0:
             raise UserError("the prompt is empty and the tokenizer adds no start token; give a prompt")
         limit = _max_positions(self.model.config)
@@ -188,6 +178,20 @@ class TextGenerator:
             out = self.model.generate(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
                                       **kwargs)  # (num_return_sequences, T + new)
         return out[:, ids.shape[1]:].cpu()
+
+    def prompt_ids(self, prompt: str, chat: bool = False) -> Any:
+        """The prompt as model input ids (1, T): the chat template's user turn, or the plain text."""
+        tok = self.tokenizer
+        if chat:
+            if not getattr(tok, "chat_template", None):
+                raise UserError("this model's tokenizer has no chat template; drop --chat")
+            return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        eos = self.model.config.eos_token_id
+        if ids.shape[1] > 1 and eos is not None and int(ids[0, -1]) == eos:
+            ids = ids[:, :-1]  # BERT-style vocabularies end every text with [SEP]: the prompt is not finished
+        return ids
 
 
 def _check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,

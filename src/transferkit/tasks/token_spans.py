@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
@@ -40,6 +40,9 @@ class EncodedWindows:
     i, word index in its sentence) for the first sub-token of each word OWNED by window i: every
     word of every sentence appears exactly once over all windows. `n_split` counts sentences that
     needed more than one window. `has_labels` is False when `encode_words` got no labels.
+    `start[i]` is what to add to a position of window i to get its position in the sentence's whole
+    (unwindowed) encoding, and `pieces[s][w]` how many sub-tokens word w of sentence s has: together
+    they place every sub-token, for per-sub-token output and for word scores pooled over sub-tokens.
     """
 
     input_ids: list[list[int]]
@@ -48,6 +51,9 @@ class EncodedWindows:
     first_token: list[list[tuple[int, int]]]
     n_split: int
     has_labels: bool = True
+    start: list[int] = field(default_factory=list)
+    pieces: list[list[int]] = field(default_factory=list)
+    content_end: list[int] = field(default_factory=list)  # per window: first position after its words
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -201,6 +207,7 @@ def encode_words(tokenizer: Any, sentences: list[list[str]], labels: list[list[i
                 spans[w] = [p, p + 1]
         n = len(content)
         windows = plan_windows(sorted(s for s, _ in spans.values()), n, budget, stride)
+        out.pieces.append([spans[w][1] - spans[w][0] for w in range(len(words))])
         owned: list[list[int]] = [[] for _ in windows]
         for w in range(len(words)):
             s, e = spans[w]
@@ -219,6 +226,8 @@ def encode_words(tokenizer: Any, sentences: list[list[str]], labels: list[list[i
             out.labels.append(row)
             out.sentence.append(si)
             out.first_token.append(firsts)
+            out.start.append(a)  # window position p is position p + a of the whole encoding
+            out.content_end.append(len(prefix) + b - a)
     return out
 
 
@@ -271,6 +280,21 @@ def merge_windows(enc: EncodedWindows, scores: list) -> list[list[tuple[int, flo
         if any(p is None for p in words):
             raise ValueError(f"sentence {si} has words owned by no window")
     return result  # type: ignore[return-value]
+
+
+def word_pieces(enc: EncodedWindows, scores: list) -> list[list[list[tuple[int, int, Any]]]]:
+    """Per sentence, per word: (position in the whole encoding, token id, probability row) of each
+    of its sub-tokens, read in the window that owns the word (a word longer than a window keeps the
+    pieces its owning window holds)."""
+    if len(scores) != len(enc.input_ids):
+        raise ValueError(f"{len(scores)} score arrays for {len(enc.input_ids)} windows")
+    result: list[list[Any]] = [[None] * len(p) for p in enc.pieces]
+    for i, firsts in enumerate(enc.first_token):
+        rows, si, ids = _as_rows(scores[i]), enc.sentence[i], enc.input_ids[i]
+        for pos, w in firsts:
+            last = min(pos + enc.pieces[si][w], enc.content_end[i])
+            result[si][w] = [(p + enc.start[i], ids[p], rows[p]) for p in range(pos, last)]
+    return result
 
 
 def word_offsets(tokenizer: Any, text: str) -> list[tuple[str, int, int]]:
