@@ -61,3 +61,81 @@ def test_finetuned_run_adapter_loads_with_peft(name, finished_run):
     peft_logits = _logits(PeftModel.from_pretrained(base, info.artifact_dir), tok)
     torch.testing.assert_close(_logits(info.load_model(), tok), peft_logits, rtol=0, atol=1e-6)
     torch.testing.assert_close(_logits(info.load_model(merge=True), tok), peft_logits, rtol=0, atol=1e-5)
+
+
+def _stock_probs(adapter, auto_name, texts):
+    """The sequence a peft user types, nothing of transferkit's called (its import registers the classes)."""
+    import transformers
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer
+    config = PeftConfig.from_pretrained(str(adapter))
+    base = getattr(transformers, auto_name).from_pretrained(config.base_model_name_or_path)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tok = AutoTokenizer.from_pretrained(str(adapter))
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return torch.softmax(model(**enc).logits, dim=-1), enc["attention_mask"]
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3"])
+def test_stock_peft_sequence_loads_a_run(name, finished_run, tmp_path, monkeypatch):
+    from transferkit.inference import Predictor
+    run = finished_run(name)
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((run / "base").resolve())
+    assert not list((run / "base").glob("*.safetensors"))  # the encoder's weights are not copied per run
+    monkeypatch.chdir(tmp_path)  # an absolute path: it works from any working directory
+    probs, _ = _stock_probs(run / "adapter", "AutoModelForSequenceClassification", TEXTS)
+    ours = Predictor.from_run(run).predict_proba(TEXTS)
+    torch.testing.assert_close(probs, torch.from_numpy(ours), rtol=0, atol=1e-5)
+
+
+def test_stock_peft_sequence_without_transferkit(finished_run, tmp_path):
+    """trust_remote_code=True where transferkit cannot be imported (as on a machine without it) gives the
+    same probabilities: the base folder's own modeling file reads the encoder from its recorded path."""
+    import subprocess
+    import sys
+    from transferkit.inference import Predictor
+    run = finished_run("lora")
+    script = f"""
+import json, sys, torch
+sys.modules["transferkit"] = None  # any import of transferkit now fails
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+config = PeftConfig.from_pretrained({str(run / 'adapter')!r})
+base = AutoModelForSequenceClassification.from_pretrained(config.base_model_name_or_path, trust_remote_code=True)
+model = PeftModel.from_pretrained(base, {str(run / 'adapter')!r}).eval()
+tok = AutoTokenizer.from_pretrained({str(run / 'adapter')!r})
+with torch.no_grad():
+    p = torch.softmax(model(**tok({TEXTS!r}, padding=True, return_tensors="pt")).logits, -1)
+print(json.dumps(p.tolist()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    probs = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(probs, torch.from_numpy(Predictor.from_run(run).predict_proba(TEXTS)), rtol=0, atol=1e-5)
+
+
+def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_path):
+    from transferkit import api
+    from transferkit.inference import LoadedModel  # noqa: F401
+    from transferkit.runinfo import RunInfo
+    from helpers import FILLER, POSITIVE, quiet
+    lines = []
+    for i in range(40):
+        lines += [f"{w} O" for w in FILLER[i % 5:i % 5 + 4]] + [f"{POSITIVE[i % 8]} B-PER", ""]
+    (tmp_path / "tags.conll").write_text("\n".join(lines), encoding="utf-8")
+    run = api.finetune(task="ner", data=str(tmp_path / "tags.conll"), model=str(tiny_model_dir), method="lora",
+                       max_steps=4, batch_size=8, max_length=32, output_dir=str(tmp_path / "run"), log=quiet,
+                       **{"train.progress": False}).run_dir
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "TOKEN_CLS"
+    texts = ["the movie good", "a film with superb acting"]
+    probs, mask = _stock_probs(run / "adapter", "AutoModelForTokenClassification", texts)
+    model = RunInfo.read(run).load_model(merge=True).eval()
+    tok = load_tokenizer(str(run / "adapter"))
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = torch.softmax(model(**enc).logits, dim=-1)
+    keep = mask.bool()
+    torch.testing.assert_close(probs[keep], ours[keep], rtol=0, atol=1e-5)

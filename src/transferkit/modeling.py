@@ -12,6 +12,13 @@ as `modeling_transferkit.py` and records it in `auto_map`, so
 `AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` loads a saved
 model without transferkit installed; with transferkit imported the class is registered and no
 flag is needed.
+
+A *base folder* (`write_base`) is such a folder without weights: config.json names where the
+pretrained encoder is (`encoder_source`), and `from_pretrained` builds the classifier over it with
+a fresh head. A PEFT adapter's `base_model_name_or_path` points at one, so the stock sequence
+`PeftConfig.from_pretrained(adapter)` -> `AutoModelFor...Classification.from_pretrained(
+config.base_model_name_or_path)` -> `PeftModel.from_pretrained(base, adapter)` rebuilds a run
+(peft then loads the adapter and the trained head) without copying the encoder's weights per run.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 MODEL_TYPE = "transferkit_classifier"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def encoder_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -146,12 +154,25 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         return cls(config, encoder=encoder)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        self.config.auto_map = {
-            "AutoConfig": "modeling_transferkit.TransferkitClassifierConfig",
-            "AutoModelForSequenceClassification": "modeling_transferkit.TransferkitForSequenceClassification",
-        }
+        self.config.auto_map = auto_map(self.config)
         super().save_pretrained(save_directory, *args, **kwargs)
         shutil.copyfile(__file__, Path(save_directory) / "modeling_transferkit.py")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' loader; a base folder (config.json + `encoder_source`, no weights) gets the
+        pretrained encoder it names and a fresh head (see the module docstring)."""
+        folder = Path(str(pretrained_model_name_or_path))
+        if folder.is_dir() and not any((folder / f).exists() for f in WEIGHT_FILES):
+            config = kwargs.get("config")
+            if not isinstance(config, TransferkitClassifierConfig):
+                config = TransferkitClassifierConfig.from_pretrained(folder)
+            source = getattr(config, "encoder_source", None)
+            if isinstance(source, dict):
+                encoder = AutoModel.from_pretrained(_encoder_path(source), use_safetensors=True,
+                                                    dtype=kwargs.get("dtype") or torch.float32)
+                return cls(config, encoder=encoder).eval()
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 class TransferkitForTokenClassification(TransferkitForSequenceClassification):
@@ -182,13 +203,39 @@ class TransferkitForTokenClassification(TransferkitForSequenceClassification):
         model.config.head_kind = "token"
         return model
 
-    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        super().save_pretrained(save_directory, *args, **kwargs)
-        import json
-        cfg_path = Path(save_directory) / "config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["auto_map"]["AutoModelForTokenClassification"] = "modeling_transferkit.TransferkitForTokenClassification"
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+def auto_map(config: TransferkitClassifierConfig) -> dict[str, str]:
+    """config.json's `auto_map`: the config class and the one head class the folder holds."""
+    if getattr(config, "head_kind", "sequence") == "token":
+        return {"AutoConfig": "modeling_transferkit.TransferkitClassifierConfig",
+                "AutoModelForTokenClassification": "modeling_transferkit.TransferkitForTokenClassification"}
+    return {"AutoConfig": "modeling_transferkit.TransferkitClassifierConfig",
+            "AutoModelForSequenceClassification": "modeling_transferkit.TransferkitForSequenceClassification"}
+
+
+def _encoder_path(source: dict) -> str:
+    """Where the encoder named by a base folder is: a bundled name wherever transferkit finds it
+    installed (so a copied run resolves on another machine), else the recorded path or hub name."""
+    name, path = source.get("name"), source.get("path")
+    try:
+        from transferkit.models import MODELS  # absent when this file runs as remote code alone
+        if name in MODELS:
+            return str(MODELS.get(name).locate())
+    except ImportError:
+        pass
+    return str(path or name)
+
+
+def write_base(model_config: TransferkitClassifierConfig, folder: str | Path, encoder_name: str,
+               encoder_path: str) -> None:
+    """A base folder: the classifier's config (labels, head, encoder config) with `encoder_source`,
+    and this file for `trust_remote_code` loading; no weights (the module docstring says why)."""
+    import copy
+    config = copy.deepcopy(model_config)
+    config.encoder_source = {"name": encoder_name, "path": encoder_path}
+    config.auto_map = auto_map(config)
+    config.architectures = [HEAD_CLASSES[getattr(config, "head_kind", "sequence")].__name__]
+    config.save_pretrained(folder)
+    shutil.copyfile(__file__, Path(folder) / "modeling_transferkit.py")
 
 
 HEAD_CLASSES = {"sequence": TransferkitForSequenceClassification, "token": TransferkitForTokenClassification}

@@ -72,9 +72,15 @@ class Method:
     artifact_files: ClassVar[tuple[str, ...]] = ("config.json", "model.safetensors")
     # True when the method's update folds into the base weights (merge/unmerge below work).
     can_merge: ClassVar[bool] = False
+    # True when the artefact is an adapter that stock library calls load on a base model: the run then
+    # also writes `base/` (see `modeling.write_base`) and `point_to_base` records where it is.
+    stock_base: ClassVar[bool] = False
 
     def __init__(self, options: Any) -> None:
         self.options = options  # MethodConfig
+
+    def point_to_base(self, model: nn.Module, base_dir: str) -> None:
+        """Record `base_dir` in the artefact about to be saved (only when `stock_base`)."""
 
     def train_config(self, cfg: Any) -> Any:
         """`cfg` (a TrainConfig) with every unset hyperparameter filled from this method's defaults."""

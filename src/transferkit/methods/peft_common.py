@@ -56,7 +56,13 @@ class PeftMethod(Method):
     artifact = "adapter"
     artifact_files = ("adapter_config.json", "adapter_model.safetensors")
     can_merge = True
+    stock_base = True
     marker = ""  # name part of the parameters peft adds ("lora_", "ia3_l")
+
+    def point_to_base(self, model: nn.Module, base_dir: str) -> None:
+        # adapter_config.json's base_model_name_or_path: what PeftConfig -> AutoModel... reads
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_dir
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors (head included)

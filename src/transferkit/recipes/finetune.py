@@ -21,7 +21,10 @@ from .. import tasks
 from ..config import RunConfig, describe_duration, validate
 from ..core import fs
 from ..errors import UserError
+from ..registry import MODELS
 from ..runtime import log_stderr
+
+BASE_DIR = "base"  # run_dir/base: the weightless base folder of a stock-loadable adapter (modeling.write_base)
 
 DATA_FILE = "data.json"  # content hashes of the data files, written when the run starts
 EVAL_BATCH = 64
@@ -187,6 +190,13 @@ class FinetuneRun:
         return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
 
     # ---- save ------------------------------------------------------------------------------------
+    def _write_base(self, folder: Path) -> None:
+        from ..modeling import write_base
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        write_base(base.config, folder, self.resolved.name, str(Path(self.resolved.path).resolve())
+                   if Path(self.resolved.path).is_dir() else self.resolved.path)
+        self.tokenizer.save_pretrained(folder)
+
     def save(self) -> FinetuneResult:
         from ..comparison import memory_report
         from ..runinfo import RunInfo, read_history
@@ -195,9 +205,14 @@ class FinetuneRun:
         test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
                                                             self.accelerator.device)
         # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
+        if method.stock_base:  # the base folder stock peft calls load first; its absolute path goes in the adapter
+            fs.write_folder(run_dir / BASE_DIR, self._write_base)
+            method.point_to_base(model, str((run_dir / BASE_DIR).resolve()))
         fs.write_folder(run_dir / method.artifact,
                         lambda tmp: (method.save(model, tmp), self.tokenizer.save_pretrained(tmp)))
-        info = RunInfo(str(run_dir), method.name, self.resolved.name, self.resolved.path, self.splits.label_names,
+        # a bundled base is recorded by name alone: the run loads wherever that package is installed
+        model_path = self.resolved.name if self.resolved.name in MODELS else self.resolved.path
+        info = RunInfo(str(run_dir), method.name, self.resolved.name, model_path, self.splits.label_names,
                        self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
                        self.pool_layers, asdict(cfg.method), self.fingerprints, cfg.task)
         info.write()
