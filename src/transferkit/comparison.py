@@ -227,25 +227,27 @@ def _folder_mb(path: Path, suffixes: tuple[str, ...] = ()) -> float:
     return round(sum(p.stat().st_size for p in files) / 2**20, 3)
 
 
-def _inference(run_dir: Path, texts: list[str], labels: list[int], repeats: int) -> tuple[float, float]:
-    """Median sentences/s of `Predictor.from_run` over the test texts, and its accuracy on them."""
+def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[float, float]:
+    """Median sentences/s of `Predictor.from_run` over the test texts, and the task's first compare metric
+    of the saved (merged) model on the test split."""
     import gc
 
     from .inference import Predictor
     predictor = Predictor.from_run(run_dir)
-    predictor.predict_proba(texts[:64])  # warm-up: first-call allocations and lazy initialisation
-    speeds, probs = [], None
+    texts = task.texts(split)
+    predictor.predict(texts[:64])  # warm-up: first-call allocations and lazy initialisation
+    speeds = []
     for _ in range(max(1, repeats)):
-        probs = predictor.predict_proba(texts)  # [n, classes]
+        predictor.predict(texts)
         speeds.append(predictor.last_throughput)
-    accuracy = float((probs.argmax(-1) == __import__("numpy").asarray(labels)).mean())
+    data = task.encode(predictor.tokenizer, split, predictor.max_length)
+    metrics, _ = task.evaluate(predictor.model, data, predictor.batch_size, predictor.pad_id, predictor.device)
     del predictor
     gc.collect()
-    return round(statistics.median(speeds), 1), round(accuracy, 4)
+    return round(statistics.median(speeds), 1), round(float(metrics[task.compare_metrics[0][0]]), 4)
 
 
-def _row(plan: Plan, out: Path, status: str, texts: list[str], labels: list[int], repeats: int,
-         log: Log) -> dict[str, Any]:
+def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int, log: Log) -> dict[str, Any]:
     from .registry import METHODS
     attempts = _read_attempts(out, plan.method)
     row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
@@ -260,17 +262,19 @@ def _row(plan: Plan, out: Path, status: str, texts: list[str], labels: list[int]
                peak_rss_mb=mem.get("peak_rss_mb"), rss_before_train_mb=mem.get("rss_before_train_mb"),
                peak_gpu_mb=mem.get("peak_gpu_mb"), train_seconds=t["seconds"], samples_per_s=t["samples_per_s"],
                artifact_mb=_folder_mb(art), weights_mb=_folder_mb(art, (".safetensors", ".bin")),
-               accuracy=m["test"]["accuracy"], f1_macro=m["test"]["f1_macro"], steps=t["steps"],
-               epochs=t["epochs"], lr=t["lr"])
+               steps=t["steps"], epochs=t["epochs"], lr=t["lr"])
+    row.update({key: m["test"][key] for key, *_ in task.compare_metrics})
+    primary = task.compare_metrics[0][0]
     try:
-        row["inference_per_s"], row["predictor_accuracy"] = _inference(plan.run_dir, texts, labels, repeats)
+        row["inference_per_s"], row[f"predictor_{primary}"] = _inference(plan.run_dir, task, split, repeats)
         log(f"{plan.method}: {row['inference_per_s']:.0f} sentences/s")
     except Exception as e:  # one unloadable artefact must not cost the whole table
         row["status"] = f"inference failed: {type(e).__name__}: {e}".splitlines()[0]
         log(f"{plan.method}: {row['status']}")
-    if row.get("predictor_accuracy") is not None and abs(row["predictor_accuracy"] - row["accuracy"]) > 0.005:
-        log(f"warning: {plan.method}: the saved model scores {row['predictor_accuracy']:.4f} on the test split, "
-            f"training reported {row['accuracy']:.4f}")
+    again = row.get(f"predictor_{primary}")
+    if again is not None and abs(again - row[primary]) > 0.005:
+        log(f"warning: {plan.method}: the saved model scores {primary}={again:.4f} on the test split, "
+            f"training reported {row[primary]:.4f}")
     return row
 
 
@@ -280,23 +284,19 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
                 inference_repeats: int = 3, log: Log = print) -> CompareResult:
     """Train every method in `methods` on `base` (a RunConfig) and write the table; see the module doc."""
     from . import runtime
-    from .data.prepare import prepare_splits
     from .models import resolve_model
     runtime.setup()
     names = parse_methods(methods)
     from . import tasks
-    if not tasks.get(base.task).comparable:
-        raise UserError(f"compare does not tabulate {base.task} runs yet; train each method with "
-                        f"`transferkit finetune --task {base.task} --method M` and read its metrics.json")
+    task = tasks.get(base.task)
     if inference_repeats < 1:
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")
     fs.check_writable_dir(out)
     plans = [_plan(base, m, out, log) for m in names]
     resolve_model(base.model.name)  # an unknown model fails here, not once per method
-    splits = prepare_splits(base.data, base.train.seed, log=lambda *_: None)  # bad data fails before any run
-    texts, labels = list(splits.test.texts), list(splits.test.labels)
-    if not texts:
+    splits = task.prepare(base.data, base.train.seed, lambda *_: None)  # bad data fails before any run
+    if not task.texts(splits.test):
         raise UserError("the test split is empty; compare scores every method on it")
     if base.train.lr is not None:
         log(f"note: train.lr={base.train.lr:g} applies to every method (leave it unset for each method's default)")
@@ -304,11 +304,11 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
         + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
     from .core.lock import RunLock
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
-        return _run_plans(plans, base, out, splits, texts, labels, inference_repeats, log)
+        return _run_plans(plans, base, out, task, splits, inference_repeats, log)
 
 
-def _run_plans(plans: list[Plan], base: Any, out: Path, splits: Any, texts: list[str], labels: list[int],
-               inference_repeats: int, log: Log) -> CompareResult:
+def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any, inference_repeats: int,
+               log: Log) -> CompareResult:
     """Train what is not finished, time inference of every method, write the tables (the folder is locked)."""
     statuses: dict[str, str] = {}
     for plan in plans:
@@ -322,12 +322,13 @@ def _run_plans(plans: list[Plan], base: Any, out: Path, splits: Any, texts: list
         if not ok:
             log(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
     # Inference is timed only now, every method back to back, so all meet the same machine load.
-    log(f"timing inference on the {len(texts)} test texts ({inference_repeats} passes each, median)")
-    rows = [_row(p, out, statuses[p.method], texts, labels, inference_repeats, log) for p in plans]
+    log(f"timing inference on the {len(task.texts(splits.test))} test texts ({inference_repeats} passes each, median)")
+    rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats, log) for p in plans]
     failed = [m for m, st in statuses.items() if st != "ok"]
 
     from .comparison_report import write_tables
-    markdown, paths = write_tables(out, rows, base, splits, inference_repeats)
+    markdown, paths = write_tables(out, rows, base, splits, inference_repeats, task.compare_metrics,
+                                   len(task.texts(splits.train)), len(task.texts(splits.test)))
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     return CompareResult(out, rows, failed, markdown, paths)
 

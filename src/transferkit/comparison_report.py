@@ -1,6 +1,7 @@
 """The table `transferkit compare` writes: markdown, CSV and a plot, from one row per method.
 
-A row is a dict built by `comparison._row` (parameters, memory, speed, size, test metrics);
+A row is a dict built by `comparison._row` (parameters, memory, speed, size, and the test metrics
+the run's task names in `compare_metrics`: accuracy and macro F1, or entity F1 and token accuracy);
 missing figures (a failed method) render as empty cells.
 """
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 
 from .core import fs
 
-CSV_FIELDS = ["method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
-              "peak_gpu_mb", "train_seconds", "samples_per_s", "wall_seconds", "inference_per_s", "artifact_mb",
-              "weights_mb", "accuracy", "f1_macro", "predictor_accuracy", "steps", "epochs", "lr", "run_dir"]
+Metrics = tuple[tuple[str, str, str], ...]  # the task's compare_metrics: (metrics.json key, column title, name)
+
+
+def csv_fields(metrics: Metrics) -> list[str]:
+    return ["method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
+            "peak_gpu_mb", "train_seconds", "samples_per_s", "wall_seconds", "inference_per_s", "artifact_mb",
+            "weights_mb", *[m[0] for m in metrics], f"predictor_{metrics[0][0]}", "steps", "epochs", "lr", "run_dir"]
 
 
 def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
@@ -37,17 +42,18 @@ def _mb(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.0f}"
 
 
-def _versus_full(rows: list[dict[str, Any]]) -> list[str]:
+def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
     """One line per method against full fine-tuning: the textbook claims, measured."""
-    full = next((r for r in rows if r["method"] == "full" and r.get("accuracy") is not None), None)
+    key = metrics[0][0]
+    full = next((r for r in rows if r["method"] == "full" and r.get(key) is not None), None)
     if full is None:
         return []
     lines = ["", "Against full fine-tuning (same data, seed and budget):", ""]
     for r in rows:
-        if r is full or r.get("accuracy") is None:
+        if r is full or r.get(key) is None:
             continue
         parts = [f"{r['trainable_pct']:.2f}% of the parameters train",
-                 f"accuracy {100 * (r['accuracy'] - full['accuracy']):+.1f} points"]
+                 f"{metrics[0][2]} {100 * (r[key] - full[key]):+.1f} points"]
         if r.get("samples_per_s") and full.get("samples_per_s"):
             ratio = r["samples_per_s"] / full["samples_per_s"]
             parts.append(f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x")
@@ -81,15 +87,14 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any, repeats: int) -> str:
+def render_markdown(rows: list[dict[str, Any]], base: Any, n_train: int, n_test: int, repeats: int,
+                    metrics: Metrics) -> str:
     import platform
 
     import torch
     budget = (f"max {base.train.max_steps} steps" if base.train.max_steps else
               f"{base.train.epochs:g} epoch(s)" if base.train.epochs else "each method's default epochs")
     lr = f"lr {base.train.lr:g} for all" if base.train.lr else "each method at its default learning rate"
-    sizes = splits.summary.get("sizes", {})
-    n_train, n_test = sizes.get("train", len(splits.train.texts)), sizes.get("test", len(splits.test.texts))
     head = [f"# transferkit compare: {base.data.data or base.data.train} on {base.model.name}", "",
             f"`{command(rows, base)}`", "",
             (f"{n_train:,} training / {n_test:,} test texts, seed {base.train.seed}, {budget}, {lr}. "
@@ -97,17 +102,17 @@ def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any, repeats:
              f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; methods trained one after another, each in its "
              f"own process."), ""]
     cols = ["method", "trainable params", "trainable %", "peak MB", "training adds MB", "train s", "samples/s",
-            "wall s", "infer sent/s", "artefact MB", "lr", "steps", "test acc %", "macro F1 %"]
+            "wall s", "infer sent/s", "artefact MB", "lr", "steps", *[m[1] for m in metrics]]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     for r in rows:
-        if r["status"] != "ok" and r.get("accuracy") is None:
+        if r["status"] != "ok" and r.get(metrics[0][0]) is None:
             lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(cols) - 2))
             continue
         cells = [r["method"], _fmt(r.get("trainable"), ","), _fmt(r.get("trainable_pct"), ".2f"),
                  _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(_added(r), ".0f"), _fmt(r.get("train_seconds"), ".1f"),
                  _fmt(r.get("samples_per_s"), ".1f"), _fmt(r.get("wall_seconds"), ".0f"),
                  _fmt(r.get("inference_per_s"), ".0f"), ("" if r.get("artifact_mb") is None else _mb(r["artifact_mb"])), _fmt(r.get("lr"), "g"),
-                 _fmt(r.get("steps"), "d"), _fmt(r.get("accuracy"), ".1f", 100), _fmt(r.get("f1_macro"), ".1f", 100)]
+                 _fmt(r.get("steps"), "d"), *[_fmt(r.get(m[0]), ".1f", 100) for m in metrics]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", (f"peak MB: peak resident memory of the method's training process; training adds MB: that peak "
                    f"minus the resident memory just before training. train s and samples/s: optimizer steps only; "
@@ -117,32 +122,34 @@ def render_markdown(rows: list[dict[str, Any]], base: Any, splits: Any, repeats:
                    f"artefact MB: the saved model/ or adapter/ folder, tokenizer files included.")]
     notes = [r for r in rows if r["status"] != "ok"]
     tail = [""] + [f"- {r['method']}: {r['status']}" for r in notes] if notes else []
-    return "\n".join(head + lines + _versus_full(rows) + tail) + "\n"
+    return "\n".join(head + lines + _versus_full(rows, metrics) + tail) + "\n"
 
 
-def render_csv(rows: list[dict[str, Any]]) -> str:
+def render_csv(rows: list[dict[str, Any]], metrics: Metrics) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = csv_fields(metrics)
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS} for r in rows)
+    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
     return buf.getvalue()
 
 
-def render_png(rows: list[dict[str, Any]], title: str) -> bytes:
-    """Accuracy against trainable parameters, training speed and peak memory, one panel each."""
+def render_png(rows: list[dict[str, Any]], title: str, metrics: Metrics) -> bytes:
+    """The ranked metric against trainable parameters, training speed and peak memory, one panel each."""
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ok = [r for r in rows if r.get("accuracy") is not None]
+    key, name = metrics[0][0], metrics[0][2]
+    ok = [r for r in rows if r.get(key) is not None]
     names = [r["method"] for r in ok]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
     for r in ok:
-        ax.scatter(max(r["trainable"], 1), 100 * r["accuracy"], s=40)
-        ax.annotate(r["method"], (max(r["trainable"], 1), 100 * r["accuracy"]), textcoords="offset points",
+        ax.scatter(max(r["trainable"], 1), 100 * r[key], s=40)
+        ax.annotate(r["method"], (max(r["trainable"], 1), 100 * r[key]), textcoords="offset points",
                     xytext=(5, 4), fontsize=9)
-    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel="test accuracy (%)", title="accuracy")
+    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"test {name} (%)", title=name)
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     # Optimizer steps, then everything else the process did (head_only's feature encoding sits there).
@@ -168,15 +175,16 @@ def render_png(rows: list[dict[str, Any]], title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_tables(out: Path, rows: list[dict[str, Any]], base: Any, splits: Any,
-                 repeats: int) -> tuple[str, dict[str, Path]]:
+def write_tables(out: Path, rows: list[dict[str, Any]], base: Any, splits: Any, repeats: int, metrics: Metrics,
+                 n_train: int, n_test: int) -> tuple[str, dict[str, Path]]:
     """Write OUT/compare.md, .csv and .png atomically; returns the markdown and the paths."""
-    markdown = render_markdown(rows, base, splits, repeats)
+    sizes = splits.summary.get("sizes", {})
+    markdown = render_markdown(rows, base, sizes.get("train", n_train), sizes.get("test", n_test), repeats, metrics)
     paths = {"md": out / "compare.md", "csv": out / "compare.csv", "png": out / "compare.png"}
     out.mkdir(parents=True, exist_ok=True)
     fs.write_bytes(paths["md"], markdown.encode())
-    fs.write_bytes(paths["csv"], render_csv(rows).encode())
-    fs.write_bytes(paths["png"], render_png(rows, f"transferkit compare: {base.data.data or base.data.train}"))
+    fs.write_bytes(paths["csv"], render_csv(rows, metrics).encode())
+    fs.write_bytes(paths["png"], render_png(rows, f"transferkit compare: {base.data.data or base.data.train}", metrics))
     return markdown, paths
 
 

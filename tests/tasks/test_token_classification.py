@@ -2,6 +2,7 @@
 with seqeval's strict entity metrics, and the run predicts entities with character offsets."""
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -123,9 +124,19 @@ def test_export_a_ner_run_loads_with_stock_calls(conll, tiny_model_dir, tmp_path
     assert logits.shape == (1, 4, 5) and model.config.id2label[3] == "B-PER"
 
 
-def test_compare_refuses_ner_for_now(conll, tiny_model_dir, tmp_path, capsys):
-    code = main(["compare", "--task", "ner", "--data", str(conll), "--model", str(tiny_model_dir), "--methods", "full",
-                 "--output-dir", str(tmp_path / "cmp")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "compare does not tabulate ner runs yet" in err[-1]
-    assert not (tmp_path / "cmp").exists()
+def test_compare_tabulates_ner_runs(conll, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--task", "ner", "--data", str(conll), "--model", str(tiny_model_dir),
+                 "--methods", "full,lora", "--max-steps", "3", "--output-dir", str(out), "train.progress=false"])
+    capsys.readouterr()
+    assert code == 0
+    md = (out / "compare.md").read_text()
+    assert "| entity F1 % | token acc % |" in md and "entity F1 " in md.split("Against full fine-tuning")[1]
+    rows = {r["method"]: r for r in csv.DictReader((out / "compare.csv").open())}
+    assert set(rows) == {"full", "lora"}
+    for name, r in rows.items():
+        metrics = json.loads((out / name / "metrics.json").read_text())["test"]
+        assert float(r["f1"]) == metrics["f1"] and float(r["token_accuracy"]) == metrics["token_accuracy"]
+        assert float(r["predictor_f1"]) == pytest.approx(metrics["f1"], abs=1e-4)  # the saved model re-scored
+        assert float(r["inference_per_s"]) > 0
+    assert (out / "compare.png").stat().st_size > 1000

@@ -24,8 +24,9 @@ class Task:
     pooled_features: ClassVar[bool] = True
     # True when runs of this task can share one base encoder in `Predictor.from_runs` / serving.
     shares_base: ClassVar[bool] = True
-    # True when `compare` can tabulate runs of this task (its table reads accuracy and macro F1).
-    comparable: ClassVar[bool] = True
+    # The test metrics `compare` tabulates, (key in metrics.json, column title, name in prose); the
+    # first is the one it compares with full fine-tuning, plots and re-checks through the saved model.
+    compare_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     # The metrics `evaluate` prints, in order.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
 

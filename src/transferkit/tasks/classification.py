@@ -23,6 +23,7 @@ class SequenceClassification(Task):
     name = "classify"
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
+    compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         from ..data.prepare import prepare_splits

@@ -65,7 +65,7 @@ class TokenClassification(Task):
     default_metric = "f1"
     pooled_features = False
     shares_base = False  # serving NER runs on one base comes with the server
-    comparable = False  # compare's table has sentence-classification columns; entity columns come next
+    compare_metrics = (("f1", "entity F1 %", "entity F1"), ("token_accuracy", "token acc %", "token accuracy"))
     stride = 16  # sub-tokens two neighbouring windows share
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
 
