@@ -75,6 +75,8 @@ def test_yaml_exponent_without_dot(tmp_path):
 ])
 def test_override_parsing(key, text, value):
     cfg = RunConfig()
+    if key.startswith("method."):
+        cfg.override("method.name", "lora")  # a method's options exist once it is chosen
     cfg.override(key, text)
     section, _, name = key.rpartition(".")
     got = getattr(getattr(cfg, section) if section else cfg, name)
@@ -172,6 +174,8 @@ def test_bad_yaml_files(tmp_path):
 ])
 def test_validate_names_the_key(key, value, message):
     cfg = RunConfig()
+    if key.startswith("method."):
+        cfg.override("method.name", "lora")
     cfg.override(key, value)
     with pytest.raises(UserError, match=message):
         validate(cfg)
@@ -196,3 +200,31 @@ def test_partial_section_keeps_the_parent_default(tmp_path):
     path.write_text("train:\n  lr: 0.001\n", encoding="utf-8")
     cfg = PretrainConfig.from_yaml(path)
     assert cfg.train.lr == 0.001 and cfg.train.metric == "loss" and cfg.train.early_stopping_patience == 0
+
+
+def test_a_method_section_holds_that_methods_options_only():
+    lora = make_config(None, {"method.lora_r": 4, "method.name": "lora"})  # any order: the method is chosen first
+    assert lora.to_dict()["method"] == {"name": "lora", "lora_r": 4, "lora_alpha": None, "lora_dropout": 0.1,
+                                        "target_modules": None, "use_rslora": False, "use_dora": False,
+                                        "lora_plus_ratio": None}
+    assert make_config(None, {"method.name": "adapter"}).to_dict()["method"] == {
+        "name": "adapter", "adapter_kind": "pfeiffer", "adapter_reduction": 16}
+    assert make_config(None, {"method.name": "bitfit"}).to_dict()["method"] == {"name": "bitfit"}
+    with pytest.raises(UserError, match=r"'method.prefix_tokens': not an option of method 'lora' \(its options: lora_r"):
+        make_config(None, {"method.name": "lora", "method.prefix_tokens": 5})
+    with pytest.raises(UserError, match="not an option of method 'full' \\(it has no options\\)"):
+        make_config(None, {"method.lora_r": 4})
+    ia3 = make_config(None, {"method.name": "lora", "method.target_modules": "query"})
+    ia3.override("method.name", "ia3")  # switching keeps the options both methods have
+    assert ia3.to_dict()["method"] == {"name": "ia3", "target_modules": ["query"]}
+
+
+def test_a_flat_method_section_from_before_still_reads(tmp_path):
+    """config.yaml and run.json once listed every method's options in one section: their defaults drop out."""
+    old = {"name": "lora", "lora_r": 4, "lora_alpha": None, "lora_dropout": 0.1, "target_modules": None,
+           "use_rslora": False, "use_dora": False, "lora_plus_ratio": None, "adapter_kind": "pfeiffer",
+           "adapter_reduction": 16, "prefix_tokens": 20}
+    cfg = RunConfig.from_dict({"method": old})
+    assert cfg.method.lora_r == 4 and "prefix_tokens" not in cfg.to_dict()["method"]
+    with pytest.raises(UserError, match="'method.prefix_tokens': not an option of method 'lora'"):
+        RunConfig.from_dict({"method": {**old, "prefix_tokens": 5}})  # a value someone meant: refused

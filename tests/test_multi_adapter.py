@@ -116,7 +116,7 @@ def test_bad_calls_are_user_errors(multi):
 
 def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
     from transferkit.runinfo import trust_base
-    with pytest.raises(UserError, match="method .full. cannot share a base model .only lora, ia3 and head_only"):
+    with pytest.raises(UserError, match="method .full. cannot share a base model .only head_only, ia3 and lora"):
         Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
     other_base = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other_base)

@@ -49,7 +49,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", help="column with the text (default: auto-detect)")
     p.add_argument("--label-column", help="column with the label (default: auto-detect)")
     p.add_argument("--model", help="bundled model name, local HF folder or hub name (default minilm-l6)")
-    p.add_argument("--method", help="full | lora | adapter | prefix | ia3 | bitfit | head_only (default full)")
+    p.add_argument("--method", help=_method_help())
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default: per method)")
@@ -154,11 +154,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from . import api
-    targets = [t.strip() for t in args.target_modules.split(",")] if args.target_modules else None
-    r = api.params(args.model, args.method, num_labels=args.num_labels, lora_r=args.lora_r,
-                   lora_alpha=args.lora_alpha, target_modules=targets, use_dora=args.use_dora or None,
-                   use_rslora=args.use_rslora or None, adapter_kind=args.adapter_kind,
-                   adapter_reduction=args.adapter_reduction, prefix_tokens=args.prefix_tokens)
+    from .methods import option_fields
+    options = {k: getattr(args, k) for k in option_fields() if getattr(args, k) not in (None, False)}
+    r = api.params(args.model, args.method, num_labels=args.num_labels, **options)
     share = 100 * r["trainable"] / r["total"]
     print(f"{r['model']} + {r['method']} ({args.num_labels} labels), counted on the meta device:")
     print(f"  total      {r['total']:>14,}")
@@ -170,6 +168,31 @@ def cmd_params(args: argparse.Namespace) -> int:
     elif r["method_params"]:
         print(f"  method     {r['method_params']:>14,}")
     return 0
+
+
+def _method_help() -> str:
+    from .methods import option_fields
+    from .registry import METHODS
+    options = ", ".join(f"method.{k} ({'/'.join(owners)})" for k, (_, _, owners) in option_fields().items())
+    return f"{' | '.join(METHODS.names())} (default full); each method's own options as KEY=VALUE: {options}"
+
+
+def _method_option_args(p: argparse.ArgumentParser) -> None:
+    """A flag for every option a registered method defines (`--lora-r`, `--adapter-kind`, ...)."""
+    import typing
+
+    from .methods import option_fields
+    for name, (f, hint, owners) in option_fields().items():
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        text = f"{'/'.join(owners)}: {f.metadata.get('help', '')}"
+        flag = "--" + name.replace("_", "-")
+        if base is bool:
+            p.add_argument(flag, dest=name, action="store_true", help=text)
+        elif typing.get_origin(base) is list:
+            p.add_argument(flag, dest=name, type=lambda v: [t.strip() for t in v.split(",") if t.strip()],
+                           help=text + " (comma-separated)")
+        else:
+            p.add_argument(flag, dest=name, type=base if base in (int, float) else str, help=text)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -346,14 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="known hub name (bert-base-uncased, ...), config.json, model folder or bundled name")
     p.add_argument("--method", default="full")
     p.add_argument("--num-labels", type=int, default=2)
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--lora-alpha", type=float)
-    p.add_argument("--target-modules", help="comma-separated, e.g. query,key,value,attention.output.dense")
-    p.add_argument("--use-dora", action="store_true", help="lora: DoRA (adds a magnitude vector per matrix)")
-    p.add_argument("--use-rslora", action="store_true", help="lora: rank-stabilised scaling (same count)")
-    p.add_argument("--adapter-kind", choices=["houlsby", "pfeiffer"], help="adapter: placement (pfeiffer)")
-    p.add_argument("--adapter-reduction", type=int, help="adapter: hidden size / bottleneck size (16)")
-    p.add_argument("--prefix-tokens", type=int, help="prefix: virtual tokens per layer (20)")
+    _method_option_args(p)
     p.set_defaults(func=cmd_params)
     p = sub.add_parser("compare", help="train every method on the same data and budget; one table")
     _finetune_args(p)

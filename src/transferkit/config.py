@@ -5,6 +5,7 @@ any run can be repeated. Unknown keys and wrong types are errors that name the k
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
@@ -41,19 +42,108 @@ class ModelConfig:
     init: str = field(default="pretrained", metadata={"help": "pretrained|random: start from the pretrained weights, or the same architecture randomly initialised (method full only; shows what pretraining is worth)"})
 
 
-@dataclass
 class MethodConfig:
-    name: str = field(default="full", metadata={"help": "adaptation method: full, lora, adapter, prefix, ia3, bitfit, head_only"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "modules LoRA/IA3 adapt (default per architecture; all-linear: every linear layer of the encoder)"})
-    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r"})
-    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)"})
-    lora_plus_ratio: float | None = field(default=None, metadata={"help": "LoRA+: the B matrices learn at lr * ratio (the LoRA+ paper suggests 16)"})
-    adapter_kind: str = field(default="pfeiffer", metadata={"help": "bottleneck adapter placement: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward)"})
-    adapter_reduction: int = field(default=16, metadata={"help": "bottleneck adapter reduction factor: hidden size / bottleneck size"})
-    prefix_tokens: int = field(default=20, metadata={"help": "prefix tuning: virtual tokens prepended to every layer's keys and values"})
+    """The `method` section: the method's `name` and that method's own options.
+
+    Each method defines its options as a dataclass (`Method.Options`, with defaults, help and
+    `checks()`); this section holds one instance of it, so a LoRA run's config lists LoRA's options
+    and nothing else. In YAML and dotted keys the options sit beside the name (`method.lora_r=4`).
+    """
+
+    def __init__(self, name: str = "full", **options: Any) -> None:
+        self.name = name
+        self.options = _method_options(name, options, "method.")
+
+    @classmethod
+    def from_dict(cls, d: Any, prefix: str = "method.") -> "MethodConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"config key {prefix.rstrip('.')!r}: expected a mapping")
+        name = _coerce(d.get("name", "full"), str, prefix + "name")
+        cfg = cls.__new__(cls)
+        object.__setattr__(cfg, "name", name)
+        cfg.options = _method_options(name, {k: v for k, v in d.items() if k != "name"}, prefix)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options_dict()}
+
+    def options_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    def set(self, key: str, value: Any, dotted: str) -> None:
+        """One dotted override: a new `name` keeps the options the new method shares with the old."""
+        if key == "name":
+            self.name = _coerce(value, str, dotted)
+            return
+        fields = {f.name for f in dataclasses.fields(self.options)}
+        if key not in fields:
+            raise UserError(_not_an_option(self.name, key, dotted))
+        setattr(self.options, key, _coerce(value, typing.get_type_hints(type(self.options))[key], dotted))
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        return [(bad, "method." + key, what, value) for bad, key, what, value in self.options.checks()]
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        """`cfg.method.name = "lora"` switches the options (keeping shared ones); `cfg.method.lora_r = 4`
+        sets an option of the current method (and only one it has)."""
+        if key == "options" or "options" not in self.__dict__:
+            object.__setattr__(self, key, value)
+        elif key == "name":
+            own = _option_class(value)
+            kept = {k: v for k, v in self.options_dict().items() if k in {f.name for f in dataclasses.fields(own)}}
+            object.__setattr__(self, "name", value)
+            object.__setattr__(self, "options", own(**kept))
+        elif key in {f.name for f in dataclasses.fields(self.options)}:
+            setattr(self.options, key, value)
+        else:
+            raise AttributeError(_not_an_option(self.name, key, "method." + key))
+
+    def __getattr__(self, key: str) -> Any:  # cfg.method.lora_r reads the option
+        options = self.__dict__.get("options")
+        if options is None or key.startswith("__") or not hasattr(options, key):
+            raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
+        return getattr(options, key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MethodConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"MethodConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+
+def _option_class(name: str) -> type:
+    from . import methods  # noqa: F401  (registers the methods; they import this module only lazily)
+    from .registry import METHODS
+    return METHODS.get(name).Options
+
+
+def _not_an_option(name: str, key: str, dotted: str) -> str:
+    own = [f.name for f in dataclasses.fields(_option_class(name))]
+    return (f"unknown config key {dotted!r}: not an option of method {name!r} "
+            f"({'its options: ' + ', '.join(own) if own else 'it has no options'})")
+
+
+def _method_options(name: str, given: dict[str, Any], prefix: str) -> Any:
+    """`name`'s Options from a mapping. A key that is another method's option holding that method's
+    default is dropped: config.yaml and run.json files written before methods owned their options
+    listed every method's options in one flat section."""
+    own = _option_class(name)
+    names = {f.name for f in dataclasses.fields(own)}
+    mine = {k: v for k, v in given.items() if k in names}
+    for k, v in given.items():
+        if k not in names and not _an_old_default(k, v):
+            raise UserError(_not_an_option(name, k, prefix + k))
+    return _build(own, mine, prefix)
+
+
+def _an_old_default(key: str, value: Any) -> bool:
+    from .registry import METHODS
+    for other in METHODS.names():
+        for f in dataclasses.fields(METHODS.get(other).Options):
+            if f.name == key:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                return value == default
+    return False
 
 
 @dataclass
@@ -93,12 +183,19 @@ class ConfigFile:
             cfg = cls.from_yaml(config)
         else:
             cfg = cls()
-        for k, v in (overrides or {}).items():
-            cfg.override((short_keys or {}).get(k, k), v)
+        dotted = {(short_keys or {}).get(k, k): v for k, v in (overrides or {}).items()}
+        # the method first: its options are only known once it is chosen (`--method lora method.lora_r=4`)
+        for k in sorted(dotted, key=lambda k: k != "method.name"):
+            cfg.override(k, dotted[k])
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, MethodConfig) else (
+                dataclasses.asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v))
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -129,6 +226,9 @@ class ConfigFile:
                 raise UserError(f"unknown config key {dotted!r}")
             obj = getattr(obj, p)
         key = parts[-1]
+        if isinstance(obj, MethodConfig):
+            obj.set(key, value, dotted)
+            return
         fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
         if key not in fields or dataclasses.is_dataclass(getattr(obj, key)):
             raise UserError(f"unknown config key {dotted!r}")
@@ -141,7 +241,7 @@ class RunConfig(ConfigFile):
     task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text) or ner (one tag per word)"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "the method and its own options"})
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<time>-<method>)"})
 
@@ -218,7 +318,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def section_from_dict(cls: type, d: Any, where: str) -> Any:
     """A config section (e.g. MethodConfig) from a mapping read off disk; bad keys or types name `where`."""
     try:
-        return _build(cls, d, "")
+        return MethodConfig.from_dict(d, "") if cls is MethodConfig else _build(cls, d, "")
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -235,7 +335,9 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in d.items():
         hint = hints[k]
-        if dataclasses.is_dataclass(hint):
+        if hint is MethodConfig:
+            kwargs[k] = MethodConfig.from_dict({} if v is None else v, prefix + k + ".")
+        elif dataclasses.is_dataclass(hint):
             # Keys left out keep the parent's own default section (e.g. pretraining's train.metric
             # "loss"), not the section class's defaults.
             if not isinstance(v or {}, dict):
@@ -318,16 +420,6 @@ def validate(cfg: RunConfig) -> None:
     _raise_first(_train_checks(cfg.train) + [
         (d.data is not None and any(x is not None for x in (d.train, d.validation, d.test)), "data.data",
          "cannot be combined with data.train/validation/test (give one file to split, or the split files)", d.data),
-        (cfg.method.lora_plus_ratio is not None and cfg.method.lora_plus_ratio <= 0, "method.lora_plus_ratio",
-         "must be > 0", cfg.method.lora_plus_ratio),
-        (cfg.method.lora_alpha is not None and cfg.method.lora_alpha <= 0, "method.lora_alpha", "must be > 0",
-         cfg.method.lora_alpha),
-        (cfg.method.adapter_kind not in ("houlsby", "pfeiffer"), "method.adapter_kind", "must be houlsby or pfeiffer",
-         cfg.method.adapter_kind),
-        (cfg.method.adapter_reduction < 1, "method.adapter_reduction", "must be >= 1", cfg.method.adapter_reduction),
-        (cfg.method.prefix_tokens < 1, "method.prefix_tokens", "must be >= 1", cfg.method.prefix_tokens),
-        (cfg.method.lora_r <= 0, "method.lora_r", "must be > 0", cfg.method.lora_r),
-        (not 0 <= cfg.method.lora_dropout < 1, "method.lora_dropout", "must be in [0, 1)", cfg.method.lora_dropout),
         (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
         (cfg.model.pool_layers is not None and cfg.model.pool_layers < 1, "model.pool_layers", "must be >= 1",
          cfg.model.pool_layers),
@@ -340,7 +432,7 @@ def validate(cfg: RunConfig) -> None:
          "data.split", "must be three non-negative fractions summing to 1", d.split),
         (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
-    ])
+    ] + cfg.method.checks())
 
 
 # ---- pretraining ---------------------------------------------------------------------------

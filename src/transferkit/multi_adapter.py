@@ -18,7 +18,9 @@ rows of each task are pooled (each head its own way: mean or [CLS], one or more 
 through that task's head. head_only rows read the plain base (peft's "__base__"). IA3 rows also
 read the base, rescaled by their own vectors through forward hooks written here, because peft's
 IA3 layers have no per-row mode. Adapters peft cannot mix in one batch (DoRA) run group by group
-with their adapter switched on. Runs must share the base weights (run.json `model_path`); each
+with their adapter switched on. Each method says what it adds to the shared encoder (`Method.attach`:
+LoRA's peft adapter, IA3's vectors, nothing for head_only) and where its head's tensors are, so
+nothing here asks for a method by name. Runs must share the base weights (run.json `model_path`); each
 text is truncated at its own run's `max_length`.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch import nn
 
 from .errors import UserError
 
-BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+from .methods.base import PEFT_BASE as BASE  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -50,13 +52,9 @@ class Task:
     max_length: int
     classifier: Any  # TransferkitForSequenceClassification sharing the base encoder; its head is the task's
     mixable: bool  # can share a batch with other adapters (peft mixed-batch forward)
-    # ia3: encoder module path -> (scales the input (feed-forward) rather than the output, vector [features])
+    adapter: str = BASE  # the peft adapter its rows use in the encoder (BASE: the plain encoder)
+    # encoder module path -> (scales the input (feed-forward) rather than the output, vector [features])
     scales: dict[str, tuple[bool, torch.Tensor]] | None = None
-
-    @property
-    def adapter(self) -> str:
-        """The peft LoRA adapter name its rows use in the encoder (none for head_only and ia3)."""
-        return self.name if self.method == "lora" else BASE
 
 
 class MultiAdapterModel(nn.Module):
@@ -166,10 +164,14 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
         if not tasks.get(info.task).shares_base:
             raise UserError(f"adapter {name!r} ({info.run_dir}): {info.task} runs cannot share a base model yet; "
                             f"predict with it alone")
-        if info.method not in ("lora", "ia3", "head_only"):
+        method = info.method_instance()
+        if not method.shares_base:
+            from .registry import METHODS
+            can = [m for m in METHODS.names() if METHODS.get(m).shares_base]
             raise UserError(f"adapter {name!r} ({info.run_dir}): method {info.method!r} cannot share a base model "
-                            f"(only lora, ia3 and head_only runs can; serve it alone with Predictor.from_run)")
-        check_folder(info.artifact_dir, info.method_instance().artifact_files, what=f"{info.method} artefact")
+                            f"(only {', '.join(can[:-1])} and {can[-1]} runs can; serve it alone with "
+                            f"Predictor.from_run)")
+        check_folder(info.artifact_dir, method.artifact_files, what=f"{info.method} artefact")
     resolved = _same_base(infos, base_model)
     with loading(resolved.path, "base model"):
         encoder = build_classifier(resolved, first.label_names, first.pooling, first.classifier_dropout).encoder
@@ -187,12 +189,10 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
     tasks: dict[str, Task] = {}
     for name, info in infos.items():
         with loading(info.artifact_dir, f"{info.method} adapter"):
-            if info.method == "lora":
-                tuner = _add_lora(tuner, encoder, name, info.artifact_dir)
-            mixable = info.method != "lora" or not tuner.peft_config[name].use_dora
-            scales = _ia3_vectors(encoder, info.artifact_dir) if info.method == "ia3" else None
+            part = info.method_instance().attach(encoder, tuner, name, Path(info.artifact_dir))
+        tuner = part.tuner
         tasks[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
-                           heads[name].eval(), mixable, scales)
+                           heads[name].eval(), part.mixable, part.adapter, part.scales)
     tokenizer = load_tokenizer(str(first.artifact_dir))
     model = MultiAdapterModel(encoder, tuner, tasks).eval()
     check_finite(model, ", ".join(str(i.artifact_dir) for i in infos.values()))
@@ -222,74 +222,11 @@ def _resolved(path: str) -> str:
     return str(p.resolve()) if p.exists() else path
 
 
-class _Holder(nn.Module):
-    """Puts the encoder at the path it has inside the classifier ("encoder.<...>"), so the run's
-    target_modules (names, suffixes or regexes written against the classifier) match the same layers."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-
-def _add_lora(tuner: Any, encoder: nn.Module, name: str, art_dir: Path) -> Any:
-    """Inject the run's LoRA layers into the encoder as adapter `name` and load their weights."""
-    from peft import LoraConfig, LoraModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
-    cfg = LoraConfig.from_pretrained(str(art_dir))
-    cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, None, True  # the head stays outside peft
-    if tuner is None:
-        tuner = LoraModel(_Holder(encoder), cfg, name)
-    else:
-        tuner.peft_config[name] = cfg
-        tuner.inject_adapter(tuner.model, name)
-    # Saved keys are relative to PeftModel(classifier): "base_model.model.encoder.<encoder path>";
-    # the tuner's own names are "model.encoder.<encoder path>".
-    prefix = "base_model.model."
-    saved = load_file(str(art_dir / "adapter_model.safetensors"))
-    weights = {"model." + k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix + "encoder.")}
-    result = set_peft_model_state_dict(tuner, weights, adapter_name=name)
-    wanted = {n for n, _ in tuner.named_parameters() if f".{name}." in n and "lora_" in n}
-    missing = wanted & set(result.missing_keys)
-    if result.unexpected_keys or missing or not weights:
-        raise UserError(f"{art_dir}: LoRA weights do not match the base encoder "
-                        f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected)")
-    return tuner
-
-
-def _ia3_vectors(encoder: nn.Module, art_dir: Path) -> dict[str, tuple[bool, torch.Tensor]]:
-    """An IA3 run's vectors by encoder module path: [out, 1] scales the output, [1, in] the input."""
-    from safetensors.torch import load_file
-    prefix, suffix = "base_model.model.encoder.", ".ia3_l"
-    out = {}
-    for k, v in load_file(str(art_dir / "adapter_model.safetensors")).items():
-        if not (k.startswith(prefix) and k.endswith(suffix)):
-            continue
-        path = k[len(prefix):-len(suffix)]
-        try:
-            module = encoder.get_submodule(path)
-        except AttributeError:
-            raise UserError(f"{art_dir}: IA3 vector for {path}, which the base encoder does not have") from None
-        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-        if tuple(v.shape) == (1, base.in_features):
-            out[path] = (True, v.flatten())
-        elif tuple(v.shape) == (base.out_features, 1):
-            out[path] = (False, v.flatten())
-        else:
-            raise UserError(f"{art_dir}: IA3 vector for {path} has shape {tuple(v.shape)}, which fits neither "
-                            f"its input ({base.in_features}) nor its output ({base.out_features})")
-    if not out:
-        raise UserError(f"{art_dir}: no IA3 vectors in adapter_model.safetensors")
-    return out
-
-
 def _load_head(clf: nn.Module, info: Any) -> None:
     """Only the head's tensors from the run's artefact (the encoder part is shared)."""
     from safetensors import safe_open
-    art = Path(info.artifact_dir)
-    if info.method in ("lora", "ia3"):
-        path, prefixes = art / "adapter_model.safetensors", ("base_model.model.classifier.",)
-    else:
-        path, prefixes = art / "model.safetensors", ("classifier.",)
+    art, method = Path(info.artifact_dir), info.method_instance()
+    path, prefixes = art / method.head_file, (method.head_prefix,)
     if not path.is_file():
         raise UserError(f"{info.run_dir}: {path.name} not found in {art}")
     state = {}

@@ -72,12 +72,7 @@ def parameter_report(model: str, method: str = "full", num_labels: int = 2, head
     from .registry import METHODS
     if num_labels < 2:
         raise UserError(f"num_labels must be >= 2, got {num_labels}")
-    opts = MethodConfig(name=method)
-    for k, v in method_options.items():
-        if v is not None:
-            if not hasattr(opts, k):
-                raise UserError(f"unknown method option {k!r}")
-            setattr(opts, k, v)
+    opts = MethodConfig.from_dict({"name": method, **{k: v for k, v in method_options.items() if v is not None}})
     m = METHODS.get(method)(opts)
     enc = encoder_config(model)
     enc.pop("architectures", None)

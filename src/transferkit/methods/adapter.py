@@ -17,6 +17,9 @@ hook on the Linear) keeps the adapter when int8 quantisation swaps the Linear la
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -59,14 +62,25 @@ class AdapterLinear(nn.Module):
         return h + self.adapter(h)
 
 
+@dataclass
+class AdapterOptions:
+    adapter_kind: str = field(default="pfeiffer", metadata={"help": "bottleneck adapter placement: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward)"})
+    adapter_reduction: int = field(default=16, metadata={"help": "bottleneck adapter reduction factor: hidden size / bottleneck size"})
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        return [(self.adapter_kind not in ("houlsby", "pfeiffer"), "adapter_kind", "must be houlsby or pfeiffer",
+                 self.adapter_kind),
+                (self.adapter_reduction < 1, "adapter_reduction", "must be >= 1", self.adapter_reduction)]
+
+
 @METHODS.register("adapter")
 class BottleneckAdapter(TensorArtifactMethod):
     name = "adapter"
+    Options = AdapterOptions
     # Adapters start as (nearly) the identity and have few weights: they need a large lr to move within
     # a few epochs (Houlsby et al. searched 3e-5..3e-3). On MiniLM, first 4,000 movie sentences, one
     # epoch: 3e-3 reached 83.3% validation / 80.4% test against 82.5% / 77.9% at 1e-3.
     default_lr = 3e-3
-    option_keys = ("adapter_kind", "adapter_reduction")
 
     def apply(self, model: nn.Module) -> nn.Module:
         kind, reduction = self.options.adapter_kind, self.options.adapter_reduction

@@ -8,7 +8,7 @@ a missing or unexpected name is an error rather than a silently half-loaded mode
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -70,14 +70,14 @@ def load_trainable(model: nn.Module, art_dir: Path) -> nn.Module:
 
 
 class TensorArtifactMethod(Method):
-    """A method saved as trainable tensors + `method.json`; `option_keys` are the options that shape it."""
+    """A method saved as trainable tensors + `method.json`, which holds the options that shape them."""
 
     artifact = "adapter"
     artifact_files = (CONFIG_FILE, WEIGHTS_FILE)
-    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def saved_options(self) -> dict[str, Any]:
-        return {k: getattr(self.options, k) for k in self.option_keys}
+        import dataclasses
+        return dataclasses.asdict(self.options)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         save_trainable(model, out_dir, self.name, self.saved_options())

@@ -4,12 +4,14 @@ The training loop only talks to this interface; it never branches on a method's 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from torch import nn
 
 HEAD_NAMES = ("classifier",)
+PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
 # Attribute a method sets on the model it returns to ask for per-parameter lr multipliers
 # (e.g. LoRA+: B matrices at lr * ratio); `train.param_groups` reads it. A dict: name part -> factor.
 LR_SCALE_ATTR = "transferkit_lr_scale"
@@ -53,10 +55,33 @@ def describe_parameters(counts: dict[str, int]) -> str:
             f"trainable%: {share:.4f} (head: {counts['head']:,})")
 
 
+@dataclass
+class SharedPart:
+    """What one run adds to a base encoder it shares with other runs (`Method.attach`)."""
+
+    tuner: Any  # the peft tuner holding the LoRA adapters injected so far (None while there is none)
+    adapter: str  # the peft adapter name its rows use in a mixed batch (PEFT_BASE: the plain encoder)
+    mixable: bool  # can share one encoder pass with other runs' rows
+    # encoder module path -> (scales the module's input rather than its output, vector [features])
+    scales: dict[str, tuple[bool, Any]] | None = None
+
+
+@dataclass
+class NoOptions:
+    """The options of a method that has none of its own."""
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        """(is bad, option, what it must be, value) for each rule; the config reports the first bad one."""
+        return []
+
+
 class Method:
     """Base class; subclasses register themselves in `registry.METHODS`."""
 
     name: ClassVar[str]
+    # The method's own options: a dataclass with defaults, `help` metadata and `checks()`. The run
+    # config's `method` section holds one instance; `transferkit params` flags are made from them.
+    Options: ClassVar[type] = NoOptions
     default_lr: ClassVar[float]
     default_head_lr: ClassVar[float | None] = None  # None: same as lr
     default_epochs: ClassVar[float] = 3
@@ -72,12 +97,26 @@ class Method:
     artifact_files: ClassVar[tuple[str, ...]] = ("config.json", "model.safetensors")
     # True when the method's update folds into the base weights (merge/unmerge below work).
     can_merge: ClassVar[bool] = False
+    # True when runs of this method can share one base encoder with other runs (`attach` below).
+    shares_base: ClassVar[bool] = False
+    # The artefact file holding the task head's tensors, and their key prefix there.
+    head_file: ClassVar[str] = "model.safetensors"
+    head_prefix: ClassVar[str] = "classifier."
     # True when the artefact is an adapter that stock library calls load on a base model: the run then
     # also writes `base/` (see `modeling.write_base`) and `point_to_base` records where it is.
     stock_base: ClassVar[bool] = False
 
-    def __init__(self, options: Any) -> None:
-        self.options = options  # MethodConfig
+    def __init__(self, options: Any = None) -> None:
+        """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""
+        options = getattr(options, "options", options)  # a MethodConfig holds them
+        self.options = self.Options() if options is None else options
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(self.options).__name__}")
+
+    def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
+        """Add this run's update (saved in `art_dir`) to an encoder other runs share, as `name`
+        (only when `shares_base`; `multi_adapter` calls it)."""
+        raise NotImplementedError(f"{self.name} runs cannot share a base encoder")
 
     def point_to_base(self, model: nn.Module, base_dir: str) -> None:
         """Record `base_dir` in the artefact about to be saved (only when `stock_base`)."""

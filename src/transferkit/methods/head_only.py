@@ -6,10 +6,13 @@ first cost no encoder time.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import nn
 
 from ..registry import METHODS
-from .base import Method, is_head_param
+from .base import PEFT_BASE, Method, SharedPart, is_head_param
 
 
 @METHODS.register("head_only")
@@ -28,6 +31,10 @@ class HeadOnly(Method):
     # points more validation and ~1 point more test accuracy than the last layer alone (two seeds).
     default_pool_layers = 2
     cache_features = True
+    shares_base = True  # the encoder is the untouched base: rows read it as it is
+
+    def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
+        return SharedPart(tuner, PEFT_BASE, mixable=True)
 
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():

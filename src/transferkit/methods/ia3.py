@@ -6,11 +6,18 @@ feed-forward vector scales the input of each layer's second feed-forward project
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
 from torch import nn
 
+from ..errors import UserError
 from ..registry import METHODS
+from .base import PEFT_BASE, SharedPart
 from .layout import model_type
-from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets, peft_task_type
+from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
 # model_type -> (target regex, feed-forward regex); peft full-matches them against module names.
 _BERT = (r".*\.layer\.\d+\.(?:attention\.self\.(?:key|value)|output\.dense)", r".*\.layer\.\d+\.output\.dense")
@@ -22,9 +29,18 @@ DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
 FEEDFORWARD_NAMES = ("output.dense", "lin2", "fc2", "down_proj", "c_proj", "wo")
 
 
+@dataclass
+class IA3Options:
+    target_modules: list[str] | None = field(default=None, metadata={"help": TARGETS_HELP})
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        return []
+
+
 @METHODS.register("ia3")
 class IA3(PeftMethod):
     name = "ia3"
+    Options = IA3Options
     # (IA)^3 has the fewest parameters of all (a vector per adapted layer, initialised to ones); the
     # paper trains at 3e-3, and rescaling vectors near 1 tolerate a large step.
     default_lr = 3e-3
@@ -42,13 +58,17 @@ class IA3(PeftMethod):
         elif model_type(model) in DEFAULT_TARGETS:
             targets, feedforward = DEFAULT_TARGETS[model_type(model)]
         else:
-            from ..errors import UserError
             raise UserError(f"ia3: no default targets for model type {model_type(model)}; "
                             "set method.target_modules (e.g. key,value,output.dense)")
         check_targets(model, targets)
         config = IA3Config(task_type=TaskType[peft_task_type(model)], target_modules=targets,
                            feedforward_modules=feedforward)
         return get_peft_model(model, config)
+
+    def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
+        # peft's IA3 layers have no per-row mode: rows read the plain encoder, rescaled by these
+        # vectors through forward hooks (multi_adapter), so IA3 rows mix with any others.
+        return SharedPart(tuner, PEFT_BASE, mixable=True, scales=_ia3_vectors(encoder, art_dir))
 
     def for_inference(self, model: nn.Module) -> nn.Module:
         # peft 0.21's IA3 merge_and_unload fails on a multi-layer head in modules_to_save ("'Sequential'
@@ -66,3 +86,29 @@ class IA3(PeftMethod):
             elif isinstance(module, ModulesToSaveWrapper):
                 replace_module(base, name, module.modules_to_save[adapter])
         return base
+
+
+def _ia3_vectors(encoder: nn.Module, art_dir: Path) -> dict[str, tuple[bool, torch.Tensor]]:
+    """An IA3 run's vectors by encoder module path: [out, 1] scales the output, [1, in] the input."""
+    from safetensors.torch import load_file
+    prefix, suffix = "base_model.model.encoder.", ".ia3_l"
+    out = {}
+    for k, v in load_file(str(art_dir / "adapter_model.safetensors")).items():
+        if not (k.startswith(prefix) and k.endswith(suffix)):
+            continue
+        path = k[len(prefix):-len(suffix)]
+        try:
+            module = encoder.get_submodule(path)
+        except AttributeError:
+            raise UserError(f"{art_dir}: IA3 vector for {path}, which the base encoder does not have") from None
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        if tuple(v.shape) == (1, base.in_features):
+            out[path] = (True, v.flatten())
+        elif tuple(v.shape) == (base.out_features, 1):
+            out[path] = (False, v.flatten())
+        else:
+            raise UserError(f"{art_dir}: IA3 vector for {path} has shape {tuple(v.shape)}, which fits neither "
+                            f"its input ({base.in_features}) nor its output ({base.out_features})")
+    if not out:
+        raise UserError(f"{art_dir}: no IA3 vectors in adapter_model.safetensors")
+    return out

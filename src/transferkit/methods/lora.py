@@ -7,12 +7,17 @@ the method only marks the B matrices and `train.param_groups` gives them their l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 from torch import nn
 
+from ..errors import UserError
 from ..registry import METHODS
-from .base import set_lr_scale
+from .base import SharedPart, set_lr_scale
 from .layout import model_type
-from .peft_common import ALL_LINEAR, PeftMethod, all_linear_regex, check_targets, peft_task_type
+from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
 # Linear layers LoRA adapts by default, per encoder architecture (model_type).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -35,9 +40,28 @@ def default_targets(model: nn.Module) -> list[str]:
     return DEFAULT_TARGETS.get(model_type(model), ["query", "value"])
 
 
+@dataclass
+class LoRAOptions:
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] | None = field(default=None, metadata={"help": TARGETS_HELP})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)"})
+    lora_plus_ratio: float | None = field(default=None, metadata={"help": "LoRA+: the B matrices learn at lr * ratio (the LoRA+ paper suggests 16)"})
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        return [(self.lora_r <= 0, "lora_r", "must be > 0", self.lora_r),
+                (self.lora_alpha is not None and self.lora_alpha <= 0, "lora_alpha", "must be > 0", self.lora_alpha),
+                (not 0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)", self.lora_dropout),
+                (self.lora_plus_ratio is not None and self.lora_plus_ratio <= 0, "lora_plus_ratio", "must be > 0",
+                 self.lora_plus_ratio)]
+
+
 @METHODS.register("lora")
 class LoRA(PeftMethod):
     name = "lora"
+    Options = LoRAOptions
     default_lr = 1e-3
     marker = "lora_"
 
@@ -57,3 +81,42 @@ class LoRA(PeftMethod):
         if o.lora_plus_ratio:
             set_lr_scale(peft_model, {"lora_B": o.lora_plus_ratio})
         return peft_model
+
+    def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
+        # Its own named peft adapter in the shared encoder; DoRA has no per-row (mixed-batch) mode in peft.
+        tuner = _add_lora(tuner, encoder, name, art_dir)
+        return SharedPart(tuner, name, mixable=not tuner.peft_config[name].use_dora)
+
+
+class _Holder(nn.Module):
+    """Puts the encoder at the path it has inside the classifier ("encoder.<...>"), so the run's
+    target_modules (names, suffixes or regexes written against the classifier) match the same layers."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+
+def _add_lora(tuner: Any, encoder: nn.Module, name: str, art_dir: Path) -> Any:
+    """Inject the run's LoRA layers into the encoder as adapter `name` and load their weights."""
+    from peft import LoraConfig, LoraModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    cfg = LoraConfig.from_pretrained(str(art_dir))
+    cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, None, True  # the head stays outside peft
+    if tuner is None:
+        tuner = LoraModel(_Holder(encoder), cfg, name)
+    else:
+        tuner.peft_config[name] = cfg
+        tuner.inject_adapter(tuner.model, name)
+    # Saved keys are relative to PeftModel(classifier): "base_model.model.encoder.<encoder path>";
+    # the tuner's own names are "model.encoder.<encoder path>".
+    prefix = "base_model.model."
+    saved = load_file(str(art_dir / "adapter_model.safetensors"))
+    weights = {"model." + k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix + "encoder.")}
+    result = set_peft_model_state_dict(tuner, weights, adapter_name=name)
+    wanted = {n for n, _ in tuner.named_parameters() if f".{name}." in n and "lora_" in n}
+    missing = wanted & set(result.missing_keys)
+    if result.unexpected_keys or missing or not weights:
+        raise UserError(f"{art_dir}: LoRA weights do not match the base encoder "
+                        f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected)")
+    return tuner

@@ -15,6 +15,7 @@ from ..errors import UserError
 from .base import Method, is_head_param
 
 ALL_LINEAR = "all-linear"
+TARGETS_HELP = "modules the method adapts (default per architecture; all-linear: every linear layer of the encoder)"
 
 
 def linear_names(model: nn.Module) -> set[str]:
@@ -57,6 +58,8 @@ class PeftMethod(Method):
     artifact_files = ("adapter_config.json", "adapter_model.safetensors")
     can_merge = True
     stock_base = True
+    shares_base = True
+    head_file, head_prefix = "adapter_model.safetensors", "base_model.model.classifier."
     marker = ""  # name part of the parameters peft adds ("lora_", "ia3_l")
 
     def point_to_base(self, model: nn.Module, base_dir: str) -> None:

@@ -17,6 +17,7 @@ helps on some tasks and hurts on others, and per-layer prefixes trained stably a
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -106,14 +107,22 @@ def _token_states(model: nn.Module, n: int, hidden: int, device: torch.device) -
     return states
 
 
+@dataclass
+class PrefixOptions:
+    prefix_tokens: int = field(default=20, metadata={"help": "prefix tuning: virtual tokens prepended to every layer's keys and values"})
+
+    def checks(self) -> list[tuple[bool, str, str, Any]]:
+        return [(self.prefix_tokens < 1, "prefix_tokens", "must be >= 1", self.prefix_tokens)]
+
+
 @METHODS.register("prefix")
 class PrefixTuning(TensorArtifactMethod):
     name = "prefix"
+    Options = PrefixOptions
     # Prefixes are a few thousand numbers per layer that must steer a frozen encoder: the P-tuning v2
     # recipes use 5e-3..1e-2. On MiniLM, first 4,000 movie sentences, one epoch: 1e-2 reached 79.0%
     # validation / 77.4% test against 78.3% / 75.6% at 5e-3.
     default_lr = 1e-2
-    option_keys = ("prefix_tokens",)
 
     def apply(self, model: nn.Module) -> nn.Module:
         places = _self_attentions(model)

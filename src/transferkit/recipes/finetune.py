@@ -13,7 +13,7 @@ the report shows; the method (`methods/`) says what trains and how it is saved.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,7 +214,7 @@ class FinetuneRun:
         model_path = self.resolved.name if self.resolved.name in MODELS else self.resolved.path
         info = RunInfo(str(run_dir), method.name, self.resolved.name, model_path, self.splits.label_names,
                        self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
-                       self.pool_layers, asdict(cfg.method), self.fingerprints, cfg.task)
+                       self.pool_layers, cfg.method.options_dict(), self.fingerprints, cfg.task)
         info.write()
         # samples are the examples trained on (texts; windows of sentences for NER), as Trainer counts them
         samples_per_s = state.examples_seen / max(state.train_seconds, 1e-9)
