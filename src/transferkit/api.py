@@ -140,30 +140,10 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     log(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
-        _write_predictions(Path(output), rows, predictor.label_names)
+        from .inference import write_predictions
+        write_predictions(Path(output), rows, predictor.label_names)
         log(f"wrote {output}")
     return rows
-
-
-def _write_predictions(path: Path, rows: list[dict[str, Any]], label_names: list[str]) -> None:
-    import io
-    buf = io.StringIO(newline="")
-    if path.suffix.lower() == ".csv" and rows and "entities" in rows[0]:  # NER: the entities as a JSON column
-        import csv
-        w = csv.writer(buf)
-        w.writerow(["text", "entities"])
-        for r in rows:
-            w.writerow([r["text"], fs.dumps(r["entities"], ensure_ascii=False)])
-    elif path.suffix.lower() == ".csv":
-        import csv
-        w = csv.writer(buf)
-        w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
-        for r in rows:
-            w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
-    else:
-        for r in rows:
-            buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
-    fs.write_text(path, buf.getvalue())
 
 
 def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | RunConfig | dict | None = None,

@@ -85,7 +85,6 @@ class CompareResult:
 
 def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
     """Method names in the given order, checked against the registry; None means all registered."""
-    from . import methods as _  # noqa: F401  (registers methods)
     from .registry import METHODS
     if methods is None:
         return METHODS.names()
@@ -124,7 +123,6 @@ def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
 
 def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = print) -> None:
     """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
-    from . import methods as _  # noqa: F401  (registers methods)
     from .registry import METHODS
     now = METHODS.get(method)(cfg.method).train_config(cfg.train)
     then = read_json_object(run_dir / "metrics.json", "run metrics").get("train") or {}

@@ -112,7 +112,6 @@ class MethodConfig:
 
 
 def _option_class(name: str) -> type:
-    from . import methods  # noqa: F401  (registers the methods; they import this module only lazily)
     from .registry import METHODS
     return METHODS.get(name).Options
 

@@ -296,21 +296,33 @@ def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None =
     return out_texts, out_names
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSONL (one object per text) or CSV (probabilities as a JSON column: label sets differ per adapter)."""
+def write_predictions(path: Path, rows: list[dict[str, Any]], label_names: Sequence[str] = ()) -> None:
+    """The one prediction writer: JSONL (one object per text) or, for a .csv path, one row per text:
+    text, label, confidence and a p_<label> column each (one run's labels); with several adapters
+    (label sets differ) the probabilities as a JSON column; for entities, the entity list as JSON."""
     import csv
     import io
 
     from .core import fs
     buf = io.StringIO(newline="")
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() != ".csv":
+        for r in rows:
+            buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
+    elif rows and "entities" in rows[0]:
+        w = csv.writer(buf)
+        w.writerow(["text", "entities"])
+        for r in rows:
+            w.writerow([r["text"], fs.dumps(r["entities"], ensure_ascii=False)])
+    elif rows and "adapter" in rows[0]:
         w = csv.writer(buf)
         w.writerow(["text", "adapter", "label", "confidence", "probs"])
         for r in rows:
             w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", fs.dumps(r["probs"])])
     else:
+        w = csv.writer(buf)
+        w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
         for r in rows:
-            buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
+            w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
     fs.write_text(path, buf.getvalue())
 
 
@@ -359,7 +371,7 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
             f"at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
-        write_rows(Path(output), rows)
+        write_predictions(Path(output), rows)
         if log is not None:
             log(f"wrote {output}")
     return rows

@@ -144,7 +144,7 @@ class MultiAdapterModel(nn.Module):
 def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> tuple[MultiAdapterModel, Any]:
     """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
     (`base_model`: the base folder to use instead of what the runs record, see `RunInfo.base_model`)."""
-    from . import methods, runtime  # noqa: F401  (methods: registers them)
+    from . import runtime
     from .modeling import TransferkitForSequenceClassification as Classifier
     from .core.folders import check_finite, check_folder, loading
     from .models import build_classifier, load_tokenizer

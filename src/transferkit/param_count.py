@@ -65,7 +65,6 @@ def parameter_report(model: str, method: str = "full", num_labels: int = 2, head
     """
     import torch
 
-    from . import methods  # noqa: F401  (registers methods)
     from .config import MethodConfig
     from .methods.base import count_parameters
     from .modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification

@@ -54,7 +54,6 @@ def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = Non
 def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
              log: Callable[[str], None] = _log, **overrides: Any) -> PretrainResult:
     """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
-    from . import objectives  # noqa: F401  (registers the objectives)
     from . import runtime
     runtime.setup()
     if resume is not None:

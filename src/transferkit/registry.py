@@ -1,10 +1,13 @@
-"""Named registries: methods, datasets, models, tasks.
+"""Named registries: methods, datasets, models, tasks, objectives, corpora.
 
 Configs refer to entries by name; adding a method or dataset means registering it in
-its own module, never editing the training loop.
+its own module, never editing the training loop. Each registry imports the package whose
+modules register into it on its first lookup, so no caller has to import that package for
+its side effects first.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import UserError
@@ -15,9 +18,16 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object table with a helpful error for unknown names."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, package: str | None = None) -> None:
+        self.kind, self.package = kind, package
         self._items: dict[str, T] = {}
+        self._loaded = package is None
+
+    def _load(self) -> None:
+        """Import the package that registers the entries, once (before the first lookup)."""
+        if not self._loaded:
+            self._loaded = True  # first: the package's own modules look names up while it imports
+            importlib.import_module(self.package)
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register `obj` under `name`; usable as a decorator when `obj` is omitted."""
@@ -29,6 +39,7 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -37,18 +48,21 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(sorted(self._items))
 
 
-METHODS: Registry = Registry("method")
-DATASETS: Registry = Registry("dataset")
-MODELS: Registry = Registry("model")
-TASKS: Registry = Registry("task")
-OBJECTIVES: Registry = Registry("objective")
-CORPORA: Registry = Registry("corpus")
+METHODS: Registry = Registry("method", "transferkit.methods")
+DATASETS: Registry = Registry("dataset", "transferkit.data.bundled")
+MODELS: Registry = Registry("model", "transferkit.models")
+TASKS: Registry = Registry("task", "transferkit.tasks")
+OBJECTIVES: Registry = Registry("objective", "transferkit.objectives")
+CORPORA: Registry = Registry("corpus", "transferkit.data.corpus")

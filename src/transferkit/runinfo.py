@@ -167,7 +167,6 @@ class RunInfo:
         return Path(self.run_dir) / self._method_class().artifact
 
     def _method_class(self) -> Any:
-        from . import methods  # noqa: F401  (registers methods)
         from .registry import METHODS
         try:
             return METHODS.get(self.method)

@@ -23,7 +23,6 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import UserError
 from ..registry import DATASETS
-from . import bundled  # noqa: F401  (registers the bundled datasets by name)
 
 ROLES = ("data", "train", "validation", "test")
 _CHUNK = 1 << 20

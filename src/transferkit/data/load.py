@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from ..registry import DATASETS
-from . import bundled  # noqa: F401  (registers the bundled datasets by name)
 from .listing import clip, summarise
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "tweet")

@@ -65,7 +65,6 @@ class FinetuneRun:
 
     # ---- setup: everything that can fail on bad input -----------------------------------------
     def setup(self) -> None:
-        from .. import methods  # noqa: F401  (registers the methods)
         from ..core.folders import check_folder, loading, read_json_object
         from ..data import tokens as tk
         from ..data.fingerprint import check_fingerprints, data_fingerprints
