@@ -83,6 +83,10 @@ def test_a_trained_tagger_finds_the_entities(conll, tiny_model_dir, tmp_path, ca
     row = json.loads(capsys.readouterr().out.strip())
     groups = {(e["entity_group"], e["word"]) for e in row["entities"]}
     assert ("PER", "superb") in groups and ("LOC", "dreadful") in groups, row
+    assert main(["evaluate", str(run)]) == 0  # the run's own (hash-checked) test split, entity metrics
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"precision", "recall", "f1", "token_accuracy"}
+    assert printed["f1"] == pytest.approx(metrics["test"]["f1"], abs=1e-6)
 
 
 def test_bad_ner_input_is_one_line(capsys, tiny_model_dir, tmp_path):

@@ -1,0 +1,95 @@
+"""The `transferkit` command: `main` wires the command modules, each a thin layer over `transferkit.api`.
+
+Each module adds its subparsers and calls the API; user errors print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from ..errors import UserError
+from . import finetune, info, lm, predict
+
+REPORT_URL = "the transferkit issue tracker"
+DEBUG_ENV = "TRANSFERKIT_DEBUG"
+COMMAND_MODULES = (finetune, predict, info, lm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer text models.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
+    return parser
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler or `kill`) stops a run the way Ctrl-C does: cleanly, resumable."""
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> str:
+    from ..core.lock import outermost_taken
+    run = outermost_taken()
+    if run is None:
+        return "transferkit: interrupted"
+    return f"transferkit: interrupted; {run.run_dir} continues with: {run.resume_hint}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options; argparse leaves those as unknown.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    from ..core.lock import forget_taken
+    forget_taken()
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        previous = None
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"transferkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(_interrupted(), file=sys.stderr)
+        return 130
+    except Exception as e:  # the last resort: one line, not a traceback, unless asked for
+        if debug:
+            raise
+        where = _origin(e)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"transferkit: internal error: {type(e).__name__}: {first}{where} -- please report it to {REPORT_URL} "
+              f"with the command; rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _origin(e: BaseException) -> str:
+    """' (at file.py:123)' for the innermost frame of the exception, for the report."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
