@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import runtime
-from .config import RunConfig, apply_default_data, apply_resume_overrides
+from .config import RunConfig, apply_default_data
 from .core import fs
-from .core.lock import RunLock
 from .errors import UserError
 from .recipes.finetune import FinetuneResult, FinetuneRun
 from .runtime import log_stderr as _log
-from .runinfo import read_history, resumable
+from .runinfo import read_history
 
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -40,10 +39,7 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     learning rates, clipping and progress, `config.RESUME_KEYS`)."""
     runtime.setup()
     if resume is not None:
-        cfg = RunConfig.from_yaml(resumable(resume))
-        changed = apply_resume_overrides(cfg, overrides, SHORT_KEYS)
-        with RunLock(resume, "finetune"):  # held from the first read of the checkpoint to the last write
-            return FinetuneRun(cfg, resume, log, rewrite_config=changed).run()
+        return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS, log)
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     return FinetuneRun(cfg, None, log).run()
 
@@ -215,5 +211,5 @@ def pretrain(config: Any = None, *, resume: str | Path | None = None, log: Any =
 
     Overrides are config keys or short names: objective, corpus, model, from_scratch, arch, size,
     tokenizer, train_tokenizer, vocab_size, max_length, epochs, max_steps, batch_size, lr, seed, output_dir."""
-    from .pretraining import pretrain as _pt
+    from .recipes.pretrain import pretrain as _pt
     return _pt(config, resume=resume, log=log, **overrides)

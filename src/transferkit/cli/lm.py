@@ -83,7 +83,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .. import api
-    from ..pretraining import PRETRAIN_KEYS
+    from ..recipes.pretrain import PRETRAIN_KEYS
     extra = list(args.overrides)
     if args.corpus:  # --corpus takes several values, so trailing key=value overrides land there
         extra += [c for c in args.corpus if "=" in c and not Path(c).exists()]

@@ -1,4 +1,5 @@
-"""One fine-tuning run as an object: `FinetuneRun(cfg).run()` = setup -> fit -> save.
+"""One fine-tuning run as an object: `FinetuneRun(cfg).run()` = setup -> fit -> save (the shared
+skeleton in `recipes/run.py` claims or resumes the run directory around them).
 
 `api.finetune` is a few lines over it, and so will be search, planning and serving, which run or
 vary a fine-tuning run inside one process. The run never branches on a task's or a method's
@@ -15,14 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import tasks
-from ..config import RunConfig, describe_duration, validate
+from ..config import describe_duration, validate
 from ..core import fs
 from ..errors import UserError
 from ..registry import MODELS
-from ..runtime import log_stderr
+from .run import Run
 
 BASE_DIR = "base"  # run_dir/base: the weightless base folder of a stock-loadable adapter (modeling.write_base)
 
@@ -36,35 +37,20 @@ class FinetuneResult:
     metrics: dict[str, Any]
 
 
-class FinetuneRun:
+class FinetuneRun(Run):
     """A fine-tuning run of `cfg` (a RunConfig); `resume` continues the run directory given."""
 
-    def __init__(self, cfg: RunConfig, resume: str | Path | None = None, log: Callable[[str], None] = log_stderr,
-                 rewrite_config: bool = False) -> None:
-        self.cfg, self.log = cfg, log
-        self.resume = Path(resume) if resume is not None else None
-        self.rewrite_config = rewrite_config  # a resume that changed the lr records it once checks pass
+    command = "finetune"
 
-    # ---- the entry point ----------------------------------------------------------------------
-    def run(self) -> FinetuneResult:
-        self.setup()
-        if self.resume is not None:
-            if self.rewrite_config:
-                fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-            return self._fit_and_save()
-        from ..runinfo import new_run, trust_base
+    def before_new_run(self) -> None:
+        from ..runinfo import trust_base
         trust_base(self.resolved.path)  # the user chose this base for a new run: its runs may load it again
-        with new_run(self.run_dir, "finetune"):
-            fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-            fs.write_json(self.run_dir / DATA_FILE, self.fingerprints)
-            return self._fit_and_save()
 
-    def _fit_and_save(self) -> FinetuneResult:
-        self.fit()
-        return self.save()
+    def start_files(self) -> None:
+        fs.write_json(self.run_dir / DATA_FILE, self.fingerprints)
 
     # ---- setup: everything that can fail on bad input -----------------------------------------
-    def setup(self) -> None:
+    def prepare(self) -> None:
         from ..core.folders import check_folder, loading, read_json_object
         from ..data import tokens as tk
         from ..data.fingerprint import check_fingerprints, data_fingerprints
@@ -147,11 +133,7 @@ class FinetuneRun:
         self.tcfg = tcfg = method.train_config(cfg.train)
         trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
                           eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=self.task.loss, log=log)
-        if self.resume is not None:
-            if trainer.load_checkpoint():
-                log(f"resuming {self.run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
-            else:
-                log(f"no checkpoint in {self.run_dir}: starting from the beginning")
+        self.restore(trainer)
         log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
             f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
             f"{tcfg.early_stopping_patience}, {acc.device}")

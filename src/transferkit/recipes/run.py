@@ -1,0 +1,97 @@
+"""The skeleton every training run shares (fine-tuning and pretraining): setup -> fit -> save.
+
+    run = FinetuneRun(cfg)          # or PretrainRun(cfg)
+    run.setup()                     # every check that bad input can fail, data read; writes nothing
+    result = run.run()              # setup (unless done), claim the run directory, fit, save
+
+`Run.run` owns what both kinds of run must do the same way: a new run takes its directory only once
+every input passed (`runinfo.new_run`: locked, removed again if a user error comes before the first
+checkpoint) and writes config.yaml first; a resumed run (`Run.resumed`) is locked from its first read
+of the checkpoint to its last write, may change only `config.RESUME_KEYS`, and records such a change
+only after the checks; a Trainer restores the last checkpoint through `restore`, with the same message.
+Subclasses implement `prepare` (what `setup` runs), `fit` and `save`, and may add what a new run
+records (`before_new_run`, `start_files`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+from ..config import apply_resume_overrides
+from ..core import fs
+from ..runtime import log_stderr
+
+
+class Run:
+    """One training run of `cfg`; `resume` continues the run directory given."""
+
+    command: ClassVar[str] = ""  # the CLI command, recorded in the run directory's lock
+
+    def __init__(self, cfg: Any, resume: str | Path | None = None, log: Callable[[str], None] = log_stderr,
+                 rewrite_config: bool = False) -> None:
+        self.cfg, self.log = cfg, log
+        self.resume = Path(resume) if resume is not None else None
+        self.rewrite_config = rewrite_config  # a resume that changed the lr records it once checks pass
+        self.run_dir: Path | None = None  # chosen by prepare()
+        self._set_up = False
+
+    @classmethod
+    def resumed(cls, run_dir: str | Path, config_class: Any, overrides: Mapping[str, Any],
+                short_keys: Mapping[str, str], log: Callable[[str], None] = log_stderr) -> Any:
+        """Continue the interrupted run in `run_dir` (its own config.yaml, with the resume overrides)."""
+        from ..core.lock import RunLock
+        from ..runinfo import resumable
+        cfg = config_class.from_yaml(resumable(run_dir))
+        changed = apply_resume_overrides(cfg, dict(overrides), dict(short_keys))
+        with RunLock(run_dir, cls.command):  # held from the first read of the checkpoint to the last write
+            return cls(cfg, run_dir, log, rewrite_config=changed).run()
+
+    # ---- the entry point ----------------------------------------------------------------------
+    def setup(self) -> None:
+        """Every check bad input can fail (config, data, model), and the run directory chosen; nothing written."""
+        self.prepare()
+        if self.run_dir is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare() must choose self.run_dir")
+        self._set_up = True
+
+    def run(self) -> Any:
+        if not self._set_up:
+            self.setup()
+        if self.resume is not None:
+            if self.rewrite_config:
+                fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            self.fit()
+            return self.save()
+        from ..runinfo import new_run
+        self.before_new_run()
+        with new_run(self.run_dir, self.command):
+            fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            self.start_files()
+            self.fit()
+            return self.save()
+
+    def restore(self, trainer: Any) -> None:
+        """Load the last checkpoint into `trainer` when this run resumes, and say where it goes on."""
+        if self.resume is None:
+            return
+        if trainer.load_checkpoint():
+            self.log(f"resuming {self.run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
+        else:
+            self.log(f"no checkpoint in {self.run_dir}: starting from the beginning")
+
+    # ---- what each kind of run fills in ---------------------------------------------------------
+    def prepare(self) -> None:
+        """The body of `setup`: validate, read the data, resolve the model, set `self.run_dir`."""
+        raise NotImplementedError
+
+    def before_new_run(self) -> None:
+        """Anything a new run records before it claims its directory."""
+
+    def start_files(self) -> None:
+        """Files a new run writes beside config.yaml when it starts."""
+
+    def fit(self) -> Any:
+        raise NotImplementedError
+
+    def save(self) -> Any:
+        raise NotImplementedError
