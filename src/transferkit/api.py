@@ -165,6 +165,43 @@ def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, bas
     return _export(run_dir, out_dir, plain=plain, base_model=base_model, log=log)
 
 
+def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
+          host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
+          max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256, default_model: str | None = None,
+          log: Any = _log) -> None:
+    """Serve `{name: run_dir}` over HTTP (see `serving/app.py` for the routes) until stopped; runs under
+    `adapter_root` can also be loaded and unloaded while it runs. Binds to 127.0.0.1 unless told otherwise."""
+    import uvicorn
+
+    from .serving.app import create_app
+    from .serving.models import ModelSet
+    runtime.setup()
+    _check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_inputs=max_inputs)
+    if not adapters and adapter_root is None:
+        raise UserError("nothing to serve: give --adapter NAME=RUN_DIR (repeat) and/or --adapter-root DIR")
+    if adapter_root is not None and not Path(adapter_root).is_dir():
+        raise UserError(f"adapter root {adapter_root} is not a folder")
+    models = ModelSet(dict(adapters or {}))
+    if default_model is not None and default_model not in models.served:
+        raise UserError(f"default model {default_model!r} is not among the served runs")
+    first = default_model or next(iter(models.served), None)
+    app = create_app(models, default_model=first, adapter_root=adapter_root, api_key=api_key,
+                     max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                     max_inputs=max_inputs)
+    log(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _check_serve_numbers(**values: Any) -> None:
+    import math
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"{name} must be a positive finite number, got {v!r}")
+    if not 1 <= values["port"] <= 65535 or not float(values["port"]).is_integer():
+        raise UserError(f"port must be an integer in [1, 65535], got {values['port']!r}")
+
+
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
     """Exact parameter counts of `model` adapted by `method`, computed without loading weights."""
     from .param_count import parameter_report

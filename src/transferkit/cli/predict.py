@@ -56,6 +56,18 @@ def add_parsers(sub: Any) -> None:
                    "reads [CLS] linearly (model.pooling=cls model.head=linear) on a BERT-layout encoder")
     p.add_argument("--base-model", help=BASE_MODEL_HELP)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("serve", help="serve runs over HTTP: many task models on one base, batched across requests")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR", help="a run to serve as NAME (repeat)")
+    p.add_argument("--adapter-root", help="folder whose runs POST /v1/load_lora_adapter may load while serving")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on every route but /health")
+    p.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens one model batch may hold")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first request waits for company")
+    p.add_argument("--max-queue", type=int, default=512, help="waiting requests before new ones get 429")
+    p.add_argument("--max-inputs", type=int, default=256, help="texts one request may hold")
+    p.add_argument("--default-model", help="the run /predict uses without a model field (default: the first)")
+    p.set_defaults(func=cmd_serve)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -109,3 +121,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .. import api
+    api.serve(_adapter_runs(args.adapter), adapter_root=args.adapter_root, host=args.host, port=args.port,
+              api_key=args.api_key, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+              max_queue=args.max_queue, max_inputs=args.max_inputs, default_model=args.default_model)
+    return 0

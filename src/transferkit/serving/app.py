@@ -1,0 +1,262 @@
+"""`transferkit serve`: a FastAPI app over a `ModelSet`, every prediction through one `Batcher`.
+
+Routes (the shapes clients already speak):
+    POST /v1/classify             vLLM: {"model", "input": str | [str]} -> {"id", "object": "list", "created",
+                                  "model", "data": [{"index", "label", "probs", "num_classes"}], "usage"}
+    POST /predict                 text-embeddings-inference: {"inputs", "raw_scores", "truncate", "model"?}
+                                  -> [{"label", "score"}] per input, best first
+    POST /v1/ner                  {"model", "input"} -> {"data": [{"index", "entities": [...]}]}
+    GET  /v1/models               each run: task, method, base, labels, shared base or not, loaded at
+    POST /v1/load_lora_adapter    vLLM: {"lora_name", "lora_path"} for a run under --adapter-root
+    POST /v1/unload_lora_adapter  {"lora_name"}
+    GET  /health, GET /metrics    liveness; Prometheus text (requests, errors, batch sizes, queue, latency)
+
+Errors are {"error": ..., "error_type": ...} as text-embeddings-inference writes them; no input
+gives a 5xx (a failure inside the model is a 500 with that body, never a traceback).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import UserError
+from .batcher import Batcher, Overloaded
+from .models import ModelSet
+
+Texts = Union[str, list[str]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ClassifyRequest(_Strict):
+    model: str
+    input: Texts
+
+
+class PredictRequest(_Strict):
+    inputs: Texts
+    raw_scores: bool = False
+    truncate: bool = False
+    model: Union[str, None] = None
+
+
+class NerRequest(_Strict):
+    model: str
+    input: Texts
+
+
+class LoadRequest(_Strict):
+    lora_name: str
+    lora_path: str
+
+
+class UnloadRequest(_Strict):
+    lora_name: str
+
+
+def create_app(models: ModelSet, *, default_model: str | None = None, adapter_root: str | Path | None = None,
+               api_key: str | None = None, max_batch_tokens: int = 16384, max_wait_ms: float = 5.0,
+               max_queue: int = 512, max_inputs: int = 256) -> FastAPI:
+    """The server's app (uvicorn runs it; tests drive it with TestClient)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    registry = CollectorRegistry()
+    requests = Counter("transferkit_requests", "requests by route, model and status", ["route", "model", "status"],
+                       registry=registry)
+    latency = Histogram("transferkit_request_seconds", "request latency", ["route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    batch_texts = Histogram("transferkit_batch_texts", "texts per model batch", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+    queue_depth = Gauge("transferkit_queue_depth", "requests waiting for a batch", registry=registry)
+
+    def run(kind: str, pairs: list[tuple[str, str]]) -> list[Any]:
+        return models.logits(pairs) if kind == "classify" else models.entities(pairs)
+
+    batcher = Batcher(run, max_batch_tokens, max_wait_ms, max_queue, on_batch=lambda n, _: batch_texts.observe(n))
+    queue_depth.set_function(lambda: batcher.depth)
+    root = Path(adapter_root).resolve() if adapter_root else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        batcher.start()
+        yield
+        await batcher.stop()  # uvicorn stops taking requests first; what is queued still finishes
+
+    app = FastAPI(title="transferkit", lifespan=lifespan,
+                  description="Many task models on one base encoder, batched across requests and tasks.")
+    app.state.models, app.state.batcher = models, batcher
+
+    # ---- errors in one shape ------------------------------------------------------------------
+    def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return error(e.status, e.message, e.kind, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "Validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error(e.status_code, str(e.detail), "NotFound" if e.status_code == 404 else "Validation")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        return error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        route = request.url.path
+        if api_key and route not in ("/health", "/docs", "/openapi.json"):
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+            if token != api_key:
+                requests.labels(route, "", "401").inc()
+                return error(401, "missing or wrong API key (Authorization: Bearer KEY)", "Unauthorized")
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        latency.labels(route).observe(time.perf_counter() - t0)
+        requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
+        return response
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def served(name: str | None, task: str, request: Request) -> Any:
+        if name is None:
+            if default_model is None:
+                raise ApiError(422, "model: required (this server has no default model)", "Validation")
+            name = default_model
+        request.state.model = name
+        try:
+            entry = models.get(name)
+        except KeyError:
+            raise ApiError(404, f"model {name!r} is not loaded; GET /v1/models lists them", "NotFound") from None
+        if entry.task != task:
+            route = "/v1/ner" if entry.task == "ner" else "/v1/classify"
+            raise ApiError(422, f"model {name!r} is a {entry.task} run: use {route}", "Validation")
+        return entry
+
+    def texts_of(value: Texts) -> list[str]:
+        texts = [value] if isinstance(value, str) else list(value)
+        if not texts:
+            raise ApiError(422, "input: empty list (give at least one text)", "Validation")
+        if len(texts) > max_inputs:
+            raise ApiError(413, f"input: {len(texts)} texts, more than the {max_inputs} one request may hold",
+                           "Validation")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ApiError(422, f"input[{i}]: empty text", "Validation")
+        return texts
+
+    def token_counts(name: str, texts: list[str], limit: int | None) -> list[int]:
+        counts = [len(ids) for ids in models.tokenizer(name)(texts, add_special_tokens=True)["input_ids"]]
+        if limit is not None:
+            for i, n in enumerate(counts):
+                if n > limit:
+                    raise ApiError(413, f"inputs[{i}]: {n} tokens, more than the model's {limit} (send "
+                                        f"\"truncate\": true to cut it)", "Validation")
+        return counts
+
+    async def batched(kind: str, name: str, texts: list[str], tokens: list[int]) -> list[Any]:
+        try:
+            return await batcher.submit(kind, [(name, t) for t in texts], sum(tokens))
+        except Overloaded as e:
+            raise ApiError(429, f"overloaded: {e}", "Overloaded", {"Retry-After": "1"}) from None
+
+    # ---- routes -------------------------------------------------------------------------------
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        entry = served(body.model, "classify", request)
+        texts = texts_of(body.input)
+        tokens = token_counts(entry.name, texts, None)
+        logits = await batched("classify", entry.name, texts, tokens)
+        data = []
+        for i, row in enumerate(logits):
+            probs = torch.softmax(row, dim=-1)
+            k = int(probs.argmax())
+            data.append({"index": i, "label": entry.labels[k], "probs": [float(p) for p in probs],
+                         "num_classes": len(entry.labels)})
+        used = sum(min(n, entry.max_length) for n in tokens)
+        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                "model": entry.name, "data": data, "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest, request: Request) -> Any:
+        entry = served(body.model, "classify", request)
+        texts = texts_of(body.inputs)
+        tokens = token_counts(entry.name, texts, None if body.truncate else entry.max_length)
+        logits = await batched("classify", entry.name, texts, tokens)
+        out = []
+        for row in logits:
+            scores = row if body.raw_scores else torch.softmax(row, dim=-1)
+            order = sorted(range(len(entry.labels)), key=lambda k: -float(scores[k]))
+            out.append([{"label": entry.labels[k], "score": float(scores[k])} for k in order])
+        return out[0] if isinstance(body.inputs, str) else out
+
+    @app.post("/v1/ner")
+    async def ner(body: NerRequest, request: Request) -> dict[str, Any]:
+        entry = served(body.model, "ner", request)
+        texts = texts_of(body.input)
+        tokens = token_counts(entry.name, texts, None)
+        entities = await batched("ner", entry.name, texts, tokens)
+        return {"id": f"ner-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
+                "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [s.describe() for s in models.served.values()]}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load(body: LoadRequest) -> dict[str, Any]:
+        if root is None:
+            raise ApiError(400, "loading at run time needs the server started with --adapter-root DIR", "Validation")
+        if "/" in body.lora_name or ".." in body.lora_name:
+            raise ApiError(400, f"lora_name {body.lora_name!r}: no '/' or '..'", "Validation")
+        path = (root / body.lora_path).resolve()  # an absolute lora_path stays itself
+        if path != root and root not in path.parents:
+            raise ApiError(400, f"lora_path {body.lora_path!r} is outside the adapter root {root}", "Validation")
+        import asyncio
+        try:
+            entry = await asyncio.get_running_loop().run_in_executor(None, models.load, body.lora_name, str(path))
+        except UserError as e:
+            raise ApiError(400, str(e), "Validation") from None
+        return {"status": "loaded", **entry.describe()}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload(body: UnloadRequest) -> dict[str, Any]:
+        import asyncio
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, models.unload, body.lora_name)
+        except KeyError:
+            raise ApiError(404, f"model {body.lora_name!r} is not loaded", "NotFound") from None
+        return {"status": "unloaded", "id": body.lora_name}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": len(models.served)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

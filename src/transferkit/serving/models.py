@@ -1,0 +1,136 @@
+"""The runs a server holds, and one call that predicts a mixed list of (run, text) pairs.
+
+Sentence-classification runs whose method can share a base (`Method.shares_base`: lora, ia3,
+head_only) are served per base on one `AdapterPredictor`, so texts for different tasks go through
+the encoder in one pass (`multi_adapter`). Every other run (full, adapter, prefix, bitfit, and NER
+runs for now) gets its own predictor in the same process, and its texts are batched together.
+Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM), so a
+request never sees a half-built model: the new predictor replaces the old one in one assignment.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass
+class Served:
+    """One run the server answers for."""
+
+    name: str
+    run_dir: str
+    task: str  # classify | ner
+    method: str
+    base: str  # the base model's name (bundled) or path
+    labels: list[str]
+    max_length: int
+    shared: bool  # on its base's shared encoder (mixed batches) or on its own predictor
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "task": self.task, "method": self.method, "base": self.base,
+                "labels": self.labels, "max_length": self.max_length,
+                "shared_base": self.shared, "loaded_at": int(self.loaded_at), "run_dir": self.run_dir}
+
+
+class ModelSet:
+    """Runs by name; `logits(pairs)` / `entities(pairs)` answer (name, text) pairs in one pass per group."""
+
+    def __init__(self, runs: Mapping[str, str | Path], batch_size: int = 64, device: str | None = None) -> None:
+        self.batch_size, self.device = batch_size, device
+        self.served: dict[str, Served] = {}
+        self._shared: dict[str, Any] = {}  # base -> AdapterPredictor over its shared runs
+        self._alone: dict[str, Any] = {}  # name -> Predictor / EntityPredictor
+        self._lock = threading.Lock()  # loads and unloads, one at a time
+        for name, run in runs.items():
+            self.load(name, run)
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load(self, name: str, run_dir: str | Path) -> Served:
+        from .. import tasks
+        from ..inference import Predictor
+        from ..multi_adapter import ADAPTER_NAME
+        from ..runinfo import RunInfo
+        if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+            raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
+        if name in self.served:
+            raise UserError(f"a model named {name!r} is already loaded; unload it first")
+        info = RunInfo.read(run_dir)
+        method = info.method_instance()
+        base = info.model_name
+        shared = bool(method.shares_base and tasks.get(info.task).shares_base)
+        entry = Served(name, str(run_dir), info.task, info.method, base, list(info.label_names), info.max_length,
+                       shared)
+        with self._lock:
+            if shared:
+                runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.base == base}
+                self._shared[base] = Predictor.from_runs({**runs, name: run_dir}, device=self.device,
+                                                         batch_size=self.batch_size)
+            else:
+                self._alone[name] = Predictor.from_run(run_dir, device=self.device, batch_size=self.batch_size)
+            self.served[name] = entry
+        return entry
+
+    def unload(self, name: str) -> None:
+        from ..inference import Predictor
+        with self._lock:
+            entry = self.get(name)
+            del self.served[name]
+            if not entry.shared:
+                del self._alone[name]
+                return
+            runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.base == entry.base}
+            if runs:
+                self._shared[entry.base] = Predictor.from_runs(runs, device=self.device, batch_size=self.batch_size)
+            else:
+                del self._shared[entry.base]
+
+    def get(self, name: str) -> Served:
+        if name not in self.served:
+            raise KeyError(name)
+        return self.served[name]
+
+    def tokenizer(self, name: str) -> Any:
+        entry = self.get(name)
+        return (self._shared[entry.base] if entry.shared else self._alone[name]).tokenizer
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def logits(self, pairs: Sequence[tuple[str, str]]) -> list[torch.Tensor]:
+        """Per (classification run, text): its logits, in order; shared runs of a base in one pass."""
+        from ..data.batches import TokenData
+        from ..data.tokens import tokenize
+        from ..inference import predict_logits
+        out: list[torch.Tensor | None] = [None] * len(pairs)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (name, _) in enumerate(pairs):
+            entry = self.get(name)
+            groups.setdefault(("shared", entry.base) if entry.shared else ("alone", name), []).append(i)
+        for (kind, key), idx in groups.items():
+            texts = [pairs[i][1] for i in idx]
+            if kind == "shared":
+                rows = self._shared[key].predict_logits(texts, [pairs[i][0] for i in idx])
+            else:
+                p = self._alone[key]
+                data = TokenData(tokenize(p.tokenizer, texts, p.max_length))
+                rows = list(predict_logits(p.model, data, p.batch_size, p.pad_id, p.device))
+            for i, row in zip(idx, rows):
+                out[i] = row.float()
+        return out  # type: ignore[return-value]
+
+    def entities(self, pairs: Sequence[tuple[str, str]]) -> list[list[dict[str, Any]]]:
+        """Per (NER run, text): its entities (transformers' aggregation_strategy="first" shape)."""
+        out: list[Any] = [None] * len(pairs)
+        by_name: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(pairs):
+            by_name.setdefault(name, []).append(i)
+        for name, idx in by_name.items():
+            for i, ents in zip(idx, self._alone[name].entities([pairs[i][1] for i in idx], "first")):
+                out[i] = ents
+        return out
