@@ -140,6 +140,9 @@ def test_bad_requests_get_a_status_and_one_error_body(client, route, body, statu
 def test_malformed_json_is_422(client):
     r = client.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error_type"] == "Validation"
+    r = client.post("/v1/classify", content=b'{"model": "sent", "input": "x"}',  # curl -d without the header
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and "content-type: application/json" in r.json()["error"]
 
 
 def test_api_key(runs):

@@ -112,7 +112,9 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         return error(e.status, e.message, e.kind, e.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        if "json" not in request.headers.get("content-type", ""):
+            return error(422, "send the body as JSON with the header content-type: application/json", "Validation")
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "Validation")
