@@ -210,3 +210,37 @@ def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_d
     assert np.abs(got - alone["ia3"].predict_proba(TEXTS)).max() < 2e-6
     multi.model.tasks["ia3"].scales = None  # without the vectors the same head gives other results
     assert np.abs(multi.predict_proba(TEXTS, adapter="ia3") - got).max() > 5e-5
+
+
+@pytest.mark.parametrize("method", ["lora", "head_only"])
+def test_taggers_and_classifiers_share_one_encoder_pass(method, runs, tiny_model_dir, tmp_path):
+    """An NER run on the same base mixes with sentence classifiers; each text's answer equals its run alone."""
+    from helpers import NEGATIVE, POSITIVE
+    rng = random.Random(2)
+    lines = []
+    for _ in range(60):
+        words = [(w, "O") for w in rng.choices(FILLER, k=4)] + [(rng.choice(POSITIVE), "B-PER")]
+        words.insert(2, (rng.choice(NEGATIVE), "B-LOC"))
+        lines += [f"{w} {t}" for w, t in words] + [""]
+    (tmp_path / "tags.conll").write_text("\n".join(lines), encoding="utf-8")
+    ner = api.finetune(task="ner", data=str(tmp_path / "tags.conll"), model=str(tiny_model_dir), method=method,
+                       max_steps=20, lr=1e-2, batch_size=8, max_length=12, output_dir=str(tmp_path / "ner"),
+                       log=quiet, **{"train.progress": False}).run_dir
+    shared = Predictor.from_runs({**runs, "ner": ner})
+    texts = TEXTS + ["the story with superb and a dreadful ending and the cast was really very good"]  # > 12 tokens
+    names = [["sent", "three", "head", "ner"][i % 4] for i in range(len(texts))]
+    names[-1] = "ner"  # the long text goes to the tagger: windows of its own, merged back
+    rows = shared.predict(texts, adapters=names)
+    alone = {n: Predictor.from_run(r) for n, r in {**runs, "ner": ner}.items()}
+    for text, name, row in zip(texts, names, rows):
+        assert row["adapter"] == name
+        if name == "ner":
+            want = alone["ner"].predict(text)["entities"]
+            assert [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]] == \
+                [(e["entity_group"], e["start"], e["end"]) for e in want]
+            assert np.allclose([e["score"] for e in row["entities"]], [e["score"] for e in want], atol=1e-5)
+        else:
+            ref = alone[name].predict_proba([text])[0]
+            assert np.abs(np.array(list(row["probs"].values())) - ref).max() < 1e-5
+    with pytest.raises(UserError, match="predict_logits is for sentence classifiers"):
+        shared.predict_logits(texts[:1], ["ner"])

@@ -172,6 +172,7 @@ class AdapterPredictor(Predictor):
         self.pad_id = tokenizer.pad_token_id or 0
         self.last_throughput: float | None = None
         self.active = next(iter(model.tasks))
+        self._codecs: dict[str, Any] = {}  # tagger adapter -> its EntityCodec
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
@@ -219,24 +220,71 @@ class AdapterPredictor(Predictor):
         return adapters
 
     def predict_logits(self, texts: Sequence[str], adapters: Sequence[str]) -> list[torch.Tensor]:
-        """Per text its logits [its adapter's labels], in input order."""
+        """Per text its logits [its adapter's labels], in input order (sentence classifiers only)."""
+        if any(self.model.tasks[a].per_token for a in adapters):
+            raise UserError("predict_logits is for sentence classifiers; tag texts with predict()")
+        return self.outputs(texts, adapters)
+
+    def outputs(self, texts: Sequence[str], adapters: Sequence[str]) -> list[Any]:
+        """Per text (of any adapter, classifiers and taggers mixed in the same encoder passes): its
+        logits [labels] for a sentence classifier, its entities (aggregation "first") for a tagger."""
+        ids, owner, tagged = self._encode(texts, adapters)
+        rows = self._forward(ids, [adapters[o] for o in owner])
+        out: list[Any] = [None] * len(texts)
+        for r, o in enumerate(owner):
+            if not self.model.tasks[adapters[o]].per_token:
+                out[o] = rows[r]
+        for a, (idx, words, enc, first) in tagged.items():
+            probs = [torch.softmax(rows[first + w], dim=-1).numpy() for w in range(len(enc.input_ids))]
+            for i, ents in zip(idx, self._codec(a).decode([texts[i] for i in idx], words, enc, probs)):
+                out[i] = ents
+        return out
+
+    def _encode(self, texts: Sequence[str], adapters: Sequence[str]) -> tuple[list[list[int]], list[int], dict]:
+        """Model rows (token ids) and the text each belongs to: one row per text of a sentence
+        classifier (truncated at its own run's max_length), the windows of each text of a tagger.
+        The third value: per tagger, (its text positions, their words, their windows, first row)."""
         tasks = self.model.tasks
-        ids: list[list[int]] = [[] for _ in texts]
-        for limit in {tasks[a].max_length for a in adapters}:  # each text truncated at its own run's limit
-            idx = [i for i, a in enumerate(adapters) if tasks[a].max_length == limit]
+        ids: list[list[int]] = []
+        owner: list[int] = []
+        plain = [i for i, a in enumerate(adapters) if not tasks[a].per_token]
+        for limit in dict.fromkeys(tasks[adapters[i]].max_length for i in plain):
+            idx = [i for i in plain if tasks[adapters[i]].max_length == limit]
             for i, row in zip(idx, tokenize(self.tokenizer, [texts[i] for i in idx], limit)):
-                ids[i] = row
-        out: list[torch.Tensor | None] = [None] * len(texts)
-        for group in self._groups(adapters):
+                ids.append(row)
+                owner.append(i)
+        tagged: dict[str, tuple] = {}
+        for a in dict.fromkeys(a for a in adapters if tasks[a].per_token):
+            idx = [i for i, x in enumerate(adapters) if x == a]
+            words, enc = self._codec(a).encode([texts[i] for i in idx])
+            tagged[a] = (idx, words, enc, len(ids))
+            for w, row in enumerate(enc.input_ids):
+                ids.append(row)
+                owner.append(idx[enc.sentence[w]])
+        return ids, owner, tagged
+
+    def _codec(self, adapter: str) -> Any:
+        from .inference_tokens import EntityCodec
+        if adapter not in self._codecs:
+            t = self.model.tasks[adapter]
+            self._codecs[adapter] = EntityCodec(self.tokenizer, t.label_names, t.max_length)
+        return self._codecs[adapter]
+
+    def _forward(self, ids: list[list[int]], names: list[str]) -> list[torch.Tensor]:
+        """Per row its logits ([labels], or [row length, labels] for a tagger's row), mixing rows of
+        different adapters in one encoder pass where they allow it."""
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        for group in self._groups(names):
             for batch_idx in sorted_batches([len(ids[i]) for i in group], self.batch_size):
                 rows = [group[j] for j in batch_idx]
                 batch = TokenData(ids).collate(rows, self.pad_id)
                 with torch.inference_mode():
                     res = self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                                     [adapters[i] for i in rows])
+                                     [names[i] for i in rows])
                 for pos, logits in res.values():
                     for p, row in zip(pos, logits.float().cpu()):
-                        out[rows[p]] = row
+                        r = rows[p]
+                        out[r] = row[:len(ids[r])] if row.dim() == 2 else row  # a tagger's row: drop the padding
         return out  # type: ignore[return-value]
 
     def _groups(self, adapters: Sequence[str]) -> list[list[int]]:
@@ -263,19 +311,22 @@ class AdapterPredictor(Predictor):
 
     def predict(self, texts: Sequence[str] | str, adapter: str | None = None,
                 adapters: Sequence[str] | None = None) -> Any:
-        """Per text: adapter, label, confidence and every class probability of its adapter's labels."""
+        """Per text: its adapter and, for a sentence classifier, label, confidence and every class
+        probability of its labels; for a tagger, its entities (aggregation "first")."""
         single = isinstance(texts, str)
         texts = _check_texts([texts] if single else texts)
         names = self._route(len(texts), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
         t0 = time.perf_counter()
-        logits = self.predict_logits(texts, names)
-        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         out = []
-        for i, (name, row) in enumerate(zip(names, logits)):
-            probs = torch.from_numpy(_finite_probs(torch.softmax(row, dim=-1)[None], first=i))[0]
+        for i, (name, res) in enumerate(zip(names, self.outputs(texts, names))):
+            if self.model.tasks[name].per_token:
+                out.append({"adapter": name, "entities": res})
+                continue
+            probs = torch.from_numpy(_finite_probs(torch.softmax(res, dim=-1)[None], first=i))[0]
             k, labels = int(probs.argmax()), self.model.tasks[name].label_names
             out.append({"adapter": name, "label": labels[k], "confidence": float(probs[k]),
                         "probs": {n: float(p) for n, p in zip(labels, probs)}})
+        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         return out[0] if single else out
 
 
@@ -308,16 +359,21 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], label_names: Seque
     if path.suffix.lower() != ".csv":
         for r in rows:
             buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
-    elif rows and "entities" in rows[0]:
+    elif rows and "entities" in rows[0] and "adapter" not in rows[0]:
         w = csv.writer(buf)
         w.writerow(["text", "entities"])
         for r in rows:
             w.writerow([r["text"], fs.dumps(r["entities"], ensure_ascii=False)])
-    elif rows and "adapter" in rows[0]:
+    elif rows and "adapter" in rows[0]:  # several runs: a tagger's row has its entities in the last column
         w = csv.writer(buf)
-        w.writerow(["text", "adapter", "label", "confidence", "probs"])
+        tagger = any("entities" in r for r in rows)
+        w.writerow(["text", "adapter", "label", "confidence", "probs"] + (["entities"] if tagger else []))
         for r in rows:
-            w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", fs.dumps(r["probs"])])
+            if "entities" in r:
+                w.writerow([r["text"], r["adapter"], "", "", "", fs.dumps(r["entities"], ensure_ascii=False)])
+            else:
+                w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", fs.dumps(r["probs"])]
+                           + ([""] if tagger else []))
     else:
         w = csv.writer(buf)
         w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])

@@ -31,34 +31,31 @@ from .inference import LoadedModel
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
 
-class EntityPredictor(LoadedModel):
-    """A trained token classifier ready to tag texts: `.predict(texts)` -> per text, its entities."""
+class EntityCodec:
+    """Texts to model windows and window probabilities back to entities, for one tagger's tokenizer
+    and labels: what `EntityPredictor` and the shared-base predictor (`AdapterPredictor`) both do."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
-                 batch_size: int = 64, device: str | torch.device | None = None) -> None:
+    def __init__(self, tokenizer: Any, label_names: list[str], max_length: int) -> None:
         from .tasks.token_spans import require_fast
         require_fast(tokenizer)
-        super().__init__(model, tokenizer, label_names, max_length, batch_size, device)
+        self.tokenizer, self.label_names, self.max_length = tokenizer, list(label_names), max_length
 
-    def predict(self, texts: Sequence[str] | str, aggregation_strategy: str = "first") -> Any:
-        """Per text: {"entities": [...]} in the shape `aggregation_strategy` gives (module docstring)."""
-        single = isinstance(texts, str)
-        out = [{"entities": e} for e in self.entities([texts] if single else texts, aggregation_strategy)]
-        return out[0] if single else out
-
-    def entities(self, texts: Sequence[str], aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
-        """Per text, its entity list (see the module docstring for each strategy's keys)."""
-        from .inference import _check_texts
-        from .tasks.token_classification import TokenClassification, window_probs
-        from .tasks.token_spans import encode_words, group_entities, word_offsets, word_pieces
-        if aggregation_strategy not in STRATEGIES:
-            raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
-        texts = _check_texts(texts)
-        t0 = time.perf_counter()
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[tuple[str, int, int]]], Any]:
+        """(words with their character spans, per text; the texts as `EncodedWindows`)."""
+        from .tasks.token_classification import TokenClassification
+        from .tasks.token_spans import encode_words, word_offsets
         words = [word_offsets(self.tokenizer, t) for t in texts]
         enc = encode_words(self.tokenizer, [[w for w, _, _ in ws] for ws in words], None, self.max_length,
                            TokenClassification.stride)
-        pieces = word_pieces(enc, window_probs(self.model, enc, self.batch_size, self.pad_id, self.device))
+        return words, enc
+
+    def decode(self, texts: Sequence[str], words: list[list[tuple[str, int, int]]], enc: Any, probs: list,
+               aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
+        """Per text, its entities from `probs` (per window: [window length, labels] probabilities)."""
+        from .tasks.token_spans import group_entities, word_pieces
+        if aggregation_strategy not in STRATEGIES:
+            raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
+        pieces = word_pieces(enc, probs)
         spans = self._piece_spans(words, enc.pieces) if aggregation_strategy in ("none", "simple") else None
         out = []
         for ti, (text, ws, per_word) in enumerate(zip(texts, words, pieces)):
@@ -76,7 +73,6 @@ class EntityPredictor(LoadedModel):
                              "word": self._piece(text, int(tid), s, e), "start": s, "end": e}
                             for (pos, tid, _, (s, e)), k, sc in zip(flat, labels, scores)
                             if self.label_names[k] != "O"])
-        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         return out
 
     def _piece(self, text: str, token_id: int, start: int, end: int) -> str:
@@ -101,6 +97,37 @@ class EntityPredictor(LoadedModel):
                 if len(per_word[w]) != n:  # the word went through the unknown-token fallback
                     per_word[w] = [(s, e)] * n
             out.append(per_word)
+        return out
+
+
+
+
+class EntityPredictor(LoadedModel):
+    """A trained token classifier ready to tag texts: `.predict(texts)` -> per text, its entities."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
+                 batch_size: int = 64, device: str | torch.device | None = None) -> None:
+        self.codec = EntityCodec(tokenizer, label_names, max_length)
+        super().__init__(model, tokenizer, label_names, max_length, batch_size, device)
+
+    def predict(self, texts: Sequence[str] | str, aggregation_strategy: str = "first") -> Any:
+        """Per text: {"entities": [...]} in the shape `aggregation_strategy` gives (module docstring)."""
+        single = isinstance(texts, str)
+        out = [{"entities": e} for e in self.entities([texts] if single else texts, aggregation_strategy)]
+        return out[0] if single else out
+
+    def entities(self, texts: Sequence[str], aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
+        """Per text, its entity list (see the module docstring for each strategy's keys)."""
+        from .inference import _check_texts
+        from .tasks.token_classification import window_probs
+        if aggregation_strategy not in STRATEGIES:
+            raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
+        texts = _check_texts(texts)
+        t0 = time.perf_counter()
+        words, enc = self.codec.encode(texts)
+        probs = window_probs(self.model, enc, self.batch_size, self.pad_id, self.device)
+        out = self.codec.decode(texts, words, enc, probs, aggregation_strategy)
+        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         return out
 
 

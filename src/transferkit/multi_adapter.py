@@ -53,6 +53,7 @@ class Task:
     classifier: Any  # TransferkitForSequenceClassification sharing the base encoder; its head is the task's
     mixable: bool  # can share a batch with other adapters (peft mixed-batch forward)
     adapter: str = BASE  # the peft adapter its rows use in the encoder (BASE: the plain encoder)
+    per_token: bool = False  # a token head (NER): logits for every position, not one per text
     # encoder module path -> (scales the input (feed-forward) rather than the output, vector [features])
     scales: dict[str, tuple[bool, torch.Tensor]] | None = None
 
@@ -122,7 +123,8 @@ class MultiAdapterModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 tasks: Sequence[str]) -> dict[str, tuple[list[int], torch.Tensor]]:
-        """Per task: (row positions, logits [rows, its labels]) for a batch whose row i belongs to tasks[i]."""
+        """Per task: (row positions, logits [rows, its labels], or [rows, seq, its labels] for a token
+        head) for a batch whose row i belongs to tasks[i]."""
         names = [self.tasks[t].adapter for t in tasks]
         layers = max(self.tasks[t].classifier.config.pool_layers for t in set(tasks))
         with self._adapters(names), self._ia3_rows(tasks):
@@ -132,6 +134,9 @@ class MultiAdapterModel(nn.Module):
         for t in dict.fromkeys(tasks):  # first-seen order
             rows = [i for i, x in enumerate(tasks) if x == t]
             clf = self.tasks[t].classifier
+            if self.tasks[t].per_token:  # eval mode: no dropout
+                result[t] = (rows, clf.classifier(out.last_hidden_state[rows]))  # [rows, seq, labels]
+                continue
             k = clf.config.pool_layers
             # same layer choice as TransferkitForSequenceClassification.pool: last layer first
             hs = [out.last_hidden_state] if k == 1 else list(out.hidden_states[-k:])[::-1]  # each [batch, seq, hidden]
@@ -145,7 +150,7 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
     """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
     (`base_model`: the base folder to use instead of what the runs record, see `RunInfo.base_model`)."""
     from . import runtime
-    from .modeling import TransferkitForSequenceClassification as Classifier
+    from .modeling import HEAD_CLASSES
     from .core.folders import check_finite, check_folder, loading
     from .models import build_classifier, load_tokenizer
     from .runinfo import RunInfo
@@ -179,6 +184,7 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
 
     heads = {}
     for name, info in infos.items():
+        Classifier = HEAD_CLASSES[tasks.get(info.task).head_kind]
         heads[name] = Classifier.with_encoder(encoder, len(info.label_names), info.pooling, info.classifier_dropout,
                                               dict(enumerate(info.label_names)), info.head_hidden, info.pool_layers)
         with loading(info.artifact_dir, "task head"):
@@ -186,15 +192,16 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
     # LoRA layers go in only after every head is built: building a classifier runs transformers'
     # weight initialisation over the encoder's not-yet-loaded modules, which would reset them.
     tuner = None
-    tasks: dict[str, Task] = {}
+    served: dict[str, Task] = {}
     for name, info in infos.items():
         with loading(info.artifact_dir, f"{info.method} adapter"):
             part = info.method_instance().attach(encoder, tuner, name, Path(info.artifact_dir))
         tuner = part.tuner
-        tasks[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
-                           heads[name].eval(), part.mixable, part.adapter, part.scales)
+        served[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
+                            heads[name].eval(), part.mixable, part.adapter, tasks.get(info.task).head_kind == "token",
+                            part.scales)
     tokenizer = load_tokenizer(str(first.artifact_dir))
-    model = MultiAdapterModel(encoder, tuner, tasks).eval()
+    model = MultiAdapterModel(encoder, tuner, served).eval()
     check_finite(model, ", ".join(str(i.artifact_dir) for i in infos.values()))
     return model, tokenizer
 

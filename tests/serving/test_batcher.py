@@ -12,10 +12,10 @@ from transferkit.serving.batcher import Batcher, Overloaded
 def _recorder(delay: float = 0.0):
     calls: list[list[tuple[str, str]]] = []
 
-    def run(kind, pairs):
-        calls.append(list(pairs))
+    def run(items):
+        calls.append([(name, text) for _, name, text in items])
         time.sleep(delay)
-        return [f"{kind}:{name}:{text}" for name, text in pairs]
+        return [f"{kind}:{name}:{text}" for kind, name, text in items]
     return run, calls
 
 
@@ -51,8 +51,8 @@ def test_the_first_request_waits_at_most_max_wait_for_company():
         return first.result(), second.result(), late, waited
     a, bb, late, waited = asyncio.run(main())
     assert a == ["classify:a:x"] and bb == ["ner:b:y", "ner:b:z"] and late == ["classify:a:w"]
-    assert calls[:2] == [[("a", "x")], [("b", "y"), ("b", "z")]]  # one batch, run once per kind
-    assert len(calls) == 3 and waited < 1.0
+    assert calls[0] == [("a", "x"), ("b", "y"), ("b", "z")]  # one batch, one call for both kinds
+    assert len(calls) == 2 and waited < 1.0
 
 
 def test_a_full_queue_refuses_at_once_and_failures_reach_every_request():
@@ -72,7 +72,7 @@ def test_a_full_queue_refuses_at_once_and_failures_reach_every_request():
         return busy.result(), queued.result()
     assert asyncio.run(main()) == (["classify:m:1"], ["classify:m:2"])
 
-    def broken(kind, pairs):
+    def broken(items):
         raise ValueError("model failed")
 
     async def failing():

@@ -86,10 +86,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
     queue_depth = Gauge("transferkit_queue_depth", "requests waiting for a batch", registry=registry)
 
-    def run(kind: str, pairs: list[tuple[str, str]]) -> list[Any]:
-        return models.logits(pairs) if kind == "classify" else models.entities(pairs)
-
-    batcher = Batcher(run, max_batch_tokens, max_wait_ms, max_queue, on_batch=lambda n, _: batch_texts.observe(n))
+    batcher = Batcher(models.run, max_batch_tokens, max_wait_ms, max_queue, on_batch=lambda n, _: batch_texts.observe(n))
     queue_depth.set_function(lambda: batcher.depth)
     root = Path(adapter_root).resolve() if adapter_root else None
 

@@ -4,7 +4,7 @@ Requests wait in one queue whatever run they name. The worker takes the oldest, 
 requests until the batch holds `max_batch_tokens` tokens or `max_wait_ms` has passed since the
 first one arrived, and hands the whole batch to `run` in a worker thread (inference is blocking
 torch code; one thread keeps the machine's cores for the matmuls). `run` gets every (kind, run,
-text) of the batch at once, so texts for different tasks on one base share an encoder pass; its
+text) of the batch in one call, so texts for different tasks on one base share an encoder pass; its
 results are split back to the requests in order. A full queue (`max_queue` requests waiting)
 refuses new requests at once (`Overloaded`, a 429 for the client) instead of letting latency grow
 without bound. Written here because neither FastAPI nor uvicorn batches across requests.
@@ -34,10 +34,10 @@ class Job:
 class Batcher:
     """`await batcher.submit(kind, pairs, tokens)` -> one result per pair, computed in a shared batch.
 
-    `run(kind, pairs)` computes results for a list of pairs of one kind; it is called in a worker
-    thread with every pair of that kind in the batch."""
+    `run(items)` computes one result per (kind, run, text) item; it is called in a worker thread
+    once per batch, with every item of every request in it."""
 
-    def __init__(self, run: Callable[[str, list[tuple[str, str]]], list[Any]], max_batch_tokens: int = 16384,
+    def __init__(self, run: Callable[[list[tuple[str, str, str]]], list[Any]], max_batch_tokens: int = 16384,
                  max_wait_ms: float = 5.0, max_queue: int = 512, on_batch: Callable[[int, int], None] | None = None):
         self.run, self.on_batch = run, on_batch
         self.max_batch_tokens, self.max_wait, self.max_queue = max_batch_tokens, max_wait_ms / 1000, max_queue
@@ -113,15 +113,10 @@ class Batcher:
                     j.future.set_result(r)
 
     def _run_batch(self, batch: list[Job]) -> list[list[Any]]:
-        """Every job's results: one `run` call per kind over all of that kind's pairs."""
-        out: list[list[Any]] = [[] for _ in batch]
-        for kind in dict.fromkeys(j.kind for j in batch):
-            idx = [i for i, j in enumerate(batch) if j.kind == kind]
-            flat = [p for i in idx for p in batch[i].pairs]
-            results = self.run(kind, flat)
-            pos = 0
-            for i in idx:
-                n = len(batch[i].pairs)
-                out[i] = results[pos:pos + n]
-                pos += n
+        """Every job's results, from one `run` call over all the items of the batch."""
+        results = self.run([(j.kind, name, text) for j in batch for name, text in j.pairs])
+        out, pos = [], 0
+        for j in batch:
+            out.append(results[pos:pos + len(j.pairs)])
+            pos += len(j.pairs)
         return out

@@ -1,9 +1,9 @@
 """The runs a server holds, and one call that predicts a mixed list of (run, text) pairs.
 
-Sentence-classification runs whose method can share a base (`Method.shares_base`: lora, ia3,
-head_only) are served per base on one `AdapterPredictor`, so texts for different tasks go through
-the encoder in one pass (`multi_adapter`). Every other run (full, adapter, prefix, bitfit, and NER
-runs for now) gets its own predictor in the same process, and its texts are batched together.
+Runs whose method can share a base (`Method.shares_base`: lora, ia3, head_only), sentence
+classifiers and taggers alike, are served per base on one `AdapterPredictor`, so texts for
+different tasks go through the encoder in one pass (`multi_adapter`). Every other run (full,
+adapter, prefix, bitfit) gets its own predictor in the same process; its texts are batched together.
 Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM), so a
 request never sees a half-built model: the new predictor replaces the old one in one assignment.
 """
@@ -41,7 +41,7 @@ class Served:
 
 
 class ModelSet:
-    """Runs by name; `logits(pairs)` / `entities(pairs)` answer (name, text) pairs in one pass per group."""
+    """Runs by name; `run(items)` answers (kind, name, text) items in one pass per base."""
 
     def __init__(self, runs: Mapping[str, str | Path], batch_size: int = 64, device: str | None = None) -> None:
         self.batch_size, self.device = batch_size, device
@@ -102,35 +102,27 @@ class ModelSet:
         return (self._shared[entry.base] if entry.shared else self._alone[name]).tokenizer
 
     # ---- prediction ---------------------------------------------------------------------------
-    def logits(self, pairs: Sequence[tuple[str, str]]) -> list[torch.Tensor]:
-        """Per (classification run, text): its logits, in order; shared runs of a base in one pass."""
+    def run(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """Per (kind, run name, text): logits [labels] for a classifier, entities ("first") for a tagger.
+        The runs of one base go through its shared encoder together, classifiers and taggers alike."""
         from ..data.batches import TokenData
         from ..data.tokens import tokenize
         from ..inference import predict_logits
-        out: list[torch.Tensor | None] = [None] * len(pairs)
+        out: list[Any] = [None] * len(items)
         groups: dict[tuple[str, str], list[int]] = {}
-        for i, (name, _) in enumerate(pairs):
+        for i, (_, name, _) in enumerate(items):
             entry = self.get(name)
             groups.setdefault(("shared", entry.base) if entry.shared else ("alone", name), []).append(i)
         for (kind, key), idx in groups.items():
-            texts = [pairs[i][1] for i in idx]
+            texts = [items[i][2] for i in idx]
             if kind == "shared":
-                rows = self._shared[key].predict_logits(texts, [pairs[i][0] for i in idx])
+                rows = self._shared[key].outputs(texts, [items[i][1] for i in idx])
+            elif self.served[key].task == "ner":
+                rows = self._alone[key].entities(texts, "first")
             else:
                 p = self._alone[key]
                 data = TokenData(tokenize(p.tokenizer, texts, p.max_length))
                 rows = list(predict_logits(p.model, data, p.batch_size, p.pad_id, p.device))
             for i, row in zip(idx, rows):
-                out[i] = row.float()
-        return out  # type: ignore[return-value]
-
-    def entities(self, pairs: Sequence[tuple[str, str]]) -> list[list[dict[str, Any]]]:
-        """Per (NER run, text): its entities (transformers' aggregation_strategy="first" shape)."""
-        out: list[Any] = [None] * len(pairs)
-        by_name: dict[str, list[int]] = {}
-        for i, (name, _) in enumerate(pairs):
-            by_name.setdefault(name, []).append(i)
-        for name, idx in by_name.items():
-            for i, ents in zip(idx, self._alone[name].entities([pairs[i][1] for i in idx], "first")):
-                out[i] = ents
+                out[i] = row.float() if isinstance(row, torch.Tensor) else row
         return out

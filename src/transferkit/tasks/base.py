@@ -24,6 +24,9 @@ class Task:
     pooled_features: ClassVar[bool] = True
     # True when runs of this task can share one base encoder in `Predictor.from_runs` / serving.
     shares_base: ClassVar[bool] = True
+    # The head over the encoder: "sequence" (one output per text) or "token" (one per token);
+    # `modeling.HEAD_CLASSES` maps it to the model class.
+    head_kind: ClassVar[str] = "sequence"
     # The test metrics `compare` tabulates, (key in metrics.json, column title, name in prose); the
     # first is the one it compares with full fine-tuning, plots and re-checks through the saved model.
     compare_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()

@@ -64,7 +64,7 @@ class TokenClassification(Task):
     name = "ner"
     default_metric = "f1"
     pooled_features = False
-    shares_base = False  # serving NER runs on one base comes with the server
+    head_kind = "token"
     compare_metrics = (("f1", "entity F1 %", "entity F1"), ("token_accuracy", "token acc %", "token accuracy"))
     stride = 16  # sub-tokens two neighbouring windows share
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
@@ -80,7 +80,7 @@ class TokenClassification(Task):
                     pool_layers: int, random_init: bool = False) -> nn.Module:
         from ..models import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, 1, random_init=random_init,
-                                head_kind="token")
+                                head_kind=self.head_kind)
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
         """The split as `token_spans.EncodedWindows` (batchable: lengths(), collate(), len())."""
