@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -46,6 +47,10 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
+        # One inference thread: torch's own threads use the cores, and one thread keeps one malloc
+        # arena (the default pool spreads batches over many threads, whose arenas grew RSS 13% in
+        # the 10,000-request load test).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-infer")
 
     @property
     def depth(self) -> int:
@@ -80,6 +85,7 @@ class Batcher:
         while True:
             if not self.queue:
                 if self._closing:
+                    self._executor.shutdown(wait=True)
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -102,7 +108,7 @@ class Batcher:
             if self.on_batch is not None:
                 self.on_batch(sum(len(j.pairs) for j in batch), tokens)
             try:
-                results = await loop.run_in_executor(None, self._run_batch, batch)
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the failure, the loop goes on
                 for j in batch:
                     if not j.future.done():
