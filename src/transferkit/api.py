@@ -175,7 +175,9 @@ def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str
 
     from .serving.app import create_app
     from .serving.models import ModelSet
+    import os
     runtime.setup()
+    api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None  # the environment keeps it out of `ps`
     _check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_inputs=max_inputs)
     if not adapters and adapter_root is None:

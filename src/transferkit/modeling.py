@@ -171,7 +171,12 @@ class TransferkitForSequenceClassification(PreTrainedModel):
             if isinstance(source, dict):
                 encoder = AutoModel.from_pretrained(_encoder_path(source), use_safetensors=True,
                                                     dtype=kwargs.get("dtype") or torch.float32)
-                return cls(config, encoder=encoder).eval()
+                model = cls(config, encoder=encoder).eval()
+                if kwargs.get("output_loading_info"):  # the head is new: say so, as transformers would
+                    head = [f"classifier.{k}" for k in model.classifier.state_dict()]
+                    return model, {"missing_keys": head, "unexpected_keys": [], "mismatched_keys": [],
+                                   "error_msgs": []}
+                return model
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 

@@ -212,16 +212,19 @@ ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def _same_base(infos: Mapping[str, Any], base_model: str | None) -> Any:
     """The common base model (a ResolvedModel): the runs must record the same base (checked before any
     `base_model` override, which then says where that one base is); a clear error naming the one that differs."""
-    from .models import MODELS
     first_name, first = next(iter(infos.items()))
-
-    def recorded(info: Any) -> str:
-        return info.model_name if info.model_name in MODELS else _resolved(info.model_path)
     for name, info in infos.items():
-        if recorded(info) != recorded(first):
+        if base_key(info) != base_key(first):
             raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {info.model_path}, but adapter "
                             f"{first_name!r} on {first.model_path}: runs served together must share one base model")
     return first.base_model(base_model)
+
+
+def base_key(info: Any) -> str:
+    """What identifies a run's base model: a bundled name, else its resolved folder (or hub name);
+    runs with the same key can share one encoder."""
+    from .models import MODELS
+    return info.model_name if info.model_name in MODELS else _resolved(info.model_path)
 
 
 def _resolved(path: str) -> str:

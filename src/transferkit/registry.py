@@ -27,7 +27,11 @@ class Registry(Generic[T]):
         """Import the package that registers the entries, once (before the first lookup)."""
         if not self._loaded:
             self._loaded = True  # first: the package's own modules look names up while it imports
-            importlib.import_module(self.package)
+            try:
+                importlib.import_module(self.package)
+            except BaseException:
+                self._loaded = False  # the next lookup tries again and shows the real error
+                raise
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register `obj` under `name`; usable as a decorator when `obj` is omitted."""

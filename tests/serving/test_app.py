@@ -135,7 +135,7 @@ def test_concurrent_requests_across_tasks_share_batches_and_match(client, runs):
     ("/v1/ner", {"model": "sent", "input": "x"}, 422, "use /v1/classify"),
     ("/predict", {"inputs": "x", "raw_scores": "yes"}, 422, "raw_scores"),
     ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"}, 400, "--adapter-root"),
-    ("/v1/unload_lora_adapter", {"lora_name": "nope"}, 404, "not loaded"),
+    ("/v1/unload_lora_adapter", {"lora_name": "nope"}, 400, "--adapter-root"),
     ("/v1/nothing", {}, 404, ""),
 ])
 def test_bad_requests_get_a_status_and_one_error_body(client, route, body, status, needle):
@@ -203,7 +203,8 @@ def test_load_and_unload_at_run_time(runs, tmp_path):
         np.testing.assert_allclose([d["probs"] for d in sent], _probs(runs["sent"], TEXTS), atol=1e-5)
         for body, needle in [({"lora_name": "x", "lora_path": str(outside)}, "outside the adapter root"),
                              ({"lora_name": "x", "lora_path": "../outside"}, "outside the adapter root"),
-                             ({"lora_name": "a/b", "lora_path": "three"}, "no '/'"),
+                             ({"lora_name": "a/b", "lora_path": "three"}, "use letters, digits"),
+                             ({"lora_name": "..", "lora_path": "three"}, "use letters, digits"),
                              ({"lora_name": "x", "lora_path": "not-a-run"}, "not a finished transferkit run"),
                              ({"lora_name": "topic", "lora_path": "three"}, "already loaded")]:
             r = c.post("/v1/load_lora_adapter", json=body)
@@ -211,6 +212,9 @@ def test_load_and_unload_at_run_time(runs, tmp_path):
         assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"sent", "topic"}
         assert c.post("/v1/unload_lora_adapter", json={"lora_name": "topic"}).status_code == 200
         assert c.post("/v1/classify", json={"model": "topic", "input": "x"}).status_code == 404
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "topic"}).status_code == 404
+        metrics = c.get("/metrics").text
+        assert 'model="topic"' in metrics and "nope" not in metrics and 'route="unmatched"' not in metrics
 
 
 def test_a_pickle_in_a_loaded_run_is_refused(runs, tmp_path):
@@ -233,3 +237,27 @@ def test_serve_checks_its_options_before_loading():
         api.serve({"a": "b"}, port=70000)
     with pytest.raises(UserError, match="max_wait_ms must be a positive finite number"):
         api.serve({"a": "b"}, max_wait_ms=float("nan"))
+
+
+def test_failures_inside_the_model_are_a_500_body_and_labels_stay_bounded(runs, monkeypatch):
+    models = ModelSet({"sent": runs["sent"]})
+
+    def broken(items):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(models, "run", broken)
+    app = create_app(models)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/classify", json={"model": "sent", "input": "good"})
+        assert r.status_code == 500 and r.json() == {"error": "RuntimeError: out of memory", "error_type": "Backend"}
+        for path in ("/a", "/b", "/c"):
+            assert c.post(path, json={}).status_code == 404
+        c.post("/v1/classify", json={"model": "made-up-1", "input": "x"})
+        metrics = c.get("/metrics").text
+    assert 'status="500"' in metrics and 'route="unmatched"' in metrics
+    assert '"/a"' not in metrics and "made-up-1" not in metrics
+
+
+def test_a_request_for_a_run_unloaded_while_it_waited_is_404(runs):
+    from transferkit.serving.models import Gone
+    models = ModelSet({"sent": runs["sent"]})
+    assert isinstance(models.run([("classify", "gone", "x")])[0], Gone)

@@ -61,7 +61,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--adapter-root", help="folder whose runs POST /v1/load_lora_adapter may load while serving")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require Authorization: Bearer KEY on every route but /health")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on every route but /health and the docs "
+                   "(or set TRANSFERKIT_API_KEY, which keeps the key out of the process list)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens one model batch may hold")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first request waits for company")
     p.add_argument("--max-queue", type=int, default=512, help="waiting requests before new ones get 429")

@@ -1,2 +1,2 @@
-"""Runs as objects: `finetune.FinetuneRun` (setup -> fit -> save). Pretraining, compare, tune and
-plan move here as they adopt the same skeleton."""
+"""Runs as objects on one skeleton (`run.Run`: setup -> fit -> save): `finetune.FinetuneRun` and
+`pretrain.PretrainRun`; compare runs FinetuneRun per method, and tune and plan will too."""

@@ -8,7 +8,7 @@ Routes (the shapes clients already speak):
     POST /v1/ner                  {"model", "input"} -> {"data": [{"index", "entities": [...]}]}
     GET  /v1/models               each run: task, method, base, labels, shared base or not, loaded at
     POST /v1/load_lora_adapter    vLLM: {"lora_name", "lora_path"} for a run under --adapter-root
-    POST /v1/unload_lora_adapter  {"lora_name"}
+    POST /v1/unload_lora_adapter  {"lora_name"} (also only with --adapter-root)
     GET  /health, GET /metrics    liveness; Prometheus text (requests, errors, batch sizes, queue, latency)
 
 Errors are {"error": ..., "error_type": ...} as text-embeddings-inference writes them; no input
@@ -17,6 +17,7 @@ gives a 5xx (a failure inside the model is a 500 with that body, never a traceba
 from __future__ import annotations
 
 import contextlib
+import hmac
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +31,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
-from .batcher import Batcher, Overloaded
-from .models import ModelSet
+from .batcher import Batcher, Overloaded, ShuttingDown
+from .models import Gone, ModelSet
+
+MAX_TEXT_CHARS = 100_000  # a longer text is refused before it is tokenized (on the event loop)
 
 Texts = Union[str, list[str]]
 
@@ -120,21 +123,22 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return error(e.status_code, str(e.detail), "NotFound" if e.status_code == 404 else "Validation")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        return error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
-
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
-        route = request.url.path
-        if api_key and route not in ("/health", "/docs", "/openapi.json"):
+        # metric labels come from the app's own routes and models only: client input never adds a series
+        known = {getattr(r, "path", None) for r in app.routes}
+        route = request.url.path if request.url.path in known else "unmatched"
+        if api_key and route not in ("/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-            if token != api_key:
+            if not hmac.compare_digest(token.encode(), api_key.encode()):
                 requests.labels(route, "", "401").inc()
                 return error(401, "missing or wrong API key (Authorization: Bearer KEY)", "Unauthorized")
         t0 = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as e:  # noqa: BLE001 - a failure inside the model: the error body, counted, no traceback
+            response = error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
         return response
@@ -145,11 +149,11 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             if default_model is None:
                 raise ApiError(422, "model: required (this server has no default model)", "Validation")
             name = default_model
-        request.state.model = name
         try:
             entry = models.get(name)
         except KeyError:
             raise ApiError(404, f"model {name!r} is not loaded; GET /v1/models lists them", "NotFound") from None
+        request.state.model = name  # a metric label: only names that are loaded
         if entry.task != task:
             route = "/v1/ner" if entry.task == "ner" else "/v1/classify"
             raise ApiError(422, f"model {name!r} is a {entry.task} run: use {route}", "Validation")
@@ -165,29 +169,45 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         for i, t in enumerate(texts):
             if not t.strip():
                 raise ApiError(422, f"input[{i}]: empty text", "Validation")
+            if len(t) > MAX_TEXT_CHARS:
+                raise ApiError(413, f"input[{i}]: {len(t):,} characters, more than {MAX_TEXT_CHARS:,}", "Validation")
         return texts
 
-    def token_counts(name: str, texts: list[str], limit: int | None) -> list[int]:
-        counts = [len(ids) for ids in models.tokenizer(name)(texts, add_special_tokens=True)["input_ids"]]
-        if limit is not None:
+    def token_counts(entry: Any, texts: list[str], refuse_longer: bool) -> list[int]:
+        """Tokens per text as the model will see them (cut at its max_length); over it is a 413 when
+        the client did not ask for truncation."""
+        try:
+            tokenizer = models.tokenizer(entry.name)
+        except KeyError:
+            raise ApiError(404, f"model {entry.name!r} is not loaded", "NotFound") from None
+        counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        if refuse_longer:
             for i, n in enumerate(counts):
-                if n > limit:
-                    raise ApiError(413, f"inputs[{i}]: {n} tokens, more than the model's {limit} (send "
+                if n > entry.max_length:
+                    raise ApiError(413, f"inputs[{i}]: {n} tokens, more than the model's {entry.max_length} (send "
                                         f"\"truncate\": true to cut it)", "Validation")
-        return counts
+        return [min(n, entry.max_length) for n in counts]
 
     async def batched(kind: str, name: str, texts: list[str], tokens: list[int]) -> list[Any]:
         try:
-            return await batcher.submit(kind, [(name, t) for t in texts], sum(tokens))
+            results = await batcher.submit(kind, [(name, t) for t in texts], sum(tokens))
         except Overloaded as e:
             raise ApiError(429, f"overloaded: {e}", "Overloaded", {"Retry-After": "1"}) from None
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), "Unhealthy") from None
+        if any(isinstance(r, Gone) for r in results):
+            raise ApiError(404, f"model {name!r} was unloaded while the request waited", "NotFound")
+        for r in results:
+            if isinstance(r, torch.Tensor) and not bool(torch.isfinite(r).all()):
+                raise ApiError(500, f"model {name!r} produced non-finite scores for this input", "Backend")
+        return results
 
     # ---- routes -------------------------------------------------------------------------------
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         entry = served(body.model, "classify", request)
         texts = texts_of(body.input)
-        tokens = token_counts(entry.name, texts, None)
+        tokens = token_counts(entry, texts, refuse_longer=False)
         logits = await batched("classify", entry.name, texts, tokens)
         data = []
         for i, row in enumerate(logits):
@@ -195,7 +215,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             k = int(probs.argmax())
             data.append({"index": i, "label": entry.labels[k], "probs": [float(p) for p in probs],
                          "num_classes": len(entry.labels)})
-        used = sum(min(n, entry.max_length) for n in tokens)
+        used = sum(tokens)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
                 "model": entry.name, "data": data, "usage": {"prompt_tokens": used, "total_tokens": used}}
 
@@ -203,7 +223,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def predict(body: PredictRequest, request: Request) -> Any:
         entry = served(body.model, "classify", request)
         texts = texts_of(body.inputs)
-        tokens = token_counts(entry.name, texts, None if body.truncate else entry.max_length)
+        tokens = token_counts(entry, texts, refuse_longer=not body.truncate)
         logits = await batched("classify", entry.name, texts, tokens)
         out = []
         for row in logits:
@@ -216,21 +236,19 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def ner(body: NerRequest, request: Request) -> dict[str, Any]:
         entry = served(body.model, "ner", request)
         texts = texts_of(body.input)
-        tokens = token_counts(entry.name, texts, None)
+        tokens = token_counts(entry, texts, refuse_longer=False)
         entities = await batched("ner", entry.name, texts, tokens)
         return {"id": f"ner-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
                 "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [s.describe() for s in models.served.values()]}
+        return {"object": "list", "data": [s.describe() for s in list(models.served.values())]}
 
     @app.post("/v1/load_lora_adapter")
     async def load(body: LoadRequest) -> dict[str, Any]:
         if root is None:
             raise ApiError(400, "loading at run time needs the server started with --adapter-root DIR", "Validation")
-        if "/" in body.lora_name or ".." in body.lora_name:
-            raise ApiError(400, f"lora_name {body.lora_name!r}: no '/' or '..'", "Validation")
         path = (root / body.lora_path).resolve()  # an absolute lora_path stays itself
         if path != root and root not in path.parents:
             raise ApiError(400, f"lora_path {body.lora_path!r} is outside the adapter root {root}", "Validation")
@@ -244,6 +262,8 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     @app.post("/v1/unload_lora_adapter")
     async def unload(body: UnloadRequest) -> dict[str, Any]:
         import asyncio
+        if root is None:
+            raise ApiError(400, "unloading at run time needs the server started with --adapter-root DIR", "Validation")
         try:
             await asyncio.get_running_loop().run_in_executor(None, models.unload, body.lora_name)
         except KeyError:

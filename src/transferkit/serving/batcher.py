@@ -23,6 +23,10 @@ class Overloaded(Exception):
     """The queue is full: the client should retry later."""
 
 
+class ShuttingDown(Exception):
+    """The server stops taking requests (SIGTERM): finish elsewhere."""
+
+
 @dataclass
 class Job:
     kind: str  # classify | ner
@@ -69,10 +73,10 @@ class Batcher:
             await self._task
 
     async def submit(self, kind: str, pairs: Sequence[tuple[str, str]], tokens: int) -> list[Any]:
-        if self._task is None:
-            raise RuntimeError("the batcher is not running")
+        if self._task is None or self._task.done():
+            raise ShuttingDown("the scheduler is not running")
         if self._closing:
-            raise Overloaded("the server is shutting down")
+            raise ShuttingDown("the server is shutting down")
         if len(self.queue) >= self.max_queue:
             raise Overloaded(f"{len(self.queue)} requests are waiting (the limit is {self.max_queue})")
         job = Job(kind, list(pairs), tokens, asyncio.get_running_loop().create_future())
@@ -104,10 +108,13 @@ class Batcher:
             while self.queue and tokens + self.queue[0].tokens <= self.max_batch_tokens:
                 tokens += self.queue[0].tokens
                 batch.append(self.queue.popleft())
+            batch = [j for j in batch if not j.future.done()]  # a client that went away costs nothing
+            if not batch:
+                continue
             self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(sum(len(j.pairs) for j in batch), tokens)
             try:
+                if self.on_batch is not None:
+                    self.on_batch(sum(len(j.pairs) for j in batch), tokens)
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the failure, the loop goes on
                 for j in batch:

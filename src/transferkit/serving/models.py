@@ -4,8 +4,9 @@ Runs whose method can share a base (`Method.shares_base`: lora, ia3, head_only),
 classifiers and taggers alike, are served per base on one `AdapterPredictor`, so texts for
 different tasks go through the encoder in one pass (`multi_adapter`). Every other run (full,
 adapter, prefix, bitfit) gets its own predictor in the same process; its texts are batched together.
-Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM), so a
-request never sees a half-built model: the new predictor replaces the old one in one assignment.
+Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM) while
+batches wait, so a request never sees a half-built model; an item whose run was unloaded while it
+waited in the queue comes back as `Gone` (the app answers 404).
 """
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import UserError
+
+
+class Gone:
+    """The result for an item whose run was unloaded while the item waited in the queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 @dataclass
@@ -33,11 +41,12 @@ class Served:
     max_length: int
     shared: bool  # on its base's shared encoder (mixed batches) or on its own predictor
     loaded_at: float = field(default_factory=time.time)
+    key: str = ""  # multi_adapter.base_key: runs with the same key share one encoder
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "task": self.task, "method": self.method, "base": self.base,
                 "labels": self.labels, "max_length": self.max_length,
-                "shared_base": self.shared, "loaded_at": int(self.loaded_at), "run_dir": self.run_dir}
+                "shared_base": self.shared, "loaded_at": int(self.loaded_at)}
 
 
 class ModelSet:
@@ -48,7 +57,7 @@ class ModelSet:
         self.served: dict[str, Served] = {}
         self._shared: dict[str, Any] = {}  # base -> AdapterPredictor over its shared runs
         self._alone: dict[str, Any] = {}  # name -> Predictor / EntityPredictor
-        self._lock = threading.Lock()  # loads and unloads, one at a time
+        self._lock = threading.Lock()  # loads, unloads and batches, one at a time
         for name, run in runs.items():
             self.load(name, run)
 
@@ -62,15 +71,18 @@ class ModelSet:
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
+        from ..multi_adapter import base_key
         info = RunInfo.read(run_dir)
         method = info.method_instance()
-        base = info.model_name
+        base = base_key(info)  # what decides which runs can share an encoder
         shared = bool(method.shares_base and tasks.get(info.task).shares_base)
-        entry = Served(name, str(run_dir), info.task, info.method, base, list(info.label_names), info.max_length,
-                       shared)
+        entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),
+                       info.max_length, shared, key=base)
         with self._lock:
+            if name in self.served:  # another load of the same name finished meanwhile
+                raise UserError(f"a model named {name!r} is already loaded; unload it first")
             if shared:
-                runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.base == base}
+                runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == base}
                 self._shared[base] = Predictor.from_runs({**runs, name: run_dir}, device=self.device,
                                                          batch_size=self.batch_size)
             else:
@@ -86,11 +98,11 @@ class ModelSet:
             if not entry.shared:
                 del self._alone[name]
                 return
-            runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.base == entry.base}
+            runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == entry.key}
             if runs:
-                self._shared[entry.base] = Predictor.from_runs(runs, device=self.device, batch_size=self.batch_size)
+                self._shared[entry.key] = Predictor.from_runs(runs, device=self.device, batch_size=self.batch_size)
             else:
-                del self._shared[entry.base]
+                del self._shared[entry.key]
 
     def get(self, name: str) -> Served:
         if name not in self.served:
@@ -98,21 +110,29 @@ class ModelSet:
         return self.served[name]
 
     def tokenizer(self, name: str) -> Any:
-        entry = self.get(name)
-        return (self._shared[entry.base] if entry.shared else self._alone[name]).tokenizer
+        with self._lock:
+            entry = self.get(name)
+            return (self._shared[entry.key] if entry.shared else self._alone[name]).tokenizer
 
     # ---- prediction ---------------------------------------------------------------------------
     def run(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
         """Per (kind, run name, text): logits [labels] for a classifier, entities ("first") for a tagger.
         The runs of one base go through its shared encoder together, classifiers and taggers alike."""
+        with self._lock:  # a load or unload waits for the batch, and the batch for it
+            return self._run_locked(items)
+
+    def _run_locked(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
         from ..data.batches import TokenData
         from ..data.tokens import tokenize
         from ..inference import predict_logits
         out: list[Any] = [None] * len(items)
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (_, name, _) in enumerate(items):
-            entry = self.get(name)
-            groups.setdefault(("shared", entry.base) if entry.shared else ("alone", name), []).append(i)
+            entry = self.served.get(name)
+            if entry is None:  # unloaded while the request waited
+                out[i] = Gone(name)
+                continue
+            groups.setdefault(("shared", entry.key) if entry.shared else ("alone", name), []).append(i)
         for (kind, key), idx in groups.items():
             texts = [items[i][2] for i in idx]
             if kind == "shared":
