@@ -261,3 +261,16 @@ def test_a_request_for_a_run_unloaded_while_it_waited_is_404(runs):
     from transferkit.serving.models import Gone
     models = ModelSet({"sent": runs["sent"]})
     assert isinstance(models.run([("classify", "gone", "x")])[0], Gone)
+
+
+def test_runs_of_two_bases_get_one_shared_encoder_each(runs, tiny_model_dir, sentiment_csv, tmp_path):
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other_base)
+    other = api.finetune(tiny_config(sentiment_csv, other_base, tmp_path / "other", "lora", max_steps=6, lr=1e-2),
+                         log=quiet).run_dir
+    models = ModelSet({"sent": runs["sent"], "three": runs["three"], "other": other})
+    assert len(models._shared) == 2  # one AdapterPredictor per base
+    with TestClient(create_app(models)) as c:
+        for name, run in (("sent", runs["sent"]), ("three", runs["three"]), ("other", other)):
+            got = c.post("/v1/classify", json={"model": name, "input": TEXTS}).json()["data"]
+            np.testing.assert_allclose([d["probs"] for d in got], _probs(run, TEXTS), atol=1e-5)
