@@ -106,10 +106,17 @@ class Predictor(LoadedModel):
         """Class probabilities [n, classes] in input order."""
         texts = _check_texts(texts)
         t0 = time.perf_counter()
-        data = TokenData(tokenize(self.tokenizer, texts, self.max_length))
-        logits = predict_logits(self.model, data, self.batch_size, self.pad_id, self.device)
+        logits = self._logits(texts)
         self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
         return _finite_probs(torch.softmax(logits, dim=-1))
+
+    def outputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Per text its logits [classes]: what serving batches (the tagger's `outputs` gives entities)."""
+        return list(self._logits(texts))
+
+    def _logits(self, texts: Sequence[str]) -> torch.Tensor:
+        data = TokenData(tokenize(self.tokenizer, texts, self.max_length))
+        return predict_logits(self.model, data, self.batch_size, self.pad_id, self.device)  # [n, classes]
 
     def predict(self, texts: Sequence[str] | str) -> list[dict[str, Any]]:
         """Per text: label, confidence, and every class probability."""

@@ -116,6 +116,10 @@ class EntityPredictor(LoadedModel):
         out = [{"entities": e} for e in self.entities([texts] if single else texts, aggregation_strategy)]
         return out[0] if single else out
 
+    def outputs(self, texts: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Per text its entities ("first"): what serving batches (a classifier's `outputs` gives logits)."""
+        return self.entities(texts, "first")
+
     def entities(self, texts: Sequence[str], aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
         """Per text, its entity list (see the module docstring for each strategy's keys)."""
         from .inference import _check_texts

@@ -30,7 +30,6 @@ from .errors import UserError
 TASK_ALIASES = {"text-classification": "text-classification", "sentiment-analysis": "text-classification",
                 "token-classification": "token-classification", "ner": "token-classification",
                 "fill-mask": "fill-mask", "text-generation": "text-generation"}
-_HEAD = {"text-classification": "sequence", "token-classification": "token"}
 _RUN_TASK = {"text-classification": "classify", "token-classification": "ner"}
 
 
@@ -107,10 +106,10 @@ def _load_head(model: str, kind: str, device: str | None, batch_size: int) -> An
             other = next(k for k, v in _RUN_TASK.items() if v == info.task)
             raise UserError(f"{model} is a {info.task} run; open it with pipeline({other!r}, model=...)")
         return Predictor.from_run(p, device=device, batch_size=batch_size)
-    return _load_hf_head(model, _HEAD[kind], device, batch_size)
+    return _load_hf_head(model, _RUN_TASK[kind], device, batch_size)
 
 
-def _load_hf_head(model: str, head: str, device: str | None, batch_size: int) -> Any:
+def _load_hf_head(model: str, task_name: str, device: str | None, batch_size: int) -> Any:
     """A classifier folder (transferkit's exported ones or any AutoModelFor...Classification folder)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -119,6 +118,8 @@ def _load_hf_head(model: str, head: str, device: str | None, batch_size: int) ->
     from .core.folders import check_finite, check_folder, loading
     from .lm_models import model_folder
     from .models import load_tokenizer
+    task = tasks.get(task_name)
+    head = task.head_kind
     folder = model_folder(model)
     check_folder(folder, ("config.json",))
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
@@ -136,7 +137,6 @@ def _load_hf_head(model: str, head: str, device: str | None, batch_size: int) ->
     labels = [loaded.config.id2label[i] for i in range(loaded.config.num_labels)]
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
                 int(getattr(loaded.config, "max_position_embeddings", 512) or 512))
-    task = tasks.get("classify" if head == "sequence" else "ner")
     return task.predictor(loaded, tokenizer, labels, limit, batch_size, device)
 
 

@@ -126,8 +126,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
         # metric labels come from the app's own routes and models only: client input never adds a series
-        known = {getattr(r, "path", None) for r in app.routes}
-        route = request.url.path if request.url.path in known else "unmatched"
+        route = request.url.path if request.url.path in app.state.route_paths else "unmatched"
         if api_key and route not in ("/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
@@ -202,13 +201,18 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                 raise ApiError(500, f"model {name!r} produced non-finite scores for this input", "Backend")
         return results
 
+    async def answer(request: Request, name: str | None, task: str, inputs: Texts,
+                     refuse_longer: bool = False) -> tuple[Any, list[int], list[Any]]:
+        """Every prediction route's steps: the run, its checked texts and tokens, the batched results."""
+        entry = served(name, task, request)
+        texts = texts_of(inputs)
+        tokens = token_counts(entry, texts, refuse_longer)
+        return entry, tokens, await batched(task, entry.name, texts, tokens)
+
     # ---- routes -------------------------------------------------------------------------------
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-        entry = served(body.model, "classify", request)
-        texts = texts_of(body.input)
-        tokens = token_counts(entry, texts, refuse_longer=False)
-        logits = await batched("classify", entry.name, texts, tokens)
+        entry, tokens, logits = await answer(request, body.model, "classify", body.input)
         data = []
         for i, row in enumerate(logits):
             probs = torch.softmax(row, dim=-1)
@@ -221,10 +225,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
 
     @app.post("/predict")
     async def predict(body: PredictRequest, request: Request) -> Any:
-        entry = served(body.model, "classify", request)
-        texts = texts_of(body.inputs)
-        tokens = token_counts(entry, texts, refuse_longer=not body.truncate)
-        logits = await batched("classify", entry.name, texts, tokens)
+        entry, _, logits = await answer(request, body.model, "classify", body.inputs, refuse_longer=not body.truncate)
         out = []
         for row in logits:
             scores = row if body.raw_scores else torch.softmax(row, dim=-1)
@@ -234,10 +235,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
 
     @app.post("/v1/ner")
     async def ner(body: NerRequest, request: Request) -> dict[str, Any]:
-        entry = served(body.model, "ner", request)
-        texts = texts_of(body.input)
-        tokens = token_counts(entry, texts, refuse_longer=False)
-        entities = await batched("ner", entry.name, texts, tokens)
+        entry, _, entities = await answer(request, body.model, "ner", body.input)
         return {"id": f"ner-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
                 "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
 
@@ -278,4 +276,5 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.state.route_paths = {getattr(r, "path", None) for r in app.routes}  # once, not per request
     return app

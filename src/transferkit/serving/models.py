@@ -122,9 +122,6 @@ class ModelSet:
             return self._run_locked(items)
 
     def _run_locked(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
-        from ..data.batches import TokenData
-        from ..data.tokens import tokenize
-        from ..inference import predict_logits
         out: list[Any] = [None] * len(items)
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (_, name, _) in enumerate(items):
@@ -137,12 +134,8 @@ class ModelSet:
             texts = [items[i][2] for i in idx]
             if kind == "shared":
                 rows = self._shared[key].outputs(texts, [items[i][1] for i in idx])
-            elif self.served[key].task == "ner":
-                rows = self._alone[key].entities(texts, "first")
-            else:
-                p = self._alone[key]
-                data = TokenData(tokenize(p.tokenizer, texts, p.max_length))
-                rows = list(predict_logits(p.model, data, p.batch_size, p.pad_id, p.device))
+            else:  # a classifier's predictor gives logits, a tagger's entities
+                rows = self._alone[key].outputs(texts)
             for i, row in zip(idx, rows):
                 out[i] = row.float() if isinstance(row, torch.Tensor) else row
         return out
