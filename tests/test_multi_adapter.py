@@ -116,7 +116,7 @@ def test_bad_calls_are_user_errors(multi):
 
 def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
     from transferkit.runinfo import trust_base
-    with pytest.raises(UserError, match="method .full. cannot share a base model .only head_only, ia3 and lora"):
+    with pytest.raises(UserError, match="method .full. cannot share a base model .only bitfit, head_only, ia3 and lora"):
         Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
     other_base = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other_base)
@@ -212,7 +212,42 @@ def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_d
     assert np.abs(multi.predict_proba(TEXTS, adapter="ia3") - got).max() > 5e-5
 
 
-@pytest.mark.parametrize("method", ["lora", "head_only"])
+def test_bitfit_rows_add_their_own_bias_differences(tmp_path_factory, tiny_model_dir, finished_run, tmp_path):
+    """BitFit rows mix with LoRA and IA3 rows in one batch; biases pushed far from the base make their effect large."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    data = write_csv(tmp_path_factory.mktemp("data-bitfit") / "d.csv", make_sentences(80, seed=11))
+    out = tmp_path_factory.mktemp("run-bitfit") / "run"
+    cfg = tiny_config(data, tiny_model_dir, out, "bitfit", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
+    run = api.finetune(cfg, log=quiet).run_dir
+    weights = run / "adapter" / "trainable.safetensors"
+    g = torch.Generator().manual_seed(0)
+    state = {k: (v + torch.randn(v.shape, generator=g) if not k.startswith("classifier.") else v)
+             for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights))
+    assert any("LayerNorm" in k for k in state) and any("pooler" not in k and "query" in k for k in state)
+    multi = Predictor.from_runs({"bitfit": run, "sent": finished_run("lora"), "head": finished_run("head_only")},
+                                batch_size=4)
+    assert multi.model.tasks["bitfit"].mixable and multi.model.tasks["bitfit"].offsets
+    alone = {n: Predictor.from_run(r) for n, r in
+             {"bitfit": run, "sent": finished_run("lora"), "head": finished_run("head_only")}.items()}
+    names = ["bitfit", "sent", "head", "bitfit"] * 2
+    rows = multi.predict(TEXTS, adapters=names)
+    for text, name, row in zip(TEXTS, names, rows):
+        assert np.abs(np.array(list(row["probs"].values())) - alone[name].predict_proba([text])[0]).max() < 1e-5
+    got = multi.predict_proba(TEXTS, adapter="bitfit")
+    assert np.abs(got - alone["bitfit"].predict_proba(TEXTS)).max() < 1e-5
+    multi.model.tasks["bitfit"].offsets = None  # without the bias differences the same head gives other results
+    assert np.abs(multi.predict_proba(TEXTS, adapter="bitfit") - got).max() > 1e-3
+    # a tensor that is not an encoder bias is refused, naming the file
+    state["encoder.embeddings.word_embeddings.weight"] = torch.zeros(2, 2)
+    save_file(state, str(weights))
+    with pytest.raises(UserError, match="trainable.safetensors: encoder.embeddings.word_embeddings.weight is not "
+                                        "an encoder bias"):
+        Predictor.from_runs({"bitfit": run, "sent": finished_run("lora")})
+
+
+@pytest.mark.parametrize("method", ["lora", "head_only", "bitfit"])
 def test_taggers_and_classifiers_share_one_encoder_pass(method, runs, tiny_model_dir, tmp_path):
     """An NER run on the same base mixes with sentence classifiers; each text's answer equals its run alone."""
     from helpers import NEGATIVE, POSITIVE

@@ -106,7 +106,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
             base_model: str | None = None, log: Any = _log) -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
 
-    `run_dir` may be `{name: run_dir, ...}` (lora/ia3/head_only runs of one base model): the base loads
+    `run_dir` may be `{name: run_dir, ...}` (lora/ia3/bitfit/head_only runs of one base model): the base loads
     once and each text uses the adapter named by `adapters` (one per text), the input file's
     `adapter_column`, a `NAME:text` tag, or else `adapter`."""
     from .inference import Predictor

@@ -4,7 +4,7 @@ Texts are tokenized in one call, sorted by length and padded per batch (dynamic 
 under `torch.inference_mode`, and returned in input order. A LoRA adapter is merged into the
 weights before serving, so prediction costs the same as a plain model.
 
-`Predictor.from_runs({name: run_dir})` gives an `AdapterPredictor`: several lora/ia3/head_only runs
+`Predictor.from_runs({name: run_dir})` gives an `AdapterPredictor`: several lora/ia3/bitfit/head_only runs
 of one base model on a single encoder (`multi_adapter`), switched per call or mixed per text;
 `predict_runs` is its API/CLI entry (texts routed by list, `NAME:text` tag or file column).
 """
@@ -98,7 +98,7 @@ class Predictor(LoadedModel):
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
                   strategy: str = MIXED, base_model: str | None = None) -> "Predictor":
-        """Several lora/ia3/head_only runs of one base model on a single encoder (see `multi_adapter`):
+        """Several lora/ia3/bitfit/head_only runs of one base model on a single encoder (see `multi_adapter`):
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
         return AdapterPredictor.from_runs(runs, device, batch_size, strategy, base_model)
 

@@ -17,7 +17,8 @@ once for the whole batch and each LoRA layer adds its low-rank update to its own
 rows of each task are pooled (each head its own way: mean or [CLS], one or more layers) and go
 through that task's head. head_only rows read the plain base (peft's "__base__"). IA3 rows also
 read the base, rescaled by their own vectors through forward hooks written here, because peft's
-IA3 layers have no per-row mode. Adapters peft cannot mix in one batch (DoRA) run group by group
+IA3 layers have no per-row mode; BitFit rows read the base plus their own bias differences the same
+way (exact: a module's output with bias b + d is its output with b, plus d). Adapters peft cannot mix in one batch (DoRA) run group by group
 with their adapter switched on. Each method says what it adds to the shared encoder (`Method.attach`:
 LoRA's peft adapter, IA3's vectors, nothing for head_only) and where its head's tensors are, so
 nothing here asks for a method by name. Runs must share the base weights (run.json `model_path`); each
@@ -56,10 +57,11 @@ class Task:
     per_token: bool = False  # a token head (NER): logits for every position, not one per text
     # encoder module path -> (scales the input (feed-forward) rather than the output, vector [features])
     scales: dict[str, tuple[bool, torch.Tensor]] | None = None
+    offsets: dict[str, torch.Tensor] | None = None  # encoder module path -> bias difference [features] (BitFit)
 
 
 class MultiAdapterModel(nn.Module):
-    """One encoder with N named LoRA adapters (and IA3 vectors), and one head per task."""
+    """One encoder with N named LoRA adapters (and IA3 vectors, BitFit biases), and one head per task."""
 
     def __init__(self, encoder: nn.Module, tuner: Any, tasks: dict[str, Task]) -> None:
         super().__init__()
@@ -72,21 +74,32 @@ class MultiAdapterModel(nn.Module):
                 key = f"ia3_{len(self.ia3)}"
                 self.register_buffer(key, vec, persistent=False)
                 self.ia3[f"{n}|{path}"] = (key, feedforward)
+        self.bias: dict[str, str] = {}  # BitFit bias differences, "<task>|<module path>" -> buffer name
+        for n, t in tasks.items():
+            for path, vec in (t.offsets or {}).items():
+                key = f"bias_{len(self.bias)}"
+                self.register_buffer(key, vec, persistent=False)
+                self.bias[f"{n}|{path}"] = key
 
     @contextmanager
-    def _ia3_rows(self, tasks: Sequence[str]) -> Iterator[None]:
-        """Scale each (IA)^3 row's activations by its own task's vectors (peft's IA3 layers have no
-        per-row mode): a forward hook on every module some task in the batch rescales."""
-        by_path: dict[str, list[tuple[list[int], torch.Tensor, bool]]] = {}
+    def _row_updates(self, tasks: Sequence[str]) -> Iterator[None]:
+        """Give each row its own task's (IA)^3 scales and BitFit bias offsets (peft has no per-row mode
+        for either): a forward hook on every module some task in the batch changes. A row belongs to
+        one task, so the scale of one and the offset of another never meet in the same row."""
+        scales: dict[str, list[tuple[list[int], torch.Tensor, bool]]] = {}
+        offsets: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
         for t in dict.fromkeys(tasks):
-            if not self.tasks[t].scales:
+            task = self.tasks[t]
+            if not (task.scales or task.offsets):
                 continue
             rows = [i for i, x in enumerate(tasks) if x == t]
-            for path in self.tasks[t].scales:
+            for path in task.scales or {}:
                 key, feedforward = self.ia3[f"{t}|{path}"]
-                by_path.setdefault(path, []).append((rows, getattr(self, key), feedforward))
+                scales.setdefault(path, []).append((rows, getattr(self, key), feedforward))
+            for path in task.offsets or {}:
+                offsets.setdefault(path, []).append((rows, getattr(self, self.bias[f"{t}|{path}"])))
         handles = []
-        for path, entries in by_path.items():
+        for path, entries in scales.items():
             feedforward = entries[0][2]
             scale = torch.ones(len(tasks), 1, entries[0][1].numel(), device=entries[0][1].device)  # [batch, 1, features]
             for rows, vec, _ in entries:
@@ -96,6 +109,14 @@ class MultiAdapterModel(nn.Module):
                 handles.append(module.register_forward_pre_hook(lambda m, args, s=scale: (args[0] * s, *args[1:])))
             else:  # scales the layer's output (bias included), as peft's IA3 layers do
                 handles.append(module.register_forward_hook(lambda m, args, out, s=scale: out * s))
+        for path, entries in offsets.items():
+            shift = torch.zeros(len(tasks), entries[0][1].numel(), device=entries[0][1].device)  # [batch, features]
+            for rows, vec in entries:
+                shift[rows] = vec
+            module = self.encoder.get_submodule(path)
+            # an output is [batch, features] (a pooler) or [batch, seq, features]
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, s=shift: out + s.view(s.shape[0], *[1] * (out.dim() - 2), s.shape[1])))
         try:
             yield
         finally:
@@ -127,7 +148,7 @@ class MultiAdapterModel(nn.Module):
         head) for a batch whose row i belongs to tasks[i]."""
         names = [self.tasks[t].adapter for t in tasks]
         layers = max(self.tasks[t].classifier.config.pool_layers for t in set(tasks))
-        with self._adapters(names), self._ia3_rows(tasks):
+        with self._adapters(names), self._row_updates(tasks):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                output_hidden_states=layers > 1)
         result = {}
@@ -199,7 +220,7 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
         tuner = part.tuner
         served[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
                             heads[name].eval(), part.mixable, part.adapter, tasks.get(info.task).head_kind == "token",
-                            part.scales)
+                            part.scales, part.offsets)
     tokenizer = load_tokenizer(str(first.artifact_dir))
     model = MultiAdapterModel(encoder, tuner, served).eval()
     check_finite(model, ", ".join(str(i.artifact_dir) for i in infos.values()))

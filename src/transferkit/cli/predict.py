@@ -10,7 +10,7 @@ from .common import BASE_MODEL_HELP
 PREDICT_HELP = """Label texts with a finished run:
   transferkit predict RUN_DIR "text" ... | --input FILE [--output preds.jsonl|.csv]
 
-Several lora/ia3/head_only runs of one base model load on one encoder with --adapter NAME=RUN_DIR
+Several lora/ia3/bitfit/head_only runs of one base model load on one encoder with --adapter NAME=RUN_DIR
 (repeat); each text names its adapter as a NAME:text tag, or --use NAME covers untagged texts, or
 an --input file names it in --adapter-column. One call serves them all as mixed batches:
   transferkit predict --adapter sentiment=runs/sent --adapter topic=runs/topic \\
@@ -35,7 +35,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run (omit when --adapter is given)")
     p.add_argument("texts", nargs="*", help="texts to label (with --adapter: NAME:text)")
     p.add_argument("--adapter", action="append", metavar="NAME=RUN_DIR",
-                   help="load this lora/ia3/head_only run as adapter NAME on a shared base (repeat for more)")
+                   help="load this lora/ia3/bitfit/head_only run as adapter NAME on a shared base (repeat for more)")
     p.add_argument("--use", metavar="NAME", help="with --adapter: the adapter for texts without a NAME: tag")
     p.add_argument("--adapter-column", help="with --adapter and --input: column naming each row's adapter")
     p.add_argument("--input", help="file of texts (txt: one per line; csv/tsv/jsonl/parquet: --text-column)")

@@ -64,6 +64,8 @@ class SharedPart:
     mixable: bool  # can share one encoder pass with other runs' rows
     # encoder module path -> (scales the module's input rather than its output, vector [features])
     scales: dict[str, tuple[bool, Any]] | None = None
+    # encoder module path -> vector [features] added to the module's output (a bias difference)
+    offsets: dict[str, Any] | None = None
 
 
 @dataclass

@@ -3,14 +3,23 @@
 peft has no BitFit, and none is needed: it is a choice of `requires_grad`. Every parameter named
 `bias` in the encoder trains (the attention, feed-forward and LayerNorm biases, as in the paper's
 code); the artefact is those tensors plus the head (`method.json` + `trainable.safetensors`).
+
+A BitFit run shares a base encoder with other runs exactly: a module's output with the trained bias
+is its output with the base bias plus (trained - base), for a Linear and a LayerNorm alike, so each
+row adds its own run's bias differences (`SharedPart.offsets`, applied per row by `multi_adapter`).
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import torch
 from torch import nn
 
+from ..errors import UserError
 from ..registry import METHODS
-from .artifact import TensorArtifactMethod
-from .base import is_head_param
+from .artifact import WEIGHTS_FILE, TensorArtifactMethod
+from .base import PEFT_BASE, SharedPart, is_head_param
 
 
 def _is_bias(name: str) -> bool:
@@ -24,6 +33,8 @@ class BitFit(TensorArtifactMethod):
     # On MiniLM, first 4,000 movie sentences, one epoch: 3e-3 reached 82.8% validation / 79.9% test
     # against 80.7% / 77.5% at 1e-3.
     default_lr = 3e-3
+    shares_base = True  # the weights are the base's; rows add their own bias differences
+    head_file = WEIGHTS_FILE
 
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():
@@ -32,3 +43,33 @@ class BitFit(TensorArtifactMethod):
 
     def method_params(self, model: nn.Module) -> dict[str, int]:
         return {n: p.numel() for n, p in model.named_parameters() if _is_bias(n) and not is_head_param(n)}
+
+    def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
+        return SharedPart(tuner, PEFT_BASE, mixable=True, offsets=_bias_offsets(encoder, art_dir))
+
+
+def _bias_offsets(encoder: nn.Module, art_dir: Path) -> dict[str, torch.Tensor]:
+    """Trained bias minus the shared encoder's, by encoder module path (modules left unchanged are skipped)."""
+    from safetensors import safe_open
+    prefix = "encoder."  # the classifier's encoder attribute
+    offsets = {}
+    with safe_open(str(Path(art_dir) / WEIGHTS_FILE), "pt") as f:
+        for key in f.keys():  # noqa: SIM118  (safe_open is not a dict)
+            if is_head_param(key):
+                continue
+            if not (key.startswith(prefix) and _is_bias(key)):
+                raise UserError(f"{art_dir / WEIGHTS_FILE}: {key} is not an encoder bias (not a BitFit artefact?)")
+            path = key[len(prefix):-len(".bias")]
+            try:
+                module = encoder.get_submodule(path)
+            except AttributeError:
+                raise UserError(f"{art_dir / WEIGHTS_FILE}: bias for {path}, which the base encoder does not have") from None
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+            trained = f.get_tensor(key)
+            if getattr(base, "bias", None) is None or tuple(base.bias.shape) != tuple(trained.shape):
+                raise UserError(f"{art_dir / WEIGHTS_FILE}: {key} has shape {tuple(trained.shape)}, which does "
+                                f"not fit the base encoder")
+            delta = trained.to(base.bias.dtype) - base.bias.detach()
+            if bool(delta.any()):
+                offsets[path] = delta
+    return offsets

@@ -1,9 +1,9 @@
 """The runs a server holds, and one call that predicts a mixed list of (run, text) pairs.
 
-Runs whose method can share a base (`Method.shares_base`: lora, ia3, head_only), sentence
+Runs whose method can share a base (`Method.shares_base`: lora, ia3, bitfit, head_only), sentence
 classifiers and taggers alike, are served per base on one `AdapterPredictor`, so texts for
 different tasks go through the encoder in one pass (`multi_adapter`). Every other run (full,
-adapter, prefix, bitfit) gets its own predictor in the same process; its texts are batched together.
+adapter, prefix) gets its own predictor in the same process; its texts are batched together.
 Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM) while
 batches wait, so a request never sees a half-built model; an item whose run was unloaded while it
 waited in the queue comes back as `Gone` (the app answers 404).
