@@ -4,7 +4,9 @@ All variants run in this one process on the same model object (same weights) and
 sentences: the first N (default 2,000) bundled movie sentences in file order.
 
     naive          AutoTokenizer per sentence, padding="max_length" (128), truncation, torch.no_grad()
-    Predictor fp32 one tokenizer call, length-sorted batches padded per batch, inference_mode
+    Predictor fp32 one tokenizer call, length-sorted batches padded per batch, inference_mode; a batch
+                   holds at most --batch-size rows and, on a CPU, --batch-tokens padded tokens
+    ... rows only  the same with batches bounded by --batch-size alone (what Predictor did before)
     Predictor int8 the same with dynamic int8 quantisation of the Linear layers (a quantised copy)
 
 Usage:
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000, help="sentences (the first N in file order; default 2000)")
     p.add_argument("--naive-n", type=int, help="time the naive loop on the first K of them (default: all N)")
     p.add_argument("--batch-size", type=int, default=64, help="Predictor batch size (default 64)")
+    p.add_argument("--batch-tokens", type=int, help="padded tokens per CPU batch (default: the library's, "
+                   "transferkit.data.batches.CPU_BATCH_TOKENS)")
     p.add_argument("--max-length", type=int, default=NAIVE_MAX_LENGTH,
                    help="Predictor token limit for the fresh model (a run uses its own; default 128, as naive)")
     p.add_argument("--repeats", type=int, default=1, help="timed passes per variant; the median is reported")
@@ -122,7 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
     import torch
 
+    from transferkit.data import batches
     from transferkit.inference import Predictor, quantize_int8
+    if args.batch_tokens is not None:
+        batches.CPU_BATCH_TOKENS = args.batch_tokens
+    budget = batches.CPU_BATCH_TOKENS
+
+    def rows_only(t: list[str]) -> Any:
+        batches.CPU_BATCH_TOKENS = None
+        try:
+            return predictor.predict_proba(t)
+        finally:
+            batches.CPU_BATCH_TOKENS = budget
     env = environment(args.threads)
     texts = load_texts(args.n)
     predictor, naive_tok, tok_dir, model_desc = load_model(args.run, args.max_length, args.batch_size)
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     variants: dict[str, Callable[[list[str]], Any]] = {
         "naive (1 at a time, pad 128)": lambda t: naive_proba(model, naive_tok, t),
         "Predictor fp32": predictor.predict_proba,
+        "Predictor fp32, rows only": rows_only,
         "Predictor int8": predictor_q.predict_proba,
     }
     warm = texts[:args.warmup]
@@ -154,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results.values():
         r["vs_naive"] = ratio(r["sentences_per_s"], naive_rate)
     checks = {"fp32_vs_naive": compare(outputs["Predictor fp32"][:naive_n], outputs["naive (1 at a time, pad 128)"]),
-              "int8_vs_fp32": compare(outputs["Predictor int8"], outputs["Predictor fp32"])}
+              "int8_vs_fp32": compare(outputs["Predictor int8"], outputs["Predictor fp32"]),
+              "token_bound_vs_rows_only": compare(outputs["Predictor fp32"], outputs["Predictor fp32, rows only"])}
     trained = args.run is not None
 
     print()
@@ -165,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     fp = checks["fp32_vs_naive"]
     print(f"Predictor fp32 vs naive on {naive_n} sentences: argmax agreement {fp['argmax_agreement']:.2%}, "
           f"max |prob diff| {fp['max_abs_prob_diff']:.2e} (should match: same weights, padding is masked)")
+    tb = results["Predictor fp32"]["sentences_per_s"] / results["Predictor fp32, rows only"]["sentences_per_s"]
+    print(f"batches of at most {budget} padded tokens vs {args.batch_size} rows alone: {tb:.2f}x "
+          f"(max |prob diff| {checks['token_bound_vs_rows_only']['max_abs_prob_diff']:.1e})")
     q = checks["int8_vs_fp32"]
     note = "" if trained else "  [untrained head: near-tied logits, agreement not meaningful; use --run]"
     print(f"Predictor int8 vs fp32: argmax agreement {q['argmax_agreement']:.2%} on {len(texts)} sentences, "
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "inference", "quick": args.quick, "environment": env, "model": model_desc,
         "data": {"dataset": "movie-sentences", "rows": len(texts), "naive_rows": naive_n,
                  "selection": "first N in file order"},
-        "settings": {"batch_size": args.batch_size, "naive_max_length": NAIVE_MAX_LENGTH,
+        "settings": {"batch_size": args.batch_size, "batch_tokens": budget, "naive_max_length": NAIVE_MAX_LENGTH,
                      "predictor_max_length": predictor.max_length, "repeats": args.repeats, "warmup": args.warmup},
         "results": results, "checks": checks, "int8_agreement_meaningful": trained,
         "target": {"best_predictor_vs_naive": TARGET, "achieved": best, "met": best >= TARGET},

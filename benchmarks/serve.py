@@ -15,7 +15,10 @@ after the runs, the resident memory of each server's processes. Every answer is 
 the offline prediction of the same run (`Predictor.from_run`, probabilities to 1e-4).
 
 Targets (issue 10): (b) keeps >= 70% of (a)'s texts/s; (b) at C=16 is >= 4x (c)'s texts/s; RSS of
-(b) <= 1.3x (a) and <= 0.25x (c)'s eight processes together.
+(b) <= 1.3x (a) and <= 0.25x (c)'s eight processes together. Before the servers start, the same texts
+run in this process without HTTP (`bound`): one text per forward on a merged model, as (c) works,
+against 16 mixed-task texts per forward on the shared encoder, as (b) works at C=16. Their ratio is
+the most batching can buy on this machine, so it bounds (b)/(c) for any server here.
 
 Usage:
     python benchmarks/serve.py                 # ~10 minutes on 2 cores
@@ -153,6 +156,29 @@ async def load(targets: list[tuple[str, dict]], concurrency: int, n_requests: in
             "wrong_or_failed": bad}
 
 
+def bound(runs: dict[str, Path], names: list[str], texts: list[str], threads: int) -> dict[str, float]:
+    """What batching can buy on this machine, without HTTP: texts/s of (c)'s work (one text per forward
+    on a merged model) and of (b)'s (16 texts of mixed tasks per forward on the shared encoder). Their
+    ratio bounds (b)/(c) at concurrency 16 for any server here: HTTP only adds cost to both."""
+    import torch
+
+    from transferkit.inference import Predictor
+    torch.set_num_threads(threads)
+    merged, shared = Predictor.from_run(runs[names[0]]), Predictor.from_runs(runs)
+    sample = texts[:128]
+    rng = random.Random(1)
+    tags = [names[rng.randrange(len(names))] for _ in sample]
+
+    def rate(fn: Any) -> float:
+        fn(sample[:16], tags[:16])  # warm-up
+        t0 = time.perf_counter()
+        fn(sample, tags)
+        return len(sample) / (time.perf_counter() - t0)
+    one = rate(lambda xs, _: [merged.predict_proba([x]) for x in xs])
+    mixed = rate(lambda xs, ts: [shared.predict(xs[i:i + 16], adapters=ts[i:i + 16]) for i in range(0, len(xs), 16)])
+    return {"merged_one_at_a_time": one, "shared_mixed_16": mixed, "ratio": mixed / one}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=8)
@@ -183,7 +209,10 @@ def main() -> None:
         for t, row in zip(want, pred.predict(want)):
             offline[n][t] = row["probs"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"bound": bound(runs, names, texts, args.threads)}
+    print(f"in-process bound: one text at a time on one merged run {results['bound']['merged_one_at_a_time']:.1f} "
+          f"texts/s, 16 texts of {len(names)} tasks per pass on the shared encoder "
+          f"{results['bound']['shared_mixed_16']:.1f} texts/s ({results['bound']['ratio']:.2f}x)", flush=True)
 
     def serve(models: list[str]) -> tuple[int, list[subprocess.Popen]]:
         port = free_port()
@@ -255,6 +284,7 @@ def main() -> None:
         "eight_vs_naive_texts_per_s@16": ratio(results["eight@16"]["texts_per_s"], results["naive@16"]["texts_per_s"]),
         "eight_vs_one_rss": ratio(results["eight_rss_mb"], results["one_rss_mb"]),
         "eight_vs_naive_rss": ratio(results["eight_rss_mb"], results["naive_rss_mb"]),
+        "in_process_bound_eight_vs_naive": results["bound"]["ratio"],
     }
     for k, v in summary.items():
         print(f"{k}: {v:.2f}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.batches import FeatureData, TokenData, sorted_batches
+from .data.batches import FeatureData, TokenData, batch_tokens, sorted_batches
 from .data.tokens import tokenize
 from .errors import UserError
 
@@ -36,7 +36,7 @@ def _batched(module: nn.Module, fn: Any, data: TokenData | FeatureData, batch_si
     was_training = module.training
     module.eval()
     out: torch.Tensor | None = None
-    for idx in sorted_batches(data.lengths(), batch_size):
+    for idx in sorted_batches(data.lengths(), batch_size, batch_tokens(device)):
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
         rows = fn(batch).float().cpu()  # [batch, k]
         if out is None:
@@ -282,7 +282,7 @@ class AdapterPredictor(Predictor):
         different adapters in one encoder pass where they allow it."""
         out: list[torch.Tensor | None] = [None] * len(ids)
         for group in self._groups(names):
-            for batch_idx in sorted_batches([len(ids[i]) for i in group], self.batch_size):
+            for batch_idx in sorted_batches([len(ids[i]) for i in group], self.batch_size, batch_tokens(self.device)):
                 rows = [group[j] for j in batch_idx]
                 batch = TokenData(ids).collate(rows, self.pad_id)
                 with torch.inference_mode():

@@ -33,9 +33,8 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     was_training = model.training
     model.eval()
     out: list[np.ndarray | None] = [None] * len(data)
-    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))  # similar lengths pad less
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    from ..data.batches import batch_tokens, sorted_batches
+    for idx in sorted_batches([len(x) for x in data.input_ids], batch_size, batch_tokens(device)):
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
         probs = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()  # [batch, seq, tags]
         for r, i in enumerate(idx):
