@@ -1,0 +1,561 @@
+"""`transferkit plan`: which method fits this data, this hardware and this many tasks, and with what settings.
+
+    PlanRun(cfg, memory="8GB", time_budget="3h", tasks=20).run() -> PlanResult
+
+1. The data and the model are read as a fine-tuning run reads them (`FinetuneRun.setup`: the same
+   checks, the same max_length), and the hardware from this machine (device, free memory, cores)
+   unless `memory`/`device` describe another one.
+2. For every method: exact parameter counts and a memory estimate by part (`memory_estimate`: the
+   method applied on the meta device, activations counted as autograd saves them) at the method's
+   batch size; a batch that does not fit is halved (with gradient accumulation keeping the
+   examples per step) until it does. Unless `dry_run_steps` is 0, a few real training steps
+   (`Trainer._step`, the loop's own step) run on a sample of the training rows on this machine:
+   samples/s and peak memory measured, from which the epoch and the whole run are projected
+   (evaluation passes included).
+3. One method is recommended with its reasons (`recommend`, rules of thumb stated in words: memory,
+   time against the budget, data size against overfitting, artefact size x tasks, serving cost);
+   plan.json holds every figure and run.yaml is a config `transferkit finetune --config` runs as is.
+
+Nothing here writes a run directory: the dry runs train in memory and are thrown away.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core import fs
+from ..errors import UserError
+from ..memory_estimate import MB, MemoryEstimate, training_memory
+from ..runtime import log_stderr
+
+GB = 2**30
+SMALL_DATA = 1_000  # fewer training rows than this: full fine-tuning overfits easily
+LARGE_DATA = 20_000  # more than this: full fine-tuning's extra capacity pays off
+MANY_TASKS = 3  # this many task models or more: one shared base beats a model copy per task
+MEMORY_HEADROOM = 0.9  # plan within 90% of the memory there is (the runtime and the data need some)
+SHARE_ORDER = ("lora", "ia3", "bitfit", "head_only")  # methods that share a base, best quality first
+
+
+@dataclass
+class Hardware:
+    device: str  # cpu | cuda
+    memory_bytes: int  # what a run may use: free RAM (cpu) or free GPU memory (cuda)
+    cores: int
+    here: bool  # this machine as it is (dry runs measure it); False when memory/device were given
+    name: str = ""
+
+    def describe(self) -> str:
+        where = "this machine" if self.here else "the machine described"
+        return f"{self.device} ({self.name or where}), {self.memory_bytes / GB:.1f} GB usable, {self.cores} cores"
+
+
+@dataclass
+class MethodPlan:
+    method: str
+    batch_size: int
+    grad_accum: int
+    memory: MemoryEstimate
+    fits: bool
+    shares_base: bool
+    epochs: float
+    steps: int
+    artefact_bytes: int  # one task's saved artefact
+    dry_run: dict[str, Any] | None = None  # samples_per_s, peak_mb, steps, seconds
+    epoch_seconds: float | None = None
+    total_seconds: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "memory"}
+        out["memory_mb"] = self.memory.mb()
+        out["trainable_params"] = self.memory.trainable_params
+        out["total_params"] = self.memory.total_params
+        return out
+
+
+@dataclass
+class PlanResult:
+    data: dict[str, Any]
+    hardware: Hardware
+    tasks: int
+    time_budget_s: float | None
+    methods: list[MethodPlan]
+    recommended: str | None
+    reasons: list[str]
+    config: Any  # the RunConfig of the recommendation (None when nothing fits)
+    output_dir: Path | None = None
+    table: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recommended": self.recommended, "reasons": self.reasons, "data": self.data,
+                "hardware": asdict(self.hardware), "tasks": self.tasks, "time_budget_s": self.time_budget_s,
+                "methods": [m.row() for m in self.methods], "notes": self.notes,
+                "config": self.config.to_dict() if self.config is not None else None}
+
+
+# ---- user input ----------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*", re.I)
+_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+               "tib": 2**40}
+_TIME = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)?\s*", re.I)
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_memory(value: str | int | float, what: str = "--memory") -> int:
+    """'8GB', '16 GiB', '512MB' or a number of bytes -> bytes (GB are read as GiB, as tools report them)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), "b"
+    else:
+        m = _SIZE.fullmatch(str(value))
+        if not m:
+            raise UserError(f"{what} {value!r}: expected a size such as 8GB, 512MB or 16GiB")
+        number, unit = float(m.group(1)), (m.group(2) or "gb").lower()
+    if unit in ("kb", "mb", "gb", "tb"):  # what people mean by "a 16 GB GPU"
+        unit = unit[0] + "ib"
+    size = number * _SIZE_UNITS[unit]
+    if not math.isfinite(size) or not 2**20 <= size <= 2**50:
+        raise UserError(f"{what} {value!r}: must be between 1 MB and 1 PB")
+    return int(size)
+
+
+def parse_duration(value: str | int | float, what: str = "--time-budget") -> float:
+    """'3h', '90m', '2 days', '45s' or a number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _TIME.fullmatch(str(value))
+        if not m:
+            raise UserError(f"{what} {value!r}: expected a duration such as 3h, 90m or 2d")
+        seconds = float(m.group(1)) * _TIME_UNITS[(m.group(2) or "s")[0].lower()]
+    if not math.isfinite(seconds) or not 1 <= seconds <= 365 * 86400:
+        raise UserError(f"{what} {value!r}: must be between 1 second and 365 days")
+    return seconds
+
+
+def detect_hardware(device: str | None = None, memory: str | int | None = None) -> Hardware:
+    """This machine's device, usable memory and cores; `device`/`memory` describe another machine."""
+    import psutil
+    import torch
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected cpu or cuda")
+    has_cuda = torch.cuda.is_available()
+    dev = device or ("cuda" if has_cuda else "cpu")
+    here = memory is None and (dev == "cpu" or has_cuda)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if memory is not None:
+        usable, name = parse_memory(memory), ""
+    elif dev == "cuda" and has_cuda:
+        usable, name = torch.cuda.mem_get_info()[0], torch.cuda.get_device_name()
+    elif dev == "cuda":
+        raise UserError("--device cuda: this machine has no GPU; give --memory (e.g. --memory 16GB) for the one planned for")
+    else:
+        usable, name = psutil.virtual_memory().available, f"{cores}-core CPU"
+    return Hardware(dev, int(usable), cores, here, name)
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+class PlanRun:
+    """Plans `cfg` (a RunConfig: data, task, model, seed; method ignored) for `tasks` task models."""
+
+    def __init__(self, cfg: Any, *, memory: str | int | None = None, device: str | None = None,
+                 time_budget: str | float | None = None, tasks: int = 1, dry_run_steps: int = 5,
+                 methods: list[str] | None = None, output_dir: str | Path | None = None,
+                 log: Callable[[str], None] = log_stderr) -> None:
+        from ..registry import METHODS
+        if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 10_000:
+            raise UserError(f"--tasks {tasks!r}: must be an integer in [1, 10000]")
+        if isinstance(dry_run_steps, bool) or not isinstance(dry_run_steps, int) or not 0 <= dry_run_steps <= 1000:
+            raise UserError(f"--dry-run-steps {dry_run_steps!r}: must be an integer in [0, 1000] (0: no dry run)")
+        if dry_run_steps == 1:
+            raise UserError("--dry-run-steps 1: the first step warms up and is not timed; give 2 or more (or 0)")
+        self.cfg, self.log, self.tasks, self.dry_run_steps = cfg, log, tasks, dry_run_steps
+        self.hardware = detect_hardware(device, memory)
+        self.time_budget = parse_duration(time_budget) if time_budget is not None else None
+        self.methods = methods or METHODS.names()
+        for m in self.methods:
+            METHODS.get(m)  # an unknown name is a UserError listing the known ones
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        if self.output_dir is not None:
+            fs.check_writable_dir(self.output_dir)
+
+    def run(self) -> PlanResult:
+        from .finetune import FinetuneRun
+        setup = FinetuneRun(self.cfg, None, self.log)
+        setup.setup()  # the data and model checks of a real run; nothing written
+        self.setup = setup
+        splits = setup.splits
+        rows = len(splits.train)
+        data = {"train_rows": rows, "validation_rows": len(splits.validation), "test_rows": len(splits.test),
+                "classes": len(splits.label_names), "labels": list(splits.label_names)[:50],
+                "token_lengths": setup.stats, "max_length": setup.max_length,
+                "largest_class_share": _largest_share(splits, setup.task)}
+        dry = self.dry_run_steps > 0 and self.hardware.here
+        notes = []
+        if self.dry_run_steps and not self.hardware.here:
+            notes.append("no dry run: the machine planned for is not this one (time is not projected)")
+        plans = [self._plan_method(name, rows, data, dry) for name in self.methods]
+        recommended, reasons = recommend(plans, data, self.hardware, self.tasks, self.time_budget)
+        config = self._config(next(p for p in plans if p.method == recommended)) if recommended else None
+        result = PlanResult(data, self.hardware, self.tasks, self.time_budget, plans, recommended, reasons, config,
+                            self.output_dir, notes=notes)
+        result.table = table(result)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            fs.write_json(self.output_dir / "plan.json", result.to_json())
+            if config is not None:
+                fs.write_text(self.output_dir / "run.yaml", config.to_yaml())
+        return result
+
+    # ---- one method ----------------------------------------------------------------------------
+    def _plan_method(self, name: str, rows: int, data: dict[str, Any], dry: bool) -> MethodPlan:
+        from ..registry import METHODS
+        cfg, setup = self.cfg, self.setup
+        method = METHODS.get(name)()
+        tcfg = method.train_config(cfg.train)
+        batch, accum = tcfg.batch_size, tcfg.grad_accum
+        options = cfg.method.options_dict() if cfg.method.name == name else None
+
+        def estimate(b: int) -> MemoryEstimate:
+            return training_memory(str(setup.resolved.path), name, batch_size=b, max_length=setup.max_length,
+                                   task=cfg.task, num_labels=data["classes"], head=cfg.model.head,
+                                   pool_layers=cfg.model.pool_layers, method_options=options, examples=rows)
+        mem = estimate(batch)
+        budget = self.hardware.memory_bytes * MEMORY_HEADROOM
+        while mem.total > budget and batch > 1:  # halve the micro-batch, keep the examples per step
+            batch, accum = (batch + 1) // 2, accum * 2
+            mem = estimate(batch)
+        fits = mem.total <= budget
+        epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
+        steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
+        steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)
+        if tcfg.max_steps:
+            steps = min(steps, tcfg.max_steps)
+        plan = MethodPlan(name, batch, accum, mem, fits, method.shares_base, epochs, steps,
+                          _artefact_bytes(method, mem))
+        if dry and fits:
+            self.log(f"dry run: {name}, {self.dry_run_steps} steps of {batch} examples ...")
+            plan.dry_run = dry_run(setup, method, tcfg, batch, accum, self.dry_run_steps)
+            rate = plan.dry_run["samples_per_s"]
+            train_s = steps * batch * accum / rate
+            evals = math.ceil(steps / steps_per_epoch)  # one validation pass per epoch
+            eval_s = evals * data["validation_rows"] / plan.dry_run["eval_samples_per_s"]
+            encode_s = 0.0
+            if method.cache_features and setup.task.pooled_features:  # every text encoded once, then cheap epochs
+                encode_s = (rows + data["validation_rows"] + data["test_rows"]) / plan.dry_run["eval_samples_per_s"]
+                eval_s = 0.0
+            plan.total_seconds = round(train_s + eval_s + encode_s, 1)
+            plan.epoch_seconds = round((train_s + eval_s) / max(epochs, 1e-9) + encode_s / max(epochs, 1), 1)
+        return plan
+
+    def _config(self, plan: MethodPlan) -> Any:
+        """The run config of the recommendation: the user's config with the method and its batch."""
+        from ..config import RunConfig
+        cfg = RunConfig.from_dict(self.cfg.to_dict())
+        if cfg.method.name != plan.method:
+            cfg.override("method.name", plan.method)
+        cfg.override("train.batch_size", plan.batch_size)
+        if plan.grad_accum != 1:
+            cfg.override("train.grad_accum", plan.grad_accum)
+        cfg.data.max_length = self.setup.max_length
+        return cfg
+
+
+def _largest_share(splits: Any, task: Any) -> float | None:
+    labels = getattr(splits.train, "labels", None)
+    if not labels or task.head_kind != "sequence":
+        return None
+    from collections import Counter
+    return round(max(Counter(labels).values()) / len(labels), 4)
+
+
+def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
+    """Bytes one task's artefact takes: the whole model for a method that changes every weight, else
+    what trains (adapter weights, biases, the head)."""
+    return mem.weights if method.artifact == "model" and method.name == "full" else mem.trainable_params * 4
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak memory a block adds: the GPU allocator's peak on CUDA. On a CPU: the bytes malloc has
+    handed out and not taken back (glibc's mallinfo2: live memory, which resident memory is not once
+    freed pages are kept for reuse), read at every `mark()` (`watch(model)` marks the end of each
+    forward pass, when every saved activation is alive) and every 2 ms in a thread (which the GIL
+    can hold back, hence the marks), plus the bytes of the parameters (`watch`), which safetensors
+    maps from the file rather than allocating; resident memory where mallinfo2 is missing."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+        self.cuda = torch.device(device).type == "cuda"
+        self.peak = 0
+        self.params = 0
+        self._hooks: list[Any] = []
+
+    def watch(self, model: Any) -> None:
+        """Mark the end of every forward pass of `model` and count its parameters' bytes."""
+        self.params = sum(p.numel() * p.element_size() for p in model.parameters())
+        if not self.cuda:
+            self._hooks.append(model.register_forward_hook(lambda *_: self.mark()))
+
+    def mark(self) -> None:
+        if not self.cuda:
+            self._top = max(self._top, _rss())
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+        gc.collect()
+        _trim()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _rss()
+            self._stop = threading.Event()
+            self._top = self.base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._top = max(self._top, _rss())
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            for h in self._hooks:
+                h.remove()
+            self.peak = max(self._top, _rss()) - self.base + (self.params if _MALLINFO is not None else 0)
+
+
+class _MallInfo2(ctypes.Structure):  # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _libc_mallinfo() -> Any:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO = _libc_mallinfo()
+
+
+def _rss() -> int:
+    """Live heap bytes (mallinfo2: in use from the heap and from mmap), else resident memory."""
+    if _MALLINFO is not None:
+        info = _MALLINFO()
+        return int(info.uordblks + info.hblkhd)
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import psutil
+        return psutil.Process().memory_info().rss
+
+
+def _trim() -> None:
+    """Return freed heap memory to the OS (glibc), so resident memory measures live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rows(split: Any, idx: list[int]) -> Any:
+    """The rows `idx` of a split (sentence or tagged): every per-row list field indexed, the rest kept."""
+    import dataclasses
+    n = len(split)
+    return dataclasses.replace(split, **{f.name: [getattr(split, f.name)[i] for i in idx]
+                                         for f in dataclasses.fields(split)
+                                         if f.name != "notes" and isinstance(getattr(split, f.name), list)
+                                         and len(getattr(split, f.name)) == n})
+
+
+def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: int) -> dict[str, Any]:
+    """`steps` real training steps of `method` (the loop's own step; the first warms up and is not
+    timed) on a seeded sample of the training rows, and one evaluation pass: samples/s and peak memory."""
+    import dataclasses
+    import random
+    import tempfile
+
+    import torch
+    from accelerate import Accelerator
+
+    from ..data.batches import FeatureData, length_grouped_batches
+    from ..inference import pooled_features
+    from ..train import Trainer
+    task, cfg = setup.task, setup.cfg
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    n = min(len(setup.splits.train), batch * accum * steps)
+    rng = random.Random(cfg.train.seed)
+    sample = _rows(setup.splits.train, sorted(rng.sample(range(len(setup.splits.train)), n)))
+    encoded = task.encode(setup.tokenizer, sample, setup.max_length)
+    pad = setup.tokenizer.pad_token_id or 0
+    hidden = setup.hidden
+    torch.manual_seed(cfg.train.seed)
+    with PeakMemory(acc.device) as peak:
+        head = method.default_head if cfg.model.head == "auto" else cfg.model.head
+        model = task.build_model(setup.resolved, setup.splits.label_names, setup.pooling, cfg.model.classifier_dropout,
+                                 0 if head == "linear" else hidden, cfg.model.pool_layers or method.default_pool_layers,
+                                 random_init=cfg.model.init == "random")
+        model = method.apply(model).to(acc.device).train()  # dropout on, as the loop trains
+        peak.watch(model)
+        t0 = time.perf_counter()
+        if method.cache_features and task.pooled_features:
+            feats = pooled_features(model, encoded, 64, pad, acc.device)
+            eval_rate = len(encoded) / max(time.perf_counter() - t0, 1e-9)
+            data = FeatureData(feats, encoded.labels)
+        else:
+            data = encoded
+            eval_rate = None
+        run_cfg = dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum, progress=False)
+        with tempfile.TemporaryDirectory(prefix="transferkit-plan-") as tmp:
+            trainer = Trainer(model, data, run_cfg, Path(tmp), acc, pad, loss_fn=task.loss, log=lambda *_: None)
+            batches = length_grouped_batches(data.lengths(), batch, cfg.train.seed, 0, run_cfg.group_by_length)
+            groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            timed, examples = 0.0, 0
+            for k in range(steps):
+                group = groups[k % len(groups)]
+                t0 = time.perf_counter()
+                trainer._step(group)
+                peak.mark()
+                if k > 0:
+                    timed += time.perf_counter() - t0
+                    examples += sum(len(b) for b in group)
+            if eval_rate is None:  # one evaluation pass over the sample, as each epoch's validation runs
+                t0 = time.perf_counter()
+                task.evaluate(trainer.model, encoded, 64, pad, acc.device)
+                eval_rate = len(encoded) / max(time.perf_counter() - t0, 1e-9)
+        del trainer, model, data
+    gc.collect()
+    _trim()
+    return {"steps": steps, "timed_steps": steps - 1, "seconds": round(timed, 3),
+            "samples_per_s": round(examples / max(timed, 1e-9), 2), "eval_samples_per_s": round(eval_rate, 2),
+            "peak_mb": round(peak.peak / MB, 1), "device": str(acc.device)}
+
+
+# ---- the recommendation --------------------------------------------------------------------------------
+
+def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks: int,
+              budget_s: float | None) -> tuple[str | None, list[str]]:
+    """The method to use and why, by rules of thumb stated in the reasons."""
+    by = {p.method: p for p in plans}
+    rows = data["train_rows"]
+    fit = [p for p in plans if p.fits]
+    if not fit:
+        small = min(plans, key=lambda p: p.memory.total)
+        return None, [f"nothing fits in {hw.memory_bytes / GB:.1f} GB: the smallest, {small.method} at batch 1, "
+                      f"needs {small.memory.total / GB:.1f} GB; use a smaller model, a shorter max_length or a "
+                      f"machine with more memory"]
+    reasons: list[str] = []
+    timed = [p for p in fit if p.total_seconds is not None]
+    in_time = [p for p in fit if budget_s is None or p.total_seconds is None or p.total_seconds <= budget_s]
+    if budget_s is not None and timed and not [p for p in timed if p.total_seconds <= budget_s]:
+        fastest = min(timed, key=lambda p: p.total_seconds)
+        return fastest.method, [f"no method finishes within {_duration(budget_s)}; {fastest.method} is the "
+                                f"fastest ({_duration(fastest.total_seconds)}): lower the epochs or use a smaller "
+                                f"model to fit the budget"] + _fit_reason(fastest, hw)
+    if budget_s is not None:
+        late = [p.method for p in timed if p.total_seconds > budget_s]
+        if late:
+            reasons.append(f"{', '.join(late)} would not finish within {_duration(budget_s)}")
+    if not [p for p in fit if p.method == "full"] and "full" in by:
+        reasons.append(f"full fine-tuning does not fit in {hw.memory_bytes / GB:.1f} GB "
+                       f"(needs {by['full'].memory.total / GB:.1f} GB)")
+    candidates = {p.method: p for p in in_time}
+
+    def pick(name: str, why: str) -> tuple[str, list[str]]:
+        return name, reasons + [why] + _fit_reason(candidates[name], hw)
+    if tasks >= MANY_TASKS:
+        shared = [m for m in SHARE_ORDER if m in candidates]
+        if shared:
+            p = candidates[shared[0]]
+            full_size = by["full"].artefact_bytes if "full" in by else p.memory.weights
+            return pick(shared[0], f"{tasks} task models: {shared[0]} adapters of {_size(p.artefact_bytes)} each "
+                                   f"({_size(p.artefact_bytes * tasks)} for all) on one shared base, against "
+                                   f"{_size(full_size * tasks)} for {tasks} fine-tuned copies; `transferkit serve` "
+                                   f"runs them all on one encoder")
+    if rows < SMALL_DATA and "lora" in candidates:
+        return pick("lora", f"{rows} training rows: few enough that full fine-tuning overfits easily; LoRA "
+                            f"trains {candidates['lora'].memory.trainable_params:,} parameters and keeps the "
+                            f"pretrained weights; augmenting the training data helps most at this size")
+    if rows >= LARGE_DATA and "full" in candidates:
+        return pick("full", f"{rows:,} training rows: enough data for full fine-tuning's extra capacity to pay "
+                            f"off, and it fits")
+    for name in ("lora", "full", "ia3", "adapter", "bitfit", "prefix", "head_only"):
+        if name in candidates:
+            why = (f"{rows:,} training rows: LoRA is within a point of full fine-tuning at this size on the "
+                   f"bundled benchmarks, trains faster and saves {_size(candidates[name].artefact_bytes)}"
+                   if name == "lora" else f"{name} fits and finishes in time")
+            return pick(name, why)
+    p = min(fit, key=lambda p: p.memory.total)
+    return p.method, reasons + [f"{p.method} is the smallest that fits"]
+
+
+def _fit_reason(p: MethodPlan, hw: Hardware) -> list[str]:
+    out = [f"{p.method} needs about {p.memory.total / GB:.2f} GB at batch {p.batch_size}"
+           + (f" x {p.grad_accum} accumulation" if p.grad_accum > 1 else "")
+           + f" of {hw.memory_bytes / GB:.1f} GB"]
+    if p.total_seconds is not None:
+        out.append(f"projected training time {_duration(p.total_seconds)} ({p.steps} steps, "
+                   f"{p.dry_run['samples_per_s']:.1f} samples/s measured)")
+    return out
+
+
+def _size(n: float) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.1f} MB"
+
+
+def _duration(s: float) -> str:
+    if s >= 86400:
+        return f"{s / 86400:.1f} days"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def table(result: PlanResult) -> str:
+    """The plan as a text table and the recommendation beneath it."""
+    head = ["method", "batch", "trainable", "weights MB", "grads MB", "optim MB", "activ MB", "total MB", "fits",
+            "samples/s", "peak MB", "projected"]
+    rows = []
+    for p in result.methods:
+        mb = p.memory.mb()
+        rows.append([p.method, f"{p.batch_size}" + (f"x{p.grad_accum}" if p.grad_accum > 1 else ""),
+                     f"{p.memory.trainable_params:,}", mb["weights"], mb["gradients"], mb["optimizer"],
+                     round(mb["activations"] + mb["backward"] + mb["cached_features"], 1), mb["total"],
+                     "yes" if p.fits else "no",
+                     p.dry_run["samples_per_s"] if p.dry_run else "-", p.dry_run["peak_mb"] if p.dry_run else "-",
+                     _duration(p.total_seconds) if p.total_seconds is not None else "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    d = result.data
+    lines = [f"data: {d['train_rows']:,} training rows, {d['classes']} classes, {d['token_lengths']['mean']} tokens "
+             f"on average -> max_length {d['max_length']}; hardware: {result.hardware.describe()}; "
+             f"{result.tasks} task model{'s' if result.tasks > 1 else ''}", "", *lines, ""]
+    lines.append(f"recommended: {result.recommended or 'none'}")
+    lines += [f"  - {r}" for r in result.reasons]
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
