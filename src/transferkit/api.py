@@ -4,6 +4,7 @@
     evaluate(run_dir, ...)   metrics, plots and an HTML report for a finished run
     predict(run_dir, texts)  labels with confidence (entities with offsets for NER runs), in input order
     compare(methods, ...)    every method on the same data and budget, one table
+    plan(data=..., ...)      which method fits this data, hardware and number of tasks; plan.json + run.yaml
 """
 from __future__ import annotations
 
@@ -42,6 +43,27 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS, log)
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     return FinetuneRun(cfg, None, log).run()
+
+
+def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,
+         device: str | None = None, time_budget: str | float | None = None, tasks: int = 1,
+         dry_run_steps: int = 5, methods: Sequence[str] | str | None = None,
+         output_dir: str | Path | None = None, log: Any = _log, **overrides: Any) -> Any:
+    """Which method to train on this data and hardware (and for `tasks` task models), with its settings.
+
+    Reads the data and model as `finetune` would, estimates every method's memory by part, runs a few
+    real training steps of each on a sample (`dry_run_steps`, 0 for none) and projects the time;
+    `memory="16GB"`/`device="cuda"` plan for another machine, `time_budget="3h"` bounds the time.
+    Returns a `recipes.plan.PlanResult` (`.recommended`, `.reasons`, `.config`, `.table`); with
+    `output_dir`, writes plan.json and run.yaml (a config `finetune --config` runs as is)."""
+    from .recipes.plan import PlanRun
+    runtime.setup()
+    cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    return PlanRun(cfg, memory=memory, device=device, time_budget=time_budget, tasks=tasks,
+                   dry_run_steps=dry_run_steps, methods=list(methods) if methods else None,
+                   output_dir=output_dir, log=log).run()
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).

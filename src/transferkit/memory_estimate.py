@@ -125,9 +125,8 @@ def _saved_bytes(net: Any, params: list[Any], batch: int, length: int, features:
             if features is not None:
                 out = net(pooled=torch.zeros(batch, features), labels=labels)
             else:
-                # no attention mask: transformers would inspect its values, which the meta device has not;
-                # the 4-D mask it builds from a padded batch is added below
+                # no attention mask: transformers would inspect its values, which the meta device has not
+                # (the 4-D mask it builds from a padded batch lives during the forward pass only: not saved)
                 out = net(input_ids=torch.zeros(batch, length, dtype=torch.long), labels=labels)
             out.loss.sum()
-    mask = 0 if features is not None else batch * length * length  # [batch, 1, length, length] bool
-    return sum(seen.values()) + mask, max(seen.values(), default=0)
+    return sum(seen.values()), max(seen.values(), default=0)

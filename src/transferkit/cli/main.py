@@ -11,11 +11,11 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import UserError
-from . import finetune, info, lm, predict
+from . import finetune, info, lm, plan, predict
 
 REPORT_URL = "the transferkit issue tracker"
 DEBUG_ENV = "TRANSFERKIT_DEBUG"
-COMMAND_MODULES = (finetune, predict, info, lm)
+COMMAND_MODULES = (finetune, predict, info, lm, plan)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,8 @@ class MethodPlan:
     steps: int
     artefact_bytes: int  # one task's saved artefact
     dry_run: dict[str, Any] | None = None  # samples_per_s, peak_mb, steps, seconds
+    train_seconds: float | None = None  # the optimizer steps (what a run's metrics.json calls train seconds)
+    eval_seconds: float | None = None  # validation passes (or, caching features, the one encoding pass)
     epoch_seconds: float | None = None
     total_seconds: float | None = None
 
@@ -218,43 +220,19 @@ class PlanRun:
 
     # ---- one method ----------------------------------------------------------------------------
     def _plan_method(self, name: str, rows: int, data: dict[str, Any], dry: bool) -> MethodPlan:
-        from ..registry import METHODS
         cfg, setup = self.cfg, self.setup
-        method = METHODS.get(name)()
-        tcfg = method.train_config(cfg.train)
-        batch, accum = tcfg.batch_size, tcfg.grad_accum
-        options = cfg.method.options_dict() if cfg.method.name == name else None
-
-        def estimate(b: int) -> MemoryEstimate:
-            return training_memory(str(setup.resolved.path), name, batch_size=b, max_length=setup.max_length,
-                                   task=cfg.task, num_labels=data["classes"], head=cfg.model.head,
-                                   pool_layers=cfg.model.pool_layers, method_options=options, examples=rows)
-        mem = estimate(batch)
-        budget = self.hardware.memory_bytes * MEMORY_HEADROOM
-        while mem.total > budget and batch > 1:  # halve the micro-batch, keep the examples per step
-            batch, accum = (batch + 1) // 2, accum * 2
-            mem = estimate(batch)
-        fits = mem.total <= budget
-        epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
-        steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
-        steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)
-        if tcfg.max_steps:
-            steps = min(steps, tcfg.max_steps)
-        plan = MethodPlan(name, batch, accum, mem, fits, method.shares_base, epochs, steps,
-                          _artefact_bytes(method, mem))
-        if dry and fits:
-            self.log(f"dry run: {name}, {self.dry_run_steps} steps of {batch} examples ...")
-            plan.dry_run = dry_run(setup, method, tcfg, batch, accum, self.dry_run_steps)
-            rate = plan.dry_run["samples_per_s"]
-            train_s = steps * batch * accum / rate
-            evals = math.ceil(steps / steps_per_epoch)  # one validation pass per epoch
-            eval_s = evals * data["validation_rows"] / plan.dry_run["eval_samples_per_s"]
-            encode_s = 0.0
-            if method.cache_features and setup.task.pooled_features:  # every text encoded once, then cheap epochs
-                encode_s = (rows + data["validation_rows"] + data["test_rows"]) / plan.dry_run["eval_samples_per_s"]
-                eval_s = 0.0
-            plan.total_seconds = round(train_s + eval_s + encode_s, 1)
-            plan.epoch_seconds = round((train_s + eval_s) / max(epochs, 1e-9) + encode_s / max(epochs, 1), 1)
+        plan = plan_method(name, str(setup.resolved.path), self.hardware, cfg.train, rows=rows,
+                           max_length=setup.max_length, task=cfg.task, classes=data["classes"],
+                           head=cfg.model.head, pool_layers=cfg.model.pool_layers,
+                           options=cfg.method.options_dict() if cfg.method.name == name else None)
+        if dry and plan.fits:
+            from ..registry import METHODS
+            method = METHODS.get(name)()
+            self.log(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
+            plan.dry_run = dry_run(setup, method, method.train_config(cfg.train), plan.batch_size, plan.grad_accum,
+                                   self.dry_run_steps)
+            project_time(plan, rows, data["validation_rows"], data["test_rows"],
+                         cached=method.cache_features and setup.task.pooled_features)
         return plan
 
     def _config(self, plan: MethodPlan) -> Any:
@@ -268,6 +246,49 @@ class PlanRun:
             cfg.override("train.grad_accum", plan.grad_accum)
         cfg.data.max_length = self.setup.max_length
         return cfg
+
+
+def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, max_length: int,
+                task: str = "classify", classes: int = 2, head: str = "auto", pool_layers: int | None = None,
+                options: dict[str, Any] | None = None) -> MethodPlan:
+    """Method `name`'s batch, steps, memory and artefact size for `rows` training rows on `hw`
+    (`train`: the run's TrainConfig; unset values take the method's defaults). A batch that does not
+    fit is halved, with gradient accumulation keeping the examples per step, down to 1."""
+    from ..registry import METHODS
+    method = METHODS.get(name)()
+    tcfg = method.train_config(train)
+    batch, accum = tcfg.batch_size, tcfg.grad_accum
+
+    def estimate(b: int) -> MemoryEstimate:
+        return training_memory(model, name, batch_size=b, max_length=max_length, task=task, num_labels=classes,
+                               head=head, pool_layers=pool_layers, method_options=options, examples=rows)
+    mem = estimate(batch)
+    budget = hw.memory_bytes * MEMORY_HEADROOM
+    while mem.total > budget and batch > 1:
+        batch, accum = (batch + 1) // 2, accum * 2
+        mem = estimate(batch)
+    epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
+    steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
+    steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)
+    if tcfg.max_steps:
+        steps = min(steps, tcfg.max_steps)
+    return MethodPlan(name, batch, accum, mem, mem.total <= budget, method.shares_base, epochs, steps,
+                      _artefact_bytes(method, mem))
+
+
+def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: int, cached: bool = False) -> None:
+    """Fill in `plan`'s projected seconds from its dry run: the optimizer steps at the measured
+    samples/s, one validation pass per epoch at the measured evaluation rate, and for a method that
+    caches features one encoding pass over every split instead (its epochs then cost almost nothing)."""
+    d = plan.dry_run
+    per_step = plan.batch_size * plan.grad_accum
+    plan.train_seconds = round(plan.steps * per_step / d["samples_per_s"], 1)
+    epochs_run = max(1, math.ceil(plan.steps * per_step / max(rows, 1)))
+    plan.eval_seconds = round(0.0 if cached else epochs_run * validation_rows / d["eval_samples_per_s"], 1)
+    if cached:
+        plan.eval_seconds = round((rows + validation_rows + test_rows) / d["eval_samples_per_s"], 1)
+    plan.total_seconds = round(plan.train_seconds + plan.eval_seconds, 1)
+    plan.epoch_seconds = round(plan.total_seconds / max(plan.epochs, 1e-9), 1)
 
 
 def _largest_share(splits: Any, task: Any) -> float | None:
@@ -432,7 +453,11 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
         run_cfg = dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum, progress=False)
         with tempfile.TemporaryDirectory(prefix="transferkit-plan-") as tmp:
             trainer = Trainer(model, data, run_cfg, Path(tmp), acc, pad, loss_fn=task.loss, log=lambda *_: None)
-            batches = length_grouped_batches(data.lengths(), batch, cfg.train.seed, 0, run_cfg.group_by_length)
+            lengths = data.lengths()
+            batches = length_grouped_batches(lengths, batch, cfg.train.seed, 0, run_cfg.group_by_length)
+            # the untimed first step takes the longest rows, so the measured peak is the run's
+            longest = max(range(len(batches)), key=lambda i: max(lengths[j] for j in batches[i]))
+            batches.insert(0, batches.pop(longest))
             groups = [batches[i:i + accum] for i in range(0, len(batches), accum)]
             timed, examples = 0.0, 0
             for k in range(steps):

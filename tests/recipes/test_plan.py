@@ -1,0 +1,210 @@
+"""`plan`: memory arithmetic, dry runs, the recommendation's rules of thumb, and bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import make_sentences, quiet, write_csv
+from transferkit import api, cli
+from transferkit.config import TrainConfig
+from transferkit.errors import UserError
+from transferkit.memory_estimate import training_memory
+from transferkit.recipes.plan import (GB, Hardware, PlanRun, parse_duration, parse_memory, plan_method, project_time,
+                                      recommend)
+
+# tiny BERT (tests/helpers.py): vocab 128, hidden 32, 2 layers, 2 heads, intermediate 64, 64 positions
+EMBEDDINGS = 128 * 32 + 64 * 32 + 2 * 32 + 2 * 32
+LAYER = 3 * (32 * 32 + 32) + (32 * 32 + 32) + 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 32
+HEAD = 32 * 2 + 2
+BUFFERS = 2 * 64 * 8  # position_ids and token_type_ids, int64 [1, 64]
+
+
+def test_weights_gradients_and_optimizer_by_hand(tiny_model_dir):
+    total = EMBEDDINGS + 2 * LAYER + HEAD  # the encoder's pooler is dropped: the head pools itself
+    full = training_memory(str(tiny_model_dir), "full", batch_size=4, max_length=16, head="linear")
+    assert full.total_params == full.trainable_params == total
+    assert full.weights == 4 * total + BUFFERS
+    assert full.gradients == 4 * total and full.optimizer == 2 * 4 * total
+    head = training_memory(str(tiny_model_dir), "head_only", batch_size=4, max_length=16, head="linear",
+                           pool_layers=1, examples=100)
+    assert head.trainable_params == HEAD and head.gradients == 4 * HEAD and head.optimizer == 8 * HEAD
+    assert head.cached_features == 100 * 32 * 4  # one pooled vector per training text
+    lora = training_memory(str(tiny_model_dir), "lora", batch_size=4, max_length=16, head="linear",
+                           method_options={"lora_r": 4})
+    # LoRA r=4 on query and value of 2 layers: A [4, 32] and B [32, 4] each; peft adds a trainable head copy
+    assert lora.trainable_params == 2 * 2 * (4 * 32 + 32 * 4) + HEAD
+    assert lora.total_params == total + 2 * 2 * (4 * 32 + 32 * 4) + HEAD
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "bitfit", "adapter", "prefix", "ia3"])
+def test_activations_equal_what_a_real_forward_saves(tiny_model_dir, method):
+    """The meta-device count equals autograd's saved tensors in a real forward of the same shape."""
+    from transferkit.config import MethodConfig
+    from transferkit.models import build_classifier, resolve_model
+    from transferkit.registry import METHODS
+    batch, length = 3, 20
+    est = training_memory(str(tiny_model_dir), method, batch_size=batch, max_length=length, head="linear")
+    m = METHODS.get(method)(MethodConfig.from_dict({"name": method}))
+    model = m.apply(build_classifier(resolve_model(str(tiny_model_dir)), ["a", "b"], "mean", 0.1)).train()
+    own = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s._cdata not in own:
+            seen[s._cdata] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=torch.randint(5, 100, (batch, length)), attention_mask=torch.ones(batch, length, dtype=torch.long),
+              labels=torch.zeros(batch, dtype=torch.long))
+    # equal but for the mean-pooling mask (float [batch, length, 1] and its row sums), which the meta pass,
+    # run without a mask, does not build: 4 * batch * (length + 1) bytes, under 0.1% of the total here
+    assert est.activations == sum(seen.values()) - 4 * batch * (length + 1)
+    assert est.activations > 0 and est.total > est.weights
+
+
+def test_activations_grow_with_batch_and_length(tiny_model_dir):
+    a = training_memory(str(tiny_model_dir), "full", batch_size=4, max_length=16)
+    b = training_memory(str(tiny_model_dir), "full", batch_size=8, max_length=16)
+    c = training_memory(str(tiny_model_dir), "full", batch_size=4, max_length=32)
+    assert b.activations == pytest.approx(2 * a.activations, rel=0.02)
+    assert c.activations > 2 * a.activations  # attention grows with the square of the length
+    with pytest.raises(UserError, match="max_length 65 exceeds the model's limit of 64"):
+        training_memory(str(tiny_model_dir), "full", batch_size=4, max_length=65)
+
+
+def test_sizes_and_durations():
+    assert parse_memory("8GB") == 8 * 2**30 and parse_memory("512 MiB") == 512 * 2**20 and parse_memory("16") == 16 * 2**30
+    assert parse_duration("3h") == 10800 and parse_duration("90m") == 5400 and parse_duration("2 days") == 172800
+    for bad in ("lots", "-3GB", "nanGB", "1e400GB", "0.5KB"):
+        with pytest.raises(UserError, match="--memory"):
+            parse_memory(bad)
+    for bad in ("soon", "-1h", "0s", "400d", "infh"):
+        with pytest.raises(UserError, match="--time-budget"):
+            parse_duration(bad)
+
+
+# ---- the rules of thumb -------------------------------------------------------------------------------
+
+def _plans(model: str, hw: Hardware, rows: int, length: int = 128, methods=("full", "lora", "head_only", "adapter", "ia3", "bitfit", "prefix")):
+    return [plan_method(m, model, hw, TrainConfig(), rows=rows, max_length=length) for m in methods]
+
+
+def _data(rows: int) -> dict:
+    return {"train_rows": rows, "validation_rows": rows // 8, "test_rows": rows // 8, "classes": 2}
+
+
+def test_big_data_one_gpu_three_days_is_full_finetuning():
+    hw = Hardware("cuda", 16 * GB, 8, here=False)
+    plans = _plans("bert-base-uncased", hw, 100_000)
+    name, reasons = recommend(plans, _data(100_000), hw, tasks=1, budget_s=3 * 86400)
+    assert name == "full", reasons
+    assert "100,000 training rows" in reasons[0]
+    full = next(p for p in plans if p.method == "full")
+    assert full.fits and 1.2 * GB < full.memory.total < 4 * GB  # bert-base, batch 16, 128 tokens
+
+
+def test_little_data_small_gpu_is_lora_with_augmentation():
+    hw = Hardware("cuda", 8 * GB, 8, here=False)
+    name, reasons = recommend(_plans("bert-base-uncased", hw, 500), _data(500), hw, tasks=1, budget_s=None)
+    assert name == "lora"
+    assert "overfits" in reasons[0] and "augment" in reasons[0]
+
+
+def test_twenty_tasks_is_lora_adapters_on_one_base():
+    hw = Hardware("cuda", 16 * GB, 8, here=False)
+    for rows in (5_000, 100_000):  # with a lot of data each, too: 20 copies of the model cost more than adapters
+        name, reasons = recommend(_plans("bert-base-uncased", hw, rows), _data(rows), hw, tasks=20, budget_s=None)
+        assert name == "lora", reasons
+        assert "20 task models" in reasons[0] and "one shared base" in reasons[0]
+
+
+def test_a_model_that_fits_nowhere():
+    hw = Hardware("cuda", 1 * GB, 8, here=False)
+    plans = _plans("bert-large-uncased", hw, 10_000, length=512)
+    assert all(p.batch_size == 1 for p in plans) and not any(p.fits for p in plans)  # halved down to 1, still too big
+    name, reasons = recommend(plans, _data(10_000), hw, tasks=1, budget_s=None)
+    assert name is None and "nothing fits in 1.0 GB" in reasons[0]
+
+
+def test_a_batch_that_does_not_fit_is_halved_with_accumulation():
+    hw = Hardware("cuda", 3 * GB, 8, here=False)
+    full = plan_method("full", "bert-base-uncased", hw, TrainConfig(), rows=10_000, max_length=512)
+    assert full.fits and full.batch_size < 16 and full.batch_size * full.grad_accum >= 16
+
+
+def test_two_core_cpu_with_a_deadline_takes_what_finishes():
+    """100,000 rows on a 2-core CPU in 3 hours: full and LoRA would take days; the rule says why."""
+    hw = Hardware("cpu", 20 * GB, 2, here=True)
+    plans = _plans("bert-base-uncased", hw, 100_000, methods=("full", "lora", "head_only"))
+    rates = {"full": 4.6, "lora": 9.0, "head_only": 20_000.0}  # samples/s of the kind measured on such a CPU
+    for p in plans:
+        p.dry_run = {"samples_per_s": rates[p.method], "eval_samples_per_s": 60.0, "peak_mb": 0}
+        project_time(p, 100_000, 12_500, 12_500, cached=p.method == "head_only")
+    name, reasons = recommend(plans, _data(100_000), hw, tasks=1, budget_s=3 * 3600)
+    assert name == "head_only", reasons
+    assert "full, lora would not finish within 3.0 h" in reasons[0]
+    name, reasons = recommend(plans, _data(100_000), hw, tasks=1, budget_s=600)  # nothing in 10 minutes
+    assert name == "head_only" and "no method finishes within 10.0 min" in reasons[0]
+
+
+# ---- end to end ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("plan") / "d.csv", make_sentences(160, seed=4))
+
+
+def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_csv, tmp_path):
+    out = tmp_path / "plan"
+    result = api.plan(data=str(data_csv), model=str(tiny_model_dir), dry_run_steps=3, output_dir=out, log=quiet)
+    assert {p.method for p in result.methods} == {"full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only"}
+    for p in result.methods:
+        assert p.fits and p.dry_run["samples_per_s"] > 0 and p.dry_run["timed_steps"] == 2
+        assert p.total_seconds > 0 and p.train_seconds > 0 and p.dry_run["peak_mb"] >= 0
+    assert result.recommended == "lora" and "overfits" in result.reasons[0]  # 128 training rows
+    saved = json.loads((out / "plan.json").read_text())
+    assert saved["recommended"] == "lora" and len(saved["methods"]) == 7
+    assert saved["methods"][0]["memory_mb"]["total"] > 0
+    assert "recommended: lora" in result.table
+    run = api.finetune(str(out / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=3, log=quiet,
+                       **{"train.progress": False})
+    assert json.loads((run.run_dir / "run.json").read_text())["method"] == "lora"
+
+
+def test_plan_cli(tiny_model_dir, data_csv, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert cli.main(["plan", "--data", str(data_csv), "--model", str(tiny_model_dir), "--no-dry-run",
+                     "--tasks", "20", "--methods", "lora,full,head_only", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended: lora" in printed and "20 task models" in printed and "run.yaml" in printed
+    assert json.loads((out / "plan.json").read_text())["tasks"] == 20
+    assert cli.main(["plan", "--data", str(data_csv), "--model", str(tiny_model_dir), "--memory", "16GB",
+                     "--device", "cuda", "--output-dir", str(tmp_path / "q")]) == 0
+    assert "no dry run: the machine planned for is not this one" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--memory", "lots"], "--memory 'lots': expected a size"),
+    (["--time-budget=-3h"], "--time-budget '-3h'"),
+    (["--tasks", "0"], "--tasks 0: must be an integer in [1, 10000]"),
+    (["--methods", "lora,magic"], "magic"),
+    (["--dry-run-steps", "1"], "--dry-run-steps 1"),
+    (["--no-dry-run", "--dry-run-steps", "3"], "give one"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, data_csv, tmp_path, capsys, argv, msg):
+    out = tmp_path / "bad"
+    assert cli.main(["plan", "--data", str(data_csv), "--model", str(tiny_model_dir), "--output-dir", str(out),
+                     *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cuda_on_a_machine_without_one_needs_the_memory(tiny_model_dir, data_csv):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="no GPU; give --memory"):
+        PlanRun(api.make_config(None, {"data.data": str(data_csv), "model.name": str(tiny_model_dir)}), device="cuda")
