@@ -168,8 +168,9 @@ def test_ner_run_and_its_export_through_transformers(tiny_model_dir, tmp_path):
     theirs = hf_pipeline("token-classification", model=str(out), aggregation_strategy="first")(texts)
     for model in (run, out):
         _close(transferkit.pipeline("ner", model=str(model), aggregation_strategy="first")(texts), theirs)
-    assert api.predict(run, texts, log=quiet)[0]["entities"] == transferkit.pipeline(
-        "ner", model=str(run), aggregation_strategy="first")(texts[0])
+    # one text alone pads and orders its batch differently from two: equal to float rounding
+    _close(api.predict(run, texts, log=quiet)[0]["entities"],
+           transferkit.pipeline("ner", model=str(run), aggregation_strategy="first")(texts[0]))
 
 
 def test_pipeline_refuses_bad_requests(seq_dir, tok_dir, finished_run, tiny_model_dir):
