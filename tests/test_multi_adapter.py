@@ -54,6 +54,8 @@ def alone(runs):
 def test_mixed_batch_equals_each_adapter_alone(multi, alone):
     names = ["sent", "three", "head", "three", "sent", "head", "three", "sent"]
     rows = multi.predict(TEXTS, adapters=names)
+    slots, layers = multi.model._stack  # the LoRA rows ran through the stacked weights, not peft's loop
+    assert set(slots) == {"sent", "three"} and len(layers) == 4  # query and value of 2 layers
     assert [r["adapter"] for r in rows] == names
     for text, name, row in zip(TEXTS, names, rows):
         ref = alone[name].predict_proba([text])[0]

@@ -14,7 +14,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import (compare, evaluate, export, fill_mask, finetune, generate, list_datasets, list_models, make_config,
-                  params, plan, predict, pretrain, serve)
+                  params, plan, predict, pretrain, serve, tune)
 from .config import RunConfig
 from .errors import UserError
 from .modeling import register as _register
@@ -33,5 +33,5 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
 _register()
 
 __all__ = ["pretrain", "finetune", "compare", "evaluate", "predict", "export", "params", "fill_mask", "generate",
-           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor", "pipeline", "serve", "plan"]
+           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor", "pipeline", "serve", "plan", "tune"]
 __version__ = "0.1.0"

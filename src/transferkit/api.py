@@ -5,6 +5,7 @@
     predict(run_dir, texts)  labels with confidence (entities with offsets for NER runs), in input order
     compare(methods, ...)    every method on the same data and budget, one table
     plan(data=..., ...)      which method fits this data, hardware and number of tasks; plan.json + run.yaml
+    tune(data=..., ...)      hyperparameters and method options searched with optuna; best.yaml + report
 """
 from __future__ import annotations
 
@@ -64,6 +65,28 @@ def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | i
     return PlanRun(cfg, memory=memory, device=device, time_budget=time_budget, tasks=tasks,
                    dry_run_steps=dry_run_steps, methods=list(methods) if methods else None,
                    output_dir=output_dir, log=log).run()
+
+
+def tune(config: str | Path | RunConfig | dict | None = None, *, method: str = "lora", n_trials: int | None = 30,
+         timeout: str | float | None = None, metric: str | None = None, space: str | Path | None = None,
+         workers: int = 1, keep: int = 3, output_dir: str | Path | None = None, resume: str | Path | None = None,
+         worker: bool = False, log: Any = _log, **overrides: Any) -> Any:
+    """Search hyperparameters and the method's own options with optuna (`method="auto"`: the method too).
+
+    Every trial is a fine-tuning run in `output_dir/trials/`; hopeless trials are pruned on the
+    validation metric; the best is scored on the test split once and written as `best.yaml`.
+    `resume=DIR` continues an interrupted study (with more `n_trials` if given); `workers=N` runs N
+    processes on it. Returns a `recipes.tune.TuneResult` (None in a worker process)."""
+    from .recipes.tune import TuneRun
+    runtime.setup()
+    if resume is not None:
+        run = TuneRun(resume=resume, timeout=timeout, workers=workers, worker=worker, log=log)
+        if n_trials is not None and not worker:  # a new total for the study
+            run.n_trials = TuneRun.checked_trials(n_trials)
+        return run.run()
+    cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    return TuneRun(cfg, output_dir=output_dir, method=method, n_trials=30 if n_trials is None else n_trials,
+                   timeout=timeout, metric=metric, space=space, workers=workers, keep=keep, log=log).run()
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).

@@ -65,7 +65,7 @@ class AdapterLinear(nn.Module):
 @dataclass
 class AdapterOptions:
     adapter_kind: str = field(default="pfeiffer", metadata={"help": "bottleneck adapter placement: houlsby (after attention and feed-forward) or pfeiffer (after feed-forward)"})
-    adapter_reduction: int = field(default=16, metadata={"help": "bottleneck adapter reduction factor: hidden size / bottleneck size"})
+    adapter_reduction: int = field(default=16, metadata={"help": "bottleneck adapter reduction factor: hidden size / bottleneck size", "search": {"choices": [4, 8, 16, 32, 64]}})
 
     def checks(self) -> list[tuple[bool, str, str, Any]]:
         return [(self.adapter_kind not in ("houlsby", "pfeiffer"), "adapter_kind", "must be houlsby or pfeiffer",

@@ -42,10 +42,10 @@ def default_targets(model: nn.Module) -> list[str]:
 
 @dataclass
 class LoRAOptions:
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": TARGETS_HELP})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank", "search": {"choices": [4, 8, 16, 32]}})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2*r)", "search": {"choices": [8, 16, 32, 64]}})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout", "search": {"low": 0.0, "high": 0.3}})
+    target_modules: list[str] | None = field(default=None, metadata={"help": TARGETS_HELP, "search": {"choices": [None, "all-linear"]}})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)"})
     lora_plus_ratio: float | None = field(default=None, metadata={"help": "LoRA+: the B matrices learn at lr * ratio (the LoRA+ paper suggests 16)"})

@@ -109,7 +109,7 @@ def _token_states(model: nn.Module, n: int, hidden: int, device: torch.device) -
 
 @dataclass
 class PrefixOptions:
-    prefix_tokens: int = field(default=20, metadata={"help": "prefix tuning: virtual tokens prepended to every layer's keys and values"})
+    prefix_tokens: int = field(default=20, metadata={"help": "prefix tuning: virtual tokens prepended to every layer's keys and values", "search": {"low": 5, "high": 50}})
 
     def checks(self) -> list[tuple[bool, str, str, Any]]:
         return [(self.prefix_tokens < 1, "prefix_tokens", "must be >= 1", self.prefix_tokens)]

@@ -41,6 +41,10 @@ class FinetuneRun(Run):
     """A fine-tuning run of `cfg` (a RunConfig); `resume` continues the run directory given."""
 
     command = "finetune"
+    # What a search sets on the runs it starts: trials skip the test split (the best one is scored once,
+    # at the end) and hear every validation result (to prune a hopeless trial).
+    score_test: bool = True
+    on_eval: Any = None  # called as on_eval(index of the evaluation, validation metrics)
 
     def before_new_run(self) -> None:
         from ..runinfo import trust_base
@@ -128,8 +132,14 @@ class FinetuneRun(Run):
             data = self._cached_features(model, data)
         self.data = data
 
+        evaluations = [0]
+
         def eval_fn(m: Any) -> dict[str, float]:
-            return self.task.evaluate(m, data["validation"], EVAL_BATCH, self.pad_id, acc.device)[0]
+            metrics = self.task.evaluate(m, data["validation"], EVAL_BATCH, self.pad_id, acc.device)[0]
+            if self.on_eval is not None:
+                self.on_eval(evaluations[0], metrics)
+            evaluations[0] += 1
+            return metrics
         self.tcfg = tcfg = method.train_config(cfg.train)
         trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
                           eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=self.task.loss, log=log)
@@ -183,8 +193,9 @@ class FinetuneRun(Run):
         from ..runinfo import RunInfo, read_history
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
         run_dir, log = self.run_dir, self.log
-        test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
-                                                            self.accelerator.device)
+        test_metrics, test_predictions = (self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
+                                                             self.accelerator.device)
+                                          if self.score_test else (None, None))
         # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
         if method.stock_base:  # the base folder stock peft calls load first; its absolute path goes in the adapter
             fs.write_folder(run_dir / BASE_DIR, self._write_base)
@@ -211,12 +222,14 @@ class FinetuneRun(Run):
                    "data": {**self.splits.summary, "token_lengths": self.stats, "max_length": self.max_length},
                    "method": method.name, "model": self.resolved.name, "memory": memory_report(self.rss_before_train)}
         source = cfg.data.data or cfg.data.train
-        self.task.write_report(run_dir / "report", self.splits, test_predictions, read_history(run_dir),
-                               title=f"transferkit: {method.name} on {source}",
-                               extra={"run directory": str(run_dir), "model": self.resolved.name,
-                                      "method": method.name, "data": source, "split": "test"})
+        if self.score_test:  # a search trial has no test scores: `transferkit evaluate` writes its report later
+            self.task.write_report(run_dir / "report", self.splits, test_predictions, read_history(run_dir),
+                                   title=f"transferkit: {method.name} on {source}",
+                                   extra={"run directory": str(run_dir), "model": self.resolved.name,
+                                          "method": method.name, "data": source, "split": "test"})
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
-        log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
+        if test_metrics is not None:
+            log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
         log(f"trained {state.examples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
         log(f"run directory: {run_dir}")
         return FinetuneResult(run_dir, metrics)
