@@ -5,6 +5,7 @@ import json
 import sqlite3
 
 import pytest
+import torch
 
 from helpers import make_sentences, quiet, write_csv
 from transferkit import api, cli
@@ -97,6 +98,7 @@ def test_resume_after_an_interruption(tiny_model_dir, data_csv, tmp_path, monkey
 
 def test_two_workers_share_one_study(tiny_model_dir, data_csv, tmp_path):
     out = tmp_path / "study"
+    threads = torch.get_num_threads()
     # trials long enough (10 epochs, 80 steps) that the second process, a few seconds to start, finds work left
     result = api.tune(data=str(data_csv), model=str(tiny_model_dir), n_trials=6, workers=2,
                       space=str(_space(tmp_path, SPACE.replace("train.epochs: 1", "train.epochs: 10"))),
@@ -107,6 +109,7 @@ def test_two_workers_share_one_study(tiny_model_dir, data_csv, tmp_path):
     assert len({t["worker"] for t in result.trials}) == 2  # both processes took trials
     numbers = [t["number"] for t in result.trials]
     assert numbers == sorted(set(numbers))
+    assert torch.get_num_threads() == threads  # the workers' share of the cores ends with the study
 
 
 def test_default_space_reads_the_method_options():

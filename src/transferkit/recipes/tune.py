@@ -304,6 +304,8 @@ class TuneRun:
         study = self.study()
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
         procs = []
+        import torch
+        threads_before = torch.get_num_threads()
         if not self.worker and self.workers > 1:
             procs = self._start_workers()
         try:
@@ -313,6 +315,7 @@ class TuneRun:
         finally:
             for p in procs:
                 p.wait()
+            torch.set_num_threads(threads_before)  # the cores were shared among the workers only for the study
         if self.worker:
             return None
         failed = [p for p in procs if p.returncode not in (0, None)]
