@@ -78,7 +78,7 @@ def training_memory(model: str, method: str, *, batch_size: int, max_length: int
     limit = enc.get("max_position_embeddings") or enc.get("n_positions")
     if limit and max_length > limit:
         raise UserError(f"max_length {max_length} exceeds the model's limit of {limit} tokens")
-    layers = pool_layers or m.default_pool_layers
+    layers = 1 if task_obj.head_kind == "token" else (pool_layers or m.default_pool_layers)  # a tagger reads the last layer
     config = TransferkitClassifierConfig(encoder=enc, num_labels=num_labels, pool_layers=layers)
     if (m.default_head if head == "auto" else head) == "mlp":
         config.head_hidden = config.hidden_size

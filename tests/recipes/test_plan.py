@@ -208,3 +208,15 @@ def test_cuda_on_a_machine_without_one_needs_the_memory(tiny_model_dir, data_csv
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="no GPU; give --memory"):
         PlanRun(api.make_config(None, {"data.data": str(data_csv), "model.name": str(tiny_model_dir)}), device="cuda")
+
+
+def test_plan_for_a_tagger(tiny_model_dir, tmp_path):
+    lines = []
+    for i in range(40):
+        lines += [f"{w} {t}" for w, t in [("good", "B-PER"), ("film", "O"), ("bad", "B-LOC"), ("plot", "O")][: 2 + i % 3]]
+        lines += [f"w{i % 7} O", ""]
+    (tmp_path / "t.conll").write_text("\n".join(lines), encoding="utf-8")
+    result = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=2,
+                      methods="lora,full,head_only", log=quiet, **{"data.dedupe": False})
+    assert {p.method for p in result.methods} == {"lora", "full", "head_only"}
+    assert all(p.dry_run["samples_per_s"] > 0 for p in result.methods) and result.recommended == "lora"
