@@ -5,8 +5,9 @@ For each method on MiniLM-L6 (bundled) at two batch sizes and two lengths: the e
 of real training steps of the loop (`Trainer._step`: forward, backward, clipping, AdamW) on
 batches of exactly that shape, and the figure `accelerate estimate-memory` gives for training
 (parameters + gradients + two Adam states in fp32, which is all it counts: no activations).
-Measured: resident memory the steps add over the process before the model was built (sampled every
-2 ms, freed heap handed back first: `recipes.plan.PeakMemory`); on a GPU, the allocator's peak.
+Measured: the live malloc bytes the steps add over the process before the model was built (read at
+the end of each forward pass and every 2 ms) plus the parameters (`memory_measure.PeakMemory`); on a
+GPU, the allocator's peak.
 Three steps per shape, so the optimizer state exists during the second and third. Target (issue 11):
 the estimate within 15% of the measurement.
 
@@ -38,7 +39,7 @@ def measure(method_name: str, batch: int, length: int, steps: int = 3) -> float:
     from transferkit.inference import pooled_features
     from transferkit.memory_estimate import MB
     from transferkit.models import build_classifier, resolve_model
-    from transferkit.recipes.plan import PeakMemory
+    from transferkit.memory_measure import PeakMemory
     from transferkit import tasks
     from transferkit.registry import METHODS
     from transferkit.train import Trainer

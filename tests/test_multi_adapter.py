@@ -17,10 +17,10 @@ TEXTS = ["good film", "awful boring plot with dull acting and a weak script", "t
          "bad", "this film was really quite terrible and the ending was poor", "fine music", "the plot"]
 
 
-def _train(tmp_path_factory, tiny_model_dir, rows, name: str, **model) -> Path:
+def _train(tmp_path_factory, tiny_model_dir, rows, name: str, method: str = "lora", **model) -> Path:
     data = write_csv(tmp_path_factory.mktemp(f"data-{name}") / "d.csv", rows)
     out = tmp_path_factory.mktemp(f"run-{name}") / "run"
-    cfg = tiny_config(data, tiny_model_dir, out, "lora", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
+    cfg = tiny_config(data, tiny_model_dir, out, method, epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
     for k, v in model.items():
         cfg.override(k, v)
     return api.finetune(cfg, log=quiet).run_dir
@@ -191,10 +191,7 @@ def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_d
     """IA3 rows mix with LoRA rows in one batch; vectors pushed far from 1 make their effect large."""
     import torch
     from safetensors.torch import load_file, save_file
-    data = write_csv(tmp_path_factory.mktemp("data-ia3") / "d.csv", make_sentences(80, seed=9))
-    out = tmp_path_factory.mktemp("run-ia3") / "run"
-    cfg = tiny_config(data, tiny_model_dir, out, "ia3", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
-    run = api.finetune(cfg, log=quiet).run_dir
+    run = _train(tmp_path_factory, tiny_model_dir, make_sentences(80, seed=9), "ia3", "ia3")
     weights = run / "adapter" / "adapter_model.safetensors"
     g = torch.Generator().manual_seed(0)
     state = {k: (v * (0.2 + 2 * torch.rand(v.shape, generator=g)) if k.endswith("ia3_l") else v)
@@ -215,13 +212,10 @@ def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_d
 
 
 def test_bitfit_rows_add_their_own_bias_differences(tmp_path_factory, tiny_model_dir, finished_run, tmp_path):
-    """BitFit rows mix with LoRA and IA3 rows in one batch; biases pushed far from the base make their effect large."""
+    """BitFit rows mix with LoRA and head-only rows in one batch; biases pushed far from the base make their effect large."""
     import torch
     from safetensors.torch import load_file, save_file
-    data = write_csv(tmp_path_factory.mktemp("data-bitfit") / "d.csv", make_sentences(80, seed=11))
-    out = tmp_path_factory.mktemp("run-bitfit") / "run"
-    cfg = tiny_config(data, tiny_model_dir, out, "bitfit", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
-    run = api.finetune(cfg, log=quiet).run_dir
+    run = _train(tmp_path_factory, tiny_model_dir, make_sentences(80, seed=11), "bitfit", "bitfit")
     weights = run / "adapter" / "trainable.safetensors"
     g = torch.Generator().manual_seed(0)
     state = {k: (v + torch.randn(v.shape, generator=g) if not k.startswith("classifier.") else v)

@@ -28,3 +28,8 @@ def setup() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS says, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -20,20 +20,18 @@ Nothing here writes a run directory: the dry runs train in memory and are thrown
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import math
-import os
-import re
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..core import fs
+from ..core.units import parse_duration, parse_memory
 from ..errors import UserError
 from ..memory_estimate import MB, MemoryEstimate, training_memory
+from .. import runtime
 from ..runtime import log_stderr
 
 GB = 2**30
@@ -103,45 +101,7 @@ class PlanResult:
                 "config": self.config.to_dict() if self.config is not None else None}
 
 
-# ---- user input ----------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*", re.I)
-_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-               "tib": 2**40}
-_TIME = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)?\s*", re.I)
-_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_memory(value: str | int | float, what: str = "--memory") -> int:
-    """'8GB', '16 GiB', '512MB' or a number of bytes -> bytes (GB are read as GiB, as tools report them)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number, unit = float(value), "b"
-    else:
-        m = _SIZE.fullmatch(str(value))
-        if not m:
-            raise UserError(f"{what} {value!r}: expected a size such as 8GB, 512MB or 16GiB")
-        number, unit = float(m.group(1)), (m.group(2) or "gb").lower()
-    if unit in ("kb", "mb", "gb", "tb"):  # what people mean by "a 16 GB GPU"
-        unit = unit[0] + "ib"
-    size = number * _SIZE_UNITS[unit]
-    if not math.isfinite(size) or not 2**20 <= size <= 2**50:
-        raise UserError(f"{what} {value!r}: must be between 1 MB and 1 PB")
-    return int(size)
-
-
-def parse_duration(value: str | int | float, what: str = "--time-budget") -> float:
-    """'3h', '90m', '2 days', '45s' or a number of seconds -> seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _TIME.fullmatch(str(value))
-        if not m:
-            raise UserError(f"{what} {value!r}: expected a duration such as 3h, 90m or 2d")
-        seconds = float(m.group(1)) * _TIME_UNITS[(m.group(2) or "s")[0].lower()]
-    if not math.isfinite(seconds) or not 1 <= seconds <= 365 * 86400:
-        raise UserError(f"{what} {value!r}: must be between 1 second and 365 days")
-    return seconds
-
+# ---- the hardware ----------------------------------------------------------------------------------
 
 def detect_hardware(device: str | None = None, memory: str | int | None = None) -> Hardware:
     """This machine's device, usable memory and cores; `device`/`memory` describe another machine."""
@@ -152,7 +112,7 @@ def detect_hardware(device: str | None = None, memory: str | int | None = None) 
     has_cuda = torch.cuda.is_available()
     dev = device or ("cuda" if has_cuda else "cpu")
     here = memory is None and (dev == "cpu" or has_cuda)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = runtime.usable_cores()
     if memory is not None:
         usable, name = parse_memory(memory), ""
     elif dev == "cuda" and has_cuda:
@@ -305,103 +265,7 @@ def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
     return mem.weights if method.artifact == "model" and method.name == "full" else mem.trainable_params * 4
 
 
-# ---- measuring ---------------------------------------------------------------------------------------
-
-class PeakMemory:
-    """Peak memory a block adds: the GPU allocator's peak on CUDA. On a CPU: the bytes malloc has
-    handed out and not taken back (glibc's mallinfo2: live memory, which resident memory is not once
-    freed pages are kept for reuse), read at every `mark()` (`watch(model)` marks the end of each
-    forward pass, when every saved activation is alive) and every 2 ms in a thread (which the GIL
-    can hold back, hence the marks), plus the bytes of the parameters (`watch`), which safetensors
-    maps from the file rather than allocating; resident memory where mallinfo2 is missing."""
-
-    def __init__(self, device: Any) -> None:
-        import torch
-        self.cuda = torch.device(device).type == "cuda"
-        self.peak = 0
-        self.params = 0
-        self._hooks: list[Any] = []
-
-    def watch(self, model: Any) -> None:
-        """Mark the end of every forward pass of `model` and count its parameters' bytes."""
-        self.params = sum(p.numel() * p.element_size() for p in model.parameters())
-        if not self.cuda:
-            self._hooks.append(model.register_forward_hook(lambda *_: self.mark()))
-
-    def mark(self) -> None:
-        if not self.cuda:
-            self._top = max(self._top, _rss())
-
-    def __enter__(self) -> "PeakMemory":
-        import torch
-        gc.collect()
-        _trim()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = _rss()
-            self._stop = threading.Event()
-            self._top = self.base
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._top = max(self._top, _rss())
-            self._stop.wait(0.002)
-
-    def __exit__(self, *exc: Any) -> None:
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self._stop.set()
-            self._thread.join()
-            for h in self._hooks:
-                h.remove()
-            self.peak = max(self._top, _rss()) - self.base + (self.params if _MALLINFO is not None else 0)
-
-
-class _MallInfo2(ctypes.Structure):  # glibc >= 2.33
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def _libc_mallinfo() -> Any:
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    return fn
-
-
-_MALLINFO = _libc_mallinfo()
-
-
-def _rss() -> int:
-    """Live heap bytes (mallinfo2: in use from the heap and from mmap), else resident memory."""
-    if _MALLINFO is not None:
-        info = _MALLINFO()
-        return int(info.uordblks + info.hblkhd)
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import psutil
-        return psutil.Process().memory_info().rss
-
-
-def _trim() -> None:
-    """Return freed heap memory to the OS (glibc), so resident memory measures live memory."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
+# ---- the dry run ---------------------------------------------------------------------------------------
 
 def _rows(split: Any, idx: list[int]) -> Any:
     """The rows `idx` of a split (sentence or tagged): every per-row list field indexed, the rest kept."""
@@ -425,6 +289,7 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
 
     from ..data.batches import FeatureData, length_grouped_batches
     from ..inference import pooled_features
+    from ..memory_measure import PeakMemory
     from ..train import Trainer
     task, cfg = setup.task, setup.cfg
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -474,7 +339,6 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
                 eval_rate = len(encoded) / max(time.perf_counter() - t0, 1e-9)
         del trainer, model, data
     gc.collect()
-    _trim()
     return {"steps": steps, "timed_steps": steps - 1, "seconds": round(timed, 3),
             "samples_per_s": round(examples / max(timed, 1e-9), 2), "eval_samples_per_s": round(eval_rate, 2),
             "peak_mb": round(peak.peak / MB, 1), "device": str(acc.device)}

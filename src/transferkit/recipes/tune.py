@@ -32,7 +32,6 @@ cannot search peft's options (transformers #29391) and needs a model_init workar
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import subprocess
@@ -45,128 +44,12 @@ from typing import Any, Callable
 from ..core import fs
 from ..errors import TrainingDiverged, UserError
 from ..runtime import log_stderr
+from .tune_space import Param, default_space, read_space, takes
 
 SETTINGS = "tune.json"
 STUDY = "study.db"
 STUDY_NAME = "transferkit"
 LOWER_IS_BETTER = ("loss", "perplexity")
-
-
-# ---- the space ----------------------------------------------------------------------------------------
-
-@dataclass
-class Param:
-    """One searched config key: a float or int range (optionally log-scaled), a choice, or a fixed value."""
-
-    key: str  # dotted config key, e.g. train.lr or method.lora_r
-    low: Any = None
-    high: Any = None
-    log: bool = False
-    choices: list[Any] | None = None
-    value: Any = None  # fixed: not searched
-    fixed: bool = False
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        if self.fixed:
-            return self.value
-        if self.choices is not None:
-            return trial.suggest_categorical(name, self.choices)
-        if isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.low, bool):
-            return trial.suggest_int(name, self.low, self.high, log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
-
-    def values_to_check(self) -> list[Any]:
-        """The values whose validity stands for the whole entry (the bounds, or every choice)."""
-        if self.fixed:
-            return [self.value]
-        return list(self.choices) if self.choices is not None else [self.low, self.high]
-
-
-def default_space(method_name: str) -> dict[str, Param]:
-    """The default search space of one method, around its own defaults."""
-    from ..registry import METHODS
-    method = METHODS.get(method_name)
-    lr = method.default_lr
-    head = method.default_head_lr or lr
-    epochs = method.default_epochs
-    space = {
-        "train.lr": Param("train.lr", lr / 10, lr * 10, log=True),
-        "train.head_lr": Param("train.head_lr", head / 10, head * 10, log=True),
-        "train.batch_size": Param("train.batch_size", choices=[b * method.default_batch_size // 16 for b in (8, 16, 32)]),
-        "train.warmup": Param("train.warmup", 0.0, 0.2),
-        "train.weight_decay": Param("train.weight_decay", 1e-4, 0.1, log=True),
-        "train.epochs": Param("train.epochs", max(1, int(epochs) // 2), max(2, int(math.ceil(epochs * 2)))),
-    }
-    if method_name == "full":  # only full fine-tuning trains every encoder layer's weights
-        space["train.layer_lr_decay"] = Param("train.layer_lr_decay", 0.6, 1.0)
-    import dataclasses
-    for f in dataclasses.fields(method.Options):
-        search = f.metadata.get("search")
-        if search:
-            key = f"method.{f.name}"
-            space[key] = Param(key, search.get("low"), search.get("high"), search.get("log", False),
-                               search.get("choices"))
-    return space
-
-
-def read_space(path: str | Path, method_names: list[str]) -> dict[str, Any]:
-    """A YAML space file: {dotted key: {low, high[, log]} | {choices: [...]} | a fixed value}."""
-    import yaml
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"space file {p} not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"space file {p}: not readable YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"space file {p}: expected a mapping of config keys to ranges, e.g. 'train.lr: {{low: 1e-5, high: 1e-3, log: true}}'")
-    out = {}
-    for key, spec in raw.items():
-        if not isinstance(key, str):
-            raise UserError(f"space file {p}: key {key!r} is not a config key")
-        if isinstance(spec, dict):
-            extra = set(spec) - {"low", "high", "log", "choices"}
-            if extra:
-                raise UserError(f"space file {p}: {key}: unknown field {sorted(extra)[0]!r} (use low, high, log or choices)")
-            if "choices" in spec:
-                if not isinstance(spec["choices"], list) or not spec["choices"]:
-                    raise UserError(f"space file {p}: {key}: choices must be a non-empty list")
-                out[key] = Param(key, choices=spec["choices"])
-                continue
-            low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
-            for name, v in (("low", low), ("high", high)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise UserError(f"space file {p}: {key}: {name} must be a finite number, got {v!r}")
-            if not low < high:
-                raise UserError(f"space file {p}: {key}: low {low} must be below high {high}")
-            if not isinstance(log, bool) or (log and low <= 0):
-                raise UserError(f"space file {p}: {key}: a log range needs low > 0, got {low}")
-            out[key] = Param(key, low, high, log)
-        else:
-            out[key] = Param(key, value=spec, fixed=True)
-    _check_keys(out, method_names, str(p))
-    return out
-
-
-def _check_keys(space: dict[str, Param], method_names: list[str], where: str) -> None:
-    """Every key must be a config key some searched method takes, and every bound a valid value there."""
-    from ..config import RunConfig, validate
-    for key, param in space.items():
-        if key in ("method.name", "output_dir", "data.data", "data.train", "data.validation", "data.test", "task"):
-            raise UserError(f"space file {where}: {key} is not searchable (use --method auto to search the method)")
-        takers = [m for m in method_names if _takes(m, key)] if key.startswith("method.") else method_names
-        if not takers:
-            raise UserError(f"space file {where}: {key} is not an option of {', '.join(method_names)}")
-        for m in takers:
-            for v in param.values_to_check():
-                cfg = RunConfig()
-                cfg.override("method.name", m)
-                try:
-                    cfg.override(key, v)
-                    validate(cfg)
-                except UserError as e:
-                    raise UserError(f"space file {where}: {key} = {v!r}: {e}") from None
 
 
 # ---- the study -----------------------------------------------------------------------------------------
@@ -192,7 +75,7 @@ class TuneRun:
                  log: Callable[[str], None] = log_stderr) -> None:
         from ..config import RunConfig
         from ..registry import METHODS
-        from .plan import parse_duration
+        from ..core.units import parse_duration
         self.log, self.worker = log, worker
         if resume is not None:
             self.out = Path(resume)
@@ -212,8 +95,8 @@ class TuneRun:
                 raise UserError(f"{self.out} already holds a study; continue it with --resume {self.out}, "
                                 f"or choose another --output-dir")
             space_entries = None
-        for name, v, lo, hi in (("--n-trials", n_trials, 1, 100_000), ("--workers", workers, 1, 64),
-                                ("--keep", keep, 1, 100_000)):
+        self.checked_trials(n_trials)
+        for name, v, lo, hi in (("--workers", workers, 1, 64), ("--keep", keep, 1, 100_000)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise UserError(f"{name} {v!r}: must be an integer in [{lo}, {hi}]")
         self.methods = METHODS.names() if method == "auto" else [METHODS.get(method).name]
@@ -262,7 +145,7 @@ class TuneRun:
     def space(self, method_name: str) -> dict[str, Param]:
         space = default_space(method_name)
         for key, p in self.space_overrides.items():
-            if key.startswith("method.") and not _takes(method_name, key):
+            if key.startswith("method.") and not takes(method_name, key):
                 continue
             space[key] = p
         return space
@@ -324,8 +207,8 @@ class TuneRun:
         return self._finish(study)
 
     def _start_workers(self) -> list[subprocess.Popen]:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = str(max(1, cores // self.workers))
+        from ..runtime import usable_cores
+        threads = str(max(1, usable_cores() // self.workers))
         import torch
         torch.set_num_threads(int(threads))
         procs = []
@@ -353,7 +236,7 @@ class TuneRun:
                 cfg.override(key, value)
         trial.set_user_attr("method", method)
         trial.set_user_attr("worker", os.getpid())
-        trial.set_user_attr("config", {k: v for k, v in chosen.items()})
+        trial.set_user_attr("config", chosen)
         run_dir = self.out / "trials" / f"trial-{trial.number:03d}"
         if run_dir.exists():  # a trial number is never reused; a leftover is from a crash before the record
             shutil.rmtree(run_dir)
@@ -406,7 +289,7 @@ class TuneRun:
         from optuna.trial import TrialState
         from .. import api
         trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         self._prune_folders(study)
         _write_trials(self.out / "trials.csv", trials)
         pruned = [t for t in trials if t["state"] == "PRUNED"]
@@ -424,20 +307,12 @@ class TuneRun:
             shutil.copyfile(best_run / "config.yaml", self.out / "best.yaml")
             self.log(f"best: trial {best.number}, validation {self.metric}={best.value:.4f}; scoring it on the "
                      f"test split (the only trial that sees it)")
-            test = api.evaluate(best_run, log=lambda *_: None)
-            test = {k: v for k, v in test.items() if isinstance(v, (int, float))} if isinstance(test, dict) else test
+            test = {k: v for k, v in api.evaluate(best_run, log=lambda *_: None).items() if isinstance(v, (int, float))}
             summary.update({"best_trial": best.number, "best_validation": best.value, "best_params": best_params,
                             "best_run": str(best_run), "test": test})
         self._write_settings(summary)
         _write_report(self.out, study, trials, summary)
         return TuneResult(self.out, best_value, best_params, best_run, test, trials, summary)
-
-
-def _takes(method_name: str, key: str) -> bool:
-    from ..config import RunConfig
-    cfg = RunConfig()
-    cfg.override("method.name", method_name)
-    return key.split(".", 1)[1] in cfg.method.options_dict()
 
 
 def _fmt(v: Any) -> str:
