@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean wordnet
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
+
+# WordNet 3.0 for EDA's synonyms: Debian's packages, unpacked without root and copied under the cache
+# (nltk.download() needs a server these machines cannot reach; see augment/synonyms.py).
+wordnet: $(STAMP)
+	rm -rf .wordnet-debs && mkdir -p .wordnet-debs
+	cd .wordnet-debs && apt-get download wordnet-base wordnet-sense-index
+	for f in .wordnet-debs/*.deb; do dpkg-deb -x $$f .wordnet-debs/root; done
+	$(BIN)/python -m transferkit.augment.synonyms .wordnet-debs/root
+	rm -rf .wordnet-debs
 
 # The measurements behind the README's results (about 45 minutes on 2 cores).
 bench: $(STAMP)

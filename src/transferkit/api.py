@@ -6,6 +6,7 @@
     compare(methods, ...)    every method on the same data and budget, one table
     plan(data=..., ...)      which method fits this data, hardware and number of tasks; plan.json + run.yaml
     tune(data=..., ...)      hyperparameters and method options searched with optuna; best.yaml + report
+    augment(data, spec, out) a file's rows plus augmented copies (EDA, paraphrase, back-translation), no training
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from .runinfo import read_history
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A RunConfig from a YAML path, a dict or a RunConfig, with dotted-key overrides applied
     (and the bundled dataset when it names no data at all)."""
+    # train.metric, epochs and the like stay unset here: the run resolves them from the method and the
+    # data (recipes.adaptive), and config.yaml keeps them unset so a resumed run decides the same way
     cfg = apply_default_data(RunConfig.make(config, overrides))
-    if cfg.train.metric is None:  # resolved here so config.yaml and compare see the metric a run uses
-        from . import tasks
-        cfg.train.metric = tasks.get(cfg.task).default_metric
+    from . import tasks
+    tasks.get(cfg.task)  # an unknown task fails here, naming the known ones
     return cfg
 
 
@@ -95,7 +97,17 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
               "model": "model.name", "method": "method.name", "epochs": "train.epochs",
               "batch_size": "train.batch_size", "lr": "train.lr", "max_steps": "train.max_steps",
               "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit",
-              "output_dir": "output_dir", "task": "task"}
+              "output_dir": "output_dir", "task": "task", "augment": "data.augment"}
+
+
+def augment(data: str, spec: str, output: str | Path, *, task: str = "classify", text_column: str | None = None,
+            label_column: str | None = None, seed: int = 42, log: Any = _log) -> dict[str, Any]:
+    """Write `data`'s rows plus their augmented copies (`spec`, as `finetune(augment=...)` takes it) to
+    `output` without training; returns what was added and dropped."""
+    from .augment.write import write_augmented
+    runtime.setup()
+    return write_augmented(data, spec, output, task=task, text_column=text_column, label_column=label_column,
+                           seed=seed, log=log)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,

@@ -30,6 +30,7 @@ class DataConfig:
     dedupe: bool = field(default=True, metadata={"help": "drop repeated texts before splitting (majority label wins)"})
     max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training rows (after splitting)"})
+    augment: str | None = field(default=None, metadata={"help": "augment the training split: eda:synonym=0.1,copies=4 | paraphrase:model=M | backtranslate:via=French | mixup:alpha=0.4, joined by + (see transferkit augment --help)"})
 
 
 @dataclass
@@ -159,7 +160,9 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: every epoch)"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before stopping (default per method; 0 never stops early)"})
-    metric: str | None = field(default=None, metadata={"help": "validation metric for early stopping and best weights (default per task: accuracy for classify, f1 for ner)"})
+    metric: str | None = field(default=None, metadata={"help": "validation metric for early stopping and best weights (default per task: accuracy for classify, f1 for ner; f1_macro when the training classes are imbalanced)"})
+    min_steps: int | None = field(default=None, metadata={"help": "when epochs are left to the method: train at least this many optimizer steps (more epochs for a small set; default 300, 0 off)"})
+    class_weights: str = field(default="none", metadata={"help": "none|balanced: weight each class's loss by n / (classes * count) (classify)"})
     checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
     group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches with dynamic padding"})
@@ -404,6 +407,9 @@ def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
         (t.layer_lr_decay is not None and not 0 < t.layer_lr_decay <= 1, "train.layer_lr_decay", "must be in (0, 1]",
          t.layer_lr_decay),
         (t.seed < 0 or t.seed >= 2**32, "train.seed", "must be in [0, 2**32)", t.seed),
+        (t.min_steps is not None and not 0 <= t.min_steps <= 1_000_000, "train.min_steps", "must be in [0, 1000000]",
+         t.min_steps),
+        (t.class_weights not in ("none", "balanced"), "train.class_weights", "must be none or balanced", t.class_weights),
     ]
 
 
@@ -432,6 +438,8 @@ def validate(cfg: RunConfig) -> None:
         (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
     ] + cfg.method.checks())
+    from .augment import parse_spec
+    parse_spec(d.augment)  # a bad spec fails before any data is read
 
 
 # ---- pretraining ---------------------------------------------------------------------------

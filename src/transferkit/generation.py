@@ -27,7 +27,7 @@ def _device() -> Any:
 
 
 def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
-    """(model, tokenizer) with a trained head of `kind` (masked | causal); a missing head is an error."""
+    """(model, tokenizer) with a trained head of `kind` (masked | causal | seq2seq); a missing head is an error."""
     import torch
     from transformers import AutoTokenizer
     from transformers.models.auto import modeling_auto as ma
@@ -41,6 +41,10 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
             raise UserError(f"{name_or_path} ({mtype}) has no masked-LM head: fill-mask needs an MLM model "
                             "(e.g. a `transferkit pretrain --objective mlm` run)")
         auto = ma.AutoModelForMaskedLM
+    elif kind == "seq2seq":
+        if mtype not in ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+            raise UserError(f"{name_or_path} ({mtype}) is not an encoder-decoder generator")
+        auto = ma.AutoModelForSeq2SeqLM
     else:
         if mtype in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES or mtype not in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise UserError(f"{name_or_path} ({mtype}) is not a causal LM: generate needs a decoder such as "

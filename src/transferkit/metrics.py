@@ -11,6 +11,7 @@ confusion matrix; the numbers never depend on which classes happen to appear in 
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,3 +107,21 @@ def full_report(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[
     report["labels"] = names
     report["num_examples"] = int(true.size)
     return report
+
+
+COLLAPSE_SHARE = 0.9  # one class in at least this share of the predictions ...
+COLLAPSE_MARGIN = 0.15  # ... and this far above its share of the true labels
+
+
+def collapse_warning(predicted: Sequence[int], true: Sequence[int], label_names: Sequence[str],
+                     split: str) -> str | None:
+    """A warning when one class takes nearly all predictions, far beyond its share of the true labels."""
+    if not predicted:
+        return None
+    label, n = Counter(predicted).most_common(1)[0]
+    share, true_share = n / len(predicted), sum(1 for y in true if y == label) / max(len(true), 1)
+    if share < COLLAPSE_SHARE or share - true_share < COLLAPSE_MARGIN:
+        return None
+    return (f"warning: the model predicts {label_names[label]} for {100 * share:.0f}% of the {split} texts "
+            f"(true share {100 * true_share:.0f}%): it has barely learned the other classes; try "
+            "train.class_weights=balanced, more epochs, another lr or method, or more data")

@@ -11,11 +11,11 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import UserError
-from . import finetune, info, lm, plan, predict
+from . import augment, finetune, info, lm, plan, predict
 
 REPORT_URL = "the transferkit issue tracker"
 DEBUG_ENV = "TRANSFERKIT_DEBUG"
-COMMAND_MODULES = (finetune, predict, info, lm, plan)
+COMMAND_MODULES = (finetune, predict, info, lm, plan, augment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ the report shows; the method (`methods/`) says what trains and how it is saved.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,13 @@ class FinetuneRun(Run):
         cfg, log = self.cfg, self.log
         validate(cfg)
         self.task = tasks.get(cfg.task)
-        if cfg.train.metric is None:
-            cfg.train.metric = self.task.default_metric
+        from ..augment import mixup_alpha, parse_spec, text_steps
+        self.augment_steps = parse_spec(cfg.data.augment)
+        self.mixup_alpha = mixup_alpha(self.augment_steps)
+        if self.mixup_alpha is not None and not self.task.pooled_features:
+            raise UserError(f"augment: mixup mixes pooled sentence vectors; a {cfg.task} run has none (use eda)")
+        if cfg.train.class_weights != "none" and type(self.task).class_counts is tasks.Task.class_counts:
+            raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
@@ -83,6 +89,8 @@ class FinetuneRun(Run):
                                hint="a run resumes only on the data it started with: restore the file or start a new run")
         for line in notes:
             log(line)
+        if text_steps(self.augment_steps):  # the training split only: validation and test stay as they are
+            self.splits = self.task.augment(self.splits, self.augment_steps, cfg.train.seed, cfg.data.augment, log)
 
         self.tokenizer = load_tokenizer(self.resolved.path)
         self.stats = tk.length_stats(tk.token_lengths(self.tokenizer, self.task.texts(self.splits.train)))
@@ -140,9 +148,23 @@ class FinetuneRun(Run):
                 self.on_eval(evaluations[0], metrics)
             evaluations[0] += 1
             return metrics
-        self.tcfg = tcfg = method.train_config(cfg.train)
+        from .adaptive import adapt, class_weights
+        counts = self.task.class_counts(self.splits)
+        self.tcfg = tcfg = adapt(method.train_config(cfg.train), cfg.train, len(data["train"]), counts,
+                                 self.splits.label_names, self.task.default_metric, log, acc.num_processes)
+        loss_fn = self.task.loss
+        if cfg.train.class_weights == "balanced":
+            weights = torch.tensor(class_weights(counts))
+            log("class weights (balanced): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.splits.label_names, weights.tolist())))
+            loss_fn = functools.partial(self.task.loss, class_weights=weights)
+        mixup = None
+        if self.mixup_alpha is not None:
+            from ..augment.mixup import Mixup
+            mixup = Mixup(model, self.mixup_alpha)
+            loss_fn = mixup.loss(loss_fn)
+            log(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")
         trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
-                          eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=self.task.loss, log=log)
+                          eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=loss_fn, log=log)
         self.restore(trainer)
         log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
             f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
@@ -150,6 +172,8 @@ class FinetuneRun(Run):
         from ..comparison import current_rss_mb
         self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
         self.state = trainer.fit()
+        if mixup is not None:
+            mixup.remove()
         self.trainer = trainer
         self.model = acc.unwrap_model(trainer.model)
         return self.state
@@ -217,7 +241,8 @@ class FinetuneRun(Run):
                              "seconds": round(state.train_seconds, 2),
                              "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
                              "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
-                             "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs},
+                             "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs, "metric": tcfg.metric,
+                             "class_weights": cfg.train.class_weights},
                    "params": self.counts,
                    "data": {**self.splits.summary, "token_lengths": self.stats, "max_length": self.max_length},
                    "method": method.name, "model": self.resolved.name, "memory": memory_report(self.rss_before_train)}
@@ -227,6 +252,9 @@ class FinetuneRun(Run):
                                    title=f"transferkit: {method.name} on {source}",
                                    extra={"run directory": str(run_dir), "model": self.resolved.name,
                                           "method": method.name, "data": source, "split": "test"})
+        if test_predictions is not None and (warning := self.task.collapse_warning(self.splits, test_predictions)):
+            metrics["warnings"] = [warning]
+            log(warning)
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
         if test_metrics is not None:
             log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))

@@ -42,6 +42,20 @@ class Task:
         """The texts of a split (token statistics and max_length are computed on them)."""
         raise NotImplementedError
 
+    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+        """`splits` with new training rows from the spec's text steps (validation and test untouched);
+        the record goes into `splits.summary["augment"]`."""
+        raise NotImplementedError
+
+    def class_counts(self, splits: Any) -> list[int] | None:
+        """Training examples per label, where one label per example makes the classes' balance meaningful
+        (imbalance adapts the defaults: `recipes.adaptive`); None otherwise."""
+        return None
+
+    def collapse_warning(self, splits: Any, predictions: Any) -> str | None:
+        """A warning when the test predictions are nearly all one class (None: fine, or not meaningful)."""
+        return None
+
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
         """A fresh model with this task's head over the resolved encoder."""
@@ -51,8 +65,10 @@ class Task:
         """A split as batchable data (`lengths()`, `collate(indices, pad_id)`, `__len__`)."""
         raise NotImplementedError
 
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        """(summed loss, scored items, correctly predicted items) of one batch."""
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
+             class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+        """(summed loss, scored items, correctly predicted items) of one batch; `class_weights` [classes]
+        weight each item's loss by its label (only where `class_counts` is not None)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,

@@ -11,10 +11,12 @@ from torch import nn
 from .base import Task
 
 
-def classification_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Summed cross-entropy, the number of scored items, and how many were right."""
+def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
+                        class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    """Summed (optionally class-weighted) cross-entropy, the number of scored items, and how many were right."""
     logits, labels = outputs.logits, batch["labels"]  # [batch, classes], [batch]
-    loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    loss = nn.functional.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
     correct = int((logits.argmax(-1) == labels).sum())
     return loss, int(labels.numel()), correct
 
@@ -43,8 +45,28 @@ class SequenceClassification(Task):
         from ..data.tokens import tokenize
         return TokenData(tokenize(tokenizer, split.texts, max_length), list(split.labels))
 
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        return classification_loss(outputs, batch)
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
+             class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+        return classification_loss(outputs, batch, class_weights)
+
+    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+        from ..augment.apply import augment_texts
+        from ..data.load import LabelledData
+        texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec, log)
+        splits.train = LabelledData(texts, labels, splits.train.source)
+        splits.summary["augment"] = report.as_dict()
+        log(report.describe())
+        return splits
+
+    def collapse_warning(self, splits: Any, predictions: torch.Tensor) -> str | None:
+        from ..metrics import collapse_warning
+        return collapse_warning(predictions.argmax(-1).tolist(), list(splits.test.labels), splits.label_names, "test")
+
+    def class_counts(self, splits: Any) -> list[int] | None:
+        counts = [0] * len(splits.label_names)
+        for y in splits.train.labels:
+            counts[y] += 1
+        return counts
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], torch.Tensor]:

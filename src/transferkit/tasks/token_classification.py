@@ -86,8 +86,19 @@ class TokenClassification(Task):
         from .token_spans import encode_words
         return encode_words(tokenizer, split.tokens, split.tags, max_length, self.stride)
 
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        return token_loss(outputs, batch)
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
+             class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+        return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
+
+    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+        from ..augment.apply import augment_tagged
+        from ..data.tagged import TaggedSplit
+        tr = splits.train
+        tokens, tags, where, report = augment_tagged(tr.tokens, tr.tags, tr.where, splits.label_names, steps, seed, spec)
+        splits.train = TaggedSplit(tokens, tags, where, tr.source)
+        splits.summary["augment"] = report.as_dict()
+        log(report.describe())
+        return splits
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], list[list[int]]]:
