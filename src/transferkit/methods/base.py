@@ -107,6 +107,10 @@ class Method:
     # True when the artefact is an adapter that stock library calls load on a base model: the run then
     # also writes `base/` (see `modeling.write_base`) and `point_to_base` records where it is.
     stock_base: ClassVar[bool] = False
+    # True when the method needs one pooled vector per example (setfit's sentence pairs): token tasks refuse it.
+    needs_pooled_task: ClassVar[bool] = False
+    # False when `plan` cannot model the method (setfit's contrastive stage has its own batch and steps).
+    plannable: ClassVar[bool] = True
 
     def __init__(self, options: Any = None) -> None:
         """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""
@@ -137,6 +141,15 @@ class Method:
     def apply(self, model: nn.Module) -> nn.Module:
         """Freeze/wrap `model` so exactly the method's parameters train; returns the model to train."""
         raise NotImplementedError
+
+    def before_training(self, model: nn.Module, data: dict[str, Any], run: Any) -> nn.Module:
+        """A stage of the method's own before the main training (setfit: contrastive pairs), given the
+        encoded splits and the run (its config, directory, accelerator, log); returns the model to train."""
+        return model
+
+    def train_record(self) -> dict[str, Any]:
+        """What the method adds to metrics.json's `train` record (e.g. its own stage's steps and time)."""
+        return {}
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         """Write the trained artefact (a HF model folder by default)."""

@@ -72,6 +72,9 @@ class FinetuneRun(Run):
         if cfg.train.class_weights != "none" and type(self.task).class_counts is tasks.Task.class_counts:
             raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
+        if self.method.needs_pooled_task and not self.task.pooled_features:
+            raise UserError(f"method {cfg.method.name} trains on pairs of sentence vectors; a {cfg.task} run has "
+                            "one label per word (choose another method)")
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
@@ -136,6 +139,7 @@ class FinetuneRun(Run):
         data = {name: self.task.encode(self.tokenizer, split, self.max_length)
                 for name, split in (("train", self.splits.train), ("validation", self.splits.validation),
                                     ("test", self.splits.test))}
+        model = method.before_training(model, data, self)
         if method.cache_features and self.task.pooled_features:
             data = self._cached_features(model, data)
         self.data = data
@@ -242,7 +246,7 @@ class FinetuneRun(Run):
                              "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
                              "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
                              "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs, "metric": tcfg.metric,
-                             "class_weights": cfg.train.class_weights},
+                             "class_weights": cfg.train.class_weights, **method.train_record()},
                    "params": self.counts,
                    "data": {**self.splits.summary, "token_lengths": self.stats, "max_length": self.max_length},
                    "method": method.name, "model": self.resolved.name, "memory": memory_report(self.rss_before_train)}

@@ -143,9 +143,11 @@ class PlanRun:
         self.cfg, self.log, self.tasks, self.dry_run_steps = cfg, log, tasks, dry_run_steps
         self.hardware = detect_hardware(device, memory)
         self.time_budget = parse_duration(time_budget) if time_budget is not None else None
-        self.methods = methods or METHODS.names()
+        self.methods = methods or [m for m in METHODS.names() if METHODS.get(m).plannable]
         for m in self.methods:
-            METHODS.get(m)  # an unknown name is a UserError listing the known ones
+            if not METHODS.get(m).plannable:  # an unknown name is a UserError listing the known ones
+                raise UserError(f"plan does not model method {m} yet (its own training stage has other memory "
+                                "and steps); plan the others and try it with a short finetune")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.output_dir is not None:
             fs.check_writable_dir(self.output_dir)
