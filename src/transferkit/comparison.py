@@ -72,6 +72,10 @@ class Plan:
     cfg: Any  # RunConfig
     run_dir: Path
     state: str  # new | resume | finished
+    key: str = ""  # names its logs (OUT/logs/<key>.log): the method, or e.g. "lora+eda/n8-s42" in a grid
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.method
 
 
 @dataclass
@@ -98,14 +102,19 @@ def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
 
 
 def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
-    from .comparison_report import flat_config
-    from .config import RunConfig, validate
+    from .config import RunConfig
     cfg = RunConfig.from_dict(base.to_dict())
     cfg.method.name, cfg.output_dir = method, str(out / method)
+    return _plan_config(cfg, out / method, method, log)
+
+
+def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: str = "") -> Plan:
+    """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
+    from .comparison_report import flat_config
+    from .config import RunConfig, validate
     validate(cfg)
-    run_dir = out / method
     if not run_dir.exists() or (run_dir.is_dir() and all(c.name == ".lock" for c in run_dir.iterdir())):
-        return Plan(method, cfg, run_dir, "new")  # a lock alone: a child killed before it wrote anything
+        return Plan(method, cfg, run_dir, "new", key)  # a lock alone: a child killed before it wrote anything
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} exists but is not a transferkit run (no config.yaml); move it away or "
                         f"choose another --output-dir")
@@ -118,7 +127,7 @@ def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
     finished = (run_dir / "metrics.json").is_file() and (run_dir / "run.json").is_file()
     if finished:
         _warn_if_defaults_moved(method, cfg, run_dir, log)
-    return Plan(method, cfg, run_dir, "finished" if finished else "resume")
+    return Plan(method, cfg, run_dir, "finished" if finished else "resume", key)
 
 
 def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = print) -> None:
@@ -171,31 +180,31 @@ def _stream(proc: subprocess.Popen, prefix: str, log_file: Any, log: Log) -> Non
             return
 
 
-def _attempts_path(out: Path, method: str) -> Path:
-    return out / "logs" / f"{method}.json"
+def _attempts_path(out: Path, key: str) -> Path:
+    return out / "logs" / f"{key}.json"
 
 
-def _read_attempts(out: Path, method: str) -> list[dict[str, Any]]:
-    p = _attempts_path(out, method)
+def _read_attempts(out: Path, key: str) -> list[dict[str, Any]]:
+    p = _attempts_path(out, key)
     return read_json(p, "attempt record") if p.is_file() else []
 
 
 def _run_child(plan: Plan, out: Path, log: Log) -> int:
     """Train (or resume) one method in a subprocess; returns its exit code."""
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    config_path = logs / f"{plan.method}.yaml"
+    config_path = logs / f"{plan.key}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
     fs.write_text(config_path, plan.cfg.to_yaml())
     cmd = _child_command(plan, config_path)
-    log(f"== {plan.method}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
-        f"(own process; log {logs / (plan.method + '.log')})")
+    log(f"== {plan.key}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
+        f"(own process; log {logs / (plan.key + '.log')})")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
-    with open(logs / f"{plan.method}.log", "a", encoding="utf-8") as log_file:
+    with open(logs / f"{plan.key}.log", "a", encoding="utf-8") as log_file:
         log_file.write(f"\n$ {' '.join(cmd)}  # {started}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
-            _stream(proc, f"[{plan.method}] ", log_file, log)
+            _stream(proc, f"[{plan.key}] ", log_file, log)
             rc = proc.wait()
         except KeyboardInterrupt:
             # The child got the same Ctrl-C and writes its checkpoint; give it time, then stop it.
@@ -212,10 +221,10 @@ def _run_child(plan: Plan, out: Path, log: Log) -> int:
 
 
 def _record_attempt(out: Path, plan: Plan, cmd: list[str], rc: int, wall: float, started: str) -> None:
-    attempts = _read_attempts(out, plan.method)
+    attempts = _read_attempts(out, plan.key)
     attempts.append({"started": started, "mode": plan.state, "exit_code": rc, "wall_seconds": round(wall, 2),
                      "command": cmd})
-    fs.write_json(_attempts_path(out, plan.method), attempts)
+    fs.write_json(_attempts_path(out, plan.key), attempts)
 
 
 # ---- measuring a finished run ------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
 
 def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int, log: Log) -> dict[str, Any]:
     from .registry import METHODS
-    attempts = _read_attempts(out, plan.method)
+    attempts = _read_attempts(out, plan.key)
     row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
                            "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None}
     metrics_path = plan.run_dir / "metrics.json"

@@ -23,8 +23,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("finetune", help="train a classifier (or, with --task ner, an entity tagger) and write a run directory")
     _finetune_args(p)
     p.set_defaults(func=cmd_finetune)
-    p = sub.add_parser("compare", help="train every method on the same data and budget; one table")
-    _finetune_args(p)
+    p = sub.add_parser("compare", help="train every method on the same data and budget; one table (or, with "
+                                       "--train-sizes/--seeds/--augment, a table by training size)")
+    _finetune_args(p, compare=True)
     for action in p._actions:  # the finetune options, minus those compare decides itself
         if action.dest in ("method", "resume"):
             action.help = argparse.SUPPRESS
@@ -33,10 +34,17 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
     p.add_argument("--limit", type=int, help="use only the first N training rows (same rows for every method)")
     p.add_argument("--inference-repeats", type=int, default=3, help="timed passes over the test texts (median)")
+    p.add_argument("--train-sizes", metavar="N,N,...", help="training examples per class, e.g. 8,32,128,512: every "
+                   "method at each size (sampled from the training split; validation sampled to the same size)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per size (each draws its own examples); mean and "
+                   "standard deviation are reported")
+    p.add_argument("--augment-methods", metavar="M,M", help="the methods that also run with each --augment "
+                   "(default: all of --methods)")
+    p.add_argument("--test-rows", type=int, help="score on a stratified sample of about N test rows (default: all)")
     p.set_defaults(func=cmd_compare)
 
 
-def _finetune_args(p: argparse.ArgumentParser) -> None:
+def _finetune_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--task", help="what is predicted: classify (one label per text; the default) or ner (one tag per word)")
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
@@ -51,6 +59,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: per method)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-length", type=int, help="token limit (default: from the data)")
+    if compare:
+        p.add_argument("--augment", metavar="SPEC", action="append", help="also run the methods with this "
+                       "augmentation (repeatable: one variant each; see transferkit augment --help)")
+    else:
+        from .augment import SPEC_HELP
+        p.add_argument("--augment", metavar="SPEC", help="augment the training split: " + SPEC_HELP)
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", help="run directory (default runs/<time>-<method>)")
     p.add_argument("--config", help="a run's config.yaml to start from")
@@ -101,10 +115,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.method or args.resume:
         raise UserError("compare takes --methods a,b,c (it resumes interrupted runs itself); "
                         "--method and --resume belong to finetune")
+    augment, args.augment = args.augment, None  # variants of the grid, not one run's data.augment
     overrides = _overrides(args)
     output_dir = overrides.pop("output_dir", None)
     result = api.compare(args.methods, config=args.config, output_dir=output_dir,
-                         inference_repeats=args.inference_repeats, **overrides)
+                         inference_repeats=args.inference_repeats, train_sizes=args.train_sizes, seeds=args.seeds,
+                         augment=augment, augment_methods=args.augment_methods, test_rows=args.test_rows,
+                         **overrides)
     print(result.markdown)
     if result.failed:
         print(f"transferkit: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "

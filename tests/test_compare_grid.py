@@ -1,0 +1,101 @@
+"""`compare --train-sizes --seeds --augment`: every (method [+ augmentation], size, seed) is a run of its own
+on sampled files; the table gives mean and spread per size; a rerun reuses; bad options fail first."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import pytest
+
+from transferkit import api
+from transferkit.comparison_grid import augment_variants, parse_sizes
+
+from helpers import FILLER, expect_user_error, quiet
+
+OPTIONS = {"max_steps": 3, "batch_size": 8, "train.progress": "false"}
+
+
+@pytest.fixture(scope="module")
+def synonyms(tmp_path_factory):
+    path = tmp_path_factory.mktemp("syn") / "syn.tsv"
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in zip(FILLER, FILLER[1:])), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_model_dir, sentiment_csv, synonyms):
+    out = tmp_path_factory.mktemp("grid") / "out"
+    logs: list[str] = []
+    result = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,
+                         train_sizes="4,8", seeds=2, augment=f"eda:swap=0.2,copies=2,synonyms={synonyms}",
+                         test_rows=20, log=logs.append, **OPTIONS)
+    return out, result, logs
+
+
+def _rows(path):
+    with path.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_cell_is_a_run_on_its_own_sample(grid):
+    out, result, _ = grid
+    assert not result.failed and len(result.cells) == 2 * 2 * 2  # 2 sizes x 2 seeds x (plain, +eda)
+    for size in (4, 8):
+        for seed in (42, 43):
+            train = _rows(out / "data" / f"n{size}-s{seed}" / "train.csv")
+            assert Counter(r["label"] for r in train) == {"negative": size, "positive": size}
+            val = _rows(out / "data" / f"n{size}-s{seed}" / "validation.csv")
+            assert Counter(r["label"] for r in val) == {"negative": size, "positive": size}
+            assert not {r["text"] for r in train} & {r["text"] for r in val}
+            for variant in ("head_only", "head_only+eda"):
+                assert (out / variant / f"n{size}-s{seed}" / "metrics.json").is_file()
+    a, b = (_rows(out / "data" / f"n4-s{s}" / "train.csv") for s in (42, 43))
+    assert {r["text"] for r in a} != {r["text"] for r in b}  # each seed draws its own examples
+    test = _rows(out / "data" / "test.csv")
+    assert len(test) == 20 and Counter(r["label"] for r in test) == {"negative": 10, "positive": 10}
+    aug = next(c for c in result.cells if c["variant"] == "head_only+eda" and c["size"] == 4)
+    plain = next(c for c in result.cells if c["variant"] == "head_only" and c["size"] == 4)
+    assert aug["train_rows"] > plain["train_rows"] == 8
+
+
+def test_table_means_and_spreads(grid):
+    out, result, _ = grid
+    row = next(r for r in result.rows if r["variant"] == "head_only" and r["size"] == 8)
+    accs = [c["accuracy"] for c in result.cells if c["variant"] == "head_only" and c["size"] == 8]
+    assert row["seeds"] == 2 and row["accuracy"] == pytest.approx(sum(accs) / 2)
+    assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    md = (out / "sizes.md").read_text(encoding="utf-8")
+    assert "| head_only+eda |" in md and "4/class" in md and " ± " in md
+    assert (out / "sizes.png").read_bytes()[:4] == b"\x89PNG" and len(_rows(out / "cells.csv")) == 8
+
+
+def test_rerun_reuses_every_cell(grid, tiny_model_dir, sentiment_csv, synonyms, monkeypatch):
+    out, first, _ = grid
+    from transferkit import comparison
+    monkeypatch.setattr(comparison, "_run_child", lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    logs: list[str] = []
+    again = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,
+                        train_sizes="4,8", seeds=2, augment=f"eda:swap=0.2,copies=2,synonyms={synonyms}",
+                        test_rows=20, log=logs.append, **OPTIONS)
+    assert "(8 finished)" in logs[0] and again.rows == first.rows
+
+
+def test_parsers():
+    assert parse_sizes("32, 8,8") == [8, 32] and parse_sizes(None) == [None]
+    assert augment_variants(["eda:swap=0.1", "mixup"]) == [("eda", "eda:swap=0.1"), ("mixup", "mixup")]
+    assert augment_variants("eda:swap=0.1+mixup")[0][0] == "eda+mixup"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train-sizes", "8,x"], "'x' is not a whole number"),
+    (["--train-sizes", "0"], "must be in [1, 1000000]"),
+    (["--seeds", "0", "--train-sizes", "8"], "--seeds 0"),
+    (["--augment", "eda:swap=2"], "eda:swap must be in [0, 1]"),
+    (["--test-rows", "0"], "--test-rows 0"),
+    (["--train-sizes", "8", "data.augment=eda:swap=0.1"], "leave data.augment unset"),
+])
+def test_bad_grid_options(extra, message, tmp_path, tiny_model_dir, sentiment_csv, capsys):
+    line = expect_user_error(capsys, ["compare", "--methods", "head_only", "--data", str(sentiment_csv), "--model",
+                                      str(tiny_model_dir), "--output-dir", str(tmp_path / "out"), *extra])
+    assert message in line
+    assert not (tmp_path / "out").exists()
