@@ -10,7 +10,7 @@ import pytest
 from transferkit import api
 from transferkit.comparison_grid import augment_variants, parse_sizes
 
-from helpers import FILLER, expect_user_error, quiet
+from helpers import FILLER, expect_user_error
 
 OPTIONS = {"max_steps": 3, "batch_size": 8, "train.progress": "false"}
 
