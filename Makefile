@@ -27,12 +27,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
 # WordNet 3.0 for EDA's synonyms: Debian's packages, unpacked without root and copied under the cache
-# (nltk.download() needs a server these machines cannot reach; see augment/synonyms.py).
+# (nltk.download() needs a server these machines cannot reach; see src/transferkit/augmentation/synonyms.py).
 wordnet: $(STAMP)
 	rm -rf .wordnet-debs && mkdir -p .wordnet-debs
 	cd .wordnet-debs && apt-get download wordnet-base wordnet-sense-index
 	for f in .wordnet-debs/*.deb; do dpkg-deb -x $$f .wordnet-debs/root; done
-	$(BIN)/python -m transferkit.augment.synonyms .wordnet-debs/root
+	$(BIN)/python -m transferkit.augmentation.synonyms .wordnet-debs/root
 	rm -rf .wordnet-debs
 
 # The measurements behind the README's results (about 45 minutes on 2 cores).

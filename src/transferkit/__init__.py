@@ -13,8 +13,8 @@ import os as _os
 # torch loads OpenMP, hence here; a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .api import (compare, evaluate, export, fill_mask, finetune, generate, list_datasets, list_models, make_config,
-                  params, plan, predict, pretrain, serve, tune)
+from .api import (augment, compare, evaluate, export, fill_mask, finetune, generate, list_datasets, list_models,
+                  make_config, params, plan, predict, pretrain, serve, tune)
 from .config import RunConfig
 from .errors import UserError
 from .modeling import register as _register
@@ -33,5 +33,6 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
 _register()
 
 __all__ = ["pretrain", "finetune", "compare", "evaluate", "predict", "export", "params", "fill_mask", "generate",
-           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor", "pipeline", "serve", "plan", "tune"]
+           "list_datasets", "list_models", "make_config", "RunConfig", "UserError", "Predictor", "pipeline", "serve", "plan", "tune",
+           "augment"]
 __version__ = "0.1.0"

@@ -104,7 +104,7 @@ def augment(data: str, spec: str, output: str | Path, *, task: str = "classify",
             label_column: str | None = None, seed: int = 42, log: Any = _log) -> dict[str, Any]:
     """Write `data`'s rows plus their augmented copies (`spec`, as `finetune(augment=...)` takes it) to
     `output` without training; returns what was added and dropped."""
-    from .augment.write import write_augmented
+    from .augmentation.write import write_augmented
     runtime.setup()
     return write_augmented(data, spec, output, task=task, text_column=text_column, label_column=label_column,
                            seed=seed, log=log)

@@ -66,7 +66,7 @@ def parse_sizes(sizes: str | Sequence[int] | None) -> list[int | None]:
 
 def augment_variants(augment: str | Sequence[str] | None) -> list[tuple[str, str]]:
     """(name, spec) per augmentation: the name is the spec's kinds (`eda`, `eda+mixup`)."""
-    from .augment import parse_spec
+    from .augmentation import parse_spec
     specs = [augment] if isinstance(augment, str) else list(augment or [])
     out = []
     for spec in specs:

@@ -438,7 +438,7 @@ def validate(cfg: RunConfig) -> None:
         (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
     ] + cfg.method.checks())
-    from .augment import parse_spec
+    from .augmentation import parse_spec
     parse_spec(d.augment)  # a bad spec fails before any data is read
 
 

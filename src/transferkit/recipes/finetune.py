@@ -64,7 +64,7 @@ class FinetuneRun(Run):
         cfg, log = self.cfg, self.log
         validate(cfg)
         self.task = tasks.get(cfg.task)
-        from ..augment import mixup_alpha, parse_spec, text_steps
+        from ..augmentation import mixup_alpha, parse_spec, text_steps
         self.augment_steps = parse_spec(cfg.data.augment)
         self.mixup_alpha = mixup_alpha(self.augment_steps)
         if self.mixup_alpha is not None and not self.task.pooled_features:
@@ -163,7 +163,7 @@ class FinetuneRun(Run):
             loss_fn = functools.partial(self.task.loss, class_weights=weights)
         mixup = None
         if self.mixup_alpha is not None:
-            from ..augment.mixup import Mixup
+            from ..augmentation.mixup import Mixup
             mixup = Mixup(model, self.mixup_alpha)
             loss_fn = mixup.loss(loss_fn)
             log(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")

@@ -50,7 +50,7 @@ class SequenceClassification(Task):
         return classification_loss(outputs, batch, class_weights)
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
-        from ..augment.apply import augment_texts
+        from ..augmentation.apply import augment_texts
         from ..data.load import LabelledData
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec, log)
         splits.train = LabelledData(texts, labels, splits.train.source)

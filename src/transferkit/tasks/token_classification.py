@@ -91,7 +91,7 @@ class TokenClassification(Task):
         return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
-        from ..augment.apply import augment_tagged
+        from ..augmentation.apply import augment_tagged
         from ..data.tagged import TaggedSplit
         tr = splits.train
         tokens, tags, where, report = augment_tagged(tr.tokens, tr.tags, tr.where, splits.label_names, steps, seed, spec)

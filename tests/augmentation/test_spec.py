@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from transferkit.augment import mixup_alpha, parse_spec, text_steps
+from transferkit.augmentation import mixup_alpha, parse_spec, text_steps
 from transferkit.errors import UserError
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from transferkit.augment.eda import EDA
-from transferkit.augment.synonyms import TableSynonyms, lexnames_from_man
+from transferkit.augmentation.eda import EDA
+from transferkit.augmentation.synonyms import TableSynonyms, lexnames_from_man
 from transferkit.errors import UserError
 
 TABLE = TableSynonyms({"movie": ["film", "motion picture"], "great": ["excellent"], "boring": ["dull"],
@@ -101,9 +101,9 @@ def test_lexnames_rebuilt_from_the_man_page_table():
 
 
 def test_wordnet_synonyms_when_installed():
-    from transferkit.augment.synonyms import wordnet_dir
+    from transferkit.augmentation.synonyms import wordnet_dir
     if not (wordnet_dir() / "lexnames").is_file():
         pytest.skip("WordNet not installed (make wordnet)")
-    from transferkit.augment.synonyms import load_synonyms
+    from transferkit.augmentation.synonyms import load_synonyms
     syn = load_synonyms("wordnet")
     assert "film" in syn.synonyms("movie") and "movie" in syn.synonyms("films") and syn.synonyms("the") == []

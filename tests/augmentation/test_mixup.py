@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from transferkit.augment.mixup import Mixup
+from transferkit.augmentation.mixup import Mixup
 from transferkit.tasks.classification import classification_loss
 
 from train_helpers import no_dropout_classifier

@@ -147,11 +147,11 @@ def lexnames_from_man(man_page: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m transferkit.augment.synonyms DEBIAN_ROOT`: install WordNet from unpacked .deb files."""
+    """`python -m transferkit.augmentation.synonyms DEBIAN_ROOT`: install WordNet from unpacked .deb files."""
     import sys
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m transferkit.augment.synonyms DEBIAN_ROOT", file=sys.stderr)
+        print("usage: python -m transferkit.augmentation.synonyms DEBIAN_ROOT", file=sys.stderr)
         return 2
     try:
         dest = install_wordnet(Path(args[0]))

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from transferkit.augment import parse_spec
-from transferkit.augment.generative import GenerativeAugmenter, _clean, _read_cache
+from transferkit.augmentation import parse_spec
+from transferkit.augmentation.generative import GenerativeAugmenter, _clean, _read_cache
 from transferkit.errors import UserError
 
 from helpers import make_tokenizer, quiet
