@@ -89,3 +89,30 @@ def test_setfit_is_refused_for_ner(tiny_model_dir, tmp_path):
     cfg.task = "ner"
     with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors"):
         api.finetune(cfg, log=quiet)
+
+
+@pytest.mark.parametrize("stop_at", [3, 9])  # inside stage 1 (6 steps), inside stage 2
+def test_an_interrupted_setfit_run_resumes_to_the_same_model(stop_at, tiny_model_dir, tmp_path, monkeypatch):
+    from transferkit import train
+    data = write_csv(tmp_path / "few.csv", make_sentences(24))
+
+    def config(out):
+        cfg = tiny_config(data, tiny_model_dir, out, "setfit", epochs=3, lr=1e-2, head_lr=1e-2,
+                          checkpoint_steps=1, early_stopping_patience=0)
+        cfg.method.setfit_lr, cfg.method.setfit_max_pairs = 1e-3, 96
+        return cfg
+    whole = api.finetune(config(tmp_path / "whole"), log=quiet)
+    real_step, calls = train.Trainer._step, {"n": 0}
+
+    def interrupted(self, group):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+    monkeypatch.setattr(train.Trainer, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        api.finetune(config(tmp_path / "cut"), log=quiet)
+    monkeypatch.setattr(train.Trainer, "_step", real_step)
+    resumed = api.finetune(resume=tmp_path / "cut", log=quiet)
+    assert resumed.metrics["test"] == whole.metrics["test"]
+    assert resumed.metrics["train"]["contrastive"]["steps"] == whole.metrics["train"]["contrastive"]["steps"] == 6

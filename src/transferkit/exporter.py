@@ -48,7 +48,7 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
     if extra:
         raise UserError(f"{run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
                         f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
-                        f"that fold into the weights: full, lora, ia3, bitfit, head_only")
+                        f"that fold into the weights: full, lora, ia3, bitfit, head_only, setfit")
     reference = model
     if plain and getattr(model.config, "head_kind", "sequence") == "token":
         raise UserError("--plain writes a BertForSequenceClassification; export a token-classification run "
