@@ -10,7 +10,7 @@ import pytest
 from transferkit import api
 from transferkit.comparison_grid import augment_variants, parse_sizes
 
-from helpers import FILLER, expect_user_error
+from helpers import FILLER, expect_user_error, quiet
 
 OPTIONS = {"max_steps": 3, "batch_size": 8, "train.progress": "false"}
 
@@ -99,3 +99,29 @@ def test_bad_grid_options(extra, message, tmp_path, tiny_model_dir, sentiment_cs
                                       str(tiny_model_dir), "--output-dir", str(tmp_path / "out"), *extra])
     assert message in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_folder_sampled_from_other_data_is_refused(grid, tiny_model_dir, tmp_path, capsys):
+    out, _, _ = grid
+    from helpers import make_sentences, write_csv
+    other = write_csv(tmp_path / "other.csv", make_sentences(120, seed=9))
+    line = expect_user_error(capsys, ["compare", "--methods", "head_only", "--data", str(other), "--model",
+                                      str(tiny_model_dir), "--output-dir", str(out), "--train-sizes", "4"])
+    assert "was sampled with other" in line and "manifest.json" in line
+
+
+def test_grid_cells_read_the_sampled_columns(tiny_model_dir, tmp_path):
+    from helpers import make_sentences, write_csv
+    data = write_csv(tmp_path / "cols.csv", make_sentences(80), header=("sentence", "polarity"))
+    result = api.compare("head_only", data=str(data), text_column="sentence", label_column="polarity",
+                         model=str(tiny_model_dir), output_dir=tmp_path / "out", train_sizes="4", log=quiet, **OPTIONS)
+    assert not result.failed and result.rows[0]["accuracy"] is not None
+
+
+def test_ner_grids_are_refused_with_one_line(tmp_path, tiny_model_dir, capsys):
+    conll = tmp_path / "t.conll"
+    conll.write_text("good B-PER\nfilm O\n\nbad B-LOC\nplot O\n\n" * 10, encoding="utf-8")
+    line = expect_user_error(capsys, ["compare", "--task", "ner", "--methods", "head_only", "--data", str(conll),
+                                      "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"),
+                                      "--seeds", "2"])
+    assert "no one class per example" in line

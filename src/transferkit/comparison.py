@@ -87,11 +87,13 @@ class CompareResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def parse_methods(methods: str | Sequence[str] | None) -> list[str]:
-    """Method names in the given order, checked against the registry; None means all registered."""
+def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list[str]:
+    """Method names in the given order, checked against the registry; None means all registered (that
+    `task` can train: setfit needs one pooled vector per example)."""
     from .registry import METHODS
     if methods is None:
-        return METHODS.names()
+        return [m for m in METHODS.names()
+                if task is None or task.pooled_features or not METHODS.get(m).needs_pooled_task]
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     names = list(dict.fromkeys(str(m).strip() for m in items if str(m).strip()))
     if not names:
@@ -293,9 +295,9 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     from . import runtime
     from .models import resolve_model
     runtime.setup()
-    names = parse_methods(methods)
     from . import tasks
     task = tasks.get(base.task)
+    names = parse_methods(methods, task)
     if inference_repeats < 1:
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+import json
 import random
 import statistics
 from dataclasses import dataclass
@@ -116,18 +116,21 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
     from .core.lock import RunLock
     from .models import resolve_model
     runtime.setup()
-    names = parse_methods(methods)
+    task = tasks.get(base.task)
+    names = parse_methods(methods, task)
     variants = augment_variants(augment)
     aug_for = parse_methods(augment_methods) if augment_methods is not None else names
+    if stray := [m for m in aug_for if m not in names]:
+        raise UserError(f"--augment-methods names {stray[0]}, which is not among --methods ({', '.join(names)})")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {seeds!r}: must be an integer in [1, {MAX_SEEDS}]")
     if test_rows is not None and (isinstance(test_rows, bool) or not isinstance(test_rows, int) or test_rows < 1):
         raise UserError(f"--test-rows {test_rows!r}: must be a positive integer")
     sizes = parse_sizes(train_sizes)
-    task = tasks.get(base.task)
-    if task.class_counts is tasks.Task.class_counts and (sizes != [None] or test_rows):
-        raise UserError(f"--train-sizes and --test-rows sample examples per class; {base.task} runs have no "
-                        "one class per example")
+    sampled = sizes != [None] or test_rows is not None or seeds > 1
+    if type(task).class_counts is tasks.Task.class_counts and sampled:
+        raise UserError(f"--train-sizes, --seeds and --test-rows sample examples per class; {base.task} runs have "
+                        "no one class per example (compare --augment alone works for them)")
     if base.data.augment:
         raise UserError("compare --augment runs each method with and without augmentation; leave data.augment unset")
     out = Path(output_dir or base.output_dir or "runs/compare")
@@ -135,6 +138,9 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
     resolve_model(base.model.name)
     splits = task.prepare(base.data, base.train.seed, lambda *_: None)
     label_names = list(splits.label_names)
+    if sampled and not len(splits.validation):
+        raise UserError("the validation split is empty; the grid samples its validation examples from it "
+                        "(give a validation fraction in data.split or a validation file)")
     seed_list = [base.train.seed + k for k in range(seeds)]
     cells: list[tuple[str, str, int | None, int, Any]] = []  # (variant, method, size, seed, cfg)
     data_dir = out / "data"
@@ -146,9 +152,10 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
                     cfg.method.name = method
                     cfg.train.seed = seed
                     cfg.data.augment = spec
-                    if size is not None or test_rows is not None or seeds > 1:
+                    if sampled:
                         cell = _cell_name(size, seed)
                         cfg.data.data = None
+                        cfg.data.text_column, cfg.data.label_column = "text", "label"  # the sampled files' columns
                         cfg.data.train = str(data_dir / cell / "train.csv")
                         cfg.data.validation = str(data_dir / cell / "validation.csv")
                         cfg.data.test = str(data_dir / "test.csv")
@@ -156,6 +163,8 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
                     variant = method + (f"+{vname}" if vname else "")
                     cfg.output_dir = str(out / variant / _cell_name(size, seed))
                     cells.append((variant, method, size, seed, cfg))
+    if sampled:  # before the cells' configs are compared: other data is the first thing to say
+        _check_manifest(data_dir, base, test_rows)
     plans = [(_variant, size, seed, _plan_config(cfg, Path(cfg.output_dir), method, log,
                                                  key=f"{_variant}/{_cell_name(size, seed)}"))
              for _variant, method, size, seed, cfg in cells]
@@ -163,8 +172,9 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
         + (f" (+ {', '.join(v for v, _ in variants)} for {', '.join(aug_for)})" if variants else "")
         + f" = {len(plans)} runs -> {out} ({sum(p.state == 'finished' for *_, p in plans)} finished)")
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
-        _write_data(data_dir, splits, sizes, seed_list, test_rows, label_names, base.train.seed,
-                    any(c[4].data.train for c in cells))
+        if sampled:
+            _check_manifest(data_dir, base, test_rows, write=True)
+            _write_data(data_dir, splits, sizes, seed_list, test_rows, label_names, base.train.seed)
         statuses: dict[str, str] = {}
         for variant, size, seed, plan in plans:
             if plan.state == "finished":
@@ -185,15 +195,55 @@ def _cell_name(size: int | None, seed: int) -> str:
     return f"{'all' if size is None else f'n{size}'}-s{seed}"
 
 
-def _write_data(data_dir: Path, splits: Any, sizes: list[int | None], seeds: list[int], test_rows: int | None,
-                names: list[str], base_seed: int, needed: bool) -> None:
-    """The sampled training/validation files of every cell, and the shared test file (kept when present)."""
-    if not needed:
+MANIFEST = "manifest.json"
+
+
+def _check_manifest(data_dir: Path, base: Any, test_rows: int | None, write: bool = False) -> None:
+    """OUT/data/ was sampled from this data (files by hash, split, dedupe, limit, seed, test rows), or is new.
+
+    The cells' configs name the sampled files, not the source, so without this a grid rerun into the same
+    folder with other data would silently reuse the old samples and runs."""
+    import dataclasses
+
+    from .core.folders import read_json_object
+    from .data.fingerprint import data_fingerprints
+    wanted = {"data": {k: v for k, v in dataclasses.asdict(base.data).items() if k not in ("augment", "max_length")},
+              "files": data_fingerprints(base.data), "seed": base.train.seed, "test_rows": test_rows, "task": base.task}
+    path = data_dir / MANIFEST
+    if path.is_file():
+        have = read_json_object(path, "grid data record")
+        diff = next((k for k in wanted if have.get(k) != json.loads(fs.dumps(wanted[k]))), None)
+        if diff is not None:
+            raise UserError(f"{data_dir} was sampled with other {diff} ({path}); use another --output-dir or "
+                            "remove it")
         return
+    if write:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fs.write_json(path, wanted)
+
+
+def _test_sample(split: Any, rows: int | None, seed: int) -> tuple[list[str], list[int]]:
+    """About `rows` test rows with the split's class shares (each class at least one row), seeded."""
+    if rows is None or rows >= len(split.texts):
+        return list(split.texts), list(split.labels)
+    by: dict[int, list[int]] = {}
+    for i, y in enumerate(split.labels):
+        by.setdefault(y, []).append(i)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for y, idx in sorted(by.items()):
+        rng.shuffle(idx)
+        keep += idx[:max(1, round(rows * len(idx) / len(split.texts)))]
+    keep.sort()
+    return [split.texts[i] for i in keep], [split.labels[i] for i in keep]
+
+
+def _write_data(data_dir: Path, splits: Any, sizes: list[int | None], seeds: list[int], test_rows: int | None,
+                names: list[str], base_seed: int) -> None:
+    """The sampled training/validation files of every cell, and the shared test file (kept when present)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "test.csv").is_file():
-        per = None if test_rows is None else max(1, math.ceil(test_rows / len(names)))
-        _write_csv(data_dir / "test.csv", *_sample(splits.test, per, base_seed), names)
+        _write_csv(data_dir / "test.csv", *_test_sample(splits.test, test_rows, base_seed), names)
     for size in sizes:
         for seed in seeds:
             folder = data_dir / _cell_name(size, seed)
@@ -251,7 +301,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], cells: list[dict[str, A
     lines = [f"# transferkit compare: {base.data.data or base.data.train} on {base.model.name}, by training size", "",
              f"Test {metrics[0][2]} (%) and {metrics[1][2] if len(metrics) > 1 else ''}: mean ± standard deviation over "
              f"{seeds} seed(s) (each seed draws its own training and validation examples and trains with that seed); "
-             f"test split {'all rows' if test_rows is None else f'a stratified sample of ~{test_rows} rows'}.", ""]
+             f"test split {'all rows' if test_rows is None else f'a stratified sample of about {test_rows} rows'}.", ""]
     for key, title, _ in metrics:
         lines += [f"## {title}", "", "| variant | " + " | ".join(size_names) + " |",
                   "|---|" + "---:|" * len(sizes)]

@@ -63,7 +63,8 @@ def new_run(run_dir: Path, command: str) -> Iterator[None]:
             except TrainingDiverged:
                 raise
             except UserError:
-                discard = not (run_dir / "checkpoints").exists()
+                # a method's own stage keeps its checkpoints in a subfolder (setfit: contrastive/checkpoints)
+                discard = not any(run_dir.glob("checkpoints")) and not any(run_dir.glob("*/checkpoints"))
                 if discard:
                     for child in run_dir.iterdir():
                         if child.name != LOCK_FILE:

@@ -107,3 +107,12 @@ def test_wordnet_synonyms_when_installed():
     from transferkit.augmentation.synonyms import load_synonyms
     syn = load_synonyms("wordnet")
     assert "film" in syn.synonyms("movie") and "movie" in syn.synonyms("films") and syn.synonyms("the") == []
+
+
+def test_leading_and_trailing_punctuation_survive_a_replacement():
+    words, _ = eda(synonym=1.0).copy(['"great"', "(boring)"], None, "0", "synonym")
+    assert words == ['"excellent"', "(dull)"]
+
+
+def test_empty_synonyms_in_a_table_are_ignored():
+    assert TableSynonyms({"good": ["", "  ", "fine"]}).synonyms("good") == ["fine"]

@@ -89,3 +89,9 @@ def test_a_model_that_is_not_a_generator_is_refused(tiny_model_dir):
         GenerativeAugmenter("paraphrase", parse_spec(f"paraphrase:model={tiny_model_dir}")[0].options, 0, quiet)
     with pytest.raises(UserError, match="not found"):
         GenerativeAugmenter("paraphrase", parse_spec("paraphrase:model=/no/such/model")[0].options, 0, quiet)
+
+
+def test_the_largest_seed_a_run_takes_works(gpt2_dir):
+    aug = GenerativeAugmenter("paraphrase", parse_spec(f"paraphrase:model={gpt2_dir},temperature=1,max_drift=10")[0].options,
+                              seed=2**32 - 1, log=quiet)
+    assert len(aug.generate(TEXTS[:1])) == 1

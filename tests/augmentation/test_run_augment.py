@@ -132,3 +132,40 @@ def test_finetune_refuses_a_bad_spec_before_reading_data(tmp_path, capsys):
     line = expect_user_error(capsys, ["finetune", "--data", str(tmp_path / "missing.csv"),
                                       "data.augment=eda:copies=2"])
     assert "sets no operation" in line and not list(tmp_path.iterdir())
+
+
+def test_copies_equal_to_held_out_texts_are_not_added():
+    from transferkit.augmentation import parse_spec
+    from transferkit.augmentation.apply import augment_texts
+    from transferkit.augmentation.synonyms import TableSynonyms
+    import transferkit.augmentation.apply as apply_mod
+    steps = parse_spec("eda:synonym=1.0,copies=1,synonyms=x")
+    real = apply_mod._eda
+    try:
+        apply_mod._eda = lambda step: __import__("transferkit.augmentation.eda", fromlist=["EDA"]).EDA(
+            step.options, TableSynonyms({"good": ["fine"]}))
+        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec", quiet)
+        assert texts == ["a good film", "a fine film"]
+        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec", quiet, exclude=["a fine  film"])
+        assert texts == ["a good film"] and report.rows_after == 1
+    finally:
+        apply_mod._eda = real
+
+
+def test_resume_refuses_changed_augmented_rows(sentiment_csv, tiny_model_dir, tmp_path, synonyms, monkeypatch):
+    from transferkit import train
+    table = tmp_path / "syn.tsv"
+    table.write_text(synonyms.read_text(encoding="utf-8"), encoding="utf-8")
+    cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", checkpoint_steps=1)
+    cfg.data.augment = f"eda:synonym=0.3,copies=1,synonyms={table}"
+
+    def stop(self, group):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.Trainer, "_step", stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.finetune(cfg, log=quiet)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "run" / "augment.json").read_text())["rows"] > 160
+    table.write_text("the\tan\n", encoding="utf-8")  # another synonym table: other rows
+    with pytest.raises(Exception, match="augment.json: the augmented training rows differ"):
+        api.finetune(resume=tmp_path / "run", log=quiet)

@@ -8,7 +8,7 @@ validation and test splits as they were.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import UserError
 from .spec import Step, text_steps
@@ -43,11 +43,12 @@ def _eda(step: Step) -> Any:
 
 
 def augment_texts(texts: list[str], labels: list, steps: list[Step], seed: int, spec: str,
-                  log: Callable[[str], None] = print) -> tuple[list[str], list, AugmentReport]:
-    """`texts`/`labels` with every text step's new rows appended (labels copied from the source row)."""
+                  log: Callable[[str], None] = print, exclude: Sequence[str] = ()) -> tuple[list[str], list, AugmentReport]:
+    """`texts`/`labels` with every text step's new rows appended (labels copied from the source row);
+    a new text equal to one of `exclude` (the validation and test texts) is not added."""
     from .generative import GenerativeAugmenter
     out_t, out_y = list(texts), list(labels)
-    seen = {" ".join(t.split()) for t in texts}  # a copy differing only in spacing is no new row
+    seen = {" ".join(t.split()) for t in [*texts, *exclude]}  # a copy differing only in spacing is no new row
     report = AugmentReport(spec, len(texts))
     for step in text_steps(steps):
         added = 0
@@ -80,14 +81,16 @@ def augment_texts(texts: list[str], labels: list, steps: list[Step], seed: int, 
 
 
 def augment_tagged(tokens: list[list[str]], tags: list[list[int]], where: list[str], label_names: list[str],
-                   steps: list[Step], seed: int, spec: str) -> tuple[list[list[str]], list[list[int]], list[str], AugmentReport]:
-    """Tagged sentences with EDA copies appended; entity words are never changed and tags stay aligned."""
+                   steps: list[Step], seed: int, spec: str, exclude: Sequence[Sequence[str]] = ()
+                   ) -> tuple[list[list[str]], list[list[int]], list[str], AugmentReport]:
+    """Tagged sentences with EDA copies appended; entity words are never changed and tags stay aligned
+    (a copy equal to a sentence of `exclude`, the validation and test sentences, is not added)."""
     for step in text_steps(steps):
         if step.kind != "eda":
             raise UserError(f"augment: {step.kind} cannot keep NER tags aligned (a generated sentence has no "
                             "tags); use eda for ner runs")
     out_tok, out_tags, out_where = [list(t) for t in tokens], [list(t) for t in tags], list(where)
-    seen = {tuple(t) for t in tokens}
+    seen = {tuple(t) for t in [*tokens, *exclude]}
     report = AugmentReport(spec, len(tokens))
     index = {name: i for i, name in enumerate(label_names)}
     for step in text_steps(steps):

@@ -111,7 +111,8 @@ class EDA:
             options = self.synonyms.synonyms(core.lower())
             if options:
                 parts = _match_case(rng.choice(options), core).split()
-                parts[0], parts[-1] = pre + parts[0], parts[-1] + post
+                parts[0] = pre + parts[0]
+                parts[-1] = parts[-1] + post  # the same word when the synonym is one word
                 chosen[i] = parts
             if len(chosen) >= n:
                 break

@@ -96,7 +96,7 @@ class Generator:
                 kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=0.95)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-            set_seed(seed + start)  # a batch's samples do not depend on the batches before it
+            set_seed((seed + start) % 2**32)  # a batch's samples do not depend on the batches before it
             with torch.inference_mode():
                 ids = self.model.generate(**{k: v.to(dev) for k, v in enc.items()}, **kwargs)
             if self.kind == "causal":
@@ -132,7 +132,7 @@ class GenerativeAugmenter:
         return min(256, int(longest * 2) + 8)  # room for drift; far longer is dropped anyway
 
     def _one_copy(self, texts: list[str], copy: int) -> list[str]:
-        seed = self.seed * 1000 + copy
+        seed = (self.seed * 1000 + copy) % 2**32
         temp = float(self.options["temperature"])
         new = self._max_new(texts)
         if self.kind == "paraphrase":

@@ -38,7 +38,7 @@ class TableSynonyms:
     """Synonyms from a mapping word -> replacements (lookups are lowercase)."""
 
     def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = {k.lower(): [s for s in v if s.lower() != k.lower()] for k, v in table.items()}
+        self.table = {k.lower(): [s for s in v if s.strip() and s.lower() != k.lower()] for k, v in table.items()}
 
     def synonyms(self, word: str) -> list[str]:
         return list(self.table.get(word.lower(), ()))

@@ -162,8 +162,10 @@ class SetFit(Method):
                 f"{trainer.total_steps} steps at lr {o.setfit_lr:g} training the encoder's {encoder:,} parameters" + (f" (resumed at step {trainer.state.global_step})"
                                                                         if resumed else ""))
         trainer.fit()
-        self.contrastive = {"pairs": len(pairs), "steps": trainer.state.global_step,
+        self.contrastive = {"pairs": len(pairs), "steps": trainer.state.global_step, "trainable": encoder,
                             "seconds": round(trainer.state.train_seconds, 2)}
+        del trainer
+        run.accelerator.free_memory()  # stage 1's optimizer state is not needed by stage 2
         self.apply(model)
         return model
 

@@ -29,6 +29,7 @@ from .run import Run
 BASE_DIR = "base"  # run_dir/base: the weightless base folder of a stock-loadable adapter (modeling.write_base)
 
 DATA_FILE = "data.json"  # content hashes of the data files, written when the run starts
+AUGMENT_FILE = "augment.json"  # the spec and a hash of the augmented training rows, when the run augments
 EVAL_BATCH = 64
 
 
@@ -53,6 +54,8 @@ class FinetuneRun(Run):
 
     def start_files(self) -> None:
         fs.write_json(self.run_dir / DATA_FILE, self.fingerprints)
+        if self.augment_record is not None:
+            fs.write_json(self.run_dir / AUGMENT_FILE, self.augment_record)
 
     # ---- setup: everything that can fail on bad input -----------------------------------------
     def prepare(self) -> None:
@@ -92,8 +95,10 @@ class FinetuneRun(Run):
                                hint="a run resumes only on the data it started with: restore the file or start a new run")
         for line in notes:
             log(line)
+        self.augment_record = None
         if text_steps(self.augment_steps):  # the training split only: validation and test stay as they are
             self.splits = self.task.augment(self.splits, self.augment_steps, cfg.train.seed, cfg.data.augment, log)
+            self._check_augmented_rows()
 
         self.tokenizer = load_tokenizer(self.resolved.path)
         self.stats = tk.length_stats(tk.token_lengths(self.tokenizer, self.task.texts(self.splits.train)))
@@ -114,6 +119,25 @@ class FinetuneRun(Run):
         s = self.stats
         log(f"tokens per text (train): mean {s['mean']}, p95 {s['p95']}, max {s['max']} -> max_length "
             f"{self.max_length}" + ("" if cfg.data.max_length else " (from the data)"))
+
+    def _check_augmented_rows(self) -> None:
+        """Record the augmented training rows by hash; a resumed run must get exactly the rows it started
+        with (a changed synonym table, WordNet install or generation cache would change them)."""
+        import hashlib
+        import json
+
+        from ..core.folders import read_json_object
+        train = self.splits.train
+        rows = [self.task.texts(train), getattr(train, "labels", None) or getattr(train, "tags", None)]
+        digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()
+        self.augment_record = {"spec": self.cfg.data.augment, "rows": len(train), "train_sha256": digest}
+        path = self.run_dir / AUGMENT_FILE
+        if self.resume is not None and path.is_file():
+            started = read_json_object(path, "augmentation record")
+            if started.get("train_sha256") != digest:
+                raise UserError(f"{path}: the augmented training rows differ from those the run started with "
+                                f"({started.get('rows')} rows then, {len(train)} now: the synonym table, WordNet or "
+                                "the generation cache changed); restore them or start a new run")
 
     # ---- fit -------------------------------------------------------------------------------------
     def fit(self) -> Any:

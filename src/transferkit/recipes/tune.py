@@ -99,12 +99,13 @@ class TuneRun:
         for name, v, lo, hi in (("--workers", workers, 1, 64), ("--keep", keep, 1, 100_000)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise UserError(f"{name} {v!r}: must be an integer in [{lo}, {hi}]")
-        self.methods = METHODS.names() if method == "auto" else [METHODS.get(method).name]
+        from .. import tasks
+        task = tasks.get(cfg.task)
+        self.methods = ([m for m in METHODS.names() if task.pooled_features or not METHODS.get(m).needs_pooled_task]
+                        if method == "auto" else [METHODS.get(method).name])
         self.method, self.n_trials, self.workers, self.keep = method, n_trials, workers, keep
         self.timeout = parse_duration(timeout, "--timeout") if timeout is not None else None
         self.cfg = cfg
-        from .. import tasks
-        task = tasks.get(cfg.task)
         self.metric = metric or task.default_metric
         self.direction = "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
         self.seed = cfg.train.seed if seed is None else seed

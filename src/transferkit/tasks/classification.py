@@ -52,7 +52,9 @@ class SequenceClassification(Task):
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
         from ..augmentation.apply import augment_texts
         from ..data.load import LabelledData
-        texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec, log)
+        held_out = [*splits.validation.texts, *splits.test.texts]
+        texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
+                                              log, exclude=held_out)
         splits.train = LabelledData(texts, labels, splits.train.source)
         splits.summary["augment"] = report.as_dict()
         log(report.describe())

@@ -94,7 +94,8 @@ class TokenClassification(Task):
         from ..augmentation.apply import augment_tagged
         from ..data.tagged import TaggedSplit
         tr = splits.train
-        tokens, tags, where, report = augment_tagged(tr.tokens, tr.tags, tr.where, splits.label_names, steps, seed, spec)
+        tokens, tags, where, report = augment_tagged(tr.tokens, tr.tags, tr.where, splits.label_names, steps, seed, spec,
+                                                     exclude=[*splits.validation.tokens, *splits.test.tokens])
         splits.train = TaggedSplit(tokens, tags, where, tr.source)
         splits.summary["augment"] = report.as_dict()
         log(report.describe())
