@@ -267,9 +267,12 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
     m = read_json_object(metrics_path, "run metrics")
     p, t, mem = m["params"], m["train"], m.get("memory", {})
     art = plan.run_dir / METHODS.get(plan.method).artifact
-    row.update(trainable=p["trainable"], total=p["total"], trainable_pct=round(100 * p["trainable"] / p["total"], 4),
+    stage = t.get("contrastive") or {}  # a method's own first stage (setfit): its parameters and time count too
+    trainable = max(p["trainable"], stage.get("trainable", 0) + p.get("head", 0))
+    row.update(trainable=trainable, total=p["total"], trainable_pct=round(100 * trainable / p["total"], 4),
                peak_rss_mb=mem.get("peak_rss_mb"), rss_before_train_mb=mem.get("rss_before_train_mb"),
-               peak_gpu_mb=mem.get("peak_gpu_mb"), train_seconds=t["seconds"], samples_per_s=t["samples_per_s"],
+               peak_gpu_mb=mem.get("peak_gpu_mb"), train_seconds=round(t["seconds"] + stage.get("seconds", 0.0), 2),
+               samples_per_s=t["samples_per_s"],
                artifact_mb=_folder_mb(art), weights_mb=_folder_mb(art, (".safetensors", ".bin")),
                steps=t["steps"], epochs=t["epochs"], lr=t["lr"])
     row.update({key: m["test"][key] for key, *_ in task.compare_metrics})

@@ -264,7 +264,8 @@ def _cell_row(variant: str, size: int | None, seed: int, plan: Any, status: str,
         m = read_json_object(plan.run_dir / "metrics.json", "run metrics")
         row.update({key: m["test"][key] for key, *_ in task.compare_metrics})
         row.update(train_rows=(m["data"].get("augment") or {}).get("rows_after", m["data"]["sizes"]["train"]),
-                   steps=m["train"]["steps"], train_seconds=m["train"]["seconds"])
+                   steps=m["train"]["steps"],
+                   train_seconds=m["train"]["seconds"] + (m["train"].get("contrastive") or {}).get("seconds", 0.0))
     return row
 
 
