@@ -34,6 +34,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clm_dir(tmp_path_factory) -> Path:
+    """A tiny random GPT-2 folder (BERT vocabulary: [SEP] is its eos), for generation tests."""
+    import torch
+
+    from transferkit.lm_models import build_from_scratch
+    folder = tmp_path_factory.mktemp("gpt2")
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    build_from_scratch("gpt2", "tiny", tok, "clm").save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def sentiment_rows() -> list[tuple[str, str]]:
     return make_sentences(200)
 

@@ -28,17 +28,6 @@ def mlm_run(tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
-def clm_dir(tmp_path_factory):
-    """A tiny GPT-2 folder (BERT vocabulary: [SEP] is its eos)."""
-    folder = tmp_path_factory.mktemp("gpt2")
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    build_from_scratch("gpt2", "tiny", tok, "clm").save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_fill_mask_returns_k_sorted_probabilities(mlm_run):
     rows = fill_mask(str(mlm_run), TEXT, top_k=5)
     assert len(rows) == 5

@@ -128,7 +128,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
         raise UserError(f"--test-rows {test_rows!r}: must be a positive integer")
     sizes = parse_sizes(train_sizes)
     sampled = sizes != [None] or test_rows is not None or seeds > 1
-    if type(task).class_counts is tasks.Task.class_counts and sampled:
+    if not task.one_label_per_example and sampled:
         raise UserError(f"--train-sizes, --seeds and --test-rows sample examples per class; {base.task} runs have "
                         "no one class per example (compare --augment alone works for them)")
     if base.data.augment:

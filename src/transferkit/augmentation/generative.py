@@ -131,10 +131,10 @@ class GenerativeAugmenter:
         longest = max(len(self.generator.tokenizer(t)["input_ids"]) for t in texts)
         return min(256, int(longest * 2) + 8)  # room for drift; far longer is dropped anyway
 
-    def _one_copy(self, texts: list[str], copy: int) -> list[str]:
+    def _one_copy(self, texts: list[str], copy: int, new: int) -> list[str]:
+        """One generated text per input; `new`: the most tokens a reply may take."""
         seed = (self.seed * 1000 + copy) % 2**32
         temp = float(self.options["temperature"])
-        new = self._max_new(texts)
         if self.kind == "paraphrase":
             return [_clean(t) for t in self.generator.run([PARAPHRASE_PROMPT.format(text=t) for t in texts],
                                                           temp, seed, new)]
@@ -160,7 +160,8 @@ class GenerativeAugmenter:
             t0 = time.perf_counter()
             for start in range(0, len(todo), step):
                 chunk = todo[start:start + step]
-                outs = [self._one_copy(chunk, c) for c in range(copies)]
+                new = self._max_new(chunk)  # tokenized once per chunk, not once per copy
+                outs = [self._one_copy(chunk, c, new) for c in range(copies)]
                 for i, text in enumerate(chunk):
                     raw = [outs[c][i] for c in range(copies)]
                     cached[_key(text)] = raw

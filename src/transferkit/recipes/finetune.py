@@ -72,7 +72,7 @@ class FinetuneRun(Run):
         self.mixup_alpha = mixup_alpha(self.augment_steps)
         if self.mixup_alpha is not None and not self.task.pooled_features:
             raise UserError(f"augment: mixup mixes pooled sentence vectors; a {cfg.task} run has none (use eda)")
-        if cfg.train.class_weights != "none" and type(self.task).class_counts is tasks.Task.class_counts:
+        if cfg.train.class_weights != "none" and not self.task.one_label_per_example:
             raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
         if self.method.needs_pooled_task and not self.task.pooled_features:

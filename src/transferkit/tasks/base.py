@@ -27,6 +27,8 @@ class Task:
     # The head over the encoder: "sequence" (one output per text) or "token" (one per token);
     # `modeling.HEAD_CLASSES` maps it to the model class.
     head_kind: ClassVar[str] = "sequence"
+    # True when every example has one label (so class counts, class weights and per-class sampling mean something).
+    one_label_per_example: ClassVar[bool] = False
     # The test metrics `compare` tabulates, (key in metrics.json, column title, name in prose); the
     # first is the one it compares with full fine-tuning, plots and re-checks through the saved model.
     compare_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()

@@ -23,6 +23,7 @@ def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
 
 class SequenceClassification(Task):
     name = "classify"
+    one_label_per_example = True
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
