@@ -8,6 +8,10 @@ sentences: the first N (default 2,000) bundled movie sentences in file order.
                    holds at most --batch-size rows and, on a CPU, --batch-tokens padded tokens
     ... rows only  the same with batches bounded by --batch-size alone (what Predictor did before)
     Predictor int8 the same with dynamic int8 quantisation of the Linear layers (a quantised copy)
+    onnxruntime fp32  the same Predictor over the model traced to ONNX (`transferkit export --format onnx`'s
+                   graph writer) and run by onnxruntime
+    onnxruntime int8  that graph quantised by onnxruntime (`--int8`: int8 weights per channel, dynamic
+                   activations)
 
 Usage:
     python benchmarks/inference.py                 # fresh MiniLM classifier (speed does not need training)
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_table, quiet_libraries, ratio, set_threads, write_json  # noqa: E402
 
 NAIVE_MAX_LENGTH = 128
-TARGET = 10.0  # best Predictor variant vs naive
+TARGET = 20.0  # best variant that keeps 99.5% argmax agreement with fp32, vs naive
+FP32_TARGET = 10.0  # best fp32 variant vs naive
+GATE = 0.995  # the int8 export gate's argmax agreement (exporting.onnx_gate.INT8_MIN_AGREEMENT)
 
 
 def load_texts(n: int) -> list[str]:
@@ -93,6 +100,24 @@ def timed(fn: Callable[[list[str]], Any], texts: list[str], repeats: int) -> tup
     return statistics.median(rates), rates, out
 
 
+def onnx_predictors(predictor: Any, texts: list[str], folder: Path) -> tuple[Any, Any]:
+    """Predictors over the fp32 model traced to ONNX and over its onnxruntime int8 quantisation."""
+    from transferkit.exporting.onnx_export import quantize_int8, write_graph
+    from transferkit.inference import Predictor
+    from transferkit.inference_onnx import OnnxModule, session
+    longest = max(texts, key=len)
+    enc = predictor.tokenizer([longest, longest[: len(longest) // 2]], padding=True, truncation=True,
+                              max_length=predictor.max_length, return_tensors="pt")
+    write_graph(predictor.model, folder / "model.onnx", dict(enc), per_token=False)
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+    out = []
+    for name in ("model.onnx", "model.int8.onnx"):
+        module = OnnxModule(session(folder / name), predictor.label_names, "sequence")
+        out.append(Predictor(module, predictor.tokenizer, predictor.label_names, predictor.max_length,
+                             predictor.batch_size, device="cpu"))
+    return out[0], out[1]
+
+
 def compare(a: Any, b: Any) -> dict[str, float]:
     """Argmax agreement and the largest probability difference between two [n, classes] arrays."""
     import numpy as np
@@ -145,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     # quantize_dynamic copies the model, so `model` stays fp32; same weights before quantisation.
     predictor_q = Predictor(quantize_int8(model), predictor.tokenizer, predictor.label_names, predictor.max_length,
                             args.batch_size, device="cpu")
+    scratch = tempfile.TemporaryDirectory()
+    onnx_fp32, onnx_int8 = onnx_predictors(predictor, texts, Path(scratch.name))
     print(f"model: {model_desc['kind']} ({tok_dir}); {len(texts)} sentences; {args.threads} threads; "
           f"torch {torch.__version__}", file=sys.stderr)
 
@@ -153,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "Predictor fp32": predictor.predict_proba,
         "Predictor fp32, rows only": rows_only,
         "Predictor int8": predictor_q.predict_proba,
+        "onnxruntime fp32": onnx_fp32.predict_proba,
+        "onnxruntime int8": onnx_int8.predict_proba,
     }
     warm = texts[:args.warmup]
     results: dict[str, dict[str, Any]] = {}
@@ -171,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         r["vs_naive"] = ratio(r["sentences_per_s"], naive_rate)
     checks = {"fp32_vs_naive": compare(outputs["Predictor fp32"][:naive_n], outputs["naive (1 at a time, pad 128)"]),
               "int8_vs_fp32": compare(outputs["Predictor int8"], outputs["Predictor fp32"]),
+              "onnx_fp32_vs_fp32": compare(outputs["onnxruntime fp32"], outputs["Predictor fp32"]),
+              "onnx_int8_vs_fp32": compare(outputs["onnxruntime int8"], outputs["Predictor fp32"]),
               "token_bound_vs_rows_only": compare(outputs["Predictor fp32"], outputs["Predictor fp32, rows only"])}
     trained = args.run is not None
 
@@ -185,13 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     tb = results["Predictor fp32"]["sentences_per_s"] / results["Predictor fp32, rows only"]["sentences_per_s"]
     print(f"batches of at most {budget} padded tokens vs {args.batch_size} rows alone: {tb:.2f}x "
           f"(max |prob diff| {checks['token_bound_vs_rows_only']['max_abs_prob_diff']:.1e})")
-    q = checks["int8_vs_fp32"]
     note = "" if trained else "  [untrained head: near-tied logits, agreement not meaningful; use --run]"
-    print(f"Predictor int8 vs fp32: argmax agreement {q['argmax_agreement']:.2%} on {len(texts)} sentences, "
-          f"max |prob diff| {q['max_abs_prob_diff']:.3f}{note}")
-    best = max(results["Predictor fp32"]["vs_naive"], results["Predictor int8"]["vs_naive"])
-    print(f"target: best Predictor variant >= {TARGET:g}x naive -> {best:.2f}x "
-          f"({'met' if best >= TARGET else 'NOT met'}){'  [quick run: noisy]' if args.quick else ''}")
+    for name, key in (("Predictor int8", "int8_vs_fp32"), ("onnxruntime fp32", "onnx_fp32_vs_fp32"),
+                      ("onnxruntime int8", "onnx_int8_vs_fp32")):
+        q = checks[key]
+        print(f"{name} vs Predictor fp32: argmax agreement {q['argmax_agreement']:.2%} on {len(texts)} sentences, "
+              f"max |prob diff| {q['max_abs_prob_diff']:.2e}{'' if 'fp32' in name else note}")
+    fp32_best = max(results[n]["vs_naive"] for n in ("Predictor fp32", "onnxruntime fp32"))
+    kept = {n: results[n]["vs_naive"] for n, key in (("Predictor fp32", None), ("onnxruntime fp32", "onnx_fp32_vs_fp32"),
+                                                     ("Predictor int8", "int8_vs_fp32"),
+                                                     ("onnxruntime int8", "onnx_int8_vs_fp32"))
+            if key is None or checks[key]["argmax_agreement"] >= GATE}
+    best_name = max(kept, key=kept.get)
+    best = kept[best_name]
+    noisy = "  [quick run: noisy]" if args.quick else ""
+    print(f"target: best fp32 variant >= {FP32_TARGET:g}x naive -> {fp32_best:.2f}x "
+          f"({'met' if fp32_best >= FP32_TARGET else 'NOT met'}){noisy}")
+    print(f"target: best variant with >= {GATE:.1%} argmax agreement >= {TARGET:g}x naive -> {best_name} "
+          f"{best:.2f}x ({'met' if best >= TARGET else 'NOT met'}){noisy}"
+          f"{'' if trained else '  [agreement of an untrained head is not meaningful]'}")
 
     write_json(args.out, {
         "benchmark": "inference", "quick": args.quick, "environment": env, "model": model_desc,
@@ -200,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"batch_size": args.batch_size, "batch_tokens": budget, "naive_max_length": NAIVE_MAX_LENGTH,
                      "predictor_max_length": predictor.max_length, "repeats": args.repeats, "warmup": args.warmup},
         "results": results, "checks": checks, "int8_agreement_meaningful": trained,
-        "target": {"best_predictor_vs_naive": TARGET, "achieved": best, "met": best >= TARGET},
+        "target": {"fp32_vs_naive": FP32_TARGET, "fp32_achieved": fp32_best, "fp32_met": fp32_best >= FP32_TARGET,
+                   "gated_vs_naive": TARGET, "gate_argmax_agreement": GATE, "gated_best": best_name,
+                   "gated_achieved": best, "gated_met": best >= TARGET},
     })
     return 0
 

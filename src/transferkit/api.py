@@ -121,13 +121,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
     from . import tasks
     from .inference import quantize_int8
     from .models import load_tokenizer
-    from .runinfo import RunInfo
+    from .runinfo import RunInfo, labelled_split
     runtime.setup()
     info = RunInfo.read(run_dir)
     task = tasks.get(info.task)
     out = Path(output_dir) if output_dir else Path(run_dir) / "report"
     fs.check_writable_dir(out, "report folder")
-    split, source = _labelled_split(run_dir, info, task, data, text_column, label_column)
+    split, source = labelled_split(run_dir, info, task, data, text_column, label_column)
     model = info.load_model(merge=True, base_model=base_model)
     if quantize:
         model = quantize_int8(model)
@@ -141,27 +141,15 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
     return report
 
 
-def _labelled_split(run_dir: Any, info: Any, task: Any, data: str | None, text_column: str | None,
-                    label_column: str | None) -> tuple[Any, str]:
-    """The labelled examples to score: the run's own test split (its data files checked), or `data`."""
-    if data is not None:
-        return task.load_labelled(data, info.label_names, text_column, label_column), str(data)
-    from .data.fingerprint import check_fingerprints
-    cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
-    if not info.data_fingerprints:
-        raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
-                        f"be checked; pass --data FILE to score a labelled file")
-    check_fingerprints(info.data_fingerprints, cfg.data)
-    splits = task.prepare(cfg.data, cfg.train.seed, lambda *_: None)
-    return splits.test, f"{cfg.data.data or cfg.data.test} (test split)"
-
-
 def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
             input: str | None = None, output: str | None = None, text_column: str | None = None,
             batch_size: int = 64, quantize: bool = False, adapter: str | None = None,
             adapters: Sequence[str] | None = None, adapter_column: str | None = None,
-            base_model: str | None = None, log: Any = _log) -> list[dict[str, Any]]:
+            base_model: str | None = None, backend: str = "auto", log: Any = _log) -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
+
+    `run_dir` may be an ONNX export folder (`export(..., format="onnx")`), run through onnxruntime:
+    `backend` "auto" (the default) picks onnxruntime for an export and PyTorch for a run.
 
     `run_dir` may be `{name: run_dir, ...}` (lora/ia3/bitfit/head_only runs of one base model): the base loads
     once and each text uses the adapter named by `adapters` (one per text), the input file's
@@ -169,6 +157,8 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     from .inference import Predictor
     runtime.setup()
     if isinstance(run_dir, Mapping):
+        if backend not in ("auto", "torch"):
+            raise UserError(f"backend {backend!r}: several runs on one base run on PyTorch only")
         if quantize:
             raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
         from .inference import predict_runs
@@ -178,6 +168,8 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
     from .inference import OUTPUT_SUFFIXES, _check_texts
+    from .inference_onnx import check_backend
+    check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     if output is not None:
@@ -188,7 +180,8 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
         all_texts += read_texts(input, text_column)
     if not all_texts:
         raise UserError("no texts to predict")
-    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model)
+    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model,
+                                   backend=backend)
     results = predictor.predict(all_texts)
     log(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
@@ -225,12 +218,29 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, *, plain: bool = False, base_model: str | None = None,
-           log: Any = _log) -> Path:
-    """Write the run as one model folder with adapters merged into the weights (see `exporter.py`);
-    `plain=True`: a stock BertForSequenceClassification (needs a [CLS]-reading linear head)."""
-    from .exporter import export as _export
-    return _export(run_dir, out_dir, plain=plain, base_model=base_model, log=log)
+def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "hf", int8: bool = False, plain: bool = False,
+           data: str | None = None, text_column: str | None = None, label_column: str | None = None,
+           base_model: str | None = None, log: Any = _log) -> Path:
+    """Write the run for use elsewhere, adapters merged into the weights; nothing appears unless it checks out.
+
+    format="hf": one Hugging Face model folder (see `exporting/folder.py`); `plain=True`: a stock
+    BertForSequenceClassification (needs a [CLS]-reading linear head).
+    format="onnx": model.onnx + tokenizer + manifest.json, checked with onnxruntime against the
+    PyTorch model on the run's test split (or the labelled file `data`); `int8=True` quantises it and
+    keeps it only if argmax agreement stays >= 99.5% and the metric within 0.5 points (see
+    `exporting/onnx_export.py`). `Predictor.from_run(out_dir)` and `predict` run the result."""
+    if format not in ("hf", "onnx"):
+        raise UserError(f"export format {format!r}: use 'hf' (a model folder) or 'onnx'")
+    if format == "hf":
+        if int8 or data or text_column or label_column:
+            raise UserError("--int8 and --data belong to --format onnx (a model folder keeps the run's fp32 weights)")
+        from .exporting.folder import export as _export
+        return _export(run_dir, out_dir, plain=plain, base_model=base_model, log=log)
+    if plain:
+        raise UserError("--plain writes a stock BERT model folder; it does not apply to --format onnx")
+    from .exporting.onnx_export import export_onnx
+    return export_onnx(run_dir, out_dir, int8=int8, data=data, text_column=text_column, label_column=label_column,
+                       base_model=base_model, log=log)
 
 
 def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,

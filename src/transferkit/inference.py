@@ -78,13 +78,17 @@ class Predictor(LoadedModel):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, quantize: bool = False,
-                 batch_size: int = 64, base_model: str | None = None) -> "Predictor":
-        """Load a finetune run directory (full model or adapter, merged for serving); `base_model`
-        overrides the base folder the run records (see `RunInfo.base_model`)."""
+                 batch_size: int = 64, base_model: str | None = None, backend: str = "auto") -> "Predictor":
+        """Load a finetune run directory (full model or adapter, merged for serving), or an ONNX export
+        folder (`backend` "auto" or "onnxruntime": see `inference_onnx`); `base_model` overrides the
+        base folder the run records (see `RunInfo.base_model`)."""
         from . import runtime
+        from .inference_onnx import check_backend, load_export
         from .runinfo import RunInfo
         runtime.setup()
         _check_batch_size(batch_size)
+        if check_backend(backend, run_dir, quantize):
+            return load_export(run_dir, batch_size, device)
         info = RunInfo.read(run_dir)
         model = info.load_model(merge=True, base_model=base_model)
         if quantize:

@@ -243,6 +243,22 @@ class RunInfo:
         return model
 
 
+def labelled_split(run_dir: Any, info: Any, task: Any, data: str | None, text_column: str | None,
+                    label_column: str | None) -> tuple[Any, str]:
+    """The labelled examples to score: the run's own test split (its data files checked), or `data`."""
+    if data is not None:
+        return task.load_labelled(data, info.label_names, text_column, label_column), str(data)
+    from .config import RunConfig
+    from .data.fingerprint import check_fingerprints
+    cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
+    if not info.data_fingerprints:
+        raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
+                        f"be checked; pass --data FILE to score a labelled file")
+    check_fingerprints(info.data_fingerprints, cfg.data)
+    splits = task.prepare(cfg.data, cfg.train.seed, lambda *_: None)
+    return splits.test, f"{cfg.data.data or cfg.data.test} (test split)"
+
+
 _FIELD_TYPES = {"method": str, "model_name": str, "model_path": str, "label_names": list, "max_length": int,
                 "pooling": str, "classifier_dropout": (int, float), "head_hidden": int, "pool_layers": int,
                 "method_options": dict, "data_fingerprints": dict, "task": str}

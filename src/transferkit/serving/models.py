@@ -1,5 +1,6 @@
 """The runs a server holds, and one call that predicts a mixed list of (run, text) pairs.
 
+An ONNX export folder (`export --format onnx`) is served like a run of its own, on onnxruntime.
 Runs whose method can share a base (`Method.shares_base`: lora, ia3, bitfit, head_only), sentence
 classifiers and taggers alike, are served per base on one `AdapterPredictor`, so texts for
 different tasks go through the encoder in one pass (`multi_adapter`). Every other run (full,
@@ -71,19 +72,26 @@ class ModelSet:
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
+        from ..inference_onnx import is_onnx_export, read_manifest
         from ..multi_adapter import base_key
-        info = RunInfo.read(run_dir)
-        method = info.method_instance()
-        base = base_key(info)  # what decides which runs can share an encoder
-        shared = bool(method.shares_base and tasks.get(info.task).shares_base)
-        entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),
-                       info.max_length, shared, key=base)
+        if is_onnx_export(run_dir):  # an ONNX export: its own onnxruntime predictor, never a shared base
+            m = read_manifest(run_dir)
+            source = m.get("source") if isinstance(m.get("source"), dict) else {}
+            entry = Served(name, str(run_dir), m["task"], f"{source.get('method', '?')} (onnx {m['precision']})",
+                           str(source.get("model", "?")), list(m["labels"]), m["max_length"], False)
+        else:
+            info = RunInfo.read(run_dir)
+            method = info.method_instance()
+            base = base_key(info)  # what decides which runs can share an encoder
+            shared = bool(method.shares_base and tasks.get(info.task).shares_base)
+            entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),
+                           info.max_length, shared, key=base)
         with self._lock:
             if name in self.served:  # another load of the same name finished meanwhile
                 raise UserError(f"a model named {name!r} is already loaded; unload it first")
-            if shared:
-                runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == base}
-                self._shared[base] = Predictor.from_runs({**runs, name: run_dir}, device=self.device,
+            if entry.shared:
+                runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == entry.key}
+                self._shared[entry.key] = Predictor.from_runs({**runs, name: run_dir}, device=self.device,
                                                          batch_size=self.batch_size)
             else:
                 self._alone[name] = Predictor.from_run(run_dir, device=self.device, batch_size=self.batch_size)

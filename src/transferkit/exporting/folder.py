@@ -16,15 +16,13 @@ Written here because neither transformers nor peft converts a custom head into a
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 PLAIN_EPS = 1e-4  # pooler slope: small enough that tanh is linear to float32 precision
 TOLERANCE = 1e-4  # largest logit difference accepted between the run and the written folder
@@ -33,22 +31,14 @@ TOLERANCE = 1e-4  # largest logit difference accepted between the run and the wr
 def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None,
            log: Any = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
-    from . import runtime
-    from .models import load_tokenizer
-    from .runinfo import RunInfo
+    from .. import runtime
+    from ..core.fs import write_folder
+    from ..models import load_tokenizer
+    from ..runinfo import RunInfo
     runtime.setup()
-    from .core.fs import check_writable_dir
     info = RunInfo.read(run_dir)
-    out = Path(out_dir)
-    check_writable_dir(out, "output folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"output folder {out} exists and is not empty; choose another or remove it")
-    model = info.load_model(merge=True, base_model=base_model).eval()
-    extra = _extra_weights(model)
-    if extra:
-        raise UserError(f"{run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
-                        f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
-                        f"that fold into the weights: full, lora, ia3, bitfit, head_only, setfit")
+    out = check_new_output(out_dir)
+    model = merged_model(info, base_model)
     reference = model
     if plain and getattr(model.config, "head_kind", "sequence") == "token":
         raise UserError("--plain writes a BertForSequenceClassification; export a token-classification run "
@@ -57,32 +47,42 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
         model = to_plain_bert(model, info)
     tokenizer = load_tokenizer(str(info.artifact_dir))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _check_folder(reference, tmp, tokenizer, plain)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
-    except OSError as e:
-        from .core.fs import is_storage_error, storage_error
-        if is_storage_error(e):
-            raise storage_error(e, out) from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_folder(out, write)
     if log is not None:
         kind = "plain BertForSequenceClassification" if plain else "transferkit classifier (trust_remote_code=True)"
         log(f"exported {run_dir} ({info.method}, merged) to {out} as a {kind}")
     return out
 
 
+def check_new_output(out_dir: str | Path) -> Path:
+    """The export's folder: writable, and new or empty (an export never overwrites another)."""
+    from ..core.fs import check_writable_dir
+    out = Path(out_dir)
+    check_writable_dir(out, "output folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"output folder {out} exists and is not empty; choose another or remove it")
+    return out
+
+
+def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
+    """The run's inference model with its method folded into the encoder's weights, or a UserError
+    for methods whose inference model keeps modules of its own (adapter, prefix)."""
+    model = info.load_model(merge=True, base_model=base_model).eval()
+    extra = _extra_weights(model)
+    if extra:
+        raise UserError(f"{info.run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
+                        f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
+                        f"that fold into the weights: full, lora, ia3, bitfit, head_only, setfit")
+    return model
+
+
 def _extra_weights(model: nn.Module) -> list[str]:
     """Weights the plain classifier class does not have (all of them if `model` is another class)."""
-    from .modeling import TransferkitForSequenceClassification as Classifier
+    from ..modeling import TransferkitForSequenceClassification as Classifier
     if not isinstance(model, Classifier):
         return [type(model).__name__]
     with torch.device("meta"):  # structure only: no memory, no initialisation cost

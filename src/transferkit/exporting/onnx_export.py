@@ -1,0 +1,163 @@
+"""Export a run as an ONNX graph for onnxruntime, optionally int8, checked before it appears.
+
+`export_onnx(run_dir, out_dir)` merges the run's method into the encoder's weights (as the folder
+export does), traces `logits = model(input_ids, attention_mask)` with dynamic batch and sequence
+axes at opset OPSET, and writes model.onnx, the tokenizer and manifest.json (task, labels, token
+limit, precision, versions and the checks below) to a new folder. Sentence classifiers and taggers
+alike; a method that keeps modules of its own (adapter, prefix) is refused by name.
+
+Before the folder appears the graph runs in onnxruntime on held-out labelled texts (the run's own
+test split, or `data`) against the PyTorch model (`onnx_gate`); `int8=True` then quantises it with
+onnxruntime's dynamic quantisation (int8 weights, per output channel, activations quantised per
+batch at run time) and keeps it only if it passes the int8 gate. The numbers go into the manifest.
+
+Why this exporter: optimum's ONNX exporter does not support transformers 5 (optimum-onnx #114, #141),
+so the graph comes from `torch.onnx.export`. Its TorchScript route (`dynamo=False`) is used because
+the graph from the dynamo route fails onnxruntime's quantiser (its shape inference rejects the
+graph's recorded shapes; torch 2.13, onnxruntime 1.31) and took 6x longer to write for MiniLM.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import onnx_gate
+from .folder import check_new_output, merged_model
+
+OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime 1.31 runs up to 23
+
+
+class LogitsOnly(nn.Module):
+    """The traced function: (input_ids, attention_mask) -> logits, nothing else in the graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def write_graph(model: nn.Module, path: Path, example: dict[str, torch.Tensor], per_token: bool) -> None:
+    """Trace `model` on `example` (a padded batch) into an ONNX file with dynamic batch/sequence axes."""
+    from ..inference_onnx import INPUTS, OUTPUT
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+    axes[OUTPUT] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    with warnings.catch_warnings():  # tracer warnings about Python values fixed in the graph: checked below
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
+                          input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """onnxruntime dynamic quantisation: int8 weights per output channel for MatMul/Gemm."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quiet = logging.getLogger()  # the quantiser logs a pre-processing hint on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        quiet.setLevel(level)
+
+
+def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, data: str | None = None,
+                text_column: str | None = None, label_column: str | None = None,
+                base_model: str | None = None, batch_size: int = 64, log: Any = None) -> Path:
+    """Write the run as an ONNX export folder (see the module docstring); returns it."""
+    from .. import runtime, tasks
+    from ..core.fs import write_folder, write_json
+    from ..inference_onnx import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
+    from ..models import load_tokenizer
+    from ..runinfo import RunInfo, labelled_split
+    log = log or (lambda *_: None)
+    runtime.setup()
+    info = RunInfo.read(run_dir)
+    out = check_new_output(out_dir)
+    task = tasks.get(info.task)
+    try:
+        split, source = labelled_split(run_dir, info, task, data, text_column, label_column)
+    except UserError as e:
+        raise UserError(f"{e} (the export is checked on held-out labelled texts: pass --data FILE)") from None
+    if len(split) == 0:
+        raise UserError(f"{source}: no labelled rows to check the export on")
+    model = merged_model(info, base_model)
+    tokenizer = load_tokenizer(str(info.artifact_dir))
+    held_out = task.encode(tokenizer, split, info.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    where = f"{len(split)} texts of {source}"
+    per_token = task.head_kind == "token"
+    metric = task.compare_metrics[0][0]  # accuracy for labels, entity F1 for tags
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model_file": MODEL_FILE,
+        "precision": "int8" if int8 else "fp32", "task": info.task, "labels": list(info.label_names),
+        "max_length": info.max_length, "opset": OPSET,
+        "inputs": {name: ["batch", "sequence"] for name in INPUTS},
+        "outputs": {OUTPUT: ["batch", "sequence", "tags"] if per_token else ["batch", "labels"]},
+        "source": {"run": Path(run_dir).resolve().name, "method": info.method, "model": _portable(info.model_name)},
+        "versions": _versions(), "limits": onnx_gate.limits()}
+
+    def write(tmp: Path) -> None:
+        graph = tmp / MODEL_FILE
+        log(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
+        write_graph(model, graph, _tracing_batch(held_out, pad_id), per_token)
+        fp32 = OnnxModule(session(graph), info.label_names, task.head_kind)
+        found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id)
+        log(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
+            f"max |prob diff| {found['max_prob_diff']:.2e}")
+        onnx_gate.check_fp32(found, where)
+        manifest["check"] = {"data": _portable(source), "texts": len(split), **found}
+        if int8:
+            quantized = tmp / "model.int8.onnx"
+            quantize_int8(graph, quantized)
+            q = OnnxModule(session(quantized), info.label_names, task.head_kind)
+            vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id)
+            m32 = float(task.evaluate(fp32, held_out, batch_size, pad_id, "cpu")[0][metric])
+            m8 = float(task.evaluate(q, held_out, batch_size, pad_id, "cpu")[0][metric])
+            log(f"int8 vs fp32 on {where}: argmax agreement {vs['argmax_agreement']:.2%}, "
+                f"{metric} {m8:.2%} vs {m32:.2%}")
+            onnx_gate.check_int8(vs, metric, m32, m8, where)
+            manifest["int8"] = {"quantization": "onnxruntime dynamic: int8 weights per output channel (MatMul, Gemm), "
+                                                "activations per batch", "vs_fp32": vs, "metric": metric,
+                                "fp32": m32, "int8": m8}
+            del fp32, q  # release the sessions' file handles before the swap
+            quantized.replace(graph)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    write_folder(out, write)
+    log(f"exported {run_dir} ({info.method}, {manifest['precision']}) to {out / MODEL_FILE}")
+    return out
+
+
+def _tracing_batch(data: Any, pad_id: int) -> dict[str, torch.Tensor]:
+    """The longest held-out row twice, the second copy cut to half and padded: a ragged batch, so
+    the traced graph keeps the attention-mask path whatever shortcut a model takes for unpadded input."""
+    lengths = data.lengths()
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    row = data.collate([longest], pad_id)
+    ids, mask = row["input_ids"].repeat(2, 1), row["attention_mask"].repeat(2, 1)  # [2, length]
+    half = max(1, ids.shape[1] // 2)
+    ids[1, half:], mask[1, half:] = pad_id, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _portable(name: str) -> str:
+    """A model or data name as the manifest keeps it: a path loses its folders (the export is copied
+    to other machines, and an absolute path there is noise that also names this machine's layout)."""
+    return Path(name).name if ("/" in name or "\\" in name) else name
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}

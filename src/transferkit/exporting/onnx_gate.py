@@ -1,0 +1,70 @@
+"""The checks an ONNX export must pass before its folder appears.
+
+fp32: the graph, run by onnxruntime on held-out texts, must give the PyTorch model's probabilities
+(largest difference at most FP32_MAX_PROB_DIFF) and argmax (agreement at least FP32_MIN_AGREEMENT).
+int8: the quantised graph must keep argmax agreement with the fp32 graph at INT8_MIN_AGREEMENT or more
+and lose at most INT8_MAX_METRIC_DROP of the task's headline metric (accuracy for labels, entity F1
+for tags) on the same held-out split. Items are texts for a sentence classifier and real
+(unpadded) tokens for a tagger.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.batches import batch_tokens, sorted_batches
+from ..errors import UserError
+
+FP32_MIN_AGREEMENT = 0.995  # argmax agreement with the PyTorch model
+INT8_MIN_AGREEMENT = 0.995  # argmax agreement with the fp32 graph
+FP32_MAX_PROB_DIFF = 1e-3  # float rounding differs between kernels; a wrong graph differs by far more
+INT8_MAX_METRIC_DROP = 0.005  # half a point of accuracy (or entity F1)
+
+
+@torch.inference_mode()
+def agreement(reference: nn.Module, candidate: nn.Module, data: Any, batch_size: int = 64,
+              pad_id: int = 0) -> dict[str, Any]:
+    """Argmax agreement and the largest probability difference of two models over `data`'s batches."""
+    items = agree = 0
+    max_diff = 0.0
+    for idx in sorted_batches(data.lengths(), batch_size, batch_tokens("cpu")):
+        batch = {k: v for k, v in data.collate(idx, pad_id).items() if k != "labels"}
+        a = torch.softmax(reference(**batch).logits.float(), -1)  # [batch, labels] or [batch, seq, tags]
+        b = torch.softmax(candidate(**batch).logits.float(), -1)
+        if a.dim() == 3:  # per token: only the real ones count
+            keep = batch["attention_mask"].bool()
+            a, b = a[keep], b[keep]  # [tokens, tags]
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        items += a.shape[0]
+        if math.isnan(diff):  # non-finite outputs: the NaN fails every check below
+            return {"items": items, "argmax_agreement": agree / max(items, 1), "max_prob_diff": diff}
+        max_diff = max(max_diff, diff)
+    return {"items": items, "argmax_agreement": agree / max(items, 1), "max_prob_diff": max_diff}
+
+
+def check_fp32(found: dict[str, Any], where: str) -> None:
+    """Refuse an fp32 graph that does not reproduce the PyTorch model (numbers in the message)."""
+    if not (found["max_prob_diff"] <= FP32_MAX_PROB_DIFF and found["argmax_agreement"] >= FP32_MIN_AGREEMENT):
+        raise UserError(f"the ONNX graph disagrees with the PyTorch model on {where}: max |prob diff| "
+                        f"{found['max_prob_diff']:.2e} (limit {FP32_MAX_PROB_DIFF:g}), argmax agreement "
+                        f"{found['argmax_agreement']:.2%} (need {FP32_MIN_AGREEMENT:.1%}); nothing was written")
+
+
+def check_int8(found: dict[str, Any], metric: str, fp32: float, int8: float, where: str) -> None:
+    """Refuse an int8 graph that changes too many predictions or loses too much of the metric."""
+    drop = fp32 - int8
+    if not (found["argmax_agreement"] >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_METRIC_DROP):
+        raise UserError(f"int8 quantisation refused on {where}: argmax agreement with fp32 "
+                        f"{found['argmax_agreement']:.2%} (need {INT8_MIN_AGREEMENT:.1%}), {metric} {int8:.2%} vs fp32 "
+                        f"{fp32:.2%} (a drop of {drop * 100:.2f} points; at most {INT8_MAX_METRIC_DROP * 100:g} "
+                        f"allowed); export without --int8 for the fp32 graph; nothing was written")
+
+
+def limits() -> dict[str, float]:
+    """The thresholds, for the manifest."""
+    return {"fp32_min_argmax_agreement": FP32_MIN_AGREEMENT, "fp32_max_prob_diff": FP32_MAX_PROB_DIFF,
+            "int8_min_argmax_agreement": INT8_MIN_AGREEMENT, "int8_max_metric_drop": INT8_MAX_METRIC_DROP}
