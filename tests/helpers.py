@@ -34,6 +34,32 @@ def make_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def tagged_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """Filler words with a PER name (one or two words from POSITIVE) and sometimes a LOC (from NEGATIVE)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.choices(FILLER, k=rng.randint(3, 9))]
+        name = [(w, "I-PER") for w in rng.sample(POSITIVE, rng.randint(1, 2))]
+        name[0] = (name[0][0], "B-PER")
+        at = rng.randint(0, len(words))
+        if rng.random() < 0.5:  # a place; the name goes in afterwards as one block, so never around it
+            words.insert(rng.randint(0, at) if rng.random() < 0.5 else rng.randint(at, len(words)),
+                         (rng.choice(NEGATIVE), "B-LOC"))
+        words[at:at] = name
+        out.append(words)
+    return out
+
+
+def write_conll(path: Path, n: int, seed: int = 0) -> Path:
+    """A CoNLL file of `n` tagged sentences (`tagged_sentences`)."""
+    lines = ["-DOCSTART- O", ""]
+    for sent in tagged_sentences(n, seed):
+        lines += [f"{w} X {t}" for w, t in sent] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def write_csv(path: Path, rows: list[tuple[Any, Any]], header: tuple[str, str] = ("text", "label")) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)

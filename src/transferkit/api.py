@@ -34,18 +34,58 @@ def make_config(config: str | Path | RunConfig | dict | None = None, overrides: 
 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
-             log: Any = _log, **overrides: Any) -> FinetuneResult:
+             processes: int = 1, log: Any = _log, **overrides: Any) -> FinetuneResult:
     """Fine-tune a classifier (or a tagger: task="ner"); returns the run directory and its metrics.
 
     Overrides are dotted config keys (`**{"train.warmup": 0.06}`) or the short names in
     `SHORT_KEYS` (data, model, method, epochs, batch_size, lr, max_steps, seed, output_dir, ...).
     `resume=RUN_DIR` continues an interrupted run from its last checkpoint (overrides: only the
-    learning rates, clipping and progress, `config.RESUME_KEYS`)."""
+    learning rates, clipping and progress, `config.RESUME_KEYS`). `processes=N` trains with N
+    data-parallel processes on this machine (torchrun; `train.batch_size` stays the global batch,
+    see `distributed`); under a launcher the processes are the launcher's."""
+    from . import distributed
     runtime.setup()
+    processes = distributed.check_processes(processes)
     if resume is not None:
+        if processes > 1:
+            from .runinfo import resumable
+            resumable(resume)  # a run that cannot resume is one line here, before any process starts
+            return _launch_finetune(["--resume", str(resume)], overrides, processes, Path(resume), log)
         return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS, log)
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
-    return FinetuneRun(cfg, None, log).run()
+    if processes == 1:
+        return FinetuneRun(cfg, None, log).run()
+    run = FinetuneRun(cfg, None, log)
+    run.setup()  # bad input is one line here, before any process starts
+    cfg.output_dir = str(run.run_dir)  # the processes train the run this check chose
+    return _launch_finetune(None, cfg, processes, run.run_dir, log)
+
+
+def _launch_finetune(argv: list[str] | None, config: Any, processes: int, run_dir: Path, log: Any) -> FinetuneResult:
+    """`transferkit finetune` as `processes` processes (a new run from `config`, or `argv` with
+    `config` as the resume overrides); the finished run's result."""
+    import tempfile
+
+    from . import distributed
+    from .core.folders import read_json_object
+    with tempfile.TemporaryDirectory(prefix="transferkit-launch-") as tmp:
+        if argv is None:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(config.to_yaml(), encoding="utf-8")
+            argv = ["--config", str(path)]
+        else:
+            argv = [*argv, *(f"{SHORT_KEYS.get(k, k)}={v}" for k, v in config.items())]
+        log(f"training with {processes} processes (torchrun, {'NCCL' if _cuda() else 'gloo'}): {run_dir}")
+        code = distributed.launch(["finetune", *argv], processes)
+    if code != 0:
+        raise UserError(f"{run_dir}: the {processes} training processes stopped with exit code {code} "
+                        f"(their messages are above); a run with a checkpoint resumes with --resume {run_dir}")
+    return FinetuneResult(run_dir, read_json_object(run_dir / "metrics.json", "run metrics"))
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,

@@ -32,18 +32,30 @@ OUTPUT_SUFFIXES = (".jsonl", ".json", ".csv")  # prediction files
 @torch.inference_mode()
 def _batched(module: nn.Module, fn: Any, data: TokenData | FeatureData, batch_size: int, pad_id: int,
              device: torch.device | str) -> torch.Tensor:
-    """`fn(batch) -> [batch, k]` over length-sorted batches in eval mode; rows back in input order."""
+    """`fn(batch) -> [batch, k]` over length-sorted batches in eval mode; rows back in input order.
+
+    Inside `distributed.sharded()` each process computes its share of the rows and gets all of them back."""
+    from . import distributed
     was_training = module.training
     module.eval()
-    out: torch.Tensor | None = None
-    for idx in sorted_batches(data.lengths(), batch_size, batch_tokens(device)):
+    mine = distributed.my_rows(len(data))
+    lengths = data.lengths()
+    done: list[int] = []
+    parts: list[torch.Tensor] = []
+    for local in sorted_batches([lengths[i] for i in mine], batch_size, batch_tokens(device)):
+        idx = [mine[j] for j in local]
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
         rows = fn(batch).float().cpu()  # [batch, k]
-        if out is None:
-            out = torch.empty(len(data), rows.shape[-1])
-        out[idx] = rows
+        done.extend(idx)
+        parts.extend(rows)
     module.train(was_training)
-    return out if out is not None else torch.empty(0, 0)
+    if len(mine) == len(data):  # one process: no gathering
+        out = torch.empty(len(data), parts[0].shape[-1]) if parts else torch.empty(0, 0)
+        if parts:
+            out[done] = torch.stack(parts)
+        return out
+    rows = distributed.gather_rows(len(data), done, parts)
+    return torch.stack(rows) if rows else torch.empty(0, 0)
 
 
 def predict_logits(model: nn.Module, data: TokenData | FeatureData, batch_size: int = 64, pad_id: int = 0,

@@ -93,7 +93,8 @@ def resumable(run_dir: str | Path) -> Path:
     if (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} already finished; nothing to resume")
     fs.check_writable_dir(run_dir, "run directory")
-    owner = live_owner(run_dir)
+    from . import distributed
+    owner = live_owner(run_dir) if distributed.is_main() else None  # other ranks: rank 0 holds the lock
     if owner is not None:  # before reading a checkpoint its owner may be writing
         raise in_use(run_dir, owner)
     from .checkpoint import find

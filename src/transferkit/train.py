@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .core import fs
 from .data.batches import length_grouped_batches
@@ -147,7 +148,7 @@ class Trainer:
         self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
         self.data, self.pad_id, self.eval_fn, self.loss_fn = train_data, pad_id, eval_fn, loss_fn
         self.lengths = train_data.lengths()
-        micro = math.ceil(len(train_data) / cfg.batch_size / accelerator.num_processes)
+        micro = math.ceil(len(train_data) / cfg.batch_size)  # the global batch: any process count (distributed)
         self.steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
         self.total_steps = total_steps(self.steps_per_epoch, cfg.epochs, cfg.max_steps)
         self.model = model.to(accelerator.device)
@@ -161,6 +162,7 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.higher_is_better = cfg.metric not in ("loss", "perplexity")  # both lower is better
         self._step_tokens = 0
+        self._step_examples = 0
         self._saved_step: int | None = None  # the step of the checkpoint on disk, named when a run diverges
 
     # ---- the loop -------------------------------------------------------------------------
@@ -176,7 +178,6 @@ class Trainer:
         self.model.train()
         while not stop:
             batches = length_grouped_batches(self.lengths, cfg.batch_size, cfg.seed, st.epoch, cfg.group_by_length)
-            batches = self._shard(batches)
             groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
             for gi in range(st.batch_in_epoch // cfg.grad_accum, len(groups)):
                 t0 = time.perf_counter()  # training time counts optimizer steps only, not eval or saving
@@ -185,7 +186,7 @@ class Trainer:
                 st.global_step += 1
                 st.batch_in_epoch = (gi + 1) * cfg.grad_accum
                 st.samples_seen += items
-                st.examples_seen += sum(len(idx) for idx in groups[gi])
+                st.examples_seen += self._step_examples
                 st.tokens_seen += self._step_tokens
                 st.window_loss += loss
                 st.window_items += items
@@ -225,41 +226,43 @@ class Trainer:
         self.restore_best()
         return st
 
-    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
-        """Each process takes every n-th batch; the list is padded so all processes step together."""
-        n = self.acc.num_processes
-        if n == 1:
-            return batches
-        while len(batches) % n:
-            batches.append(batches[len(batches) % n])
-        return batches[self.acc.process_index::n]
-
     def _step(self, group: list[list[int]]) -> tuple[float, int, int]:
-        """One optimizer step over `group` micro-batches, scaled so the loss is the big batch's mean."""
-        batches = [self.data.collate(b, self.pad_id) for b in group]
-        self._step_tokens = sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
+        """One optimizer step over `group` micro-batches, scaled so the loss is the big batch's mean.
+
+        Under N processes each takes its rows of every micro-batch (`distributed.split_batch`);
+        the gradients DDP averages are then those of the whole batch, as with one process."""
+        shares = [distributed.split_batch(b) for b in group]
+        batches = [self.data.collate(rows, self.pad_id) for rows, _ in shares]
+        weights = [w for _, w in shares]
+        tokens = sum(int(b["attention_mask"].sum()) * w for b, w in zip(batches, weights) if "attention_mask" in b)
         # scored items: -100 marks positions without a target (special tokens, later sub-tokens, padding)
-        n_items = sum(int((b["labels"] != -100).sum()) if "labels" in b else len(b) for b in batches)
-        if self.acc.num_processes > 1:
-            n_items = int(self.acc.reduce(torch.tensor(n_items, device=self.acc.device), "sum")) // self.acc.num_processes
+        local_items = sum((int((b["labels"] != -100).sum()) if "labels" in b else len(b)) * w
+                          for b, w in zip(batches, weights))
+        n = self.acc.num_processes
+        n_items = distributed.reduce_sum([local_items], self.acc.device)[0] / n if n > 1 else local_items
         total_loss, total_items, total_correct = 0.0, 0, 0
-        for k, batch in enumerate(batches):
+        for k, (batch, weight) in enumerate(zip(batches, weights)):
             batch = {key: v.to(self.acc.device) for key, v in batch.items()}
             labels = batch.pop("labels")
             sync = k == len(batches) - 1
             with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
                 out = self.model(**batch)
                 loss_sum, items, correct = self.loss_fn(out, {**batch, "labels": labels})
-                self.acc.backward(loss_sum / n_items)
-            total_loss += float(loss_sum.detach())
-            total_items += items
-            total_correct += correct
+                self.acc.backward(loss_sum * weight / max(n_items, 1e-12))
+            if weight:
+                total_loss += float(loss_sum.detach())
+                total_items += items
+                total_correct += correct
+        examples = sum(len(b) for b in group)  # the global batch's examples, on every process
+        if n > 1:  # the whole batch's numbers; and every process must stop together, not only the one with a NaN
+            total_loss, total_items, total_correct, tokens = distributed.reduce_sum(
+                [total_loss, total_items, total_correct, tokens], self.acc.device)
+            total_items, total_correct, tokens = int(total_items), int(total_correct), int(tokens)
+        self._step_tokens = int(tokens)
+        self._step_examples = examples
         step = self.state.global_step + 1
-        loss = total_loss
-        if self.acc.num_processes > 1:  # every process must stop together, not only the one with the NaN
-            loss = float(self.acc.reduce(torch.tensor(total_loss, device=self.acc.device), "sum"))
-        if not math.isfinite(loss):
-            raise self._diverged(step, "the training loss", loss)
+        if not math.isfinite(total_loss):
+            raise self._diverged(step, "the training loss", total_loss)
         norm = self._grad_norm()
         if norm is not None and not math.isfinite(norm):
             raise self._diverged(step, "the gradient norm", norm)
@@ -304,7 +307,8 @@ class Trainer:
         if self.eval_fn is None:
             return False
         self.model.eval()
-        metrics = self.eval_fn(self.acc.unwrap_model(self.model))
+        with distributed.sharded():  # each process scores its share of the rows; metrics see them all
+            metrics = self.eval_fn(self.acc.unwrap_model(self.model))
         self.model.train()
         self._record({"type": "eval", "split": "validation", "step": st.global_step,
                       "epoch": round(self._epoch_pos(), 4), **metrics})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -13,36 +12,14 @@ from transferkit import api
 from transferkit.cli import main
 from transferkit.tasks.token_classification import entity_metrics
 
-from helpers import FILLER, NEGATIVE, POSITIVE, quiet
+from helpers import quiet, write_conll
 
 METHODS = ["full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only"]
 
 
-def _sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
-    """Filler words with a PER name (one or two words from POSITIVE) and sometimes a LOC (from NEGATIVE)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        words = [(w, "O") for w in rng.choices(FILLER, k=rng.randint(3, 9))]
-        name = [(w, "I-PER") for w in rng.sample(POSITIVE, rng.randint(1, 2))]
-        name[0] = (name[0][0], "B-PER")
-        at = rng.randint(0, len(words))
-        if rng.random() < 0.5:  # a place; the name goes in afterwards as one block, so never around it
-            words.insert(rng.randint(0, at) if rng.random() < 0.5 else rng.randint(at, len(words)),
-                         (rng.choice(NEGATIVE), "B-LOC"))
-        words[at:at] = name
-        out.append(words)
-    return out
-
-
 @pytest.fixture(scope="module")
 def conll(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ner") / "tags.conll"
-    lines = ["-DOCSTART- O", ""]
-    for sent in _sentences(300):
-        lines += [f"{w} X {t}" for w, t in sent] + [""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_conll(tmp_path_factory.mktemp("ner") / "tags.conll", 300)
 
 
 def test_entity_metrics_strict_iob2():

@@ -22,6 +22,10 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("finetune", help="train a classifier (or, with --task ner, an entity tagger) and write a run directory")
     _finetune_args(p)
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="train with N data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on "
+                        "GPUs); --batch-size stays the global batch. Several machines: start "
+                        "`torchrun ... -m transferkit finetune` on each (README)")
     p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("compare", help="train every method on the same data and budget; one table (or, with "
                                        "--train-sizes/--seeds/--augment, a table by training size)")
@@ -82,10 +86,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise UserError("--config and --resume: a resumed run keeps its own config.yaml")
-        api.finetune(resume=args.resume, **_overrides(args))
+        api.finetune(resume=args.resume, processes=args.processes, **_overrides(args))
     else:
         cfg = api.make_config(args.config, _overrides(args))
-        api.finetune(cfg)
+        api.finetune(cfg, processes=args.processes)
     return 0
 
 

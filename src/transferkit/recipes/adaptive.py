@@ -26,13 +26,13 @@ EVALUATIONS = 15  # validation passes in a run whose epochs were raised
 IMBALANCE_RATIO = 1.5
 
 
-def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int, processes: int = 1) -> int:
-    """Optimizer steps per epoch, as `train.Trainer` counts them."""
-    return max(1, math.ceil(math.ceil(n_train / batch_size / processes) / grad_accum))
+def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps per epoch, as `train.Trainer` counts them (`batch_size` is the global batch)."""
+    return max(1, math.ceil(math.ceil(n_train / batch_size) / grad_accum))
 
 
 def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, label_names: Sequence[str],
-          default_metric: str, log: Callable[[str], None], processes: int = 1) -> Any:
+          default_metric: str, log: Callable[[str], None]) -> Any:
     """`tcfg` (the method-resolved TrainConfig) adapted to the data where `user` (as configured) left it unset."""
     changes: dict[str, Any] = {}
     if user.metric is None:
@@ -47,7 +47,7 @@ def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, labe
                 f"{label_names[big]} for everything would score well on (set train.metric to choose)")
     min_steps = DEFAULT_MIN_STEPS if user.min_steps is None else user.min_steps
     if user.epochs is None and user.max_steps is None and tcfg.epochs is not None and min_steps:
-        per_epoch = steps_per_epoch(n_train, tcfg.batch_size, tcfg.grad_accum, processes)
+        per_epoch = steps_per_epoch(n_train, tcfg.batch_size, tcfg.grad_accum)
         planned = math.ceil(per_epoch * tcfg.epochs)
         if planned < min_steps:
             epochs = math.ceil(min_steps / per_epoch)

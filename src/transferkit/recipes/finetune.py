@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import tasks
+from .. import distributed, tasks
 from ..config import describe_duration, validate
 from ..core import fs
 from ..errors import UserError
@@ -142,13 +142,12 @@ class FinetuneRun(Run):
     # ---- fit -------------------------------------------------------------------------------------
     def fit(self) -> Any:
         import torch
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         from ..methods.base import count_parameters, describe_parameters
         from ..train import Trainer
         cfg, log, method = self.cfg, self.log, self.method
-        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available())
         set_seed(cfg.train.seed)
         head = method.default_head if cfg.model.head == "auto" else cfg.model.head
         self.head_hidden = 0 if head == "linear" else self.hidden
@@ -179,7 +178,7 @@ class FinetuneRun(Run):
         from .adaptive import adapt, class_weights
         counts = self.task.class_counts(self.splits)
         self.tcfg = tcfg = adapt(method.train_config(cfg.train), cfg.train, len(data["train"]), counts,
-                                 self.splits.label_names, self.task.default_metric, log, acc.num_processes)
+                                 self.splits.label_names, self.task.default_metric, log)
         loss_fn = self.task.loss
         if cfg.train.class_weights == "balanced":
             weights = torch.tensor(class_weights(counts))
@@ -226,8 +225,9 @@ class FinetuneRun(Run):
             model.to(device)
             feats = {name: pooled_features(model, d, EVAL_BATCH, self.pad_id, device).contiguous()
                      for name, d in data.items()}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fs.write_bytes(path, to_bytes(feats))
+            if distributed.is_main():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fs.write_bytes(path, to_bytes(feats))
             self.log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
                      f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
         return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
@@ -245,9 +245,13 @@ class FinetuneRun(Run):
         from ..runinfo import RunInfo, read_history
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
         run_dir, log = self.run_dir, self.log
-        test_metrics, test_predictions = (self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
-                                                             self.accelerator.device)
-                                          if self.score_test else (None, None))
+        test_metrics, test_predictions = None, None
+        if self.score_test:
+            with distributed.sharded():  # each process scores its share of the test split
+                test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
+                                                                    self.accelerator.device)
+        if not distributed.is_main():  # rank 0 writes the run directory
+            return FinetuneResult(run_dir, {"test": test_metrics})
         # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
         if method.stock_base:  # the base folder stock peft calls load first; its absolute path goes in the adapter
             fs.write_folder(run_dir / BASE_DIR, self._write_base)

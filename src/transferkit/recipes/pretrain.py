@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import distributed
 from ..config import PretrainConfig, describe_duration, validate_pretrain
 from ..core import fs
 from ..errors import UserError
@@ -101,13 +102,12 @@ class PretrainRun(Run):
 
     def fit(self) -> Any:
         import torch
-        from accelerate import Accelerator
 
         from ..train import Trainer
         cfg, log, objective, tokenizer = self.cfg, self.log, self.objective, self.tokenizer
         run_dir = self.run_dir
         vocab = self.model.get_input_embeddings().weight.shape[0]
-        if not (run_dir / "tokenizer").is_dir():
+        if not (run_dir / "tokenizer").is_dir() and distributed.is_main():
             fs.write_folder(run_dir / "tokenizer", tokenizer.save_pretrained)
         train_data, held_data = objective.prepare(self.train_docs, self.held_docs, tokenizer,
                                                   min(len(tokenizer), vocab), cfg, log)
@@ -116,7 +116,7 @@ class PretrainRun(Run):
         self.train_data, self.held_data = train_data, held_data
         self.tcfg = tcfg = resolve_train_config(cfg, objective, bool(self.new_params))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        accelerator = Accelerator(cpu=device.type == "cpu")
+        accelerator = distributed.accelerator(cpu=device.type == "cpu")
         wrapped = objective.wrap(self.model, self.new_params)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eval_bs = max(tcfg.batch_size, 32)
@@ -143,6 +143,8 @@ class PretrainRun(Run):
     def save(self) -> PretrainResult:
         cfg, log, model, tokenizer, state = self.cfg, self.log, self.model, self.tokenizer, self.state
         run_dir, tcfg, train_data, held_data = self.run_dir, self.tcfg, self.train_data, self.held_data
+        if not distributed.is_main():  # rank 0 writes the run directory
+            return PretrainResult(run_dir, {})
         fs.write_folder(run_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
         tokens_per_s = state.tokens_seen / max(state.train_seconds, 1e-9)
         held = state.best_metrics or {}

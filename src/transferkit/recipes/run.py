@@ -9,14 +9,17 @@ every input passed (`runinfo.new_run`: locked, removed again if a user error com
 checkpoint) and writes config.yaml first; a resumed run (`Run.resumed`) is locked from its first read
 of the checkpoint to its last write, may change only `config.RESUME_KEYS`, and records such a change
 only after the checks; a Trainer restores the last checkpoint through `restore`, with the same message.
-Subclasses implement `prepare` (what `setup` runs), `fit` and `save`, and may add what a new run
+Under several processes (`distributed`) every process runs setup and fit; rank 0 alone claims, locks
+and writes the run directory. Subclasses implement `prepare` (what `setup` runs), `fit` and `save`, and may add what a new run
 records (`before_new_run`, `start_files`).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
+from .. import distributed
 from ..config import apply_resume_overrides
 from ..core import fs
 from ..runtime import log_stderr
@@ -43,7 +46,8 @@ class Run:
         from ..runinfo import resumable
         cfg = config_class.from_yaml(resumable(run_dir))
         changed = apply_resume_overrides(cfg, dict(overrides), dict(short_keys))
-        with RunLock(run_dir, cls.command):  # held from the first read of the checkpoint to the last write
+        # held from the first read of the checkpoint to the last write; by rank 0 alone under several processes
+        with RunLock(run_dir, cls.command) if distributed.is_main() else contextlib.nullcontext():
             return cls(cfg, run_dir, log, rewrite_config=changed).run()
 
     # ---- the entry point ----------------------------------------------------------------------
@@ -55,11 +59,19 @@ class Run:
         self._set_up = True
 
     def run(self) -> Any:
+        distributed.init()
         if not self._set_up:
             self.setup()
+        # Under several processes rank 0's choice holds (a new run's default name has the time in it);
+        # this also waits until every process has passed its checks, before anything is written.
+        self.run_dir = Path(distributed.broadcast(str(self.run_dir)))
         if self.resume is not None:
-            if self.rewrite_config:
+            if self.rewrite_config and distributed.is_main():
                 fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            self.fit()
+            return self.save()
+        if not distributed.is_main():
+            distributed.barrier()  # rank 0 claims the directory and writes config.yaml
             self.fit()
             return self.save()
         from ..runinfo import new_run
@@ -67,6 +79,7 @@ class Run:
         with new_run(self.run_dir, self.command):
             fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
             self.start_files()
+            distributed.barrier()
             self.fit()
             return self.save()
 

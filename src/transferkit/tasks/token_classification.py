@@ -32,15 +32,20 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     """Per window: tag probabilities [window length, tags], in window order."""
     was_training = model.training
     model.eval()
-    out: list[np.ndarray | None] = [None] * len(data)
+    from .. import distributed
     from ..data.batches import batch_tokens, sorted_batches
-    for idx in sorted_batches([len(x) for x in data.input_ids], batch_size, batch_tokens(device)):
+    mine = distributed.my_rows(len(data))  # all windows, or this process's share inside sharded()
+    done: list[int] = []
+    found: list[np.ndarray] = []
+    for local in sorted_batches([len(data.input_ids[i]) for i in mine], batch_size, batch_tokens(device)):
+        idx = [mine[j] for j in local]
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
         probs = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()  # [batch, seq, tags]
         for r, i in enumerate(idx):
-            out[i] = probs[r, :len(data.input_ids[i])]
+            done.append(i)
+            found.append(probs[r, :len(data.input_ids[i])])
     model.train(was_training)
-    return out  # type: ignore[return-value]
+    return distributed.gather_rows(len(data), done, found)
 
 
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:

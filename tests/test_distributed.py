@@ -1,0 +1,158 @@
+"""Several processes training one run: two gloo processes on the tiny model give the metrics of one
+process with the same global batch, resume a run that one process started, write the run directory
+once, and gather evaluation rows exactly once however unevenly they divide."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transferkit import api, distributed, train
+from transferkit.errors import UserError
+
+from helpers import expect_user_error, quiet, tiny_bert_config, make_tokenizer, tiny_config, write_conll
+
+pytestmark = pytest.mark.integration
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: one process and two then compute the same gradients."""
+    import torch
+    from transformers import BertModel
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(dropout=0.0)).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _cfg(data, model, out, method="full", **train_kw):
+    cfg = tiny_config(data, model, out, method, epochs=2, lr=3e-3, early_stopping_patience=0, checkpoint_steps=5,
+                      **train_kw)
+    cfg.model.classifier_dropout = 0.0
+    return cfg
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if "checkpoints" not in p.parts)
+
+
+def _same_run(a: dict, b: dict) -> None:
+    assert b["train"]["steps"] == a["train"]["steps"] and b["train"]["samples"] == a["train"]["samples"]
+    for split in ("test", "validation"):
+        for key, value in a[split].items():
+            if isinstance(value, float):
+                assert b[split][key] == pytest.approx(value, abs=1e-4), (split, key)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(still_model, sentiment_csv, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("processes")
+    one = api.finetune(_cfg(sentiment_csv, still_model, tmp / "one"), log=quiet)
+    logs: list[str] = []
+    two = api.finetune(_cfg(sentiment_csv, still_model, tmp / "two"), processes=2, log=logs.append)
+    return one, two, logs
+
+
+def test_two_processes_train_the_run_one_process_trains(one_and_two):
+    one, two, logs = one_and_two
+    assert any("training with 2 processes (torchrun, gloo)" in m for m in logs)
+    _same_run(one.metrics, two.metrics)
+    assert two.metrics == _metrics(two.run_dir)
+
+
+def test_rank_zero_alone_writes_the_run_directory(one_and_two):
+    one, two, _ = one_and_two
+    assert _files(two.run_dir) == _files(one.run_dir)  # nothing twice, nothing left half-written
+    records = [json.loads(line) for line in (two.run_dir / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (one.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["type"], r["step"]) for r in records] == [(r["type"], r["step"]) for r in expected]
+    assert [r["lr"] for r in records if r["type"] == "train"] == [r["lr"] for r in expected if r["type"] == "train"]
+
+
+def test_a_run_resumes_with_another_process_count(still_model, sentiment_csv, tmp_path, monkeypatch, one_and_two):
+    """Interrupted with one process after its step-5 checkpoint, finished by two: the uninterrupted run's metrics."""
+    one, _, _ = one_and_two
+    real_step = train.Trainer._step
+    calls = {"n": 0}
+
+    def interrupted(self, group):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+    monkeypatch.setattr(train.Trainer, "_step", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        api.finetune(_cfg(sentiment_csv, still_model, run), log=quiet)
+    monkeypatch.setattr(train.Trainer, "_step", real_step)
+    state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
+    assert state["global_step"] == 5
+    resumed = api.finetune(resume=run, processes=2, log=quiet)
+    _same_run(one.metrics, resumed.metrics)
+
+
+def test_a_tagger_trains_with_two_processes(still_model, tmp_path):
+    conll = write_conll(tmp_path / "tags.conll", 120)
+    kw = dict(task="ner", data=str(conll), model=str(still_model), method="lora", max_steps=6, batch_size=16,
+              log=quiet, **{"train.progress": False, "model.classifier_dropout": 0.0})
+    one = api.finetune(output_dir=str(tmp_path / "one"), **kw)
+    two = api.finetune(output_dir=str(tmp_path / "two"), processes=2, **kw)
+    assert two.metrics["train"]["steps"] == one.metrics["train"]["steps"] == 6
+    assert two.metrics["test"]["token_accuracy"] == pytest.approx(one.metrics["test"]["token_accuracy"], abs=1e-6)
+    assert two.metrics["test"]["f1"] == pytest.approx(one.metrics["test"]["f1"], abs=1e-6)
+
+
+def test_evaluation_rows_are_gathered_exactly_once(tmp_path):
+    """7 rows over 2 processes (4 and 3), in batches of 2: every row once, in order, as one process computes them."""
+    out = tmp_path / "gathered.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(HERE / "distributed_worker.py"), str(out), "7"], check=True, env=env, capture_output=True,
+                   timeout=300)
+    seen = json.loads(out.read_text())
+    assert seen["world"] == 2 and seen["rows_computed"] == 7 and seen["shape"] == [7, 2]
+    assert seen["logits_equal"] and seen["tags_equal"]
+    assert seen["splits"] == [[[5], 1.0], [[5], 0.0]]  # a one-row batch: rank 1 stands in with weight 0
+
+
+def test_alone_nothing_is_split():
+    assert not distributed.active() and distributed.split_batch([3, 4, 5]) == ([3, 4, 5], 1.0)
+    with distributed.sharded():
+        assert distributed.my_rows(3) == [0, 1, 2]
+        assert distributed.gather_rows(3, [2, 0, 1], ["c", "a", "b"]) == ["a", "b", "c"]
+    assert distributed.reduce_sum([1, 2.5], "cpu") == [1.0, 2.5]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True, 10_000])
+def test_processes_is_checked(bad):
+    with pytest.raises(UserError, match="processes must be a whole number"):
+        distributed.check_processes(bad)
+
+
+def test_processes_under_a_launcher_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="inside a launcher that already started 2 processes"):
+        distributed.check_processes(2)
+
+
+def test_cli_processes_errors_are_one_line(capsys, sentiment_csv, tiny_model_dir, tmp_path):
+    line = expect_user_error(capsys, ["finetune", "--data", str(sentiment_csv), "--model", str(tiny_model_dir),
+                                      "--processes", "0", "--output-dir", str(tmp_path / "run")])
+    assert "processes must be a whole number from 1 to 256, got 0" in line
+    line = expect_user_error(capsys, ["finetune", "--data", str(tmp_path / "missing.csv"), "--model",
+                                      str(tiny_model_dir), "--processes", "2"])
+    assert "missing.csv" in line  # checked before any process starts
+    line = expect_user_error(capsys, ["finetune", "--resume", str(tmp_path / "nothing"), "--processes", "2"])
+    assert "nothing" in line
+    assert not (tmp_path / "run").exists()
