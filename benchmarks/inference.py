@@ -10,8 +10,9 @@ sentences: the first N (default 2,000) bundled movie sentences in file order.
     Predictor int8 the same with dynamic int8 quantisation of the Linear layers (a quantised copy)
     onnxruntime fp32  the same Predictor over the model traced to ONNX (`transferkit export --format onnx`'s
                    graph writer) and run by onnxruntime
-    onnxruntime int8  that graph quantised by onnxruntime (`--int8`: int8 weights per channel, dynamic
-                   activations)
+    onnxruntime int8  that graph quantised by onnxruntime (int8 weights per channel, dynamic activations)
+    ... smoothed   the same after smoothing the Linear inputs (`export --int8`'s graph; calibrated on the
+                   movie sentences' validation split)
 
 Usage:
     python benchmarks/inference.py                 # fresh MiniLM classifier (speed does not need training)
@@ -100,22 +101,44 @@ def timed(fn: Callable[[list[str]], Any], texts: list[str], repeats: int) -> tup
     return statistics.median(rates), rates, out
 
 
-def onnx_predictors(predictor: Any, texts: list[str], folder: Path) -> tuple[Any, Any]:
-    """Predictors over the fp32 model traced to ONNX and over its onnxruntime int8 quantisation."""
+def validation_data(predictor: Any) -> Any:
+    """The movie sentences' validation split (seed 42), tokenized: int8 smoothing's calibration texts."""
+    from transferkit.config import RunConfig
+    from transferkit.data.batches import TokenData
+    from transferkit.data.prepare import prepare_splits
+    from transferkit.data.tokens import tokenize
+    cfg = RunConfig()
+    cfg.data.data = "movie-sentences"
+    val = prepare_splits(cfg.data, 42, log=lambda *_: None).validation
+    return TokenData(tokenize(predictor.tokenizer, val.texts, predictor.max_length))
+
+
+def onnx_predictors(predictor: Any, texts: list[str], folder: Path) -> dict[str, Any]:
+    """Predictors over the fp32 model traced to ONNX, its onnxruntime int8 quantisation, and the int8
+    quantisation of the smoothed model (what `export --int8` writes)."""
+    import copy
+
+    from transferkit.exporting import int8_smoothing
     from transferkit.exporting.onnx_export import quantize_int8, write_graph
     from transferkit.inference import Predictor
     from transferkit.inference_onnx import OnnxModule, session
     longest = max(texts, key=len)
     enc = predictor.tokenizer([longest, longest[: len(longest) // 2]], padding=True, truncation=True,
                               max_length=predictor.max_length, return_tensors="pt")
-    write_graph(predictor.model, folder / "model.onnx", dict(enc), per_token=False)
+    example = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    write_graph(predictor.model, folder / "model.onnx", example, per_token=False)
     quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
-    out = []
-    for name in ("model.onnx", "model.int8.onnx"):
-        module = OnnxModule(session(folder / name), predictor.label_names, "sequence")
-        out.append(Predictor(module, predictor.tokenizer, predictor.label_names, predictor.max_length,
-                             predictor.batch_size, device="cpu"))
-    return out[0], out[1]
+    smoothed = copy.deepcopy(predictor.model)
+    int8_smoothing.smooth(smoothed, validation_data(predictor), predictor.pad_id)
+    write_graph(smoothed, folder / "smoothed.onnx", example, per_token=False)
+    quantize_int8(folder / "smoothed.onnx", folder / "smoothed.int8.onnx")
+    out = {}
+    for name, file in (("onnxruntime fp32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx"),
+                       ("onnxruntime int8, smoothed", "smoothed.int8.onnx")):
+        module = OnnxModule(session(folder / file), predictor.label_names, "sequence")
+        out[name] = Predictor(module, predictor.tokenizer, predictor.label_names, predictor.max_length,
+                              predictor.batch_size, device="cpu")
+    return out
 
 
 def compare(a: Any, b: Any) -> dict[str, float]:
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor_q = Predictor(quantize_int8(model), predictor.tokenizer, predictor.label_names, predictor.max_length,
                             args.batch_size, device="cpu")
     scratch = tempfile.TemporaryDirectory()
-    onnx_fp32, onnx_int8 = onnx_predictors(predictor, texts, Path(scratch.name))
+    onnx = onnx_predictors(predictor, texts, Path(scratch.name))
     print(f"model: {model_desc['kind']} ({tok_dir}); {len(texts)} sentences; {args.threads} threads; "
           f"torch {torch.__version__}", file=sys.stderr)
 
@@ -180,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "Predictor fp32": predictor.predict_proba,
         "Predictor fp32, rows only": rows_only,
         "Predictor int8": predictor_q.predict_proba,
-        "onnxruntime fp32": onnx_fp32.predict_proba,
-        "onnxruntime int8": onnx_int8.predict_proba,
+        **{name: p.predict_proba for name, p in onnx.items()},
     }
     warm = texts[:args.warmup]
     results: dict[str, dict[str, Any]] = {}
@@ -202,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
               "int8_vs_fp32": compare(outputs["Predictor int8"], outputs["Predictor fp32"]),
               "onnx_fp32_vs_fp32": compare(outputs["onnxruntime fp32"], outputs["Predictor fp32"]),
               "onnx_int8_vs_fp32": compare(outputs["onnxruntime int8"], outputs["Predictor fp32"]),
+              "onnx_int8_smoothed_vs_fp32": compare(outputs["onnxruntime int8, smoothed"], outputs["Predictor fp32"]),
               "token_bound_vs_rows_only": compare(outputs["Predictor fp32"], outputs["Predictor fp32, rows only"])}
     trained = args.run is not None
 
@@ -218,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
           f"(max |prob diff| {checks['token_bound_vs_rows_only']['max_abs_prob_diff']:.1e})")
     note = "" if trained else "  [untrained head: near-tied logits, agreement not meaningful; use --run]"
     for name, key in (("Predictor int8", "int8_vs_fp32"), ("onnxruntime fp32", "onnx_fp32_vs_fp32"),
-                      ("onnxruntime int8", "onnx_int8_vs_fp32")):
+                      ("onnxruntime int8", "onnx_int8_vs_fp32"),
+                      ("onnxruntime int8, smoothed", "onnx_int8_smoothed_vs_fp32")):
         q = checks[key]
         print(f"{name} vs Predictor fp32: argmax agreement {q['argmax_agreement']:.2%} on {len(texts)} sentences, "
               f"max |prob diff| {q['max_abs_prob_diff']:.2e}{'' if 'fp32' in name else note}")
     fp32_best = max(results[n]["vs_naive"] for n in ("Predictor fp32", "onnxruntime fp32"))
     kept = {n: results[n]["vs_naive"] for n, key in (("Predictor fp32", None), ("onnxruntime fp32", "onnx_fp32_vs_fp32"),
                                                      ("Predictor int8", "int8_vs_fp32"),
-                                                     ("onnxruntime int8", "onnx_int8_vs_fp32"))
+                                                     ("onnxruntime int8", "onnx_int8_vs_fp32"),
+                                                     ("onnxruntime int8, smoothed", "onnx_int8_smoothed_vs_fp32"))
             if key is None or checks[key]["argmax_agreement"] >= GATE}
     best_name = max(kept, key=kept.get)
     best = kept[best_name]

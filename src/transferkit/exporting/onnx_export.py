@@ -9,7 +9,8 @@ alike; a method that keeps modules of its own (adapter, prefix) is refused by na
 Before the folder appears the graph runs in onnxruntime on held-out labelled texts (the run's own
 test split, or `data`) against the PyTorch model (`onnx_gate`); `int8=True` then quantises it with
 onnxruntime's dynamic quantisation (int8 weights, per output channel, activations quantised per
-batch at run time) and keeps it only if it passes the int8 gate. The numbers go into the manifest.
+batch at run time), after smoothing the Linear layers' inputs (`int8_smoothing`, calibrated on the
+run's validation split), and keeps it only if it passes the int8 gate. The numbers go into the manifest.
 
 Why this exporter: optimum's ONNX exporter does not support transformers 5 (optimum-onnx #114, #141),
 so the graph comes from `torch.onnx.export`. Its TorchScript route (`dynamo=False`) is used because
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from . import onnx_gate
+from . import int8_smoothing, onnx_gate
 from .folder import check_new_output, merged_model
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime 1.31 runs up to 23
@@ -93,6 +94,15 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     model = merged_model(info, base_model)
     tokenizer = load_tokenizer(str(info.artifact_dir))
     held_out = task.encode(tokenizer, split, info.max_length)
+    calibration = None  # int8's calibration texts: the run's validation split; with --data, those texts
+    if int8 and data is None:
+        def calibration() -> tuple[Any, str]:
+            from ..config import RunConfig
+            cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
+            val = task.prepare(cfg.data, cfg.train.seed, lambda *_: None).validation
+            if len(val) == 0:
+                return held_out, where
+            return task.encode(tokenizer, val, info.max_length), f"{len(val)} texts of the validation split"
     pad_id = tokenizer.pad_token_id or 0
     where = f"{len(split)} texts of {source}"
     per_token = task.head_kind == "token"
@@ -118,7 +128,14 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         manifest["check"] = {"data": _portable(source), "texts": len(split), **found}
         if int8:
             quantized = tmp / "model.int8.onnx"
-            quantize_int8(graph, quantized)
+            smoothed = tmp / "model.smoothed.onnx"
+            calib, calib_source = calibration() if calibration is not None else (held_out, where)
+            n_layers = int8_smoothing.smooth(model, calib, pad_id)
+            log(f"int8: smoothing the inputs of {n_layers} Linear layers (alpha {int8_smoothing.ALPHA:g}), "
+                f"calibrated on {calib_source}")
+            write_graph(model, smoothed, _tracing_batch(held_out, pad_id), per_token)
+            quantize_int8(smoothed, quantized)
+            smoothed.unlink()
             q = OnnxModule(session(quantized), info.label_names, task.head_kind)
             vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id)
             m32 = float(task.evaluate(fp32, held_out, batch_size, pad_id, "cpu")[0][metric])
@@ -128,7 +145,9 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             onnx_gate.check_int8(vs, metric, m32, m8, where)
             manifest["int8"] = {"quantization": "onnxruntime dynamic: int8 weights per output channel (MatMul, Gemm), "
                                                 "activations per batch", "vs_fp32": vs, "metric": metric,
-                                "fp32": m32, "int8": m8}
+                                "fp32": m32, "int8": m8,
+                                "smoothing": {"alpha": int8_smoothing.ALPHA, "layers": n_layers,
+                                              "calibration": _portable(calib_source)}}
             del fp32, q  # release the sessions' file handles before the swap
             quantized.replace(graph)
         tokenizer.save_pretrained(tmp)

@@ -58,9 +58,10 @@ def check_int8(found: dict[str, Any], metric: str, fp32: float, int8: float, whe
     """Refuse an int8 graph that changes too many predictions or loses too much of the metric."""
     drop = fp32 - int8
     if not (found["argmax_agreement"] >= INT8_MIN_AGREEMENT and drop <= INT8_MAX_METRIC_DROP):
+        change = f"{abs(drop) * 100:.2f} points {'lower' if drop > 0 else 'higher'}" if drop else "the same"
         raise UserError(f"int8 quantisation refused on {where}: argmax agreement with fp32 "
                         f"{found['argmax_agreement']:.2%} (need {INT8_MIN_AGREEMENT:.1%}), {metric} {int8:.2%} vs fp32 "
-                        f"{fp32:.2%} (a drop of {drop * 100:.2f} points; at most {INT8_MAX_METRIC_DROP * 100:g} "
+                        f"{fp32:.2%} ({change}; a drop of at most {INT8_MAX_METRIC_DROP * 100:g} points is "
                         f"allowed); export without --int8 for the fp32 graph; nothing was written")
 
 
