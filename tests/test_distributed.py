@@ -156,3 +156,53 @@ def test_cli_processes_errors_are_one_line(capsys, sentiment_csv, tiny_model_dir
     line = expect_user_error(capsys, ["finetune", "--resume", str(tmp_path / "nothing"), "--processes", "2"])
     assert "nothing" in line
     assert not (tmp_path / "run").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # not a zombie
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_an_interrupt_stops_every_process_and_the_run_resumes(still_model, sentiment_csv, tmp_path):
+    """An interrupt of the launching process must stop torchrun's workers too (they run in sessions of
+    their own, out of reach of the signal), free the lock, and leave a run that resumes from its checkpoint."""
+    import signal
+    import time
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "transferkit", "finetune", "--data", str(sentiment_csv), "--model", str(still_model),
+           "--method", "full", "--epochs", "60", "--batch-size", "16", "--output-dir", str(run), "--processes", "2",
+           "train.progress=false", "train.checkpoint_steps=5", "train.early_stopping_patience=0"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = run / "checkpoints" / "last" / "state.json"
+    deadline = time.monotonic() + 240
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = _descendants(proc.pid)
+    assert proc.poll() is None and len(workers) >= 3  # torchrun and its two workers
+    os.kill(proc.pid, signal.SIGINT)  # the launching process alone, as a notebook's interrupt does
+    proc.wait(timeout=120)
+    time.sleep(1)
+    assert [p for p in workers if _running(p)] == [], "processes left running after Ctrl-C"
+    assert not (run / "metrics.json").exists()
+    result = api.finetune(resume=run, log=quiet)  # one process finishes what two started
+    assert result.metrics["train"]["steps"] == 600  # 160 training rows in batches of 16, 60 epochs

@@ -153,6 +153,7 @@ def launch(argv: Sequence[str], processes: int) -> int:
     """Run `transferkit ARGV` as `processes` data-parallel processes on this machine (torchrun,
     standalone rendezvous); returns the launcher's exit code. The cores are shared out: each process
     gets OMP_NUM_THREADS = cores // processes (at least 1) unless the caller set it."""
+    import signal
     import subprocess
     import sys
 
@@ -161,13 +162,31 @@ def launch(argv: Sequence[str], processes: int) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
            "-m", "transferkit", *argv]
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except BaseException:
+        # torchrun starts each worker in a session of its own: killing torchrun would orphan them, still
+        # training and holding the run's lock. SIGTERM makes it stop its workers first (Ctrl-C reaches it too).
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
 
 
-def accelerator(cpu: bool) -> Any:
+def accelerator(cpu: bool, precision: str = "fp32") -> Any:
     """The Accelerator every training run uses. `split_batches=True` says what transferkit does: a
     batch is global and split between processes, so the learning-rate schedule steps once per
-    optimizer step (without it accelerate steps it once per process, running the schedule N times faster)."""
+    optimizer step (without it accelerate steps it once per process, running the schedule N times faster).
+    `precision` (train.precision): "auto" is bf16 autocast on a CUDA device that supports it, else fp32."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
-    return Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if precision == "auto":
+        precision = "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    mixed = {"fp32": "no", "bf16": "bf16"}[precision]
+    return Accelerator(cpu=cpu, mixed_precision=mixed, dataloader_config=DataLoaderConfiguration(split_batches=True))
