@@ -150,7 +150,7 @@ def _an_old_default(key: str, value: Any) -> bool:
 class TrainConfig:
     epochs: float | None = field(default=None, metadata={"help": "passes over the training split (default per method)"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps, or at the end of `epochs` if that comes first (epochs unset: exactly this many steps)"})
-    batch_size: int | None = field(default=None, metadata={"help": "examples per micro-batch (default per method); a step sees batch_size * grad_accum"})
+    batch_size: int | None = field(default=None, metadata={"help": "examples per micro-batch, all processes together (default per method); a step sees batch_size * grad_accum"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default per method)"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: per method)"})
@@ -167,6 +167,7 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
     group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches with dynamic padding"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16: bf16 autocast on a CUDA GPU that has it (auto); fp32 on a CPU, where bf16 matmuls are slower"})
 
 
 class ConfigFile:
@@ -410,6 +411,7 @@ def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
         (t.min_steps is not None and not 0 <= t.min_steps <= 1_000_000, "train.min_steps", "must be in [0, 1000000]",
          t.min_steps),
         (t.class_weights not in ("none", "balanced"), "train.class_weights", "must be none or balanced", t.class_weights),
+        (t.precision not in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16", t.precision),
     ]
 
 

@@ -147,7 +147,8 @@ class FinetuneRun(Run):
         from ..methods.base import count_parameters, describe_parameters
         from ..train import Trainer
         cfg, log, method = self.cfg, self.log, self.method
-        self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available(),
+                                                          precision=cfg.train.precision)
         set_seed(cfg.train.seed)
         head = method.default_head if cfg.model.head == "auto" else cfg.model.head
         self.head_hidden = 0 if head == "linear" else self.hidden
@@ -195,7 +196,8 @@ class FinetuneRun(Run):
         self.restore(trainer)
         log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
             f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
-            f"{tcfg.early_stopping_patience}, {acc.device}")
+            f"{tcfg.early_stopping_patience}, {acc.device}{', bf16 autocast' if acc.mixed_precision == 'bf16' else ''}"
+            f"{f', {acc.num_processes} processes' if acc.num_processes > 1 else ''}")
         from ..comparison import current_rss_mb
         self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
         self.state = trainer.fit()

@@ -116,7 +116,7 @@ class PretrainRun(Run):
         self.train_data, self.held_data = train_data, held_data
         self.tcfg = tcfg = resolve_train_config(cfg, objective, bool(self.new_params))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        accelerator = distributed.accelerator(cpu=device.type == "cpu")
+        accelerator = distributed.accelerator(cpu=device.type == "cpu", precision=cfg.train.precision)
         wrapped = objective.wrap(self.model, self.new_params)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eval_bs = max(tcfg.batch_size, 32)
