@@ -125,6 +125,15 @@ def split_batch(batch: Sequence[int]) -> tuple[list[int], float]:
     return (mine, 1.0) if mine else ([batch[0]], 0.0)
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's `obj` (small and picklable, sent between this run's own processes), in rank order."""
+    if (dist := _group()) is None:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def reduce_sum(values: Sequence[float], device: Any) -> list[float]:
     """The sums over all processes of a few numbers (this process's own alone)."""
     if (dist := _group()) is None:

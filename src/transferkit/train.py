@@ -353,11 +353,15 @@ class Trainer:
         trainable = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
         if (bad := next((n for n, p in trainable if not bool(torch.isfinite(p).all())), None)) is not None:
             raise self._diverged(self.state.global_step, f"the weight {bad}", "not finite")
+        rng = ckpt.rng_state()
+        if self.acc.num_processes > 1:  # each process's generators: how much dropout draws depends on its rows'
+            # shapes, so rank 1 resumed with rank 0's generators ends elsewhere (measured: benchmarks/distributed.py)
+            rng = {**rng, "ranks": distributed.gather_objects(rng)}
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             ckpt.save(self.ckpt_dir, trainable_state(model),
                       optimizer={"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
-                      rng=ckpt.rng_state(), state=asdict(self.state), records=self.metrics_path)
+                      rng=rng, state=asdict(self.state), records=self.metrics_path)
         self._saved_step = self.state.global_step
 
     def load_checkpoint(self) -> bool:
@@ -385,7 +389,9 @@ class Trainer:
             raise
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {found.folder} does not fit this run: {ckpt.one_line(e)}") from None
-        ckpt.restore_rng(found.rng, found.folder / "rng.json")
+        ranks = found.rng.get("ranks") if isinstance(found.rng, dict) else None
+        own = ranks[distributed.rank()] if ranks and distributed.rank() < len(ranks) else found.rng
+        ckpt.restore_rng(own, found.folder / "rng.json")  # another process count: rank 0's where none was saved
         self._use_config_lrs(base_lrs)
         self.state = state
         self.best_state = None

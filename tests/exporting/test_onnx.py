@@ -3,14 +3,13 @@ reproduce the PyTorch model, int8 only through its gate, and `predict`/serving o
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import FILLER, NEGATIVE, POSITIVE, expect_user_error, quiet
+from helpers import NEGATIVE, POSITIVE, expect_user_error, quiet, write_conll
 from transferkit import Predictor, api, cli
 from transferkit.errors import UserError
 from transferkit.exporting import onnx_export, onnx_gate
@@ -136,21 +135,8 @@ def test_damaged_exports_are_one_line_errors(exported, tmp_path, capsys):
     assert "manifest.json" in expect_user_error(capsys, ["predict", str(bad), "x"])
 
 
-def _tagged(n: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        words = [(w, "O") for w in rng.choices(FILLER, k=rng.randint(3, 8))]
-        words.insert(rng.randint(0, len(words)), (rng.choice(POSITIVE), "B-PER"))
-        if rng.random() < 0.5:
-            words.insert(rng.randint(0, len(words)), (rng.choice(NEGATIVE), "B-LOC"))
-        lines += [f"{w} {t}" for w, t in words] + [""]
-    return "\n".join(lines)
-
-
 def test_a_tagger_exports_with_per_token_outputs(tiny_model_dir, tmp_path, monkeypatch):
-    data = tmp_path / "tags.conll"
-    data.write_text(_tagged(200), encoding="utf-8")
+    data = write_conll(tmp_path / "tags.conll", 200)
     run = api.finetune(task="ner", data=str(data), model=str(tiny_model_dir), method="lora", max_steps=6,
                        output_dir=str(tmp_path / "run"), log=quiet, **{"train.progress": False}).run_dir
     # a tiny tagger loses too much to int8 for the real gate; the gate's arithmetic is tested above
