@@ -390,7 +390,7 @@ class Trainer:
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"checkpoint {found.folder} does not fit this run: {ckpt.one_line(e)}") from None
         ranks = found.rng.get("ranks") if isinstance(found.rng, dict) else None
-        own = ranks[distributed.rank()] if ranks and distributed.rank() < len(ranks) else found.rng
+        own = ranks[distributed.rank()] if isinstance(ranks, list) and distributed.rank() < len(ranks) else found.rng
         ckpt.restore_rng(own, found.folder / "rng.json")  # another process count: rank 0's where none was saved
         self._use_config_lrs(base_lrs)
         self.state = state
