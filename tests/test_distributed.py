@@ -14,7 +14,7 @@ import pytest
 from transferkit import api, distributed, train
 from transferkit.errors import UserError
 
-from helpers import expect_user_error, quiet, tiny_bert_config, make_tokenizer, tiny_config, write_conll
+from helpers import expect_user_error, make_sentences, make_tokenizer, quiet, tiny_bert_config, tiny_config, write_conll
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
@@ -215,3 +215,27 @@ def test_an_interrupt_stops_every_process_and_the_run_resumes(tiny_model_dir, se
     assert resumed.metrics["train"]["steps"] == a["train"]["steps"] == 300  # 160 rows / 16 x 30 epochs
     for split in ("test", "validation"):
         assert resumed.metrics[split] == pytest.approx(a[split], abs=1e-6), split
+
+
+def test_pretraining_runs_under_torchrun(tmp_path):
+    """`torchrun -m transferkit pretrain` as a user starts it: rank 0 writes one run directory; the
+    held-out loss is near one process's (the masking draws differ per process, so not to the digit)."""
+    rows = [t for t, _ in make_sentences(300, seed=3)]
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n\n".join(" ".join(s.capitalize() + "." for s in rows[i:i + 5]) for i in range(0, 300, 5)),
+                      encoding="utf-8")
+    args = ["pretrain", "--objective", "mlm", "--corpus", str(corpus), "--from-scratch", "--arch", "bert", "--size",
+            "tiny", "--train-tokenizer", "--vocab-size", "300", "--max-length", "48", "--lr", "2e-3",
+            "--max-steps", "20", "train.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFERKIT_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-m", "transferkit", *args, "--output-dir", str(tmp_path / "one")], env=env,
+                   check=True, capture_output=True, timeout=600)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "transferkit", *args, "--output-dir", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert b["train"]["steps"] == a["train"]["steps"] == 20
+    assert abs(b["heldout"]["loss"] - a["heldout"]["loss"]) < 0.3
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert two.stderr.count("model: ") == 1  # rank 0 alone logs
