@@ -63,9 +63,10 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 
 @dataclass
 class TokenData:
-    """Tokenized texts with integer labels (labels may be None for unlabelled data)."""
+    """Tokenized texts with integer labels (labels may be None for unlabelled data); a row of ids is
+    any int sequence (`tokens.tokenize` gives int32 arrays, to keep large training sets small)."""
 
-    ids: list[list[int]]
+    ids: Sequence[Sequence[int]]
     labels: list[int] | None = None
 
     def __len__(self) -> int:

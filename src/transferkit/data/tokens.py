@@ -15,10 +15,24 @@ import numpy as np
 MAX_LENGTH_CAP = 256
 
 
+# Texts per tokenizer call. One call over everything keeps every row's Rust `Encoding` (tokens,
+# offsets, masks: kilobytes per row) alive until the call returns: a 1,000,000-row file peaked at
+# 13.4 GB that way (benchmarks/data_memory.py). Chunks keep only the ids.
+CHUNK = 10_000
+
+
+def _ids(tokenizer: Any, texts: Sequence[str], **kw: Any) -> Any:
+    """Token id lists of `texts`, one chunk of the tokenizer's output at a time."""
+    for start in range(0, len(texts), CHUNK):
+        enc = tokenizer(list(texts[start:start + CHUNK]), add_special_tokens=True, verbose=False,
+                        return_attention_mask=False, return_token_type_ids=False, **kw)
+        yield from enc["input_ids"]
+
+
 def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Untruncated token counts (special tokens included) of each text."""
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-    return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+    return np.fromiter((len(ids) for ids in _ids(tokenizer, texts, truncation=False)), dtype=np.int64,
+                       count=len(texts))
 
 
 def length_stats(lengths: np.ndarray) -> dict[str, float]:
@@ -42,9 +56,9 @@ def model_max_length(tokenizer: Any, model_config: Any) -> int:
     return min(limits) if limits else 512
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length`, unpadded."""
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
+    """Token ids per text (int32 arrays: a quarter of what a list of Python ints takes), truncated
+    to `max_length`, unpadded."""
     if not texts:
         return []
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length, verbose=False)
-    return [list(ids) for ids in enc["input_ids"]]
+    return [np.asarray(ids, dtype=np.int32) for ids in _ids(tokenizer, texts, truncation=True, max_length=max_length)]
