@@ -123,8 +123,7 @@ def data_config(limit: int | None, eval_limit: int | None, seed: int, workdir: P
         return DataConfig(limit=limit)
     import pandas as pd
 
-    from transferkit.data.prepare import prepare_splits
-    splits = prepare_splits(DataConfig(), seed, log=lambda *_: None)
+    splits = movie_splits(seed)
     paths = {}
     for name, n in (("train", limit), ("validation", eval_limit), ("test", eval_limit)):
         part = splits[name]
@@ -140,3 +139,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transferkit import runtime
     runtime.setup()
+
+
+def movie_splits(seed: int = 42) -> Any:
+    """The bundled movie sentences split as `transferkit finetune` splits them (80/10/10, `seed`)."""
+    from transferkit.config import DataConfig
+    from transferkit.data.prepare import prepare_splits
+    return prepare_splits(DataConfig(data="movie-sentences"), seed, log=lambda *_: None)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, environment, print_table, write_json  # noqa: E402
+from _common import RESULTS_DIR, environment, movie_splits, print_table, write_json  # noqa: E402
 
 
 def finetune(out: Path, limit: int, device: str, epochs: float) -> dict[str, Any]:
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         cpu_run = finetune(Path(tmp) / "cpu", args.limit, "cpu", args.epochs)
         gpu_run = finetune(Path(tmp) / "gpu", args.limit, gpu, args.epochs)
-        import transferkit.data.bundled  # noqa: F401
-        from transferkit.config import RunConfig
-        from transferkit.data.prepare import prepare_splits
-        cfg = RunConfig()
-        cfg.data.data = "movie-sentences"
-        texts = list(prepare_splits(cfg.data, 42, log=lambda *_: None).test.texts)
+        texts = list(movie_splits(42).test.texts)
         rate_gpu, probs_gpu = predict_rate(Path(tmp) / "gpu", texts, gpu)
         rate_cpu, probs_cpu = predict_rate(Path(tmp) / "gpu", texts, "cpu")
     a, b = cpu_run["metrics"], gpu_run["metrics"]

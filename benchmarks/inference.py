@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, environment, print_table, quiet_libraries, ratio, set_threads, write_json  # noqa: E402
+from _common import (add_common_args, environment, movie_splits, print_table, quiet_libraries, ratio,  # noqa: E402
+                     set_threads, write_json)
 
 NAIVE_MAX_LENGTH = 128
 TARGET = 20.0  # best variant that keeps 99.5% argmax agreement with fp32, vs naive
@@ -103,13 +104,9 @@ def timed(fn: Callable[[list[str]], Any], texts: list[str], repeats: int) -> tup
 
 def validation_data(predictor: Any) -> Any:
     """The movie sentences' validation split (seed 42), tokenized: int8 smoothing's calibration texts."""
-    from transferkit.config import RunConfig
     from transferkit.data.batches import TokenData
-    from transferkit.data.prepare import prepare_splits
     from transferkit.data.tokens import tokenize
-    cfg = RunConfig()
-    cfg.data.data = "movie-sentences"
-    val = prepare_splits(cfg.data, 42, log=lambda *_: None).validation
+    val = movie_splits(42).validation
     return TokenData(tokenize(predictor.tokenizer, val.texts, predictor.max_length))
 
 

@@ -1,10 +1,11 @@
 """Test helpers: the synthetic sentiment corpus, the tiny BERT config and tokenizer, tiny run configs."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 POSITIVE = ["good", "great", "fine", "excellent", "wonderful", "lovely", "superb", "brilliant"]
 NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "dreadful", "weak"]
@@ -95,6 +96,25 @@ def tiny_config(data: Path, model_dir: Path, output_dir: Path | None, method: st
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
+
+
+@contextlib.contextmanager
+def interrupted_at_step(n: int) -> Iterator[None]:
+    """Inside: the n-th optimizer step raises KeyboardInterrupt (a Ctrl-C mid-run), which must end the block."""
+    import pytest
+
+    from transferkit import train
+    real_step, calls = train.Trainer._step, {"n": 0}
+
+    def step(self: Any, group: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.Trainer, "_step", step)
+        with pytest.raises(KeyboardInterrupt):
+            yield
 
 
 def quiet(*_: Any) -> None:

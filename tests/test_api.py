@@ -16,7 +16,7 @@ from transferkit.errors import UserError
 from transferkit.inference import Predictor
 from transferkit.registry import METHODS
 
-from helpers import LABELS, RUN_EPOCHS, quiet, tiny_config
+from helpers import LABELS, RUN_EPOCHS, interrupted_at_step, quiet, tiny_config
 
 HEADLINE = {"accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted"}
 TEXTS = ["a good and great film", "awful boring plot with dull acting", "the movie", "superb",
@@ -211,17 +211,8 @@ def resumed(tiny_model_dir, sentiment_csv, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "LOG_EVERY", 3)  # records at steps 3, 6, 9, ...: one falls after the checkpoint
         run_a = api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, tmp / "a"), log=quiet).run_dir
-        real_step = train.Trainer._step
-        calls = {"n": 0}
-
-        def interrupted(self, group):
-            calls["n"] += 1
-            if calls["n"] == 8:
-                raise KeyboardInterrupt
-            return real_step(self, group)
-        mp.setattr(train.Trainer, "_step", interrupted)
         run_b = tmp / "b"
-        with pytest.raises(KeyboardInterrupt):
+        with interrupted_at_step(8):
             api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, run_b), log=quiet)
         info["state"] = json.loads((run_b / "checkpoints" / "last" / "state.json").read_text())
         info["files"] = sorted(p.name for p in run_b.iterdir())

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import api, cli, comparison, train
+from transferkit import api, cli, comparison
 from transferkit.errors import UserError
 from transferkit.registry import METHODS
 
-from helpers import quiet
+from helpers import interrupted_at_step, quiet
 
 OPTIONS = {"max_steps": 2, "batch_size": 16, "train.checkpoint_steps": 1, "train.progress": "false"}
 
@@ -33,17 +33,8 @@ def compared(tmp_path_factory, tiny_model_dir, sentiment_csv):
     options = _options(sentiment_csv, tiny_model_dir)
     cfg = api.make_config(None, {api.SHORT_KEYS.get(k, k): v for k, v in options.items()})
     cfg.method.name, cfg.output_dir = "full", str(out / "full")
-    with pytest.MonkeyPatch.context() as mp:
-        real_step, calls = train.Trainer._step, {"n": 0}
-
-        def interrupted(self, group):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return real_step(self, group)
-        mp.setattr(train.Trainer, "_step", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            api.finetune(cfg, log=quiet)
+    with interrupted_at_step(2):
+        api.finetune(cfg, log=quiet)
     assert not (out / "full" / "metrics.json").exists()
     logs: list[str] = []
     result = api.compare("full,lora", output_dir=out, inference_repeats=1, log=logs.append, **options)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import api, distributed, train
+from transferkit import api, distributed
 from transferkit.errors import UserError
 
-from helpers import expect_user_error, make_sentences, make_tokenizer, quiet, tiny_bert_config, tiny_config, write_conll
+from helpers import (expect_user_error, interrupted_at_step, make_sentences, make_tokenizer, quiet, tiny_bert_config,
+                     tiny_config, write_conll)
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
@@ -80,22 +81,12 @@ def test_rank_zero_alone_writes_the_run_directory(one_and_two):
     assert [r["lr"] for r in records if r["type"] == "train"] == [r["lr"] for r in expected if r["type"] == "train"]
 
 
-def test_a_run_resumes_with_another_process_count(still_model, sentiment_csv, tmp_path, monkeypatch, one_and_two):
+def test_a_run_resumes_with_another_process_count(still_model, sentiment_csv, tmp_path, one_and_two):
     """Interrupted with one process after its step-5 checkpoint, finished by two: the uninterrupted run's metrics."""
     one, _, _ = one_and_two
-    real_step = train.Trainer._step
-    calls = {"n": 0}
-
-    def interrupted(self, group):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_step(self, group)
-    monkeypatch.setattr(train.Trainer, "_step", interrupted)
     run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(8):
         api.finetune(_cfg(sentiment_csv, still_model, run), log=quiet)
-    monkeypatch.setattr(train.Trainer, "_step", real_step)
     state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
     assert state["global_step"] == 5
     resumed = api.finetune(resume=run, processes=2, log=quiet)
@@ -159,19 +150,13 @@ def test_cli_processes_errors_are_one_line(capsys, sentiment_csv, tiny_model_dir
 
 
 def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    """The benchmark's process-tree walk (benchmarks/distributed.py), one copy for both."""
+    import importlib.util
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))  # for its `_common`
+    spec = importlib.util.spec_from_file_location("distributed_benchmark", HERE.parent / "benchmarks" / "distributed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.descendants(pid)
 
 
 def _running(pid: int) -> bool:

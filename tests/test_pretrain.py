@@ -11,7 +11,7 @@ from transferkit import api, train
 from transferkit.cli import main
 from transferkit.errors import UserError
 
-from helpers import expect_user_error, make_sentences, quiet
+from helpers import expect_user_error, interrupted_at_step, make_sentences, quiet
 
 
 @pytest.fixture(autouse=True)
@@ -62,24 +62,15 @@ def test_each_objective_learns(corpus, tmp_path, monkeypatch, objective, arch, a
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
 
 
-def test_resume_matches_uninterrupted(corpus, tmp_path, monkeypatch):
+def test_resume_matches_uninterrupted(corpus, tmp_path):
     from transferkit.tokenizer_training import train_tokenizer
     # one tokenizer for both runs: the tokenizers library breaks frequency ties differently per process
     train_tokenizer(corpus.read_text().split("\n\n"), "wordpiece", 300, out_dir=tmp_path / "tok")
     kw = dict(max_steps=12, batch_size=8, train_tokenizer=False, tokenizer=str(tmp_path / "tok"),
               **{"train.checkpoint_steps": 5, "train.eval_steps": 6})
     a = _tiny(corpus, tmp_path / "a", "mlm", "bert", **kw)
-    real_step, calls = train.Trainer._step, {"n": 0}
-
-    def interrupted(self, group):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_step(self, group)
-    monkeypatch.setattr(train.Trainer, "_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(8):
         _tiny(corpus, tmp_path / "b", "mlm", "bert", **kw)
-    monkeypatch.setattr(train.Trainer, "_step", real_step)
     assert not (tmp_path / "b" / "model").exists() and (tmp_path / "b" / "checkpoints" / "last").is_dir()
     logs: list[str] = []
     b = api.pretrain(resume=tmp_path / "b", log=logs.append)

@@ -40,22 +40,20 @@ def _batched(module: nn.Module, fn: Any, data: TokenData | FeatureData, batch_si
     module.eval()
     mine = distributed.my_rows(len(data))
     lengths = data.lengths()
-    done: list[int] = []
-    parts: list[torch.Tensor] = []
+    parts: list[tuple[list[int], torch.Tensor]] = []
     for local in sorted_batches([lengths[i] for i in mine], batch_size, batch_tokens(device)):
         idx = [mine[j] for j in local]
         batch = {k: v.to(device) for k, v in data.collate(idx, pad_id).items() if k != "labels"}
-        rows = fn(batch).float().cpu()  # [batch, k]
-        done.extend(idx)
-        parts.extend(rows)
+        parts.append((idx, fn(batch).float().cpu()))  # [batch, k]
     module.train(was_training)
-    if len(mine) == len(data):  # one process: no gathering
-        out = torch.empty(len(data), parts[0].shape[-1]) if parts else torch.empty(0, 0)
-        if parts:
-            out[done] = torch.stack(parts)
-        return out
-    rows = distributed.gather_rows(len(data), done, parts)
-    return torch.stack(rows) if rows else torch.empty(0, 0)
+    if len(mine) < len(data):  # this process's share: every process's rows, gathered
+        rows = distributed.gather_rows(len(data), [i for idx, _ in parts for i in idx],
+                                       [r for _, rows in parts for r in rows])
+        return torch.stack(rows) if rows else torch.empty(0, 0)
+    out = torch.empty(len(data), parts[0][1].shape[-1]) if parts else torch.empty(0, 0)
+    for idx, rows in parts:
+        out[idx] = rows
+    return out
 
 
 def predict_logits(model: nn.Module, data: TokenData | FeatureData, batch_size: int = 64, pad_id: int = 0,

@@ -116,10 +116,12 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         "source": {"run": Path(run_dir).resolve().name, "method": info.method, "model": _portable(info.model_name)},
         "versions": _versions(), "limits": onnx_gate.limits()}
 
+    example = _tracing_batch(held_out, pad_id)
+
     def write(tmp: Path) -> None:
         graph = tmp / MODEL_FILE
         log(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
-        write_graph(model, graph, _tracing_batch(held_out, pad_id), per_token)
+        write_graph(model, graph, example, per_token)
         fp32 = OnnxModule(session(graph), info.label_names, task.head_kind)
         found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id)
         log(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
@@ -133,7 +135,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             n_layers = int8_smoothing.smooth(model, calib, pad_id)
             log(f"int8: smoothing the inputs of {n_layers} Linear layers (alpha {int8_smoothing.ALPHA:g}), "
                 f"calibrated on {calib_source}")
-            write_graph(model, smoothed, _tracing_batch(held_out, pad_id), per_token)
+            write_graph(model, smoothed, example, per_token)
             quantize_int8(smoothed, quantized)
             smoothed.unlink()
             q = OnnxModule(session(quantized), info.label_names, task.head_kind)
