@@ -30,6 +30,7 @@ class DataConfig:
     dedupe: bool = field(default=True, metadata={"help": "drop repeated texts before splitting (majority label wins)"})
     max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training rows (after splitting)"})
+    storage: str = field(default="auto", metadata={"help": "auto|memory|mapped: where loaded rows and token ids live; mapped streams CSV/TSV/JSONL/Parquet into a memory-mapped Arrow cache (auto: mapped for files over 64 MB)"})
     augment: str | None = field(default=None, metadata={"help": "augment the training split: eda:synonym=0.1,copies=4 | paraphrase:model=M | backtranslate:via=French | mixup:alpha=0.4, joined by + (see transferkit augment --help)"})
 
 
@@ -439,6 +440,7 @@ def validate(cfg: RunConfig) -> None:
          "data.split", "must be three non-negative fractions summing to 1", d.split),
         (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
+        (d.storage not in ("auto", "memory", "mapped"), "data.storage", "must be auto, memory or mapped", d.storage),
     ] + cfg.method.checks())
     from .augmentation import parse_spec
     parse_spec(d.augment)  # a bad spec fails before any data is read

@@ -73,7 +73,8 @@ class TokenData:
         return len(self.ids)
 
     def lengths(self) -> list[int]:
-        return [len(x) for x in self.ids]
+        row_lengths = getattr(self.ids, "row_lengths", None)  # mapped ids know theirs without reading rows
+        return row_lengths().tolist() if row_lengths is not None else [len(x) for x in self.ids]
 
     def collate(self, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
         """Pad the chosen rows to the longest among them: input_ids, attention_mask [, labels]."""

@@ -204,6 +204,14 @@ class TokenCache:
         j = i - self._row_start[c]
         return self._values[c][o[j]:o[j + 1]]
 
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -self.num_rows <= i < self.num_rows:
+            raise IndexError(i)
+        return self.row(i % self.num_rows)
+
     def row_lengths(self) -> np.ndarray:
         return np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int64)
 

@@ -346,7 +346,9 @@ def _clean_texts(table: _Table, col: str, where: str) -> list[str]:
     return out
 
 
-def _clean_labels(table: _Table, col: str, where: str) -> list:
+def _clean_labels(table: _Table, col: str, where: str, normalise: bool = True) -> list:
+    """Stripped labels of `col`, refusing missing and list-valued ones; `normalise` turns integral
+    numbers and numeric strings into ints (a streaming reader decides that once, over every value)."""
     names = (table.class_names or {}).get(col)
     out: list = []
     bad: list[int] = []
@@ -370,7 +372,7 @@ def _clean_labels(table: _Table, col: str, where: str) -> list:
     if bad:
         raise UserError(f"{where}: {len(bad):,} missing label(s) in column {clip(col)!r} "
                         f"(first at {table.row_name(bad[0])}); remove or label those rows")
-    return _normalise_labels(out)
+    return _normalise_labels(out) if normalise else out
 
 
 def _normalise_labels(labels: list) -> list:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..config import DataConfig
 from ..errors import UserError
 from .fingerprint import file_sha256
 from .listing import clip, summarise
 from .load import LabelledData, hf_split_names, load_hf_splits, load_table
-from .split import SPLITS, DedupeReport, dedupe, split_sizes, stratified_split, text_key
+from .split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
 
 
 @dataclass
@@ -79,10 +81,9 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
         else:
             if cfg.test is None:
                 raise UserError("data.train is set but data.test is not; give a test file as well")
-            train_ld = load_table(cfg.train, cfg.text_column, cfg.label_column, role="train")
-            test_ld = load_table(cfg.test, cfg.text_column, cfg.label_column, role="test")
-            val_ld = (load_table(cfg.validation, cfg.text_column, cfg.label_column, role="validation")
-                      if cfg.validation is not None else None)
+            train_ld = _load(cfg, cfg.train, "train", log)
+            test_ld = _load(cfg, cfg.test, "test", log)
+            val_ld = _load(cfg, cfg.validation, "validation", log) if cfg.validation is not None else None
         _log_notes([train_ld, val_ld, test_ld], log)
         train = _Raw(train_ld.texts, train_ld.labels, train_ld)
         test = _Raw(test_ld.texts, test_ld.labels, test_ld)
@@ -104,7 +105,7 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
         if cfg.data is None:
             raise UserError("no data given: set data.data (a file or dataset name) or data.train")
         mode = "split"
-        whole = load_table(cfg.data, cfg.text_column, cfg.label_column, role="data")
+        whole = _load(cfg, cfg.data, "data", log)
         _log_notes([whole], log)
         texts, labels = whole.texts, whole.labels
         if cfg.dedupe:
@@ -126,6 +127,19 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
     summary = _summary(cfg, seed, mode, raws, encoded, label_names, report, rows_before_limit)
     _log_summary(summary, log)
     return Splits(encoded["train"], encoded["validation"], encoded["test"], label_names, summary)
+
+
+def _load(cfg: DataConfig, source: str, role: str, log: Callable[[str], None]) -> LabelledData:
+    """One source, in memory or (data.storage) through the memory-mapped cache."""
+    from .mapped import load_mapped, wants_mapped
+    if wants_mapped(cfg.storage, source):
+        found = load_mapped(source, cfg.text_column, cfg.label_column)
+        if found is not None:
+            log(f"storage: {source} is read from a memory-mapped cache ({len(found):,} rows; data.storage={cfg.storage})")
+            return found
+        if cfg.storage == "mapped":
+            log(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
+    return load_table(source, cfg.text_column, cfg.label_column, role=role)
 
 
 def _hf_explicit_splits(cfg: DataConfig) -> list[str] | None:
@@ -206,7 +220,8 @@ def _encode(raw: _Raw, split: str, index: dict[str, int], mode: str) -> Labelled
                             f"data{hint}{more}; training labels ({len(index):,}): "
                             f"{summarise(sorted(index, key=index.get))}")
         ids.append(index[key])
-    return LabelledData(list(raw.texts), ids, f"{raw.origin.source} ({split})")
+    texts = list(raw.texts) if isinstance(raw.texts, list) else raw.texts  # mapped texts stay in their file
+    return LabelledData(texts, ids, f"{raw.origin.source} ({split})")
 
 
 def _row_of(data: LabelledData, text: str) -> int | None:
@@ -220,7 +235,8 @@ def _row_of(data: LabelledData, text: str) -> int | None:
 
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encoded: dict[str, LabelledData],
              label_names: list[str], report: DedupeReport | None, rows_before_limit: int) -> dict:
-    train_texts = {text_key(t) for t in raws["train"].texts}
+    train_keys = keys_of(raws["train"].texts)  # texts compared by hash: a mapped split is never read here
+    overlap = {s: np.isin(keys_of(raws[s].texts), train_keys) for s in ("validation", "test")}
     return {
         "mode": mode,
         "sources": {s: raws[s].origin.source for s in SPLITS},
@@ -233,8 +249,8 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encod
         "limit": cfg.limit if cfg.limit is not None and cfg.limit < rows_before_limit else None,
         "train_rows_before_limit": rows_before_limit,
         # Repeated texts across splits inflate scores; dedupe before splitting prevents it.
-        "overlap_with_train": {s: len({text_key(t) for t in raws[s].texts} & train_texts) for s in ("validation", "test")},
-        "overlap_rows_with_train": {s: sum(text_key(t) in train_texts for t in raws[s].texts) for s in ("validation", "test")},
+        "overlap_with_train": {s: len(np.unique(keys_of(raws[s].texts)[overlap[s]])) for s in ("validation", "test")},
+        "overlap_rows_with_train": {s: int(overlap[s].sum()) for s in ("validation", "test")},
         # Explicit validation/test files with the training file's bytes (or the same path).
         "identical_to_train": [s for s in ("validation", "test") if mode == "files" and getattr(cfg, s) is not None
                                and _same_file(cfg.train, getattr(cfg, s))],

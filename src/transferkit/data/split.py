@@ -1,10 +1,13 @@
 """Deduplication and the seeded, stratified train/validation/test split."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from ..errors import UserError
 from .listing import clip
@@ -39,10 +42,28 @@ def text_key(text: str) -> str:
     return text.strip()
 
 
-def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[list[str], list, DedupeReport]:
-    """One row per exact text (after strip), in first-occurrence order; majority label wins, ties are dropped."""
+def text_hashes(texts: Iterable[str]) -> np.ndarray:
+    """[n] uint64: a 64-bit BLAKE2 hash of each text's `text_key`, for comparing texts without holding them."""
+    blake = hashlib.blake2b
+    return np.fromiter((int.from_bytes(blake(text_key(t).encode("utf-8"), digest_size=8).digest(), "little")
+                        for t in texts), dtype=np.uint64)
+
+
+def keys_of(texts: Sequence[str]) -> np.ndarray:
+    """The texts' hashes: kept by a mapped sequence (`mapped.MappedTexts.keys`), computed for a list."""
+    keys = getattr(texts, "keys", None)
+    return keys if isinstance(keys, np.ndarray) else text_hashes(texts)
+
+
+def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[Sequence[str], list, DedupeReport]:
+    """One row per exact text (after strip), in first-occurrence order; majority label wins, ties are dropped.
+
+    Texts that can `take(rows)` (mapped texts) are compared by hash (`dedupe_rows`) and never read."""
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if hasattr(texts, "take"):
+        rows, kept, report = dedupe_rows(keys_of(texts), labels)
+        return texts.take(rows), kept, report
     votes: dict[str, Counter] = {}
     for t, y in zip(texts, labels):
         votes.setdefault(text_key(t), Counter())[y] += 1
@@ -62,6 +83,35 @@ def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[list[str], list, Ded
         relabelled += len(ranked) > 1
     report = DedupeReport(len(texts), len(out_t), dups, conflicts, conflict_rows, relabelled)
     return out_t, out_y, report
+
+
+def dedupe_rows(keys: np.ndarray, labels: Sequence) -> tuple[np.ndarray, list, DedupeReport]:
+    """`dedupe` over text hashes: (first row of each kept text in first-occurrence order, its majority
+    label, report). Same rows and labels as `dedupe` on the texts themselves."""
+    n = len(keys)
+    codes: dict = {}
+    y = np.fromiter((codes.setdefault(v, len(codes)) for v in labels), dtype=np.int64, count=n)
+    values = list(codes)
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)  # group: [n] text of each row
+    group = group.reshape(-1)
+    k = max(len(values), 1)
+    pairs, votes = np.unique(group * k + y, return_counts=True)  # one entry per (text, label)
+    pg, pl = pairs // k, pairs % k
+    top = np.zeros(len(first), dtype=np.int64)
+    np.maximum.at(top, pg, votes)
+    is_top = votes == top[pg]
+    n_top = np.bincount(pg[is_top], minlength=len(first))  # labels sharing the top vote, per text
+    winner = np.zeros(len(first), dtype=np.int64)
+    winner[pg[is_top]] = pl[is_top]
+    size = np.bincount(group, minlength=len(first))
+    n_labels = np.bincount(pg, minlength=len(first))
+    keep = n_top == 1
+    order = np.argsort(first[keep], kind="stable")
+    rows = first[keep][order]
+    kept = [values[c] for c in winner[keep][order].tolist()]
+    report = DedupeReport(n, len(rows), int((size[keep] - 1).sum()), int((~keep).sum()), int(size[~keep].sum()),
+                          int((n_labels[keep] > 1).sum()))
+    return rows, kept, report
 
 
 def split_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -117,4 +167,6 @@ def stratified_split(texts: Sequence[str], labels: Sequence, fractions: Sequence
         msg = f"stratified split impossible ({why}); using a seeded random split instead"
         (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
         parts = cut(stratify=False)
-    return {name: ([texts[i] for i in ix], [labels[i] for i in ix]) for name, ix in zip(SPLITS, parts)}
+    take = getattr(texts, "take", None)  # mapped texts pick rows without reading them
+    return {name: (take(ix) if take else [texts[i] for i in ix], [labels[i] for i in ix])
+            for name, ix in zip(SPLITS, parts)}

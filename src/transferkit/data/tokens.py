@@ -56,9 +56,12 @@ def model_max_length(tokenizer: Any, model_config: Any) -> int:
     return min(limits) if limits else 512
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Sequence[np.ndarray]:
     """Token ids per text (int32 arrays: a quarter of what a list of Python ints takes), truncated
-    to `max_length`, unpadded."""
+    to `max_length`, unpadded. Mapped texts (`data.storage`) get their ids in a mapped file too."""
+    if hasattr(texts, "fingerprint"):
+        from .mapped import tokenize_mapped
+        return tokenize_mapped(tokenizer, texts, max_length)
     if not texts:
         return []
     return [np.asarray(ids, dtype=np.int32) for ids in _ids(tokenizer, texts, truncation=True, max_length=max_length)]

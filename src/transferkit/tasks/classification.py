@@ -3,7 +3,7 @@ accuracy / precision / recall / F1 family of metrics."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,8 +32,8 @@ class SequenceClassification(Task):
         from ..data.prepare import prepare_splits
         return prepare_splits(data_cfg, seed, log=log)
 
-    def texts(self, split: Any) -> list[str]:
-        return list(split.texts)
+    def texts(self, split: Any) -> Sequence[str]:
+        return split.texts  # a list, or mapped texts that are read a chunk at a time
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:

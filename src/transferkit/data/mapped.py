@@ -1,0 +1,357 @@
+"""Labelled data larger than memory: a file streamed into a memory-mapped Arrow cache.
+
+With `data.storage=mapped` (or `auto` and a file over `AUTO_BYTES`) a CSV, TSV, JSON-lines or
+Parquet file is read `CHUNK_ROWS` rows at a time; each chunk goes through the in-memory reader's
+own cleaners (`load.py`: the same column choice, the same refusals naming the first bad row; the
+counts in such a message are those of its chunk) and is appended
+to `<cache>/tables/<key>/rows.arrow` (text, label code). The run then holds per row an 8-byte hash
+of the text (dedupe and the overlap checks work on it), a label and a row index; the texts stay in
+the mapped file and are read a chunk at a time where a step needs them (tokenization, an error
+message), and a split's token ids go to a mapped Arrow file of their own (`tokenize_mapped`). The
+file's sha256 and the chosen columns key the cache, so a second run on the same file skips parsing,
+and the same tokenizer and split skip tokenization.
+
+Own code rather than `datasets.load_dataset("csv"/"json")`: that reader guesses missing values (a
+text "NA" becomes null), stops with a traceback that names no row, and keys its cache by pickling
+the builder's config. Here the rules of the in-memory path hold row for row (tests compare the
+splits and every batch of both paths). A `.json` file holding one array, a saved `datasets` folder
+and a bundled dataset are not streamed (`load_mapped` returns None and the in-memory reader runs).
+
+Dedupe compares 64-bit BLAKE2 hashes of the texts: two different texts collide with probability
+about n^2 / 2^65 (3e-8 for a million rows).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from . import bundled
+from .load import (LABEL_CANDIDATES, TEXT_CANDIDATES, LabelledData, _clean_labels, _clean_texts, _normalise_labels,
+                   _pick_column, _read_utf8, _Table)
+from .split import text_hashes
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 50_000  # rows per chunk read, checked and written (~15 MB of sentence-length text)
+AUTO_BYTES = 64 * 2**20  # storage=auto maps files larger than this
+FORMAT = 1  # bump when the cached layout changes
+STREAMED = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+class MappedTexts(Sequence):
+    """The texts of chosen rows of a cached table, read from the mapped file on demand.
+
+    Indexing gives a str; a slice or `take(rows)` gives another MappedTexts over those rows (nothing
+    is read); iterating reads `CHUNK_ROWS` texts at a time. `keys` holds each row's text hash.
+    """
+
+    def __init__(self, column: Any, rows: np.ndarray, keys: np.ndarray, table_key: str) -> None:
+        self.column = column  # pyarrow ChunkedArray of every row of the table
+        self.rows = np.asarray(rows, dtype=np.int64)  # [n] rows of the table, in this sequence's order
+        self.keys = np.asarray(keys, dtype=np.uint64)  # [n] text hashes of those rows
+        self.table_key = table_key
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return MappedTexts(self.column, self.rows[i], self.keys[i], self.table_key)
+        return self.column[int(self.rows[i])].as_py()
+
+    def take(self, idx: Sequence[int]) -> "MappedTexts":
+        idx = np.asarray(idx, dtype=np.int64)
+        return MappedTexts(self.column, self.rows[idx], self.keys[idx], self.table_key)
+
+    def __iter__(self) -> Iterator[str]:
+        import pyarrow as pa
+        for s in range(0, len(self.rows), CHUNK_ROWS):
+            yield from self.column.take(pa.array(self.rows[s:s + CHUNK_ROWS])).to_pylist()
+
+    def fingerprint(self) -> str:
+        """Names exactly these rows of exactly this table (keys the token cache)."""
+        return hashlib.sha256(self.table_key.encode() + self.rows.tobytes()).hexdigest()[:20]
+
+
+def wants_mapped(storage: str, source: str) -> bool:
+    """Whether `source` is read through the mapped path under `data.storage=storage`."""
+    path = Path(source).expanduser()
+    if storage == "memory" or not path.is_file() or path.suffix.lower() not in STREAMED:
+        return False
+    return storage == "mapped" or path.stat().st_size > AUTO_BYTES
+
+
+def load_mapped(source: str, text_column: str | None, label_column: str | None) -> LabelledData | None:
+    """`source` as LabelledData over the mapped cache (built on first use); None when the file is not
+    one this path streams (a `.json` array: the caller reads it in memory)."""
+    from .fingerprint import file_sha256
+    path = Path(source).expanduser()
+    chunks = _chunk_reader(path, source)
+    if chunks is None:
+        return None
+    key = hashlib.sha256(json.dumps([FORMAT, file_sha256(path), text_column, label_column]).encode()).hexdigest()[:20]
+    folder = bundled.cache_dir() / "tables" / key
+    opened = _open_cached(folder)
+    if opened is None:
+        t0 = time.perf_counter()
+        _build(folder, chunks, source, text_column, label_column)
+        opened = _open_cached(folder)
+        if opened is None:
+            raise UserError(f"{folder}: the mapped copy of {source} could not be read back after writing it")
+        log.info("data.storage mapped: %s rows of %s streamed into %s in %.1f s", f"{len(opened[1]):,}", source,
+                 folder, time.perf_counter() - t0)
+    meta, table, keys = opened
+    # The column choice (and its note) is made again under the name the user gave this time.
+    probe = _Table(meta["columns"], lambda c: [], lambda i: "")
+    tcol, tnote = _pick_column(probe, text_column, TEXT_CANDIDATES, "text", source)
+    lcol, lnote = _pick_column(probe, label_column, LABEL_CANDIDATES, "label", source)
+    values = meta["labels"]
+    codes = table.column("label").to_numpy()
+    labels = [values[c] for c in codes.tolist()]
+    texts = MappedTexts(table.column("text"), np.arange(len(labels)), keys, key)
+    return LabelledData(texts, labels, source, [n for n in (tnote, lnote) if n])
+
+
+# ---- the cache folder ----------------------------------------------------------------------------
+
+def _open_cached(folder: Path) -> tuple[dict, Any, np.ndarray] | None:
+    """(meta, mapped table, text hashes) of a complete cache folder; None when absent or damaged
+    (a cache is rebuilt, never trusted half-written)."""
+    import pyarrow as pa
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        table = pa.ipc.open_file(pa.memory_map(str(folder / "rows.arrow"))).read_all()  # zero-copy, mapped
+        keys = np.load(folder / "keys.npy", mmap_mode="r", allow_pickle=False)
+        if (meta.get("format") != FORMAT or table.num_rows != meta["rows"] or len(keys) != meta["rows"]
+                or table.column_names != ["text", "label"] or keys.dtype != np.uint64):
+            raise ValueError("inconsistent cache folder")
+        return meta, table, keys
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+        log.warning("ignoring a damaged data cache %s (%s); rebuilding it", folder, e)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _build(folder: Path, chunks: Iterator[_Table], source: str, text_column: str | None,
+           label_column: str | None) -> None:
+    """Stream every chunk through the cleaners into a new cache folder, swapped in when complete."""
+    import pyarrow as pa
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # one per process: ranks may build at once
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    schema = pa.schema([("text", pa.string()), ("label", pa.int32())])
+    codes: dict[tuple[str, Any], int] = {}  # (type, raw label) -> code, in first-seen order
+    keys: list[np.ndarray] = []
+    rows = 0
+    try:
+        with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for table in chunks:
+                if rows == 0:
+                    tcol, _ = _pick_column(table, text_column, TEXT_CANDIDATES, "text", source)
+                    lcol, _ = _pick_column(table, label_column, LABEL_CANDIDATES, "label", source)
+                    if tcol == lcol:
+                        raise UserError(f"{source}: text and label columns are both {tcol!r}")
+                    columns = list(table.columns)
+                texts = _clean_texts(table, tcol, source)
+                raw = _clean_labels(table, lcol, source, normalise=False)
+                ids = np.fromiter((codes.setdefault((type(v).__name__, v), len(codes)) for v in raw),
+                                  dtype=np.int32, count=len(raw))
+                keys.append(text_hashes(texts))
+                writer.write_batch(pa.record_batch([pa.array(texts, pa.string()), pa.array(ids)], schema=schema))
+                rows += len(texts)
+        np.save(tmp / "keys.npy", np.concatenate(keys) if keys else np.zeros(0, np.uint64), allow_pickle=False)
+        # The in-memory reader decides once over all labels whether they are numbers; the same decision
+        # over the distinct raw labels gives the same values.
+        labels = _normalise_labels([v for _, v in codes])
+        meta = {"format": FORMAT, "source": Path(source).name, "rows": rows, "columns": columns, "labels": labels}
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same folder first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---- streaming readers ---------------------------------------------------------------------------
+
+def _chunk_reader(path: Path, source: str) -> Iterator[_Table] | None:
+    ext = path.suffix.lower()
+    if ext in (".csv", ".tsv"):
+        return _csv_chunks(path, "," if ext == ".csv" else "\t", source)
+    if ext == ".parquet":
+        return _parquet_chunks(path, source)
+    if ext in (".jsonl", ".json"):
+        with path.open("rb") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        return None if head.startswith(b"[") else _jsonl_chunks(path, source)
+    return None
+
+
+def _chunk(columns: list[str], rows: list, value: Callable[[Any, str], Any], names: Callable[[int], str]) -> _Table:
+    return _Table(columns, lambda c: [value(r, c) for r in rows], names)
+
+
+def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[_Table]:
+    """The file's rows as pandas' `read_csv(dtype=str, keep_default_na=False)` reads them: blank lines
+    skipped, repeated header names numbered (`a`, `a.1`), short rows padded with missing cells."""
+    kind = "CSV" if sep == "," else "TSV"
+    csv.field_size_limit(2**31 - 1)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=sep)
+            header = next((r for r in reader if r), None)
+            if header is None:
+                raise UserError(f"{source}: file is empty (no rows)")
+            header = _number_repeats(header)
+            width, done, rows = len(header), 0, []
+
+            def table(rows: list, first: int) -> _Table:
+                return _chunk(header, rows, lambda r, c: r[pos[c]] if pos[c] < len(r) else None,
+                              lambda i: f"row {first + i + 1}")
+            pos = {c: j for j, c in enumerate(header)}
+            for rec in reader:
+                if not rec:
+                    continue
+                if len(rec) > width:
+                    raise UserError(f"{source}: not valid {kind} (Error tokenizing data. C error: Expected {width} "
+                                    f"fields in line {reader.line_num}, saw {len(rec)})")
+                rows.append(rec)
+                if len(rows) == CHUNK_ROWS:
+                    yield table(rows, done)
+                    done, rows = done + len(rows), []
+            if rows:
+                yield table(rows, done)
+            elif done == 0:
+                raise UserError(f"{source}: no data rows (only a header)")
+    except UnicodeDecodeError:
+        _read_utf8(path, source)  # raises the error naming the line and byte
+        raise
+    except csv.Error as e:
+        raise UserError(f"{source}: not valid {kind} ({e})") from None
+
+
+def _number_repeats(header: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in header:
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        out.append(name if n == 0 else f"{name}.{n}")
+    return out
+
+
+def _jsonl_chunks(path: Path, source: str) -> Iterator[_Table]:
+    """One JSON object per line, blank lines skipped; columns are the keys seen in the first chunk
+    (a column that appears only later is not offered as a candidate)."""
+    records: list[dict] = []
+    lines: list[int] = []
+    columns: list[str] = []
+    seen: set[str] = set()
+
+    def table() -> _Table:
+        at = list(lines)
+        return _chunk(list(columns), list(records), lambda r, c: r.get(c), lambda i: f"line {at[i]}")
+    any_rows = False
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                _read_utf8(path, source)
+                raise
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{source}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{source}: line {lineno} is a JSON {type(rec).__name__}, expected an object")
+            if not any_rows:
+                for k in rec:
+                    if k not in seen:
+                        seen.add(k)
+                        columns.append(k)
+            records.append(rec)
+            lines.append(lineno)
+            if len(records) == CHUNK_ROWS:
+                yield table()
+                any_rows, records, lines = True, [], []
+    if records:
+        yield table()
+    elif not any_rows:
+        raise UserError(f"{source}: file is empty (no rows)")
+
+
+def _parquet_chunks(path: Path, source: str) -> Iterator[_Table]:
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(str(path))
+        batches = pf.iter_batches(batch_size=CHUNK_ROWS)
+        done = 0
+        for batch in batches:
+            df = batch.to_pandas()
+            first = done
+            cols = [str(c) for c in df.columns]
+            by_name = dict(zip(cols, df.columns))
+            yield _Table(cols, lambda c, df=df: df[by_name[c]].tolist(), lambda i, first=first: f"row {first + i + 1}")
+            done += len(df)
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{source}: not a readable Parquet file ({msg})") from None
+    if done == 0:
+        raise UserError(f"{source}: file is empty (no rows)")
+
+
+# ---- token ids ------------------------------------------------------------------------------------
+
+def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
+    """Token ids of `texts` (truncated to `max_length`, special tokens added) in a mapped Arrow file,
+    as a `corpus.TokenCache` (a sequence of int32 rows); built once per tokenizer, rows and limit."""
+    from datasets import Features, Sequence as Seq
+    from datasets import Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from .corpus import TokenCache, tokenizer_fingerprint
+    from .tokens import _ids
+    key = hashlib.sha256(f"{texts.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode()).hexdigest()[:20]
+    path = bundled.cache_dir() / "tokenized" / f"labelled-{key}.arrow"
+    if path.is_file():
+        try:
+            cache = TokenCache(path)
+            if cache.num_rows == len(texts):
+                return cache
+        except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    writer = ArrowWriter(path=str(tmp), features=Features({"input_ids": Seq(Value("int32"))}))
+    try:
+        for s in range(0, len(texts), CHUNK_ROWS):
+            writer.write_batch({"input_ids": list(_ids(tokenizer, texts[s:s + CHUNK_ROWS], truncation=True,
+                                                       max_length=max_length))})
+        writer.finalize()
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+    return TokenCache(path)
