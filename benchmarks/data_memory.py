@@ -45,6 +45,19 @@ def write_rows(path: Path, n: int) -> None:
             w.writerow([f"{texts[a]} {texts[b]}", labels[a]])
 
 
+def rss_parts() -> dict[str, float]:
+    """Resident memory now, by kind (Linux): anonymous (the heap) and file-backed (mapped files, libraries)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[f"end_{key[3:].lower()}_mb"] = round(int(value.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
 def train(spec: dict[str, Any]) -> dict[str, Any]:
     """In the child: one short run on the file; its RSS before and at peak."""
     from transferkit import api
@@ -54,7 +67,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     result = api.finetune(data=spec["data"], method="lora", max_steps=5, batch_size=16, output_dir=spec["out"],
                           log=lambda *_: None, **{"train.progress": False, "data.split": [0.998, 0.001, 0.001],
                                                   "train.min_steps": 0, "data.storage": spec["storage"]})
-    return {"rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+    return {"rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1), **rss_parts(),
             "seconds": round(time.perf_counter() - t0, 1), "split_sizes": result.metrics["data"].get("sizes")}
 
 
@@ -88,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     base = results[str(sizes[0])]["peak_rss_mb"]
     for r in results.values():
         r["growth_mb"] = round(r["peak_rss_mb"] - base, 1)
-    print_table(["rows", "file MB", "peak RSS MB", "growth over smallest MB", "seconds"],
-                [[f"{int(n):,}", r["file_mb"], r["peak_rss_mb"], r["growth_mb"], r["seconds"]] for n, r in results.items()])
+    print_table(["rows", "file MB", "peak RSS MB", "growth over smallest MB", "at the end: anon / file MB", "seconds"],
+                [[f"{int(n):,}", r["file_mb"], r["peak_rss_mb"], r["growth_mb"],
+                  f"{r.get('end_anon_mb', '?')} / {r.get('end_file_mb', '?')}", r["seconds"]] for n, r in results.items()])
     largest = results[str(sizes[-1])]["growth_mb"]
     print(f"\ntarget: {sizes[-1]:,} rows within {TARGET_MB:g} MB of {sizes[0]:,} -> {largest:g} MB "
           f"({'met' if largest <= TARGET_MB else 'NOT met'})")

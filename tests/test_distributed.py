@@ -93,10 +93,63 @@ def test_a_run_resumes_with_another_process_count(still_model, sentiment_csv, tm
     _same_run(one.metrics, resumed.metrics)
 
 
-def test_a_tagger_trains_with_two_processes(still_model, tmp_path):
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_trains_the_run_one_process_trains(still_model, sentiment_csv, tmp_path, capfd, method):
+    """train.parallel=fsdp: a sharded copy trains; metrics, files and whole-tensor checkpoints as one process's."""
+    def cfg(out):
+        c = _cfg(sentiment_csv, still_model, out, method)
+        c.train.parallel = "fsdp"
+        if method == "lora":
+            c.method.options.lora_dropout = 0.0  # dropout draws differ between one stream and two
+        return c
+    one = api.finetune(cfg(tmp_path / "one"), log=quiet)
+    capfd.readouterr()
+    two = api.finetune(cfg(tmp_path / "two"), processes=2, log=quiet)
+    assert "2 processes (fsdp)" in capfd.readouterr().err  # rank 0's log: the run was sharded
+    _same_run(one.metrics, two.metrics)
+    assert two.metrics["train"]["best_step"] == one.metrics["train"]["best_step"]
+    assert _files(two.run_dir) == _files(one.run_dir)
+    for name in ("trainable.safetensors", "optimizer.safetensors"):  # whole tensors: any process count resumes
+        a, b = (_tensors(r.run_dir / "checkpoints" / "last" / name) for r in (one, two))
+        assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+        assert all(torch_close(a[k], b[k]) for k in a), name
+
+
+def torch_close(a, b) -> bool:
+    import torch
+    return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
+
+
+def test_fsdp_resumes_a_run_one_process_started(still_model, sentiment_csv, tmp_path, one_and_two):
+    one, _, _ = one_and_two
+    run = tmp_path / "run"
+    cfg = _cfg(sentiment_csv, still_model, run)
+    cfg.train.parallel = "fsdp"  # ignored by one process; the two that resume shard the run
+    with interrupted_at_step(8):
+        api.finetune(cfg, log=quiet)
+    resumed = api.finetune(resume=run, processes=2, log=quiet)
+    _same_run(one.metrics, resumed.metrics)
+
+
+def test_fsdp_with_mixup_is_refused(sentiment_csv, tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="mixup"):
+        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"), log=quiet,
+                     augment="mixup:alpha=0.4", **{"train.parallel": "fsdp"})
+    with pytest.raises(UserError, match="train.parallel must be ddp or fsdp"):
+        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"), log=quiet,
+                     **{"train.parallel": "zero3"})
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_tagger_trains_with_two_processes(still_model, tmp_path, parallel):
     conll = write_conll(tmp_path / "tags.conll", 120)
     kw = dict(task="ner", data=str(conll), model=str(still_model), method="lora", max_steps=6, batch_size=16,
-              log=quiet, **{"train.progress": False, "model.classifier_dropout": 0.0})
+              log=quiet, **{"train.progress": False, "model.classifier_dropout": 0.0, "train.parallel": parallel})
     one = api.finetune(output_dir=str(tmp_path / "one"), **kw)
     two = api.finetune(output_dir=str(tmp_path / "two"), processes=2, **kw)
     assert two.metrics["train"]["steps"] == one.metrics["train"]["steps"] == 6

@@ -169,6 +169,7 @@ class TrainConfig:
     group_by_length: bool = field(default=True, metadata={"help": "length-grouped batches with dynamic padding"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16: bf16 autocast on a CUDA GPU that has it (auto); fp32 on a CPU, where bf16 matmuls are slower"})
+    parallel: str = field(default="ddp", metadata={"help": "ddp|fsdp, with several processes: ddp keeps a whole model in each; fsdp shards parameters, gradients and optimizer state between them (for models too big for one device)"})
 
 
 class ConfigFile:
@@ -413,6 +414,7 @@ def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
          t.min_steps),
         (t.class_weights not in ("none", "balanced"), "train.class_weights", "must be none or balanced", t.class_weights),
         (t.precision not in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16", t.precision),
+        (t.parallel not in ("ddp", "fsdp"), "train.parallel", "must be ddp or fsdp", t.parallel),
     ]
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, fsdp
 from .config import TrainConfig
 from .core import fs
 from .data.batches import length_grouped_batches
@@ -127,10 +127,12 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into the model's parameters (into each process's shard under FSDP)."""
+    fsdp.reshard(model)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t.to(params[n].device))
+            fsdp.put(params[n], t)
 
 
 class Trainer:
@@ -152,10 +154,18 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
         self.total_steps = total_steps(self.steps_per_epoch, cfg.epochs, cfg.max_steps)
         self.model = model.to(accelerator.device)
+        # train.parallel=fsdp: a sharded copy trains and `fit` gathers its weights back into `model` (fsdp.py)
+        self.fsdp = cfg.parallel == "fsdp" and accelerator.num_processes > 1
+        self.plain = self.model
+        if self.fsdp:
+            self.model = fsdp.shard(self.model, "bf16" if accelerator.mixed_precision == "bf16" else "fp32")
         opt = make_optimizer(param_groups(self.model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_lr_decay))
         from transformers import get_linear_schedule_with_warmup
         sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * self.total_steps), self.total_steps)
-        self.model, self.opt, self.sched = accelerator.prepare(self.model, opt, sched)
+        if self.fsdp:  # accelerate would wrap the model in DDP: it gets the optimizer and schedule alone
+            self.opt, self.sched = accelerator.prepare(opt, sched)
+        else:
+            self.model, self.opt, self.sched = accelerator.prepare(self.model, opt, sched)
         self.state = TrainState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -224,6 +234,9 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.restore_best()
+        if self.fsdp:  # the run saves and scores the plain model it built
+            fsdp.gather_into(self.model, self.plain)
+            self.model = self.plain
         return st
 
     def _step(self, group: list[list[int]]) -> tuple[float, int, int]:
@@ -245,7 +258,9 @@ class Trainer:
             batch = {key: v.to(self.acc.device) for key, v in batch.items()}
             labels = batch.pop("labels")
             sync = k == len(batches) - 1
-            with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
+            if self.fsdp:
+                fsdp.gradient_sync(self.model, sync)
+            with contextlib.nullcontext() if sync or self.fsdp else self.acc.no_sync(self.model):
                 out = self.model(**batch)
                 loss_sum, items, correct = self.loss_fn(out, {**batch, "labels": labels})
                 self.acc.backward(loss_sum * weight / max(n_items, 1e-12))
@@ -282,9 +297,9 @@ class Trainer:
         if self.acc.scaler is not None or (clip and norm is None):  # DeepSpeed returns no norm
             return None
         if not clip:
-            grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+            grads = [fsdp.full(p.grad.detach()).float().norm() for p in self.model.parameters() if p.grad is not None]
             norm = torch.stack(grads).norm() if grads else torch.zeros(())  # torch < 2.6 has no get_total_norm
-        return float(norm)
+        return float(fsdp.full(norm))
 
     def _diverged(self, step: int, what: str, value: Any) -> TrainingDiverged:
         """The one-line error of a run whose loss, gradients or weights stopped being finite."""
@@ -295,6 +310,14 @@ class Trainer:
         return TrainingDiverged(f"training diverged at step {step}: {what} is {value} (learning rate {lr:g} too "
                                 f"high for this model/method, or fp16 overflow / bad data); {kept}, e.g. with "
                                 f"a lower learning rate (train.lr={lr / 4:g})")
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        """The trainable weights as whole tensors on the CPU (`trainable_state`; gathered under FSDP)."""
+        if not self.fsdp:
+            return trainable_state(self.acc.unwrap_model(self.model))
+        fsdp.reshard(self.model)
+        return {n: fsdp.full(p.detach()).cpu().clone().contiguous() for n, p in self.model.named_parameters()
+                if p.requires_grad}
 
     def _epoch_pos(self) -> float:
         return self.state.global_step / self.steps_per_epoch
@@ -307,7 +330,9 @@ class Trainer:
         if self.eval_fn is None:
             return False
         self.model.eval()
-        with distributed.sharded():  # each process scores its share of the rows; metrics see them all
+        # each process scores its share of the rows and metrics see them all; a sharded model's forward is a
+        # collective, so under FSDP every process scores every row (the same calls in the same order)
+        with contextlib.nullcontext() if self.fsdp else distributed.sharded():
             metrics = self.eval_fn(self.acc.unwrap_model(self.model))
         self.model.train()
         self._record({"type": "eval", "split": "validation", "step": st.global_step,
@@ -320,7 +345,7 @@ class Trainer:
         if better:
             st.best_metric, st.best_step, st.bad_evals = value, st.global_step, 0
             st.best_metrics = metrics
-            self.best_state = trainable_state(self.acc.unwrap_model(self.model))
+            self.best_state = self._trainable()
             if self.acc.is_main_process:
                 ckpt.save_best(self.ckpt_dir, self.best_state, st.global_step)
             return False
@@ -349,19 +374,20 @@ class Trainer:
 
         Weights that are no longer finite are never saved: they would replace the last good checkpoint.
         """
-        model = self.acc.unwrap_model(self.model)
-        trainable = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
-        if (bad := next((n for n, p in trainable if not bool(torch.isfinite(p).all())), None)) is not None:
+        weights = self._trainable()  # whole tensors (gathered under FSDP, on every process: a collective)
+        if (bad := next((n for n, t in weights.items() if not bool(torch.isfinite(t).all())), None)) is not None:
             raise self._diverged(self.state.global_step, f"the weight {bad}", "not finite")
+        optimizer = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        if self.fsdp:  # whole tensors, so any process count (or none) can resume
+            optimizer = fsdp.full_tree(optimizer)
         rng = ckpt.rng_state()
         if self.acc.num_processes > 1:  # each process's generators: how much dropout draws depends on its rows'
             # shapes, so rank 1 resumed with rank 0's generators ends elsewhere (measured: benchmarks/distributed.py)
             rng = {**rng, "ranks": distributed.gather_objects(rng)}
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            ckpt.save(self.ckpt_dir, trainable_state(model),
-                      optimizer={"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
-                      rng=rng, state=asdict(self.state), records=self.metrics_path)
+            ckpt.save(self.ckpt_dir, weights, optimizer=optimizer, rng=rng, state=asdict(self.state),
+                      records=self.metrics_path)
         self._saved_step = self.state.global_step
 
     def load_checkpoint(self) -> bool:
@@ -383,6 +409,8 @@ class Trainer:
         try:
             load_trainable_state(self.acc.unwrap_model(self.model), found.weights)
             self.opt.load_state_dict(found.optimizer["optimizer"])
+            if self.fsdp:
+                fsdp.shard_optimizer_state(self.opt)
             self.sched.load_state_dict(found.optimizer["scheduler"])
             state = TrainState(**found.state)
         except UserError:

@@ -72,6 +72,9 @@ class FinetuneRun(Run):
         self.mixup_alpha = mixup_alpha(self.augment_steps)
         if self.mixup_alpha is not None and not self.task.pooled_features:
             raise UserError(f"augment: mixup mixes pooled sentence vectors; a {cfg.task} run has none (use eda)")
+        if self.mixup_alpha is not None and cfg.train.parallel == "fsdp":
+            raise UserError("augment: mixup hooks the head of the model the run built, and train.parallel=fsdp trains "
+                            "a sharded copy of it; use train.parallel=ddp with mixup")
         if cfg.train.class_weights != "none" and not self.task.one_label_per_example:
             raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
@@ -197,7 +200,7 @@ class FinetuneRun(Run):
         log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
             f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
             f"{tcfg.early_stopping_patience}, {acc.device}{', bf16 autocast' if acc.mixed_precision == 'bf16' else ''}"
-            f"{f', {acc.num_processes} processes' if acc.num_processes > 1 else ''}")
+            f"{f', {acc.num_processes} processes ({tcfg.parallel})' if acc.num_processes > 1 else ''}")
         from ..comparison import current_rss_mb
         self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
         self.state = trainer.fit()
