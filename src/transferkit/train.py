@@ -123,7 +123,10 @@ def total_steps(steps_per_epoch: int, epochs: float | None, max_steps: int | Non
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable weights as whole tensors on the CPU (gathered under FSDP: then a collective)."""
+    fsdp.reshard(model)
+    return {n: fsdp.full(p.detach()).cpu().clone().contiguous() for n, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -311,14 +314,6 @@ class Trainer:
                                 f"high for this model/method, or fp16 overflow / bad data); {kept}, e.g. with "
                                 f"a lower learning rate (train.lr={lr / 4:g})")
 
-    def _trainable(self) -> dict[str, torch.Tensor]:
-        """The trainable weights as whole tensors on the CPU (`trainable_state`; gathered under FSDP)."""
-        if not self.fsdp:
-            return trainable_state(self.acc.unwrap_model(self.model))
-        fsdp.reshard(self.model)
-        return {n: fsdp.full(p.detach()).cpu().clone().contiguous() for n, p in self.model.named_parameters()
-                if p.requires_grad}
-
     def _epoch_pos(self) -> float:
         return self.state.global_step / self.steps_per_epoch
 
@@ -345,7 +340,7 @@ class Trainer:
         if better:
             st.best_metric, st.best_step, st.bad_evals = value, st.global_step, 0
             st.best_metrics = metrics
-            self.best_state = self._trainable()
+            self.best_state = trainable_state(self.acc.unwrap_model(self.model))
             if self.acc.is_main_process:
                 ckpt.save_best(self.ckpt_dir, self.best_state, st.global_step)
             return False
@@ -374,8 +369,13 @@ class Trainer:
 
         Weights that are no longer finite are never saved: they would replace the last good checkpoint.
         """
-        weights = self._trainable()  # whole tensors (gathered under FSDP, on every process: a collective)
-        if (bad := next((n for n, t in weights.items() if not bool(torch.isfinite(t).all())), None)) is not None:
+        model = self.acc.unwrap_model(self.model)
+        # Under FSDP every process gathers (a collective); otherwise rank 0 alone copies what it writes, and
+        # each process checks its own identical replica.
+        weights = trainable_state(model) if self.fsdp or self.acc.is_main_process else None
+        checked = weights.items() if weights is not None else ((n, p) for n, p in model.named_parameters()
+                                                                 if p.requires_grad)
+        if (bad := next((n for n, t in checked if not bool(torch.isfinite(t).all())), None)) is not None:
             raise self._diverged(self.state.global_step, f"the weight {bad}", "not finite")
         optimizer = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
         if self.fsdp:  # whole tensors, so any process count (or none) can resume

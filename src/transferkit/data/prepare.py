@@ -236,7 +236,8 @@ def _row_of(data: LabelledData, text: str) -> int | None:
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encoded: dict[str, LabelledData],
              label_names: list[str], report: DedupeReport | None, rows_before_limit: int) -> dict:
     train_keys = keys_of(raws["train"].texts)  # texts compared by hash: a mapped split is never read here
-    overlap = {s: np.isin(keys_of(raws[s].texts), train_keys) for s in ("validation", "test")}
+    keys = {s: keys_of(raws[s].texts) for s in ("validation", "test")}
+    overlap = {s: np.isin(keys[s], train_keys) for s in keys}
     return {
         "mode": mode,
         "sources": {s: raws[s].origin.source for s in SPLITS},
@@ -249,7 +250,7 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encod
         "limit": cfg.limit if cfg.limit is not None and cfg.limit < rows_before_limit else None,
         "train_rows_before_limit": rows_before_limit,
         # Repeated texts across splits inflate scores; dedupe before splitting prevents it.
-        "overlap_with_train": {s: len(np.unique(keys_of(raws[s].texts)[overlap[s]])) for s in ("validation", "test")},
+        "overlap_with_train": {s: len(np.unique(keys[s][overlap[s]])) for s in keys},
         "overlap_rows_with_train": {s: int(overlap[s].sum()) for s in ("validation", "test")},
         # Explicit validation/test files with the training file's bytes (or the same path).
         "identical_to_train": [s for s in ("validation", "test") if mode == "files" and getattr(cfg, s) is not None
