@@ -131,3 +131,26 @@ def expect_user_error(capsys: Any, argv: list[str]) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("transferkit: error: ")
     return lines[0]
+
+
+# What a launch that never reached the test's code says: the rendezvous or gloo's sockets failed
+# (a port another process took between torchrun picking it and the workers binding it, a reset peer).
+_NETWORK_FAILURES = ("DistNetworkError", "RendezvousConnectionError", "RendezvousTimeoutError", "connectFullMesh",
+                     "Address already in use", "EADDRINUSE", "Connection reset by peer", "Connection refused")
+
+
+def torchrun(args: list[str], env: dict, processes: int = 2, timeout: int = 600) -> Any:
+    """`python -m torch.distributed.run --standalone --nproc-per-node N ARGS`, as a user starts it.
+
+    A failure shows the launcher's output in the assertion (a bare CalledProcessError hides it). A
+    launch whose sockets failed before the workers ran is tried once more: that is the machine's ports,
+    not the code under test; any other failure fails the test at once."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args]
+    for attempt in (1, 2):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0 or attempt == 2 or not any(s in done.stderr for s in _NETWORK_FAILURES):
+            break
+    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done

@@ -15,7 +15,7 @@ from transferkit import api, distributed
 from transferkit.errors import UserError
 
 from helpers import (expect_user_error, interrupted_at_step, make_sentences, make_tokenizer, quiet, tiny_bert_config,
-                     tiny_config, write_conll)
+                     tiny_config, torchrun, write_conll)
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
@@ -161,9 +161,7 @@ def test_evaluation_rows_are_gathered_exactly_once(tmp_path):
     """7 rows over 2 processes (4 and 3), in batches of 2: every row once, in order, as one process computes them."""
     out = tmp_path / "gathered.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(HERE / "distributed_worker.py"), str(out), "7"], check=True, env=env, capture_output=True,
-                   timeout=300)
+    torchrun([str(HERE / "distributed_worker.py"), str(out), "7"], env, timeout=300)
     seen = json.loads(out.read_text())
     assert seen["world"] == 2 and seen["rows_computed"] == 7 and seen["shape"] == [7, 2]
     assert seen["logits_equal"] and seen["tags_equal"]
@@ -268,10 +266,7 @@ def test_pretraining_runs_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFERKIT_CACHE": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "-m", "transferkit", *args, "--output-dir", str(tmp_path / "one")], env=env,
                    check=True, capture_output=True, timeout=600)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "transferkit", *args, "--output-dir", str(tmp_path / "two")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = torchrun(["-m", "transferkit", *args, "--output-dir", str(tmp_path / "two")], env)
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert b["train"]["steps"] == a["train"]["steps"] == 20
     assert abs(b["heldout"]["loss"] - a["heldout"]["loss"]) < 0.3
