@@ -130,7 +130,8 @@ class TokenClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from ..data.tagged import TaggedSplit, load_tagged
+        from ..data.tagged import TaggedSplit
+        from ..data.tagged_read import load_tagged
         from ..errors import UserError
         table = load_tagged(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
