@@ -11,14 +11,16 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError
 from .listing import clip, summarise
 from .prepare import _hf_explicit_splits, _same_file
 from .split import SPLITS, split_sizes
-from .tagged_read import TaggedTable, entity_counts, load_tagged, load_tagged_splits
+from .tagged_read import TaggedTable, load_tagged, load_tagged_splits
 
 MIN_SENTENCES = 2  # per split: one sentence cannot be both trained on and checked against
 VALIDATION_CARVE = (0.9, 0.0, 0.1)  # without a validation file, 10% of training becomes validation
@@ -119,7 +121,7 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
 
     before_limit = len(raws["train"])
     if cfg.limit is not None and cfg.limit < before_limit:
-        raws["train"] = _take(raws["train"], range(cfg.limit))
+        raws["train"] = raws["train"].take(range(cfg.limit))
         if cfg.limit < MIN_SENTENCES:
             raise UserError(f"data.limit={cfg.limit} leaves {cfg.limit} training sentence(s); "
                             f"need at least {MIN_SENTENCES}")
@@ -128,7 +130,7 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
     entity_types = _entity_types(raws["train"], limited, report)
     label_names_out = ["O"] + [f"{p}-{t}" for t in entity_types for p in ("B", "I")]
     index = {name: i for i, name in enumerate(label_names_out)}
-    whole_counts = entity_counts(whole.tags) if whole is not None else None
+    whole_counts = whole.entity_counts() if whole is not None else None
     encoded = {name: _encode(raws[name], name, index, raws["train"].source, whole_counts, limited)
                for name in SPLITS}
     summary = _summary(cfg, seed, mode, raws, label_names_out, entity_types, report, before_limit, limited)
@@ -137,21 +139,19 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
                         summary)
 
 
-def dedupe_sentences(table: TaggedTable) -> tuple[TaggedTable, dict]:
-    """One sentence per exact token sequence, the first occurrence (and its tags) kept."""
-    first_tags: dict[tuple[str, ...], list[str]] = {}
-    keep: list[int] = []
-    conflicting = 0
-    for i, (toks, tags) in enumerate(zip(table.tokens, table.tags)):
-        key = tuple(toks)
-        if key in first_tags:
-            conflicting += first_tags[key] != tags
-            continue
-        first_tags[key] = tags
-        keep.append(i)
+def dedupe_sentences(table: Any) -> tuple[Any, dict]:
+    """One sentence per exact token sequence, the first occurrence (and its tags) kept; sentences
+    are compared by hash (`TaggedTable.keys`), so a mapped table is never read here."""
+    keys, tag_keys = table.keys(), table.tag_keys()
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)  # group: [n] sentence of each row
+    group = group.reshape(-1)
+    keep = np.sort(first)
+    repeat = np.ones(len(keys), dtype=bool)
+    repeat[first] = False
+    conflicting = int((tag_keys[repeat] != tag_keys[first[group[repeat]]]).sum())
     report = {"sentences_in": len(table), "sentences_out": len(keep),
               "repeats_removed": len(table) - len(keep), "repeats_with_other_tags": conflicting}
-    return _take(table, keep), report
+    return table.take(keep), report
 
 
 def _dedupe_text(report: dict) -> str:
@@ -160,12 +160,6 @@ def _dedupe_text(report: dict) -> str:
     if report["repeats_with_other_tags"]:
         s += f"; {report['repeats_with_other_tags']:,} of them had other tags than the kept one"
     return s
-
-
-def _take(table: TaggedTable, idx) -> TaggedTable:
-    idx = list(idx)
-    return TaggedTable([table.tokens[i] for i in idx], [table.tags[i] for i in idx], table.source,
-                       [table.where[i] for i in idx], list(table.notes))
 
 
 def _shuffle_split(table: TaggedTable, fractions, seed: int, report: dict | None,
@@ -195,13 +189,13 @@ def _shuffle_split(table: TaggedTable, fractions, seed: int, report: dict | None
     out: dict[str, TaggedTable] = {}
     start = 0
     for name in SPLITS:
-        out[name] = _take(table, order[start:start + sizes[name]])
+        out[name] = table.take(order[start:start + sizes[name]])
         start += sizes[name]
     return out
 
 
 def _entity_types(train: TaggedTable, limit: int | None, report: dict | None) -> list[str]:
-    types = sorted(entity_counts(train.tags))
+    types = sorted(train.entity_counts())
     if not types:
         after = f" after data.limit={limit}" if limit is not None else ""
         raise UserError(f"training data {train.source} has no entities{after} (every tag is O); "
@@ -209,28 +203,27 @@ def _entity_types(train: TaggedTable, limit: int | None, report: dict | None) ->
     return types
 
 
-def _encode(table: TaggedTable, split: str, index: dict[str, int], train_source: str,
-            whole_counts: Counter | None, limit: int | None) -> TaggedSplit:
-    ids: list[list[int]] = []
-    for tags, where in zip(table.tags, table.where):
-        row = []
-        for tag in tags:
-            if tag not in index:
-                kind = tag[2:]
-                unseen = sorted({t[2:] for sent in table.tags for t in sent if t != "O" and t not in index})
-                more = f"; nor do {len(unseen) - 1:,} other {split} entity types" if len(unseen) > 1 else ""
-                hint = ""
-                if whole_counts is not None:
-                    n = whole_counts[kind]
-                    hint = f" ({n:,} entit{'y' if n == 1 else 'ies'} in all of {table.source})"
-                after = f" after data.limit={limit}" if limit is not None else ""
-                types = sorted({k[2:] for k in index if k != "O"})
-                raise UserError(f"entity type {clip(repr(kind))} in the {split} split ({table.source} {where}) does "
-                                f"not occur in the training data ({train_source}){after}{hint}{more}; "
-                                f"training entity types ({len(types):,}): {summarise(types)}")
-            row.append(index[tag])
-        ids.append(row)
-    return TaggedSplit([list(t) for t in table.tokens], ids, list(table.where), f"{table.source} ({split})")
+def _encode(table: Any, split: str, index: dict[str, int], train_source: str,
+            whole_counts: Counter | None, limit: int | None) -> Any:
+    unknown = table.first_unknown(index)
+    if unknown is not None:
+        where, tag, unseen = unknown
+        kind = tag[2:]
+        more = f"; nor do {len(unseen) - 1:,} other {split} entity types" if len(unseen) > 1 else ""
+        hint = ""
+        if whole_counts is not None:
+            n = whole_counts[kind]
+            hint = f" ({n:,} entit{'y' if n == 1 else 'ies'} in all of {table.source})"
+        after = f" after data.limit={limit}" if limit is not None else ""
+        types = sorted({k[2:] for k in index if k != "O"})
+        raise UserError(f"entity type {clip(repr(kind))} in the {split} split ({table.source} {where}) does "
+                        f"not occur in the training data ({train_source}){after}{hint}{more}; "
+                        f"training entity types ({len(types):,}): {summarise(types)}")
+    source = f"{table.source} ({split})"
+    if hasattr(table, "encode"):  # a mapped table makes a split that reads its rows from the cache
+        return table.encode(index, source)
+    ids = [[index[tag] for tag in tags] for tags in table.tags]
+    return TaggedSplit([list(t) for t in table.tokens], ids, list(table.where), source)
 
 
 def _log_notes(tables: list[TaggedTable | None], log: Callable[[str], None]) -> None:
@@ -244,15 +237,15 @@ def _log_notes(tables: list[TaggedTable | None], log: Callable[[str], None]) -> 
 
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, TaggedTable], label_names: list[str],
              entity_types: list[str], report: dict | None, before_limit: int, limit: int | None) -> dict:
-    train_keys = {tuple(t) for t in raws["train"].tokens}
-    counts = {s: entity_counts(raws[s].tags) for s in SPLITS}
+    train_keys = raws["train"].keys()
+    counts = {s: raws[s].entity_counts() for s in SPLITS}
     return {
         "mode": mode,
         "sources": {s: raws[s].source for s in SPLITS},
         "seed": seed,
         "split": list(cfg.split) if mode == "split" else None,
         "sizes": {s: len(raws[s]) for s in SPLITS},
-        "tokens": {s: sum(len(t) for t in raws[s].tokens) for s in SPLITS},
+        "tokens": {s: raws[s].token_count() for s in SPLITS},
         "entities": {s: {k: counts[s].get(k, 0) for k in entity_types} for s in SPLITS},
         "label_names": list(label_names),
         "entity_types": list(entity_types),
@@ -260,7 +253,7 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, TaggedTable]
         "limit": limit,
         "train_sentences_before_limit": before_limit,
         # Sentences also in training score memory, not generalisation.
-        "overlap_with_train": {s: sum(tuple(t) in train_keys for t in raws[s].tokens) for s in ("validation", "test")},
+        "overlap_with_train": {s: int(np.isin(raws[s].keys(), train_keys).sum()) for s in ("validation", "test")},
         "identical_to_train": [s for s in ("validation", "test") if mode == "files" and getattr(cfg, s) is not None
                                and _same_file(cfg.train, getattr(cfg, s))],
     }

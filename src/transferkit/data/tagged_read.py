@@ -27,12 +27,16 @@ Every problem the user can fix is a one-line `UserError` naming the file and the
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from ..errors import UserError
 from ..registry import DATASETS
@@ -65,7 +69,39 @@ class TaggedTable:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    # What the splits need of a table, answered alike by the mapped one (`mapped_tagged.MappedTaggedTable`).
+    def take(self, idx: Iterable[int]) -> "TaggedTable":
+        idx = [int(i) for i in idx]
+        return TaggedTable([self.tokens[i] for i in idx], [self.tags[i] for i in idx], self.source,
+                           [self.where[i] for i in idx], list(self.notes))
 
+    def keys(self) -> np.ndarray:
+        """[n] uint64: a hash of each sentence's token sequence (dedupe and the overlap checks compare these)."""
+        return sequence_hashes(self.tokens)
+
+    def tag_keys(self) -> np.ndarray:
+        return sequence_hashes(self.tags)
+
+    def entity_counts(self) -> Counter:
+        return entity_counts(self.tags)
+
+    def token_count(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    def first_unknown(self, known: dict[str, int]) -> tuple[str, str, list[str]] | None:
+        """(where, tag) of the first tag not in `known`, and every such entity type; None when all are known."""
+        first = next(((w, t) for tags, w in zip(self.tags, self.where) for t in tags if t not in known), None)
+        if first is None:
+            return None
+        return first[0], first[1], sorted({t[2:] for sent in self.tags for t in sent if t not in known})
+
+
+def sequence_hashes(seqs: Iterable[Sequence[str]]) -> np.ndarray:
+    """[n] uint64: a 64-bit BLAKE2 hash of each string sequence (its JSON form, so no two sequences
+    share an encoding); two different sentences collide with probability about n^2 / 2^65."""
+    blake = hashlib.blake2b
+    return np.fromiter((int.from_bytes(blake(json.dumps(list(s), ensure_ascii=False).encode("utf-8"),
+                                             digest_size=8).digest(), "little") for s in seqs), dtype=np.uint64)
 
 
 @dataclass
@@ -166,30 +202,39 @@ def _read_text(path: Path, source: str) -> str:
 
 def _read_conll(path: Path, source: str) -> _Raw:
     """One token per line, tag in the last column, blank lines between sentences."""
-    text = _read_text(path, source)
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     starts: list[int] = []
     notes: list[str] = []
+    for toks, tgs, start in conll_sentences(_read_text(path, source).split("\n"), source, notes):
+        tokens.append(toks)
+        tags.append(tgs)
+        starts.append(start)
+    if not tokens:
+        raise UserError(f"{source}: file is empty (no sentences)")
+    # A sentence's tokens sit on consecutive lines, so token t of sentence s is on line start + t.
+    return _Raw(tokens, tags, [f"line {n}" for n in starts], lambda s, t: f"line {starts[s] + t}", notes)
+
+
+def conll_sentences(lines: Iterable[str], source: str, notes: list[str]) -> Iterator[tuple[list[str], list[str], int]]:
+    """(tokens, raw tags, line of the first token) of each sentence of CoNLL `lines`, in order; a
+    header line read as such is noted in `notes`. Used whole (in memory) and streamed (`mapped_tagged`)."""
     cur_tokens: list[str] = []
     cur_tags: list[str] = []
+    start = 0
     seen_content = False
-
-    def flush() -> None:
-        if cur_tokens:
-            tokens.append(list(cur_tokens))
-            tags.append(list(cur_tags))
-            cur_tokens.clear()
-            cur_tags.clear()
-
-    for n, line in enumerate(text.split("\n"), 1):
-        stripped = line.strip(" \t\r")
+    for n, line in enumerate(lines, 1):
+        stripped = line.strip(" \t\r\n")
         if not stripped:
-            flush()
+            if cur_tokens:
+                yield cur_tokens, cur_tags, start
+                cur_tokens, cur_tags = [], []
             continue
         cols = _COLUMNS.split(stripped)
         if cols[0] == DOCSTART:
-            flush()
+            if cur_tokens:
+                yield cur_tokens, cur_tags, start
+                cur_tokens, cur_tags = [], []
             continue
         first = not seen_content
         seen_content = True
@@ -201,14 +246,11 @@ def _read_conll(path: Path, source: str) -> _Raw:
                             "its tag separated by whitespace (the tag in the last column), or a blank line between "
                             "sentences")
         if not cur_tokens:
-            starts.append(n)
+            start = n
         cur_tokens.append(cols[0])
         cur_tags.append(cols[-1])
-    flush()
-    if not tokens:
-        raise UserError(f"{source}: file is empty (no sentences)")
-    # A sentence's tokens sit on consecutive lines, so token t of sentence s is on line start + t.
-    return _Raw(tokens, tags, [f"line {n}" for n in starts], lambda s, t: f"line {starts[s] + t}", notes)
+    if cur_tokens:
+        yield cur_tokens, cur_tags, start
 
 
 def _hf_tagged_table(path: Path, split: str | None) -> _Table:
@@ -359,25 +401,38 @@ def _convert(tags: list[str], at: Callable[[int], str]) -> tuple[list[str], list
     return out, repaired
 
 
+class SchemeReader:
+    """Converts sentence after sentence to IOB2 and remembers what the notes say: whether IOBES
+    tags were seen, how many entities were repaired and where the first was."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.iobes, self.repaired, self.first = source, False, 0, None
+
+    def convert(self, tags: list[str], at: Callable[[int], str]) -> list[str]:
+        """`tags` of one sentence as IOB2; `at(t)` names token t (e.g. "line 12")."""
+        self.iobes = self.iobes or any(tag[:2] in ("S-", "E-") for tag in tags)
+        out, fixed = _convert(tags, lambda t: f"{self.source} {at(t)}")
+        if fixed and self.first is None:
+            self.first = at(fixed[0])
+        self.repaired += len(fixed)
+        return out
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.iobes:
+            notes.append(f"{self.source}: tags are IOBES (S-/E- found); read as IOB2 (S-X -> B-X, E-X -> I-X)")
+        if self.repaired:
+            n = self.repaired
+            notes.append(f"{self.source}: {n:,} entit{'y' if n == 1 else 'ies'} started with I-X "
+                         f"(IOB1 style{' or a broken E-X' if self.iobes else ''}; first at {self.first}); read as B-X")
+        return notes
+
+
 def _finish(raw: _Raw, source: str) -> TaggedTable:
     """Convert every sentence to IOB2 and note the scheme found and the repairs made."""
-    notes = list(raw.notes)
-    iobes = any(tag[:2] in ("S-", "E-") for sent in raw.tags for tag in sent)
-    converted: list[list[str]] = []
-    repaired = 0
-    first: str | None = None
-    for s, sent in enumerate(raw.tags):
-        tags, fixed = _convert(sent, lambda t, s=s: f"{source} {raw.at(s, t)}")
-        if fixed and first is None:
-            first = raw.at(s, fixed[0])
-        repaired += len(fixed)
-        converted.append(tags)
-    if iobes:
-        notes.append(f"{source}: tags are IOBES (S-/E- found); read as IOB2 (S-X -> B-X, E-X -> I-X)")
-    if repaired:
-        notes.append(f"{source}: {repaired:,} entit{'y' if repaired == 1 else 'ies'} started with I-X "
-                     f"(IOB1 style{' or a broken E-X' if iobes else ''}; first at {first}); read as B-X")
-    return TaggedTable(raw.tokens, converted, source, raw.where, notes)
+    scheme = SchemeReader(source)
+    converted = [scheme.convert(sent, lambda t, s=s: raw.at(s, t)) for s, sent in enumerate(raw.tags)]
+    return TaggedTable(raw.tokens, converted, source, raw.where, list(raw.notes) + scheme.notes())
 
 
 def entity_counts(tags: list[list[str]]) -> Counter:
