@@ -180,13 +180,14 @@ class TokenCache:
 
     `row(i)` is one row; `span(start, n)` reads `n` tokens of all rows laid end to end, which is
     what packing needs. `extra` holds other integer columns (e.g. the document of each sentence).
+    `column` names the list column read (another list column of the same file: pass its `dataset`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, column: str = "input_ids", dataset: Any = None) -> None:
         from datasets import Dataset
         self.path = path
-        self.dataset = Dataset.from_file(str(path))  # memory-mapped, not read into RAM
-        col = self.dataset.data.table.column("input_ids")
+        self.dataset = dataset if dataset is not None else Dataset.from_file(str(path))  # memory-mapped, not read
+        col = self.dataset.data.table.column(column)
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         for chunk in col.chunks:

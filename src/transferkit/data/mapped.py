@@ -124,9 +124,10 @@ def load_mapped(source: str, text_column: str | None, label_column: str | None) 
 
 # ---- the cache folder ----------------------------------------------------------------------------
 
-def _open_cached(folder: Path) -> tuple[dict, Any, np.ndarray] | None:
-    """(meta, mapped table, text hashes) of a complete cache folder; None when absent or damaged
-    (a cache is rebuilt, never trusted half-written)."""
+def _open_cached(folder: Path, columns: Sequence[str] = ("text", "label"), arrays: Sequence[str] = ("keys",),
+                 format: int = FORMAT) -> tuple[dict, Any, np.ndarray] | None:
+    """(meta, mapped table, the first of `arrays`; the others in meta["arrays"]) of a complete cache
+    folder; None when absent or damaged (a cache is rebuilt, never trusted half-written)."""
     import pyarrow as pa
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -134,30 +135,47 @@ def _open_cached(folder: Path) -> tuple[dict, Any, np.ndarray] | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         table = pa.ipc.open_file(pa.memory_map(str(folder / "rows.arrow"))).read_all()  # zero-copy, mapped
-        keys = np.load(folder / "keys.npy", mmap_mode="r", allow_pickle=False)
-        if (meta.get("format") != FORMAT or table.num_rows != meta["rows"] or len(keys) != meta["rows"]
-                or table.column_names != ["text", "label"] or keys.dtype != np.uint64):
+        found = {a: np.load(folder / f"{a}.npy", mmap_mode="r", allow_pickle=False) for a in arrays}
+        if (not isinstance(meta, dict) or meta.get("format") != format or table.num_rows != meta["rows"]
+                or table.column_names != list(columns)
+                or any(len(v) != meta["rows"] or v.dtype != np.uint64 for v in found.values())):
             raise ValueError("inconsistent cache folder")
-        return meta, table, keys
+        meta["arrays"] = found
+        return meta, table, found[arrays[0]]
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
         log.warning("ignoring a damaged data cache %s (%s); rebuilding it", folder, e)
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
 
-def _build(folder: Path, chunks: Iterator[_Table], source: str, text_column: str | None,
-           label_column: str | None) -> None:
-    """Stream every chunk through the cleaners into a new cache folder, swapped in when complete."""
-    import pyarrow as pa
+def build_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a new folder, swapped in as `folder` when it returned; on any error
+    (a refused row, an interrupt) nothing is left behind."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")  # one per process: ranks may build at once
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    schema = pa.schema([("text", pa.string()), ("label", pa.int32())])
-    codes: dict[tuple[str, Any], int] = {}  # (type, raw label) -> code, in first-seen order
-    keys: list[np.ndarray] = []
-    rows = 0
     try:
+        write(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same folder first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build(folder: Path, chunks: Iterator[_Table], source: str, text_column: str | None,
+           label_column: str | None) -> None:
+    """Stream every chunk through the cleaners into a new cache folder, swapped in when complete."""
+    import pyarrow as pa
+    schema = pa.schema([("text", pa.string()), ("label", pa.int32())])
+
+    def write(tmp: Path) -> None:
+        codes: dict[tuple[str, Any], int] = {}  # (type, raw label) -> code, in first-seen order
+        keys: list[np.ndarray] = []
+        rows = 0
         with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for table in chunks:
                 if rows == 0:
@@ -179,13 +197,7 @@ def _build(folder: Path, chunks: Iterator[_Table], source: str, text_column: str
         labels = _normalise_labels([v for _, v in codes])
         meta = {"format": FORMAT, "source": Path(source).name, "rows": rows, "columns": columns, "labels": labels}
         (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished the same folder first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_folder(folder, write)
 
 
 # ---- streaming readers ---------------------------------------------------------------------------
@@ -256,9 +268,12 @@ def _number_repeats(header: list[str]) -> list[str]:
     return out
 
 
-def _jsonl_chunks(path: Path, source: str) -> Iterator[_Table]:
+def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = None,
+                  empty: str = "file is empty (no rows)", bad_utf8: Callable[[], Any] | None = None) -> Iterator[_Table]:
     """One JSON object per line, blank lines skipped; columns are the keys seen in the first chunk
-    (a column that appears only later is not offered as a candidate)."""
+    (a column that appears only later is not offered as a candidate). `opener` opens the bytes
+    (default: the file itself; a gzip reader for `.gz`), `bad_utf8` raises the error naming the
+    bad byte when a line is not UTF-8."""
     records: list[dict] = []
     lines: list[int] = []
     columns: list[str] = []
@@ -268,12 +283,12 @@ def _jsonl_chunks(path: Path, source: str) -> Iterator[_Table]:
         at = list(lines)
         return _chunk(list(columns), list(records), lambda r, c: r.get(c), lambda i: f"line {at[i]}")
     any_rows = False
-    with path.open("rb") as f:
+    with (opener or (lambda: path.open("rb")))() as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                _read_utf8(path, source)
+                (bad_utf8 or (lambda: _read_utf8(path, source)))()
                 raise
             if lineno == 1:
                 line = line.removeprefix("\ufeff")
@@ -298,7 +313,7 @@ def _jsonl_chunks(path: Path, source: str) -> Iterator[_Table]:
     if records:
         yield table()
     elif not any_rows:
-        raise UserError(f"{source}: file is empty (no rows)")
+        raise UserError(f"{source}: {empty}")
 
 
 def _parquet_chunks(path: Path, source: str) -> Iterator[_Table]:

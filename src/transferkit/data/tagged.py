@@ -90,9 +90,9 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
         else:
             if cfg.test is None:
                 raise UserError("data.train is set but data.test is not; give a test file as well")
-            train = load_tagged(cfg.train, *cols, role="train")
-            test = load_tagged(cfg.test, *cols, role="test")
-            val = load_tagged(cfg.validation, *cols, role="validation") if cfg.validation is not None else None
+            train = _load(cfg, cfg.train, cols, "train", log)
+            test = _load(cfg, cfg.test, cols, "test", log)
+            val = _load(cfg, cfg.validation, cols, "validation", log) if cfg.validation is not None else None
             mode = "files"
         _log_notes([train, val, test], log)
         for name, table in (("train", train), ("validation", val), ("test", test)):
@@ -113,7 +113,7 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
         if cfg.data is None:
             raise UserError("no data given: set data.data (a tagged file or saved dataset folder) or data.train")
         mode = "split"
-        whole = load_tagged(cfg.data, *cols, role="data")
+        whole = _load(cfg, cfg.data, cols, "data", log)
         _log_notes([whole], log)
         if cfg.dedupe:
             whole, report = dedupe_sentences(whole)
@@ -137,6 +137,20 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
     _log_summary(summary, log)
     return TaggedSplits(label_names_out, entity_types, encoded["train"], encoded["validation"], encoded["test"],
                         summary)
+
+
+def _load(cfg: DataConfig, source: str, cols: tuple, role: str, log: Callable[[str], None]) -> Any:
+    """One tagged source, in memory or (data.storage) through the memory-mapped cache."""
+    from .mapped_tagged import load_mapped_tagged, wants_mapped_tagged
+    if wants_mapped_tagged(cfg.storage, source):
+        found = load_mapped_tagged(source, *cols)
+        if found is not None:
+            log(f"storage: {source} is read from a memory-mapped cache ({len(found):,} sentences; "
+                f"data.storage={cfg.storage})")
+            return found
+        if cfg.storage == "mapped":
+            log(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
+    return load_tagged(source, *cols, role=role)
 
 
 def dedupe_sentences(table: Any) -> tuple[Any, dict]:

@@ -270,12 +270,18 @@ def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
 # ---- the dry run ---------------------------------------------------------------------------------------
 
 def _rows(split: Any, idx: list[int]) -> Any:
-    """The rows `idx` of a split (sentence or tagged): every per-row list field indexed, the rest kept."""
+    """The rows `idx` of a split (sentence or tagged): every per-row field indexed (a list) or taken
+    (mapped texts), the rest kept; a mapped tagged split takes them itself."""
     import dataclasses
+    if not dataclasses.is_dataclass(split):
+        return split.take(idx)
     n = len(split)
-    return dataclasses.replace(split, **{f.name: [getattr(split, f.name)[i] for i in idx]
-                                         for f in dataclasses.fields(split)
-                                         if f.name != "notes" and isinstance(getattr(split, f.name), list)
+
+    def rows(value: Any) -> Any:
+        return value.take(idx) if hasattr(value, "take") else [value[i] for i in idx]
+    return dataclasses.replace(split, **{f.name: rows(getattr(split, f.name)) for f in dataclasses.fields(split)
+                                         if f.name != "notes" and (isinstance(getattr(split, f.name), list)
+                                                                   or hasattr(getattr(split, f.name), "take"))
                                          and len(getattr(split, f.name)) == n})
 
 

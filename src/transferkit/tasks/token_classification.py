@@ -77,7 +77,10 @@ class TokenClassification(Task):
         from ..data.tagged import prepare_tagged_splits
         return prepare_tagged_splits(data_cfg, seed, log)
 
-    def texts(self, split: Any) -> list[str]:
+    def texts(self, split: Any) -> Any:
+        if hasattr(split, "fingerprint"):  # a mapped split: its sentences are read a chunk at a time
+            from ..data.mapped_tagged import JoinedWords
+            return JoinedWords(split.tokens)
         return [" ".join(words) for words in split.tokens]
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
@@ -88,6 +91,9 @@ class TokenClassification(Task):
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
         """The split as `token_spans.EncodedWindows` (batchable: lengths(), collate(), len())."""
+        if hasattr(split, "fingerprint"):  # a mapped split (data.storage): windows in a mapped file too
+            from .mapped_windows import encode_mapped
+            return encode_mapped(tokenizer, split, max_length, self.stride)
         from .token_spans import encode_words
         return encode_words(tokenizer, split.tokens, split.tags, max_length, self.stride)
 
@@ -98,8 +104,9 @@ class TokenClassification(Task):
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
         from ..augmentation.apply import augment_tagged
         from ..data.tagged import TaggedSplit
-        tr = splits.train
-        tokens, tags, where, report = augment_tagged(tr.tokens, tr.tags, tr.where, splits.label_names, steps, seed, spec,
+        tr = splits.train  # a mapped split is read into memory here: augmented rows are new rows
+        tokens, tags, where, report = augment_tagged(list(tr.tokens), list(tr.tags), list(tr.where), splits.label_names,
+                                                     steps, seed, spec,
                                                      exclude=[*splits.validation.tokens, *splits.test.tokens])
         splits.train = TaggedSplit(tokens, tags, where, tr.source)
         splits.summary["augment"] = report.as_dict()

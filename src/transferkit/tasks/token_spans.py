@@ -159,26 +159,27 @@ def _split_specials(word_ids: Sequence[int | None]) -> tuple[int, int]:
 
 
 def encode_words(tokenizer: Any, sentences: list[list[str]], labels: list[list[int]] | None, max_length: int,
-                 stride: int = 16) -> EncodedWindows:
+                 stride: int = 16, first: int = 0) -> EncodedWindows:
     """Tokenize pre-split words into windows of at most `max_length` tokens (specials included).
 
     The first sub-token of each word carries its label, all other positions -100. A sentence that
     does not fit is cut into windows overlapping by about `stride` sub-tokens; each word is
     labelled only in the window that owns it (see `EncodedWindows`). A word the tokenizer turns into
     no sub-token at all (e.g. a zero-width space) is encoded as the unknown token, so no word is lost.
+    `first` is the number of sentences before these (a chunk of a larger split): errors count from it.
     """
     require_fast(tokenizer)
     if stride < 0:
         raise UserError(f"stride must be >= 0, got {stride}")
     for i, words in enumerate(sentences):
         if isinstance(words, str) or not all(isinstance(w, str) for w in words):
-            raise UserError(f"sentence {i} must be a list of word strings, got {words!r:.80}")
+            raise UserError(f"sentence {first + i} must be a list of word strings, got {words!r:.80}")
     if labels is not None:
         if len(labels) != len(sentences):
             raise UserError(f"{len(labels)} label sequences for {len(sentences)} sentences")
         for i, (words, labs) in enumerate(zip(sentences, labels)):
             if len(labs) != len(words):
-                raise UserError(f"sentence {i} has {len(words)} words but {len(labs)} labels")
+                raise UserError(f"sentence {first + i} has {len(words)} words but {len(labs)} labels")
     out = EncodedWindows(input_ids=[], labels=[], sentence=[], first_token=[], n_split=0,
                          has_labels=labels is not None)
     if not sentences:
@@ -189,7 +190,7 @@ def encode_words(tokenizer: Any, sentences: list[list[str]], labels: list[list[i
         ids, wids = list(enc["input_ids"][si]), list(enc.word_ids(si))
         missing = set(range(len(words))) - {w for w in wids if w is not None}
         if missing:
-            ids, wids = _encode_with_unk(tokenizer, words, missing, si)
+            ids, wids = _encode_with_unk(tokenizer, words, missing, first + si)
         k, m = _split_specials(wids)
         prefix, suffix = ids[:k], ids[len(ids) - m:]
         content, cwids = ids[k:len(ids) - m], wids[k:len(wids) - m]
