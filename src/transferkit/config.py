@@ -30,7 +30,7 @@ class DataConfig:
     dedupe: bool = field(default=True, metadata={"help": "drop repeated texts before splitting (majority label wins)"})
     max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training rows (after splitting)"})
-    storage: str = field(default="auto", metadata={"help": "auto|memory|mapped: where loaded rows and token ids live; mapped streams CSV/TSV/JSONL/Parquet into a memory-mapped Arrow cache (auto: mapped for files over 64 MB)"})
+    storage: str = field(default="auto", metadata={"help": "auto|memory|mapped: where loaded rows and token ids live; mapped streams CSV/TSV/JSONL/Parquet (and tagged CoNLL) into a memory-mapped Arrow cache (auto: mapped for files over 64 MB, tagged files over 16 MB)"})
     augment: str | None = field(default=None, metadata={"help": "augment the training split: eda:synonym=0.1,copies=4 | paraphrase:model=M | backtranslate:via=French | mixup:alpha=0.4, joined by + (see transferkit augment --help)"})
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_sentences, quiet, write_csv
+from helpers import make_sentences, quiet, write_conll, write_csv
 from transferkit import api, cli
 from transferkit.config import TrainConfig
 from transferkit.errors import UserError
@@ -210,13 +210,32 @@ def test_cuda_on_a_machine_without_one_needs_the_memory(tiny_model_dir, data_csv
         PlanRun(api.make_config(None, {"data.data": str(data_csv), "model.name": str(tiny_model_dir)}), device="cuda")
 
 
-def test_plan_for_a_tagger(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("storage", ["memory", "mapped"])
+def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     lines = []
     for i in range(40):
         lines += [f"{w} {t}" for w, t in [("good", "B-PER"), ("film", "O"), ("bad", "B-LOC"), ("plot", "O")][: 2 + i % 3]]
         lines += [f"w{i % 7} O", ""]
     (tmp_path / "t.conll").write_text("\n".join(lines), encoding="utf-8")
     result = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=2,
-                      methods="lora,full,head_only", log=quiet, **{"data.dedupe": False})
+                      methods="lora,full,head_only", log=quiet, **{"data.dedupe": False, "data.storage": storage})
     assert {p.method for p in result.methods} == {"lora", "full", "head_only"}
     assert all(p.dry_run["samples_per_s"] > 0 for p in result.methods) and result.recommended == "lora"
+
+
+def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
+    """Mapped texts (and mapped tagged sentences) are sampled with their labels, not left whole."""
+    from transferkit.config import DataConfig
+    from transferkit.data.prepare import prepare_splits
+    from transferkit.data.tagged import prepare_tagged_splits
+    from transferkit.recipes.plan import _rows
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    train = prepare_splits(DataConfig(data=str(data_csv), storage="mapped"), 0, log=quiet).train
+    part = _rows(train, [0, 3, 5])
+    assert len(part.texts) == len(part.labels) == 3 and list(part.texts) == [train.texts[i] for i in (0, 3, 5)]
+    tagged = prepare_tagged_splits(DataConfig(data=str(write_conll(tmp_path / "t.conll", 60)), storage="mapped"), 0,
+                                   log=quiet).train
+    part = _rows(tagged, [1, 4])
+    assert len(part) == 2 and list(part.tokens) == [tagged.tokens[1], tagged.tokens[4]]
+    assert list(part.tags) == [tagged.tags[1], tagged.tags[4]]

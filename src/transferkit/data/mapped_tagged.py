@@ -1,7 +1,7 @@
 """Tagged (NER) data larger than memory: a file streamed into a memory-mapped Arrow cache.
 
 The sentence-classification twin is `mapped.py`; this is the same idea for token lists. With
-`data.storage=mapped` (or `auto` and a file over `mapped.AUTO_BYTES`) a CoNLL, JSON-lines or
+`data.storage=mapped` (or `auto` and a file over `AUTO_BYTES`, 16 MB) a CoNLL, JSON-lines or
 Parquet file (and the text formats gzipped) is read `CHUNK_SENTENCES` sentences at a time through
 the in-memory reader's own pieces (`tagged_read`: `conll_sentences`, the column choice and cell
 checks of `_from_table`, `SchemeReader`'s IOB2 conversion), so the same rows are kept and the same
@@ -32,13 +32,18 @@ import numpy as np
 
 from ..errors import UserError
 from . import bundled
-from .mapped import AUTO_BYTES, CHUNK_ROWS, _jsonl_chunks, _open_cached, _parquet_chunks, build_folder
+from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _open_cached, _parquet_chunks, build_folder,
+                     take_rows)
 from .tagged_read import (CONLL_EXTENSIONS, SchemeReader, _extension, _from_table, _read_text, conll_sentences,
                           sequence_hashes)
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the cached layout changes
+# storage=auto maps tagged files larger than this. Lower than sentence rows' 64 MB: held in Python lists,
+# tagged sentences cost ~35x their CoNLL size (a 40 MB file of 100,000 sentences grew peak RSS by 1.4 GB,
+# benchmarks/data_memory.py --task ner), sentence rows ~10x theirs.
+AUTO_BYTES = 16 * 2**20
 CHUNK_SENTENCES = 20_000  # sentences per chunk read, checked and written
 COLUMNS = ("tokens", "tags", "where")
 ARRAYS = ("keys", "tag_keys")
@@ -78,7 +83,7 @@ def load_mapped_tagged(source: str, tokens_column: str | None = None, tags_colum
     meta, table, _ = opened
     arrays = meta["arrays"]
     return MappedTaggedTable(table, np.arange(meta["rows"]), arrays["keys"], arrays["tag_keys"], meta["tags"],
-                             source, meta["notes"], key)
+                             source, meta["notes"], key, meta["mapping"])
 
 
 # ---- a table and its splits, read a chunk at a time ----------------------------------------------
@@ -87,34 +92,35 @@ class _Rows(Sequence):
     """One column of chosen rows of the cached table, each row turned into a Python value by
     `convert` (given a chunk's pyarrow array, it returns a list); nothing is read until asked for."""
 
-    def __init__(self, column: Any, rows: np.ndarray, convert: Callable[[Any], list]) -> None:
-        self.column, self.rows, self.convert = column, rows, convert
+    def __init__(self, column: Any, rows: np.ndarray, convert: Callable[[Any], list], mapping: Mapping) -> None:
+        self.column, self.rows, self.convert, self.mapping = column, rows, convert, mapping
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return _Rows(self.column, self.rows[i], self.convert)
-        return self._read(self.rows[[i]])[0]
+            return _Rows(self.column, self.rows[i], self.convert, self.mapping)
+        return self.convert(take_rows(self.column, self.rows[[i]]))[0]
 
     def _read(self, rows: np.ndarray) -> list:
-        import pyarrow as pa
-        return self.convert(self.column.take(pa.array(rows)))
+        out = self.convert(take_rows(self.column, rows))
+        self.mapping.release()  # a pass over every row leaves no more of the file resident than a chunk
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         for s in range(0, len(self.rows), CHUNK_SENTENCES):
             yield from self._read(self.rows[s:s + CHUNK_SENTENCES])
 
 
-def _flat_tags(column: Any, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tag codes of every token, the sentence of each within the chunk) of `rows`, a chunk at a time."""
-    import pyarrow as pa
+def _flat_tags(column: Any, rows: np.ndarray, mapping: Mapping) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tag codes of every token, the position in `rows` of its sentence) of `rows`, a chunk at a time."""
     import pyarrow.compute as pc
     for s in range(0, len(rows), CHUNK_ROWS):
-        part = column.take(pa.array(rows[s:s + CHUNK_ROWS]))
+        part = take_rows(column, rows[s:s + CHUNK_ROWS])
         yield (pc.list_flatten(part).to_numpy(zero_copy_only=False),
                pc.list_parent_indices(part).to_numpy(zero_copy_only=False) + s)
+        mapping.release()
 
 
 class MappedTaggedTable:
@@ -123,8 +129,8 @@ class MappedTaggedTable:
     the mapped file only where a step needs them."""
 
     def __init__(self, table: Any, rows: np.ndarray, keys: np.ndarray, tag_keys: np.ndarray, vocab: list[str],
-                 source: str, notes: list[str], cache_key: str) -> None:
-        self.table, self.rows = table, np.asarray(rows, dtype=np.int64)
+                 source: str, notes: list[str], cache_key: str, mapping: Mapping) -> None:
+        self.table, self.rows, self.mapping = table, np.asarray(rows, dtype=np.int64), mapping
         self._keys, self._tag_keys = keys, tag_keys  # [rows of the table] uint64, mapped
         self.vocab, self.source, self.notes, self.cache_key = vocab, source, list(notes), cache_key
         self._counts: np.ndarray | None = None
@@ -135,7 +141,7 @@ class MappedTaggedTable:
     def take(self, idx: Iterable[int]) -> "MappedTaggedTable":
         idx = np.asarray(list(idx) if not isinstance(idx, np.ndarray) else idx, dtype=np.int64)
         return MappedTaggedTable(self.table, self.rows[idx], self._keys, self._tag_keys, self.vocab, self.source,
-                                 self.notes, self.cache_key)
+                                 self.notes, self.cache_key, self.mapping)
 
     def keys(self) -> np.ndarray:
         return np.asarray(self._keys[self.rows])
@@ -147,7 +153,7 @@ class MappedTaggedTable:
         """[codes] how many tokens of these sentences carry each cached tag."""
         if self._counts is None:
             counts = np.zeros(len(self.vocab), dtype=np.int64)
-            for codes, _ in _flat_tags(self.table.column("tags"), self.rows):
+            for codes, _ in _flat_tags(self.table.column("tags"), self.rows, self.mapping):
                 counts += np.bincount(codes, minlength=len(self.vocab))
             self._counts = counts
         return self._counts
@@ -168,7 +174,7 @@ class MappedTaggedTable:
         present = self.code_counts() > 0
         if not (unknown & present).any():
             return None
-        for codes, sentence in _flat_tags(self.table.column("tags"), self.rows):
+        for codes, sentence in _flat_tags(self.table.column("tags"), self.rows, self.mapping):
             hit = np.flatnonzero(unknown[codes])
             if len(hit):
                 row = int(self.rows[sentence[hit[0]]])
@@ -179,16 +185,16 @@ class MappedTaggedTable:
 
     @property
     def tokens(self) -> _Rows:
-        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist())
+        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist(), self.mapping)
 
     @property
     def where(self) -> _Rows:
-        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist())
+        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist(), self.mapping)
 
     def encode(self, index: dict[str, int], source: str) -> "MappedTaggedSplit":
         """The split of these rows with tag ids from `index` (every tag present is in it: the caller checked)."""
         lut = np.array([index.get(t, -1) for t in self.vocab], dtype=np.int64)
-        return MappedTaggedSplit(self.table, self.rows, lut, source, self.cache_key)
+        return MappedTaggedSplit(self.table, self.rows, lut, source, self.cache_key, self.mapping)
 
 
 class MappedTaggedSplit:
@@ -196,30 +202,31 @@ class MappedTaggedSplit:
     sequences that read their rows a chunk at a time; `fingerprint()` names exactly these rows and
     tag ids (it keys the windows' token cache)."""
 
-    def __init__(self, table: Any, rows: np.ndarray, lut: np.ndarray, source: str, cache_key: str) -> None:
+    def __init__(self, table: Any, rows: np.ndarray, lut: np.ndarray, source: str, cache_key: str,
+                 mapping: Mapping) -> None:
         self.table, self.rows, self.lut, self.source, self.cache_key = table, rows, lut, source, cache_key
+        self.mapping = mapping
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def take(self, idx: Sequence[int]) -> "MappedTaggedSplit":
         return MappedTaggedSplit(self.table, self.rows[np.asarray(idx, dtype=np.int64)], self.lut, self.source,
-                                 self.cache_key)
+                                 self.cache_key, self.mapping)
 
     @property
     def tokens(self) -> _Rows:
-        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist())
+        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist(), self.mapping)
 
     @property
     def tags(self) -> _Rows:
-        return _Rows(self.table.column("tags"), self.rows, self._ids)
+        return _Rows(self.table.column("tags"), self.rows, self._ids, self.mapping)
 
     @property
     def where(self) -> _Rows:
-        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist())
+        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist(), self.mapping)
 
     def _ids(self, part: Any) -> list[list[int]]:
-        part = part.combine_chunks()  # one ListArray of these rows' tag codes
         flat = self.lut[part.flatten().to_numpy(zero_copy_only=False)].tolist()
         offsets = (part.offsets.to_numpy() - part.offsets[0].as_py()).tolist()
         return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
