@@ -9,7 +9,9 @@ of the text (dedupe and the overlap checks work on it), a label and a row index;
 the mapped file and are read a chunk at a time where a step needs them (tokenization, an error
 message), and a split's token ids go to a mapped Arrow file of their own (`tokenize_mapped`). The
 file's sha256 and the chosen columns key the cache, so a second run on the same file skips parsing,
-and the same tokenizer and split skip tokenization.
+and the same tokenizer and split skip tokenization. Reads go chunk by chunk (`take_rows`) through a
+`Mapping` whose pages are let go after each chunk of a full pass, so a pass over a million rows
+leaves no more than a chunk of the file resident.
 
 Own code rather than `datasets.load_dataset("csv"/"json")`: that reader guesses missing values (a
 text "NA" becomes null), stops with a traceback that names no row, and keys its cache by pickling

@@ -296,11 +296,11 @@ def _sentence_chunks(path: Path, source: str, tokens_column: str | None, tags_co
     if ext == ".parquet":
         tables = _parquet_chunks(path, source)
     else:
-        with _open_bytes(path, gz, source) as f:
+        with _open_bytes(path, gz) as f:
             head = _gzip_read(lambda: f.read(4096), source) if gz else f.read(4096)
         if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             return None
-        tables = _jsonl_chunks(path, source, opener=lambda: _open_bytes(path, gz, source),
+        tables = _jsonl_chunks(path, source, opener=lambda: _open_bytes(path, gz),
                                empty="file is empty (no sentences)", bad_utf8=lambda: _read_text(path, source))
     return _table_chunks(tables, source, tokens_column, tags_column, label_names, gz)
 
@@ -323,7 +323,7 @@ def _conll_chunks(path: Path, source: str, gz: bool) -> Iterator[tuple[list, lis
     tokens, tags, where = [], [], []
 
     def lines() -> Iterator[str]:
-        with _open_bytes(path, gz, source) as f:
+        with _open_bytes(path, gz) as f:
             for n, raw in enumerate(_gzip_errors(f, source) if gz else f, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -342,7 +342,7 @@ def _conll_chunks(path: Path, source: str, gz: bool) -> Iterator[tuple[list, lis
         yield tokens, tags, where, header + scheme.notes()
 
 
-def _open_bytes(path: Path, gz: bool, source: str) -> Any:
+def _open_bytes(path: Path, gz: bool) -> Any:
     return gzip.open(path, "rb") if gz else path.open("rb")
 
 
