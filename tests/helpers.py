@@ -136,7 +136,8 @@ def expect_user_error(capsys: Any, argv: list[str]) -> str:
 # What a launch that never reached the test's code says: the rendezvous or gloo's sockets failed
 # (a port another process took between torchrun picking it and the workers binding it, a reset peer).
 _NETWORK_FAILURES = ("DistNetworkError", "RendezvousConnectionError", "RendezvousTimeoutError", "connectFullMesh",
-                     "Address already in use", "EADDRINUSE", "Connection reset by peer", "Connection refused")
+                     "Address already in use", "EADDRINUSE", "Connection reset by peer", "Connection refused",
+                     "Broken pipe", "TCPStore", "timed out")
 
 
 def torchrun(args: list[str], env: dict, processes: int = 2, timeout: int = 600) -> Any:
