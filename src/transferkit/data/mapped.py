@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -145,17 +145,9 @@ def load_mapped(source: str, text_column: str | None, label_column: str | None) 
     if chunks is None:
         return None
     key = hashlib.sha256(json.dumps([FORMAT, file_sha256(path), text_column, label_column]).encode()).hexdigest()[:20]
-    folder = bundled.cache_dir() / "tables" / key
-    opened = _open_cached(folder)
-    if opened is None:
-        t0 = time.perf_counter()
-        _build(folder, chunks, source, text_column, label_column)
-        opened = _open_cached(folder)
-        if opened is None:
-            raise UserError(f"{folder}: the mapped copy of {source} could not be read back after writing it")
-        log.info("data.storage mapped: %s rows of %s streamed into %s in %.1f s", f"{len(opened[1]):,}", source,
-                 folder, time.perf_counter() - t0)
-    meta, table, keys = opened
+    cached = open_or_build(bundled.cache_dir() / "tables" / key, lambda folder: _build(folder, chunks, source,
+                           text_column, label_column), source, "rows")
+    meta, table = cached.meta, cached.table
     # The column choice (and its note) is made again under the name the user gave this time.
     probe = _Table(meta["columns"], lambda c: [], lambda i: "")
     tcol, tnote = _pick_column(probe, text_column, TEXT_CANDIDATES, "text", source)
@@ -163,16 +155,40 @@ def load_mapped(source: str, text_column: str | None, label_column: str | None) 
     values = meta["labels"]
     codes = table.column("label").to_numpy()
     labels = [values[c] for c in codes.tolist()]
-    texts = MappedTexts(table.column("text"), np.arange(len(labels)), keys, key, meta["mapping"])
+    texts = MappedTexts(table.column("text"), np.arange(len(labels)), cached.arrays["keys"], key, cached.mapping)
     return LabelledData(texts, labels, source, [n for n in (tnote, lnote) if n])
 
 
 # ---- the cache folder ----------------------------------------------------------------------------
 
-def _open_cached(folder: Path, columns: Sequence[str] = ("text", "label"), arrays: Sequence[str] = ("keys",),
-                 format: int = FORMAT) -> tuple[dict, Any, np.ndarray] | None:
-    """(meta, mapped table, the first of `arrays`; the others in meta["arrays"]) of a complete cache
-    folder; None when absent or damaged (a cache is rebuilt, never trusted half-written)."""
+class Cached(NamedTuple):
+    """A complete cache folder: its meta.json, the mapped table, its hash arrays (mapped), the mapping."""
+
+    meta: dict
+    table: Any
+    arrays: dict[str, np.ndarray]
+    mapping: "Mapping"
+
+
+def open_or_build(folder: Path, build: Callable[[Path], None], source: str, what: str,
+                  columns: Sequence[str] = ("text", "label"), arrays: Sequence[str] = ("keys",),
+                  format: int = FORMAT) -> Cached:
+    """The cache folder of `source`, built first by `build(folder)` when absent or damaged."""
+    cached = _open_cached(folder, columns, arrays, format)
+    if cached is None:
+        t0 = time.perf_counter()
+        build(folder)
+        cached = _open_cached(folder, columns, arrays, format)
+        if cached is None:
+            raise UserError(f"{folder}: the mapped copy of {source} could not be read back after writing it")
+        log.info("data.storage mapped: %s %s of %s streamed into %s in %.1f s", f"{cached.meta['rows']:,}", what,
+                 source, folder, time.perf_counter() - t0)
+    return cached
+
+
+def _open_cached(folder: Path, columns: Sequence[str], arrays: Sequence[str], format: int) -> Cached | None:
+    """A complete cache folder, or None when absent or damaged (a cache is rebuilt, never trusted
+    half-written)."""
     import pyarrow as pa
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -186,8 +202,7 @@ def _open_cached(folder: Path, columns: Sequence[str] = ("text", "label"), array
                 or table.column_names != list(columns)
                 or any(len(v) != meta["rows"] or v.dtype != np.uint64 for v in found.values())):
             raise ValueError("inconsistent cache folder")
-        meta["arrays"], meta["mapping"] = found, mapping
-        return meta, table, found[arrays[0]]
+        return Cached(meta, table, found, mapping)
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
         log.warning("ignoring a damaged data cache %s (%s); rebuilding it", folder, e)
         shutil.rmtree(folder, ignore_errors=True)

@@ -22,8 +22,6 @@ import gzip
 import hashlib
 import json
 import logging
-import time
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -32,10 +30,10 @@ import numpy as np
 
 from ..errors import UserError
 from . import bundled
-from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _open_cached, _parquet_chunks, build_folder,
+from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
                      take_rows)
-from .tagged_read import (CONLL_EXTENSIONS, SchemeReader, _extension, _from_table, _read_text, conll_sentences,
-                          sequence_hashes)
+from .tagged_read import (CONLL_EXTENSIONS, GZIP_ERRORS, SchemeReader, _extension, _from_table, _read_text,
+                          conll_sentences, gzip_error, sequence_hashes)
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +68,11 @@ def load_mapped_tagged(source: str, tokens_column: str | None = None, tags_colum
         return None
     key = hashlib.sha256(json.dumps([FORMAT, file_sha256(path), source, tokens_column, tags_column,
                                      label_names]).encode()).hexdigest()[:20]
-    folder = bundled.cache_dir() / "tagged" / key
-    opened = _open_cached(folder, COLUMNS, ARRAYS, FORMAT)
-    if opened is None:
-        t0 = time.perf_counter()
-        _build(folder, chunks, source)
-        opened = _open_cached(folder, COLUMNS, ARRAYS, FORMAT)
-        if opened is None:
-            raise UserError(f"{folder}: the mapped copy of {source} could not be read back after writing it")
-        log.info("data.storage mapped: %s sentences of %s streamed into %s in %.1f s", f"{opened[0]['rows']:,}",
-                 source, folder, time.perf_counter() - t0)
-    meta, table, _ = opened
-    arrays = meta["arrays"]
-    return MappedTaggedTable(table, np.arange(meta["rows"]), arrays["keys"], arrays["tag_keys"], meta["tags"],
-                             source, meta["notes"], key, meta["mapping"])
+    cached = open_or_build(bundled.cache_dir() / "tagged" / key, lambda folder: _build(folder, chunks, source),
+                           source, "sentences", COLUMNS, ARRAYS, FORMAT)
+    meta = cached.meta
+    return MappedTaggedTable(cached.table, np.arange(meta["rows"]), cached.arrays["keys"], cached.arrays["tag_keys"],
+                             meta["tags"], source, meta["notes"], key, cached.mapping)
 
 
 # ---- a table and its splits, read a chunk at a time ----------------------------------------------
@@ -94,6 +83,11 @@ class _Rows(Sequence):
 
     def __init__(self, column: Any, rows: np.ndarray, convert: Callable[[Any], list], mapping: Mapping) -> None:
         self.column, self.rows, self.convert, self.mapping = column, rows, convert, mapping
+
+    @classmethod
+    def of(cls, owner: Any, name: str, convert: Callable[[Any], list] | None = None) -> "_Rows":
+        """Column `name` of `owner`'s rows (a mapped table or split), as Python values."""
+        return cls(owner.table.column(name), owner.rows, convert or (lambda a: a.to_pylist()), owner.mapping)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -185,11 +179,11 @@ class MappedTaggedTable:
 
     @property
     def tokens(self) -> _Rows:
-        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist(), self.mapping)
+        return _Rows.of(self, "tokens")
 
     @property
     def where(self) -> _Rows:
-        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist(), self.mapping)
+        return _Rows.of(self, "where")
 
     def encode(self, index: dict[str, int], source: str) -> "MappedTaggedSplit":
         """The split of these rows with tag ids from `index` (every tag present is in it: the caller checked)."""
@@ -216,15 +210,15 @@ class MappedTaggedSplit:
 
     @property
     def tokens(self) -> _Rows:
-        return _Rows(self.table.column("tokens"), self.rows, lambda a: a.to_pylist(), self.mapping)
+        return _Rows.of(self, "tokens")
 
     @property
     def tags(self) -> _Rows:
-        return _Rows(self.table.column("tags"), self.rows, self._ids, self.mapping)
+        return _Rows.of(self, "tags", self._ids)
 
     @property
     def where(self) -> _Rows:
-        return _Rows(self.table.column("where"), self.rows, lambda a: a.to_pylist(), self.mapping)
+        return _Rows.of(self, "where")
 
     def _ids(self, part: Any) -> list[list[int]]:
         flat = self.lut[part.flatten().to_numpy(zero_copy_only=False)].tolist()
@@ -346,14 +340,11 @@ def _open_bytes(path: Path, gz: bool) -> Any:
     return gzip.open(path, "rb") if gz else path.open("rb")
 
 
-_GZIP_ERRORS = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError; a cut-off file is EOFError
-
-
 def _gzip_read(read: Callable[[], bytes], source: str) -> bytes:
     try:
         return read()
-    except _GZIP_ERRORS as e:
-        raise UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})") from None
+    except GZIP_ERRORS as e:
+        raise gzip_error(source, e) from None
 
 
 def _gzip_errors(items: Iterable[Any], source: str) -> Iterator[Any]:
@@ -364,6 +355,6 @@ def _gzip_errors(items: Iterable[Any], source: str) -> Iterator[Any]:
             item = next(it)
         except StopIteration:
             return
-        except _GZIP_ERRORS as e:
-            raise UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})") from None
+        except GZIP_ERRORS as e:
+            raise gzip_error(source, e) from None
         yield item

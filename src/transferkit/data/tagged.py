@@ -20,23 +20,10 @@ from ..errors import UserError
 from .listing import clip, summarise
 from .prepare import _hf_explicit_splits, _same_file
 from .split import SPLITS, split_sizes
-from .tagged_read import TaggedTable, load_tagged, load_tagged_splits
+from .tagged_read import TaggedSplit, TaggedTable, load_tagged, load_tagged_splits
 
 MIN_SENTENCES = 2  # per split: one sentence cannot be both trained on and checked against
 VALIDATION_CARVE = (0.9, 0.0, 0.1)  # without a validation file, 10% of training becomes validation
-
-
-@dataclass
-class TaggedSplit:
-    """One split: tokens, tag ids into `TaggedSplits.label_names`, and each sentence's location."""
-
-    tokens: list[list[str]]
-    tags: list[list[int]]
-    where: list[str]
-    source: str = ""  # the file the sentences came from, e.g. "train.conll (train)"
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 @dataclass
@@ -233,11 +220,7 @@ def _encode(table: Any, split: str, index: dict[str, int], train_source: str,
         raise UserError(f"entity type {clip(repr(kind))} in the {split} split ({table.source} {where}) does "
                         f"not occur in the training data ({train_source}){after}{hint}{more}; "
                         f"training entity types ({len(types):,}): {summarise(types)}")
-    source = f"{table.source} ({split})"
-    if hasattr(table, "encode"):  # a mapped table makes a split that reads its rows from the cache
-        return table.encode(index, source)
-    ids = [[index[tag] for tag in tags] for tags in table.tags]
-    return TaggedSplit([list(t) for t in table.tokens], ids, list(table.where), source)
+    return table.encode(index, f"{table.source} ({split})")
 
 
 def _log_notes(tables: list[TaggedTable | None], log: Callable[[str], None]) -> None:

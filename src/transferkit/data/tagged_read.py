@@ -57,6 +57,19 @@ _SCHEME = "expected IOB2 (B-X / I-X / O) or IOBES (S-X / E-X as well)"
 
 
 @dataclass
+class TaggedSplit:
+    """One split: tokens, tag ids into `TaggedSplits.label_names`, and each sentence's location."""
+
+    tokens: list[list[str]]
+    tags: list[list[int]]
+    where: list[str]
+    source: str = ""  # the file the sentences came from, e.g. "train.conll (train)"
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
 class TaggedTable:
     """Sentences in source order: tokens with their IOB2 tags, and where each sentence starts."""
 
@@ -94,6 +107,11 @@ class TaggedTable:
         if first is None:
             return None
         return first[0], first[1], sorted({t[2:] for sent in self.tags for t in sent if t not in known})
+
+    def encode(self, index: dict[str, int], source: str) -> TaggedSplit:
+        """These sentences with tag ids from `index` (every tag is in it: the caller checked)."""
+        return TaggedSplit([list(t) for t in self.tokens], [[index[t] for t in tags] for tags in self.tags],
+                           list(self.where), source)
 
 
 def sequence_hashes(seqs: Iterable[Sequence[str]]) -> np.ndarray:
@@ -189,14 +207,22 @@ def _extension(path: Path) -> str:
     return path.suffix.lower()
 
 
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError; a cut-off file is EOFError
+
+
+def gzip_error(source: str, e: BaseException) -> UserError:
+    """The one-line error for a damaged gzip file, read whole or streamed."""
+    return UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})")
+
+
 def _read_text(path: Path, source: str) -> str:
     """A text file as UTF-8 (see `load._read_utf8`); `.gz` files are decompressed first."""
     if path.suffix.lower() != ".gz":
         return _read_utf8(path, source)
     try:
         raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off file is EOFError
-        raise UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})") from None
+    except GZIP_ERRORS as e:
+        raise gzip_error(source, e) from None
     return decode_utf8(raw, source, " (of the decompressed text)")
 
 
