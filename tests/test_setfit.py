@@ -7,7 +7,7 @@ import torch
 
 from transferkit import api
 from transferkit.errors import UserError
-from transferkit.methods.setfit import PairData, PairModel, draw_pairs, similarity_loss
+from transferkit.methods.setfit import PairData, PairModel, SetFit, draw_pairs, similarity_loss
 
 from helpers import make_sentences, quiet, tiny_config, write_csv
 
@@ -58,6 +58,8 @@ def test_setfit_trains_saves_loads_and_predicts(tiny_model_dir, tmp_path):
     stage = result.metrics["train"]["contrastive"]
     assert stage["pairs"] == 2 * 20 * result.metrics["data"]["sizes"]["train"]  # 20 rounds, a pair of each kind
     assert stage["steps"] == -(-stage["pairs"] // 16) * 2
+    planned = SetFit(cfg.method).own_stage(result.metrics["data"]["sizes"]["train"], 2)  # what plan projects
+    assert (planned.steps, planned.what, planned.batch_size) == (stage["steps"], f"{stage['pairs']:,} sentence pairs", 32)
     assert any("setfit stage 1" in line and "training the encoder's" in line for line in lines)
     after = _similarities(result.run_dir, texts)
     # stage 1 pulled same-label sentences together relative to other-label ones

@@ -92,8 +92,9 @@ def _plans(model: str, hw: Hardware, rows: int, length: int = 128, methods=("ful
     return [plan_method(m, model, hw, TrainConfig(), rows=rows, max_length=length) for m in methods]
 
 
-def _data(rows: int) -> dict:
-    return {"train_rows": rows, "validation_rows": rows // 8, "test_rows": rows // 8, "classes": 2}
+def _data(rows: int, smallest: int | None = None) -> dict:
+    return {"train_rows": rows, "validation_rows": rows // 8, "test_rows": rows // 8, "classes": 2,
+            "smallest_class_rows": rows // 2 if smallest is None else smallest}
 
 
 def test_big_data_one_gpu_three_days_is_full_finetuning():
@@ -111,6 +112,46 @@ def test_little_data_small_gpu_is_lora_with_augmentation():
     name, reasons = recommend(_plans("bert-base-uncased", hw, 500), _data(500), hw, tasks=1, budget_s=None)
     assert name == "lora"
     assert "overfits" in reasons[0] and "augment" in reasons[0]
+
+
+def test_few_shot_is_setfit_unless_many_tasks_share_a_base():
+    hw = Hardware("cuda", 8 * GB, 8, here=False)
+    plans = _plans("bert-base-uncased", hw, 16, methods=("full", "lora", "head_only", "setfit"))
+    name, reasons = recommend(plans, _data(16, smallest=8), hw, tasks=1, budget_s=None)
+    assert name == "setfit" and "8 training rows in the smallest class: few-shot" in reasons[0]
+    assert recommend(plans, _data(16, smallest=8), hw, tasks=20, budget_s=None)[0] == "lora"  # adapters share
+    assert recommend(plans, _data(400, smallest=200), hw, tasks=1, budget_s=None)[0] == "lora"  # not few-shot
+
+
+def test_setfit_is_planned_with_its_pair_stage():
+    """Stage 1 is full fine-tuning on both texts of each pair: its memory, not the head's, is the run's peak."""
+    hw = Hardware("cuda", 8 * GB, 8, here=False)
+    train = TrainConfig()
+    setfit = plan_method("setfit", "bert-base-uncased", hw, train, rows=16, max_length=64)
+    # 20 rounds x 16 examples x (one same-label + one other-label pair) = 640 pairs, 16 a step
+    assert setfit.stage["what"] == "640 sentence pairs" and setfit.stage["steps"] == 40
+    assert setfit.stage["batch_size"] == 32 and setfit.stage["like"] == "full" and setfit.fits
+    full32 = training_memory("bert-base-uncased", "full", batch_size=32, max_length=64)
+    assert setfit.memory.total == full32.total and setfit.stage["memory_mb"] == round(full32.total / 2**20, 1)
+    assert setfit.artefact_bytes == setfit.memory.weights  # a whole model folder per task
+    fewer = plan_method("setfit", "bert-base-uncased", hw, train, rows=16, max_length=64,
+                        options={"setfit_iterations": 5, "setfit_batch_size": 8, "setfit_epochs": 2.0})
+    assert fewer.stage["what"] == "160 sentence pairs" and fewer.stage["steps"] == 40 and fewer.stage["batch_size"] == 16
+    tight = plan_method("setfit", "bert-base-uncased", Hardware("cuda", 1 * GB, 8, here=False), train, rows=16,
+                        max_length=64)
+    assert not tight.fits and not tight.stage["fits"]  # the head alone would fit; stage 1 does not
+    setfit.dry_run = {"samples_per_s": 1000.0, "eval_samples_per_s": 100.0, "peak_mb": 0}
+    setfit.stage["samples_per_s"] = 64.0
+    project_time(setfit, 16, 16, 100, cached=True)
+    assert setfit.stage["train_seconds"] == 40 * 32 / 64.0
+    assert setfit.total_seconds == round(setfit.train_seconds + setfit.eval_seconds + 20.0, 1)
+
+
+def test_small_sets_are_planned_with_the_steps_the_run_will_take():
+    hw = Hardware("cuda", 8 * GB, 8, here=False)
+    lora = plan_method("lora", "bert-base-uncased", hw, TrainConfig(), rows=160, max_length=64)
+    assert lora.steps >= 300  # 10 steps an epoch: the run raises its 3 epochs to reach 300 steps
+    assert plan_method("lora", "bert-base-uncased", hw, TrainConfig(min_steps=0), rows=160, max_length=64).steps == 30
 
 
 def test_twenty_tasks_is_lora_adapters_on_one_base():
@@ -160,13 +201,17 @@ def data_csv(tmp_path_factory):
 def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_csv, tmp_path):
     out = tmp_path / "plan"
     result = api.plan(data=str(data_csv), model=str(tiny_model_dir), dry_run_steps=3, output_dir=out, log=quiet)
-    assert {p.method for p in result.methods} == {"full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only"}
+    assert {p.method for p in result.methods} == {"full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only",
+                                                   "setfit"}
     for p in result.methods:
         assert p.fits and p.dry_run["samples_per_s"] > 0 and p.dry_run["timed_steps"] == 2
         assert p.total_seconds > 0 and p.train_seconds > 0 and p.dry_run["peak_mb"] >= 0
-    assert result.recommended == "lora" and "overfits" in result.reasons[0]  # 128 training rows
+    setfit = next(p for p in result.methods if p.method == "setfit")
+    assert setfit.stage["samples_per_s"] > 0 and 0 < setfit.stage["train_seconds"] < setfit.total_seconds
+    assert "setfit first trains" in result.table
+    assert result.recommended == "lora" and "overfits" in result.reasons[0]  # 128 training rows, 64 a class
     saved = json.loads((out / "plan.json").read_text())
-    assert saved["recommended"] == "lora" and len(saved["methods"]) == 7
+    assert saved["recommended"] == "lora" and len(saved["methods"]) == 8
     assert saved["methods"][0]["memory_mb"]["total"] > 0
     assert "recommended: lora" in result.table
     run = api.finetune(str(out / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=3, log=quiet,
@@ -222,6 +267,13 @@ def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
                       methods="lora,full,head_only", log=quiet, **{"data.dedupe": False, "data.storage": storage})
     assert {p.method for p in result.methods} == {"lora", "full", "head_only"}
     assert all(p.dry_run["samples_per_s"] > 0 for p in result.methods) and result.recommended == "lora"
+    if storage == "memory":  # setfit (pairs of sentence vectors) is left out of a tagger's plan, and refused by name
+        every = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=0,
+                         log=quiet, **{"data.dedupe": False})
+        assert "setfit" not in {p.method for p in every.methods} and "lora" in {p.method for p in every.methods}
+        with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors; a ner run"):
+            api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), methods="setfit",
+                     log=quiet)
 
 
 def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):

@@ -68,6 +68,17 @@ class SharedPart:
     offsets: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class OwnStage:
+    """A training stage of the method's own before the main one (`Method.own_stage`), as `plan` models it:
+    each of `steps` steps trains like method `like` on `batch_size` texts."""
+
+    like: str
+    batch_size: int
+    steps: int
+    what: str  # what it trains on, in words: "640 sentence pairs"
+
+
 @dataclass
 class NoOptions:
     """The options of a method that has none of its own."""
@@ -109,8 +120,6 @@ class Method:
     stock_base: ClassVar[bool] = False
     # True when the method needs one pooled vector per example (setfit's sentence pairs): token tasks refuse it.
     needs_pooled_task: ClassVar[bool] = False
-    # False when `plan` cannot model the method (setfit's contrastive stage has its own batch and steps).
-    plannable: ClassVar[bool] = True
 
     def __init__(self, options: Any = None) -> None:
         """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""
@@ -146,6 +155,11 @@ class Method:
         """A stage of the method's own before the main training (setfit: contrastive pairs), given the
         encoded splits and the run (its config, directory, accelerator, log); returns the model to train."""
         return model
+
+    def own_stage(self, rows: int, classes: int) -> OwnStage | None:
+        """What `before_training` will train on `rows` training rows of `classes` classes, for `plan`
+        (None: the method has no stage of its own)."""
+        return None
 
     def train_record(self) -> dict[str, Any]:
         """What the method adds to metrics.json's `train` record (e.g. its own stage's steps and time)."""

@@ -19,6 +19,7 @@ its own that would bypass this project's checkpoints, resume and early stopping.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from ..registry import METHODS
-from .base import Method, is_head_param
+from .base import Method, OwnStage, is_head_param
 
 CONTRASTIVE_DIR = "contrastive"
 
@@ -134,7 +135,6 @@ class SetFit(Method):
     default_patience = 5
     cache_features = True
     needs_pooled_task = True  # pairs of sentence vectors: token tasks have none
-    plannable = False  # plan's estimate does not model stage 1 yet
 
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():  # stage 2's trainable part; stage 1 unfreezes the encoder
@@ -168,6 +168,17 @@ class SetFit(Method):
         run.accelerator.free_memory()  # stage 1's optimizer state is not needed by stage 2
         self.apply(model)
         return model
+
+    def own_stage(self, rows: int, classes: int) -> OwnStage | None:
+        """Stage 1 as `plan` sees it: every pair step runs the encoder forward and backward on both of
+        its texts, as full fine-tuning does on a batch twice the size. The pair count is draw_pairs'
+        (each round gives each example one same-label and one other-label pair), assuming no class
+        has a single example."""
+        pairs = min(self.options.setfit_iterations * rows * (2 if classes > 1 else 1), self.options.setfit_max_pairs)
+        if pairs < 1:
+            return None
+        steps = math.ceil(math.ceil(pairs / self.options.setfit_batch_size) * self.options.setfit_epochs)  # as the loop counts
+        return OwnStage("full", 2 * self.options.setfit_batch_size, steps, f"{pairs:,} sentence pairs")
 
     def train_record(self) -> dict[str, Any]:
         return {"contrastive": getattr(self, "contrastive", None)}

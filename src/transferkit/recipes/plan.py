@@ -20,6 +20,7 @@ Nothing here writes a run directory: the dry runs train in memory and are thrown
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -38,6 +39,7 @@ GB = 2**30
 SMALL_DATA = 1_000  # fewer training rows than this: full fine-tuning overfits easily
 LARGE_DATA = 20_000  # more than this: full fine-tuning's extra capacity pays off
 MANY_TASKS = 3  # this many task models or more: one shared base beats a model copy per task
+FEW_SHOT = 16  # this many training examples in the smallest class or fewer: few-shot (setfit's ground)
 MEMORY_HEADROOM = 0.9  # plan within 90% of the memory there is (the runtime and the data need some)
 SHARE_ORDER = ("lora", "ia3", "bitfit", "head_only")  # methods that share a base, best quality first
 
@@ -71,6 +73,9 @@ class MethodPlan:
     eval_seconds: float | None = None  # validation passes (or, caching features, the one encoding pass)
     epoch_seconds: float | None = None
     total_seconds: float | None = None
+    # the method's own stage before the main one (setfit's sentence pairs): what, like, batch_size, steps,
+    # memory_mb, fits; after a dry run samples_per_s, peak_mb, train_seconds (counted in total_seconds)
+    stage: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "memory"}
@@ -143,11 +148,16 @@ class PlanRun:
         self.cfg, self.log, self.tasks, self.dry_run_steps = cfg, log, tasks, dry_run_steps
         self.hardware = detect_hardware(device, memory)
         self.time_budget = parse_duration(time_budget) if time_budget is not None else None
-        self.methods = methods or [m for m in METHODS.names() if METHODS.get(m).plannable]
+        from .. import tasks
+        task = tasks.get(cfg.task)
+
+        def usable(m: str) -> bool:  # an unknown name is a UserError listing the known ones
+            return not METHODS.get(m).needs_pooled_task or task.pooled_features
+        self.methods = methods or [m for m in METHODS.names() if usable(m)]
         for m in self.methods:
-            if not METHODS.get(m).plannable:  # an unknown name is a UserError listing the known ones
-                raise UserError(f"plan does not model method {m} yet (its own training stage has other memory "
-                                "and steps); plan the others and try it with a short finetune")
+            if not usable(m):
+                raise UserError(f"method {m} trains on pairs of sentence vectors; a {cfg.task} run has one label "
+                                "per word (plan the other methods)")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.output_dir is not None:
             fs.check_writable_dir(self.output_dir)
@@ -162,7 +172,7 @@ class PlanRun:
         data = {"train_rows": rows, "validation_rows": len(splits.validation), "test_rows": len(splits.test),
                 "classes": len(splits.label_names), "labels": list(splits.label_names)[:50],
                 "token_lengths": setup.stats, "max_length": setup.max_length,
-                "largest_class_share": _largest_share(splits, setup.task)}
+                **_class_sizes(splits, setup.task)}
         dry = self.dry_run_steps > 0 and self.hardware.here
         notes = []
         if self.dry_run_steps and not self.hardware.here:
@@ -193,6 +203,12 @@ class PlanRun:
             self.log(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
             plan.dry_run = dry_run(setup, method, method.train_config(cfg.train), plan.batch_size, plan.grad_accum,
                                    self.dry_run_steps)
+            if plan.stage is not None:
+                like = METHODS.get(plan.stage["like"])()
+                self.log(f"dry run: {name}'s own stage trains like {like.name}: {self.dry_run_steps} steps of "
+                         f"{plan.stage['batch_size']} texts ...")
+                d = dry_run(setup, like, like.train_config(cfg.train), plan.stage["batch_size"], 1, self.dry_run_steps)
+                plan.stage.update(samples_per_s=d["samples_per_s"], peak_mb=d["peak_mb"])
             project_time(plan, rows, data["validation_rows"], data["test_rows"],
                          cached=method.cache_features and setup.task.pooled_features)
         return plan
@@ -216,8 +232,9 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     """Method `name`'s batch, steps, memory and artefact size for `rows` training rows on `hw`
     (`train`: the run's TrainConfig; unset values take the method's defaults). A batch that does not
     fit is halved, with gradient accumulation keeping the examples per step, down to 1."""
+    from ..config import MethodConfig
     from ..registry import METHODS
-    method = METHODS.get(name)()
+    method = METHODS.get(name)(MethodConfig.from_dict({"name": name, **(options or {})}))
     tcfg = method.train_config(train)
     batch, accum = tcfg.batch_size, tcfg.grad_accum
 
@@ -229,13 +246,24 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     while mem.total > budget and batch > 1:
         batch, accum = (batch + 1) // 2, accum * 2
         mem = estimate(batch)
+    from .adaptive import adapt  # small sets train longer (at least min_steps), as the run will
+    tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "",
+                 lambda _: None)
     epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
     steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
     steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)
     if tcfg.max_steps:
         steps = min(steps, tcfg.max_steps)
-    return MethodPlan(name, batch, accum, mem, mem.total <= budget, method.shares_base, epochs, steps,
-                      _artefact_bytes(method, mem))
+    fits, peak, stage = mem.total <= budget, mem, None
+    own = method.own_stage(rows, classes)
+    if own is not None:  # its memory is the larger of the two stages'; it fits when both do
+        smem = training_memory(model, own.like, batch_size=own.batch_size, max_length=max_length, task=task,
+                               num_labels=classes, head=head, pool_layers=pool_layers)
+        stage = {"what": own.what, "like": own.like, "batch_size": own.batch_size, "steps": own.steps,
+                 "memory_mb": round(smem.total / MB, 1), "fits": smem.total <= budget}
+        fits, peak = fits and stage["fits"], max(mem, smem, key=lambda m: m.total)
+    return MethodPlan(name, batch, accum, peak, fits, method.shares_base, epochs, steps,
+                      _artefact_bytes(method, peak), stage=stage)
 
 
 def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: int, cached: bool = False) -> None:
@@ -251,20 +279,26 @@ def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: i
         plan.eval_seconds = round((rows + validation_rows + test_rows) / d["eval_samples_per_s"], 1)
     plan.total_seconds = round(plan.train_seconds + plan.eval_seconds, 1)
     plan.epoch_seconds = round(plan.total_seconds / max(plan.epochs, 1e-9), 1)
+    s = plan.stage
+    if s is not None and s.get("samples_per_s"):  # the method's own stage runs first, at its own rate
+        s["train_seconds"] = round(s["steps"] * s["batch_size"] / s["samples_per_s"], 1)
+        plan.total_seconds = round(plan.total_seconds + s["train_seconds"], 1)
 
 
-def _largest_share(splits: Any, task: Any) -> float | None:
+def _class_sizes(splits: Any, task: Any) -> dict[str, Any]:
+    """The largest class's share of the training rows and the smallest class's rows (None for tagged data)."""
     labels = getattr(splits.train, "labels", None)
     if not labels or task.head_kind != "sequence":
-        return None
+        return {"largest_class_share": None, "smallest_class_rows": None}
     from collections import Counter
-    return round(max(Counter(labels).values()) / len(labels), 4)
+    counts = Counter(labels).values()
+    return {"largest_class_share": round(max(counts) / len(labels), 4), "smallest_class_rows": min(counts)}
 
 
 def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
-    """Bytes one task's artefact takes: the whole model for a method that changes every weight, else
-    what trains (adapter weights, biases, the head)."""
-    return mem.weights if method.artifact == "model" and method.name == "full" else mem.trainable_params * 4
+    """Bytes one task's artefact takes: the whole model for a method that saves its own copy of every
+    weight (full, setfit), else what trains (adapter weights, biases, the head)."""
+    return mem.weights if method.artifact == "model" and not method.shares_base else mem.trainable_params * 4
 
 
 # ---- the dry run ---------------------------------------------------------------------------------------
@@ -272,7 +306,6 @@ def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
 def _rows(split: Any, idx: list[int]) -> Any:
     """The rows `idx` of a split (sentence or tagged): every per-row field indexed (a list) or taken
     (mapped texts), the rest kept; a mapped tagged split takes them itself."""
-    import dataclasses
     if not dataclasses.is_dataclass(split):
         return split.take(idx)
     n = len(split)
@@ -288,7 +321,6 @@ def _rows(split: Any, idx: list[int]) -> Any:
 def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: int) -> dict[str, Any]:
     """`steps` real training steps of `method` (the loop's own step; the first warms up and is not
     timed) on a seeded sample of the training rows, and one evaluation pass: samples/s and peak memory."""
-    import dataclasses
     import random
     import tempfile
 
@@ -393,6 +425,11 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
                                    f"({_size(p.artefact_bytes * tasks)} for all) on one shared base, against "
                                    f"{_size(full_size * tasks)} for {tasks} fine-tuned copies; `transferkit serve` "
                                    f"runs them all on one encoder")
+    few = data.get("smallest_class_rows")
+    if few is not None and few <= FEW_SHOT and "setfit" in candidates:
+        return pick("setfit", f"{few} training rows in the smallest class: few-shot; setfit tunes the encoder on "
+                              f"sentence pairs drawn from them, then the head, and at 8 rows per class it beat LoRA "
+                              f"by 3-4 points on two bundled benchmarks (README)")
     if rows < SMALL_DATA and "lora" in candidates:
         return pick("lora", f"{rows} training rows: few enough that full fine-tuning overfits easily; LoRA "
                             f"trains {candidates['lora'].memory.trainable_params:,} parameters and keeps the "
@@ -415,7 +452,10 @@ def _fit_reason(p: MethodPlan, hw: Hardware) -> list[str]:
            + (f" x {p.grad_accum} accumulation" if p.grad_accum > 1 else "")
            + f" of {hw.memory_bytes / GB:.1f} GB"]
     if p.total_seconds is not None:
-        out.append(f"projected training time {_duration(p.total_seconds)} ({p.steps} steps, "
+        s = p.stage
+        first = (f"{s['steps']} steps on {s['what']} at {s['samples_per_s']:.1f} texts/s, then "
+                 if s is not None and s.get("samples_per_s") else "")
+        out.append(f"projected training time {_duration(p.total_seconds)} ({first}{p.steps} steps, "
                    f"{p.dry_run['samples_per_s']:.1f} samples/s measured)")
     return out
 
@@ -443,7 +483,8 @@ def table(result: PlanResult) -> str:
                      f"{p.memory.trainable_params:,}", mb["weights"], mb["gradients"], mb["optimizer"],
                      round(mb["activations"] + mb["backward"] + mb["cached_features"], 1), mb["total"],
                      "yes" if p.fits else "no",
-                     p.dry_run["samples_per_s"] if p.dry_run else "-", p.dry_run["peak_mb"] if p.dry_run else "-",
+                     p.dry_run["samples_per_s"] if p.dry_run else "-",
+                     max(p.dry_run["peak_mb"], (p.stage or {}).get("peak_mb", 0)) if p.dry_run else "-",
                      _duration(p.total_seconds) if p.total_seconds is not None else "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
@@ -452,6 +493,13 @@ def table(result: PlanResult) -> str:
     lines = [f"data: {d['train_rows']:,} training rows, {d['classes']} classes, {d['token_lengths']['mean']} tokens "
              f"on average -> max_length {d['max_length']}; hardware: {result.hardware.describe()}; "
              f"{result.tasks} task model{'s' if result.tasks > 1 else ''}", "", *lines, ""]
+    for p in result.methods:
+        if p.stage is not None:
+            s = p.stage
+            lines.append(f"{p.method} first trains {s['what']} like {s['like']}: {s['steps']} steps of {s['batch_size']} "
+                         f"texts, {s['memory_mb']} MB" + (f", {s['samples_per_s']} samples/s measured"
+                                                          if s.get("samples_per_s") else "")
+                         + " (its row holds the larger stage's memory and both stages' time)")
     lines.append(f"recommended: {result.recommended or 'none'}")
     lines += [f"  - {r}" for r in result.reasons]
     lines += [f"note: {n}" for n in result.notes]
