@@ -350,6 +350,25 @@ def test_file_fingerprints_keyed_as_given(tmp_path, monkeypatch):
     assert list(fp) == ["train.csv", "test.csv"]
 
 
+def test_a_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    from transferkit.data.fingerprint import file_sha256
+    f = tmp_path / "d.csv"
+    f.write_bytes(b"text,label\na,x\n")
+    real_open, reads = builtins.open, []
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: reads.append(str(p)) or real_open(p, *a, **k))
+    first = file_sha256(f)
+    assert file_sha256(f) == first and reads.count(str(f)) == 2  # just written: not remembered (racy)
+    os.utime(f, ns=(10**18, 10**18))  # settled
+    assert file_sha256(f) == first and file_sha256(f) == first and reads.count(str(f)) == 3  # read once more
+    f.write_bytes(b"text,label\nb,x\n")  # same size, new bytes
+    os.utime(f, ns=(10**18 + 1, 10**18 + 1))
+    assert file_sha256(f) == hashlib.sha256(b"text,label\nb,x\n").hexdigest() != first
+    assert reads.count(str(f)) == 4
+
+
 def test_same_file_in_two_roles_listed_once(tmp_path):
     f = csv_file(tmp_path / "d.csv", rows_for({"a": 5, "b": 5}))
     assert list(data_fingerprints(DataConfig(data=None, train=f, test=f))) == [f]
