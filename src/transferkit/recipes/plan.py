@@ -247,7 +247,7 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
         batch, accum = (batch + 1) // 2, accum * 2
         mem = estimate(batch)
     from .adaptive import adapt  # small sets train longer (at least min_steps), as the run will
-    tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "",
+    tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy",
                  lambda _: None)
     epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
     steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
