@@ -281,7 +281,7 @@ def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
     from transferkit.config import DataConfig
     from transferkit.data.prepare import prepare_splits
     from transferkit.data.tagged import prepare_tagged_splits
-    from transferkit.recipes.plan import _rows
+    from transferkit.recipes.plan_dry_run import sample_rows as _rows
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     train = prepare_splits(DataConfig(data=str(data_csv), storage="mapped"), 0, log=quiet).train
     part = _rows(train, [0, 3, 5])
