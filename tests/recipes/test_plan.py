@@ -219,6 +219,16 @@ def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_c
     assert json.loads((run.run_dir / "run.json").read_text())["method"] == "lora"
 
 
+def test_a_few_shot_plan_recommends_setfit_and_its_config_trains(tiny_model_dir, tmp_path):
+    few = write_csv(tmp_path / "few.csv", make_sentences(24, seed=2))  # about 10 training rows a class
+    result = api.plan(data=str(few), model=str(tiny_model_dir), dry_run_steps=0, methods="lora,setfit",
+                      output_dir=tmp_path / "plan", log=quiet)
+    assert result.data["smallest_class_rows"] <= 16 and result.recommended == "setfit", result.reasons
+    run = api.finetune(str(tmp_path / "plan" / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=2, log=quiet,
+                       **{"train.progress": False, "method.setfit_iterations": 2})
+    assert run.metrics["train"]["contrastive"]["pairs"] > 0
+
+
 def test_plan_cli(tiny_model_dir, data_csv, tmp_path, capsys):
     out = tmp_path / "p"
     assert cli.main(["plan", "--data", str(data_csv), "--model", str(tiny_model_dir), "--no-dry-run",
