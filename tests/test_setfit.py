@@ -58,7 +58,7 @@ def test_setfit_trains_saves_loads_and_predicts(tiny_model_dir, tmp_path):
     stage = result.metrics["train"]["contrastive"]
     assert stage["pairs"] == 2 * 20 * result.metrics["data"]["sizes"]["train"]  # 20 rounds, a pair of each kind
     assert stage["steps"] == -(-stage["pairs"] // 16) * 2
-    planned = SetFit(cfg.method).own_stage(result.metrics["data"]["sizes"]["train"], 2)  # what plan projects
+    planned = SetFit(cfg.method).own_stage(list(result.metrics["data"]["labels"]["train"].values()))  # plan's figure
     assert (planned.steps, planned.what, planned.batch_size) == (stage["steps"], f"{stage['pairs']:,} sentence pairs", 32)
     assert any("setfit stage 1" in line and "training the encoder's" in line for line in lines)
     after = _similarities(result.run_dir, texts)

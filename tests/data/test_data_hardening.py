@@ -353,19 +353,24 @@ def test_file_fingerprints_keyed_as_given(tmp_path, monkeypatch):
 def test_a_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
     import builtins
     import os
+    import time
 
-    from transferkit.data.fingerprint import file_sha256
+    from transferkit.data import fingerprint
     f = tmp_path / "d.csv"
     f.write_bytes(b"text,label\na,x\n")
     real_open, reads = builtins.open, []
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: reads.append(str(p)) or real_open(p, *a, **k))
-    first = file_sha256(f)
-    assert file_sha256(f) == first and reads.count(str(f)) == 2  # just written: not remembered (racy)
-    os.utime(f, ns=(10**18, 10**18))  # settled
-    assert file_sha256(f) == first and file_sha256(f) == first and reads.count(str(f)) == 3  # read once more
-    f.write_bytes(b"text,label\nb,x\n")  # same size, new bytes
-    os.utime(f, ns=(10**18 + 1, 10**18 + 1))
-    assert file_sha256(f) == hashlib.sha256(b"text,label\nb,x\n").hexdigest() != first
+    first = fingerprint.file_sha256(f)
+    assert fingerprint.file_sha256(f) == first and reads.count(str(f)) == 2  # just written: not remembered (racy)
+    later = time.time_ns() + 10 * 10**9
+    monkeypatch.setattr(fingerprint.time, "time_ns", lambda: later)  # ten seconds on: settled
+    assert fingerprint.file_sha256(f) == first and fingerprint.file_sha256(f) == first
+    assert reads.count(str(f)) == 3  # the fingerprint and the cache key: one read
+    st = f.stat()
+    f.write_bytes(b"text,label\nb,x\n")  # same size, new bytes, and the old modification time kept (cp -p)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(fingerprint.time, "time_ns", lambda: later + 10 * 10**9)
+    assert fingerprint.file_sha256(f) == hashlib.sha256(b"text,label\nb,x\n").hexdigest() != first
     assert reads.count(str(f)) == 4
 
 

@@ -137,9 +137,19 @@ def test_setfit_is_planned_with_its_pair_stage():
     fewer = plan_method("setfit", "bert-base-uncased", hw, train, rows=16, max_length=64,
                         options={"setfit_iterations": 5, "setfit_batch_size": 8, "setfit_epochs": 2.0})
     assert fewer.stage["what"] == "160 sentence pairs" and fewer.stage["steps"] == 40 and fewer.stage["batch_size"] == 16
+    uneven = plan_method("setfit", "bert-base-uncased", hw, train, rows=9, max_length=64, classes=3,
+                         class_counts=[5, 3, 1])  # the lone example has no same-label partner
+    assert uneven.stage["what"] == f"{20 * (5 + 3 + 9):,} sentence pairs"
+    full16 = training_memory("bert-base-uncased", "full", batch_size=16, max_length=64)
+    snug = Hardware("cuda", int((full16.total + full32.total) / 2 / 0.9), 8, here=False)  # 16 texts fit, 32 do not
+    halved = plan_method("setfit", "bert-base-uncased", snug, train, rows=16, max_length=64)
+    assert halved.fits and halved.stage["batch_size"] == 16 and halved.stage["steps"] == 80
+    assert halved.stage["override"] == {"method.setfit_batch_size": 8} and setfit.stage["override"] is None
     tight = plan_method("setfit", "bert-base-uncased", Hardware("cuda", 1 * GB, 8, here=False), train, rows=16,
                         max_length=64)
-    assert not tight.fits and not tight.stage["fits"]  # the head alone would fit; stage 1 does not
+    assert not tight.fits and not tight.stage["fits"] and tight.stage["batch_size"] == 2  # halved to one pair
+    assert plan_method("head_only", "bert-base-uncased", Hardware("cuda", 1 * GB, 8, here=False), train, rows=16,
+                       max_length=64).fits  # what setfit's second stage trains would fit
     setfit.dry_run = {"samples_per_s": 1000.0, "eval_samples_per_s": 100.0, "peak_mb": 0}
     setfit.stage["samples_per_s"] = 64.0
     project_time(setfit, 16, 16, 100, cached=True)
@@ -150,8 +160,15 @@ def test_setfit_is_planned_with_its_pair_stage():
 def test_small_sets_are_planned_with_the_steps_the_run_will_take():
     hw = Hardware("cuda", 8 * GB, 8, here=False)
     lora = plan_method("lora", "bert-base-uncased", hw, TrainConfig(), rows=160, max_length=64)
-    assert lora.steps >= 300  # 10 steps an epoch: the run raises its 3 epochs to reach 300 steps
-    assert plan_method("lora", "bert-base-uncased", hw, TrainConfig(min_steps=0), rows=160, max_length=64).steps == 30
+    assert lora.steps == 300 and lora.eval_steps == 20  # 10 steps an epoch: 30 epochs, validated 15 times
+    lora.dry_run = {"samples_per_s": 16.0, "eval_samples_per_s": 20.0, "peak_mb": 0}
+    project_time(lora, 160, 20, 20)
+    assert lora.eval_seconds == 15 * 20 / 20.0 and lora.train_seconds == 300.0
+    bare = plan_method("lora", "bert-base-uncased", hw, TrainConfig(min_steps=0), rows=160, max_length=64)
+    assert bare.steps == 30 and bare.eval_steps is None
+    bare.dry_run = lora.dry_run
+    project_time(bare, 160, 20, 20)
+    assert bare.eval_seconds == 3 * 20 / 20.0  # after each of the 3 epochs
 
 
 def test_twenty_tasks_is_lora_adapters_on_one_base():
@@ -221,9 +238,12 @@ def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_c
 
 def test_a_few_shot_plan_recommends_setfit_and_its_config_trains(tiny_model_dir, tmp_path):
     few = write_csv(tmp_path / "few.csv", make_sentences(24, seed=2))  # about 10 training rows a class
-    result = api.plan(data=str(few), model=str(tiny_model_dir), dry_run_steps=0, methods="lora,setfit",
+    result = api.plan(data=str(few), model=str(tiny_model_dir), dry_run_steps=2, methods="lora,setfit",
                       output_dir=tmp_path / "plan", log=quiet)
-    assert result.data["smallest_class_rows"] <= 16 and result.recommended == "setfit", result.reasons
+    few_rows = result.data["smallest_class_rows"]
+    assert result.recommended == "setfit" and f"{few_rows} training rows in the smallest class" in result.reasons[0]
+    stage = next(p for p in result.methods if p.method == "setfit").stage
+    assert stage["largest_batch"] == 32 > result.data["train_rows"]  # 16 pairs a step: 32 texts from fewer rows
     run = api.finetune(str(tmp_path / "plan" / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=2, log=quiet,
                        **{"train.progress": False, "method.setfit_iterations": 2})
     assert run.metrics["train"]["contrastive"]["pairs"] > 0

@@ -28,7 +28,7 @@ from ..registry import DATASETS
 
 ROLES = ("data", "train", "validation", "test")
 _CHUNK = 1 << 20
-_DIGESTS: dict[tuple[int, int, int, int], str] = {}  # file_sha256's memory
+_DIGESTS: dict[tuple[int, ...], str] = {}  # file_sha256's memory
 _SETTLED_NS = 2 * 10**9
 
 
@@ -83,19 +83,19 @@ def source_fingerprint(source: str) -> str | None:
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in chunks. Remembered for this process by the file's identity
-    (device, inode, size, modification time in ns): a run hashes its data file for the fingerprint and
+    (device, inode, size, modification and change times in ns): a run hashes its data file for the fingerprint and
     again for the mapped cache's key, and a 1 GB file takes seconds to read each time. A file modified
     in the last `_SETTLED_NS` is not remembered: file times tick in milliseconds, so a rewrite of the
     same size within one tick would keep its time (git's "racy" entries)."""
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: a copy that keeps mtime
     if key in _DIGESTS:
         return _DIGESTS[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
-    if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
         if len(_DIGESTS) >= 1024:
             _DIGESTS.clear()
         _DIGESTS[key] = h.hexdigest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 from torch import nn
 
@@ -71,12 +71,15 @@ class SharedPart:
 @dataclass(frozen=True)
 class OwnStage:
     """A training stage of the method's own before the main one (`Method.own_stage`), as `plan` models it:
-    each of `steps` steps trains like method `like` on `batch_size` texts."""
+    each of `steps` steps trains like method `like` on `batch_size` texts. `batch_option` is the method
+    option that sets its batch (in its own units: `batch_size / texts_per_item` items a step)."""
 
     like: str
     batch_size: int
     steps: int
     what: str  # what it trains on, in words: "640 sentence pairs"
+    batch_option: str
+    texts_per_item: int = 1
 
 
 @dataclass
@@ -156,9 +159,10 @@ class Method:
         encoded splits and the run (its config, directory, accelerator, log); returns the model to train."""
         return model
 
-    def own_stage(self, rows: int, classes: int) -> OwnStage | None:
-        """What `before_training` will train on `rows` training rows of `classes` classes, for `plan`
-        (None: the method has no stage of its own)."""
+    def own_stage(self, class_counts: Sequence[int], batch: int | None = None) -> OwnStage | None:
+        """What `before_training` will train on training rows of these class sizes, for `plan` (None: the
+        method has no stage of its own); `batch` replaces the stage's own batch option (plan halves it
+        when the stage does not fit)."""
         return None
 
     def train_record(self) -> dict[str, Any]:

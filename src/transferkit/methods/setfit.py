@@ -169,16 +169,19 @@ class SetFit(Method):
         self.apply(model)
         return model
 
-    def own_stage(self, rows: int, classes: int) -> OwnStage | None:
+    def own_stage(self, class_counts: Sequence[int], batch: int | None = None) -> OwnStage | None:
         """Stage 1 as `plan` sees it: every pair step runs the encoder forward and backward on both of
-        its texts, as full fine-tuning does on a batch twice the size. The pair count is draw_pairs'
-        (each round gives each example one same-label and one other-label pair), assuming no class
-        has a single example."""
-        pairs = min(self.options.setfit_iterations * rows * (2 if classes > 1 else 1), self.options.setfit_max_pairs)
+        its texts, as full fine-tuning does on a batch twice the size. The pair count is draw_pairs':
+        each round gives every example of a class with a partner one same-label pair, and every
+        example one other-label pair when another class has rows."""
+        present = [c for c in class_counts if c > 0]
+        per_round = sum(c for c in present if c > 1) + (sum(present) if len(present) > 1 else 0)
+        pairs = min(self.options.setfit_iterations * per_round, self.options.setfit_max_pairs)
         if pairs < 1:
             return None
-        steps = math.ceil(math.ceil(pairs / self.options.setfit_batch_size) * self.options.setfit_epochs)  # as the loop counts
-        return OwnStage("full", 2 * self.options.setfit_batch_size, steps, f"{pairs:,} sentence pairs")
+        batch = batch or self.options.setfit_batch_size
+        steps = math.ceil(math.ceil(pairs / batch) * self.options.setfit_epochs)  # as the loop counts them
+        return OwnStage("full", 2 * batch, steps, f"{pairs:,} sentence pairs", "method.setfit_batch_size", 2)
 
     def train_record(self) -> dict[str, Any]:
         return {"contrastive": getattr(self, "contrastive", None)}

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..core import fs
 from ..core.units import parse_duration, parse_memory
@@ -67,13 +67,15 @@ class MethodPlan:
     epochs: float
     steps: int
     artefact_bytes: int  # one task's saved artefact
+    eval_steps: int | None = None  # validation every this many steps (None: after every epoch)
     dry_run: dict[str, Any] | None = None  # samples_per_s, peak_mb, steps, seconds
     train_seconds: float | None = None  # the optimizer steps (what a run's metrics.json calls train seconds)
     eval_seconds: float | None = None  # validation passes (or, caching features, the one encoding pass)
     epoch_seconds: float | None = None
     total_seconds: float | None = None
-    # the method's own stage before the main one (setfit's sentence pairs): what, like, batch_size, steps,
-    # memory_mb, fits; after a dry run samples_per_s, peak_mb, train_seconds (counted in total_seconds)
+    # the method's own stage before the main one (setfit's sentence pairs): what, like, batch_size (texts),
+    # steps, memory_mb, fits, override (the option that halved its batch, for run.yaml, or None); after a
+    # dry run samples_per_s, peak_mb, largest_batch, train_seconds (counted in total_seconds)
     stage: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
@@ -147,8 +149,8 @@ class PlanRun:
         self.cfg, self.log, self.tasks, self.dry_run_steps = cfg, log, tasks, dry_run_steps
         self.hardware = detect_hardware(device, memory)
         self.time_budget = parse_duration(time_budget) if time_budget is not None else None
-        from .. import tasks
-        task = tasks.get(cfg.task)
+        from .. import tasks as task_kinds
+        task = task_kinds.get(cfg.task)
 
         def usable(m: str) -> bool:  # an unknown name is a UserError listing the known ones
             return not METHODS.get(m).needs_pooled_task or task.pooled_features
@@ -194,6 +196,7 @@ class PlanRun:
         cfg, setup = self.cfg, self.setup
         plan = plan_method(name, str(setup.resolved.path), self.hardware, cfg.train, rows=rows,
                            max_length=setup.max_length, task=cfg.task, classes=data["classes"],
+                           class_counts=data.get("class_rows"),
                            head=cfg.model.head, pool_layers=cfg.model.pool_layers,
                            options=cfg.method.options_dict() if cfg.method.name == name else None)
         if dry and plan.fits:
@@ -206,8 +209,9 @@ class PlanRun:
                 like = METHODS.get(plan.stage["like"])()
                 self.log(f"dry run: {name}'s own stage trains like {like.name}: {self.dry_run_steps} steps of "
                          f"{plan.stage['batch_size']} texts ...")
-                d = dry_run(setup, like, like.train_config(cfg.train), plan.stage["batch_size"], 1, self.dry_run_steps)
-                plan.stage.update(samples_per_s=d["samples_per_s"], peak_mb=d["peak_mb"])
+                d = dry_run(setup, like, like.train_config(cfg.train), plan.stage["batch_size"], 1, self.dry_run_steps,
+                            fill=True)  # a pair step holds its full batch of texts even from 16 rows
+                plan.stage.update(samples_per_s=d["samples_per_s"], peak_mb=d["peak_mb"], largest_batch=d["largest_batch"])
             project_time(plan, rows, data["validation_rows"], data["test_rows"],
                          cached=method.cache_features and setup.task.pooled_features)
         return plan
@@ -221,16 +225,20 @@ class PlanRun:
         cfg.override("train.batch_size", plan.batch_size)
         if plan.grad_accum != 1:
             cfg.override("train.grad_accum", plan.grad_accum)
+        for key, value in ((plan.stage or {}).get("override") or {}).items():
+            cfg.override(key, value)
         cfg.data.max_length = self.setup.max_length
         return cfg
 
 
 def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, max_length: int,
                 task: str = "classify", classes: int = 2, head: str = "auto", pool_layers: int | None = None,
-                options: dict[str, Any] | None = None) -> MethodPlan:
+                options: dict[str, Any] | None = None, class_counts: Sequence[int] | None = None) -> MethodPlan:
     """Method `name`'s batch, steps, memory and artefact size for `rows` training rows on `hw`
-    (`train`: the run's TrainConfig; unset values take the method's defaults). A batch that does not
-    fit is halved, with gradient accumulation keeping the examples per step, down to 1."""
+    (`train`: the run's TrainConfig; unset values take the method's defaults; `class_counts`: the
+    training rows of each class, even when not given). A batch that does not fit is halved, with
+    gradient accumulation keeping the examples per step, down to 1; a stage of the method's own
+    (setfit's pairs) is halved too, its batch option then set in the plan's config."""
     from ..config import MethodConfig
     from ..registry import METHODS
     method = METHODS.get(name)(MethodConfig.from_dict({"name": name, **(options or {})}))
@@ -254,15 +262,23 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     if tcfg.max_steps:
         steps = min(steps, tcfg.max_steps)
     fits, peak, stage = mem.total <= budget, mem, None
-    own = method.own_stage(rows, classes)
+    counts = list(class_counts) if class_counts else [rows // classes + (k < rows % classes) for k in range(classes)]
+    own = method.own_stage(counts)
     if own is not None:  # its memory is the larger of the two stages'; it fits when both do
-        smem = training_memory(model, own.like, batch_size=own.batch_size, max_length=max_length, task=task,
-                               num_labels=classes, head=head, pool_layers=pool_layers)
+        def stage_memory(o: Any) -> MemoryEstimate:
+            return training_memory(model, o.like, batch_size=o.batch_size, max_length=max_length, task=task,
+                                   num_labels=classes, head=head, pool_layers=pool_layers)
+        smem, first = stage_memory(own), own
+        while smem.total > budget and own.batch_size > own.texts_per_item:
+            own = method.own_stage(counts, batch=max(1, own.batch_size // own.texts_per_item // 2))
+            smem = stage_memory(own)
+        items = own.batch_size // own.texts_per_item
         stage = {"what": own.what, "like": own.like, "batch_size": own.batch_size, "steps": own.steps,
-                 "memory_mb": round(smem.total / MB, 1), "fits": smem.total <= budget}
+                 "memory_mb": round(smem.total / MB, 1), "fits": smem.total <= budget,
+                 "override": {own.batch_option: items} if own is not first else None}
         fits, peak = fits and stage["fits"], max(mem, smem, key=lambda m: m.total)
     return MethodPlan(name, batch, accum, peak, fits, method.shares_base, epochs, steps,
-                      _artefact_bytes(method, peak), stage=stage)
+                      _artefact_bytes(method, peak), tcfg.eval_steps, stage=stage)
 
 
 def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: int, cached: bool = False) -> None:
@@ -272,8 +288,9 @@ def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: i
     d = plan.dry_run
     per_step = plan.batch_size * plan.grad_accum
     plan.train_seconds = round(plan.steps * per_step / d["samples_per_s"], 1)
-    epochs_run = max(1, math.ceil(plan.steps * per_step / max(rows, 1)))
-    plan.eval_seconds = round(0.0 if cached else epochs_run * validation_rows / d["eval_samples_per_s"], 1)
+    passes = (math.ceil(plan.steps / plan.eval_steps) if plan.eval_steps
+              else max(1, math.ceil(plan.steps * per_step / max(rows, 1))))  # the loop validates after every epoch
+    plan.eval_seconds = round(0.0 if cached else passes * validation_rows / d["eval_samples_per_s"], 1)
     if cached:
         plan.eval_seconds = round((rows + validation_rows + test_rows) / d["eval_samples_per_s"], 1)
     plan.total_seconds = round(plan.train_seconds + plan.eval_seconds, 1)
@@ -288,10 +305,11 @@ def _class_sizes(splits: Any, task: Any) -> dict[str, Any]:
     """The largest class's share of the training rows and the smallest class's rows (None for tagged data)."""
     labels = getattr(splits.train, "labels", None)
     if not labels or task.head_kind != "sequence":
-        return {"largest_class_share": None, "smallest_class_rows": None}
+        return {"largest_class_share": None, "smallest_class_rows": None, "class_rows": None}
     from collections import Counter
-    counts = Counter(labels).values()
-    return {"largest_class_share": round(max(counts) / len(labels), 4), "smallest_class_rows": min(counts)}
+    counts = list(Counter(labels).values())
+    return {"largest_class_share": round(max(counts) / len(labels), 4), "smallest_class_rows": min(counts),
+            "class_rows": counts}
 
 
 def _artefact_bytes(method: Any, mem: MemoryEstimate) -> int:
@@ -344,8 +362,9 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
     few = data.get("smallest_class_rows")
     if few is not None and few <= FEW_SHOT and "setfit" in candidates:
         return pick("setfit", f"{few} training rows in the smallest class: few-shot; setfit tunes the encoder on "
-                              f"sentence pairs drawn from them, then the head, and at 8 rows per class it beat LoRA "
-                              f"by 3-4 points on two bundled benchmarks (README)")
+                              f"sentence pairs drawn from them, then the head; at 8 rows per class it beat LoRA by "
+                              f"4.3 and 2.8 points on two bundled benchmarks, 2 seeds (README; LoRA with EDA "
+                              f"augmentation came within a point of it)")
     if rows < SMALL_DATA and "lora" in candidates:
         return pick("lora", f"{rows} training rows: few enough that full fine-tuning overfits easily; LoRA "
                             f"trains {candidates['lora'].memory.trainable_params:,} parameters and keeps the "
@@ -364,9 +383,9 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
 
 
 def _fit_reason(p: MethodPlan, hw: Hardware) -> list[str]:
-    out = [f"{p.method} needs about {p.memory.total / GB:.2f} GB at batch {p.batch_size}"
-           + (f" x {p.grad_accum} accumulation" if p.grad_accum > 1 else "")
-           + f" of {hw.memory_bytes / GB:.1f} GB"]
+    at = (f"its own stage's {p.stage['batch_size']} texts a step" if p.stage is not None
+          else f"batch {p.batch_size}" + (f" x {p.grad_accum} accumulation" if p.grad_accum > 1 else ""))
+    out = [f"{p.method} needs about {p.memory.total / GB:.2f} GB at {at} of {hw.memory_bytes / GB:.1f} GB"]
     if p.total_seconds is not None:
         s = p.stage
         first = (f"{s['steps']} steps on {s['what']} at {s['samples_per_s']:.1f} texts/s, then "

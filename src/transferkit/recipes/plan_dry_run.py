@@ -27,9 +27,11 @@ def sample_rows(split: Any, idx: list[int]) -> Any:
                                          and len(getattr(split, f.name)) == n})
 
 
-def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: int) -> dict[str, Any]:
+def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: int, fill: bool = False) -> dict[str, Any]:
     """`steps` real training steps of `method` (the loop's own step; the first warms up and is not
-    timed) on a seeded sample of the training rows, and one evaluation pass: samples/s and peak memory."""
+    timed) on a seeded sample of the training rows, and one evaluation pass: samples/s and peak memory.
+    `fill`: repeat rows when there are fewer than one step's batch (a run's batches never exceed its
+    rows, but setfit's pair steps do: 16 pairs are 32 texts however few the rows)."""
     import random
     import tempfile
 
@@ -42,9 +44,13 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
     from ..train import Trainer
     task, cfg = setup.task, setup.cfg
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    n = min(len(setup.splits.train), batch * accum * steps)
+    rows = len(setup.splits.train)
+    n = min(rows, batch * accum * steps)
     rng = random.Random(cfg.train.seed)
-    sample = sample_rows(setup.splits.train, sorted(rng.sample(range(len(setup.splits.train)), n)))
+    idx = sorted(rng.sample(range(rows), n))
+    if fill and n < batch * accum:
+        idx = [idx[k % n] for k in range(batch * accum)]
+    sample = sample_rows(setup.splits.train, idx)
     encoded = task.encode(setup.tokenizer, sample, setup.max_length)
     pad = setup.tokenizer.pad_token_id or 0
     hidden = setup.hidden
@@ -90,4 +96,5 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
     gc.collect()
     return {"steps": steps, "timed_steps": steps - 1, "seconds": round(timed, 3),
             "samples_per_s": round(examples / max(timed, 1e-9), 2), "eval_samples_per_s": round(eval_rate, 2),
-            "peak_mb": round(peak.peak / MB, 1), "device": str(acc.device)}
+            "peak_mb": round(peak.peak / MB, 1), "device": str(acc.device),
+            "largest_batch": max(len(b) for b in batches)}
