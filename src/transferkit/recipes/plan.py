@@ -362,9 +362,9 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
     few = data.get("smallest_class_rows")
     if few is not None and few <= FEW_SHOT and "setfit" in candidates:
         return pick("setfit", f"{few} training rows in the smallest class: few-shot; setfit tunes the encoder on "
-                              f"sentence pairs drawn from them, then the head; at 8 rows per class it beat LoRA by "
-                              f"4.3 and 2.8 points on two bundled benchmarks, 2 seeds (README; LoRA with EDA "
-                              f"augmentation came within a point of it)")
+                              f"sentence pairs drawn from them, then the head; at 8 rows per class on two bundled "
+                              f"benchmarks it matched or beat LoRA and full fine-tuning and varied far less from "
+                              f"seed to seed (README; LoRA with EDA augmentation did as well)")
     if rows < SMALL_DATA and "lora" in candidates:
         return pick("lora", f"{rows} training rows: few enough that full fine-tuning overfits easily; LoRA "
                             f"trains {candidates['lora'].memory.trainable_params:,} parameters and keeps the "
