@@ -93,7 +93,7 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
     from .registry import METHODS
     if methods is None:
         return [m for m in METHODS.names()
-                if task is None or task.pooled_features or not METHODS.get(m).needs_pooled_task]
+                if task is None or METHODS.get(m).suits(task)]
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     names = list(dict.fromkeys(str(m).strip() for m in items if str(m).strip()))
     if not names:

@@ -95,11 +95,12 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
+    digest = h.hexdigest()
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
         if len(_DIGESTS) >= 1024:
             _DIGESTS.clear()
-        _DIGESTS[key] = h.hexdigest()
-    return h.hexdigest()
+        _DIGESTS[key] = digest
+    return digest
 
 
 def folder_sha256(path: Path) -> str:

@@ -124,6 +124,11 @@ class Method:
     # True when the method needs one pooled vector per example (setfit's sentence pairs): token tasks refuse it.
     needs_pooled_task: ClassVar[bool] = False
 
+    @classmethod
+    def suits(cls, task: Any) -> bool:
+        """Whether the method can train `task` (a tasks.Task): setfit's pairs need a pooled vector per example."""
+        return task.pooled_features or not cls.needs_pooled_task
+
     def __init__(self, options: Any = None) -> None:
         """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""
         options = getattr(options, "options", options)  # a MethodConfig holds them

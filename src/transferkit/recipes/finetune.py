@@ -78,7 +78,7 @@ class FinetuneRun(Run):
         if cfg.train.class_weights != "none" and not self.task.one_label_per_example:
             raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
-        if self.method.needs_pooled_task and not self.task.pooled_features:
+        if not self.method.suits(self.task):
             raise UserError(f"method {cfg.method.name} trains on pairs of sentence vectors; a {cfg.task} run has "
                             "one label per word (choose another method)")
         self.resolved = resolve_model(cfg.model.name)

@@ -101,7 +101,7 @@ class TuneRun:
                 raise UserError(f"{name} {v!r}: must be an integer in [{lo}, {hi}]")
         from .. import tasks
         task = tasks.get(cfg.task)
-        self.methods = ([m for m in METHODS.names() if task.pooled_features or not METHODS.get(m).needs_pooled_task]
+        self.methods = ([m for m in METHODS.names() if METHODS.get(m).suits(task)]
                         if method == "auto" else [METHODS.get(method).name])
         self.method, self.n_trials, self.workers, self.keep = method, n_trials, workers, keep
         self.timeout = parse_duration(timeout, "--timeout") if timeout is not None else None
