@@ -55,6 +55,21 @@ def init() -> None:
     PartialState(cpu=not torch.cuda.is_available())
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits (nothing alone). Left to interpreter
+    teardown, a worker's gloo threads can be destroyed while still joinable, and the process aborts
+    ("terminate called without an active exception", SIGABRT) after its run already finished."""
+    import sys
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # the command's own exit code matters more than a failed goodbye
+            pass
+
+
 def _group() -> Any:
     import torch.distributed as dist
     return dist if active() and dist.is_available() and dist.is_initialized() else None

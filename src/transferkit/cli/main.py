@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        from .. import distributed
+        distributed.shutdown()
 
 
 def _origin(e: BaseException) -> str:
