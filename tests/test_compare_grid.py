@@ -80,6 +80,17 @@ def test_rerun_reuses_every_cell(grid, tiny_model_dir, sentiment_csv, synonyms, 
     assert "(8 finished)" in logs[0] and again.rows == first.rows
 
 
+def test_a_grid_in_parts_trains_the_cells_of_the_whole(grid, tiny_model_dir, sentiment_csv, tmp_path):
+    out, whole, _ = grid
+    part = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=tmp_path / "part",
+                       train_sizes="4", seeds=1, seed_offset=1, test_rows=20, log=quiet, **OPTIONS)
+    assert [(c["size"], c["seed"]) for c in part.cells] == [(4, 43)]
+    for name in ("n4-s43/train.csv", "n4-s43/validation.csv", "test.csv"):  # the split and test sample of seed 42
+        assert (tmp_path / "part" / "data" / name).read_bytes() == (out / "data" / name).read_bytes()
+    same = next(c for c in whole.cells if c["variant"] == "head_only" and c["size"] == 4 and c["seed"] == 43)
+    assert part.cells[0]["accuracy"] == same["accuracy"] and part.cells[0]["f1_macro"] == same["f1_macro"]
+
+
 def test_parsers():
     assert parse_sizes("32, 8,8") == [8, 32] and parse_sizes(None) == [None]
     assert augment_variants(["eda:swap=0.1", "mixup"]) == [("eda", "eda:swap=0.1"), ("mixup", "mixup")]
@@ -92,6 +103,7 @@ def test_parsers():
     (["--seeds", "0", "--train-sizes", "8"], "--seeds 0"),
     (["--augment", "eda:swap=2"], "eda:swap must be in [0, 1]"),
     (["--test-rows", "0"], "--test-rows 0"),
+    (["--seed-offset", "-1"], "--seed-offset -1"),
     (["--train-sizes", "8", "data.augment=eda:swap=0.1"], "leave data.augment unset"),
 ])
 def test_bad_grid_options(extra, message, tmp_path, tiny_model_dir, sentiment_csv, capsys):

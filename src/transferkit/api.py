@@ -236,7 +236,7 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
             output_dir: str | Path | None = None, inference_repeats: int = 3,
             train_sizes: str | Sequence[int] | None = None, seeds: int = 1,
             augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
-            test_rows: int | None = None, log: Any = _log, **overrides: Any) -> Any:
+            test_rows: int | None = None, seed_offset: int = 0, log: Any = _log, **overrides: Any) -> Any:
     """Train every method (default: all registered) on the same data, seed and budget; write one table.
 
     Each method is a run directory `output_dir/<method>` trained in its own process; finished runs
@@ -246,15 +246,16 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     With `train_sizes` (examples per class, e.g. "8,32,128"), `seeds` > 1, `augment` (one spec or a
     list: each method also runs with each) or `test_rows`, every (method [+ augmentation], size, seed)
     is a run of its own and the table gives mean and spread over seeds per size
-    (`comparison_grid.GridResult`; OUT/sizes.md, sizes.csv, sizes.png, cells.csv)."""
+    (`comparison_grid.GridResult`; OUT/sizes.md, sizes.csv, sizes.png, cells.csv). `seed_offset` k
+    trains only the seeds from `seed+k` on, with the split and test sample of `seed` (a grid in parts)."""
     from .comparison import run_compare
     if "method" in overrides or "method.name" in overrides:
         raise UserError("compare runs every method in `methods`; do not set method")
     base = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
-    if train_sizes is not None or seeds != 1 or augment or test_rows is not None:
+    if train_sizes is not None or seeds != 1 or augment or test_rows is not None or seed_offset != 0:
         from .comparison_grid import run_grid
         return run_grid(methods, base, output_dir, train_sizes=train_sizes, seeds=seeds, augment=augment,
-                        augment_methods=augment_methods, test_rows=test_rows, log=log)
+                        augment_methods=augment_methods, test_rows=test_rows, seed_offset=seed_offset, log=log)
     return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
 
 

@@ -13,6 +13,10 @@ run in a process of its own (`comparison._run_child`), so an interrupted grid re
     OUT/<variant>/n8-s42/            a normal finetune run; variant = method or method+augmentation
     OUT/sizes.{md,csv,png}            mean and standard deviation over seeds; accuracy against size
     OUT/cells.csv                     one row per run
+
+The cell seeds are `seed`, `seed+1`, ...; `seed_offset` k starts them at `seed+k` while the split and
+the test sample stay those of `seed`, so a grid can be measured in parts (on another machine, or a
+third seed later) and its cells are the ones the whole grid would have trained.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .errors import UserError
 
 Log = Callable[[str], None]
 MAX_SEEDS = 20
+MAX_SEED_OFFSET = 1000
 
 
 @dataclass
@@ -108,7 +113,7 @@ def _write_csv(path: Path, texts: list[str], labels: list[int], names: list[str]
 def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None, *,
              train_sizes: str | Sequence[int] | None = None, seeds: int = 1,
              augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
-             test_rows: int | None = None, log: Log = print) -> GridResult:
+             test_rows: int | None = None, seed_offset: int = 0, log: Log = print) -> GridResult:
     """Train every (method [+ augmentation], size, seed) cell and write the tables (see the module doc)."""
     from . import runtime, tasks
     from .comparison import _plan_config, _run_child, parse_methods
@@ -124,10 +129,12 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
         raise UserError(f"--augment-methods names {stray[0]}, which is not among --methods ({', '.join(names)})")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {seeds!r}: must be an integer in [1, {MAX_SEEDS}]")
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or not 0 <= seed_offset <= MAX_SEED_OFFSET:
+        raise UserError(f"--seed-offset {seed_offset!r}: must be an integer in [0, {MAX_SEED_OFFSET}]")
     if test_rows is not None and (isinstance(test_rows, bool) or not isinstance(test_rows, int) or test_rows < 1):
         raise UserError(f"--test-rows {test_rows!r}: must be a positive integer")
     sizes = parse_sizes(train_sizes)
-    sampled = sizes != [None] or test_rows is not None or seeds > 1
+    sampled = sizes != [None] or test_rows is not None or seeds > 1 or seed_offset > 0
     if not task.one_label_per_example and sampled:
         raise UserError(f"--train-sizes, --seeds and --test-rows sample examples per class; {base.task} runs have "
                         "no one class per example (compare --augment alone works for them)")
@@ -141,7 +148,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
     if sampled and not len(splits.validation):
         raise UserError("the validation split is empty; the grid samples its validation examples from it "
                         "(give a validation fraction in data.split or a validation file)")
-    seed_list = [base.train.seed + k for k in range(seeds)]
+    seed_list = [base.train.seed + seed_offset + k for k in range(seeds)]
     cells: list[tuple[str, str, int | None, int, Any]] = []  # (variant, method, size, seed, cfg)
     data_dir = out / "data"
     for size in sizes:

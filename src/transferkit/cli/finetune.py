@@ -42,6 +42,9 @@ def add_parsers(sub: Any) -> None:
                    "method at each size (sampled from the training split; validation sampled to the same size)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per size (each draws its own examples); mean and "
                    "standard deviation are reported")
+    p.add_argument("--seed-offset", type=int, default=0, metavar="K", help="train only the seeds from --seed + K "
+                   "on, with the split and test sample of --seed: a grid measured in parts (--seeds 1 "
+                   "--seed-offset 2 adds the third seed of --seeds 3)")
     p.add_argument("--augment-methods", metavar="M,M", help="the methods that also run with each --augment "
                    "(default: all of --methods)")
     p.add_argument("--test-rows", type=int, help="score on a stratified sample of about N test rows (default: all)")
@@ -125,7 +128,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = api.compare(args.methods, config=args.config, output_dir=output_dir,
                          inference_repeats=args.inference_repeats, train_sizes=args.train_sizes, seeds=args.seeds,
                          augment=augment, augment_methods=args.augment_methods, test_rows=args.test_rows,
-                         **overrides)
+                         seed_offset=args.seed_offset, **overrides)
     print(result.markdown)
     if result.failed:
         print(f"transferkit: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "
