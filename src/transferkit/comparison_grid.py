@@ -191,7 +191,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
             ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
             statuses[plan.key] = "ok" if ok else f"failed (exit {rc})"
         cell_rows = [_cell_row(v, size, seed, p, statuses[p.key], task) for v, size, seed, p in plans]
-        rows = _aggregate(cell_rows, task)
+        rows = aggregate(cell_rows, task)
         markdown, paths = _write_tables(out, rows, cell_rows, base, task, seeds, test_rows)
     failed = [k for k, st in statuses.items() if st != "ok"]
     log("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -276,7 +276,8 @@ def _cell_row(variant: str, size: int | None, seed: int, plan: Any, status: str,
     return row
 
 
-def _aggregate(cells: list[dict[str, Any]], task: Any) -> list[dict[str, Any]]:
+def aggregate(cells: list[dict[str, Any]], task: Any) -> list[dict[str, Any]]:
+    """One row per (variant, size): mean and sample standard deviation of each metric over the ok cells."""
     groups: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
     for c in cells:
         groups.setdefault((c["variant"], c["size"]), []).append(c)
@@ -320,7 +321,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], cells: list[dict[str, A
     fs.write_text(paths["md"], markdown)
     fs.write_text(paths["csv"], _csv(rows))
     fs.write_text(paths["cells"], _csv(cells))
-    fs.write_bytes(paths["png"], _plot(rows, variants, metrics[0], str(base.data.data or base.data.train)))
+    fs.write_bytes(paths["png"], plot_sizes(rows, variants, metrics[0], str(base.data.data or base.data.train)))
     return markdown, paths
 
 
@@ -333,7 +334,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _plot(rows: list[dict[str, Any]], variants: list[str], metric: tuple[str, str, str], title: str) -> bytes:
+def plot_sizes(rows: list[dict[str, Any]], variants: list[str], metric: tuple[str, str, str], title: str) -> bytes:
+    """PNG of `metric` against training size (log 2 axis), one line with error bars per variant."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,0 +1,73 @@
+"""One table from a size grid measured in parts: the cells.csv of several `compare --train-sizes` folders.
+
+A grid's cell depends only on its variant, size and seed (and the split and test sample of the grid's
+--seed), so parts measured on different machines or days (`--seed-offset` for a later seed) add up to
+the grid one command would have run. This reads each folder's cells.csv, refuses two copies of one cell
+that disagree (they would mean the parts were not the same grid), and prints test accuracy and macro-F1,
+mean ± standard deviation over the seeds, as `compare` would have; `--png` plots accuracy against size.
+
+    .venv/bin/python benchmarks/sizes_table.py benchmarks/results/sizes_movie* --png /tmp/movie.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from transferkit import tasks
+from transferkit.comparison_grid import aggregate, plot_sizes
+
+ORDER = ["head_only", "lora", "lora+eda", "lora+mixup", "lora+paraphrase", "full", "setfit", "setfit+eda"]
+NUMBERS = ("accuracy", "f1_macro", "train_seconds")
+
+
+def read_cells(folders: list[Path]) -> list[dict]:
+    cells: dict[tuple[str, int, int], dict] = {}
+    for folder in folders:
+        path = folder / "cells.csv"
+        with path.open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row["status"] != "ok":
+                    continue
+                cell = {"variant": row["variant"], "size": int(row["size"]), "seed": int(row["seed"]), "status": "ok",
+                        **{k: float(row[k]) for k in NUMBERS}}
+                key = (cell["variant"], cell["size"], cell["seed"])
+                seen = cells.get(key)
+                if seen and (seen["accuracy"], seen["f1_macro"]) != (cell["accuracy"], cell["f1_macro"]):
+                    sys.exit(f"sizes_table: {path}: {key} has accuracy {cell['accuracy']} here and "
+                             f"{seen['accuracy']} in {seen['from']}: not the same grid")
+                cells.setdefault(key, {**cell, "from": path})
+    return list(cells.values())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="+", type=Path, help="compare --train-sizes output folders (with cells.csv)")
+    p.add_argument("--png", type=Path, help="also plot accuracy against training size to this file")
+    p.add_argument("--title", default="by training size")
+    args = p.parse_args(argv)
+    task = tasks.get("classify")
+    cells = read_cells(args.folders)
+    rows = aggregate(cells, task)
+    sizes = sorted({r["size"] for r in rows})
+    present = {r["variant"] for r in rows}
+    variants = [v for v in ORDER if v in present] + sorted(present - set(ORDER))
+    by = {(r["variant"], r["size"]): r for r in rows}
+    for key, title, _ in task.compare_metrics:
+        print(f"\n{title}, mean ± standard deviation (seeds)\n")
+        print("| variant | " + " | ".join(f"{s}/class" for s in sizes) + " |")
+        print("|---|" + "---:|" * len(sizes))
+        for v in variants:
+            out = []
+            for s in sizes:
+                r = by.get((v, s))
+                out.append("-" if r is None else f"{100 * r[key]:.1f} ± {100 * r[key + '_std']:.1f} ({r['seeds']})")
+            print(f"| {v} | " + " | ".join(out) + " |")
+    if args.png:
+        args.png.write_bytes(plot_sizes(rows, variants, task.compare_metrics[0], args.title))
+        print(f"\nwrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
