@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transferkit.api import make_config
-from transferkit.config import RunConfig, validate
+from transferkit.config import RunConfig
+from transferkit.config_checks import validate
 from transferkit.errors import UserError
 
 

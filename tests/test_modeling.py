@@ -171,7 +171,8 @@ def test_random_init_keeps_architecture_not_weights(tiny_model_dir):
 
 
 def test_random_init_needs_full_method():
-    from transferkit.config import RunConfig, validate
+    from transferkit.config import RunConfig
+    from transferkit.config_checks import validate
     cfg = RunConfig()
     cfg.override("model.init", "random")
     cfg.override("method.name", "lora")

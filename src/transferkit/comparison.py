@@ -113,7 +113,8 @@ def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
 def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: str = "") -> Plan:
     """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
     from .comparison_report import flat_config
-    from .config import RunConfig, validate
+    from .config import RunConfig
+    from .config_checks import validate
     validate(cfg)
     if not run_dir.exists() or (run_dir.is_dir() and all(c.name == ".lock" for c in run_dir.iterdir())):
         return Plan(method, cfg, run_dir, "new", key)  # a lock alone: a child killed before it wrote anything

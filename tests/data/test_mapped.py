@@ -197,7 +197,7 @@ def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch):
 
 
 def test_bad_storage_value_is_refused(tmp_path, sentiment_csv, tiny_model_dir):
-    from transferkit.config import validate
+    from transferkit.config_checks import validate
     cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "runs")
     cfg.data.storage = "disk"
     with pytest.raises(UserError, match="data.storage must be auto, memory or mapped"):

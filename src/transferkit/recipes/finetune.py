@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed, tasks
-from ..config import describe_duration, validate
+from ..config import describe_duration
+from ..config_checks import validate
 from ..core import fs
 from ..errors import UserError
 from ..registry import MODELS

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import distributed
-from ..config import PretrainConfig, describe_duration, validate_pretrain
+from ..config import PretrainConfig, describe_duration
+from ..config_checks import validate_pretrain
 from ..core import fs
 from ..errors import UserError
 from ..runtime import log_stderr as _log

@@ -178,7 +178,7 @@ class TuneRun:
     def run(self) -> TuneResult | None:
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
-        from ..config import validate
+        from ..config_checks import validate
         validate(self.cfg)
         if not self.worker:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,8 @@ def read_space(path: str | Path, method_names: list[str]) -> dict[str, Any]:
 
 def _check_keys(space: dict[str, Param], method_names: list[str], where: str) -> None:
     """Every key must be a config key some searched method takes, and every bound a valid value there."""
-    from ..config import RunConfig, validate
+    from ..config import RunConfig
+    from ..config_checks import validate
     for key, param in space.items():
         if key in ("method.name", "output_dir", "data.data", "data.train", "data.validation", "data.test", "task"):
             raise UserError(f"space file {where}: {key} is not searchable (use --method auto to search the method)")
