@@ -118,7 +118,7 @@ def onnx_predictors(predictor: Any, texts: list[str], folder: Path) -> dict[str,
     from transferkit.exporting import int8_smoothing
     from transferkit.exporting.onnx_export import quantize_int8, write_graph
     from transferkit.inference import Predictor
-    from transferkit.inference_onnx import OnnxModule, session
+    from transferkit.inference.onnx_backend import OnnxModule, session
     longest = max(texts, key=len)
     enc = predictor.tokenizer([longest, longest[: len(longest) // 2]], padding=True, truncation=True,
                               max_length=predictor.max_length, return_tensors="pt")

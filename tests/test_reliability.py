@@ -532,7 +532,7 @@ def test_damaged_pretrain_checkpoint_on_resume(capsys, tmp_path, damage):
 
 def test_nan_scores_are_never_printed(capsys, finished_run, monkeypatch):
     """A model whose outputs overflow on some input: an error naming the text, no NaN confidence."""
-    from transferkit import inference
+    from transferkit.inference import predictor as inference
     real = inference.predict_logits
 
     def overflowing(*a, **kw):

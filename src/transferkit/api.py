@@ -207,14 +207,14 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
                             base_model=base_model)
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
-    from .inference import OUTPUT_SUFFIXES, _check_texts
-    from .inference_onnx import check_backend
+    from .inference import OUTPUT_SUFFIXES, check_texts
+    from .inference.onnx_backend import check_backend
     check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     if output is not None:
         fs.check_output_file(output, OUTPUT_SUFFIXES)
-    all_texts = _check_texts(texts or [])
+    all_texts = check_texts(texts or [])
     if input is not None:
         from .data.load import read_texts
         all_texts += read_texts(input, text_column)

@@ -45,8 +45,8 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     kind = TASK_ALIASES[task]
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
-    from .inference import _check_batch_size
-    _check_batch_size(batch_size)
+    from .inference.predictor import check_batch_size
+    check_batch_size(batch_size)
     cls = {"text-classification": TextClassificationPipeline, "token-classification": TokenClassificationPipeline,
            "fill-mask": FillMaskPipeline, "text-generation": TextGenerationPipeline}[kind]
     unknown = sorted(set(defaults) - set(cls.call_options))
@@ -76,9 +76,9 @@ class Pipeline:
         return {**self.defaults, **kwargs}
 
     def _batch_size(self, kwargs: dict[str, Any]) -> int:
-        from .inference import _check_batch_size
+        from .inference.predictor import check_batch_size
         b = kwargs.pop("batch_size", self.batch_size)
-        _check_batch_size(b)
+        check_batch_size(b)
         return b
 
     def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
@@ -182,7 +182,7 @@ class TokenClassificationPipeline(Pipeline):
 
     def load(self, model: str, device: str | None) -> None:
         self.predictor = _load_head(model, "token-classification", device, self.batch_size)
-        from .inference_tokens import STRATEGIES  # an unknown strategy fails now, not at the first call
+        from .inference.entities import STRATEGIES  # an unknown strategy fails now, not at the first call
         strategy = self.defaults.get("aggregation_strategy", "none")
         if strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")

@@ -13,7 +13,7 @@ from transferkit.data.batches import TokenData
 from transferkit.exporting import int8_smoothing
 from transferkit.exporting.folder import merged_model
 from transferkit.exporting.onnx_export import quantize_int8, write_graph
-from transferkit.inference_onnx import OnnxModule, session
+from transferkit.inference.onnx_backend import OnnxModule, session
 from transferkit.models import load_tokenizer
 from transferkit.runinfo import RunInfo
 

@@ -48,7 +48,7 @@ class LogitsOnly(nn.Module):
 
 def write_graph(model: nn.Module, path: Path, example: dict[str, torch.Tensor], per_token: bool) -> None:
     """Trace `model` on `example` (a padded batch) into an ONNX file with dynamic batch/sequence axes."""
-    from ..inference_onnx import INPUTS, OUTPUT
+    from ..inference.onnx_backend import INPUTS, OUTPUT
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     axes[OUTPUT] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     with warnings.catch_warnings():  # tracer warnings about Python values fixed in the graph: checked below
@@ -77,7 +77,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     """Write the run as an ONNX export folder (see the module docstring); returns it."""
     from .. import runtime, tasks
     from ..core.fs import write_folder, write_json
-    from ..inference_onnx import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
+    from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
     from ..models import load_tokenizer
     from ..runinfo import RunInfo, labelled_split
     log = log or (lambda *_: None)

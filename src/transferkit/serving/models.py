@@ -72,7 +72,7 @@ class ModelSet:
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
-        from ..inference_onnx import is_onnx_export, read_manifest
+        from ..inference.onnx_backend import is_onnx_export, read_manifest
         from ..multi_adapter import base_key
         if is_onnx_export(run_dir):  # an ONNX export: its own onnxruntime predictor, never a shared base
             m = read_manifest(run_dir)

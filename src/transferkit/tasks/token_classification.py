@@ -162,7 +162,7 @@ class TokenClassification(Task):
 
     def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
                   batch_size: int, device: Any) -> Any:
-        from ..inference_tokens import EntityPredictor
+        from ..inference.entities import EntityPredictor
         return EntityPredictor(model, tokenizer, label_names, max_length, batch_size, device)
 
     def write_report(self, out: Path, splits: Any, predictions: list[list[int]], history: list[dict], title: str,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
-from .inference import LoadedModel
+from ..errors import UserError
+from .predictor import LoadedModel
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -36,14 +36,14 @@ class EntityCodec:
     and labels: what `EntityPredictor` and the shared-base predictor (`AdapterPredictor`) both do."""
 
     def __init__(self, tokenizer: Any, label_names: list[str], max_length: int) -> None:
-        from .tasks.token_spans import require_fast
+        from ..tasks.token_spans import require_fast
         require_fast(tokenizer)
         self.tokenizer, self.label_names, self.max_length = tokenizer, list(label_names), max_length
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[tuple[str, int, int]]], Any]:
         """(words with their character spans, per text; the texts as `EncodedWindows`)."""
-        from .tasks.token_classification import TokenClassification
-        from .tasks.token_spans import encode_words, word_offsets
+        from ..tasks.token_classification import TokenClassification
+        from ..tasks.token_spans import encode_words, word_offsets
         words = [word_offsets(self.tokenizer, t) for t in texts]
         enc = encode_words(self.tokenizer, [[w for w, _, _ in ws] for ws in words], None, self.max_length,
                            TokenClassification.stride)
@@ -52,7 +52,7 @@ class EntityCodec:
     def decode(self, texts: Sequence[str], words: list[list[tuple[str, int, int]]], enc: Any, probs: list,
                aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
         """Per text, its entities from `probs` (per window: [window length, labels] probabilities)."""
-        from .tasks.token_spans import group_entities, word_pieces
+        from ..tasks.token_spans import group_entities, word_pieces
         if aggregation_strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
         pieces = word_pieces(enc, probs)
@@ -122,11 +122,11 @@ class EntityPredictor(LoadedModel):
 
     def entities(self, texts: Sequence[str], aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
         """Per text, its entity list (see the module docstring for each strategy's keys)."""
-        from .inference import _check_texts
-        from .tasks.token_classification import window_probs
+        from .predictor import check_texts
+        from ..tasks.token_classification import window_probs
         if aggregation_strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         t0 = time.perf_counter()
         words, enc = self.codec.encode(texts)
         probs = window_probs(self.model, enc, self.batch_size, self.pad_id, self.device)

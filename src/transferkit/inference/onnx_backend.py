@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "transferkit-onnx"
@@ -39,8 +39,8 @@ def is_onnx_export(folder: str | Path) -> bool:
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The export's manifest with every field the loader relies on checked; else one line naming the file."""
-    from . import tasks
-    from .core.folders import read_json_object
+    from .. import tasks
+    from ..core.folders import read_json_object
     path = Path(folder) / MANIFEST
     m = read_json_object(path, "ONNX export manifest", strict=True)
 
@@ -81,7 +81,7 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         # the same reason as torch's OpenMP setting (package __init__): spinning threads fight
         # any other process for a shared core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    from .core.folders import loading
+    from ..core.folders import loading
     with loading(path, "ONNX model"):
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
@@ -116,14 +116,14 @@ class OnnxModule(nn.Module):
 
 
 def head_kind(task_name: str) -> str:
-    from . import tasks
+    from .. import tasks
     return tasks.get(task_name).head_kind
 
 
 def load_export(folder: str | Path, batch_size: int = 64, device: str | None = None) -> Any:
     """The task's predictor (`Predictor` for labels, the tagger for entities) over an ONNX export."""
-    from . import tasks
-    from .models import load_tokenizer
+    from .. import tasks
+    from ..models import load_tokenizer
     if device not in (None, "cpu"):
         raise UserError(f"{folder}: an ONNX export runs on the CPU through onnxruntime here, not on {device!r}")
     m = read_manifest(folder)
