@@ -74,7 +74,7 @@ def baseline(data: Any, epochs: int, batch_size: int, lr: float, seed: int, same
     from transferkit.inference import predict_logits
     from transferkit.methods.head_only import HeadOnly
     from transferkit.models import build_classifier, load_tokenizer, resolve_model
-    from transferkit.train import make_optimizer, param_groups
+    from transferkit.optim import make_optimizer, param_groups
 
     t_start = time.perf_counter()
     defaults = TrainConfig()

@@ -9,7 +9,8 @@ from transferkit.config import MethodConfig, TrainConfig
 from transferkit.models import ResolvedModel, build_classifier
 from transferkit.registry import METHODS
 from transferkit.tasks.classification import classification_loss
-from transferkit.train import Trainer, layer_depths, param_groups
+from transferkit.optim import layer_depths, param_groups
+from transferkit.train import Trainer
 
 from helpers import LABELS, quiet
 

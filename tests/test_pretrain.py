@@ -87,7 +87,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
 
     from transferkit.objectives import mlm
     from transferkit.recipes.pretrain import resolve_train_config
-    from transferkit.train import param_groups
+    from transferkit.optim import param_groups
     from transferkit.lm_models import load_for_objective
     model, _ = load_for_objective(str(tiny_model_dir), "mlm", log=quiet)
     assert model.newly_initialized

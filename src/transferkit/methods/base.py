@@ -13,7 +13,7 @@ from torch import nn
 HEAD_NAMES = ("classifier",)
 PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
 # Attribute a method sets on the model it returns to ask for per-parameter lr multipliers
-# (e.g. LoRA+: B matrices at lr * ratio); `train.param_groups` reads it. A dict: name part -> factor.
+# (e.g. LoRA+: B matrices at lr * ratio); `optim.param_groups` reads it. A dict: name part -> factor.
 LR_SCALE_ATTR = "transferkit_lr_scale"
 
 

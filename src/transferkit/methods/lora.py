@@ -3,7 +3,7 @@
 Options: `target_modules` (names, dotted suffixes, or `all-linear` for every linear layer of the
 encoder but not the head), rsLoRA (`use_rslora`: scale alpha/sqrt(r)), DoRA (`use_dora`), all
 peft's; LoRA+ (`lora_plus_ratio`: the B matrices learn at lr * ratio) is an optimizer setting, so
-the method only marks the B matrices and `train.param_groups` gives them their learning rate.
+the method only marks the B matrices and `optim.param_groups` gives them their learning rate.
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ class Objective:
 def head_alias(model: nn.Module, names: list[str]) -> nn.ParameterList | None:
     """The model's newly initialised parameters, to register under `classifier` before the model.
 
-    `train.param_groups` gives parameters whose name has a `classifier` part the head learning rate;
+    `optim.param_groups` gives parameters whose name has a `classifier` part the head learning rate;
     registering the new head weights first makes them appear under that name (named_parameters
     reports a shared tensor once, under its first name), so a fresh MLM head can learn faster than
     the pretrained encoder it sits on without a change to the training loop."""
