@@ -90,7 +90,7 @@ def baseline(data: Any, epochs: int, batch_size: int, lr: float, seed: int, same
     set_seed(seed)
     model = build_classifier(resolved, splits.label_names, resolved.pooling, 0.1, head_hidden(head))
     model = HeadOnly(MethodConfig()).apply(model)
-    opt = make_optimizer(param_groups(model, lr, lr, defaults.weight_decay), torch.device("cpu"))
+    opt = make_optimizer(param_groups(model, lr, lr, defaults.weight_decay))
     total = math.ceil(len(train) / batch_size) * epochs
     sched = get_linear_schedule_with_warmup(opt, int(defaults.warmup * total), total)
     head_params = [p for p in model.parameters() if p.requires_grad]

@@ -2,9 +2,10 @@
 
 A grid's cell depends only on its variant, size and seed (and the split and test sample of the grid's
 --seed), so parts measured on different machines or days (`--seed-offset` for a later seed) add up to
-the grid one command would have run. This reads each folder's cells.csv, refuses two copies of one cell
-that disagree (they would mean the parts were not the same grid), and prints test accuracy and macro-F1,
-mean ± standard deviation over the seeds, as `compare` would have; `--png` plots accuracy against size.
+the grid one command would have run. This reads each folder's cells.csv and stops when the parts were not
+one grid: folders whose sizes.md names other data, model or test sample, or two copies of one cell that
+disagree. It prints test accuracy and macro-F1, mean ± standard deviation over the seeds, as `compare`
+would have; `--png` plots accuracy against size.
 
     .venv/bin/python benchmarks/sizes_table.py benchmarks/results/sizes_movie* --png /tmp/movie.png
 """
@@ -22,15 +23,24 @@ ORDER = ["head_only", "lora", "lora+eda", "lora+mixup", "lora+paraphrase", "full
 NUMBERS = ("accuracy", "f1_macro", "train_seconds")
 
 
+def grid_header(folder: Path) -> list[str]:
+    """The lines of sizes.md that name the data, model and test sample (not the seed count)."""
+    lines = (folder / "sizes.md").read_text(encoding="utf-8").splitlines()
+    return [lines[0], lines[2].split(": mean")[0], lines[2].rsplit("; ", 1)[-1]]
+
+
 def read_cells(folders: list[Path]) -> list[dict]:
-    cells: dict[tuple[str, int, int], dict] = {}
+    cells: dict[tuple[str, int | None, int], dict] = {}
+    first = grid_header(folders[0])
     for folder in folders:
+        if (header := grid_header(folder)) != first:
+            sys.exit(f"sizes_table: {folder} is another grid than {folders[0]}: {header} against {first}")
         path = folder / "cells.csv"
         with path.open(encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 if row["status"] != "ok":
                     continue
-                cell = {"variant": row["variant"], "size": int(row["size"]), "seed": int(row["seed"]), "status": "ok",
+                cell = {"variant": row["variant"], "size": int(row["size"]) if row["size"] else None, "seed": int(row["seed"]), "status": "ok",
                         **{k: float(row[k]) for k in NUMBERS}}
                 key = (cell["variant"], cell["size"], cell["seed"])
                 seen = cells.get(key)
@@ -50,13 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     task = tasks.get("classify")
     cells = read_cells(args.folders)
     rows = aggregate(cells, task)
-    sizes = sorted({r["size"] for r in rows})
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: -1 if s is None else s)
     present = {r["variant"] for r in rows}
     variants = [v for v in ORDER if v in present] + sorted(present - set(ORDER))
     by = {(r["variant"], r["size"]): r for r in rows}
     for key, title, _ in task.compare_metrics:
         print(f"\n{title}, mean ± standard deviation (seeds)\n")
-        print("| variant | " + " | ".join(f"{s}/class" for s in sizes) + " |")
+        print("| variant | " + " | ".join("all" if s is None else f"{s}/class" for s in sizes) + " |")
         print("|---|" + "---:|" * len(sizes))
         for v in variants:
             out = []

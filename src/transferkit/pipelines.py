@@ -45,7 +45,7 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     kind = TASK_ALIASES[task]
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
-    from .inference.predictor import check_batch_size
+    from .inference import check_batch_size
     check_batch_size(batch_size)
     cls = {"text-classification": TextClassificationPipeline, "token-classification": TokenClassificationPipeline,
            "fill-mask": FillMaskPipeline, "text-generation": TextGenerationPipeline}[kind]
@@ -76,7 +76,7 @@ class Pipeline:
         return {**self.defaults, **kwargs}
 
     def _batch_size(self, kwargs: dict[str, Any]) -> int:
-        from .inference.predictor import check_batch_size
+        from .inference import check_batch_size
         b = kwargs.pop("batch_size", self.batch_size)
         check_batch_size(b)
         return b

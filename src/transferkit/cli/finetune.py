@@ -44,7 +44,7 @@ def add_parsers(sub: Any) -> None:
                    "standard deviation are reported")
     p.add_argument("--seed-offset", type=int, default=0, metavar="K", help="train only the seeds from --seed + K "
                    "on, with the split and test sample of --seed: a grid measured in parts (--seeds 1 "
-                   "--seed-offset 2 adds the third seed of --seeds 3)")
+                   "--seed-offset 2 adds the third seed of --seeds 3; with --train-sizes or --test-rows)")
     p.add_argument("--augment-methods", metavar="M,M", help="the methods that also run with each --augment "
                    "(default: all of --methods)")
     p.add_argument("--test-rows", type=int, help="score on a stratified sample of about N test rows (default: all)")

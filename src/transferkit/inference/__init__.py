@@ -8,7 +8,8 @@
 """
 from .adapters import AdapterPredictor
 from .files import OUTPUT_SUFFIXES, predict_runs, split_tags, write_predictions
-from .predictor import LoadedModel, Predictor, check_texts, pooled_features, predict_logits, quantize_int8
+from .predictor import (LoadedModel, Predictor, check_batch_size, check_texts, pooled_features, predict_logits,
+                        quantize_int8)
 
-__all__ = ["AdapterPredictor", "LoadedModel", "OUTPUT_SUFFIXES", "Predictor", "check_texts", "pooled_features",
+__all__ = ["AdapterPredictor", "LoadedModel", "OUTPUT_SUFFIXES", "Predictor", "check_batch_size", "check_texts", "pooled_features",
            "predict_logits", "predict_runs", "quantize_int8", "split_tags", "write_predictions"]

@@ -78,7 +78,7 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # the same reason as torch's OpenMP setting (package __init__): spinning threads fight
+        # the same reason as torch's OpenMP setting (transferkit/__init__.py): spinning threads fight
         # any other process for a shared core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     from ..core.folders import loading
