@@ -15,7 +15,8 @@ from transferkit.config import DataConfig
 from transferkit.data import bundled, list_datasets, load_table
 from transferkit.data.fingerprint import data_fingerprints, source_fingerprint
 from transferkit.data.tagged import prepare_tagged_splits
-from transferkit.data.tagged_read import entity_counts, load_tagged
+from transferkit.data.tag_schemes import entity_counts
+from transferkit.data.tagged_read import load_tagged
 from transferkit.errors import UserError
 from transferkit.registry import DATASETS
 

@@ -7,7 +7,8 @@ import pytest
 
 from transferkit.config import DataConfig
 from transferkit.data.tagged import TaggedSplit, TaggedSplits, prepare_tagged_splits
-from transferkit.data.tagged_read import TaggedTable, load_tagged, load_tagged_splits, to_iob2
+from transferkit.data.tag_schemes import to_iob2
+from transferkit.data.tagged_read import TaggedTable, load_tagged, load_tagged_splits
 from transferkit.errors import UserError
 
 PER, LOC, ORG = ("Alice", "Bob", "Carol"), ("Paris", "Oslo", "Rome"), ("Acme", "Initech")

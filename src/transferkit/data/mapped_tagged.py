@@ -32,7 +32,8 @@ from ..errors import UserError
 from . import bundled
 from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
                      take_rows)
-from .tagged_read import (CONLL_EXTENSIONS, GZIP_ERRORS, SchemeReader, _extension, _from_table, _read_text,
+from .tag_schemes import SchemeReader
+from .tagged_read import (CONLL_EXTENSIONS, GZIP_ERRORS, _extension, _from_table, _read_text,
                           conll_sentences, gzip_error, sequence_hashes)
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ Sources (`load_tagged`):
     the package (`bundled.ShippedDataset`), read like any `.jsonl.gz` file under that name.
 
 Tag schemes: IOB2 (B-X / I-X / O), IOB1 (an entity may start with I-X) and IOBES
-(S-X / E-X as well) are all read as IOB2 (`to_iob2`); repairs are kept as notes.
+(S-X / E-X as well) are all read as IOB2 (`tag_schemes`); repairs are kept as notes.
 
 Every problem the user can fix is a one-line `UserError` naming the file and the line
 (text and JSON lines files), record (a JSON array) or row (Parquet, datasets folders).
@@ -42,6 +42,7 @@ from ..errors import UserError
 from ..registry import DATASETS
 from . import bundled
 from .listing import clip, summarise
+from .tag_schemes import SchemeReader, entity_counts
 from .load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, decode_utf8, hf_split_names
 
 CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob", ".tsv")
@@ -53,7 +54,6 @@ DOCSTART = "-DOCSTART-"
 _COLUMNS = re.compile(r"[ \t]+")  # CoNLL columns; other Unicode spaces may sit inside a token
 _HEADER_TOKEN = ("token", "tokens", "word", "words")
 _HEADER_TAG = ("tag", "tags", "label", "labels", "ner", "ner_tag", "ner_tags")
-_SCHEME = "expected IOB2 (B-X / I-X / O) or IOBES (S-X / E-X as well)"
 
 
 @dataclass
@@ -394,73 +394,8 @@ def _tag_name(tag: Any, names: list[str] | None, source: str, at: str, col: str)
                     "expected a tag string or an integer id")
 
 
-# --- tag schemes ---------------------------------------------------------------------
-
-def to_iob2(tags: list[str], where: str) -> list[str]:
-    """IOB2, IOB1 or IOBES tags of one sentence as IOB2; `where` names the sentence in errors.
-
-    S-X becomes B-X and E-X becomes I-X; an I-X (or E-X) that does not continue an entity
-    of type X (after O, another type, or a closed E-/S- entity) starts one: B-X.
-    """
-    return _convert(tags, lambda t: f"{where}, token {t + 1}")[0]
-
-
-def _convert(tags: list[str], at: Callable[[int], str]) -> tuple[list[str], list[int]]:
-    """IOB2 tags plus the positions of entities that started with I-X / E-X (repaired to B-X)."""
-    out: list[str] = []
-    repaired: list[int] = []
-    open_type: str | None = None  # the entity type the previous token leaves open, if any
-    for t, tag in enumerate(tags):
-        if tag == "O":
-            out.append("O")
-            open_type = None
-            continue
-        prefix, kind = tag[:2], tag[2:]
-        if prefix not in ("B-", "I-", "E-", "S-") or not kind:
-            raise UserError(f"unknown tag scheme: tag {clip(repr(tag))} at {at(t)}; {_SCHEME}")
-        if prefix in ("B-", "S-") or open_type == kind:
-            out.append(("B-" if prefix in ("B-", "S-") else "I-") + kind)
-        else:
-            out.append("B-" + kind)
-            repaired.append(t)
-        open_type = None if prefix in ("E-", "S-") else kind
-    return out, repaired
-
-
-class SchemeReader:
-    """Converts sentence after sentence to IOB2 and remembers what the notes say: whether IOBES
-    tags were seen, how many entities were repaired and where the first was."""
-
-    def __init__(self, source: str) -> None:
-        self.source, self.iobes, self.repaired, self.first = source, False, 0, None
-
-    def convert(self, tags: list[str], at: Callable[[int], str]) -> list[str]:
-        """`tags` of one sentence as IOB2; `at(t)` names token t (e.g. "line 12")."""
-        self.iobes = self.iobes or any(tag[:2] in ("S-", "E-") for tag in tags)
-        out, fixed = _convert(tags, lambda t: f"{self.source} {at(t)}")
-        if fixed and self.first is None:
-            self.first = at(fixed[0])
-        self.repaired += len(fixed)
-        return out
-
-    def notes(self) -> list[str]:
-        notes = []
-        if self.iobes:
-            notes.append(f"{self.source}: tags are IOBES (S-/E- found); read as IOB2 (S-X -> B-X, E-X -> I-X)")
-        if self.repaired:
-            n = self.repaired
-            notes.append(f"{self.source}: {n:,} entit{'y' if n == 1 else 'ies'} started with I-X "
-                         f"(IOB1 style{' or a broken E-X' if self.iobes else ''}; first at {self.first}); read as B-X")
-        return notes
-
-
 def _finish(raw: _Raw, source: str) -> TaggedTable:
     """Convert every sentence to IOB2 and note the scheme found and the repairs made."""
     scheme = SchemeReader(source)
     converted = [scheme.convert(sent, lambda t, s=s: raw.at(s, t)) for s, sent in enumerate(raw.tags)]
     return TaggedTable(raw.tokens, converted, source, raw.where, list(raw.notes) + scheme.notes())
-
-
-def entity_counts(tags: list[list[str]]) -> Counter:
-    """Entities per type in IOB2 tags (each entity starts with B-)."""
-    return Counter(tag[2:] for sent in tags for tag in sent if tag.startswith("B-"))
