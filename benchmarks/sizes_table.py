@@ -25,6 +25,8 @@ NUMBERS = ("accuracy", "f1_macro", "train_seconds")
 
 def grid_header(folder: Path) -> list[str]:
     """The lines of sizes.md that name the data, model and test sample (not the seed count)."""
+    if not (folder / "sizes.md").is_file() or not (folder / "cells.csv").is_file():
+        sys.exit(f"sizes_table: {folder} is not a compare --train-sizes folder (no sizes.md and cells.csv)")
     lines = (folder / "sizes.md").read_text(encoding="utf-8").splitlines()
     return [lines[0], lines[2].split(": mean")[0], lines[2].rsplit("; ", 1)[-1]]
 
