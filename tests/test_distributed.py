@@ -225,7 +225,9 @@ def test_an_interrupt_stops_every_process_and_the_run_resumes(tiny_model_dir, se
     dropout (on in this model) draws what it would have drawn."""
     import signal
     import time
-    opts = ["--data", str(sentiment_csv), "--model", str(tiny_model_dir), "--method", "full", "--epochs", "30",
+    # 600 steps: the first checkpoint (step 5) comes ~10 s before the end of a 300-step run, and the interrupt
+    # takes ~3.5 s to stop both workers on an idle machine; on a loaded one 300 steps once ended first.
+    opts = ["--data", str(sentiment_csv), "--model", str(tiny_model_dir), "--method", "full", "--epochs", "60",
             "--batch-size", "16", "--lr", "3e-3", "--processes", "2", "train.progress=false",
             "train.checkpoint_steps=5", "train.early_stopping_patience=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -245,10 +247,10 @@ def test_an_interrupt_stops_every_process_and_the_run_resumes(tiny_model_dir, se
     proc.wait(timeout=120)
     time.sleep(1)
     assert [p for p in workers if _running(p)] == [], "processes left running after the interrupt"
-    assert not (run / "metrics.json").exists()
+    assert not (run / "metrics.json").exists(), "the run finished before the interrupt stopped it"
     resumed = api.finetune(resume=run, processes=2, log=quiet)
     a = _metrics(whole)
-    assert resumed.metrics["train"]["steps"] == a["train"]["steps"] == 300  # 160 rows / 16 x 30 epochs
+    assert resumed.metrics["train"]["steps"] == a["train"]["steps"] == 600  # 160 rows / 16 x 60 epochs
     for split in ("test", "validation"):
         assert resumed.metrics[split] == pytest.approx(a[split], abs=1e-6), split
 
