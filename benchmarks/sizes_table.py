@@ -33,16 +33,19 @@ def grid_header(folder: Path) -> list[str]:
 
 def read_cells(folders: list[Path]) -> list[dict]:
     cells: dict[tuple[str, int | None, int], dict] = {}
-    first = grid_header(folders[0])
+    first = None
     for folder in folders:
-        if (header := grid_header(folder)) != first:
+        header = grid_header(folder)
+        first = first or header
+        if header != first:
             sys.exit(f"sizes_table: {folder} is another grid than {folders[0]}: {header} against {first}")
         path = folder / "cells.csv"
         with path.open(encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 if row["status"] != "ok":
                     continue
-                cell = {"variant": row["variant"], "size": int(row["size"]) if row["size"] else None, "seed": int(row["seed"]), "status": "ok",
+                size = int(row["size"]) if row["size"] else None  # empty: a grid over the whole split
+                cell = {"variant": row["variant"], "size": size, "seed": int(row["seed"]), "status": "ok",
                         **{k: float(row[k]) for k in NUMBERS}}
                 key = (cell["variant"], cell["size"], cell["seed"])
                 seen = cells.get(key)
