@@ -118,7 +118,7 @@ def data_config(limit: int | None, eval_limit: int | None, seed: int, workdir: P
     validation and test rows of that same split are written to Parquet files and used as explicit
     splits, so quick runs do not spend minutes evaluating 1,057-row splits.
     """
-    from transferkit.config import DataConfig
+    from transferkit.config.finetune import DataConfig
     if eval_limit is None:
         return DataConfig(limit=limit)
     import pandas as pd
@@ -137,12 +137,12 @@ def data_config(limit: int | None, eval_limit: int | None, seed: int, workdir: P
 def quiet_libraries() -> None:
     """Silence progress bars and library chatter so the tables stay readable."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transferkit import runtime
+    from transferkit.core import runtime
     runtime.setup()
 
 
 def movie_splits(seed: int = 42) -> Any:
     """The bundled movie sentences split as `transferkit finetune` splits them (80/10/10, `seed`)."""
-    from transferkit.config import DataConfig
+    from transferkit.config.finetune import DataConfig
     from transferkit.data.prepare import prepare_splits
     return prepare_splits(DataConfig(data="movie-sentences"), seed, log=lambda *_: None)

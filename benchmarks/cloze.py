@@ -5,7 +5,7 @@ word masked: a whole word that is alphabetic, at least 4 letters, not an English
 (scikit-learn's list) and a single token in every compared model's tokenizer (so models with
 different vocabularies are scored on the same items). A model scores a hit when the masked
 word's token is its top-1 / among its top-5 predictions (special tokens never count as
-predictions; see transferkit.generation.MaskFiller).
+predictions; see transferkit.inference.generation.MaskFiller).
 
 Held-out documents: when a pretrain run directory is given, its own config.yaml decides the
 corpus, document limit, held-out share and seed, and the documents are re-derived with the same
@@ -41,7 +41,7 @@ MIN_WORDS, MAX_WORDS = 8, 50
 def heldout_documents(models: list[str], corpus: list[str] | None, heldout: float | None, seed: int | None,
                       limit: int | None) -> tuple[list[str], dict[str, Any]]:
     """Held-out documents of the first pretrain run among `models` (or of a default run)."""
-    from transferkit.config import PretrainConfig
+    from transferkit.config.pretrain import PretrainConfig
     from transferkit.data.corpus import heldout_split, load_documents
     cfg = PretrainConfig()
     for m in models:
@@ -68,9 +68,9 @@ def heldout_documents(models: list[str], corpus: list[str] | None, heldout: floa
 
 def load_filler(name: str) -> tuple[Any, str]:
     """A MaskFiller for a run/folder with an MLM head; a bundled encoder gets a new (untrained) head."""
-    from transferkit.generation import MaskFiller
-    from transferkit.lm_models import load_for_objective
-    from transferkit.models import MODELS
+    from transferkit.inference.generation import MaskFiller
+    from transferkit.modeling.lm import load_for_objective
+    from transferkit.modeling.resolve import MODELS
     if name in MODELS:
         import torch
         torch.manual_seed(0)  # the new head's random init: the same 'before' row on every run

@@ -37,7 +37,7 @@ TARGET_MB = 500.0
 def write_rows(path: Path, n: int) -> None:
     """`n` distinct rows: sentence a + sentence b of the bundled movie sentences, a's label."""
     import transferkit.data.bundled  # noqa: F401
-    from transferkit.registry import DATASETS
+    from transferkit.core.registry import DATASETS
     df = DATASETS.get("movie-sentences").load()
     texts, labels = [str(t) for t in df["text"]], [str(x) for x in df["label"]]
     m = len(texts)

@@ -75,7 +75,7 @@ def fused_adamw_on(device: str) -> bool:
     """Whether the fused AdamW kernel (what optim.make_optimizer asks for) takes a step on `device`."""
     import torch
 
-    from transferkit.optim import make_optimizer
+    from transferkit.training.optim import make_optimizer
     w = torch.nn.Parameter(torch.ones(4, device=device))
     opt = make_optimizer([{"params": [w], "lr": 1e-3}])
     w.grad = torch.ones_like(w)

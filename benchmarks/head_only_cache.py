@@ -43,7 +43,7 @@ def warm_up(data: Any, seed: int) -> None:
 
     from transferkit import api  # noqa: F401
     from transferkit.data.prepare import prepare_splits
-    from transferkit.models import build_classifier, load_tokenizer, resolve_model
+    from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model
     splits = prepare_splits(data, seed, log=_quiet)
     resolved = resolve_model("minilm-l6")
     tok = load_tokenizer(resolved.path)
@@ -56,7 +56,7 @@ def head_hidden(head: str) -> int:
     """Hidden width of the head as transferkit builds it: 0 for linear, the encoder width for mlp."""
     from transformers import AutoConfig
 
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     return 0 if head == "linear" else int(AutoConfig.from_pretrained(resolve_model("minilm-l6").path).hidden_size)
 
 
@@ -67,14 +67,14 @@ def baseline(data: Any, epochs: int, batch_size: int, lr: float, seed: int, same
     from accelerate.utils import set_seed
     from transformers import AutoConfig, get_linear_schedule_with_warmup
 
-    from transferkit.config import MethodConfig, TrainConfig
+    from transferkit.config.finetune import MethodConfig, TrainConfig
     from transferkit.data import tokens as tk
     from transferkit.data.batches import TokenData, length_grouped_batches
     from transferkit.data.prepare import prepare_splits
     from transferkit.inference import predict_logits
     from transferkit.methods.head_only import HeadOnly
-    from transferkit.models import build_classifier, load_tokenizer, resolve_model
-    from transferkit.optim import make_optimizer, param_groups
+    from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model
+    from transferkit.training.optim import make_optimizer, param_groups
 
     t_start = time.perf_counter()
     defaults = TrainConfig()
@@ -129,7 +129,7 @@ def ours(data: Any, epochs: int, batch_size: int, lr: float | None, seed: int, h
          run_dir: Path) -> dict[str, Any]:
     """The whole `transferkit.api.finetune` call with method head_only (caching is its default)."""
     from transferkit import api
-    from transferkit.config import RunConfig
+    from transferkit.config.finetune import RunConfig
     cfg = RunConfig()
     cfg.data = data
     cfg.method.name = "head_only"

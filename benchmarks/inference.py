@@ -47,7 +47,7 @@ GATE = 0.995  # the int8 export gate's argmax agreement (exporting.onnx_gate.INT
 def load_texts(n: int) -> list[str]:
     """The first `n` bundled movie sentences in file order."""
     import transferkit.data.bundled  # noqa: F401  (registers the bundled datasets)
-    from transferkit.registry import DATASETS
+    from transferkit.core.registry import DATASETS
     df = DATASETS.get("movie-sentences").load()
     if n > len(df):
         raise SystemExit(f"--n {n} exceeds the {len(df)} bundled sentences")
@@ -60,14 +60,14 @@ def load_model(run: Path | None, max_length: int, batch_size: int) -> tuple[Any,
 
     from transferkit.inference import Predictor
     if run is not None:
-        from transferkit.runinfo import RunInfo
+        from transferkit.core.runs import RunInfo
         predictor = Predictor.from_run(run, device="cpu", batch_size=batch_size)
         info = RunInfo.read(run)
         tok_dir = str(info.artifact_dir)
         desc = {"kind": "trained run", "run_dir": str(run), "method": info.method, "model": info.model_name,
                 "predictor_max_length": info.max_length}
     else:
-        from transferkit.models import build_classifier, load_tokenizer, resolve_model
+        from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model
         resolved = resolve_model("minilm-l6")
         model = build_classifier(resolved, ["negative", "positive"], resolved.pooling, 0.1)
         tok_dir = resolved.path

@@ -45,7 +45,7 @@ def make_tasks(n_tasks: int, workdir: Path) -> list[tuple[str, Path, int]]:
     import pandas as pd
 
     import transferkit.data.bundled  # noqa: F401  (registers the bundled datasets)
-    from transferkit.registry import DATASETS
+    from transferkit.core.registry import DATASETS
     df = DATASETS.get("movie-sentences").load()
     texts, labels = [str(t) for t in df["text"]], [str(x) for x in df["label"]]
     tasks = []
@@ -72,7 +72,7 @@ def make_tasks(n_tasks: int, workdir: Path) -> list[tuple[str, Path, int]]:
 def train_runs(tasks: list[tuple[str, Path, int]], workdir: Path, steps: int) -> dict[str, dict[str, Path]]:
     """method -> task -> run directory; finished runs in `workdir` are reused."""
     from transferkit import api
-    from transferkit.config import RunConfig
+    from transferkit.config.finetune import RunConfig
     runs: dict[str, dict[str, Path]] = {"lora": {}, "full": {}}
     for method in runs:
         for name, folder, _ in tasks:
@@ -177,7 +177,7 @@ def main() -> None:
     lora, full = runs["lora"], runs["full"]
 
     # disk
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     base_bytes = folder_bytes(Path(resolve_model("minilm-l6").path))
     adapter_bytes = sum(folder_bytes(r / "adapter") for r in lora.values())
     adapter_weight_bytes = sum((r / "adapter" / "adapter_model.safetensors").stat().st_size for r in lora.values())
@@ -198,7 +198,7 @@ def main() -> None:
     grouped = AdapterPredictor(mixed.model, mixed.tokenizer, device="cpu", strategy="grouped")  # same weights
     separate = {n: Predictor.from_run(r, device="cpu") for n, r in lora.items()}
     import transferkit.data.bundled  # noqa: F401
-    from transferkit.registry import DATASETS
+    from transferkit.core.registry import DATASETS
     pool = [str(t) for t in DATASETS.get("movie-sentences").load()["text"]]
     texts = pool[-args.n:]  # rows no task trained on
     rng = random.Random(0)

@@ -37,7 +37,7 @@ def _quiet(*_: Any) -> None:
 
 
 def _data_cfg(spec: dict[str, Any]) -> Any:
-    from transferkit.config import DataConfig
+    from transferkit.config.finetune import DataConfig
     return DataConfig(data=spec["data"], limit=spec["limit"])
 
 
@@ -59,7 +59,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
                               PrinterCallback, Trainer, TrainingArguments, set_seed)
 
     from transferkit.data.tagged import prepare_tagged_splits
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     from transferkit.tasks.token_classification import entity_metrics
     datasets.disable_progress_bars()
     splits = prepare_tagged_splits(_data_cfg(spec), spec["seed"], _quiet)

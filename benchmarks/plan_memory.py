@@ -1,7 +1,7 @@
 """`plan`'s memory estimate against the measured peak of real training steps, for every method.
 
 For each method on MiniLM-L6 (bundled) at two batch sizes and two lengths: the estimate of
-`transferkit.memory_estimate.training_memory` (what `transferkit plan` prints), the measured peak
+`transferkit.training.memory_estimate.training_memory` (what `transferkit plan` prints), the measured peak
 of real training steps of the loop (`Trainer._step`: forward, backward, clipping, AdamW) on
 batches of exactly that shape, and the figure `accelerate estimate-memory` gives for training
 (parameters + gradients + two Adam states in fp32, which is all it counts: no activations).
@@ -34,15 +34,15 @@ def measure(method_name: str, batch: int, length: int, steps: int = 3) -> float:
     import torch
     from accelerate import Accelerator
 
-    from transferkit.config import MethodConfig, TrainConfig
+    from transferkit.config.finetune import MethodConfig, TrainConfig
     from transferkit.data.batches import FeatureData, TokenData
     from transferkit.inference import pooled_features
-    from transferkit.memory_estimate import MB
-    from transferkit.models import build_classifier, resolve_model
-    from transferkit.memory_measure import PeakMemory
+    from transferkit.training.memory_estimate import MB
+    from transferkit.modeling.resolve import build_classifier, resolve_model
+    from transferkit.training.memory_measure import PeakMemory
     from transferkit import tasks
-    from transferkit.registry import METHODS
-    from transferkit.train import Trainer
+    from transferkit.core.registry import METHODS
+    from transferkit.training.loop import Trainer
     task = tasks.get("classify")
     method = METHODS.get(method_name)(MethodConfig.from_dict({"name": method_name}))
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -73,8 +73,8 @@ def main() -> int:
     args = p.parse_args()
     set_threads(args.threads)
     quiet_libraries()
-    from transferkit.memory_estimate import MB, training_memory
-    from transferkit.registry import METHODS
+    from transferkit.training.memory_estimate import MB, training_memory
+    from transferkit.core.registry import METHODS
     methods = ["lora", "full"] if args.quick else METHODS.names()
     shapes = [(16, 64)] if args.quick else [(8, 64), (8, 128), (32, 64), (32, 128)]
     rows, results = [], []

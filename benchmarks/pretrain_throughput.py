@@ -38,10 +38,10 @@ VARIANTS = ("trainer-docs", "trainer-grouped", "ours")
 
 def _tokenizer(objective: str, docs: list[str]) -> Any:
     if objective == "mlm":
-        from transferkit.lm_models import model_folder
+        from transferkit.modeling.lm import model_folder
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(model_folder("minilm-l6")))
-    from transferkit.tokenizer_training import train_tokenizer
+    from transferkit.modeling.tokenizers import train_tokenizer
     return train_tokenizer(docs, "bpe", 16000)
 
 
@@ -83,9 +83,9 @@ def run_trainer(model: Any, tok: Any, examples: list[list[int]], objective: str,
 def run_ours(model: Any, tok: Any, data: Any, objective: str, a: argparse.Namespace) -> dict:
     from accelerate import Accelerator
 
-    from transferkit import train
-    from transferkit.config import TrainConfig
-    from transferkit.registry import OBJECTIVES
+    from transferkit.training import loop as train
+    from transferkit.config.finetune import TrainConfig
+    from transferkit.core.registry import OBJECTIVES
     obj = OBJECTIVES.get(objective)
     stamps: list[tuple[float, int]] = []
 
@@ -111,9 +111,9 @@ def bench(objective: str, docs: list[str], a: argparse.Namespace) -> dict:
     import torch
 
     from transferkit.data.corpus import build_cache
-    from transferkit.lm_models import build_from_scratch
+    from transferkit.modeling.lm import build_from_scratch
     from transferkit.objectives.clm import separator_id
-    from transferkit.registry import OBJECTIVES
+    from transferkit.core.registry import OBJECTIVES
     tok = _tokenizer(objective, docs)
     arch = "bert" if objective == "mlm" else "gpt2"
     torch.manual_seed(a.seed)

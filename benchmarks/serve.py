@@ -74,7 +74,7 @@ def free_port() -> int:
 
 def train(tasks: list[tuple[str, Path, int]], workdir: Path, steps: int) -> dict[str, Path]:
     from transferkit import api
-    from transferkit.config import RunConfig
+    from transferkit.config.finetune import RunConfig
     runs = {}
     for name, folder, _ in tasks:
         out = workdir / "runs" / name

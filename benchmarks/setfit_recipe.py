@@ -92,7 +92,7 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer
 
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     torch.set_num_threads(args.threads)
     with open(args.grid / "cells.csv", newline="", encoding="utf-8") as f:
         cells = [r for r in csv.DictReader(f)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from transferkit import tasks
-from transferkit.comparison_grid import aggregate, plot_sizes
+from transferkit.recipes.compare.grid import aggregate, plot_sizes
 
 ORDER = ["head_only", "lora", "lora+eda", "lora+mixup", "lora+paraphrase", "full", "setfit", "setfit+eda"]
 NUMBERS = ("accuracy", "f1_macro", "train_seconds")

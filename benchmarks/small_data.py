@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/small_data.json"))
     args = ap.parse_args()
     from transferkit import api
-    from transferkit.runtime import log_stderr
+    from transferkit.core.runtime import log_stderr
     data = args.out_dir / "data.csv"
     counts = sample(args.dataset, args.rows, args.imbalance, data)
     print(f"{args.dataset}: {sum(counts.values())} rows {counts} -> {data}", file=sys.stderr)

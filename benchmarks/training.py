@@ -62,7 +62,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
                               PrinterCallback, Trainer, TrainingArguments, set_seed)
 
     from transferkit.data.prepare import prepare_splits
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     datasets.disable_progress_bars()
     padded = spec["variant"] == "textbook"
     splits = prepare_splits(spec["data"], spec["seed"], log=_quiet_log)
@@ -111,7 +111,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """transferkit.api.finetune with evaluation as quiet as the loop allows."""
     from transferkit import api
-    from transferkit.config import RunConfig
+    from transferkit.config.finetune import RunConfig
     cfg = RunConfig()
     cfg.data = spec["data"]
     cfg.method.name = spec["method"]

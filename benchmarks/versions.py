@@ -33,7 +33,7 @@ CHILD = """
 import json, sys, torch
 torch.set_num_threads({threads})
 import transferkit
-from transferkit.demo import demo_config
+from transferkit.recipes.demo import demo_config
 cfg = demo_config({out!r})
 cfg.method.name = {method!r}
 cfg.train.progress = False

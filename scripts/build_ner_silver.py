@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT / "src"))
     from transferkit.data.corpus import load_documents
-    from transferkit.registry import CORPORA
+    from transferkit.core.registry import CORPORA
 
     have = {p: md.version(p) for p in ("spacy", MODEL_PACKAGE)}
     want = {"spacy": SPACY_VERSION, MODEL_PACKAGE: MODEL_VERSION}

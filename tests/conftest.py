@@ -38,7 +38,7 @@ def clm_dir(tmp_path_factory) -> Path:
     """A tiny random GPT-2 folder (BERT vocabulary: [SEP] is its eos), for generation tests."""
     import torch
 
-    from transferkit.lm_models import build_from_scratch
+    from transferkit.modeling.lm import build_from_scratch
     folder = tmp_path_factory.mktemp("gpt2")
     tok = make_tokenizer()
     torch.manual_seed(0)

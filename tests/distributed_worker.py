@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from transferkit import distributed
+from transferkit.training import distributed
 from transferkit.data.batches import TokenData
 from transferkit.inference import predict_logits
 from transferkit.tasks.token_classification import window_probs

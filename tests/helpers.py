@@ -84,7 +84,7 @@ def make_tokenizer() -> Any:
 
 def tiny_config(data: Path, model_dir: Path, output_dir: Path | None, method: str = "full", **train: Any) -> Any:
     """A RunConfig for a fast run of the tiny model on a CSV."""
-    from transferkit.config import RunConfig
+    from transferkit.config.finetune import RunConfig
     cfg = RunConfig()
     cfg.data.data = str(data)
     cfg.model.name = str(model_dir)
@@ -103,7 +103,7 @@ def interrupted_at_step(n: int) -> Iterator[None]:
     """Inside: the n-th optimizer step raises KeyboardInterrupt (a Ctrl-C mid-run), which must end the block."""
     import pytest
 
-    from transferkit import train
+    from transferkit.training import loop as train
     real_step, calls = train.Trainer._step, {"n": 0}
 
     def step(self: Any, group: Any) -> Any:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import transferkit
-from transferkit import api, train
-from transferkit.errors import UserError
+from transferkit import api
+from transferkit.training import loop as train
+from transferkit.core.errors import UserError
 from transferkit.inference import Predictor
-from transferkit.registry import METHODS
+from transferkit.core.registry import METHODS
 
 from helpers import LABELS, RUN_EPOCHS, interrupted_at_step, quiet, tiny_config
 
@@ -87,7 +88,7 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
     # the head trained: it differs from the one the run started with (seeded the same way)
     from accelerate.utils import set_seed
 
-    from transferkit.models import ResolvedModel, build_classifier
+    from transferkit.modeling.resolve import ResolvedModel, build_classifier
     info = json.loads((run / "run.json").read_text())
     set_seed(42)
     start_head = build_classifier(ResolvedModel("tiny", str(tiny_model_dir), "mean"), LABELS, "mean", 0.1,
@@ -148,7 +149,7 @@ def test_lora_adapter_loads_with_peft(finished_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from transferkit.models import ResolvedModel, build_classifier
+    from transferkit.modeling.resolve import ResolvedModel, build_classifier
     run = finished_run("lora")
     assert (run / "adapter" / "adapter_config.json").is_file()
     assert not (run / "model").exists()

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transferkit import checkpoint, train
-from transferkit.errors import TrainingDiverged, UserError
+from transferkit.training import checkpoint, loop as train
+from transferkit.core.errors import TrainingDiverged, UserError
 from transferkit.tasks.classification import classification_loss
 
 from train_helpers import feature_trainer

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import api, cli, comparison
-from transferkit.errors import UserError
-from transferkit.registry import METHODS
+from transferkit import api, cli
+from transferkit.recipes.compare import run as comparison
+from transferkit.core.errors import UserError
+from transferkit.core.registry import METHODS
 
 from helpers import interrupted_at_step, quiet
 

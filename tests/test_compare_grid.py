@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from transferkit import api
-from transferkit.comparison_grid import augment_variants, parse_sizes
+from transferkit.recipes.compare.grid import augment_variants, parse_sizes
 
 from helpers import FILLER, expect_user_error, quiet
 
@@ -71,7 +71,7 @@ def test_table_means_and_spreads(grid):
 
 def test_rerun_reuses_every_cell(grid, tiny_model_dir, sentiment_csv, synonyms, monkeypatch):
     out, first, _ = grid
-    from transferkit import comparison
+    from transferkit.recipes.compare import run as comparison
     monkeypatch.setattr(comparison, "_run_child", lambda *a, **k: pytest.fail("a finished cell was trained again"))
     logs: list[str] = []
     again = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transferkit.api import make_config
-from transferkit.config import RunConfig
-from transferkit.config_checks import validate
-from transferkit.errors import UserError
+from transferkit.config.finetune import RunConfig
+from transferkit.config.checks import validate
+from transferkit.core.errors import UserError
 
 
 def test_defaults_validate():
@@ -196,7 +196,7 @@ def test_make_config_sources(tmp_path):
 
 def test_partial_section_keeps_the_parent_default(tmp_path):
     """A pretraining YAML that sets only train.lr keeps pretraining's metric (loss), not finetune's."""
-    from transferkit.config import PretrainConfig
+    from transferkit.config.pretrain import PretrainConfig
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  lr: 0.001\n", encoding="utf-8")
     cfg = PretrainConfig.from_yaml(path)

@@ -9,7 +9,7 @@ import pytest
 
 from transferkit.data import corpus as corpus_mod
 from transferkit.data.corpus import TokenCache, build_cache, heldout_split, load_documents, split_blank_lines
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 from helpers import make_tokenizer
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import api, distributed
-from transferkit.errors import UserError
+from transferkit import api
+from transferkit.training import distributed
+from transferkit.core.errors import UserError
 
 from helpers import (expect_user_error, interrupted_at_step, make_sentences, make_tokenizer, quiet, tiny_bert_config,
                      tiny_config, torchrun, write_conll)

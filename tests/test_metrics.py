@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from transferkit.metrics import HEADLINE_KEYS, classification_metrics, full_report
+from transferkit.reporting.metrics import HEADLINE_KEYS, classification_metrics, full_report
 
 
 def test_binary_by_hand() -> None:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import transferkit  # noqa: F401  (registers the classifier with the Auto classes)
-from transferkit.errors import UserError
-from transferkit.modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification
-from transferkit.models import ResolvedModel, build_classifier, resolve_model
+from transferkit.core.errors import UserError
+from transferkit.modeling.classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
+from transferkit.modeling.resolve import ResolvedModel, build_classifier, resolve_model
 
 from helpers import LABELS, make_tokenizer
 
@@ -116,7 +116,7 @@ def test_mlp_head_shape(tiny_model_dir):
 
 
 def test_register_is_idempotent():
-    from transferkit.modeling import register
+    from transferkit.modeling.classifier import register
     register()
     register()
 
@@ -171,8 +171,8 @@ def test_random_init_keeps_architecture_not_weights(tiny_model_dir):
 
 
 def test_random_init_needs_full_method():
-    from transferkit.config import RunConfig
-    from transferkit.config_checks import validate
+    from transferkit.config.finetune import RunConfig
+    from transferkit.config.checks import validate
     cfg = RunConfig()
     cfg.override("model.init", "random")
     cfg.override("method.name", "lora")

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import FILLER, make_sentences, quiet, tiny_config, write_csv
 from transferkit import Predictor, api, cli
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 TEXTS = ["good film", "awful boring plot with dull acting and a weak script", "the movie", "superb cast",
          "bad", "this film was really quite terrible and the ending was poor", "fine music", "the plot"]
@@ -117,7 +117,7 @@ def test_bad_calls_are_user_errors(multi):
 
 
 def test_runs_that_cannot_share_a_base(finished_run, tmp_path, tiny_model_dir):
-    from transferkit.runinfo import trust_base
+    from transferkit.core.runs import trust_base
     with pytest.raises(UserError, match="method .full. cannot share a base model .only bitfit, head_only, ia3 and lora"):
         Predictor.from_runs({"a": finished_run("lora"), "b": finished_run("full")})
     other_base = tmp_path / "other-base"

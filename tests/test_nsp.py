@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.objectives.nsp import PairData, make_pairs, mlm_nsp_loss, split_sentences
 
 

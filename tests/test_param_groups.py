@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from transferkit import methods  # noqa: F401  (registers the methods)
-from transferkit.config import MethodConfig, TrainConfig
-from transferkit.models import ResolvedModel, build_classifier
-from transferkit.registry import METHODS
+from transferkit.config.finetune import MethodConfig, TrainConfig
+from transferkit.modeling.resolve import ResolvedModel, build_classifier
+from transferkit.core.registry import METHODS
 from transferkit.tasks.classification import classification_loss
-from transferkit.optim import layer_depths, param_groups
-from transferkit.train import Trainer
+from transferkit.training.optim import layer_depths, param_groups
+from transferkit.training.loop import Trainer
 
 from helpers import LABELS, quiet
 

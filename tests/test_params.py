@@ -6,8 +6,8 @@ import json
 import pytest
 
 from transferkit.cli import main
-from transferkit.errors import UserError
-from transferkit.param_count import parameter_report
+from transferkit.core.errors import UserError
+from transferkit.modeling.params import parameter_report
 
 BERT_BASE_POOLER = 768 * 768 + 768  # BertForSequenceClassification has it; transferkit's classifier pools itself
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from transferkit import methods  # noqa: F401  (registers the methods)
-from transferkit.config import MethodConfig
-from transferkit.models import ResolvedModel, build_classifier, load_tokenizer
-from transferkit.registry import METHODS
-from transferkit.runinfo import RunInfo
+from transferkit.config.finetune import MethodConfig
+from transferkit.modeling.resolve import ResolvedModel, build_classifier, load_tokenizer
+from transferkit.core.registry import METHODS
+from transferkit.core.runs import RunInfo
+from transferkit.inference.loading import load_run_model
 
 from helpers import LABELS
 
@@ -59,8 +60,8 @@ def test_finetuned_run_adapter_loads_with_peft(name, finished_run):
     base = build_classifier(ResolvedModel(info.model_name, info.model_path, info.pooling), info.label_names,
                             info.pooling, info.classifier_dropout, info.head_hidden, info.pool_layers)
     peft_logits = _logits(PeftModel.from_pretrained(base, info.artifact_dir), tok)
-    torch.testing.assert_close(_logits(info.load_model(), tok), peft_logits, rtol=0, atol=1e-6)
-    torch.testing.assert_close(_logits(info.load_model(merge=True), tok), peft_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(load_run_model(info), tok), peft_logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_logits(load_run_model(info, merge=True), tok), peft_logits, rtol=0, atol=1e-5)
 
 
 def _stock_probs(adapter, auto_name, texts):
@@ -119,7 +120,7 @@ print(json.dumps(p.tolist()))
 def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_path):
     from transferkit import api
     from transferkit.inference import LoadedModel  # noqa: F401
-    from transferkit.runinfo import RunInfo
+    from transferkit.core.runs import RunInfo
     from helpers import FILLER, POSITIVE, quiet
     lines = []
     for i in range(40):
@@ -132,7 +133,7 @@ def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_pat
     assert config["task_type"] == "TOKEN_CLS"
     texts = ["the movie good", "a film with superb acting"]
     probs, mask = _stock_probs(run / "adapter", "AutoModelForTokenClassification", texts)
-    model = RunInfo.read(run).load_model(merge=True).eval()
+    model = load_run_model(RunInfo.read(run), merge=True).eval()
     tok = load_tokenizer(str(run / "adapter"))
     enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():

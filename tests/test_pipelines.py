@@ -10,7 +10,7 @@ from transformers import (BertForMaskedLM, BertForSequenceClassification, BertFo
 
 import transferkit
 from transferkit import api
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 from helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, quiet, tiny_bert_config
 
@@ -125,7 +125,7 @@ def _word_level_tokenizer(folder):
 
 
 def test_text_generation_matches_transformers_greedy(tmp_path_factory):
-    from transferkit.lm_models import build_from_scratch
+    from transferkit.modeling.lm import build_from_scratch
     folder = tmp_path_factory.mktemp("gpt2")
     tok = _word_level_tokenizer(folder)
     torch.manual_seed(0)

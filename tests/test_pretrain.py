@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import api, train
+from transferkit import api
+from transferkit.training import loop as train
 from transferkit.cli import main
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 from helpers import expect_user_error, interrupted_at_step, make_sentences, quiet
 
@@ -63,7 +64,7 @@ def test_each_objective_learns(corpus, tmp_path, monkeypatch, objective, arch, a
 
 
 def test_resume_matches_uninterrupted(corpus, tmp_path):
-    from transferkit.tokenizer_training import train_tokenizer
+    from transferkit.modeling.tokenizers import train_tokenizer
     # one tokenizer for both runs: the tokenizers library breaks frequency ties differently per process
     train_tokenizer(corpus.read_text().split("\n\n"), "wordpiece", 300, out_dir=tmp_path / "tok")
     kw = dict(max_steps=12, batch_size=8, train_tokenizer=False, tokenizer=str(tmp_path / "tok"),
@@ -87,8 +88,8 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
 
     from transferkit.objectives import mlm
     from transferkit.recipes.pretrain import resolve_train_config
-    from transferkit.optim import param_groups
-    from transferkit.lm_models import load_for_objective
+    from transferkit.training.optim import param_groups
+    from transferkit.modeling.lm import load_for_objective
     model, _ = load_for_objective(str(tiny_model_dir), "mlm", log=quiet)
     assert model.newly_initialized
     wrapped = mlm.MLM().wrap(model, model.newly_initialized)
@@ -103,7 +104,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
     assert result.metrics["train"]["head_lr"] == mlm.MLM.head_lr_new
     assert result.metrics["train"]["lr"] == mlm.MLM.lr_continued
     AutoModelForMaskedLM.from_pretrained(result.model_dir)
-    from transferkit.config import PretrainConfig
+    from transferkit.config.pretrain import PretrainConfig
     assert resolve_train_config(PretrainConfig(from_scratch=True), mlm.MLM(), False).lr == mlm.MLM.lr_scratch
     ft = api.finetune(log=quiet, data=str(sentiment_csv), model=str(result.model_dir), max_steps=2,
                       output_dir=str(tmp_path / "ft"), batch_size=8, **{"train.progress": False})

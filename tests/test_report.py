@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit.metrics import full_report
-from transferkit.report import most_confidently_wrong, plot_confusion_matrix, plot_loss_curves, write_report
+from transferkit.reporting.metrics import full_report
+from transferkit.reporting.run_report import most_confidently_wrong, plot_confusion_matrix, plot_loss_curves, write_report
 
 LABELS = ["negative", "positive"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ import torch
 
 from transferkit import api
 from transferkit.inference import Predictor
-from transferkit.models import BundledModel
-from transferkit.registry import MODELS
+from transferkit.modeling.resolve import BundledModel
+from transferkit.core.registry import MODELS
 
 from helpers import quiet, tiny_config
 

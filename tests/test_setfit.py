@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transferkit import api
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.methods.setfit import PairData, PairModel, SetFit, draw_pairs, similarity_loss
 
 from helpers import make_sentences, quiet, tiny_config, write_csv
@@ -73,7 +73,7 @@ def test_setfit_trains_saves_loads_and_predicts(tiny_model_dir, tmp_path):
 
 
 def test_pair_model_reads_the_classifier_encoder(tiny_model_dir):
-    from transferkit.models import build_classifier, resolve_model, load_tokenizer
+    from transferkit.modeling.resolve import build_classifier, resolve_model, load_tokenizer
     model = build_classifier(resolve_model(str(tiny_model_dir)), ["a", "b"], "mean", 0.0, 0, 1)
     tok = load_tokenizer(str(tiny_model_dir))
     from transferkit.data.batches import TokenData
@@ -95,7 +95,7 @@ def test_setfit_is_refused_for_ner(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("stop_at", [3, 9])  # inside stage 1 (6 steps), inside stage 2
 def test_an_interrupted_setfit_run_resumes_to_the_same_model(stop_at, tiny_model_dir, tmp_path, monkeypatch):
-    from transferkit import train
+    from transferkit.training import loop as train
     data = write_csv(tmp_path / "few.csv", make_sentences(24))
 
     def config(out):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from transferkit.errors import UserError
-from transferkit.tokenizer_training import kind_for_arch, train_tokenizer
+from transferkit.core.errors import UserError
+from transferkit.modeling.tokenizers import kind_for_arch, train_tokenizer
 
 from helpers import make_sentences
 

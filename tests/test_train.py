@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from transferkit.config import TrainConfig
+from transferkit.config.finetune import TrainConfig
 from transferkit.data.batches import TokenData, length_grouped_batches
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.tasks.classification import classification_loss
-from transferkit.optim import param_groups
-from transferkit.train import Trainer, total_steps
+from transferkit.training.optim import param_groups
+from transferkit.training.loop import Trainer, total_steps
 
 from helpers import LABELS, make_sentences, make_tokenizer, quiet
 from train_helpers import accelerator as _accelerator, feature_trainer as _feature_trainer

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from transferkit.config import TrainConfig
+from transferkit.config.finetune import TrainConfig
 from transferkit.data.batches import FeatureData
-from transferkit.modeling import TransferkitClassifierConfig, TransferkitForSequenceClassification
+from transferkit.modeling.classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
 from transferkit.tasks.classification import classification_loss
-from transferkit.train import Trainer
+from transferkit.training.loop import Trainer
 
 from helpers import quiet, tiny_bert_config
 

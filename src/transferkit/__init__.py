@@ -15,9 +15,9 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import (augment, compare, evaluate, export, fill_mask, finetune, generate, list_datasets, list_models,
                   make_config, params, plan, predict, pretrain, serve, tune)
-from .config import RunConfig
-from .errors import UserError
-from .modeling import register as _register
+from .config.finetune import RunConfig
+from .core.errors import UserError
+from .modeling.classifier import register as _register
 
 
 def __getattr__(name: str):  # Predictor imports torch; load it only when asked for
@@ -25,7 +25,7 @@ def __getattr__(name: str):  # Predictor imports torch; load it only when asked 
         from .inference import Predictor
         return Predictor
     if name == "pipeline":
-        from .pipelines import pipeline
+        from .inference.pipelines import pipeline
         return pipeline
     raise AttributeError(name)
 

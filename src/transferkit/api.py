@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import runtime
-from .config import RunConfig, apply_default_data
+from .core import runtime
+from .config.finetune import RunConfig, apply_default_data
 from .core import fs
-from .errors import UserError
+from .core.errors import UserError
+from .recipes.evaluate import run_evaluation
 from .recipes.finetune import FinetuneResult, FinetuneRun
-from .runtime import log_stderr as _log
-from .runinfo import read_history
+from .core.runtime import log_stderr as _log
+from .training.launch import launch_command
 
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -43,12 +44,12 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     learning rates, clipping and progress, `config.RESUME_KEYS`). `processes=N` trains with N
     data-parallel processes on this machine (torchrun; `train.batch_size` stays the global batch,
     see `distributed`); under a launcher the processes are the launcher's."""
-    from . import distributed
+    from .training import distributed
     runtime.setup()
     processes = distributed.check_processes(processes)
     if resume is not None:
         if processes > 1:
-            from .runinfo import resumable
+            from .core.runs import resumable
             resumable(resume)  # a run that cannot resume is one line here, before any process starts
             return _launch_finetune(["--resume", str(resume)], overrides, processes, Path(resume), log)
         return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS, log)
@@ -62,30 +63,12 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
 
 
 def _launch_finetune(argv: list[str] | None, config: Any, processes: int, run_dir: Path, log: Any) -> FinetuneResult:
-    """`transferkit finetune` as `processes` processes (a new run from `config`, or `argv` with
-    `config` as the resume overrides); the finished run's result."""
-    import tempfile
-
-    from . import distributed
-    from .core.folders import read_json_object
-    with tempfile.TemporaryDirectory(prefix="transferkit-launch-") as tmp:
-        if argv is None:
-            path = Path(tmp) / "config.yaml"
-            path.write_text(config.to_yaml(), encoding="utf-8")
-            argv = ["--config", str(path)]
-        else:
-            argv = [*argv, *(f"{SHORT_KEYS.get(k, k)}={v}" for k, v in config.items())]
-        log(f"training with {processes} processes (torchrun, {'NCCL' if _cuda() else 'gloo'}): {run_dir}")
-        code = distributed.launch(["finetune", *argv], processes)
-    if code != 0:
-        raise UserError(f"{run_dir}: the {processes} training processes stopped with exit code {code} "
-                        f"(their messages are above); a run with a checkpoint resumes with --resume {run_dir}")
-    return FinetuneResult(run_dir, read_json_object(run_dir / "metrics.json", "run metrics"))
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
+    """`transferkit finetune` as `processes` processes (a new run from `config`, or `argv` with `config` as
+    the resume overrides); the finished run's result."""
+    if argv is not None:
+        argv = [*argv, *(f"{SHORT_KEYS.get(k, k)}={v}" for k, v in config.items())]
+    metrics = launch_command("finetune", argv, config if argv is None else None, processes, run_dir, log)
+    return FinetuneResult(run_dir, metrics)
 
 
 def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,
@@ -158,27 +141,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str |
     Without `data` the test split is rebuilt from the files the run was trained on, after checking
     their content hashes: a file that changed since would silently score other (maybe training) rows.
     What is scored and reported is the run's task's (labels per text, entities per sentence)."""
-    from . import tasks
-    from .inference import quantize_int8
-    from .models import load_tokenizer
-    from .runinfo import RunInfo, labelled_split
-    runtime.setup()
-    info = RunInfo.read(run_dir)
-    task = tasks.get(info.task)
-    out = Path(output_dir) if output_dir else Path(run_dir) / "report"
-    fs.check_writable_dir(out, "report folder")
-    split, source = labelled_split(run_dir, info, task, data, text_column, label_column)
-    model = info.load_model(merge=True, base_model=base_model)
-    if quantize:
-        model = quantize_int8(model)
-    tokenizer = load_tokenizer(str(info.artifact_dir))
-    report, paths = task.score(model, tokenizer, info, split, out, history=read_history(Path(run_dir)),
-                               title=f"transferkit: {info.method} on {source}",
-                               extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
-                                      "data": source, "rows": len(split)})
-    log(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in task.headline_metrics if k in report))
-    log(f"report: {paths.get('html', out)}")
-    return report
+    return run_evaluation(run_dir, data, text_column=text_column, label_column=label_column, output_dir=output_dir,
+                          quantize=quantize, base_model=base_model, log=log)
 
 
 def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
@@ -248,12 +212,12 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     is a run of its own and the table gives mean and spread over seeds per size
     (`comparison_grid.GridResult`; OUT/sizes.md, sizes.csv, sizes.png, cells.csv). `seed_offset` k
     trains only the seeds from `seed+k` on, with the split and test sample of `seed` (a grid in parts)."""
-    from .comparison import run_compare
+    from .recipes.compare.run import run_compare
     if "method" in overrides or "method.name" in overrides:
         raise UserError("compare runs every method in `methods`; do not set method")
     base = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     if train_sizes is not None or seeds != 1 or augment or test_rows is not None or seed_offset != 0:
-        from .comparison_grid import run_grid
+        from .recipes.compare.grid import run_grid
         return run_grid(methods, base, output_dir, train_sizes=train_sizes, seeds=seeds, augment=augment,
                         augment_methods=augment_methods, test_rows=test_rows, seed_offset=seed_offset, log=log)
     return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
@@ -290,42 +254,15 @@ def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str
           log: Any = _log) -> None:
     """Serve `{name: run_dir}` over HTTP (see `serving/app.py` for the routes) until stopped; runs under
     `adapter_root` can also be loaded and unloaded while it runs. Binds to 127.0.0.1 unless told otherwise."""
-    import uvicorn
-
-    from .serving.app import create_app
-    from .serving.models import ModelSet
-    import os
-    runtime.setup()
-    api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None  # the environment keeps it out of `ps`
-    _check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         max_inputs=max_inputs)
-    if not adapters and adapter_root is None:
-        raise UserError("nothing to serve: give --adapter NAME=RUN_DIR (repeat) and/or --adapter-root DIR")
-    if adapter_root is not None and not Path(adapter_root).is_dir():
-        raise UserError(f"adapter root {adapter_root} is not a folder")
-    models = ModelSet(dict(adapters or {}))
-    if default_model is not None and default_model not in models.served:
-        raise UserError(f"default model {default_model!r} is not among the served runs")
-    first = default_model or next(iter(models.served), None)
-    app = create_app(models, default_model=first, adapter_root=adapter_root, api_key=api_key,
-                     max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                     max_inputs=max_inputs)
-    log(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-
-
-def _check_serve_numbers(**values: Any) -> None:
-    import math
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise UserError(f"{name} must be a positive finite number, got {v!r}")
-    if not 1 <= values["port"] <= 65535 or not float(values["port"]).is_integer():
-        raise UserError(f"port must be an integer in [1, 65535], got {values['port']!r}")
+    from .serving.run import run_server  # FastAPI and the server stack: only when serving
+    run_server(adapters, adapter_root=adapter_root, host=host, port=port, api_key=api_key,
+               max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
+               default_model=default_model, log=log)
 
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
     """Exact parameter counts of `model` adapted by `method`, computed without loading weights."""
-    from .param_count import parameter_report
+    from .modeling.params import parameter_report
     runtime.setup()
     return parameter_report(model, method, **options)
 
@@ -342,25 +279,25 @@ def list_corpora() -> list[dict[str, Any]]:
 
 
 def list_models() -> list[dict[str, Any]]:
-    from .models import list_models as _lm
+    from .modeling.resolve import list_models as _lm
     return _lm()
 
 
 def fill_mask(model: Any, text: str, top_k: int = 5, **kwargs: Any) -> list[dict[str, Any]]:
     """Top-k fillers (token, score, sequence) for the one [MASK] / <mask> in `text`; see generation.py."""
-    from .generation import fill_mask as _fm
+    from .inference.generation import fill_mask as _fm
     return _fm(model, text, top_k, **kwargs)
 
 
 def generate(model: Any, prompt: str, max_new_tokens: int = 50, **kwargs: Any) -> list[str]:
     """Texts generated from `prompt` by a causal LM (greedy when temperature is 0); see generation.py."""
-    from .generation import generate as _gen
+    from .inference.generation import generate as _gen
     return _gen(model, prompt, max_new_tokens, **kwargs)
 
 
 def lm_sizes() -> list[dict[str, Any]]:
     """The from-scratch architectures and sizes `pretrain` can build (layers, hidden, heads, ffn)."""
-    from .lm_models import size_table
+    from .modeling.lm import size_table
     return size_table()
 
 

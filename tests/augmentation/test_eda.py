@@ -7,7 +7,7 @@ import pytest
 
 from transferkit.augmentation.eda import EDA
 from transferkit.augmentation.synonyms import TableSynonyms, lexnames_from_man
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 TABLE = TableSynonyms({"movie": ["film", "motion picture"], "great": ["excellent"], "boring": ["dull"],
                        "saw": ["watched"]})

@@ -7,7 +7,7 @@ import pytest
 
 from transferkit.augmentation import parse_spec
 from transferkit.augmentation.generative import GenerativeAugmenter, _clean, _read_cache
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 from helpers import quiet
 

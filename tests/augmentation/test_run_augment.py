@@ -9,7 +9,7 @@ import random
 import pytest
 
 from transferkit import api
-from transferkit.config import RunConfig
+from transferkit.config.finetune import RunConfig
 from transferkit.recipes.finetune import FinetuneRun
 
 from helpers import FILLER, NEGATIVE, POSITIVE, expect_user_error, quiet, tiny_config
@@ -153,7 +153,7 @@ def test_copies_equal_to_held_out_texts_are_not_added():
 
 
 def test_resume_refuses_changed_augmented_rows(sentiment_csv, tiny_model_dir, tmp_path, synonyms, monkeypatch):
-    from transferkit import train
+    from transferkit.training import loop as train
     table = tmp_path / "syn.tsv"
     table.write_text(synonyms.read_text(encoding="utf-8"), encoding="utf-8")
     cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", checkpoint_steps=1)

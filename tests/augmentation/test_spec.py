@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from transferkit.augmentation import mixup_alpha, parse_spec, text_steps
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 
 def test_spec_with_several_steps_and_defaults():

@@ -9,8 +9,8 @@ import zipfile
 import pytest
 
 from transferkit.data import BundledDataset, bundled, list_datasets, load_table
-from transferkit.errors import UserError
-from transferkit.registry import DATASETS
+from transferkit.core.errors import UserError
+from transferkit.core.registry import DATASETS
 
 MOVIE_LINES = [
     "1\t2.26666666667\tA splash of a film.",

@@ -9,11 +9,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data import bundled, load_table, prepare_splits, read_texts
 from transferkit.data.fingerprint import check_fingerprints, data_fingerprints
 from transferkit.data.listing import clip, summarise
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 MAX_MESSAGE = 300
 

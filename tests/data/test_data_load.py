@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from transferkit.data import LabelledData, load_hf_splits, load_table, read_texts
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 
 def write(path, text: str | bytes):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data import bundled, list_datasets, load_table
 from transferkit.data.fingerprint import data_fingerprints, source_fingerprint
 from transferkit.data.tagged import prepare_tagged_splits
 from transferkit.data.tag_schemes import entity_counts
 from transferkit.data.tagged_read import load_tagged
-from transferkit.errors import UserError
-from transferkit.registry import DATASETS
+from transferkit.core.errors import UserError
+from transferkit.core.registry import DATASETS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data import Splits, prepare_splits
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 
 def csv_file(path, rows: list[tuple[str, object]], header: str = "text,label") -> str:

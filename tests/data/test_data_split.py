@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transferkit.data import dedupe, split_sizes, stratified_split
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 
 def make(n_per_class: dict[str, int]) -> tuple[list[str], list[str]]:

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data.tagged import TaggedSplit, TaggedSplits, prepare_tagged_splits
 from transferkit.data.tag_schemes import to_iob2
 from transferkit.data.tagged_read import TaggedTable, load_tagged, load_tagged_splits
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 PER, LOC, ORG = ("Alice", "Bob", "Carol"), ("Paris", "Oslo", "Rome"), ("Acme", "Initech")
 

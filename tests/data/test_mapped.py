@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from helpers import make_tokenizer, quiet, tiny_config, write_csv
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data import mapped
 from transferkit.data.batches import TokenData, sorted_batches
 from transferkit.data.prepare import prepare_splits
 from transferkit.data.split import SPLITS, dedupe, dedupe_rows, text_hashes
 from transferkit.data.tokens import tokenize
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 WORDS = "good bad fine awful great poor nice dull film plot".split()
 
@@ -197,7 +197,7 @@ def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch):
 
 
 def test_bad_storage_value_is_refused(tmp_path, sentiment_csv, tiny_model_dir):
-    from transferkit.config_checks import validate
+    from transferkit.config.checks import validate
     cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "runs")
     cfg.data.storage = "disk"
     with pytest.raises(UserError, match="data.storage must be auto, memory or mapped"):

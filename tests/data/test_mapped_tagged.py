@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 
 from helpers import make_tokenizer, quiet, tagged_sentences, tiny_config, write_conll
-from transferkit.config import DataConfig
+from transferkit.config.finetune import DataConfig
 from transferkit.data import mapped, mapped_tagged
 from transferkit.data.batches import length_grouped_batches
 from transferkit.data.split import SPLITS
 from transferkit.data.tagged import prepare_tagged_splits
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.tasks import mapped_windows
 from transferkit.tasks.token_classification import TokenClassification
 

@@ -12,7 +12,7 @@ import torch
 
 from helpers import make_sentences, quiet, tiny_config, write_csv
 from transferkit import Predictor, api, cli
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 
 TEXTS = ["good film", "awful boring plot with dull acting", "the movie", "superb cast and a lovely ending"]
 
@@ -99,7 +99,7 @@ def test_export_errors(finished_run, tmp_path, monkeypatch):
     # a method whose inference model keeps its own modules cannot be merged
     with pytest.raises(UserError, match="method 'adapter' cannot be merged.*e.g. encoder.encoder.layer.0.*adapter"):
         api.export(finished_run("adapter"), tmp_path / "out", log=quiet)
-    from transferkit.runinfo import RunInfo
+    from transferkit.core.runs import RunInfo
     monkeypatch.setattr(RunInfo, "load_model", lambda self, merge=False, base_model=None: torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="cannot be merged into the encoder's weights"):
         api.export(finished_run("lora"), tmp_path / "out", log=quiet)

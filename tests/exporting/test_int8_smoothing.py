@@ -14,8 +14,8 @@ from transferkit.exporting import int8_smoothing
 from transferkit.exporting.folder import merged_model
 from transferkit.exporting.onnx_export import quantize_int8, write_graph
 from transferkit.inference.onnx_backend import OnnxModule, session
-from transferkit.models import load_tokenizer
-from transferkit.runinfo import RunInfo
+from transferkit.modeling.resolve import load_tokenizer
+from transferkit.core.runs import RunInfo
 
 
 def _model_and_data(run: Path, outliers: bool) -> tuple[nn.Module, TokenData]:

@@ -11,7 +11,7 @@ import torch
 
 from helpers import NEGATIVE, POSITIVE, expect_user_error, quiet, write_conll
 from transferkit import Predictor, api, cli
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.exporting import onnx_export, onnx_gate
 
 TEXTS = ["good film", "awful boring plot with dull acting", "the movie", "superb cast and a lovely ending"]

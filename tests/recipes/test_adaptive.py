@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from transferkit import api
-from transferkit.config import RunConfig, TrainConfig
-from transferkit.metrics import collapse_warning
+from transferkit.config.finetune import RunConfig, TrainConfig
+from transferkit.reporting.metrics import collapse_warning
 from transferkit.recipes.adaptive import adapt, class_weights, steps_per_epoch
 
 from helpers import make_sentences, quiet, tiny_config, write_csv
@@ -83,7 +83,7 @@ def test_class_weights_change_the_loss():
 
 
 def test_class_weights_are_refused_for_ner(tiny_model_dir, tmp_path):
-    from transferkit.errors import UserError
+    from transferkit.core.errors import UserError
     cfg = tiny_config(tmp_path / "x.conll", tiny_model_dir, tmp_path / "run")
     cfg.task, cfg.train.class_weights = "ner", "balanced"
     with pytest.raises(UserError, match="class_weights applies to runs with one label per text"):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from transferkit.api import make_config
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.recipes.finetune import FinetuneRun
 
 from helpers import quiet, tiny_config

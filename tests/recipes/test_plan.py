@@ -8,9 +8,9 @@ import torch
 
 from helpers import make_sentences, quiet, write_conll, write_csv
 from transferkit import api, cli
-from transferkit.config import TrainConfig
-from transferkit.errors import UserError
-from transferkit.memory_estimate import training_memory
+from transferkit.config.finetune import TrainConfig
+from transferkit.core.errors import UserError
+from transferkit.training.memory_estimate import training_memory
 from transferkit.recipes.plan import (GB, Hardware, PlanRun, parse_duration, parse_memory, plan_method, project_time,
                                       recommend)
 
@@ -41,9 +41,9 @@ def test_weights_gradients_and_optimizer_by_hand(tiny_model_dir):
 @pytest.mark.parametrize("method", ["full", "lora", "bitfit", "adapter", "prefix", "ia3"])
 def test_activations_equal_what_a_real_forward_saves(tiny_model_dir, method):
     """The meta-device count equals autograd's saved tensors in a real forward of the same shape."""
-    from transferkit.config import MethodConfig
-    from transferkit.models import build_classifier, resolve_model
-    from transferkit.registry import METHODS
+    from transferkit.config.finetune import MethodConfig
+    from transferkit.modeling.resolve import build_classifier, resolve_model
+    from transferkit.core.registry import METHODS
     batch, length = 3, 20
     est = training_memory(str(tiny_model_dir), method, batch_size=batch, max_length=length, head="linear")
     m = METHODS.get(method)(MethodConfig.from_dict({"name": method}))
@@ -308,7 +308,7 @@ def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
 
 def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
     """Mapped texts (and mapped tagged sentences) are sampled with their labels, not left whole."""
-    from transferkit.config import DataConfig
+    from transferkit.config.finetune import DataConfig
     from transferkit.data.prepare import prepare_splits
     from transferkit.data.tagged import prepare_tagged_splits
     from transferkit.recipes.plan_dry_run import sample_rows as _rows

@@ -9,7 +9,7 @@ import torch
 
 from helpers import make_sentences, quiet, write_csv
 from transferkit import api, cli
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.recipes.tune import TuneRun, default_space, read_space
 
 FAST = {"train.max_steps": 6, "train.batch_size": 16, "train.eval_steps": 3}

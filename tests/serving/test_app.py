@@ -230,7 +230,7 @@ def test_a_pickle_in_a_loaded_run_is_refused(runs, tmp_path):
 
 
 def test_serve_checks_its_options_before_loading():
-    from transferkit.errors import UserError
+    from transferkit.core.errors import UserError
     with pytest.raises(UserError, match="nothing to serve"):
         api.serve({})
     with pytest.raises(UserError, match="port must be"):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transferkit.errors import UserError
+from transferkit.core.errors import UserError
 from transferkit.tasks.token_spans import (
     EncodedWindows,
     encode_words,

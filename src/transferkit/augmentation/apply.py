@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .spec import Step, text_steps
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..core import fs
-from ..errors import UserError
+from ..core.errors import UserError
 
 PARAPHRASE_PROMPT = "Rewrite this sentence in other words, keeping its meaning. Reply with the new sentence only.\n\n{text}"
 TRANSLATE_PROMPT = "Translate this text to {language}. Reply with the translation only.\n\n{text}"
@@ -45,8 +45,8 @@ class Generator:
     """A loaded generator and how to prompt it: `run(prompts, temperature, seed)` -> one reply each."""
 
     def __init__(self, name: str, batch: int, max_new_tokens_for: Callable[[str], int] | None = None) -> None:
-        from ..generation import _load
-        from ..lm_models import model_folder, model_type
+        from ..inference.generation import _load
+        from ..modeling.lm import model_folder, model_type
         from transformers.models.auto import modeling_auto as ma
         self.folder = model_folder(name)
         mtype = model_type(self.folder)

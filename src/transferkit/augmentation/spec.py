@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 EDA_OPERATIONS = ("synonym", "insert", "swap", "delete")
 KINDS = ("eda", "paraphrase", "backtranslate", "mixup")

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 WORDNET_FILES = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")] + [
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")] + ["index.sense"]  # index.sense: wordnet-sense-index

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import fs
-from ..errors import UserError
+from ..core.errors import UserError
 from .apply import augment_tagged, augment_texts
 from .spec import parse_spec, text_steps
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 BASE_MODEL_HELP = ("the base model folder of an adapter run, instead of the one its run.json names (needed when "
                    "that folder is elsewhere on this machine, or the run was trained on another one)")

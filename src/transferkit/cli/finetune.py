@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .common import overrides
 
 DEMO_SENTENCES = [
@@ -98,7 +98,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .. import api
-    from ..demo import demo_config
+    from ..recipes.demo import demo_config
     result = api.finetune(demo_config(args.output_dir))
     rows = api.predict(result.run_dir, DEMO_SENTENCES)
     test = result.metrics["test"]
@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _method_help() -> str:
     from ..methods import option_fields
-    from ..registry import METHODS
+    from ..core.registry import METHODS
     options = ", ".join(f"method.{k} ({'/'.join(owners)})" for k, (_, _, owners) in option_fields().items())
     return f"{' | '.join(METHODS.names())} (default full); each method's own options as KEY=VALUE: {options}"
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import augment, finetune, info, lm, plan, predict
 
 REPORT_URL = "the transferkit issue tracker"
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        from .. import distributed
+        from ..training import distributed
         distributed.shutdown()
 
 

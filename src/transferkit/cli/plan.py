@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .common import overrides
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .common import BASE_MODEL_HELP
 
 PREDICT_HELP = """Label texts with a finished run:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
+from .errors import UserError
 
 # errno values that mean "the disk or filesystem refuses the write": the user can fix these.
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
@@ -87,6 +87,15 @@ def append_line(path: Path | str, text: str) -> None:
         if is_storage_error(e):
             raise storage_error(e, path) from None
         raise
+
+
+def replace(tmp: Path | str, final: Path | str) -> None:
+    """Move a finished temporary file or folder to its final name in one atomic step (the last step of
+    every write: a reader, or a run killed at any instant, sees the old file or the new one, never half)."""
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        raise storage_error(e, final) if is_storage_error(e) else e
 
 
 def write_folder(final: Path | str, write: Callable[[Path], Any]) -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from .errors import UserError
 
 try:
     import fcntl

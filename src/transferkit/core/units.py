@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import UserError
+from .errors import UserError
 
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*", re.I)
 _SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,

@@ -1,7 +1,7 @@
 """Data: bundled datasets, file loading, deduplication, splitting, split preparation and
 content fingerprints of the data a config names.
 
-Importing this package registers the bundled datasets in `transferkit.registry.DATASETS`.
+Importing this package registers the bundled datasets in `transferkit.core.registry.DATASETS`.
 pandas, scikit-learn and datasets are imported only when data is actually read.
 """
 from .bundled import BundledDataset, bundled_names, cache_dir, list_datasets

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import UserError
-from ..registry import DATASETS
+from ..core.errors import UserError
+from ..core.registry import DATASETS
 
 if TYPE_CHECKING:  # pandas is imported lazily so `import transferkit.data` stays fast
     import pandas as pd

@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..registry import CORPORA
+from ..core.errors import UserError
+from ..core.registry import CORPORA
 from . import bundled
 
 CORPUS_FILE = "docs.jsonl"

@@ -22,9 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from ..config import DataConfig
-from ..errors import UserError
-from ..registry import DATASETS
+from ..config.finetune import DataConfig
+from ..core.errors import UserError
+from ..core.registry import DATASETS
 
 ROLES = ("data", "train", "validation", "test")
 _CHUNK = 1 << 20

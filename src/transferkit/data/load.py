@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from ..registry import DATASETS
+from ..core.errors import UserError
+from ..core.registry import DATASETS
 from .listing import clip, summarise
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "tweet")

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import bundled
 from .load import (LABEL_CANDIDATES, TEXT_CANDIDATES, LabelledData, _clean_labels, _clean_texts, _normalise_labels,
                    _pick_column, _read_utf8, _Table)
@@ -397,37 +397,3 @@ def _parquet_chunks(path: Path, source: str) -> Iterator[_Table]:
         raise UserError(f"{source}: not a readable Parquet file ({msg})") from None
     if done == 0:
         raise UserError(f"{source}: file is empty (no rows)")
-
-
-# ---- token ids ------------------------------------------------------------------------------------
-
-def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
-    """Token ids of `texts` (truncated to `max_length`, special tokens added) in a mapped Arrow file,
-    as a `corpus.TokenCache` (a sequence of int32 rows); built once per tokenizer, rows and limit."""
-    from datasets import Features, Sequence as Seq
-    from datasets import Value
-    from datasets.arrow_writer import ArrowWriter
-
-    from .corpus import TokenCache, tokenizer_fingerprint
-    from .tokens import _ids
-    key = hashlib.sha256(f"{texts.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode()).hexdigest()[:20]
-    path = bundled.cache_dir() / "tokenized" / f"labelled-{key}.arrow"
-    if path.is_file():
-        try:
-            cache = TokenCache(path)
-            if cache.num_rows == len(texts):
-                return cache
-        except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
-            log.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    writer = ArrowWriter(path=str(tmp), features=Features({"input_ids": Seq(Value("int32"))}))
-    try:
-        for s in range(0, len(texts), CHUNK_ROWS):
-            writer.write_batch({"input_ids": list(_ids(tokenizer, texts[s:s + CHUNK_ROWS], truncation=True,
-                                                       max_length=max_length))})
-        writer.finalize()
-    finally:
-        writer.close()
-    os.replace(tmp, path)
-    return TokenCache(path)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import bundled
 from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
                      take_rows)

@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..config.finetune import DataConfig
+from ..core.errors import UserError
 from .fingerprint import file_sha256
 from .listing import clip, summarise
 from .load import LabelledData, hf_split_names, load_hf_splits, load_table

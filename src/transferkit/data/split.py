@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .listing import clip
 
 SPLITS = ("train", "validation", "test")

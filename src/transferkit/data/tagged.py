@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..config.finetune import DataConfig
+from ..core.errors import UserError
 from .listing import clip, summarise
 from .prepare import _hf_explicit_splits, _same_file
 from .split import SPLITS, split_sizes

@@ -38,8 +38,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..registry import DATASETS
+from ..core.errors import UserError
+from ..core.registry import DATASETS
 from . import bundled
 from .listing import clip, summarise
 from .tag_schemes import SchemeReader, entity_counts

@@ -5,10 +5,19 @@ see `batches.py`), so the cost is paid once per run rather than once per epoch.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..core import fs
+from . import bundled
+from .mapped import CHUNK_ROWS, MappedTexts
+
+log = logging.getLogger(__name__)
 
 # With dynamic padding a long limit only costs time on the few long texts; 256 keeps one
 # outlier from dominating a batch while truncating almost nothing in sentence-level data.
@@ -58,10 +67,42 @@ def model_max_length(tokenizer: Any, model_config: Any) -> int:
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Sequence[np.ndarray]:
     """Token ids per text (int32 arrays: a quarter of what a list of Python ints takes), truncated
-    to `max_length`, unpadded. Mapped texts (`data.storage`) get their ids in a mapped file too."""
+    to `max_length`, unpadded. Mapped texts (`data.mapped`) get their ids in a mapped file too."""
     if hasattr(texts, "fingerprint"):
-        from .mapped import tokenize_mapped
         return tokenize_mapped(tokenizer, texts, max_length)
     if not texts:
         return []
     return [np.asarray(ids, dtype=np.int32) for ids in _ids(tokenizer, texts, truncation=True, max_length=max_length)]
+
+
+# ---- token ids ------------------------------------------------------------------------------------
+
+def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
+    """Token ids of `texts` (truncated to `max_length`, special tokens added) in a mapped Arrow file,
+    as a `corpus.TokenCache` (a sequence of int32 rows); built once per tokenizer, rows and limit."""
+    from datasets import Features, Sequence as Seq
+    from datasets import Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from .corpus import TokenCache, tokenizer_fingerprint  # corpus reads pyarrow/datasets: only for mapped data
+    key = hashlib.sha256(f"{texts.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode()).hexdigest()[:20]
+    path = bundled.cache_dir() / "tokenized" / f"labelled-{key}.arrow"
+    if path.is_file():
+        try:
+            cache = TokenCache(path)
+            if cache.num_rows == len(texts):
+                return cache
+        except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    writer = ArrowWriter(path=str(tmp), features=Features({"input_ids": Seq(Value("int32"))}))
+    try:
+        for s in range(0, len(texts), CHUNK_ROWS):
+            writer.write_batch({"input_ids": list(_ids(tokenizer, texts[s:s + CHUNK_ROWS], truncation=True,
+                                                       max_length=max_length))})
+        writer.finalize()
+    finally:
+        writer.close()
+    fs.replace(tmp, path)
+    return TokenCache(path)

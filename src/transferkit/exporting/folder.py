@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 PLAIN_EPS = 1e-4  # pooler slope: small enough that tanh is linear to float32 precision
 TOLERANCE = 1e-4  # largest logit difference accepted between the run and the written folder
@@ -31,10 +31,11 @@ TOLERANCE = 1e-4  # largest logit difference accepted between the run and the wr
 def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None,
            log: Any = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
-    from .. import runtime
+    from ..core import runtime
     from ..core.fs import write_folder
-    from ..models import load_tokenizer
-    from ..runinfo import RunInfo
+    from ..modeling.resolve import load_tokenizer
+    from ..core.runs import RunInfo
+    from ..inference.loading import load_run_model
     runtime.setup()
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
@@ -71,7 +72,8 @@ def check_new_output(out_dir: str | Path) -> Path:
 def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
     """The run's inference model with its method folded into the encoder's weights, or a UserError
     for methods whose inference model keeps modules of its own (adapter, prefix)."""
-    model = info.load_model(merge=True, base_model=base_model).eval()
+    from ..inference.loading import load_run_model
+    model = load_run_model(info, merge=True, base_model=base_model).eval()
     extra = _extra_weights(model)
     if extra:
         raise UserError(f"{info.run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
@@ -82,7 +84,7 @@ def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
 
 def _extra_weights(model: nn.Module) -> list[str]:
     """Weights the plain classifier class does not have (all of them if `model` is another class)."""
-    from ..modeling import TransferkitForSequenceClassification as Classifier
+    from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
     if not isinstance(model, Classifier):
         return [type(model).__name__]
     with torch.device("meta"):  # structure only: no memory, no initialisation cost

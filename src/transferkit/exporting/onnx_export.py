@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import int8_smoothing, onnx_gate
 from .folder import check_new_output, merged_model
 
@@ -75,11 +75,13 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
                 text_column: str | None = None, label_column: str | None = None,
                 base_model: str | None = None, batch_size: int = 64, log: Any = None) -> Path:
     """Write the run as an ONNX export folder (see the module docstring); returns it."""
-    from .. import runtime, tasks
+    from ..core import runtime
+    from .. import tasks
     from ..core.fs import write_folder, write_json
     from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
-    from ..models import load_tokenizer
-    from ..runinfo import RunInfo, labelled_split
+    from ..modeling.resolve import load_tokenizer
+    from ..core.runs import RunInfo
+    from ..inference.loading import labelled_split
     log = log or (lambda *_: None)
     runtime.setup()
     info = RunInfo.read(run_dir)
@@ -97,7 +99,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     calibration = None  # int8's calibration texts: the run's validation split; with --data, those texts
     if int8 and data is None:
         def calibration() -> tuple[Any, str]:
-            from ..config import RunConfig
+            from ..config.finetune import RunConfig
             cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
             val = task.prepare(cfg.data, cfg.train.seed, lambda *_: None).validation
             if len(val) == 0:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.batches import batch_tokens, sorted_batches
-from ..errors import UserError
+from ..core.errors import UserError
 
 FP32_MIN_AGREEMENT = 0.995  # argmax agreement with the PyTorch model
 INT8_MIN_AGREEMENT = 0.995  # argmax agreement with the fp32 graph

@@ -11,11 +11,11 @@ import torch
 
 from ..data.batches import TokenData, batch_tokens, sorted_batches
 from ..data.tokens import tokenize
-from ..errors import UserError
+from ..core.errors import UserError
 from .predictor import Predictor, check_batch_size, check_texts, finite_probs
 
 if TYPE_CHECKING:
-    from ..multi_adapter import MultiAdapterModel
+    from .multi_adapter import MultiAdapterModel
 
 MIXED, GROUPED = "mixed", "grouped"  # AdapterPredictor strategies
 
@@ -43,7 +43,7 @@ class AdapterPredictor(Predictor):
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
                   strategy: str = MIXED, base_model: str | None = None) -> "AdapterPredictor":
         """Load `{name: run_dir}` (lora, ia3 and head_only runs of one base model) on a single encoder."""
-        from ..multi_adapter import load_runs
+        from .multi_adapter import load_runs
         check_batch_size(batch_size)
         model, tokenizer = load_runs(runs, base_model)
         return cls(model, tokenizer, batch_size, device, strategy)

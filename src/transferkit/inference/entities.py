@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .predictor import LoadedModel
 
 STRATEGIES = ("none", "simple", "first", "average", "max")

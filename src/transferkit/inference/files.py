@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .adapters import AdapterPredictor
 from .predictor import check_batch_size, check_texts
 

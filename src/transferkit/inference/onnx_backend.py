@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "transferkit-onnx"
@@ -123,7 +123,7 @@ def head_kind(task_name: str) -> str:
 def load_export(folder: str | Path, batch_size: int = 64, device: str | None = None) -> Any:
     """The task's predictor (`Predictor` for labels, the tagger for entities) over an ONNX export."""
     from .. import tasks
-    from ..models import load_tokenizer
+    from ..modeling.resolve import load_tokenizer
     if device not in (None, "cpu"):
         raise UserError(f"{folder}: an ONNX export runs on the CPU through onnxruntime here, not on {device!r}")
     m = read_manifest(folder)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.batches import FeatureData, TokenData, batch_tokens, sorted_batches
 from ..data.tokens import tokenize
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @torch.inference_mode()
@@ -22,7 +22,7 @@ def _batched(module: nn.Module, fn: Any, data: TokenData | FeatureData, batch_si
     """`fn(batch) -> [batch, k]` over length-sorted batches in eval mode; rows back in input order.
 
     Inside `distributed.sharded()` each process computes its share of the rows and gets all of them back."""
-    from .. import distributed
+    from ..training import distributed
     was_training = module.training
     module.eval()
     mine = distributed.my_rows(len(data))
@@ -78,20 +78,21 @@ class Predictor(LoadedModel):
                  batch_size: int = 64, base_model: str | None = None, backend: str = "auto") -> "Predictor":
         """Load a finetune run directory (full model or adapter, merged for serving), or an ONNX export
         folder (`backend` "auto" or "onnxruntime": see `inference.onnx_backend`); `base_model` overrides the
-        base folder the run records (see `RunInfo.base_model`)."""
-        from .. import runtime
+        base folder the run records (see `inference.loading.run_base`)."""
+        from ..core import runtime
         from .onnx_backend import check_backend, load_export
-        from ..runinfo import RunInfo
+        from ..core.runs import RunInfo
+        from .loading import load_run_model
         runtime.setup()
         check_batch_size(batch_size)
         if check_backend(backend, run_dir, quantize):
             return load_export(run_dir, batch_size, device)
         info = RunInfo.read(run_dir)
-        model = info.load_model(merge=True, base_model=base_model)
+        model = load_run_model(info, merge=True, base_model=base_model)
         if quantize:
             model = quantize_int8(model)
         from .. import tasks
-        from ..models import load_tokenizer
+        from ..modeling.resolve import load_tokenizer
         tok = load_tokenizer(str(info.artifact_dir))
         # the run's task decides what predicting means (labels per text, entities per text, ...)
         return tasks.get(info.task).predictor(model, tok, info.label_names, info.max_length, batch_size, device)

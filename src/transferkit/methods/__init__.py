@@ -8,7 +8,7 @@ def option_fields() -> dict[str, tuple[object, type, list[str]]]:
     import dataclasses
     import typing
 
-    from ..registry import METHODS
+    from ..core.registry import METHODS
     out: dict[str, tuple[object, type, list[str]]] = {}
     for name in METHODS.names():
         options = METHODS.get(name).Options

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import METHODS
+from ..core.registry import METHODS
 from .artifact import TensorArtifactMethod
 from .base import is_head_param
 from .layout import output_projections, replace_module

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..core.fs import write_json
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Method
 
 CONFIG_FILE = "method.json"
@@ -83,7 +83,8 @@ class TensorArtifactMethod(Method):
         save_trainable(model, out_dir, self.name, self.saved_options())
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
-        from ..config import MethodConfig, section_from_dict
+        from ..config.base import section_from_dict
+        from ..config.finetune import MethodConfig
         options = {**read_config(art_dir, self.name), "name": self.name}
         method = type(self)(section_from_dict(MethodConfig, options, str(Path(art_dir) / CONFIG_FILE)))
         return load_trainable(method.apply(build_base()), art_dir)

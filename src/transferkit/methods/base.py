@@ -180,7 +180,7 @@ class Method:
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
         """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
-        from ..modeling import load_saved
+        from ..modeling.classifier import load_saved
         # The class is ours, so the folder's modeling_transferkit.py (for trust_remote_code users) is never run.
         return load_saved(art_dir, use_safetensors=True)
 

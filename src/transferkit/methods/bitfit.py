@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..registry import METHODS
+from ..core.errors import UserError
+from ..core.registry import METHODS
 from .artifact import WEIGHTS_FILE, TensorArtifactMethod
 from .base import PEFT_BASE, SharedPart, is_head_param
 

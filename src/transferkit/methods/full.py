@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import METHODS
+from ..core.registry import METHODS
 from .base import Method
 
 

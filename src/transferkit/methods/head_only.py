@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import METHODS
+from ..core.registry import METHODS
 from .base import PEFT_BASE, Method, SharedPart, is_head_param
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..registry import METHODS
+from ..core.errors import UserError
+from ..core.registry import METHODS
 from .base import PEFT_BASE, SharedPart
 from .layout import model_type
 from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex, check_targets, peft_task_type

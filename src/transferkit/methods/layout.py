@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # (attention output projection, feed-forward output projection) relative to one encoder layer.
 OUTPUT_PROJECTIONS: list[tuple[str, str]] = [

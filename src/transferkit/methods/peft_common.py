@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Method, is_head_param
 
 ALL_LINEAR = "all-linear"

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..registry import METHODS
+from ..core.errors import UserError
+from ..core.registry import METHODS
 from .artifact import TensorArtifactMethod
 from .base import is_head_param
 from .layout import encoder_layers, model_type

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..registry import METHODS
+from ..core.registry import METHODS
 from .base import Method, OwnStage, is_head_param
 
 CONTRASTIVE_DIR = "contrastive"
@@ -143,7 +143,7 @@ class SetFit(Method):
 
     def before_training(self, model: nn.Module, data: dict[str, Any], run: Any) -> nn.Module:
         """Stage 1: contrastive pairs tune the encoder (resumed from RUN/contrastive/ when there)."""
-        from ..train import Trainer
+        from ..training.loop import Trainer
         o, cfg = self.options, run.cfg.train
         pairs = draw_pairs(data["train"].labels, o.setfit_iterations, o.setfit_max_pairs, cfg.seed)
         if not pairs:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..registry import OBJECTIVES
+from ..core.registry import OBJECTIVES
 from . import LMOutput, Objective, batches_of, perplexity
 
 
@@ -122,7 +122,7 @@ def separator_id(tokenizer: Any) -> int:
     """The token that ends each document in the stream: EOS, else SEP."""
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if sep is None:
-        from ..errors import UserError
+        from ..core.errors import UserError
         raise UserError(f"tokenizer {type(tokenizer).__name__} has neither an eos nor a sep token to end documents")
     return int(sep)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..registry import OBJECTIVES
+from ..core.registry import OBJECTIVES
 from . import LMOutput, Objective, head_alias
 from .clm import PackedBlocks, separator_id
 
@@ -44,7 +44,7 @@ class Masker:
         if whole_word:
             cont = [i for t, i in tokenizer.get_vocab().items() if t.startswith("##") and i < vocab_size]
             if not cont:
-                from ..errors import UserError
+                from ..core.errors import UserError
                 raise UserError("whole_word_mask needs a WordPiece tokenizer ('##' continuation tokens); "
                                 f"{type(tokenizer).__name__} has none")
         return cls(vocab_size, tokenizer.mask_token_id, tokenizer.all_special_ids, probability, mask_replace,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..registry import OBJECTIVES
+from ..core.registry import OBJECTIVES
 from . import LMOutput, batches_of, perplexity
 from .clm import lm_loss
 from .mlm import MLM, MLMData
@@ -37,7 +37,7 @@ def make_pairs(doc_of: np.ndarray, not_next: float, seed: int) -> np.ndarray:
     doc_of = np.asarray(doc_of)
     a = np.flatnonzero(doc_of[:-1] == doc_of[1:])  # sentences followed by one of the same document
     if len(a) == 0 or len(np.unique(doc_of)) < 2:
-        from ..errors import UserError
+        from ..core.errors import UserError
         raise UserError("NSP needs at least two documents and one document with two sentences")
     rng = np.random.default_rng(seed)
     pairs = np.stack([a, a + 1, np.zeros_like(a)], axis=1)
@@ -107,7 +107,7 @@ class MLMNSP(MLM):
                 log: Callable[[str], None]) -> tuple[Any, Any]:
         from ..data.corpus import build_cache
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-            from ..errors import UserError
+            from ..core.errors import UserError
             raise UserError("mlm+nsp needs a BERT-style tokenizer with [CLS] and [SEP] tokens")
         masker = self.masker(tokenizer, vocab_size, cfg)
         width = cfg.max_length or self.default_max_length

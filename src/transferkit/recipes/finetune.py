@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import distributed, tasks
-from ..config import describe_duration
-from ..config_checks import validate
+from ..training import distributed
+from .. import tasks
+from ..config.finetune import describe_duration
+from ..config.checks import validate
 from ..core import fs
-from ..errors import UserError
-from ..registry import MODELS
+from ..core.errors import UserError
+from ..core.registry import MODELS
 from .run import Run
 
 BASE_DIR = "base"  # run_dir/base: the weightless base folder of a stock-loadable adapter (modeling.write_base)
@@ -50,7 +51,7 @@ class FinetuneRun(Run):
     on_eval: Any = None  # called as on_eval(index of the evaluation, validation metrics)
 
     def before_new_run(self) -> None:
-        from ..runinfo import trust_base
+        from ..core.runs import trust_base
         trust_base(self.resolved.path)  # the user chose this base for a new run: its runs may load it again
 
     def start_files(self) -> None:
@@ -63,8 +64,8 @@ class FinetuneRun(Run):
         from ..core.folders import check_folder, loading, read_json_object
         from ..data import tokens as tk
         from ..data.fingerprint import check_fingerprints, data_fingerprints
-        from ..models import load_tokenizer, resolve_model
-        from ..registry import METHODS
+        from ..modeling.resolve import load_tokenizer, resolve_model
+        from ..core.registry import METHODS
         cfg, log = self.cfg, self.log
         validate(cfg)
         self.task = tasks.get(cfg.task)
@@ -86,7 +87,7 @@ class FinetuneRun(Run):
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
         self.pooling = self.resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
-        from ..runinfo import new_run_dir
+        from ..core.runs import new_run_dir
         # checked now, created once every input is valid
         self.run_dir = self.resume if self.resume is not None else new_run_dir(cfg.output_dir, cfg.method.name)
 
@@ -149,7 +150,7 @@ class FinetuneRun(Run):
         from accelerate.utils import set_seed
 
         from ..methods.base import count_parameters, describe_parameters
-        from ..train import Trainer
+        from ..training.loop import Trainer
         cfg, log, method = self.cfg, self.log, self.method
         self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available(),
                                                           precision=cfg.train.precision)
@@ -202,7 +203,7 @@ class FinetuneRun(Run):
             f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
             f"{tcfg.early_stopping_patience}, {acc.device}{', bf16 autocast' if acc.mixed_precision == 'bf16' else ''}"
             f"{f', {acc.num_processes} processes ({tcfg.parallel})' if acc.num_processes > 1 else ''}")
-        from ..comparison import current_rss_mb
+        from .compare.run import current_rss_mb
         self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
         self.state = trainer.fit()
         if mixup is not None:
@@ -240,15 +241,15 @@ class FinetuneRun(Run):
 
     # ---- save ------------------------------------------------------------------------------------
     def _write_base(self, folder: Path) -> None:
-        from ..modeling import write_base
+        from ..modeling.classifier import write_base
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         write_base(base.config, folder, self.resolved.name, str(Path(self.resolved.path).resolve())
                    if Path(self.resolved.path).is_dir() else self.resolved.path)
         self.tokenizer.save_pretrained(folder)
 
     def save(self) -> FinetuneResult:
-        from ..comparison import memory_report
-        from ..runinfo import RunInfo, read_history
+        from .compare.run import memory_report
+        from ..core.runs import RunInfo, read_history
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
         run_dir, log = self.run_dir, self.log
         test_metrics, test_predictions = None, None

@@ -28,12 +28,12 @@ from typing import Any, Callable, Sequence
 
 from ..core import fs
 from ..core.units import parse_duration, parse_memory
-from ..errors import UserError
-from ..memory_estimate import MB, MemoryEstimate, training_memory
+from ..core.errors import UserError
+from ..training.memory_estimate import MB, MemoryEstimate, training_memory
 from .plan_advice import GB, recommend, table
 from .plan_dry_run import dry_run
-from .. import runtime
-from ..runtime import log_stderr
+from ..core import runtime
+from ..core.runtime import log_stderr
 
 MEMORY_HEADROOM = 0.9  # plan within 90% of the memory there is (the runtime and the data need some)
 
@@ -134,7 +134,7 @@ class PlanRun:
                  time_budget: str | float | None = None, tasks: int = 1, dry_run_steps: int = 5,
                  methods: list[str] | None = None, output_dir: str | Path | None = None,
                  log: Callable[[str], None] = log_stderr) -> None:
-        from ..registry import METHODS
+        from ..core.registry import METHODS
         if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 10_000:
             raise UserError(f"--tasks {tasks!r}: must be an integer in [1, 10000]")
         if isinstance(dry_run_steps, bool) or not isinstance(dry_run_steps, int) or not 0 <= dry_run_steps <= 1000:
@@ -192,7 +192,7 @@ class PlanRun:
                            head=cfg.model.head, pool_layers=cfg.model.pool_layers,
                            options=cfg.method.options_dict() if cfg.method.name == name else None)
         if dry and plan.fits:
-            from ..registry import METHODS
+            from ..core.registry import METHODS
             method = METHODS.get(name)()
             self.log(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
             plan.dry_run = dry_run(setup, method, method.train_config(cfg.train), plan.batch_size, plan.grad_accum,
@@ -210,7 +210,7 @@ class PlanRun:
 
     def _config(self, plan: MethodPlan) -> Any:
         """The run config of the recommendation: the user's config with the method and its batch."""
-        from ..config import RunConfig
+        from ..config.finetune import RunConfig
         cfg = RunConfig.from_dict(self.cfg.to_dict())
         if cfg.method.name != plan.method:
             cfg.override("method.name", plan.method)
@@ -231,8 +231,8 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     training rows of each class, even when not given). A batch that does not fit is halved, with
     gradient accumulation keeping the examples per step, down to 1; a stage of the method's own
     (setfit's pairs) is halved too, its batch option then set in the plan's config."""
-    from ..config import MethodConfig
-    from ..registry import METHODS
+    from ..config.finetune import MethodConfig
+    from ..core.registry import METHODS
     method = METHODS.get(name)(MethodConfig.from_dict({"name": name, **(options or {})}))
     tcfg = method.train_config(train)
     batch, accum = tcfg.batch_size, tcfg.grad_accum

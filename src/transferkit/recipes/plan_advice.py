@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..memory_estimate import MB
+from ..training.memory_estimate import MB
 
 if TYPE_CHECKING:
     from .plan import Hardware, MethodPlan, PlanResult

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..memory_estimate import MB
+from ..training.memory_estimate import MB
 
 
 def sample_rows(split: Any, idx: list[int]) -> Any:
@@ -40,8 +40,8 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
 
     from ..data.batches import FeatureData, length_grouped_batches
     from ..inference import pooled_features
-    from ..memory_measure import PeakMemory
-    from ..train import Trainer
+    from ..training.memory_measure import PeakMemory
+    from ..training.loop import Trainer
     task, cfg = setup.task, setup.cfg
     acc = Accelerator(cpu=not torch.cuda.is_available())
     rows = len(setup.splits.train)

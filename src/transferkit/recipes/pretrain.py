@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import distributed
-from ..config import PretrainConfig, describe_duration
-from ..config_checks import validate_pretrain
+from ..training import distributed
+from ..config.finetune import describe_duration
+from ..config.pretrain import PretrainConfig
+from ..config.checks import validate_pretrain
 from ..core import fs
-from ..errors import UserError
-from ..runtime import log_stderr as _log
-from ..runinfo import new_run_dir
+from ..core.errors import UserError
+from ..core.runtime import log_stderr as _log
+from ..core.runs import new_run_dir
 from .run import Run
 
 # Short names for the most used keys (Python keyword arguments and CLI flags).
@@ -57,7 +58,7 @@ def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = Non
 def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
              log: Callable[[str], None] = _log, **overrides: Any) -> PretrainResult:
     """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
-    from .. import runtime
+    from ..core import runtime
     runtime.setup()
     if resume is not None:
         return PretrainRun.resumed(resume, PretrainConfig, overrides, PRETRAIN_KEYS, log)
@@ -71,7 +72,7 @@ class PretrainRun(Run):
 
     def prepare(self) -> None:
         """Validate, read and split the corpus, build or load the model and tokenizer (nothing written)."""
-        from ..registry import OBJECTIVES
+        from ..core.registry import OBJECTIVES
         cfg, log, resume = self.cfg, self.log, self.resume
         validate_pretrain(cfg)
         self.objective = objective = OBJECTIVES.get(cfg.objective)
@@ -104,7 +105,7 @@ class PretrainRun(Run):
     def fit(self) -> Any:
         import torch
 
-        from ..train import Trainer
+        from ..training.loop import Trainer
         cfg, log, objective, tokenizer = self.cfg, self.log, self.objective, self.tokenizer
         run_dir = self.run_dir
         vocab = self.model.get_input_embeddings().weight.shape[0]
@@ -173,7 +174,7 @@ class PretrainRun(Run):
 
 def _check_arch(cfg: PretrainConfig, objective: Any) -> None:
     """Fail before the corpus is read when the from-scratch architecture cannot train the objective."""
-    from ..lm_models import ARCHS, SIZES
+    from ..modeling.lm import ARCHS, SIZES
     if cfg.arch not in ARCHS:
         raise UserError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(ARCHS)}")
     if cfg.size not in SIZES:
@@ -196,7 +197,7 @@ def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool
 
 def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, train_docs: list[str],
                          log: Callable[[str], None]) -> tuple[Any, Any, list[str]]:
-    from .. import lm_models
+    from ..modeling import lm as lm_models
     saved = run_dir / "tokenizer"
     if cfg.from_scratch:
         if saved.is_dir():  # a resumed run: the tokenizer it started with
@@ -204,7 +205,7 @@ def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, tra
         elif cfg.train_tokenizer:
             import time
 
-            from ..tokenizer_training import kind_for_arch, train_tokenizer
+            from ..modeling.tokenizers import kind_for_arch, train_tokenizer
             t0 = time.perf_counter()
             kind = kind_for_arch(cfg.arch)
             tokenizer = train_tokenizer(train_docs, kind, cfg.vocab_size)

@@ -19,10 +19,10 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from .. import distributed
-from ..config import apply_resume_overrides
+from ..training import distributed
+from ..config.base import apply_resume_overrides
 from ..core import fs
-from ..runtime import log_stderr
+from ..core.runtime import log_stderr
 
 
 class Run:
@@ -43,7 +43,7 @@ class Run:
                 short_keys: Mapping[str, str], log: Callable[[str], None] = log_stderr) -> Any:
         """Continue the interrupted run in `run_dir` (its own config.yaml, with the resume overrides)."""
         from ..core.lock import RunLock
-        from ..runinfo import resumable
+        from ..core.runs import resumable
         cfg = config_class.from_yaml(resumable(run_dir))
         changed = apply_resume_overrides(cfg, dict(overrides), dict(short_keys))
         # held from the first read of the checkpoint to the last write; by rank 0 alone under several processes
@@ -74,7 +74,7 @@ class Run:
             distributed.barrier()  # rank 0 claims the directory and writes config.yaml
             self.fit()
             return self.save()
-        from ..runinfo import new_run
+        from ..core.runs import new_run
         self.before_new_run()
         with new_run(self.run_dir, self.command):
             fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())

@@ -6,7 +6,7 @@ Every trial is a fine-tuning run in this process (`FinetuneRun`, the one `finetu
 OUT/trials/trial-NNN, with its validation metric reported to optuna after every evaluation, so
 optuna's median pruner stops a trial that is worse than the others were at the same point (its
 folder is removed; the study keeps its record). Trials never score the test split: when the study
-ends, the best trial alone is scored on it once (`api.evaluate`), and only the best `keep` trial
+ends, the best trial alone is scored on it once (`recipes.evaluate`), and only the best `keep` trial
 folders are kept.
 
 The space (`default_space`): learning rate, head learning rate, batch size, warmup, weight decay,
@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import fs
-from ..errors import TrainingDiverged, UserError
-from ..runtime import log_stderr
+from ..core.errors import TrainingDiverged, UserError
+from ..core.runtime import log_stderr
 from .tune_space import Param, default_space, read_space, takes
 
 SETTINGS = "tune.json"
@@ -73,8 +73,8 @@ class TuneRun:
                  space: str | Path | None = None, workers: int = 1, keep: int = 3, seed: int | None = None,
                  resume: str | Path | None = None, worker: bool = False,
                  log: Callable[[str], None] = log_stderr) -> None:
-        from ..config import RunConfig
-        from ..registry import METHODS
+        from ..config.finetune import RunConfig
+        from ..core.registry import METHODS
         from ..core.units import parse_duration
         self.log, self.worker = log, worker
         if resume is not None:
@@ -178,7 +178,7 @@ class TuneRun:
     def run(self) -> TuneResult | None:
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
-        from ..config_checks import validate
+        from ..config.checks import validate
         validate(self.cfg)
         if not self.worker:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ class TuneRun:
         return self._finish(study)
 
     def _start_workers(self) -> list[subprocess.Popen]:
-        from ..runtime import usable_cores
+        from ..core.runtime import usable_cores
         threads = str(max(1, usable_cores() // self.workers))
         import torch
         torch.set_num_threads(int(threads))
@@ -222,7 +222,7 @@ class TuneRun:
 
     def _objective(self, trial: Any) -> float:
         import optuna
-        from ..config import RunConfig
+        from ..config.finetune import RunConfig
         from .finetune import FinetuneRun
         method = trial.suggest_categorical("method", self.methods) if len(self.methods) > 1 else self.methods[0]
         prefix = f"{method}:" if len(self.methods) > 1 else ""
@@ -288,7 +288,7 @@ class TuneRun:
     # ---- the end ----------------------------------------------------------------------------------------
     def _finish(self, study: Any) -> TuneResult:
         from optuna.trial import TrialState
-        from .. import api
+        from .evaluate import run_evaluation  # loads the inference stack: only once the search is over
         trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         self._prune_folders(study)
@@ -308,7 +308,7 @@ class TuneRun:
             shutil.copyfile(best_run / "config.yaml", self.out / "best.yaml")
             self.log(f"best: trial {best.number}, validation {self.metric}={best.value:.4f}; scoring it on the "
                      f"test split (the only trial that sees it)")
-            test = {k: v for k, v in api.evaluate(best_run, log=lambda *_: None).items() if isinstance(v, (int, float))}
+            test = {k: v for k, v in run_evaluation(best_run, log=lambda *_: None).items() if isinstance(v, (int, float))}
             summary.update({"best_trial": best.number, "best_validation": best.value, "best_params": best_params,
                             "best_run": str(best_run), "test": test})
         self._write_settings(summary)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Param:
 
 def default_space(method_name: str) -> dict[str, Param]:
     """The default search space of one method, around its own defaults."""
-    from ..registry import METHODS
+    from ..core.registry import METHODS
     method = METHODS.get(method_name)
     lr = method.default_lr
     head = method.default_head_lr or lr
@@ -112,8 +112,8 @@ def read_space(path: str | Path, method_names: list[str]) -> dict[str, Any]:
 
 def _check_keys(space: dict[str, Param], method_names: list[str], where: str) -> None:
     """Every key must be a config key some searched method takes, and every bound a valid value there."""
-    from ..config import RunConfig
-    from ..config_checks import validate
+    from ..config.finetune import RunConfig
+    from ..config.checks import validate
     for key, param in space.items():
         if key in ("method.name", "output_dir", "data.data", "data.train", "data.validation", "data.test", "task"):
             raise UserError(f"space file {where}: {key} is not searchable (use --method auto to search the method)")
@@ -133,7 +133,7 @@ def _check_keys(space: dict[str, Param], method_names: list[str], where: str) ->
 
 def takes(method_name: str, key: str) -> bool:
     """True when `key` (method.X) is one of `method_name`'s own options."""
-    from ..config import RunConfig
+    from ..config.finetune import RunConfig
     cfg = RunConfig()
     cfg.override("method.name", method_name)
     return key.split(".", 1)[1] in cfg.method.options_dict()

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .batcher import Batcher, Overloaded, ShuttingDown
 from .models import Gone, ModelSet
 

@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..inference.loading import run_method
 
 
 class Gone:
@@ -66,14 +67,14 @@ class ModelSet:
     def load(self, name: str, run_dir: str | Path) -> Served:
         from .. import tasks
         from ..inference import Predictor
-        from ..multi_adapter import ADAPTER_NAME
-        from ..runinfo import RunInfo
+        from ..inference.multi_adapter import ADAPTER_NAME
+        from ..core.runs import RunInfo
         if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
         from ..inference.onnx_backend import is_onnx_export, read_manifest
-        from ..multi_adapter import base_key
+        from ..inference.multi_adapter import base_key
         if is_onnx_export(run_dir):  # an ONNX export: its own onnxruntime predictor, never a shared base
             m = read_manifest(run_dir)
             source = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -81,7 +82,7 @@ class ModelSet:
                            str(source.get("model", "?")), list(m["labels"]), m["max_length"], False)
         else:
             info = RunInfo.read(run_dir)
-            method = info.method_instance()
+            method = run_method(info)
             base = base_key(info)  # what decides which runs can share an encoder
             shared = bool(method.shares_base and tasks.get(info.task).shares_base)
             entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),

@@ -4,7 +4,7 @@ none of them branches on a task's name. `tasks.get(name)` finds one: `classify` 
 text) or `ner` (one IOB2 tag per word)."""
 from __future__ import annotations
 
-from ..registry import TASKS
+from ..core.registry import TASKS
 from .base import Task
 from .classification import SequenceClassification
 from .token_classification import TokenClassification

@@ -37,7 +37,7 @@ class SequenceClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ..models import build_classifier
+        from ..modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
                                 random_init=random_init)
 
@@ -62,7 +62,7 @@ class SequenceClassification(Task):
         return splits
 
     def collapse_warning(self, splits: Any, predictions: torch.Tensor) -> str | None:
-        from ..metrics import collapse_warning
+        from ..reporting.metrics import collapse_warning
         return collapse_warning(predictions.argmax(-1).tolist(), list(splits.test.labels), splits.label_names, "test")
 
     def class_counts(self, splits: Any) -> list[int] | None:
@@ -74,7 +74,7 @@ class SequenceClassification(Task):
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], torch.Tensor]:
         from ..inference import predict_logits
-        from ..metrics import classification_metrics
+        from ..reporting.metrics import classification_metrics
         logits = predict_logits(model, data, batch_size, pad_id, device)  # [n, classes]
         labels = torch.tensor(data.labels)
         metrics = {"loss": float(nn.functional.cross_entropy(logits, labels))}
@@ -84,7 +84,7 @@ class SequenceClassification(Task):
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
         from ..data.load import LabelledData, load_table
-        from ..errors import UserError
+        from ..core.errors import UserError
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -99,8 +99,8 @@ class SequenceClassification(Task):
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
         from ..inference import Predictor
-        from ..metrics import full_report
-        from ..report import write_report
+        from ..reporting.metrics import full_report
+        from ..reporting.run_report import write_report
         texts, y_true = list(split.texts), list(split.labels)
         probs = Predictor(model, tokenizer, info.label_names, info.max_length).predict_proba(texts)
         report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
@@ -115,8 +115,8 @@ class SequenceClassification(Task):
 
     def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
-        from ..metrics import full_report
-        from ..report import write_report
+        from ..reporting.metrics import full_report
+        from ..reporting.run_report import write_report
         probs = torch.softmax(predictions, -1).numpy()
         y_true = list(splits.test.labels)
         report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)

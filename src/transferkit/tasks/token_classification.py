@@ -32,7 +32,7 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     """Per window: tag probabilities [window length, tags], in window order."""
     was_training = model.training
     model.eval()
-    from .. import distributed
+    from ..training import distributed
     from ..data.batches import batch_tokens, sorted_batches
     mine = distributed.my_rows(len(data))  # all windows, or this process's share inside sharded()
     done: list[int] = []
@@ -85,7 +85,7 @@ class TokenClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ..models import build_classifier
+        from ..modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, 1, random_init=random_init,
                                 head_kind=self.head_kind)
 
@@ -139,7 +139,7 @@ class TokenClassification(Task):
                       label_column: str | None) -> Any:
         from ..data.tagged import TaggedSplit
         from ..data.tagged_read import load_tagged
-        from ..errors import UserError
+        from ..core.errors import UserError
         table = load_tagged(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         tags = []

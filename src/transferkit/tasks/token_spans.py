@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 IGNORE = -100  # label of positions the loss skips (torch's CrossEntropyLoss ignore_index)
 _FALLBACK_WORD = re.compile(r"\w+|[^\w\s]")

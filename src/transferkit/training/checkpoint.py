@@ -34,8 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .core import fs
-from .errors import UserError
+from ..core import fs
+from ..core.errors import UserError
 
 LAST, TMP, OLD = "last", "last.tmp", "last.old"
 WEIGHTS, STATE, MANIFEST = "trainable.safetensors", "state.json", "manifest.json"

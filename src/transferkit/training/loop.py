@@ -23,10 +23,10 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed, fsdp
-from .config import TrainConfig
-from .core import fs
-from .data.batches import length_grouped_batches
-from .errors import TrainingDiverged, UserError
+from ..config.finetune import TrainConfig
+from ..core import fs
+from ..data.batches import length_grouped_batches
+from ..core.errors import TrainingDiverged, UserError
 from .optim import make_optimizer, param_groups
 
 LOG_EVERY = 10  # optimizer steps between training records in metrics.jsonl

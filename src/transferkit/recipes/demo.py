@@ -1,7 +1,7 @@
 """The embedded default run: `transferkit demo` / `make demo`."""
 from __future__ import annotations
 
-from .config import RunConfig
+from ..config.finetune import RunConfig
 
 
 def demo_config(output_dir: str | None = None) -> RunConfig:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core import fs
+from ..core import fs
 
 Metrics = tuple[tuple[str, str, str], ...]  # the task's compare_metrics: (metrics.json key, column title, name)
 
@@ -70,7 +70,7 @@ def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
 
 def command(rows: list[dict[str, Any]], base: Any) -> str:
     """The CLI line that repeats this comparison: every config key that differs from the default."""
-    from .config import RunConfig
+    from ..config.finetune import RunConfig
     default, wanted = flat_config(RunConfig().to_dict()), flat_config(base.to_dict())
     def text(v: Any) -> str:
         return ",".join(map(text, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)

@@ -164,7 +164,7 @@ MAX_PROCESSES = 256
 
 def check_processes(processes: Any) -> int:
     """`--processes N` checked: a whole number from 1 to MAX_PROCESSES, not under a launcher already."""
-    from .errors import UserError
+    from ..core.errors import UserError
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
         raise UserError(f"processes must be a whole number from 1 to {MAX_PROCESSES}, got {processes!r}")
     if processes > 1 and active():
@@ -181,7 +181,7 @@ def launch(argv: Sequence[str], processes: int) -> int:
     import subprocess
     import sys
 
-    from .runtime import usable_cores
+    from ..core.runtime import usable_cores
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .core import fs  # noqa: E402
+from ..core import fs  # noqa: E402
 from .metrics import HEADLINE_KEYS, average_mode  # noqa: E402
 
 EVALUATION_JSON = "evaluation.json"

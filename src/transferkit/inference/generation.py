@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .core.folders import check_finite, check_folder, loading
-from .errors import UserError
-from .lm_models import model_folder, model_type, tied_parameter_names
+from ..core.folders import check_finite, check_folder, loading
+from ..core.errors import UserError
+from ..modeling.lm import model_folder, model_type, tied_parameter_names
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -32,7 +32,7 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
     from transformers.models.auto import modeling_auto as ma
 
-    from . import runtime
+    from ..core import runtime
     runtime.setup()
     folder = model_folder(name_or_path)
     mtype = model_type(folder)

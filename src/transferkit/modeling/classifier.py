@@ -222,7 +222,7 @@ def _encoder_path(source: dict) -> str:
     installed (so a copied run resolves on another machine), else the recorded path or hub name."""
     name, path = source.get("name"), source.get("path")
     try:
-        from transferkit.models import MODELS  # absent when this file runs as remote code alone
+        from transferkit.core.registry import MODELS  # absent when this file runs as remote code alone
         if name in MODELS:
             return str(MODELS.get(name).locate())
     except ImportError:

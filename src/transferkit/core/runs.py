@@ -1,11 +1,11 @@
-"""What a finished run directory holds and how to load its model back.
+"""The run directory as a record: choosing and claiming a new one, checking one can resume, its metric
+history, and `run.json` (`RunInfo`).
 
 `run.json` records the method, the encoder it started from, the label names and the token
-limit: enough to rebuild the model from the saved artefact (a full model folder or an adapter).
-It is read strictly (types checked, a damaged file is a one-line error naming it), and it cannot
-send loading to an arbitrary folder: a bundled base resolves through the registry whatever
-`model_path` says, and a local base folder is used only if this machine fine-tuned from it (the
-list in the transferkit cache) or the user names it (`base_model=` / `--base-model`).
+limit: enough to rebuild the model from the saved artefact (a full model folder or an adapter;
+`inference.loading` does that). It is read strictly (types checked, a damaged file is a one-line error
+naming it). The list of local base folders this machine fine-tuned from lives here too, as loading
+trusts only those (or one the user names).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .core import fs
-from .core.folders import check_finite, check_folder, loading, read_json, read_json_object
-from .core.lock import LOCK_FILE, RunLock, in_use, live_owner
+from . import fs
+from .folders import read_json, read_json_object
+from .lock import LOCK_FILE, RunLock, in_use, live_owner
 from .errors import TrainingDiverged, UserError
 
 RUN_FILE = "run.json"
@@ -93,11 +93,11 @@ def resumable(run_dir: str | Path) -> Path:
     if (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} already finished; nothing to resume")
     fs.check_writable_dir(run_dir, "run directory")
-    from . import distributed
+    from ..training import distributed
     owner = live_owner(run_dir) if distributed.is_main() else None  # other ranks: rank 0 holds the lock
     if owner is not None:  # before reading a checkpoint its owner may be writing
         raise in_use(run_dir, owner)
-    from .checkpoint import find
+    from ..training.checkpoint import find
     find(run_dir / "checkpoints")  # an old-format or damaged checkpoint is refused before any work
     return run_dir / "config.yaml"
 
@@ -122,7 +122,7 @@ def read_history(run_dir: str | Path) -> list[dict]:
 # ---- bases this machine trained from ---------------------------------------------------------
 
 def _trusted_path() -> Path:
-    from .data.bundled import cache_dir
+    from ..data.bundled import cache_dir
     return cache_dir() / TRUSTED_BASES_FILE
 
 
@@ -132,6 +132,11 @@ def _trusted() -> list[str]:
     except UserError:
         return []
     return [p for p in data if isinstance(p, str)] if isinstance(data, list) else []
+
+
+def is_trusted_base(path: Path) -> bool:
+    """True when this machine fine-tuned from the local folder `path`."""
+    return str(Path(path).resolve()) in _trusted()
 
 
 def trust_base(path: str) -> None:
@@ -166,9 +171,10 @@ class RunInfo:
 
     @property
     def artifact_dir(self) -> Path:
-        return Path(self.run_dir) / self._method_class().artifact
+        return Path(self.run_dir) / self.method_class().artifact
 
-    def _method_class(self) -> Any:
+    def method_class(self) -> Any:
+        """The registered class of the run's method; an unknown name is a one-line error naming run.json."""
         from .registry import METHODS
         try:
             return METHODS.get(self.method)
@@ -190,74 +196,6 @@ class RunInfo:
                             f"an interrupted run continues with: transferkit finetune --resume {run_dir}")
         d = read_json_object(path, "run record", strict=True)
         return cls(run_dir=str(run_dir), **_checked_fields(d, path))
-
-    def method_instance(self) -> Any:
-        from .config import MethodConfig, section_from_dict
-        options = section_from_dict(MethodConfig, {**self.method_options, "name": self.method},
-                                    f"{Path(self.run_dir) / RUN_FILE} method_options")
-        return self._method_class()(options)
-
-    def base_model(self, override: str | None = None) -> Any:
-        """The ResolvedModel the run's artefact goes on top of (see the module docstring)."""
-        from .models import MODELS, ResolvedModel, resolve_model
-        if override is not None:
-            return resolve_model(override)
-        if self.model_name in MODELS:
-            return resolve_model(self.model_name)
-        p = Path(self.model_path)
-        if not p.is_absolute() and not p.exists():  # a hub name: only a copy already in the local cache
-            from transformers import AutoConfig
-            try:
-                AutoConfig.from_pretrained(self.model_path, local_files_only=True)
-            except Exception:  # noqa: BLE001 - not cached, or not a hub name at all
-                raise UserError(f"{Path(self.run_dir) / RUN_FILE} names the base model {self.model_path!r}, which "
-                                f"is not a folder here nor in the local model cache; pass --base-model DIR") from None
-            return ResolvedModel(self.model_name, self.model_path, self.pooling, local_only=True)
-        if not p.is_dir():
-            raise UserError(f"{Path(self.run_dir) / RUN_FILE}: its base model folder {p} does not exist here; "
-                            f"pass --base-model DIR (base_model=...) with the model it was trained from")
-        if str(p.resolve()) not in _trusted():
-            raise UserError(f"{Path(self.run_dir) / RUN_FILE} names the base model folder {p}, which no run on "
-                            f"this machine was trained from; if you trust it, pass --base-model {p}")
-        return ResolvedModel(self.model_name, str(p), self.pooling)
-
-    def load_model(self, merge: bool = False, base_model: str | None = None) -> Any:
-        """The trained model; `merge=True` gives the fastest equivalent for inference.
-
-        Every file is checked first (safetensors headers, JSON, no pickle weights), and whatever a
-        library still raises is a one-line error naming the artefact."""
-        from . import tasks
-        method = self.method_instance()
-        art = check_folder(self.artifact_dir, method.artifact_files, what=f"{self.method} artefact")
-        try:
-            task = tasks.get(self.task)
-        except UserError as e:
-            raise UserError(f"{Path(self.run_dir) / RUN_FILE}: {e}") from None
-
-        def base() -> Any:
-            return task.build_model(self.base_model(base_model), self.label_names, self.pooling,
-                                    self.classifier_dropout, self.head_hidden, self.pool_layers)
-        with loading(art, f"{self.method} run"):
-            model = method.load(art, base)
-            model = method.for_inference(model) if merge else model
-        check_finite(model, art)
-        return model
-
-
-def labelled_split(run_dir: Any, info: Any, task: Any, data: str | None, text_column: str | None,
-                    label_column: str | None) -> tuple[Any, str]:
-    """The labelled examples to score: the run's own test split (its data files checked), or `data`."""
-    if data is not None:
-        return task.load_labelled(data, info.label_names, text_column, label_column), str(data)
-    from .config import RunConfig
-    from .data.fingerprint import check_fingerprints
-    cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
-    if not info.data_fingerprints:
-        raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
-                        f"be checked; pass --data FILE to score a labelled file")
-    check_fingerprints(info.data_fingerprints, cfg.data)
-    splits = task.prepare(cfg.data, cfg.train.seed, lambda *_: None)
-    return splits.test, f"{cfg.data.data or cfg.data.test} (test split)"
 
 
 _FIELD_TYPES = {"method": str, "model_name": str, "model_path": str, "label_names": list, "max_length": int,

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .core import fs
-from .core.folders import read_json, read_json_object
-from .errors import UserError
+from ...core import fs
+from ...core.folders import read_json, read_json_object
+from ...core.errors import UserError
 
 Log = Callable[[str], None]
 PROGRESS_EVERY_S = 20.0  # how often a child's progress bar (\r updates) is echoed to the log
@@ -90,7 +90,7 @@ class CompareResult:
 def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list[str]:
     """Method names in the given order, checked against the registry; None means all registered (that
     `task` can train: setfit needs one pooled vector per example)."""
-    from .registry import METHODS
+    from ...core.registry import METHODS
     if methods is None:
         return [m for m in METHODS.names()
                 if task is None or METHODS.get(m).suits(task)]
@@ -104,7 +104,7 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
 
 
 def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
-    from .config import RunConfig
+    from ...config.finetune import RunConfig
     cfg = RunConfig.from_dict(base.to_dict())
     cfg.method.name, cfg.output_dir = method, str(out / method)
     return _plan_config(cfg, out / method, method, log)
@@ -112,9 +112,9 @@ def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
 
 def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: str = "") -> Plan:
     """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
-    from .comparison_report import flat_config
-    from .config import RunConfig
-    from .config_checks import validate
+    from ...reporting.comparison import flat_config
+    from ...config.finetune import RunConfig
+    from ...config.checks import validate
     validate(cfg)
     if not run_dir.exists() or (run_dir.is_dir() and all(c.name == ".lock" for c in run_dir.iterdir())):
         return Plan(method, cfg, run_dir, "new", key)  # a lock alone: a child killed before it wrote anything
@@ -135,7 +135,7 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: st
 
 def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = print) -> None:
     """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
-    from .registry import METHODS
+    from ...core.registry import METHODS
     now = METHODS.get(method)(cfg.method).train_config(cfg.train)
     then = read_json_object(run_dir / "metrics.json", "run metrics").get("train") or {}
     moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
@@ -242,7 +242,7 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
     of the saved (merged) model on the test split."""
     import gc
 
-    from .inference import Predictor
+    from ...inference import Predictor
     predictor = Predictor.from_run(run_dir)
     texts = task.texts(split)
     predictor.predict(texts[:64])  # warm-up: first-call allocations and lazy initialisation
@@ -258,7 +258,7 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
 
 
 def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int, log: Log) -> dict[str, Any]:
-    from .registry import METHODS
+    from ...core.registry import METHODS
     attempts = _read_attempts(out, plan.key)
     row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
                            "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None}
@@ -296,10 +296,10 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
 def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None,
                 inference_repeats: int = 3, log: Log = print) -> CompareResult:
     """Train every method in `methods` on `base` (a RunConfig) and write the table; see the module doc."""
-    from . import runtime
-    from .models import resolve_model
+    from ...core import runtime
+    from ...modeling.resolve import resolve_model
     runtime.setup()
-    from . import tasks
+    from ... import tasks
     task = tasks.get(base.task)
     names = parse_methods(methods, task)
     if inference_repeats < 1:
@@ -315,7 +315,7 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
         log(f"note: train.lr={base.train.lr:g} applies to every method (leave it unset for each method's default)")
     log(f"compare: {', '.join(names)} -> {out} ("
         + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
-    from .core.lock import RunLock
+    from ...core.lock import RunLock
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
         return _run_plans(plans, base, out, task, splits, inference_repeats, log)
 
@@ -339,7 +339,7 @@ def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any, 
     rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats, log) for p in plans]
     failed = [m for m, st in statuses.items() if st != "ok"]
 
-    from .comparison_report import write_tables
+    from ...reporting.comparison import write_tables
     markdown, paths = write_tables(out, rows, base, splits, inference_repeats, task.compare_metrics,
                                    len(task.texts(splits.train)), len(task.texts(splits.test)))
     log("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import PretrainConfig, RunConfig, TrainConfig
-from .errors import UserError
+from .finetune import RunConfig, TrainConfig
+from .pretrain import PretrainConfig
+from ..core.errors import UserError
 
 
 def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
@@ -62,7 +63,7 @@ def validate(cfg: RunConfig) -> None:
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
         (d.storage not in ("auto", "memory", "mapped"), "data.storage", "must be auto, memory or mapped", d.storage),
     ] + cfg.method.checks())
-    from .augmentation import parse_spec
+    from ..augmentation import parse_spec
     parse_spec(d.augment)  # a bad spec fails before any data is read
 
 

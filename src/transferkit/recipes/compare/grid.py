@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .core import fs
-from .core.folders import read_json_object
-from .errors import UserError
+from ...core import fs
+from ...core.folders import read_json_object
+from ...core.errors import UserError
 
 Log = Callable[[str], None]
 MAX_SEEDS = 20
@@ -71,7 +71,7 @@ def parse_sizes(sizes: str | Sequence[int] | None) -> list[int | None]:
 
 def augment_variants(augment: str | Sequence[str] | None) -> list[tuple[str, str]]:
     """(name, spec) per augmentation: the name is the spec's kinds (`eda`, `eda+mixup`)."""
-    from .augmentation import parse_spec
+    from ...augmentation import parse_spec
     specs = [augment] if isinstance(augment, str) else list(augment or [])
     out = []
     for spec in specs:
@@ -115,11 +115,12 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
              augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
              test_rows: int | None = None, seed_offset: int = 0, log: Log = print) -> GridResult:
     """Train every (method [+ augmentation], size, seed) cell and write the tables (see the module doc)."""
-    from . import runtime, tasks
-    from .comparison import _plan_config, _run_child, parse_methods
-    from .config import RunConfig
-    from .core.lock import RunLock
-    from .models import resolve_model
+    from ...core import runtime
+    from ... import tasks
+    from .run import _plan_config, _run_child, parse_methods
+    from ...config.finetune import RunConfig
+    from ...core.lock import RunLock
+    from ...modeling.resolve import resolve_model
     runtime.setup()
     task = tasks.get(base.task)
     names = parse_methods(methods, task)
@@ -212,8 +213,8 @@ def _check_manifest(data_dir: Path, base: Any, test_rows: int | None, write: boo
     folder with other data would silently reuse the old samples and runs."""
     import dataclasses
 
-    from .core.folders import read_json_object
-    from .data.fingerprint import data_fingerprints
+    from ...core.folders import read_json_object
+    from ...data.fingerprint import data_fingerprints
     wanted = {"data": {k: v for k, v in dataclasses.asdict(base.data).items() if k not in ("augment", "max_length")},
               "files": data_fingerprints(base.data), "seed": base.train.seed, "test_rows": test_rows, "task": base.task}
     path = data_dir / MANIFEST

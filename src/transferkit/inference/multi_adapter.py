@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..core.errors import UserError
 
-from .methods.base import PEFT_BASE as BASE  # peft's name for "no adapter" in a mixed batch
+from ..methods.base import PEFT_BASE as BASE  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -236,11 +236,12 @@ class MultiAdapterModel(nn.Module):
 def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> tuple[MultiAdapterModel, Any]:
     """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
     (`base_model`: the base folder to use instead of what the runs record, see `RunInfo.base_model`)."""
-    from . import runtime
-    from .modeling import HEAD_CLASSES
-    from .core.folders import check_finite, check_folder, loading
-    from .models import build_classifier, load_tokenizer
-    from .runinfo import RunInfo
+    from ..core import runtime
+    from ..modeling.classifier import HEAD_CLASSES
+    from ..core.folders import check_finite, check_folder, loading
+    from ..modeling.resolve import build_classifier, load_tokenizer
+    from ..core.runs import RunInfo
+    from .loading import run_base, run_method
     runtime.setup()
     if not runs:
         raise UserError("no runs given: pass at least one NAME=RUN_DIR")
@@ -251,14 +252,14 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
             raise UserError(f"adapter name {name!r}: use letters, digits, '-' and '_' (at most 64, no '.')")
         infos[name] = RunInfo.read(run_dir)
     first = next(iter(infos.values()))
-    from . import tasks
+    from .. import tasks
     for name, info in infos.items():
         if not tasks.get(info.task).shares_base:
             raise UserError(f"adapter {name!r} ({info.run_dir}): {info.task} runs cannot share a base model yet; "
                             f"predict with it alone")
-        method = info.method_instance()
+        method = run_method(info)
         if not method.shares_base:
-            from .registry import METHODS
+            from ..core.registry import METHODS
             can = [m for m in METHODS.names() if METHODS.get(m).shares_base]
             raise UserError(f"adapter {name!r} ({info.run_dir}): method {info.method!r} cannot share a base model "
                             f"(only {', '.join(can[:-1])} and {can[-1]} runs can; serve it alone with "
@@ -282,7 +283,7 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
     served: dict[str, Task] = {}
     for name, info in infos.items():
         with loading(info.artifact_dir, f"{info.method} adapter"):
-            part = info.method_instance().attach(encoder, tuner, name, Path(info.artifact_dir))
+            part = run_method(info).attach(encoder, tuner, name, Path(info.artifact_dir))
         tuner = part.tuner
         served[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
                             heads[name].eval(), part.mixable, part.adapter, tasks.get(info.task).head_kind == "token",
@@ -304,13 +305,14 @@ def _same_base(infos: Mapping[str, Any], base_model: str | None) -> Any:
         if base_key(info) != base_key(first):
             raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {info.model_path}, but adapter "
                             f"{first_name!r} on {first.model_path}: runs served together must share one base model")
-    return first.base_model(base_model)
+    from .loading import run_base
+    return run_base(first, base_model)
 
 
 def base_key(info: Any) -> str:
     """What identifies a run's base model: a bundled name, else its resolved folder (or hub name);
     runs with the same key can share one encoder."""
-    from .models import MODELS
+    from ..modeling.resolve import MODELS
     return info.model_name if info.model_name in MODELS else _resolved(info.model_path)
 
 
@@ -322,7 +324,8 @@ def _resolved(path: str) -> str:
 def _load_head(clf: nn.Module, info: Any) -> None:
     """Only the head's tensors from the run's artefact (the encoder part is shared)."""
     from safetensors import safe_open
-    art, method = Path(info.artifact_dir), info.method_instance()
+    from .loading import run_method
+    art, method = Path(info.artifact_dir), run_method(info)
     path, prefixes = art / method.head_file, (method.head_prefix,)
     if not path.is_file():
         raise UserError(f"{info.run_dir}: {path.name} not found in {art}")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
-from .registry import MODELS
+from ..core.errors import UserError
+from ..core.registry import MODELS
 
 
 @dataclass
@@ -50,7 +50,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_dir() -> Path:
-    from .data.bundled import cache_dir
+    from ..data.bundled import cache_dir
     return cache_dir() / "models" / "smollm2-135m"
 
 
@@ -72,8 +72,8 @@ def _convert_smollm2(dest: Path) -> None:
     import tempfile
     import zipfile
 
-    from . import runtime
-    from .data import bundled
+    from ..core import runtime
+    from ..data import bundled
     runtime.setup()
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file)
@@ -197,11 +197,11 @@ def _pooling_hint(path: Path) -> str:
     """What the encoder was trained with: sentence-transformers' pooling config, else mean."""
     cfg = path / "1_Pooling" / "config.json"
     if cfg.is_file():
-        from .core.folders import read_json_object
+        from ..core.folders import read_json_object
         pool = read_json_object(cfg, "pooling config")
         if pool.get("pooling_mode_cls_token"):
             return "cls"
-    from .core.folders import read_json_object
+    from ..core.folders import read_json_object
     model_cfg = read_json_object(path / "config.json", "model config")
     if model_cfg.get("model_type") == "transferkit_classifier":
         return model_cfg.get("pooling", "mean")
@@ -229,7 +229,7 @@ def list_models() -> list[dict[str, Any]]:
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    from .core.folders import loading
+    from ..core.folders import loading
     with loading(path, "tokenizer"):
         return AutoTokenizer.from_pretrained(path)
 
@@ -243,8 +243,8 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
     from transformers import AutoConfig, AutoModel
 
-    from .core.folders import check_finite, check_folder, loading, read_json_object
-    from .modeling import HEAD_CLASSES, load_saved
+    from ..core.folders import check_finite, check_folder, loading, read_json_object
+    from .classifier import HEAD_CLASSES, load_saved
     Classifier = HEAD_CLASSES[head_kind]
     local = Path(resolved.path).is_dir()
     if local:  # every file checked before transformers sees it; pickle-only weights refused

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UserError
+from ..core.errors import UserError
 
 TASK_ALIASES = {"text-classification": "text-classification", "sentiment-analysis": "text-classification",
                 "token-classification": "token-classification", "ner": "token-classification",
@@ -38,14 +38,14 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     """A callable for `task` (text-classification / sentiment-analysis, token-classification / ner,
     fill-mask, text-generation) over `model`; keyword `defaults` become the call's defaults
     (e.g. `aggregation_strategy="simple"`, `top_k=2`)."""
-    from . import runtime
+    from ..core import runtime
     runtime.setup()
     if task not in TASK_ALIASES:
         raise UserError(f"unknown pipeline task {task!r}; tasks: {', '.join(TASK_ALIASES)}")
     kind = TASK_ALIASES[task]
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
-    from .inference import check_batch_size
+    from . import check_batch_size
     check_batch_size(batch_size)
     cls = {"text-classification": TextClassificationPipeline, "token-classification": TokenClassificationPipeline,
            "fill-mask": FillMaskPipeline, "text-generation": TextGenerationPipeline}[kind]
@@ -76,7 +76,7 @@ class Pipeline:
         return {**self.defaults, **kwargs}
 
     def _batch_size(self, kwargs: dict[str, Any]) -> int:
-        from .inference import check_batch_size
+        from . import check_batch_size
         b = kwargs.pop("batch_size", self.batch_size)
         check_batch_size(b)
         return b
@@ -95,11 +95,11 @@ class Pipeline:
 
 def _load_head(model: str, kind: str, device: str | None, batch_size: int) -> Any:
     """A Predictor (sequence) or EntityPredictor (token) for a run directory, bundled name or HF folder."""
-    from .runinfo import RUN_FILE
+    from ..core.runs import RUN_FILE
     p = Path(model)
     if (p / RUN_FILE).is_file():
-        from .inference import Predictor
-        from .runinfo import RunInfo
+        from . import Predictor
+        from ..core.runs import RunInfo
         info = RunInfo.read(p)
         want = _RUN_TASK[kind]
         if info.task != want:
@@ -114,10 +114,10 @@ def _load_hf_head(model: str, task_name: str, device: str | None, batch_size: in
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from . import tasks
-    from .core.folders import check_finite, check_folder, loading
-    from .lm_models import model_folder
-    from .models import load_tokenizer
+    from .. import tasks
+    from ..core.folders import check_finite, check_folder, loading
+    from ..modeling.lm import model_folder
+    from ..modeling.resolve import load_tokenizer
     task = tasks.get(task_name)
     head = task.head_kind
     folder = model_folder(model)
@@ -182,7 +182,7 @@ class TokenClassificationPipeline(Pipeline):
 
     def load(self, model: str, device: str | None) -> None:
         self.predictor = _load_head(model, "token-classification", device, self.batch_size)
-        from .inference.entities import STRATEGIES  # an unknown strategy fails now, not at the first call
+        from .entities import STRATEGIES  # an unknown strategy fails now, not at the first call
         strategy = self.defaults.get("aggregation_strategy", "none")
         if strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")

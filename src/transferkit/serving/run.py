@@ -1,0 +1,48 @@
+"""Running the HTTP server: the options checked (numbers finite and in range, an API key from the environment
+rather than the command line), the runs loaded into one `ModelSet`, and uvicorn started on the app."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..core import runtime
+from ..core.errors import UserError
+from .app import create_app
+from .models import ModelSet
+
+
+def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
+               host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
+               max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
+               default_model: str | None = None, log: Callable[[str], None] = runtime.log_stderr) -> None:
+    """Serve `{name: run_dir}` (and runs under `adapter_root`) until stopped; see `api.serve`."""
+    import uvicorn  # the server's own import: only when one starts
+
+    runtime.setup()
+    api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None  # the environment keeps it out of `ps`
+    check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_inputs=max_inputs)
+    if not adapters and adapter_root is None:
+        raise UserError("nothing to serve: give --adapter NAME=RUN_DIR (repeat) and/or --adapter-root DIR")
+    if adapter_root is not None and not Path(adapter_root).is_dir():
+        raise UserError(f"adapter root {adapter_root} is not a folder")
+    models = ModelSet(dict(adapters or {}))
+    if default_model is not None and default_model not in models.served:
+        raise UserError(f"default model {default_model!r} is not among the served runs")
+    first = default_model or next(iter(models.served), None)
+    app = create_app(models, default_model=first, adapter_root=adapter_root, api_key=api_key,
+                     max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                     max_inputs=max_inputs)
+    log(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def check_serve_numbers(**values: Any) -> None:
+    """Each option a positive finite number, and the port a valid one: a one-line error naming the option."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"{name} must be a positive finite number, got {v!r}")
+    if not 1 <= values["port"] <= 65535 or not float(values["port"]).is_integer():
+        raise UserError(f"port must be an integer in [1, 65535], got {values['port']!r}")
