@@ -144,5 +144,5 @@ def quiet_libraries() -> None:
 def movie_splits(seed: int = 42) -> Any:
     """The bundled movie sentences split as `transferkit finetune` splits them (80/10/10, `seed`)."""
     from transferkit.config.finetune import DataConfig
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     return prepare_splits(DataConfig(data="movie-sentences"), seed, log=lambda *_: None)

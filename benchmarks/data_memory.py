@@ -52,7 +52,7 @@ def write_rows(path: Path, n: int) -> None:
 def write_sentences(path: Path, n: int) -> None:
     """`n` distinct tagged sentences in CoNLL form: bundled sentence a then sentence b, with their tags."""
     import transferkit.data.bundled  # noqa: F401
-    from transferkit.data.tagged_read import load_tagged
+    from transferkit.tasks.ner.read import load_tagged
     table = load_tagged("wiki-ner-silver")
     sents = [list(zip(toks, tags)) for toks, tags in zip(table.tokens, table.tags)]
     m = len(sents)

@@ -42,7 +42,7 @@ def warm_up(data: Any, seed: int) -> None:
     import torch
 
     from transferkit import api  # noqa: F401
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model
     splits = prepare_splits(data, seed, log=_quiet)
     resolved = resolve_model("minilm-l6")
@@ -70,7 +70,7 @@ def baseline(data: Any, epochs: int, batch_size: int, lr: float, seed: int, same
     from transferkit.config.finetune import MethodConfig, TrainConfig
     from transferkit.data import tokens as tk
     from transferkit.data.batches import TokenData, length_grouped_batches
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     from transferkit.inference import predict_logits
     from transferkit.methods.head_only import HeadOnly
     from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model

@@ -58,9 +58,9 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               PrinterCallback, Trainer, TrainingArguments, set_seed)
 
-    from transferkit.data.tagged import prepare_tagged_splits
+    from transferkit.tasks.ner.splits import prepare_tagged_splits
     from transferkit.modeling.resolve import resolve_model
-    from transferkit.tasks.token_classification import entity_metrics
+    from transferkit.tasks.ner.task import entity_metrics
     datasets.disable_progress_bars()
     splits = prepare_tagged_splits(_data_cfg(spec), spec["seed"], _quiet)
     names = splits.label_names

@@ -61,7 +61,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               PrinterCallback, Trainer, TrainingArguments, set_seed)
 
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     from transferkit.modeling.resolve import resolve_model
     datasets.disable_progress_bars()
     padded = spec["variant"] == "textbook"

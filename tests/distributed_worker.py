@@ -12,7 +12,7 @@ from torch import nn
 from transferkit.training import distributed
 from transferkit.data.batches import TokenData
 from transferkit.inference import predict_logits
-from transferkit.tasks.token_classification import window_probs
+from transferkit.tasks.ner.task import window_probs
 
 
 class RowIdentity(nn.Module):

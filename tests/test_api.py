@@ -95,7 +95,7 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
                                   info["head_hidden"], info["pool_layers"]).classifier
     diffs = [(a - b).abs().max().item() for a, b in zip(start_head.parameters(), trained.classifier.parameters())]
     assert len(diffs) == (4 if info["head_hidden"] else 2) and min(diffs) > 1e-4
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     data_cfg = transferkit.RunConfig.from_yaml(run / "config.yaml").data
     labels = torch.tensor(prepare_splits(data_cfg, 42, log=quiet).train.labels)
     with torch.no_grad():
@@ -328,7 +328,7 @@ def test_same_seed_same_run(tiny_model_dir, sentiment_csv, tmp_path, seed7):
 
 
 def test_different_seed_different_split_and_weights(tiny_model_dir, sentiment_csv, tmp_path, seed7):
-    from transferkit.data.prepare import prepare_splits
+    from transferkit.tasks.classify.splits import prepare_splits
     a = seed7
     b = _seed_run(sentiment_csv, tiny_model_dir, tmp_path / "b", 8)
     cfg = transferkit.RunConfig.from_yaml(a.run_dir / "config.yaml").data

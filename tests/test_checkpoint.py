@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from transferkit.training import checkpoint, loop as train
 from transferkit.core.errors import TrainingDiverged, UserError
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 
 from train_helpers import feature_trainer
 

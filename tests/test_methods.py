@@ -12,7 +12,7 @@ from transferkit.data.batches import TokenData
 from transferkit.methods.base import count_parameters, describe_parameters, is_head_param
 from transferkit.modeling.resolve import ResolvedModel, build_classifier, load_tokenizer
 from transferkit.core.registry import METHODS
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
 from helpers import LABELS, make_sentences, quiet

@@ -8,7 +8,7 @@ from transferkit import methods  # noqa: F401  (registers the methods)
 from transferkit.config.finetune import MethodConfig, TrainConfig
 from transferkit.modeling.resolve import ResolvedModel, build_classifier
 from transferkit.core.registry import METHODS
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.optim import layer_depths, param_groups
 from transferkit.training.loop import Trainer
 

@@ -53,7 +53,7 @@ def test_method_save_loads_with_peft(name, options, tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["lora", "ia3"])
 def test_finetuned_run_adapter_loads_with_peft(name, finished_run):
-    """The adapter folder of a real (tiny) run: peft's loader and RunInfo.load_model agree, merged or not."""
+    """The adapter folder of a real (tiny) run: peft's loader and load_run_model agree, merged or not."""
     from peft import PeftModel
     info = RunInfo.read(finished_run(name))
     tok = load_tokenizer(str(info.artifact_dir))
@@ -119,7 +119,6 @@ print(json.dumps(p.tolist()))
 
 def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_path):
     from transferkit import api
-    from transferkit.inference import LoadedModel  # noqa: F401
     from transferkit.core.runs import RunInfo
     from helpers import FILLER, POSITIVE, quiet
     lines = []

@@ -10,7 +10,7 @@ import torch
 from transferkit.config.finetune import TrainConfig
 from transferkit.data.batches import TokenData, length_grouped_batches
 from transferkit.core.errors import UserError
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.optim import param_groups
 from transferkit.training.loop import Trainer, total_steps
 

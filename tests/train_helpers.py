@@ -10,7 +10,7 @@ import torch
 from transferkit.config.finetune import TrainConfig
 from transferkit.data.batches import FeatureData
 from transferkit.modeling.classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
 from helpers import quiet, tiny_bert_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from transferkit.augmentation.mixup import Mixup
-from transferkit.tasks.classification import classification_loss
+from transferkit.tasks.classify.task import classification_loss
 
 from train_helpers import no_dropout_classifier
 

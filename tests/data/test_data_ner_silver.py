@@ -14,9 +14,9 @@ import pytest
 from transferkit.config.finetune import DataConfig
 from transferkit.data import bundled, list_datasets, load_table
 from transferkit.data.fingerprint import data_fingerprints, source_fingerprint
-from transferkit.data.tagged import prepare_tagged_splits
-from transferkit.data.tag_schemes import entity_counts
-from transferkit.data.tagged_read import load_tagged
+from transferkit.tasks.ner.splits import prepare_tagged_splits
+from transferkit.tasks.ner.schemes import entity_counts
+from transferkit.tasks.ner.read import load_tagged
 from transferkit.core.errors import UserError
 from transferkit.core.registry import DATASETS
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from transferkit.config.finetune import DataConfig
-from transferkit.data import Splits, prepare_splits
+from transferkit.tasks.classify.splits import Splits, prepare_splits
 from transferkit.core.errors import UserError
 
 

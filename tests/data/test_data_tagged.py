@@ -6,9 +6,9 @@ import json
 import pytest
 
 from transferkit.config.finetune import DataConfig
-from transferkit.data.tagged import TaggedSplit, TaggedSplits, prepare_tagged_splits
-from transferkit.data.tag_schemes import to_iob2
-from transferkit.data.tagged_read import TaggedTable, load_tagged, load_tagged_splits
+from transferkit.tasks.ner.splits import TaggedSplit, TaggedSplits, prepare_tagged_splits
+from transferkit.tasks.ner.schemes import to_iob2
+from transferkit.tasks.ner.read import TaggedTable, load_tagged, load_tagged_splits
 from transferkit.core.errors import UserError
 
 PER, LOC, ORG = ("Alice", "Bob", "Carol"), ("Paris", "Oslo", "Rome"), ("Acme", "Initech")

@@ -14,7 +14,7 @@ from helpers import make_tokenizer, quiet, tiny_config, write_csv
 from transferkit.config.finetune import DataConfig
 from transferkit.data import mapped
 from transferkit.data.batches import TokenData, sorted_batches
-from transferkit.data.prepare import prepare_splits
+from transferkit.tasks.classify.splits import prepare_splits
 from transferkit.data.split import SPLITS, dedupe, dedupe_rows, text_hashes
 from transferkit.data.tokens import tokenize
 from transferkit.core.errors import UserError

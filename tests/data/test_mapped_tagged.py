@@ -15,13 +15,14 @@ import pytest
 
 from helpers import make_tokenizer, quiet, tagged_sentences, tiny_config, write_conll
 from transferkit.config.finetune import DataConfig
-from transferkit.data import mapped, mapped_tagged
+from transferkit.data import mapped
+from transferkit.tasks.ner import mapped as mapped_tagged
 from transferkit.data.batches import length_grouped_batches
 from transferkit.data.split import SPLITS
-from transferkit.data.tagged import prepare_tagged_splits
+from transferkit.tasks.ner.splits import prepare_tagged_splits
 from transferkit.core.errors import UserError
-from transferkit.tasks import mapped_windows
-from transferkit.tasks.token_classification import TokenClassification
+from transferkit.tasks.ner import windows as mapped_windows
+from transferkit.tasks.ner.task import TokenClassification
 
 
 @pytest.fixture(autouse=True)

@@ -99,8 +99,8 @@ def test_export_errors(finished_run, tmp_path, monkeypatch):
     # a method whose inference model keeps its own modules cannot be merged
     with pytest.raises(UserError, match="method 'adapter' cannot be merged.*e.g. encoder.encoder.layer.0.*adapter"):
         api.export(finished_run("adapter"), tmp_path / "out", log=quiet)
-    from transferkit.core.runs import RunInfo
-    monkeypatch.setattr(RunInfo, "load_model", lambda self, merge=False, base_model=None: torch.nn.Linear(2, 2))
+    from transferkit.inference import loading
+    monkeypatch.setattr(loading, "load_run_model", lambda info, merge=False, base_model=None: torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="cannot be merged into the encoder's weights"):
         api.export(finished_run("lora"), tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()

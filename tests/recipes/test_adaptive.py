@@ -71,7 +71,7 @@ def test_a_run_records_what_it_adapted(tiny_model_dir, tmp_path):
 
 
 def test_class_weights_change_the_loss():
-    from transferkit.tasks.classification import classification_loss
+    from transferkit.tasks.classify.task import classification_loss
 
     class Out:
         logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])

@@ -309,8 +309,8 @@ def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
 def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
     """Mapped texts (and mapped tagged sentences) are sampled with their labels, not left whole."""
     from transferkit.config.finetune import DataConfig
-    from transferkit.data.prepare import prepare_splits
-    from transferkit.data.tagged import prepare_tagged_splits
+    from transferkit.tasks.classify.splits import prepare_splits
+    from transferkit.tasks.ner.splits import prepare_tagged_splits
     from transferkit.recipes.plan_dry_run import sample_rows as _rows
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     train = prepare_splits(DataConfig(data=str(data_csv), storage="mapped"), 0, log=quiet).train

@@ -10,7 +10,7 @@ import pytest
 
 from transferkit import api
 from transferkit.cli import main
-from transferkit.tasks.token_classification import entity_metrics
+from transferkit.tasks.ner.task import entity_metrics
 
 from helpers import quiet, write_conll
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transferkit.core.errors import UserError
-from transferkit.tasks.token_spans import (
+from transferkit.tasks.ner.spans import (
     EncodedWindows,
     encode_words,
     group_entities,

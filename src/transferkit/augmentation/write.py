@@ -38,7 +38,7 @@ def write_augmented(data: str, spec: str, output: str | Path, *, task: str = "cl
     if seed < 0 or seed >= 2**32:
         raise UserError(f"augment: seed must be in [0, 2**32), got {seed}")
     if task == "ner":
-        from ..data.tagged_read import load_tagged
+        from ..tasks.ner.read import load_tagged
         table = load_tagged(data, text_column, label_column, role="data")
         names = sorted({t for tags in table.tags for t in tags})
         ids = [[names.index(t) for t in tags] for tags in table.tags]

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from ..data.batches import TokenData, batch_tokens, sorted_batches
-from ..data.tokens import tokenize
 from ..core.errors import UserError
-from .predictor import Predictor, check_batch_size, check_texts, finite_probs
+from ..core.runs import RunInfo
+from .loading import run_task
+from ..modeling.forward import check_batch_size
+from ..tasks.rows import check_texts, finite_probs
 
 if TYPE_CHECKING:
     from .multi_adapter import MultiAdapterModel
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 MIXED, GROUPED = "mixed", "grouped"  # AdapterPredictor strategies
 
 
-class AdapterPredictor(Predictor):
+class AdapterPredictor:
     """A Predictor over several runs sharing one base: `predict(texts, adapter=...)` or `adapters=[...]`.
 
     Without `adapter`/`adapters` a call uses the active adapter (the first, or the last `set_adapter`),
@@ -37,7 +39,7 @@ class AdapterPredictor(Predictor):
         self.pad_id = tokenizer.pad_token_id or 0
         self.last_throughput: float | None = None
         self.active = next(iter(model.tasks))
-        self._codecs: dict[str, Any] = {}  # tagger adapter -> its EntityCodec
+        self._tasks: dict[str, Any] = {}  # adapter -> its run's task
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,
@@ -84,56 +86,61 @@ class AdapterPredictor(Predictor):
             self._check_name(a)
         return adapters
 
-    def predict_logits(self, texts: Sequence[str], adapters: Sequence[str]) -> list[torch.Tensor]:
-        """Per text its logits [its adapter's labels], in input order (sentence classifiers only)."""
-        if any(self.model.tasks[a].per_token for a in adapters):
-            raise UserError("predict_logits is for sentence classifiers; tag texts with predict()")
-        return self.outputs(texts, adapters)
+    def _task(self, adapter: str) -> Any:
+        """The task object of an adapter's run (what its inputs are and how its outputs decode)."""
+        if adapter not in self._tasks:
+            self._tasks[adapter] = run_task(RunInfo.read(self.model.tasks[adapter].run_dir))
+        return self._tasks[adapter]
 
-    def outputs(self, texts: Sequence[str], adapters: Sequence[str]) -> list[Any]:
-        """Per text (of any adapter, classifiers and taggers mixed in the same encoder passes): its
-        logits [labels] for a sentence classifier, its entities (aggregation "first") for a tagger."""
-        ids, owner, tagged = self._encode(texts, adapters)
-        rows = self._forward(ids, [adapters[o] for o in owner])
+    def predict_logits(self, texts: Sequence[str], adapters: Sequence[str]) -> list[torch.Tensor]:
+        """Per text its logits [its adapter's labels], in input order (runs with one output vector per text)."""
+        rows, owner, _ = self._run(texts, adapters)
+        if len(rows) != len(texts) or any(r.dim() != 1 for r in rows):
+            raise UserError("predict_logits is for sentence classifiers; tag texts with predict()")
         out: list[Any] = [None] * len(texts)
-        for r, o in enumerate(owner):
-            if not self.model.tasks[adapters[o]].per_token:
-                out[o] = rows[r]
-        for a, (idx, words, enc, first) in tagged.items():
-            probs = [torch.softmax(rows[first + w], dim=-1).numpy() for w in range(len(enc.input_ids))]
-            for i, ents in zip(idx, self._codec(a).decode([texts[i] for i in idx], words, enc, probs)):
-                out[i] = ents
+        for r, o in zip(rows, owner):
+            out[o] = r
         return out
 
-    def _encode(self, texts: Sequence[str], adapters: Sequence[str]) -> tuple[list[list[int]], list[int], dict]:
-        """Model rows (token ids) and the text each belongs to: one row per text of a sentence
-        classifier (truncated at its own run's max_length), the windows of each text of a tagger.
-        The third value: per tagger, (its text positions, their words, their windows, first row)."""
-        tasks = self.model.tasks
-        ids: list[list[int]] = []
+    def _run(self, inputs: Sequence[Any], adapters: Sequence[str]) -> tuple[list[torch.Tensor], list[int], dict]:
+        """Every adapter's inputs encoded by its task, all rows through the encoder together (mixed where the
+        methods allow it): (outputs per row, the input each row belongs to, per adapter (its input positions,
+        its encoding, its first row))."""
+        ids: list[Any] = []
         owner: list[int] = []
-        plain = [i for i, a in enumerate(adapters) if not tasks[a].per_token]
-        for limit in dict.fromkeys(tasks[adapters[i]].max_length for i in plain):
-            idx = [i for i in plain if tasks[adapters[i]].max_length == limit]
-            for i, row in zip(idx, tokenize(self.tokenizer, [texts[i] for i in idx], limit)):
-                ids.append(row)
-                owner.append(i)
-        tagged: dict[str, tuple] = {}
-        for a in dict.fromkeys(a for a in adapters if tasks[a].per_token):
+        parts: dict[str, tuple[list[int], Any, int]] = {}
+        for a in dict.fromkeys(adapters):
             idx = [i for i, x in enumerate(adapters) if x == a]
-            words, enc = self._codec(a).encode([texts[i] for i in idx])
-            tagged[a] = (idx, words, enc, len(ids))
-            for w, row in enumerate(enc.input_ids):
-                ids.append(row)
-                owner.append(idx[enc.sentence[w]])
-        return ids, owner, tagged
+            enc = self._task(a).encode_inputs(self.tokenizer, [inputs[i] for i in idx], self.model.tasks[a].max_length)
+            enc.positions = idx
+            parts[a] = (idx, enc, len(ids))
+            ids += enc.rows
+            owner += [idx[o] for o in enc.owner]
+        rows = self._forward(ids, [adapters[o] for o in owner])
+        return rows, owner, parts
 
-    def _codec(self, adapter: str) -> Any:
-        from .entities import EntityCodec
-        if adapter not in self._codecs:
-            t = self.model.tasks[adapter]
-            self._codecs[adapter] = EntityCodec(self.tokenizer, t.label_names, t.max_length)
-        return self._codecs[adapter]
+    def results(self, inputs: Sequence[Any], adapters: Sequence[str], **options: Any) -> list[Any]:
+        """Per input (of any adapter, every task mixed in the same encoder passes), its task's output row."""
+        rows, _, parts = self._run(inputs, adapters)
+        out: list[Any] = [None] * len(inputs)
+        for a, (idx, enc, first) in parts.items():
+            task = self._task(a)
+            mine = rows[first:first + len(enc.rows)]
+            decoded = task.decode(mine, enc, self.model.tasks[a].label_names, **task.check_decode_options(options))
+            for i, row in zip(idx, decoded):
+                out[i] = row
+        return out
+
+    def outputs(self, inputs: Sequence[Any], adapters: Sequence[str]) -> list[Any]:
+        """Per input, what a server answers from: its task's `serving_result` (a classifier's logits, a
+        tagger's entities)."""
+        rows, _, parts = self._run(inputs, adapters)
+        out: list[Any] = [None] * len(inputs)
+        for a, (idx, enc, first) in parts.items():
+            mine = rows[first:first + len(enc.rows)]
+            for i, res in zip(idx, self._task(a).serving_results(mine, enc, self.model.tasks[a].label_names)):
+                out[i] = res
+        return out
 
     def _forward(self, ids: list[list[int]], names: list[str]) -> list[torch.Tensor]:
         """Per row its logits ([labels], or [row length, labels] for a tagger's row), mixing rows of
@@ -174,22 +181,14 @@ class AdapterPredictor(Predictor):
             return np.zeros((0, len(self.labels(names[0]) if names else self.label_names)), dtype=np.float32)
         return finite_probs(torch.softmax(torch.stack(logits), dim=-1))
 
-    def predict(self, texts: Sequence[str] | str, adapter: str | None = None,
-                adapters: Sequence[str] | None = None) -> Any:
-        """Per text: its adapter and, for a sentence classifier, label, confidence and every class
-        probability of its labels; for a tagger, its entities (aggregation "first")."""
-        single = isinstance(texts, str)
-        texts = check_texts([texts] if single else texts)
-        names = self._route(len(texts), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
+    def predict(self, texts: Sequence[Any] | Any, adapter: str | None = None,
+                adapters: Sequence[str] | None = None, **options: Any) -> Any:
+        """Per input: its adapter and its task's output row (a sentence classifier's label, confidence and
+        every class probability; a tagger's entities)."""
+        single = self._task(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
+        items = check_texts([texts] if single else texts)
+        names = self._route(len(items), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
         t0 = time.perf_counter()
-        out = []
-        for i, (name, res) in enumerate(zip(names, self.outputs(texts, names))):
-            if self.model.tasks[name].per_token:
-                out.append({"adapter": name, "entities": res})
-                continue
-            probs = torch.from_numpy(finite_probs(torch.softmax(res, dim=-1)[None], first=i))[0]
-            k, labels = int(probs.argmax()), self.model.tasks[name].label_names
-            out.append({"adapter": name, "label": labels[k], "confidence": float(probs[k]),
-                        "probs": {n: float(p) for n, p in zip(labels, probs)}})
-        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
+        out = [{"adapter": name, **row} for name, row in zip(names, self.results(items, names, **options))]
+        self.last_throughput = len(items) / max(time.perf_counter() - t0, 1e-9)
         return out[0] if single else out

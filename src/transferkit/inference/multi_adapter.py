@@ -235,13 +235,13 @@ class MultiAdapterModel(nn.Module):
 
 def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> tuple[MultiAdapterModel, Any]:
     """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
-    (`base_model`: the base folder to use instead of what the runs record, see `RunInfo.base_model`)."""
+    (`base_model`: the base folder to use instead of what the runs record, see `inference.loading.run_base`)."""
     from ..core import runtime
     from ..modeling.classifier import HEAD_CLASSES
     from ..core.folders import check_finite, check_folder, loading
     from ..modeling.resolve import build_classifier, load_tokenizer
     from ..core.runs import RunInfo
-    from .loading import run_base, run_method
+    from .loading import run_method
     runtime.setup()
     if not runs:
         raise UserError("no runs given: pass at least one NAME=RUN_DIR")

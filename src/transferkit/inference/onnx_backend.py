@@ -120,18 +120,14 @@ def head_kind(task_name: str) -> str:
     return tasks.get(task_name).head_kind
 
 
-def load_export(folder: str | Path, batch_size: int = 64, device: str | None = None) -> Any:
-    """The task's predictor (`Predictor` for labels, the tagger for entities) over an ONNX export."""
-    from .. import tasks
+def load_export(folder: str | Path, device: str | None = None) -> tuple[OnnxModule, Any, dict[str, Any]]:
+    """(the graph as a module, its tokenizer, its checked manifest): what a Predictor over an ONNX export holds."""
     from ..modeling.resolve import load_tokenizer
     if device not in (None, "cpu"):
         raise UserError(f"{folder}: an ONNX export runs on the CPU through onnxruntime here, not on {device!r}")
     m = read_manifest(folder)
     module = OnnxModule(session(Path(folder) / MODEL_FILE), m["labels"], head_kind(m["task"]))
-    tok = load_tokenizer(str(folder))
-    predictor = tasks.get(m["task"]).predictor(module, tok, m["labels"], m["max_length"], batch_size, "cpu")
-    predictor.manifest = m
-    return predictor
+    return module, load_tokenizer(str(folder)), m
 
 
 def check_backend(backend: str, folder: str | Path, quantize: bool = False) -> bool:

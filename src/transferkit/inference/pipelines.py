@@ -30,7 +30,15 @@ from ..core.errors import UserError
 TASK_ALIASES = {"text-classification": "text-classification", "sentiment-analysis": "text-classification",
                 "token-classification": "token-classification", "ner": "token-classification",
                 "fill-mask": "fill-mask", "text-generation": "text-generation"}
-_RUN_TASK = {"text-classification": "classify", "token-classification": "ner"}
+
+
+def _run_task(kind: str) -> Any:
+    """The registered task whose runs a pipeline kind opens (each task names its pipelines)."""
+    from .. import tasks
+    for name in tasks.TASKS:
+        if kind in tasks.get(name).pipeline_names:
+            return tasks.get(name)
+    raise UserError(f"no task opens pipeline({kind!r})")
 
 
 def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str | None = None,
@@ -94,31 +102,31 @@ class Pipeline:
 
 
 def _load_head(model: str, kind: str, device: str | None, batch_size: int) -> Any:
-    """A Predictor (sequence) or EntityPredictor (token) for a run directory, bundled name or HF folder."""
+    """A Predictor for a run directory, bundled name or HF folder of the task that opens pipeline `kind`."""
     from ..core.runs import RUN_FILE
     p = Path(model)
     if (p / RUN_FILE).is_file():
+        from .. import tasks
         from . import Predictor
         from ..core.runs import RunInfo
         info = RunInfo.read(p)
-        want = _RUN_TASK[kind]
-        if info.task != want:
-            other = next(k for k, v in _RUN_TASK.items() if v == info.task)
+        want = _run_task(kind)
+        if info.task != want.name:
+            other = tasks.get(info.task).pipeline_names[0]
             raise UserError(f"{model} is a {info.task} run; open it with pipeline({other!r}, model=...)")
         return Predictor.from_run(p, device=device, batch_size=batch_size)
-    return _load_hf_head(model, _RUN_TASK[kind], device, batch_size)
+    return _load_hf_head(model, _run_task(kind), device, batch_size)
 
 
-def _load_hf_head(model: str, task_name: str, device: str | None, batch_size: int) -> Any:
+def _load_hf_head(model: str, task: Any, device: str | None, batch_size: int) -> Any:
     """A classifier folder (transferkit's exported ones or any AutoModelFor...Classification folder)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from .. import tasks
     from ..core.folders import check_finite, check_folder, loading
     from ..modeling.lm import model_folder
     from ..modeling.resolve import load_tokenizer
-    task = tasks.get(task_name)
+    from .predictor import Predictor
     head = task.head_kind
     folder = model_folder(model)
     check_folder(folder, ("config.json",))
@@ -137,7 +145,7 @@ def _load_hf_head(model: str, task_name: str, device: str | None, batch_size: in
     labels = [loaded.config.id2label[i] for i in range(loaded.config.num_labels)]
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
                 int(getattr(loaded.config, "max_position_embeddings", 512) or 512))
-    return task.predictor(loaded, tokenizer, labels, limit, batch_size, device)
+    return Predictor(loaded, tokenizer, labels, limit, batch_size, device, task)
 
 
 class TextClassificationPipeline(Pipeline):
@@ -182,7 +190,7 @@ class TokenClassificationPipeline(Pipeline):
 
     def load(self, model: str, device: str | None) -> None:
         self.predictor = _load_head(model, "token-classification", device, self.batch_size)
-        from .entities import STRATEGIES  # an unknown strategy fails now, not at the first call
+        from ..tasks.ner.entities import STRATEGIES  # an unknown strategy fails now, not at the first call
         strategy = self.defaults.get("aggregation_strategy", "none")
         if strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -190,7 +198,8 @@ class TokenClassificationPipeline(Pipeline):
     def run(self, texts: list[str], **kwargs: Any) -> list[Any]:
         opts = self.options(kwargs)
         self.predictor.batch_size = self._batch_size(opts)
-        return self.predictor.entities(texts, opts.get("aggregation_strategy", "none"))
+        rows = self.predictor.predict(texts, aggregation_strategy=opts.get("aggregation_strategy", "none"))
+        return [row["entities"] for row in rows]
 
 
 class FillMaskPipeline(Pipeline):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from ..core.registry import TASKS
 from .base import Task
-from .classification import SequenceClassification
-from .token_classification import TokenClassification
+from .classify.task import SequenceClassification
+from .ner.task import TokenClassification
 
 for _task in (SequenceClassification, TokenClassification):
     if _task.name not in TASKS:  # a module reload must not register twice

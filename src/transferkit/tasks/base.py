@@ -7,10 +7,13 @@ a branch in the run, the loop or the predictor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
+
+from ..core.errors import UserError
+from .rows import EncodedInputs, check_texts
 
 
 class Task:
@@ -88,10 +91,43 @@ class Task:
         """(report, paths): `model` scored on `split`, and the report written to `out`."""
         raise NotImplementedError
 
-    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
-                  batch_size: int, device: Any) -> Any:
-        """The object that labels new texts with a trained model (`.predict(texts)`)."""
+    # ---- inference: inputs in, output rows out (the one generic Predictor calls these) ----------------
+    # transformers' pipeline task names that open runs of this task (`transferkit.pipeline(name, model=run)`);
+    # the first is the task's own name in transformers
+    pipeline_names: ClassVar[tuple[str, ...]] = ()
+    # the keyword options `decode` takes, with their defaults (e.g. ner's aggregation_strategy)
+    decode_options: ClassVar[dict[str, Any]] = {}
+
+    def is_single(self, inputs: Any) -> bool:
+        """True when `inputs` is one input rather than a list of them (`predict("a text")`)."""
+        return isinstance(inputs, str)
+
+    def check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
+        """The inputs as a list of the task's row type; a bad one is a UserError naming its position."""
+        return check_texts(inputs)
+
+    def encode_inputs(self, tokenizer: Any, inputs: list[Any], max_length: int) -> EncodedInputs:
+        """Checked inputs as model rows (token ids, unpadded) and what `decode` needs."""
         raise NotImplementedError
+
+    def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
+               **options: Any) -> list[dict[str, Any]]:
+        """Per input, its output row (a dict) from the model's outputs for its rows (`outputs[r]` for row r:
+        [labels] from a sequence head, [row length, labels] from a per-token head)."""
+        raise NotImplementedError
+
+    def serving_results(self, outputs: list[torch.Tensor], encoded: EncodedInputs,
+                        label_names: list[str]) -> list[Any]:
+        """Per input, what the task's server routes answer from (default: `decode` with its default options)."""
+        return self.decode(outputs, encoded, label_names)
+
+    def check_decode_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` with the defaults filled in; an unknown option is a UserError naming the known ones."""
+        unknown = sorted(set(options) - set(self.decode_options))
+        if unknown:
+            known = ", ".join(self.decode_options) or "none"
+            raise UserError(f"{self.name} prediction: unknown option {unknown[0]!r} (options: {known})")
+        return {**self.decode_options, **options}
 
     def write_report(self, out: Path, splits: Any, predictions: Any, history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:

@@ -38,12 +38,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.errors import UserError
-from ..core.registry import DATASETS
-from . import bundled
-from .listing import clip, summarise
-from .tag_schemes import SchemeReader, entity_counts
-from .load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, decode_utf8, hf_split_names
+from ...core.errors import UserError
+from ...core.registry import DATASETS
+from ...data import bundled
+from ...data.listing import clip, summarise
+from .schemes import SchemeReader, entity_counts
+from ...data.load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, decode_utf8, hf_split_names
 
 CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob", ".tsv")
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet")

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Task
-from .token_spans import IGNORE  # -100: positions the loss skips
+from ..base import Task
+from ..rows import EncodedInputs
+from .entities import EntityCodec
+from .metrics import entity_metrics
+from .spans import IGNORE, STRIDE  # IGNORE (-100): positions the loss skips
 
 
 def token_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
@@ -32,8 +35,8 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     """Per window: tag probabilities [window length, tags], in window order."""
     was_training = model.training
     model.eval()
-    from ..training import distributed
-    from ..data.batches import batch_tokens, sorted_batches
+    from ...training import distributed
+    from ...data.batches import batch_tokens, sorted_batches
     mine = distributed.my_rows(len(data))  # all windows, or this process's share inside sharded()
     done: list[int] = []
     found: list[np.ndarray] = []
@@ -48,53 +51,39 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     return distributed.gather_rows(len(data), done, found)
 
 
-def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
-    """Entity-level micro precision/recall/F1 in strict IOB2 mode (an I- with no B- is no entity),
-    per-type scores, and token accuracy."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    from seqeval.scheme import IOB2
-    kw = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
-    per_type = classification_report(gold, pred, output_dict=True, **kw)
-    tokens = sum(len(s) for s in gold)
-    right = sum(g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
-    return {"precision": float(precision_score(gold, pred, **kw)), "recall": float(recall_score(gold, pred, **kw)),
-            "f1": float(f1_score(gold, pred, **kw)), "token_accuracy": right / max(tokens, 1),
-            "per_type": {t: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                             "f1": float(v["f1-score"]), "support": int(v["support"])}
-                         for t, v in per_type.items() if t not in ("micro avg", "macro avg", "weighted avg")}}
-
-
 class TokenClassification(Task):
     name = "ner"
     default_metric = "f1"
     pooled_features = False
     head_kind = "token"
     compare_metrics = (("f1", "entity F1 %", "entity F1"), ("token_accuracy", "token acc %", "token accuracy"))
-    stride = 16  # sub-tokens two neighbouring windows share
+    stride = STRIDE  # sub-tokens two neighbouring windows share
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
+    pipeline_names = ("token-classification", "ner")
+    decode_options = {"aggregation_strategy": "first"}
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
-        from ..data.tagged import prepare_tagged_splits
+        from .splits import prepare_tagged_splits
         return prepare_tagged_splits(data_cfg, seed, log)
 
     def texts(self, split: Any) -> Any:
         if hasattr(split, "fingerprint"):  # a mapped split: its sentences are read a chunk at a time
-            from ..data.mapped_tagged import JoinedWords
+            from .mapped import JoinedWords
             return JoinedWords(split.tokens)
         return [" ".join(words) for words in split.tokens]
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ..modeling.resolve import build_classifier
+        from ...modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, 1, random_init=random_init,
                                 head_kind=self.head_kind)
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
         """The split as `token_spans.EncodedWindows` (batchable: lengths(), collate(), len())."""
         if hasattr(split, "fingerprint"):  # a mapped split (data.storage): windows in a mapped file too
-            from .mapped_windows import encode_mapped
+            from .windows import encode_mapped
             return encode_mapped(tokenizer, split, max_length, self.stride)
-        from .token_spans import encode_words
+        from .spans import encode_words
         return encode_words(tokenizer, split.tokens, split.tags, max_length, self.stride)
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
@@ -102,8 +91,8 @@ class TokenClassification(Task):
         return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
-        from ..augmentation.apply import augment_tagged
-        from ..data.tagged import TaggedSplit
+        from ...augmentation.apply import augment_tagged
+        from .splits import TaggedSplit
         tr = splits.train  # a mapped split is read into memory here: augmented rows are new rows
         tokens, tags, where, report = augment_tagged(list(tr.tokens), list(tr.tags), list(tr.where), splits.label_names,
                                                      steps, seed, spec,
@@ -115,7 +104,7 @@ class TokenClassification(Task):
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], list[list[int]]]:
-        from .token_spans import merge_windows
+        from .spans import merge_windows
         names = model.config.id2label
         probs = window_probs(model, data, batch_size, pad_id, device)
         words = merge_windows(data, probs)  # per sentence, per word: (tag, p, row)
@@ -137,9 +126,9 @@ class TokenClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from ..data.tagged import TaggedSplit
-        from ..data.tagged_read import load_tagged
-        from ..core.errors import UserError
+        from .splits import TaggedSplit
+        from .read import load_tagged
+        from ...core.errors import UserError
         table = load_tagged(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         tags = []
@@ -160,12 +149,27 @@ class TokenClassification(Task):
         splits = SimpleNamespace(test=split, label_names=info.label_names)
         return metrics, self.write_report(out, splits, predictions, history, title, extra)
 
-    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
-                  batch_size: int, device: Any) -> Any:
-        from ..inference.entities import EntityPredictor
-        return EntityPredictor(model, tokenizer, label_names, max_length, batch_size, device)
+    def encode_inputs(self, tokenizer: Any, inputs: list[str], max_length: int) -> EncodedInputs:
+        """Each text's words (with character spans) as the overlapping windows training used."""
+        words, enc = EntityCodec(tokenizer, [], max_length).encode(inputs)
+        return EncodedInputs(list(enc.input_ids), list(enc.sentence), len(inputs),
+                             state=(inputs, words, enc, tokenizer, max_length))
+
+    def serving_results(self, outputs: list[torch.Tensor], encoded: EncodedInputs,
+                        label_names: list[str]) -> list[list[dict[str, Any]]]:
+        """Per text its entities (aggregation "first"): what /v1/ner answers with."""
+        return [row["entities"] for row in self.decode(outputs, encoded, label_names)]
+
+    def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
+               **options: Any) -> list[dict[str, Any]]:
+        """Per text: {"entities": [...]} in the shape `aggregation_strategy` gives (see `entities`)."""
+        options = self.check_decode_options(options)
+        texts, words, enc, tokenizer, max_length = encoded.state
+        probs = [torch.softmax(o, dim=-1).numpy() for o in outputs]  # per window: [window length, tags]
+        codec = EntityCodec(tokenizer, label_names, max_length)
+        return [{"entities": e} for e in codec.decode(texts, words, enc, probs, options["aggregation_strategy"])]
 
     def write_report(self, out: Path, splits: Any, predictions: list[list[int]], history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
-        from .token_report import write_token_report
+        from .report import write_token_report
         return write_token_report(out, splits, predictions, history, title, extra)

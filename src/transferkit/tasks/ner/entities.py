@@ -1,4 +1,4 @@
-"""Prediction for token-classification (NER) runs: raw texts in, entities with character offsets out.
+"""Decoding for token-classification (NER) runs: raw texts in, entities with character offsets out.
 
 The output has the keys of transformers' token-classification pipeline for each of its
 `aggregation_strategy` values:
@@ -18,41 +18,34 @@ character offsets into the text. Long texts are split into the overlapping windo
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..core.errors import UserError
-from .predictor import LoadedModel
+from ...core.errors import UserError
+from .spans import STRIDE, encode_words, group_entities, require_fast, word_offsets, word_pieces
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
 
 class EntityCodec:
     """Texts to model windows and window probabilities back to entities, for one tagger's tokenizer
-    and labels: what `EntityPredictor` and the shared-base predictor (`AdapterPredictor`) both do."""
+    and labels: what the task's `encode_inputs` / `decode` do for every predictor."""
 
     def __init__(self, tokenizer: Any, label_names: list[str], max_length: int) -> None:
-        from ..tasks.token_spans import require_fast
         require_fast(tokenizer)
         self.tokenizer, self.label_names, self.max_length = tokenizer, list(label_names), max_length
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[tuple[str, int, int]]], Any]:
         """(words with their character spans, per text; the texts as `EncodedWindows`)."""
-        from ..tasks.token_classification import TokenClassification
-        from ..tasks.token_spans import encode_words, word_offsets
         words = [word_offsets(self.tokenizer, t) for t in texts]
         enc = encode_words(self.tokenizer, [[w for w, _, _ in ws] for ws in words], None, self.max_length,
-                           TokenClassification.stride)
+                           STRIDE)
         return words, enc
 
     def decode(self, texts: Sequence[str], words: list[list[tuple[str, int, int]]], enc: Any, probs: list,
                aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
         """Per text, its entities from `probs` (per window: [window length, labels] probabilities)."""
-        from ..tasks.token_spans import group_entities, word_pieces
         if aggregation_strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
         pieces = word_pieces(enc, probs)
@@ -100,39 +93,6 @@ class EntityCodec:
         return out
 
 
-
-
-class EntityPredictor(LoadedModel):
-    """A trained token classifier ready to tag texts: `.predict(texts)` -> per text, its entities."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int = 256,
-                 batch_size: int = 64, device: str | torch.device | None = None) -> None:
-        self.codec = EntityCodec(tokenizer, label_names, max_length)
-        super().__init__(model, tokenizer, label_names, max_length, batch_size, device)
-
-    def predict(self, texts: Sequence[str] | str, aggregation_strategy: str = "first") -> Any:
-        """Per text: {"entities": [...]} in the shape `aggregation_strategy` gives (module docstring)."""
-        single = isinstance(texts, str)
-        out = [{"entities": e} for e in self.entities([texts] if single else texts, aggregation_strategy)]
-        return out[0] if single else out
-
-    def outputs(self, texts: Sequence[str]) -> list[list[dict[str, Any]]]:
-        """Per text its entities ("first"): what serving batches (a classifier's `outputs` gives logits)."""
-        return self.entities(texts, "first")
-
-    def entities(self, texts: Sequence[str], aggregation_strategy: str = "first") -> list[list[dict[str, Any]]]:
-        """Per text, its entity list (see the module docstring for each strategy's keys)."""
-        from .predictor import check_texts
-        from ..tasks.token_classification import window_probs
-        if aggregation_strategy not in STRATEGIES:
-            raise UserError(f"aggregation_strategy {aggregation_strategy!r}: use one of {', '.join(STRATEGIES)}")
-        texts = check_texts(texts)
-        t0 = time.perf_counter()
-        words, enc = self.codec.encode(texts)
-        probs = window_probs(self.model, enc, self.batch_size, self.pad_id, self.device)
-        out = self.codec.decode(texts, words, enc, probs, aggregation_strategy)
-        self.last_throughput = len(texts) / max(time.perf_counter() - t0, 1e-9)
-        return out
 
 
 def _word_label(pieces: list[tuple[int, int, Any]], strategy: str) -> tuple[int, float]:

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.errors import UserError
+from ...core.errors import UserError
+
+STRIDE = 16  # sub-tokens two neighbouring windows of one sentence share (training and prediction alike)
 
 IGNORE = -100  # label of positions the loss skips (torch's CrossEntropyLoss ignore_index)
 _FALLBACK_WORD = re.compile(r"\w+|[^\w\s]")

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .token_spans import EncodedWindows, encode_words
+from .spans import EncodedWindows, encode_words
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class MappedWindows(EncodedWindows):
     def __init__(self, path: Any) -> None:
         from datasets import Dataset
 
-        from ..data.corpus import TokenCache
+        from ...data.corpus import TokenCache
         ds = Dataset.from_file(str(path))
         cols = {name: TokenCache(path, name, ds) for name in _LISTS}
         sentence = np.asarray(ds.data.table.column("sentence").to_numpy())
@@ -73,8 +73,8 @@ def encode_mapped(tokenizer: Any, split: Any, max_length: int, stride: int) -> M
     from datasets import Features, Sequence as Seq, Value
     from datasets.arrow_writer import ArrowWriter
 
-    from ..data import bundled
-    from ..data.corpus import tokenizer_fingerprint
+    from ...data import bundled
+    from ...data.corpus import tokenizer_fingerprint
     key = hashlib.sha256(f"{split.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{stride}"
                          .encode()).hexdigest()[:20]
     path = bundled.cache_dir() / "tokenized" / f"windows-{key}.arrow"

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config.finetune import DataConfig
-from ..core.errors import UserError
-from .listing import clip, summarise
-from .prepare import _hf_explicit_splits, _same_file
-from .split import SPLITS, split_sizes
-from .tagged_read import TaggedSplit, TaggedTable, load_tagged, load_tagged_splits
+from ...config.finetune import DataConfig
+from ...core.errors import UserError
+from ...data.listing import clip, summarise
+from ..classify.splits import _hf_explicit_splits, _same_file
+from ...data.split import SPLITS, split_sizes
+from .read import TaggedSplit, TaggedTable, load_tagged, load_tagged_splits
 
 MIN_SENTENCES = 2  # per split: one sentence cannot be both trained on and checked against
 VALIDATION_CARVE = (0.9, 0.0, 0.1)  # without a validation file, 10% of training becomes validation
@@ -128,7 +128,7 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
 
 def _load(cfg: DataConfig, source: str, cols: tuple, role: str, log: Callable[[str], None]) -> Any:
     """One tagged source, in memory or (data.storage) through the memory-mapped cache."""
-    from .mapped_tagged import load_mapped_tagged, wants_mapped_tagged
+    from .mapped import load_mapped_tagged, wants_mapped_tagged
     if wants_mapped_tagged(cfg.storage, source):
         found = load_mapped_tagged(source, *cols)
         if found is not None:

@@ -6,7 +6,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..core import fs
+from ...core import fs
+from .metrics import entity_metrics
 
 WORST = 25  # sentences shown in the HTML page
 
@@ -39,7 +40,6 @@ def _marked(words: list[str], tags: list[str]) -> str:
 
 def write_token_report(out: Path, splits: Any, predictions: list[list[int]], history: list[dict], title: str,
                        extra: dict[str, Any]) -> dict[str, Path]:
-    from .token_classification import entity_metrics
     names = splits.label_names
     words = splits.test.tokens
     gold = [[names[t] for t in s] for s in splits.test.tags]

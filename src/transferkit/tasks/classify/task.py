@@ -8,7 +8,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .base import Task
+from ...data.batches import TokenData
+from ...data.tokens import tokenize
+from ...modeling.forward import predict_logits
+from ..base import Task
+from ..rows import EncodedInputs, finite_probs
 
 
 def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
@@ -24,12 +28,13 @@ def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
 class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
+    pipeline_names = ("text-classification", "sentiment-analysis")
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
-        from ..data.prepare import prepare_splits
+        from .splits import prepare_splits
         return prepare_splits(data_cfg, seed, log=log)
 
     def texts(self, split: Any) -> Sequence[str]:
@@ -37,13 +42,13 @@ class SequenceClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ..modeling.resolve import build_classifier
+        from ...modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
                                 random_init=random_init)
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
-        from ..data.batches import TokenData
-        from ..data.tokens import tokenize
+        from ...data.batches import TokenData
+        from ...data.tokens import tokenize
         return TokenData(tokenize(tokenizer, split.texts, max_length), list(split.labels))
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
@@ -51,8 +56,8 @@ class SequenceClassification(Task):
         return classification_loss(outputs, batch, class_weights)
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
-        from ..augmentation.apply import augment_texts
-        from ..data.load import LabelledData
+        from ...augmentation.apply import augment_texts
+        from ...data.load import LabelledData
         held_out = [*splits.validation.texts, *splits.test.texts]
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
                                               log, exclude=held_out)
@@ -62,7 +67,7 @@ class SequenceClassification(Task):
         return splits
 
     def collapse_warning(self, splits: Any, predictions: torch.Tensor) -> str | None:
-        from ..reporting.metrics import collapse_warning
+        from ...reporting.metrics import collapse_warning
         return collapse_warning(predictions.argmax(-1).tolist(), list(splits.test.labels), splits.label_names, "test")
 
     def class_counts(self, splits: Any) -> list[int] | None:
@@ -73,8 +78,7 @@ class SequenceClassification(Task):
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], torch.Tensor]:
-        from ..inference import predict_logits
-        from ..reporting.metrics import classification_metrics
+        from ...reporting.metrics import classification_metrics
         logits = predict_logits(model, data, batch_size, pad_id, device)  # [n, classes]
         labels = torch.tensor(data.labels)
         metrics = {"loss": float(nn.functional.cross_entropy(logits, labels))}
@@ -83,8 +87,8 @@ class SequenceClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from ..data.load import LabelledData, load_table
-        from ..core.errors import UserError
+        from ...data.load import LabelledData, load_table
+        from ...core.errors import UserError
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -98,25 +102,43 @@ class SequenceClassification(Task):
 
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-        from ..inference import Predictor
-        from ..reporting.metrics import full_report
-        from ..reporting.run_report import write_report
+        from ...reporting.metrics import full_report
+        from ...reporting.run_report import write_report
         texts, y_true = list(split.texts), list(split.labels)
-        probs = Predictor(model, tokenizer, info.label_names, info.max_length).predict_proba(texts)
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        logits = predict_logits(model, TokenData(tokenize(tokenizer, texts, info.max_length)), 64,
+                                tokenizer.pad_token_id or 0, device)  # [n, classes]
+        probs = finite_probs(torch.softmax(logits, dim=-1))
         report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
         paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
                              history=history, title=title, extra=extra)
         return report, paths
 
-    def predictor(self, model: nn.Module, tokenizer: Any, label_names: list[str], max_length: int,
-                  batch_size: int, device: Any) -> Any:
-        from ..inference import Predictor
-        return Predictor(model, tokenizer, label_names, max_length, batch_size, device)
+    def encode_inputs(self, tokenizer: Any, inputs: list[str], max_length: int) -> EncodedInputs:
+        return EncodedInputs(list(tokenize(tokenizer, inputs, max_length)), list(range(len(inputs))), len(inputs))
+
+    def serving_results(self, outputs: list[torch.Tensor], encoded: EncodedInputs,
+                        label_names: list[str]) -> list[torch.Tensor]:
+        """Per text its logits [classes]: the routes answer with probabilities or raw scores from them."""
+        return [o.float() for o in outputs]
+
+    def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
+               **options: Any) -> list[dict[str, Any]]:
+        """Per text: label, confidence, and every class probability."""
+        if not outputs:
+            return []
+        probs = finite_probs(torch.softmax(torch.stack(outputs), dim=-1), positions=encoded.positions)
+        out = []
+        for row in probs:
+            k = int(row.argmax())
+            out.append({"label": label_names[k], "confidence": float(row[k]),
+                        "probs": {n: float(p) for n, p in zip(label_names, row)}})
+        return out
 
     def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
-        from ..reporting.metrics import full_report
-        from ..reporting.run_report import write_report
+        from ...reporting.metrics import full_report
+        from ...reporting.run_report import write_report
         probs = torch.softmax(predictions, -1).numpy()
         y_true = list(splits.test.labels)
         report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)

@@ -27,12 +27,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..config.finetune import DataConfig
-from ..core.errors import UserError
-from .fingerprint import file_sha256
-from .listing import clip, summarise
-from .load import LabelledData, hf_split_names, load_hf_splits, load_table
-from .split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
+from ...config.finetune import DataConfig
+from ...core.errors import UserError
+from ...data.fingerprint import file_sha256
+from ...data.listing import clip, summarise
+from ...data.load import LabelledData, hf_split_names, load_hf_splits, load_table
+from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
 
 
 @dataclass
@@ -131,7 +131,7 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
 
 def _load(cfg: DataConfig, source: str, role: str, log: Callable[[str], None]) -> LabelledData:
     """One source, in memory or (data.storage) through the memory-mapped cache."""
-    from .mapped import load_mapped, wants_mapped
+    from ...data.mapped import load_mapped, wants_mapped
     if wants_mapped(cfg.storage, source):
         found = load_mapped(source, cfg.text_column, cfg.label_column)
         if found is not None:

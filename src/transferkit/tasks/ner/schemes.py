@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from ..core.errors import UserError
-from .listing import clip
+from ...core.errors import UserError
+from ...data.listing import clip
 
 _SCHEME = "expected IOB2 (B-X / I-X / O) or IOBES (S-X / E-X as well)"
 

@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.errors import UserError
-from . import bundled
-from .mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
+from ...core.errors import UserError
+from ...data import bundled
+from ...data.mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
                      take_rows)
-from .tag_schemes import SchemeReader
-from .tagged_read import (CONLL_EXTENSIONS, GZIP_ERRORS, _extension, _from_table, _read_text,
+from .schemes import SchemeReader
+from .read import (CONLL_EXTENSIONS, GZIP_ERRORS, _extension, _from_table, _read_text,
                           conll_sentences, gzip_error, sequence_hashes)
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def load_mapped_tagged(source: str, tokens_column: str | None = None, tags_colum
                        label_names: list[str] | None = None) -> "MappedTaggedTable | None":
     """`source` as a table over the mapped cache (built on first use); None for a file this path
     does not stream (one JSON array: the caller reads it in memory)."""
-    from .fingerprint import file_sha256
+    from ...data.fingerprint import file_sha256
     path = Path(source).expanduser()
     chunks = _sentence_chunks(path, source, tokens_column, tags_column, label_names)
     if chunks is None:

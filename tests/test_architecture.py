@@ -1,0 +1,126 @@
+"""The package's shape, checked from its source with `ast`: no import circles (function-level imports
+included), and no module outside `tasks/` that steers by a task's name (the code asks the task object)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from transferkit import tasks
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "transferkit"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules `name` imports anywhere in its file (a module, or the module a name comes from)."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_has_no_circles():
+    mods = _modules()
+    known = set(mods)
+    # a package imports its own submodules (to register or re-export them); that edge is not a circle
+    graph = {n: {m for m in _imports(n, p, known) if not (p.name == "__init__.py" and m.startswith(n + "."))}
+             for n, p in mods.items()}
+    assert _circles(graph) == []
+
+
+def _literal_names(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [s for e in node.elts for s in _literal_names(e)]
+    return []
+
+
+def _steering(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of every comparison with, match on, or dict keyed by one of `names`."""
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                hits += [(node.lineno, s) for s in _literal_names(side) if s in names]
+        elif isinstance(node, ast.MatchValue):
+            hits += [(node.lineno, s) for s in _literal_names(node.value) if s in names]
+        elif isinstance(node, ast.Dict):
+            hits += [(node.lineno, s) for k in node.keys if k is not None for s in _literal_names(k) if s in names]
+    return hits
+
+
+def test_no_module_outside_tasks_steers_by_a_task_name():
+    names = set(tasks.TASKS.names())
+    found = []
+    for name, path in _modules().items():
+        if name.startswith("transferkit.tasks"):
+            continue
+        found += [f"{path.relative_to(SRC)}:{line}: {s!r}" for line, s in
+                  _steering(ast.parse(path.read_text(encoding="utf-8")), names)]
+    assert found == []
+
+
+def test_the_check_sees_a_comparison():
+    tree = ast.parse("if task == 'ner':\n    x = {'classify': 1}\n")
+    assert [s for _, s in _steering(tree, {"ner", "classify"})] == ["ner", "classify"]
