@@ -1,0 +1,88 @@
+"""The contract every registered method and task keeps: for each task row below and each method that suits
+the task, a tiny run trains, saves, loads back (`Predictor.from_run`), predicts rows of the task's shape,
+evaluates its test split, serves through the shared-base model set, and exports to a merged folder where the
+method merges. Adding a task or a method is one folder or file in src/ plus (for a task) one row here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from transferkit import api, tasks
+from transferkit.core.errors import UserError
+from transferkit.core.registry import METHODS
+from transferkit.inference import Predictor
+from transferkit.serving.models import ModelSet
+
+from helpers import make_sentences, quiet, tiny_config, write_conll, write_csv
+
+
+@dataclass(frozen=True)
+class TaskCase:
+    """A task's row: how to write a small training file, what to predict, which keys every output row has."""
+
+    write_data: Callable[[Path], Path]
+    inputs: tuple[Any, ...]
+    output_keys: frozenset[str]
+
+
+TASK_CASES: dict[str, TaskCase] = {
+    "classify": TaskCase(lambda d: write_csv(d / "sentiment.csv", make_sentences(120)),
+                         ("a good film", "a dull plot"), frozenset({"label", "confidence", "probs"})),
+    "ner": TaskCase(lambda d: write_conll(d / "tags.conll", 120),
+                    ("Anna visited Paris in May .", "nothing here"), frozenset({"entities"})),
+}
+
+PAIRS = [(m, t) for t in TASK_CASES for m in METHODS.names()]
+
+
+def test_every_registered_task_has_a_row():
+    assert sorted(TASK_CASES) == tasks.TASKS.names()
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("contract-data")
+    return {name: case.write_data(folder) for name, case in TASK_CASES.items()}
+
+
+@pytest.mark.parametrize("method,task", PAIRS, ids=[f"{m}-{t}" for m, t in PAIRS])
+def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
+    case = TASK_CASES[task]
+    cfg = tiny_config(task_data[task], tiny_model_dir, tmp_path / "run", method, max_steps=4, epochs=None,
+                      early_stopping_patience=0)
+    cfg.task = task
+    if not METHODS.get(method).suits(tasks.get(task)):
+        with pytest.raises(UserError):  # a method that does not suit the task says so in one line
+            api.finetune(cfg, log=quiet)
+        assert not (tmp_path / "run").exists()
+        return
+    run = api.finetune(cfg, log=quiet).run_dir
+    assert (run / "run.json").is_file() and (run / "metrics.json").is_file()
+
+    # load and predict: one output row per input, of the task's shape
+    predictor = Predictor.from_run(run)
+    rows = predictor.predict(list(case.inputs))
+    assert len(rows) == len(case.inputs)
+    assert all(set(r) == set(case.output_keys) for r in rows)
+    assert predictor.predict(case.inputs[0]) == rows[0]  # one input alone: its row
+
+    # evaluate the run's own test split
+    report = api.evaluate(run, log=quiet)
+    assert all(k in report for k in tasks.get(task).headline_metrics)
+
+    # serve: the model set answers every input (shared base or alone, as the method allows)
+    models = ModelSet({"m": run})
+    answers = models.run([(task, "m", text) for text in case.inputs])
+    assert len(answers) == len(case.inputs) and all(a is not None for a in answers)
+
+    # export a merged folder, or (a method whose inference model keeps modules of its own) a one-line refusal
+    out = tmp_path / "export"
+    try:
+        api.export(run, out, log=quiet)
+    except UserError as e:
+        assert "cannot be merged" in str(e) and not out.exists()
+    else:
+        assert (out / "config.json").is_file()
