@@ -123,6 +123,20 @@ class Method:
     stock_base: ClassVar[bool] = False
     # True when the method needs one pooled vector per example (setfit's sentence pairs): token tasks refuse it.
     needs_pooled_task: ClassVar[bool] = False
+    # True when the main training updates every encoder weight (full fine-tuning): the only method a
+    # randomly initialised encoder suits (the others rebuild a pretrained base when loading), the one
+    # whose search space holds layer-wise lr decay, and the reference plan and compare measure others by.
+    trains_encoder: ClassVar[bool] = False
+    # plan's order of preference among the methods that fit, lower first (None: plan never picks the
+    # method by rank, only by a rule of `plan_picks`).
+    plan_rank: ClassVar[int | None] = None
+    # plan's rules of thumb that pick this method (recipes/plan_advice): data regime -> the reason plan
+    # gives, a str.format template (fields: name, rows, few = training rows of the smallest class,
+    # trainable = its trainable parameters, artefact = one artefact's size in words). Regimes:
+    # "few_shot" (the smallest class has at most plan_advice.FEW_SHOT rows), "small" (fewer than
+    # SMALL_DATA rows), "large" (at least LARGE_DATA rows), "ranked" (picked by `plan_rank`; default
+    # "{name} fits and finishes in time").
+    plan_picks: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def suits(cls, task: Any) -> bool:

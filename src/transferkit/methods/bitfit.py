@@ -34,6 +34,7 @@ class BitFit(TensorArtifactMethod):
     # against 80.7% / 77.5% at 1e-3.
     default_lr = 3e-3
     shares_base = True  # the weights are the base's; rows add their own bias differences
+    plan_rank = 50
     head_file = WEIGHTS_FILE
 
     def apply(self, model: nn.Module) -> nn.Module:

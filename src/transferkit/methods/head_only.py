@@ -32,6 +32,7 @@ class HeadOnly(Method):
     default_pool_layers = 2
     cache_features = True
     shares_base = True  # the encoder is the untouched base: rows read it as it is
+    plan_rank = 70  # the last resort: a frozen encoder is the weakest of the methods
 
     def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
         return SharedPart(tuner, PEFT_BASE, mixable=True)

@@ -45,6 +45,7 @@ class IA3(PeftMethod):
     # paper trains at 3e-3, and rescaling vectors near 1 tolerate a large step.
     default_lr = 3e-3
     marker = "ia3_l"
+    plan_rank = 30  # the fewest parameters of the peft methods, a little below LoRA's quality
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config, TaskType, get_peft_model
