@@ -54,7 +54,7 @@ def alone(runs):
 def test_mixed_batch_equals_each_adapter_alone(multi, alone):
     names = ["sent", "three", "head", "three", "sent", "head", "three", "sent"]
     rows = multi.predict(TEXTS, adapters=names)
-    slots, layers = multi.model._stack  # the LoRA rows ran through the stacked weights, not peft's loop
+    slots, layers = multi.model.mixers["lora"]._stack  # the LoRA rows ran through the stacked weights, not peft's loop
     assert set(slots) == {"sent", "three"} and len(layers) == 4  # query and value of 2 layers
     assert [r["adapter"] for r in rows] == names
     for text, name, row in zip(TEXTS, names, rows):
@@ -207,7 +207,8 @@ def test_ia3_rows_are_scaled_by_their_own_vectors(tmp_path_factory, tiny_model_d
         assert np.abs(np.array(list(row["probs"].values())) - alone[name].predict_proba([text])[0]).max() < 2e-6
     got = multi.predict_proba(TEXTS, adapter="ia3")
     assert np.abs(got - alone["ia3"].predict_proba(TEXTS)).max() < 2e-6
-    multi.model.tasks["ia3"].scales = None  # without the vectors the same head gives other results
+    for vec in multi.model.mixers["ia3"].buffers():  # vectors of ones: the same head on the plain encoder
+        vec.fill_(1.0)
     assert np.abs(multi.predict_proba(TEXTS, adapter="ia3") - got).max() > 5e-5
 
 
@@ -224,7 +225,7 @@ def test_bitfit_rows_add_their_own_bias_differences(tmp_path_factory, tiny_model
     assert any("LayerNorm" in k for k in state) and any("pooler" not in k and "query" in k for k in state)
     multi = Predictor.from_runs({"bitfit": run, "sent": finished_run("lora"), "head": finished_run("head_only")},
                                 batch_size=4)
-    assert multi.model.tasks["bitfit"].mixable and multi.model.tasks["bitfit"].offsets
+    assert multi.model.tasks["bitfit"].mixable and multi.model.mixers["bitfit"].offsets["bitfit"]
     alone = {n: Predictor.from_run(r) for n, r in
              {"bitfit": run, "sent": finished_run("lora"), "head": finished_run("head_only")}.items()}
     names = ["bitfit", "sent", "head", "bitfit"] * 2
@@ -233,7 +234,8 @@ def test_bitfit_rows_add_their_own_bias_differences(tmp_path_factory, tiny_model
         assert np.abs(np.array(list(row["probs"].values())) - alone[name].predict_proba([text])[0]).max() < 1e-5
     got = multi.predict_proba(TEXTS, adapter="bitfit")
     assert np.abs(got - alone["bitfit"].predict_proba(TEXTS)).max() < 1e-5
-    multi.model.tasks["bitfit"].offsets = None  # without the bias differences the same head gives other results
+    for vec in multi.model.mixers["bitfit"].buffers():  # no bias differences: the same head on the plain encoder
+        vec.zero_()
     assert np.abs(multi.predict_proba(TEXTS, adapter="bitfit") - got).max() > 1e-3
     # a tensor that is not an encoder bias is refused, naming the file
     state["encoder.embeddings.word_embeddings.weight"] = torch.zeros(2, 2)

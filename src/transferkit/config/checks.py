@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import UserError
+from ..core.registry import METHODS
 from .finetune import RunConfig, TrainConfig
 from .pretrain import PretrainConfig
-from ..core.errors import UserError
 
 
 def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
@@ -54,7 +55,7 @@ def validate(cfg: RunConfig) -> None:
          cfg.model.pool_layers),
         (cfg.model.head not in ("auto", "linear", "mlp"), "model.head", "must be auto, linear or mlp", cfg.model.head),
         (cfg.model.init not in ("pretrained", "random"), "model.init", "must be pretrained or random", cfg.model.init),
-        (cfg.model.init == "random" and cfg.method.name != "full", "model.init",
+        (cfg.model.init == "random" and not METHODS.get(cfg.method.name).trains_encoder, "model.init",
          "random needs method full (a frozen random encoder cannot be rebuilt for loading)", cfg.model.init),
         (cfg.model.pooling not in ("auto", "mean", "cls"), "model.pooling", "must be auto, mean or cls", cfg.model.pooling),
         (len(d.split) != 3 or any(f < 0 for f in d.split) or abs(sum(d.split) - 1) > 1e-6,

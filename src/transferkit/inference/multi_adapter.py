@@ -12,16 +12,14 @@ label counts cannot share it. The LoRA layers are therefore injected into the sh
 peft's `LoraModel` (one adapter per run), and the heads stay outside peft: one small
 `TransferkitForSequenceClassification` per run, all holding the same encoder module.
 
-A mixed batch runs the encoder once with peft's per-row `adapter_names`: each base matmul runs
-once for the whole batch and each LoRA layer adds its low-rank update to its own rows. Then the
-rows of each task are pooled (each head its own way: mean or [CLS], one or more layers) and go
-through that task's head. head_only rows read the plain base (peft's "__base__"). IA3 rows also
-read the base, rescaled by their own vectors through forward hooks written here, because peft's
-IA3 layers have no per-row mode; BitFit rows read the base plus their own bias differences the same
-way (exact: a module's output with bias b + d is its output with b, plus d). Adapters peft cannot mix in one batch (DoRA) run group by group
-with their adapter switched on. Each method says what it adds to the shared encoder (`Method.attach`:
-LoRA's peft adapter, IA3's vectors, nothing for head_only) and where its head's tensors are, so
-nothing here asks for a method by name. Runs must share the base weights (run.json `model_path`); each
+A mixed batch runs the encoder once for rows of every run; each method gives its own runs' rows their
+update (`Method.row_mixer`, as peft keeps `_mixed_batch_forward` in each method's layer): LoRA rows
+their own adapter's low-rank update, IA3 rows their own vectors, BitFit rows their own bias
+differences, and head_only rows read the plain base. Then the rows of each task are pooled (each head
+its own way: mean or [CLS], one or more layers) and go through that task's head. Rows of a run that
+cannot mix (`Method.mixes_per_row`, `SharedPart.mixable`: DoRA) run group by group. Each method says
+what it adds to the shared encoder (`Method.attach`) and where its head's tensors are, so nothing
+here asks for a method by name. Runs must share the base weights (run.json `model_path`); each
 text is truncated at its own run's `max_length`.
 """
 from __future__ import annotations
@@ -29,7 +27,7 @@ from __future__ import annotations
 import re
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +36,12 @@ import torch
 from torch import nn
 
 from ..core.errors import UserError
-
-from ..methods.base import PEFT_BASE as BASE  # peft's name for "no adapter" in a mixed batch
+from ..methods.base import SharedPart
 
 
 @dataclass
 class Task:
-    """One run served on the shared base: its adapter (or none), head, labels and token limit."""
+    """One run served on the shared base: what its method added there, its head, labels and token limit."""
 
     name: str
     run_dir: str
@@ -52,169 +49,41 @@ class Task:
     label_names: list[str]
     max_length: int
     classifier: Any  # TransferkitForSequenceClassification sharing the base encoder; its head is the task's
-    mixable: bool  # can share a batch with other adapters (peft mixed-batch forward)
-    adapter: str = BASE  # the peft adapter its rows use in the encoder (BASE: the plain encoder)
+    mixable: bool  # can share a batch with other runs' rows (its method's `row_mixer`)
+    part: SharedPart  # what its method attached to the shared encoder (`Method.attach`)
     per_token: bool = False  # a token head (NER): logits for every position, not one per text
-    # encoder module path -> (scales the input (feed-forward) rather than the output, vector [features])
-    scales: dict[str, tuple[bool, torch.Tensor]] | None = None
-    offsets: dict[str, torch.Tensor] | None = None  # encoder module path -> bias difference [features] (BitFit)
 
 
 class MultiAdapterModel(nn.Module):
-    """One encoder with N named LoRA adapters (and IA3 vectors, BitFit biases), and one head per task."""
+    """One encoder with what each run's method added to it (LoRA adapters, IA3 vectors, BitFit biases),
+    and one head per task."""
 
-    def __init__(self, encoder: nn.Module, tuner: Any, tasks: dict[str, Task]) -> None:
+    def __init__(self, encoder: nn.Module, tasks: dict[str, Task]) -> None:
         super().__init__()
-        self.encoder, self.tuner, self.tasks = encoder, tuner, tasks
-        self._stack: Any = None  # the stacked LoRA weights (`_stacks`), built on the first mixed batch
+        from ..core.registry import METHODS
+        self.encoder, self.tasks = encoder, tasks
         self.heads = nn.ModuleDict({n: t.classifier.classifier for n, t in tasks.items()})
-        # (IA)^3 vectors as buffers so .to(device) moves them; key "<task>|<module path>"
-        self.ia3: dict[str, tuple[str, bool]] = {}
-        for n, t in tasks.items():
-            for path, (feedforward, vec) in (t.scales or {}).items():
-                key = f"ia3_{len(self.ia3)}"
-                self.register_buffer(key, vec, persistent=False)
-                self.ia3[f"{n}|{path}"] = (key, feedforward)
-        self.bias: dict[str, str] = {}  # BitFit bias differences, "<task>|<module path>" -> buffer name
-        for n, t in tasks.items():
-            for path, vec in (t.offsets or {}).items():
-                key = f"bias_{len(self.bias)}"
-                self.register_buffer(key, vec, persistent=False)
-                self.bias[f"{n}|{path}"] = key
+        # per method (in first-served order) what gives its runs' rows their own update in a batch
+        self.mixers = nn.ModuleDict()
+        for method in dict.fromkeys(t.method for t in tasks.values()):
+            mixer = METHODS.get(method).row_mixer({n: t.part for n, t in tasks.items() if t.method == method})
+            if mixer is not None:
+                self.mixers[method] = mixer
 
     @contextmanager
-    def _row_updates(self, tasks: Sequence[str]) -> Iterator[None]:
-        """Give each row its own task's (IA)^3 scales and BitFit bias offsets (peft has no per-row mode
-        for either): a forward hook on every module some task in the batch changes. A row belongs to
-        one task, so the scale of one and the offset of another never meet in the same row."""
-        scales: dict[str, list[tuple[list[int], torch.Tensor, bool]]] = {}
-        offsets: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
-        for t in dict.fromkeys(tasks):
-            task = self.tasks[t]
-            if not (task.scales or task.offsets):
-                continue
-            rows = [i for i, x in enumerate(tasks) if x == t]
-            for path in task.scales or {}:
-                key, feedforward = self.ia3[f"{t}|{path}"]
-                scales.setdefault(path, []).append((rows, getattr(self, key), feedforward))
-            for path in task.offsets or {}:
-                offsets.setdefault(path, []).append((rows, getattr(self, self.bias[f"{t}|{path}"])))
-        handles = []
-        for path, entries in scales.items():
-            feedforward = entries[0][2]
-            scale = torch.ones(len(tasks), 1, entries[0][1].numel(), device=entries[0][1].device)  # [batch, 1, features]
-            for rows, vec, _ in entries:
-                scale[rows] = vec
-            module = self.encoder.get_submodule(path)
-            if feedforward:  # scales the layer's input, as peft's feed-forward IA3 layers do
-                handles.append(module.register_forward_pre_hook(lambda m, args, s=scale: (args[0] * s, *args[1:])))
-            else:  # scales the layer's output (bias included), as peft's IA3 layers do
-                handles.append(module.register_forward_hook(lambda m, args, out, s=scale: out * s))
-        for path, entries in offsets.items():
-            shift = torch.zeros(len(tasks), entries[0][1].numel(), device=entries[0][1].device)  # [batch, features]
-            for rows, vec in entries:
-                shift[rows] = vec
-            module = self.encoder.get_submodule(path)
-            # an output is [batch, features] (a pooler) or [batch, seq, features]
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, s=shift: out + s.view(s.shape[0], *[1] * (out.dim() - 2), s.shape[1])))
-        try:
+    def _mixed(self, tasks: Sequence[str]) -> Iterator[None]:
+        """Every method's per-row update around one encoder pass whose row i belongs to tasks[i]."""
+        with ExitStack() as stack:
+            for mixer in self.mixers.values():
+                stack.enter_context(mixer.mixed_batch(self.encoder, tasks))
             yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    @contextmanager
-    def _adapters(self, names: list[str]) -> Iterator[None]:
-        """Route each row through its adapter: one active adapter, none, or peft's per-row mix."""
-        uniq = set(names)
-        if self.tuner is None:
-            yield
-        elif uniq == {BASE}:
-            self.tuner.disable_adapter_layers()
-            try:
-                yield
-            finally:
-                self.tuner.enable_adapter_layers()
-        elif len(uniq) == 1:
-            self.tuner.set_adapter(names[0], inference_mode=True)
-            yield
-        elif self._stacks() is not None:  # every LoRA update of the batch in two batched matmuls per layer
-            with self._stacked_lora(names):
-                yield
-        else:  # the mechanism PeftModel.forward(adapter_names=...) uses
-            with self.tuner._enable_peft_forward_hooks(adapter_names=names):
-                yield
-
-    def _stacks(self) -> Any:
-        """Per LoRA layer, every mixable adapter's A and B stacked (rank padded with zeros, scaling folded
-        into B, slot 0 all zeros for rows without one): (adapter -> slot, [(layer, A [n+1, r, in], B [n+1, out, r])]).
-        None when some layer is not a plain LoRA Linear (peft's own per-row loop serves those).
-
-        peft's mixed batch (`adapter_names`) loops over the adapters in every layer: index the rows,
-        two small matmuls, scatter back; 8 adapters cost 8 of each per layer. Gathering each row's A and
-        B and running `bmm` twice costs the same for any number of adapters (the BGMV kernel of
-        punica and S-LoRA, here in plain torch)."""
-        if self._stack is not None:
-            return self._stack or None
-        from peft.tuners.lora import Linear as LoraLinear
-        from peft.tuners.lora import LoraLayer
-        order = sorted({t.adapter for t in self.tasks.values() if t.mixable and t.adapter != BASE})
-        slot = {a: i + 1 for i, a in enumerate(order)}
-        layers = []
-        for m in self.encoder.modules():
-            if not isinstance(m, LoraLayer):
-                continue
-            here = [a for a in order if a in m.lora_A]
-            if not here:
-                continue
-            if not isinstance(m, LoraLinear) or any(m.lora_B[a].bias is not None or a in m.lora_variant for a in here):
-                self._stack = ()  # checked once: this model takes peft's path
-                return None
-            ref = m.lora_A[here[0]].weight
-            r = max(m.lora_A[a].weight.shape[0] for a in here)
-            A = ref.new_zeros(len(order) + 1, r, ref.shape[1])  # [slots, r, in]
-            B = ref.new_zeros(len(order) + 1, m.lora_B[here[0]].weight.shape[0], r)  # [slots, out, r]
-            with torch.no_grad():
-                for a in here:
-                    ra = m.lora_A[a].weight.shape[0]
-                    A[slot[a], :ra] = m.lora_A[a].weight
-                    B[slot[a], :, :ra] = m.lora_B[a].weight * m.scaling[a]
-            layers.append((m, A, B))
-        self._stack = (slot, layers)
-        return self._stack
-
-    @contextmanager
-    def _stacked_lora(self, names: list[str]) -> Iterator[None]:
-        """peft's layers compute the base alone; a hook on each adds every row's own LoRA update."""
-        slot, layers = self._stack
-        idx = torch.tensor([slot.get(n, 0) for n in names], device=layers[0][1].device if layers else None)
-
-        def add(A: torch.Tensor, B: torch.Tensor) -> Any:
-            a_rows, b_rows = A[idx].transpose(1, 2), B[idx].transpose(1, 2)  # [batch, in, r], [batch, r, out]
-
-            def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-                x = args[0].to(A.dtype)
-                x3 = x if x.dim() == 3 else x.unsqueeze(1)  # [batch, seq, in]
-                delta = torch.bmm(torch.bmm(x3, a_rows), b_rows)  # [batch, seq, out]
-                return out + (delta if x.dim() == 3 else delta.squeeze(1)).to(out.dtype)
-            return hook
-        handles = [m.register_forward_hook(add(A, B)) for m, A, B in layers]
-        self.tuner.disable_adapter_layers()
-        try:
-            yield
-        finally:
-            self.tuner.enable_adapter_layers()
-            for h in handles:
-                h.remove()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 tasks: Sequence[str]) -> dict[str, tuple[list[int], torch.Tensor]]:
         """Per task: (row positions, logits [rows, its labels], or [rows, seq, its labels] for a token
         head) for a batch whose row i belongs to tasks[i]."""
-        names = [self.tasks[t].adapter for t in tasks]
         layers = max(self.tasks[t].classifier.config.pool_layers for t in set(tasks))
-        with self._adapters(names), self._row_updates(tasks):
+        with self._mixed(tasks):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                output_hidden_states=layers > 1)
         result = {}
@@ -282,14 +151,15 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
     tuner = None
     served: dict[str, Task] = {}
     for name, info in infos.items():
+        method = run_method(info)
         with loading(info.artifact_dir, f"{info.method} adapter"):
-            part = run_method(info).attach(encoder, tuner, name, Path(info.artifact_dir))
+            part = method.attach(encoder, tuner, name, Path(info.artifact_dir))
         tuner = part.tuner
         served[name] = Task(name, info.run_dir, info.method, list(info.label_names), info.max_length,
-                            heads[name].eval(), part.mixable, part.adapter, tasks.get(info.task).head_kind == "token",
-                            part.scales, part.offsets)
+                            heads[name].eval(), method.mixes_per_row and part.mixable, part,
+                            tasks.get(info.task).head_kind == "token")
     tokenizer = load_tokenizer(str(first.artifact_dir))
-    model = MultiAdapterModel(encoder, tuner, served).eval()
+    model = MultiAdapterModel(encoder, served).eval()
     check_finite(model, ", ".join(str(i.artifact_dir) for i in infos.values()))
     return model, tokenizer
 

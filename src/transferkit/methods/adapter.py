@@ -81,6 +81,7 @@ class BottleneckAdapter(TensorArtifactMethod):
     # a few epochs (Houlsby et al. searched 3e-5..3e-3). On MiniLM, first 4,000 movie sentences, one
     # epoch: 3e-3 reached 83.3% validation / 80.4% test against 82.5% / 77.9% at 1e-3.
     default_lr = 3e-3
+    plan_rank = 40
 
     def apply(self, model: nn.Module) -> nn.Module:
         kind, reduction = self.options.adapter_kind, self.options.adapter_reduction

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 from torch import nn
 
@@ -61,11 +61,21 @@ class SharedPart:
 
     tuner: Any  # the peft tuner holding the LoRA adapters injected so far (None while there is none)
     adapter: str  # the peft adapter name its rows use in a mixed batch (PEFT_BASE: the plain encoder)
-    mixable: bool  # can share one encoder pass with other runs' rows
-    # encoder module path -> (scales the module's input rather than its output, vector [features])
-    scales: dict[str, tuple[bool, Any]] | None = None
-    # encoder module path -> vector [features] added to the module's output (a bias difference)
-    offsets: dict[str, Any] | None = None
+    # can share one encoder pass with other runs' rows (when its method `mixes_per_row`; DoRA cannot)
+    mixable: bool = True
+    # what the method's `row_mixer` applies to this run's rows (IA3: its vectors, BitFit: its bias differences)
+    update: Any = None
+
+
+class RowMixer(nn.Module):
+    """One method's per-row update on a shared encoder (what peft's `_mixed_batch_forward` is to a LoRA
+    layer). `Method.row_mixer` makes it from that method's runs; it keeps their tensors (as buffers, so
+    `.to(device)` moves them) and, around one encoder pass, gives each row its own run's update."""
+
+    def mixed_batch(self, encoder: nn.Module, runs: Sequence[str]) -> ContextManager[None]:
+        """Around one pass of `encoder` whose row i belongs to run `runs[i]`; rows of runs this mixer
+        does not hold (other methods') get nothing from it."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class Method:
     can_merge: ClassVar[bool] = False
     # True when runs of this method can share one base encoder with other runs (`attach` below).
     shares_base: ClassVar[bool] = False
+    # True when rows of its runs can go through one pass of a shared encoder with rows of other runs, each
+    # row getting its own run's update (`row_mixer` below; peft's `is_mixed_compatible`). A run may still
+    # opt out (`SharedPart.mixable`: DoRA); its rows then run apart, group by group.
+    mixes_per_row: ClassVar[bool] = False
     # The artefact file holding the task head's tensors, and their key prefix there.
     head_file: ClassVar[str] = "model.safetensors"
     head_prefix: ClassVar[str] = "classifier."
@@ -123,6 +137,20 @@ class Method:
     stock_base: ClassVar[bool] = False
     # True when the method needs one pooled vector per example (setfit's sentence pairs): token tasks refuse it.
     needs_pooled_task: ClassVar[bool] = False
+    # True when the main training updates every encoder weight (full fine-tuning): the only method a
+    # randomly initialised encoder suits (the others rebuild a pretrained base when loading), the one
+    # whose search space holds layer-wise lr decay, and the reference plan and compare measure others by.
+    trains_encoder: ClassVar[bool] = False
+    # plan's order of preference among the methods that fit, lower first (None: plan never picks the
+    # method by rank, only by a rule of `plan_picks`).
+    plan_rank: ClassVar[int | None] = None
+    # plan's rules of thumb that pick this method (recipes/plan_advice): data regime -> the reason plan
+    # gives, a str.format template (fields: name, rows, few = training rows of the smallest class,
+    # trainable = its trainable parameters, artefact = one artefact's size in words). Regimes:
+    # "few_shot" (the smallest class has at most plan_advice.FEW_SHOT rows), "small" (fewer than
+    # SMALL_DATA rows), "large" (at least LARGE_DATA rows), "ranked" (picked by `plan_rank`; default
+    # "{name} fits and finishes in time").
+    plan_picks: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def suits(cls, task: Any) -> bool:
@@ -140,6 +168,12 @@ class Method:
         """Add this run's update (saved in `art_dir`) to an encoder other runs share, as `name`
         (only when `shares_base`; `multi_adapter` calls it)."""
         raise NotImplementedError(f"{self.name} runs cannot share a base encoder")
+
+    @classmethod
+    def row_mixer(cls, parts: dict[str, SharedPart]) -> RowMixer | None:
+        """What gives each row of a shared-encoder batch its own run's update, for this method's runs
+        `parts` (run name -> what `attach` returned); None when its rows read the shared encoder as it is."""
+        return None
 
     def point_to_base(self, model: nn.Module, base_dir: str) -> None:
         """Record `base_dir` in the artefact about to be saved (only when `stock_base`)."""

@@ -6,10 +6,12 @@ code); the artefact is those tensors plus the head (`method.json` + `trainable.s
 
 A BitFit run shares a base encoder with other runs exactly: a module's output with the trained bias
 is its output with the base bias plus (trained - base), for a Linear and a LayerNorm alike, so each
-row adds its own run's bias differences (`SharedPart.offsets`, applied per row by `multi_adapter`).
+row adds its own run's bias differences (`BitFitRows`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from torch import nn
 from ..core.errors import UserError
 from ..core.registry import METHODS
 from .artifact import WEIGHTS_FILE, TensorArtifactMethod
-from .base import PEFT_BASE, SharedPart, is_head_param
+from .base import PEFT_BASE, RowMixer, SharedPart, is_head_param
 
 
 def _is_bias(name: str) -> bool:
@@ -34,6 +36,8 @@ class BitFit(TensorArtifactMethod):
     # against 80.7% / 77.5% at 1e-3.
     default_lr = 3e-3
     shares_base = True  # the weights are the base's; rows add their own bias differences
+    mixes_per_row = True
+    plan_rank = 50
     head_file = WEIGHTS_FILE
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -45,7 +49,46 @@ class BitFit(TensorArtifactMethod):
         return {n: p.numel() for n, p in model.named_parameters() if _is_bias(n) and not is_head_param(n)}
 
     def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
-        return SharedPart(tuner, PEFT_BASE, mixable=True, offsets=_bias_offsets(encoder, art_dir))
+        return SharedPart(tuner, PEFT_BASE, update=_bias_offsets(encoder, art_dir))
+
+    @classmethod
+    def row_mixer(cls, parts: dict[str, SharedPart]) -> RowMixer | None:
+        return BitFitRows(parts)
+
+
+class BitFitRows(RowMixer):
+    """BitFit runs on a shared encoder: each row's module outputs shifted by its own run's bias differences,
+    through a forward hook on every module some run in the batch changes (rows of other runs: by zeros)."""
+
+    def __init__(self, parts: dict[str, SharedPart]) -> None:
+        super().__init__()
+        self.offsets: dict[str, list[tuple[str, str]]] = {}  # run -> [(encoder module path, buffer name)]
+        for run, part in parts.items():
+            for path, vec in part.update.items():
+                key = f"bias_{sum(map(len, self.offsets.values()))}"
+                self.register_buffer(key, vec, persistent=False)
+                self.offsets.setdefault(run, []).append((path, key))
+
+    @contextmanager
+    def mixed_batch(self, encoder: nn.Module, runs: Sequence[str]) -> Iterator[None]:
+        offsets: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
+        for run in dict.fromkeys(runs):
+            rows = [i for i, x in enumerate(runs) if x == run]
+            for path, key in self.offsets.get(run, ()):
+                offsets.setdefault(path, []).append((rows, getattr(self, key)))
+        handles = []
+        for path, entries in offsets.items():
+            shift = torch.zeros(len(runs), entries[0][1].numel(), device=entries[0][1].device)  # [batch, features]
+            for rows, vec in entries:
+                shift[rows] = vec
+            # an output is [batch, features] (a pooler) or [batch, seq, features]
+            handles.append(encoder.get_submodule(path).register_forward_hook(
+                lambda m, args, out, s=shift: out + s.view(s.shape[0], *[1] * (out.dim() - 2), s.shape[1])))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _bias_offsets(encoder: nn.Module, art_dir: Path) -> dict[str, torch.Tensor]:

@@ -14,6 +14,10 @@ class FullFineTuning(Method):
     name = "full"
     default_lr = 3e-5
     default_head_lr = 1e-3  # the head starts from random weights: a small lr leaves it behind
+    trains_encoder = True
+    plan_rank = 20  # after LoRA: within a point of it at a few thousand rows, at a copy of the model per task
+    plan_picks = {"large": "{rows:,} training rows: enough data for full fine-tuning's extra capacity to pay off, "
+                           "and it fits"}
 
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

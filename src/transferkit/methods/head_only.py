@@ -32,9 +32,11 @@ class HeadOnly(Method):
     default_pool_layers = 2
     cache_features = True
     shares_base = True  # the encoder is the untouched base: rows read it as it is
+    mixes_per_row = True  # nothing to add per row (no `row_mixer`)
+    plan_rank = 70  # the last resort: a frozen encoder is the weakest of the methods
 
     def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
-        return SharedPart(tuner, PEFT_BASE, mixable=True)
+        return SharedPart(tuner, PEFT_BASE)
 
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():

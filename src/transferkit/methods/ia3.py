@@ -6,6 +6,8 @@ feed-forward vector scales the input of each layer's second feed-forward project
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..core.registry import METHODS
-from .base import PEFT_BASE, SharedPart
+from .base import PEFT_BASE, RowMixer, SharedPart
 from .layout import model_type
 from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
@@ -45,6 +47,8 @@ class IA3(PeftMethod):
     # paper trains at 3e-3, and rescaling vectors near 1 tolerate a large step.
     default_lr = 3e-3
     marker = "ia3_l"
+    mixes_per_row = True  # each row rescaled by its own run's vectors (`IA3Rows`)
+    plan_rank = 30  # the fewest parameters of the peft methods, a little below LoRA's quality
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config, TaskType, get_peft_model
@@ -67,8 +71,12 @@ class IA3(PeftMethod):
 
     def attach(self, encoder: nn.Module, tuner: Any, name: str, art_dir: Path) -> SharedPart:
         # peft's IA3 layers have no per-row mode: rows read the plain encoder, rescaled by these
-        # vectors through forward hooks (multi_adapter), so IA3 rows mix with any others.
-        return SharedPart(tuner, PEFT_BASE, mixable=True, scales=_ia3_vectors(encoder, art_dir))
+        # vectors through forward hooks (`IA3Rows`), so IA3 rows mix with any others.
+        return SharedPart(tuner, PEFT_BASE, update=_ia3_vectors(encoder, art_dir))
+
+    @classmethod
+    def row_mixer(cls, parts: dict[str, SharedPart]) -> RowMixer | None:
+        return IA3Rows(parts)
 
     def for_inference(self, model: nn.Module) -> nn.Module:
         # peft 0.21's IA3 merge_and_unload fails on a multi-layer head in modules_to_save ("'Sequential'
@@ -86,6 +94,45 @@ class IA3(PeftMethod):
             elif isinstance(module, ModulesToSaveWrapper):
                 replace_module(base, name, module.modules_to_save[adapter])
         return base
+
+
+class IA3Rows(RowMixer):
+    """IA3 runs on a shared encoder: each row's activations rescaled by its own run's vectors, through a
+    forward hook on every module some run in the batch rescales (rows of other runs: by ones)."""
+
+    def __init__(self, parts: dict[str, SharedPart]) -> None:
+        super().__init__()
+        # run -> [(encoder module path, buffer holding its vector, scales the input rather than the output)]
+        self.vectors: dict[str, list[tuple[str, str, bool]]] = {}
+        for run, part in parts.items():
+            for path, (feedforward, vec) in part.update.items():
+                key = f"ia3_{sum(map(len, self.vectors.values()))}"
+                self.register_buffer(key, vec, persistent=False)
+                self.vectors.setdefault(run, []).append((path, key, feedforward))
+
+    @contextmanager
+    def mixed_batch(self, encoder: nn.Module, runs: Sequence[str]) -> Iterator[None]:
+        scales: dict[str, list[tuple[list[int], torch.Tensor, bool]]] = {}
+        for run in dict.fromkeys(runs):
+            rows = [i for i, x in enumerate(runs) if x == run]
+            for path, key, feedforward in self.vectors.get(run, ()):
+                scales.setdefault(path, []).append((rows, getattr(self, key), feedforward))
+        handles = []
+        for path, entries in scales.items():
+            feedforward = entries[0][2]
+            scale = torch.ones(len(runs), 1, entries[0][1].numel(), device=entries[0][1].device)  # [batch, 1, features]
+            for rows, vec, _ in entries:
+                scale[rows] = vec
+            module = encoder.get_submodule(path)
+            if feedforward:  # scales the layer's input, as peft's feed-forward IA3 layers do
+                handles.append(module.register_forward_pre_hook(lambda m, args, s=scale: (args[0] * s, *args[1:])))
+            else:  # scales the layer's output (bias included), as peft's IA3 layers do
+                handles.append(module.register_forward_hook(lambda m, args, out, s=scale: out * s))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _ia3_vectors(encoder: nn.Module, art_dir: Path) -> dict[str, tuple[bool, torch.Tensor]]:

@@ -123,6 +123,7 @@ class PrefixTuning(TensorArtifactMethod):
     # recipes use 5e-3..1e-2. On MiniLM, first 4,000 movie sentences, one epoch: 1e-2 reached 79.0%
     # validation / 77.4% test against 78.3% / 75.6% at 5e-3.
     default_lr = 1e-2
+    plan_rank = 60
 
     def apply(self, model: nn.Module) -> nn.Module:
         places = _self_attentions(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..core.registry import METHODS
 from ..training.memory_estimate import MB
 
 if TYPE_CHECKING:
@@ -14,14 +15,20 @@ SMALL_DATA = 1_000  # fewer training rows than this: full fine-tuning overfits e
 LARGE_DATA = 20_000  # more than this: full fine-tuning's extra capacity pays off
 MANY_TASKS = 3  # this many task models or more: one shared base beats a model copy per task
 FEW_SHOT = 16  # this many training examples in the smallest class or fewer: few-shot (setfit's ground)
-SHARE_ORDER = ("lora", "ia3", "bitfit", "head_only")  # methods that share a base, best quality first
+RANKED = "{name} fits and finishes in time"  # the reason for a pick by `Method.plan_rank` by default
+
+
+def _rank(name: str) -> float:
+    """The method's `plan_rank` (unranked methods last)."""
+    rank = METHODS.get(name).plan_rank
+    return float("inf") if rank is None else rank
 
 
 def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks: int,
               budget_s: float | None) -> tuple[str | None, list[str]]:
     """The method to use and why, by rules of thumb stated in the reasons."""
     by = {p.method: p for p in plans}
-    rows = data["train_rows"]
+    rows, few = data["train_rows"], data.get("smallest_class_rows")
     fit = [p for p in plans if p.fits]
     if not fit:
         small = min(plans, key=lambda p: p.memory.total)
@@ -40,41 +47,37 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
         late = [p.method for p in timed if p.total_seconds > budget_s]
         if late:
             reasons.append(f"{', '.join(late)} would not finish within {_duration(budget_s)}")
-    if not [p for p in fit if p.method == "full"] and "full" in by:
+    full = next((m for m in by if METHODS.get(m).trains_encoder), None)  # full fine-tuning, the reference
+    if full is not None and not [p for p in fit if p.method == full]:
         reasons.append(f"full fine-tuning does not fit in {hw.memory_bytes / GB:.1f} GB "
-                       f"(needs {by['full'].memory.total / GB:.1f} GB)")
+                       f"(needs {by[full].memory.total / GB:.1f} GB)")
     candidates = {p.method: p for p in in_time}
 
     def pick(name: str, why: str) -> tuple[str, list[str]]:
         return name, reasons + [why] + _fit_reason(candidates[name], hw)
+
+    def because(name: str, template: str) -> tuple[str, list[str]]:
+        p = candidates[name]
+        return pick(name, template.format(name=name, rows=rows, few=few, trainable=p.memory.trainable_params,
+                                          artefact=_size(p.artefact_bytes)))
+    ranked = sorted((m for m in candidates if METHODS.get(m).plan_rank is not None), key=_rank)
     if tasks >= MANY_TASKS:
-        shared = [m for m in SHARE_ORDER if m in candidates]
+        shared = [m for m in ranked if METHODS.get(m).shares_base]  # best quality first
         if shared:
             p = candidates[shared[0]]
-            full_size = by["full"].artefact_bytes if "full" in by else p.memory.weights
+            full_size = by[full].artefact_bytes if full is not None else p.memory.weights
             return pick(shared[0], f"{tasks} task models: {shared[0]} adapters of {_size(p.artefact_bytes)} each "
                                    f"({_size(p.artefact_bytes * tasks)} for all) on one shared base, against "
                                    f"{_size(full_size * tasks)} for {tasks} fine-tuned copies; `transferkit serve` "
                                    f"runs them all on one encoder")
-    few = data.get("smallest_class_rows")
-    if few is not None and few <= FEW_SHOT and "setfit" in candidates:
-        return pick("setfit", f"{few} training rows in the smallest class: few-shot; setfit tunes the encoder on "
-                              f"sentence pairs drawn from them, then the head; at 8 rows per class on two bundled "
-                              f"benchmarks it matched or beat LoRA and full fine-tuning and varied far less from "
-                              f"seed to seed (README; LoRA with EDA augmentation did as well)")
-    if rows < SMALL_DATA and "lora" in candidates:
-        return pick("lora", f"{rows} training rows: few enough that full fine-tuning overfits easily; LoRA "
-                            f"trains {candidates['lora'].memory.trainable_params:,} parameters and keeps the "
-                            f"pretrained weights; augmenting the training data helps most at this size")
-    if rows >= LARGE_DATA and "full" in candidates:
-        return pick("full", f"{rows:,} training rows: enough data for full fine-tuning's extra capacity to pay "
-                            f"off, and it fits")
-    for name in ("lora", "full", "ia3", "adapter", "bitfit", "prefix", "head_only"):
-        if name in candidates:
-            why = (f"{rows:,} training rows: LoRA is within a point of full fine-tuning at this size on the "
-                   f"bundled benchmarks, trains faster and saves {_size(candidates[name].artefact_bytes)}"
-                   if name == "lora" else f"{name} fits and finishes in time")
-            return pick(name, why)
+    # the rules of thumb, in order: the first regime that holds and that some candidate's method claims
+    for regime, holds in (("few_shot", few is not None and few <= FEW_SHOT), ("small", rows < SMALL_DATA),
+                          ("large", rows >= LARGE_DATA)):
+        claimed = sorted((m for m in candidates if regime in METHODS.get(m).plan_picks), key=_rank)
+        if holds and claimed:
+            return because(claimed[0], METHODS.get(claimed[0]).plan_picks[regime])
+    if ranked:
+        return because(ranked[0], METHODS.get(ranked[0]).plan_picks.get("ranked", RANKED))
     p = min(fit, key=lambda p: p.memory.total)
     return p.method, reasons + [f"{p.method} is the smallest that fits"]
 

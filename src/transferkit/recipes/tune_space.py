@@ -58,7 +58,7 @@ def default_space(method_name: str) -> dict[str, Param]:
         "train.weight_decay": Param("train.weight_decay", 1e-4, 0.1, log=True),
         "train.epochs": Param("train.epochs", max(1, int(epochs) // 2), max(2, int(math.ceil(epochs * 2)))),
     }
-    if method_name == "full":  # only full fine-tuning trains every encoder layer's weights
+    if method.trains_encoder:  # only full fine-tuning trains every encoder layer's weights
         space["train.layer_lr_decay"] = Param("train.layer_lr_decay", 0.6, 1.0)
     import dataclasses
     for f in dataclasses.fields(method.Options):

@@ -42,10 +42,16 @@ def _mb(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.0f}"
 
 
+def _trains_encoder(method: str) -> bool:
+    """Whether `method` is full fine-tuning (`Method.trains_encoder`), the row the others are measured against."""
+    from .registry import METHODS
+    return method in METHODS and METHODS.get(method).trains_encoder
+
+
 def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
     """One line per method against full fine-tuning: the textbook claims, measured."""
     key = metrics[0][0]
-    full = next((r for r in rows if r["method"] == "full" and r.get(key) is not None), None)
+    full = next((r for r in rows if _trains_encoder(r["method"]) and r.get(key) is not None), None)
     if full is None:
         return []
     lines = ["", "Against full fine-tuning (same data, seed and budget):", ""]
