@@ -2,15 +2,13 @@
 the reasons it gives), and the text table of the plan with the recommendation beneath it."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.registry import METHODS
 from ..training.memory_estimate import MB
 
-if TYPE_CHECKING:
-    from .plan import Hardware, MethodPlan, PlanResult
+from .plan_types import GB, Hardware, MethodPlan, PlanResult
 
-GB = 2**30
 SMALL_DATA = 1_000  # fewer training rows than this: full fine-tuning overfits easily
 LARGE_DATA = 20_000  # more than this: full fine-tuning's extra capacity pays off
 MANY_TASKS = 3  # this many task models or more: one shared base beats a model copy per task
