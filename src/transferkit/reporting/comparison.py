@@ -44,7 +44,7 @@ def _mb(v: float) -> str:
 
 def _trains_encoder(method: str) -> bool:
     """Whether `method` is full fine-tuning (`Method.trains_encoder`), the row the others are measured against."""
-    from .registry import METHODS
+    from ..core.registry import METHODS
     return method in METHODS and METHODS.get(method).trains_encoder
 
 
