@@ -12,6 +12,8 @@ from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
+from transferkit.data import bundled  # noqa: E402
+
 from helpers import (RUN_EPOCHS, VOCAB, make_sentences, make_tokenizer, quiet, tiny_bert_config,  # noqa: E402
                      tiny_config, write_csv)
 
@@ -84,3 +86,28 @@ def _no_downloads(request, monkeypatch):
         def no_pip(*args: Any, **kwargs: Any) -> None:
             raise AssertionError("unit test tried to download a package")
         monkeypatch.setattr(bundled, "pip_download", no_pip)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch, request):
+    """Point the dataset cache at a fresh folder (data and task tests use it for every test); unit tests must
+    never reach pip."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(cache))
+    if request.node.get_closest_marker("integration") is None:
+        def no_pip(*args, **kwargs):
+            raise AssertionError("unit test tried to download a package")
+        monkeypatch.setattr(bundled, "pip_download", no_pip)
+    return cache
+
+
+@pytest.fixture
+def write_cache(isolated_cache):
+    """A function that places a prepared cache file, so `load()` finds it without fetching."""
+    import pandas as pd
+
+    def write(name: str, texts: list[str], labels: list) -> None:
+        folder = isolated_cache / "datasets" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(folder / bundled.CACHE_FILE, index=False)
+    return write

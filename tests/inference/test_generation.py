@@ -134,7 +134,7 @@ def test_cli_errors_exit_2(argv, msg, mlm_run, tiny_model_dir, clm_dir, capsys):
 def test_cloze_items_are_single_token_content_words_and_scored(mlm_run):
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import cloze
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
