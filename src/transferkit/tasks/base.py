@@ -17,7 +17,7 @@ from .rows import EncodedInputs, check_texts
 
 
 class Task:
-    """One kind of prediction. Subclasses set `name` and implement every method below."""
+    """One kind of prediction. Subclasses set `name` and implement every method below that has no default."""
 
     name: ClassVar[str]
     # The validation metric that picks the best weights when the user names none.
@@ -133,3 +133,13 @@ class Task:
                      extra: dict[str, Any]) -> dict[str, Path]:
         """The run's report of the test split (JSON, plots, HTML); returns the paths written."""
         raise NotImplementedError
+
+    # ---- the surfaces over inference: pipelines, prediction files, HTTP routes, `augment` files ------
+    # the output suffixes `transferkit augment` writes for this task (none: it cannot augment a file)
+    augment_formats: ClassVar[tuple[str, ...]] = ()
+
+    def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
+                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+        """(the text of an output file ending in `suffix`: every row of `data` with an origin column, then the
+        new rows; the `augmentation.apply.AugmentReport`)."""
+        raise UserError(f"augment: {self.name} data cannot be augmented into a file")

@@ -29,6 +29,7 @@ class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
     pipeline_names = ("text-classification", "sentiment-analysis")
+    augment_formats = (".csv", ".tsv", ".jsonl")
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
@@ -144,3 +145,25 @@ class SequenceClassification(Task):
         report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
         return write_report(out, report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
                             label_names=splits.label_names, history=history, title=title, extra=extra)
+
+    # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
+                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+        """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""
+        import csv
+        import io
+        import json
+
+        from ...augmentation.apply import augment_texts
+        from ...data.load import load_table
+        table = load_table(data, text_column, label_column, role="data")
+        texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec, log)
+        rows = [{"text": t, "label": y, "origin": report.origin(k)} for k, (t, y) in enumerate(zip(texts, labels))]
+        if suffix == ".jsonl":
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), report
+        buf = io.StringIO()
+        delimiter = "\t" if suffix == ".tsv" else ","
+        writer = csv.DictWriter(buf, fieldnames=["text", "label", "origin"], delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue(), report
