@@ -135,6 +135,24 @@ class Task:
         raise NotImplementedError
 
     # ---- the surfaces over inference: pipelines, prediction files, HTTP routes, `augment` files ------
+    # The several-runs CSV (`predict` with adapters): its columns after text and adapter are
+    # `SHARED_RUNS_CSV_COLUMNS`, then the `runs_csv_columns` of each task with rows in it that the shared
+    # ones lack, in the registry's order.
+    runs_csv_columns: ClassVar[tuple[str, ...]] = ()
+
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        """The columns after "text" of one run's prediction CSV."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        """One output row's cells under `csv_header`."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        """One output row's cells in the several-runs CSV, by column (`runs_csv_columns`; a column left
+        out stays empty)."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
     # the output suffixes `transferkit augment` writes for this task (none: it cannot augment a file)
     augment_formats: ClassVar[tuple[str, ...]] = ()
 
@@ -143,3 +161,8 @@ class Task:
         """(the text of an output file ending in `suffix`: every row of `data` with an origin column, then the
         new rows; the `augmentation.apply.AugmentReport`)."""
         raise UserError(f"augment: {self.name} data cannot be augmented into a file")
+
+
+# Every several-runs CSV has these columns, filled or empty, so the files of any mix of runs line up: a task
+# that predicts one label per text fills them, any other leaves them empty and adds columns of its own.
+SHARED_RUNS_CSV_COLUMNS = ("label", "confidence", "probs")

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ...core import fs
 from ...data.batches import TokenData
 from ...data.tokens import tokenize
 from ...modeling.forward import predict_logits
@@ -29,6 +30,7 @@ class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
     pipeline_names = ("text-classification", "sentiment-analysis")
+    runs_csv_columns = ("label", "confidence", "probs")
     augment_formats = (".csv", ".tsv", ".jsonl")
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
@@ -147,6 +149,16 @@ class SequenceClassification(Task):
                             label_names=splits.label_names, history=history, title=title, extra=extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        return ["label", "confidence"] + [f"p_{n}" for n in label_names]
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        return [row["label"], f"{row['confidence']:.6f}"] + [f"{row['probs'][n]:.6f}" for n in label_names]
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        # the probabilities as one JSON cell: the runs' label sets differ
+        return {"label": row["label"], "confidence": f"{row['confidence']:.6f}", "probs": fs.dumps(row["probs"])}
+
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
         """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""

@@ -8,12 +8,13 @@ training and prediction time, so no word is silently dropped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ...core import fs
 from ...core.errors import UserError
 from ..base import Task
 from ..rows import EncodedInputs
@@ -62,6 +63,7 @@ class TokenClassification(Task):
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
     pipeline_names = ("token-classification", "ner")
     decode_options = {"aggregation_strategy": "first"}
+    runs_csv_columns = ("entities",)
     augment_formats = (".jsonl",)  # tokens and tags are lists: no CSV
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
@@ -176,6 +178,15 @@ class TokenClassification(Task):
         return write_token_report(out, splits, predictions, history, title, extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        return ["entities"]
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        return [fs.dumps(row["entities"], ensure_ascii=False)]
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"entities": fs.dumps(row["entities"], ensure_ascii=False)}
+
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
         """tokens, tags, origin rows as JSONL."""
