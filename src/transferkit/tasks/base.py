@@ -135,6 +135,21 @@ class Task:
         raise NotImplementedError
 
     # ---- the surfaces over inference: pipelines, prediction files, HTTP routes, `augment` files ------
+    # the keyword options the task's pipeline takes (`transferkit.pipeline(name, model=run, **options)`)
+    pipeline_options: ClassVar[tuple[str, ...]] = ()
+
+    def check_pipeline_options(self, options: dict[str, Any]) -> None:
+        """Refuse a bad option value when the pipeline is made rather than at its first call (default: none)."""
+
+    def pipeline_call(self, predictor: Any, texts: list[Any], options: dict[str, Any]) -> list[Any]:
+        """Per input, what transformers' pipeline for this task gives; `predictor` is the run's (one-run)
+        Predictor, `options` the call's pipeline options (default: the task's output rows)."""
+        return predictor.predict(texts, **options)
+
+    def pipeline_single(self, result: Any, options: dict[str, Any]) -> Any:
+        """What one input given alone (not in a list) gets, from its result (default: the result itself)."""
+        return result
+
     # The several-runs CSV (`predict` with adapters): its columns after text and adapter are
     # `SHARED_RUNS_CSV_COLUMNS`, then the `runs_csv_columns` of each task with rows in it that the shared
     # ones lack, in the registry's order.

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...core import fs
+from ...core.errors import UserError
 from ...data.batches import TokenData
 from ...data.tokens import tokenize
 from ...modeling.forward import predict_logits
@@ -30,6 +31,7 @@ class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
     pipeline_names = ("text-classification", "sentiment-analysis")
+    pipeline_options = ("top_k",)
     runs_csv_columns = ("label", "confidence", "probs")
     augment_formats = (".csv", ".tsv", ".jsonl")
     default_metric = "accuracy"
@@ -91,7 +93,6 @@ class SequenceClassification(Task):
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
         from ...data.load import LabelledData, load_table
-        from ...core.errors import UserError
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -149,6 +150,26 @@ class SequenceClassification(Task):
                             label_names=splits.label_names, history=history, title=title, extra=extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def pipeline_call(self, predictor: Any, texts: list[str], options: dict[str, Any]) -> list[Any]:
+        """Per text [{"label", "score"}] best first, `top_k` of them (None: all labels); without top_k the
+        best one's dict alone, as transformers' legacy shape."""
+        legacy = "top_k" not in options
+        top_k = options.get("top_k", 1)
+        names = predictor.label_names
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise UserError(f"top_k must be a positive integer or None (all labels), got {top_k!r}")
+        probs = predictor.predict_proba(texts)  # [n, labels]
+        out = []
+        for row in probs:
+            order = sorted(range(len(names)), key=lambda k: -float(row[k]))[: top_k or len(names)]
+            ranked = [{"label": names[k], "score": float(row[k])} for k in order]
+            out.append(ranked[0] if legacy else ranked)
+        return out
+
+    def pipeline_single(self, result: Any, options: dict[str, Any]) -> Any:
+        """transformers gives one text without top_k a list holding its best dict."""
+        return [result] if "top_k" not in options else result
+
     def csv_header(self, label_names: Sequence[str]) -> list[str]:
         return ["label", "confidence"] + [f"p_{n}" for n in label_names]
 

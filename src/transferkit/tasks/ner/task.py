@@ -63,6 +63,7 @@ class TokenClassification(Task):
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
     pipeline_names = ("token-classification", "ner")
     decode_options = {"aggregation_strategy": "first"}
+    pipeline_options = ("aggregation_strategy",)
     runs_csv_columns = ("entities",)
     augment_formats = (".jsonl",)  # tokens and tags are lists: no CSV
 
@@ -178,6 +179,18 @@ class TokenClassification(Task):
         return write_token_report(out, splits, predictions, history, title, extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def check_pipeline_options(self, options: dict[str, Any]) -> None:
+        from .entities import STRATEGIES
+        strategy = options.get("aggregation_strategy", "none")
+        if strategy not in STRATEGIES:
+            raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+
+    def pipeline_call(self, predictor: Any, texts: list[str], options: dict[str, Any]) -> list[Any]:
+        """Per text its entities; `aggregation_strategy` none (the default, as transformers) / simple / first /
+        average / max."""
+        rows = predictor.predict(texts, aggregation_strategy=options.get("aggregation_strategy", "none"))
+        return [row["entities"] for row in rows]
+
     def csv_header(self, label_names: Sequence[str]) -> list[str]:
         return ["entities"]
 
