@@ -168,6 +168,12 @@ class Task:
         out stays empty)."""
         raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
 
+    def add_routes(self, app: Any, answer: Any) -> None:
+        """Add the task's routes to the server's FastAPI `app` (default: none). `answer(request, model, inputs,
+        refuse_longer=False)` is the server's prediction steps for this task's runs: it finds the run, checks
+        the texts, batches them with every other request and returns (served run, tokens per text, per text
+        the task's `serving_results`). A task imports its fastapi/pydantic code here, so only a server loads it."""
+
     # the output suffixes `transferkit augment` writes for this task (none: it cannot augment a file)
     augment_formats: ClassVar[tuple[str, ...]] = ()
 

@@ -180,6 +180,10 @@ class SequenceClassification(Task):
         # the probabilities as one JSON cell: the runs' label sets differ
         return {"label": row["label"], "confidence": f"{row['confidence']:.6f}", "probs": fs.dumps(row["probs"])}
 
+    def add_routes(self, app: Any, answer: Any) -> None:
+        from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
+        add_routes(app, answer)
+
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
         """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""

@@ -200,6 +200,10 @@ class TokenClassification(Task):
     def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
         return {"entities": fs.dumps(row["entities"], ensure_ascii=False)}
 
+    def add_routes(self, app: Any, answer: Any) -> None:
+        from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
+        add_routes(app, answer)
+
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
         """tokens, tags, origin rows as JSONL."""
