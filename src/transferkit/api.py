@@ -191,7 +191,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
         from .inference import write_predictions
-        write_predictions(Path(output), rows, predictor.label_names)
+        write_predictions(Path(output), rows, predictor.task, predictor.label_names)
         log(f"wrote {output}")
     return rows
 

@@ -16,7 +16,7 @@ from transferkit.data import bundled, list_datasets, load_table
 from transferkit.data.fingerprint import data_fingerprints, source_fingerprint
 from transferkit.tasks.ner.splits import prepare_tagged_splits
 from transferkit.tasks.ner.schemes import entity_counts
-from transferkit.tasks.ner.read import load_tagged
+from transferkit.tasks.ner.read import load_tagged, tagged_names
 from transferkit.core.errors import UserError
 from transferkit.core.registry import DATASETS
 
@@ -102,7 +102,7 @@ def test_listed_with_rows_classes_and_source():
     assert d["rows"] == 12000 and REQUIRED <= set(d["classes"]) and d["cached"] and d["task"] == "ner"
     assert d["source"].startswith("silver: spaCy en_core_web_sm") and "not gold accuracy" in d["source"]
     assert rows["movie-sentences"]["task"] == "classify"
-    assert NAME in bundled.tagged_names() and "movie-sentences" not in bundled.tagged_names()
+    assert NAME in tagged_names() and "movie-sentences" not in tagged_names()
 
 
 def test_datasets_command_prints_it(capsys):

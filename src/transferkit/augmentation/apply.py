@@ -25,6 +25,13 @@ class AugmentReport:
     def as_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "rows_before": self.rows_before, "rows_after": self.rows_after, "steps": self.steps}
 
+    def origin(self, k: int) -> str:
+        """Where row `k` of the augmented rows came from: "original", or e.g. "eda of row 12" (1-based)."""
+        if k < self.rows_before:
+            return "original"
+        kind, source = self.origins[k - self.rows_before]
+        return f"{kind} of row {source + 1}"
+
     def describe(self) -> str:
         parts = []
         for kind, s in self.steps.items():

@@ -314,9 +314,10 @@ def bundled_names() -> list[str]:
     return sorted(n for n in DATASETS.names() if isinstance(DATASETS.get(n), (BundledDataset, ShippedDataset)))
 
 
-def tagged_names() -> list[str]:
-    """Names of the bundled token-classification (NER) datasets, sorted."""
-    return [n for n in bundled_names() if getattr(DATASETS.get(n), "task", None) == "ner"]
+def names_for_task(task: str) -> list[str]:
+    """Names of the bundled datasets a run of `task` reads (a dataset's `task`; "classify" when it names none),
+    sorted."""
+    return [n for n in bundled_names() if getattr(DATASETS.get(n), "task", "classify") == task]
 
 
 def list_datasets() -> list[dict]:

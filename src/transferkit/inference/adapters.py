@@ -86,8 +86,8 @@ class AdapterPredictor:
             self._check_name(a)
         return adapters
 
-    def _task(self, adapter: str) -> Any:
-        """The task object of an adapter's run (what its inputs are and how its outputs decode)."""
+    def task_of(self, adapter: str) -> Any:
+        """The task object of an adapter's run (what its inputs are, how its outputs decode and are written)."""
         if adapter not in self._tasks:
             self._tasks[adapter] = run_task(RunInfo.read(self.model.tasks[adapter].run_dir))
         return self._tasks[adapter]
@@ -111,7 +111,8 @@ class AdapterPredictor:
         parts: dict[str, tuple[list[int], Any, int]] = {}
         for a in dict.fromkeys(adapters):
             idx = [i for i, x in enumerate(adapters) if x == a]
-            enc = self._task(a).encode_inputs(self.tokenizer, [inputs[i] for i in idx], self.model.tasks[a].max_length)
+            enc = self.task_of(a).encode_inputs(self.tokenizer, [inputs[i] for i in idx],
+                                                self.model.tasks[a].max_length)
             enc.positions = idx
             parts[a] = (idx, enc, len(ids))
             ids += enc.rows
@@ -124,7 +125,7 @@ class AdapterPredictor:
         rows, _, parts = self._run(inputs, adapters)
         out: list[Any] = [None] * len(inputs)
         for a, (idx, enc, first) in parts.items():
-            task = self._task(a)
+            task = self.task_of(a)
             mine = rows[first:first + len(enc.rows)]
             decoded = task.decode(mine, enc, self.model.tasks[a].label_names, **task.check_decode_options(options))
             for i, row in zip(idx, decoded):
@@ -138,7 +139,7 @@ class AdapterPredictor:
         out: list[Any] = [None] * len(inputs)
         for a, (idx, enc, first) in parts.items():
             mine = rows[first:first + len(enc.rows)]
-            for i, res in zip(idx, self._task(a).serving_results(mine, enc, self.model.tasks[a].label_names)):
+            for i, res in zip(idx, self.task_of(a).serving_results(mine, enc, self.model.tasks[a].label_names)):
                 out[i] = res
         return out
 
@@ -185,7 +186,7 @@ class AdapterPredictor:
                 adapters: Sequence[str] | None = None, **options: Any) -> Any:
         """Per input: its adapter and its task's output row (a sentence classifier's label, confidence and
         every class probability; a tagger's entities)."""
-        single = self._task(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
+        single = self.task_of(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
         items = check_texts([texts] if single else texts)
         names = self._route(len(items), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
         t0 = time.perf_counter()

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..core.errors import UserError
+from ..core.registry import TASKS
+from ..tasks.base import SHARED_RUNS_CSV_COLUMNS, Task
 from .adapters import AdapterPredictor
 from .predictor import check_batch_size, check_texts
 
@@ -29,10 +31,12 @@ def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None =
     return out_texts, out_names
 
 
-def write_predictions(path: Path, rows: list[dict[str, Any]], label_names: Sequence[str] = ()) -> None:
-    """The one prediction writer: JSONL (one object per text) or, for a .csv path, one row per text:
-    text, label, confidence and a p_<label> column each (one run's labels); with several adapters
-    (label sets differ) the probabilities as a JSON column; for entities, the entity list as JSON."""
+def write_predictions(path: Path, rows: list[dict[str, Any]], tasks: Task | Sequence[Task],
+                      label_names: Sequence[str] = ()) -> None:
+    """The one prediction writer: JSONL (one object per text) or, for a .csv path, one row per text. `tasks`
+    is one run's task (the columns are text and the task's `csv_header`, e.g. label, confidence and a
+    p_<label> column each) or, for rows of several runs (each with its "adapter"), one task per row (the
+    columns are text, adapter, `SHARED_RUNS_CSV_COLUMNS`, then what the rows' tasks add: see `Task`)."""
     import csv
     import io
 
@@ -41,27 +45,28 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], label_names: Seque
     if path.suffix.lower() != ".csv":
         for r in rows:
             buf.write(fs.dumps(r, ensure_ascii=False) + "\n")
-    elif rows and "entities" in rows[0] and "adapter" not in rows[0]:
+    elif isinstance(tasks, Task):
         w = csv.writer(buf)
-        w.writerow(["text", "entities"])
+        w.writerow(["text", *tasks.csv_header(label_names)])
         for r in rows:
-            w.writerow([r["text"], fs.dumps(r["entities"], ensure_ascii=False)])
-    elif rows and "adapter" in rows[0]:  # several runs: a tagger's row has its entities in the last column
-        w = csv.writer(buf)
-        tagger = any("entities" in r for r in rows)
-        w.writerow(["text", "adapter", "label", "confidence", "probs"] + (["entities"] if tagger else []))
-        for r in rows:
-            if "entities" in r:
-                w.writerow([r["text"], r["adapter"], "", "", "", fs.dumps(r["entities"], ensure_ascii=False)])
-            else:
-                w.writerow([r["text"], r["adapter"], r["label"], f"{r['confidence']:.6f}", fs.dumps(r["probs"])]
-                           + ([""] if tagger else []))
+            w.writerow([r["text"], *tasks.csv_cells(r, label_names)])
     else:
-        w = csv.writer(buf)
-        w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in label_names])
-        for r in rows:
-            w.writerow([r["text"], r["label"], f"{r['confidence']:.6f}"] + [f"{r['probs'][n]:.6f}" for n in label_names])
+        _write_runs_csv(csv.writer(buf), rows, list(tasks))
     fs.write_text(path, buf.getvalue())
+
+
+def _write_runs_csv(writer: Any, rows: list[dict[str, Any]], row_tasks: list[Task]) -> None:
+    """Rows of several runs: the shared columns always, each present task's own columns after them in the
+    registry's order (a file's layout depends on which tasks it holds, not on the order of its rows)."""
+    if len(row_tasks) != len(rows):
+        raise ValueError(f"{len(row_tasks)} tasks for {len(rows)} prediction rows")
+    present = {t.name: t for t in row_tasks}
+    own = [c for name in TASKS if name in present for c in present[name].runs_csv_columns]
+    columns = list(dict.fromkeys([*SHARED_RUNS_CSV_COLUMNS, *own]))
+    writer.writerow(["text", "adapter", *columns])
+    for r, task in zip(rows, row_tasks):
+        cells = task.runs_csv_cells(r)
+        writer.writerow([r["text"], r["adapter"], *(cells.get(c, "") for c in columns)])
 
 
 def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
@@ -109,7 +114,7 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
             f"at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
-        write_predictions(Path(output), rows)
+        write_predictions(Path(output), rows, [predictor.task_of(r["adapter"]) for r in rows])
         if log is not None:
             log(f"wrote {output}")
     return rows

@@ -11,7 +11,10 @@
 Face model folder (an `export`ed run, or any `AutoModelFor...` folder). A single input gives what
 transformers gives for one input, a list gives one result per input, and the keys are transformers'
 (`top_k` and `batch_size` for classification, `aggregation_strategy` for NER, `top_k` for
-fill-mask, `max_new_tokens` / `do_sample` / `return_full_text` for generation).
+fill-mask, `max_new_tokens` / `do_sample` / `return_full_text` for generation). A fine-tuned run's
+pipeline belongs to its task: the names that open it, its options and what a call gives are the
+task's (`Task.pipeline_names`, `pipeline_options`, `pipeline_call`); fill-mask and text-generation
+are language-model pipelines, written here.
 
 Written over transferkit's own predictors rather than wrapping `transformers.pipeline`, so the
 same checks hold (safetensors only, a missing head is an error instead of random output), runs are
@@ -26,19 +29,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..core.errors import UserError
-
-TASK_ALIASES = {"text-classification": "text-classification", "sentiment-analysis": "text-classification",
-                "token-classification": "token-classification", "ner": "token-classification",
-                "fill-mask": "fill-mask", "text-generation": "text-generation"}
+from ..tasks.base import Task
 
 
-def _run_task(kind: str) -> Any:
-    """The registered task whose runs a pipeline kind opens (each task names its pipelines)."""
+def _kinds() -> dict[str, Any]:
+    """Every name `pipeline()` takes -> the task whose runs it opens (each task names its pipelines), or the
+    language-model pipeline's class; tasks first, in the registry's order."""
     from .. import tasks
+    kinds: dict[str, Any] = {}
     for name in tasks.TASKS:
-        if kind in tasks.get(name).pipeline_names:
-            return tasks.get(name)
-    raise UserError(f"no task opens pipeline({kind!r})")
+        task = tasks.get(name)
+        for kind in task.pipeline_names:
+            kinds.setdefault(kind, task)
+    return {**kinds, **LM_PIPELINES}
 
 
 def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str | None = None,
@@ -48,19 +51,21 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     (e.g. `aggregation_strategy="simple"`, `top_k=2`)."""
     from ..core import runtime
     runtime.setup()
-    if task not in TASK_ALIASES:
-        raise UserError(f"unknown pipeline task {task!r}; tasks: {', '.join(TASK_ALIASES)}")
-    kind = TASK_ALIASES[task]
+    kinds = _kinds()
+    if task not in kinds:
+        raise UserError(f"unknown pipeline task {task!r}; tasks: {', '.join(kinds)}")
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
     from . import check_batch_size
     check_batch_size(batch_size)
-    cls = {"text-classification": TextClassificationPipeline, "token-classification": TokenClassificationPipeline,
-           "fill-mask": FillMaskPipeline, "text-generation": TextGenerationPipeline}[kind]
-    unknown = sorted(set(defaults) - set(cls.call_options))
+    found = kinds[task]
+    call_options = found.pipeline_options if isinstance(found, Task) else found.call_options
+    unknown = sorted(set(defaults) - set(call_options))
     if unknown:
-        raise UserError(f"pipeline({task!r}): unknown option {unknown[0]!r}; options: {', '.join(cls.call_options)}")
-    return cls(str(model), batch_size, device, defaults)
+        raise UserError(f"pipeline({task!r}): unknown option {unknown[0]!r}; options: {', '.join(call_options)}")
+    if isinstance(found, Task):
+        return TaskPipeline(found, str(model), batch_size, device, defaults)
+    return found(str(model), batch_size, device, defaults)
 
 
 class Pipeline:
@@ -101,8 +106,34 @@ class Pipeline:
         raise NotImplementedError
 
 
-def _load_head(model: str, kind: str, device: str | None, batch_size: int) -> Any:
-    """A Predictor for a run directory, bundled name or HF folder of the task that opens pipeline `kind`."""
+class TaskPipeline(Pipeline):
+    """A fine-tuned run's pipeline: what a call gives is its task's (`Task.pipeline_call`), e.g. labels with
+    scores per text, or entities per text."""
+
+    def __init__(self, task: Task, model: str, batch_size: int, device: str | None,
+                 defaults: dict[str, Any]) -> None:
+        self.task_obj = task
+        self.task, self.call_options = task.pipeline_names[0], task.pipeline_options  # as messages name it
+        super().__init__(model, batch_size, device, defaults)
+
+    def load(self, model: str, device: str | None) -> None:
+        self.predictor = _load_head(model, self.task_obj, device, self.batch_size)
+        self.task_obj.check_pipeline_options(self.defaults)  # a bad default fails now, not at the first call
+
+    def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
+        opts = self.options(kwargs)
+        if isinstance(inputs, str):
+            return self.task_obj.pipeline_single(self.run([inputs], **kwargs)[0], opts)
+        return super().__call__(inputs, **kwargs)
+
+    def run(self, texts: list[str], **kwargs: Any) -> list[Any]:
+        opts = self.options(kwargs)
+        self.predictor.batch_size = self._batch_size(opts)
+        return self.task_obj.pipeline_call(self.predictor, texts, opts)
+
+
+def _load_head(model: str, task: Task, device: str | None, batch_size: int) -> Any:
+    """A Predictor for a run directory, bundled name or HF folder of `task`."""
     from ..core.runs import RUN_FILE
     p = Path(model)
     if (p / RUN_FILE).is_file():
@@ -110,19 +141,19 @@ def _load_head(model: str, kind: str, device: str | None, batch_size: int) -> An
         from . import Predictor
         from ..core.runs import RunInfo
         info = RunInfo.read(p)
-        want = _run_task(kind)
-        if info.task != want.name:
+        if info.task != task.name:
             other = tasks.get(info.task).pipeline_names[0]
             raise UserError(f"{model} is a {info.task} run; open it with pipeline({other!r}, model=...)")
         return Predictor.from_run(p, device=device, batch_size=batch_size)
-    return _load_hf_head(model, _run_task(kind), device, batch_size)
+    return _load_hf_head(model, task, device, batch_size)
 
 
-def _load_hf_head(model: str, task: Any, device: str | None, batch_size: int) -> Any:
+def _load_hf_head(model: str, task: Task, device: str | None, batch_size: int) -> Any:
     """A classifier folder (transferkit's exported ones or any AutoModelFor...Classification folder)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    from ..config.finetune import RunConfig
     from ..core.folders import check_finite, check_folder, loading
     from ..modeling.lm import model_folder
     from ..modeling.resolve import load_tokenizer
@@ -136,70 +167,16 @@ def _load_hf_head(model: str, task: Any, device: str | None, batch_size: int) ->
                                             dtype=torch.float32)
     missing = [k for k in info.get("missing_keys", ()) if "position_ids" not in k]
     if missing:
-        what = "text-classification" if head == "sequence" else "token-classification"
-        raise UserError(f"{model} has no trained {what} head (missing {', '.join(sorted(missing)[:3])}); "
-                        f"fine-tune it first: transferkit finetune --model {model}"
-                        + (" --task ner" if head == "token" else ""))
+        default_task = RunConfig.__dataclass_fields__["task"].default  # finetune needs --task for any other
+        raise UserError(f"{model} has no trained {task.pipeline_names[0]} head (missing "
+                        f"{', '.join(sorted(missing)[:3])}); fine-tune it first: transferkit finetune --model {model}"
+                        + ("" if task.name == default_task else f" --task {task.name}"))
     check_finite(loaded, folder)
     tokenizer = load_tokenizer(str(folder))
     labels = [loaded.config.id2label[i] for i in range(loaded.config.num_labels)]
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
                 int(getattr(loaded.config, "max_position_embeddings", 512) or 512))
     return Predictor(loaded, tokenizer, labels, limit, batch_size, device, task)
-
-
-class TextClassificationPipeline(Pipeline):
-    """[{"label", "score"}] per text; with `top_k` (None: all labels) a list of the best per text."""
-
-    task = "text-classification"
-    call_options = ("top_k",)
-
-    def load(self, model: str, device: str | None) -> None:
-        self.predictor = _load_head(model, "text-classification", device, self.batch_size)
-
-    def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
-        opts = self.options(kwargs)
-        legacy = "top_k" not in opts  # transformers: one dict per text unless top_k is given
-        if isinstance(inputs, str):
-            out = self.run([inputs], **kwargs)[0]
-            return [out] if legacy else out
-        return super().__call__(inputs, **kwargs)
-
-    def run(self, texts: list[str], **kwargs: Any) -> list[Any]:
-        opts = self.options(kwargs)
-        self.predictor.batch_size = self._batch_size(opts)
-        legacy = "top_k" not in opts
-        top_k = opts.get("top_k", 1)
-        names = self.predictor.label_names
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise UserError(f"top_k must be a positive integer or None (all labels), got {top_k!r}")
-        probs = self.predictor.predict_proba(texts)  # [n, labels]
-        out = []
-        for row in probs:
-            order = sorted(range(len(names)), key=lambda k: -float(row[k]))[: top_k or len(names)]
-            ranked = [{"label": names[k], "score": float(row[k])} for k in order]
-            out.append(ranked[0] if legacy else ranked)
-        return out
-
-
-class TokenClassificationPipeline(Pipeline):
-    """Entities per text; `aggregation_strategy` none (default, as transformers) / simple / first / average / max."""
-
-    task = "token-classification"
-    call_options = ("aggregation_strategy",)
-
-    def load(self, model: str, device: str | None) -> None:
-        self.predictor = _load_head(model, "token-classification", device, self.batch_size)
-        from ..tasks.ner.entities import STRATEGIES  # an unknown strategy fails now, not at the first call
-        strategy = self.defaults.get("aggregation_strategy", "none")
-        if strategy not in STRATEGIES:
-            raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-
-    def run(self, texts: list[str], **kwargs: Any) -> list[Any]:
-        opts = self.options(kwargs)
-        self.predictor.batch_size = self._batch_size(opts)
-        rows = self.predictor.predict(texts, aggregation_strategy=opts.get("aggregation_strategy", "none"))
-        return [row["entities"] for row in rows]
 
 
 class FillMaskPipeline(Pipeline):
@@ -252,3 +229,7 @@ class TextGenerationPipeline(Pipeline):
             new = tok.batch_decode(ids, skip_special_tokens=True)  # the prompt is kept as given, as transformers does
             out.append([{"generated_text": prompt + t if full else t} for t in new])
         return out
+
+
+# The language-model pipelines: no fine-tuning task behind them (a pretrained or pretrain run's model).
+LM_PIPELINES: dict[str, type[Pipeline]] = {"fill-mask": FillMaskPipeline, "text-generation": TextGenerationPipeline}

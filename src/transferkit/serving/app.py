@@ -1,11 +1,9 @@
 """`transferkit serve`: a FastAPI app over a `ModelSet`, every prediction through one `Batcher`.
 
 Routes (the shapes clients already speak):
-    POST /v1/classify             vLLM: {"model", "input": str | [str]} -> {"id", "object": "list", "created",
-                                  "model", "data": [{"index", "label", "probs", "num_classes"}], "usage"}
-    POST /predict                 text-embeddings-inference: {"inputs", "raw_scores", "truncate", "model"?}
-                                  -> [{"label", "score"}] per input, best first
-    POST /v1/ner                  {"model", "input"} -> {"data": [{"index", "entities": [...]}]}
+    POST (each task's)            every registered task adds its own (`Task.add_routes`, in tasks/*/serving.py,
+                                  which documents their shapes): /v1/classify and /predict for classify runs,
+                                  /v1/ner for ner runs
     GET  /v1/models               each run: task, method, base, labels, shared base or not, loaded at
     POST /v1/load_lora_adapter    vLLM: {"lora_name", "lora_path"} for a run under --adapter-root
     POST /v1/unload_lora_adapter  {"lora_name"} (also only with --adapter-root)
@@ -17,26 +15,25 @@ gives a 5xx (a failure inside the model is a 500 with that body, never a traceba
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import tasks
 from ..core.errors import UserError
+from ..tasks.http import Strict, Texts
 from .batcher import Batcher, Overloaded, ShuttingDown
 from .models import Gone, ModelSet
 
 MAX_TEXT_CHARS = 100_000  # a longer text is refused before it is tokenized (on the event loop)
-
-Texts = Union[str, list[str]]
 
 
 class ApiError(Exception):
@@ -45,33 +42,12 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ClassifyRequest(_Strict):
-    model: str
-    input: Texts
-
-
-class PredictRequest(_Strict):
-    inputs: Texts
-    raw_scores: bool = False
-    truncate: bool = False
-    model: Union[str, None] = None
-
-
-class NerRequest(_Strict):
-    model: str
-    input: Texts
-
-
-class LoadRequest(_Strict):
+class LoadRequest(Strict):
     lora_name: str
     lora_path: str
 
 
-class UnloadRequest(_Strict):
+class UnloadRequest(Strict):
     lora_name: str
 
 
@@ -154,8 +130,9 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             raise ApiError(404, f"model {name!r} is not loaded; GET /v1/models lists them", "NotFound") from None
         request.state.model = name  # a metric label: only names that are loaded
         if entry.task != task:
-            route = "/v1/ner" if entry.task == "ner" else "/v1/classify"
-            raise ApiError(422, f"model {name!r} is a {entry.task} run: use {route}", "Validation")
+            routes = task_routes.get(entry.task)
+            where = f"use {routes[0]}" if routes else "this server has no route for its task"
+            raise ApiError(422, f"model {name!r} is a {entry.task} run: {where}", "Validation")
         return entry
 
     def texts_of(value: Texts) -> list[str]:
@@ -201,43 +178,21 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                 raise ApiError(500, f"model {name!r} produced non-finite scores for this input", "Backend")
         return results
 
-    async def answer(request: Request, name: str | None, task: str, inputs: Texts,
+    async def answer(task: str, request: Request, name: str | None, inputs: Texts,
                      refuse_longer: bool = False) -> tuple[Any, list[int], list[Any]]:
-        """Every prediction route's steps: the run, its checked texts and tokens, the batched results."""
+        """Every prediction route's steps for runs of `task`: the run, its checked texts and tokens, the
+        batched results (per text, the task's `serving_results`)."""
         entry = served(name, task, request)
         texts = texts_of(inputs)
         tokens = token_counts(entry, texts, refuse_longer)
         return entry, tokens, await batched(task, entry.name, texts, tokens)
 
     # ---- routes -------------------------------------------------------------------------------
-    @app.post("/v1/classify")
-    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-        entry, tokens, logits = await answer(request, body.model, "classify", body.input)
-        data = []
-        for i, row in enumerate(logits):
-            probs = torch.softmax(row, dim=-1)
-            k = int(probs.argmax())
-            data.append({"index": i, "label": entry.labels[k], "probs": [float(p) for p in probs],
-                         "num_classes": len(entry.labels)})
-        used = sum(tokens)
-        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
-                "model": entry.name, "data": data, "usage": {"prompt_tokens": used, "total_tokens": used}}
-
-    @app.post("/predict")
-    async def predict(body: PredictRequest, request: Request) -> Any:
-        entry, _, logits = await answer(request, body.model, "classify", body.inputs, refuse_longer=not body.truncate)
-        out = []
-        for row in logits:
-            scores = row if body.raw_scores else torch.softmax(row, dim=-1)
-            order = sorted(range(len(entry.labels)), key=lambda k: -float(scores[k]))
-            out.append([{"label": entry.labels[k], "score": float(scores[k])} for k in order])
-        return out[0] if isinstance(body.inputs, str) else out
-
-    @app.post("/v1/ner")
-    async def ner(body: NerRequest, request: Request) -> dict[str, Any]:
-        entry, _, entities = await answer(request, body.model, "ner", body.input)
-        return {"id": f"ner-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": entry.name,
-                "data": [{"index": i, "entities": e} for i, e in enumerate(entities)]}
+    task_routes: dict[str, list[str]] = {}  # task -> the paths it added (a wrong-task message names the first)
+    for task_name in tasks.TASKS:
+        before = len(app.routes)
+        tasks.get(task_name).add_routes(app, functools.partial(answer, task_name))
+        task_routes[task_name] = [getattr(r, "path", "") for r in app.routes[before:]]
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

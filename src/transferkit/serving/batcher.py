@@ -29,7 +29,7 @@ class ShuttingDown(Exception):
 
 @dataclass
 class Job:
-    kind: str  # classify | ner
+    kind: str  # the task whose route took the request
     pairs: list[tuple[str, str]]  # (run name, text)
     tokens: int
     future: asyncio.Future

@@ -36,7 +36,7 @@ class Served:
 
     name: str
     run_dir: str
-    task: str  # classify | ner
+    task: str  # a registered task's name (`tasks.get`)
     method: str
     base: str  # the base model's name (bundled) or path
     labels: list[str]

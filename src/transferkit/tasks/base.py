@@ -17,7 +17,7 @@ from .rows import EncodedInputs, check_texts
 
 
 class Task:
-    """One kind of prediction. Subclasses set `name` and implement every method below."""
+    """One kind of prediction. Subclasses set `name` and implement every method below that has no default."""
 
     name: ClassVar[str]
     # The validation metric that picks the best weights when the user names none.
@@ -133,3 +133,57 @@ class Task:
                      extra: dict[str, Any]) -> dict[str, Path]:
         """The run's report of the test split (JSON, plots, HTML); returns the paths written."""
         raise NotImplementedError
+
+    # ---- the surfaces over inference: pipelines, prediction files, HTTP routes, `augment` files ------
+    # the keyword options the task's pipeline takes (`transferkit.pipeline(name, model=run, **options)`)
+    pipeline_options: ClassVar[tuple[str, ...]] = ()
+
+    def check_pipeline_options(self, options: dict[str, Any]) -> None:
+        """Refuse a bad option value when the pipeline is made rather than at its first call (default: none)."""
+
+    def pipeline_call(self, predictor: Any, texts: list[Any], options: dict[str, Any]) -> list[Any]:
+        """Per input, what transformers' pipeline for this task gives; `predictor` is the run's (one-run)
+        Predictor, `options` the call's pipeline options (default: the task's output rows)."""
+        return predictor.predict(texts, **options)
+
+    def pipeline_single(self, result: Any, options: dict[str, Any]) -> Any:
+        """What one input given alone (not in a list) gets, from its result (default: the result itself)."""
+        return result
+
+    # The several-runs CSV (`predict` with adapters): its columns after text and adapter are
+    # `SHARED_RUNS_CSV_COLUMNS`, then the `runs_csv_columns` of each task with rows in it that the shared
+    # ones lack, in the registry's order.
+    runs_csv_columns: ClassVar[tuple[str, ...]] = ()
+
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        """The columns after "text" of one run's prediction CSV."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        """One output row's cells under `csv_header`."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        """One output row's cells in the several-runs CSV, by column (`runs_csv_columns`; a column left
+        out stays empty)."""
+        raise UserError(f"{self.name} predictions have no CSV layout; write .jsonl or .json")
+
+    def add_routes(self, app: Any, answer: Any) -> None:
+        """Add the task's routes to the server's FastAPI `app` (default: none). `answer(request, model, inputs,
+        refuse_longer=False)` is the server's prediction steps for this task's runs: it finds the run, checks
+        the texts, batches them with every other request and returns (served run, tokens per text, per text
+        the task's `serving_results`). A task imports its fastapi/pydantic code here, so only a server loads it."""
+
+    # the output suffixes `transferkit augment` writes for this task (none: it cannot augment a file)
+    augment_formats: ClassVar[tuple[str, ...]] = ()
+
+    def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
+                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+        """(the text of an output file ending in `suffix`: every row of `data` with an origin column, then the
+        new rows; the `augmentation.apply.AugmentReport`)."""
+        raise UserError(f"augment: {self.name} data cannot be augmented into a file")
+
+
+# Every several-runs CSV has these columns, filled or empty, so the files of any mix of runs line up: a task
+# that predicts one label per text fills them, any other leaves them empty and adds columns of its own.
+SHARED_RUNS_CSV_COLUMNS = ("label", "confidence", "probs")

@@ -8,6 +8,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ...core import fs
+from ...core.errors import UserError
 from ...data.batches import TokenData
 from ...data.tokens import tokenize
 from ...modeling.forward import predict_logits
@@ -29,6 +31,9 @@ class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
     pipeline_names = ("text-classification", "sentiment-analysis")
+    pipeline_options = ("top_k",)
+    runs_csv_columns = ("label", "confidence", "probs")
+    augment_formats = (".csv", ".tsv", ".jsonl")
     default_metric = "accuracy"
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
@@ -88,7 +93,6 @@ class SequenceClassification(Task):
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
         from ...data.load import LabelledData, load_table
-        from ...core.errors import UserError
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -144,3 +148,59 @@ class SequenceClassification(Task):
         report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
         return write_report(out, report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
                             label_names=splits.label_names, history=history, title=title, extra=extra)
+
+    # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def pipeline_call(self, predictor: Any, texts: list[str], options: dict[str, Any]) -> list[Any]:
+        """Per text [{"label", "score"}] best first, `top_k` of them (None: all labels); without top_k the
+        best one's dict alone, as transformers' legacy shape."""
+        legacy = "top_k" not in options
+        top_k = options.get("top_k", 1)
+        names = predictor.label_names
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise UserError(f"top_k must be a positive integer or None (all labels), got {top_k!r}")
+        probs = predictor.predict_proba(texts)  # [n, labels]
+        out = []
+        for row in probs:
+            order = sorted(range(len(names)), key=lambda k: -float(row[k]))[: top_k or len(names)]
+            ranked = [{"label": names[k], "score": float(row[k])} for k in order]
+            out.append(ranked[0] if legacy else ranked)
+        return out
+
+    def pipeline_single(self, result: Any, options: dict[str, Any]) -> Any:
+        """transformers gives one text without top_k a list holding its best dict."""
+        return [result] if "top_k" not in options else result
+
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        return ["label", "confidence"] + [f"p_{n}" for n in label_names]
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        return [row["label"], f"{row['confidence']:.6f}"] + [f"{row['probs'][n]:.6f}" for n in label_names]
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        # the probabilities as one JSON cell: the runs' label sets differ
+        return {"label": row["label"], "confidence": f"{row['confidence']:.6f}", "probs": fs.dumps(row["probs"])}
+
+    def add_routes(self, app: Any, answer: Any) -> None:
+        from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
+        add_routes(app, answer)
+
+    def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
+                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+        """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""
+        import csv
+        import io
+        import json
+
+        from ...augmentation.apply import augment_texts
+        from ...data.load import load_table
+        table = load_table(data, text_column, label_column, role="data")
+        texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec, log)
+        rows = [{"text": t, "label": y, "origin": report.origin(k)} for k, (t, y) in enumerate(zip(texts, labels))]
+        if suffix == ".jsonl":
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), report
+        buf = io.StringIO()
+        delimiter = "\t" if suffix == ".tsv" else ","
+        writer = csv.DictWriter(buf, fieldnames=["text", "label", "origin"], delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue(), report

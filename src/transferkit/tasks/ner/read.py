@@ -150,7 +150,7 @@ def load_tagged(source: str, tokens_column: str | None = None, tags_column: str 
     if not path.exists():
         hint = ""
         if not path.suffix and "/" not in source:
-            hint = f" (nor a bundled tagged dataset: {summarise(bundled.tagged_names(), 10)})"
+            hint = f" (nor a bundled tagged dataset: {summarise(tagged_names(), 10)})"
         raise UserError(f"{role} file not found: {source}{hint}")
     if path.is_dir():
         split = _hf_train_split(path)
@@ -188,12 +188,17 @@ def load_tagged_splits(path: str | Path, tokens_column: str | None = None, tags_
     return out
 
 
+def tagged_names() -> list[str]:
+    """Names of the bundled tagged (NER) datasets, sorted."""
+    return bundled.names_for_task("ner")
+
+
 def _bundled_path(name: str) -> Path:
     """The shipped file of a bundled tagged dataset; a one-line error for any other bundled name."""
     ds = DATASETS.get(name)
     if getattr(ds, "task", None) != "ner":
         raise UserError(f"{name} is a bundled sentence-classification dataset (text/label rows), not tagged "
-                        f"sentences; bundled tagged datasets for --task ner: {summarise(bundled.tagged_names(), 10)}")
+                        f"sentences; bundled tagged datasets for --task ner: {summarise(tagged_names(), 10)}")
     if not ds.path.is_file():
         raise ds.missing()
     return ds.path

@@ -8,12 +8,14 @@ training and prediction time, so no word is silently dropped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ...core import fs
+from ...core.errors import UserError
 from ..base import Task
 from ..rows import EncodedInputs
 from .entities import EntityCodec
@@ -61,6 +63,9 @@ class TokenClassification(Task):
     headline_metrics = ("precision", "recall", "f1", "token_accuracy")
     pipeline_names = ("token-classification", "ner")
     decode_options = {"aggregation_strategy": "first"}
+    pipeline_options = ("aggregation_strategy",)
+    runs_csv_columns = ("entities",)
+    augment_formats = (".jsonl",)  # tokens and tags are lists: no CSV
 
     def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
         from .splits import prepare_tagged_splits
@@ -128,7 +133,6 @@ class TokenClassification(Task):
                       label_column: str | None) -> Any:
         from .splits import TaggedSplit
         from .read import load_tagged
-        from ...core.errors import UserError
         table = load_tagged(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         tags = []
@@ -173,3 +177,44 @@ class TokenClassification(Task):
                      extra: dict[str, Any]) -> dict[str, Path]:
         from .report import write_token_report
         return write_token_report(out, splits, predictions, history, title, extra)
+
+    # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
+    def check_pipeline_options(self, options: dict[str, Any]) -> None:
+        from .entities import STRATEGIES
+        strategy = options.get("aggregation_strategy", "none")
+        if strategy not in STRATEGIES:
+            raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+
+    def pipeline_call(self, predictor: Any, texts: list[str], options: dict[str, Any]) -> list[Any]:
+        """Per text its entities; `aggregation_strategy` none (the default, as transformers) / simple / first /
+        average / max."""
+        rows = predictor.predict(texts, aggregation_strategy=options.get("aggregation_strategy", "none"))
+        return [row["entities"] for row in rows]
+
+    def csv_header(self, label_names: Sequence[str]) -> list[str]:
+        return ["entities"]
+
+    def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
+        return [fs.dumps(row["entities"], ensure_ascii=False)]
+
+    def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
+        return {"entities": fs.dumps(row["entities"], ensure_ascii=False)}
+
+    def add_routes(self, app: Any, answer: Any) -> None:
+        from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
+        add_routes(app, answer)
+
+    def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
+                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+        """tokens, tags, origin rows as JSONL."""
+        import json
+
+        from ...augmentation.apply import augment_tagged
+        from .read import load_tagged
+        table = load_tagged(data, text_column, label_column, role="data")
+        names = sorted({t for tags in table.tags for t in tags})
+        ids = [[names.index(t) for t in tags] for tags in table.tags]
+        tokens, tag_ids, _, report = augment_tagged(table.tokens, ids, table.where, names, steps, seed, spec)
+        rows = [{"tokens": tok, "tags": [names[j] for j in tg], "origin": report.origin(k)}
+                for k, (tok, tg) in enumerate(zip(tokens, tag_ids))]
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), report
