@@ -30,16 +30,21 @@ from _common import add_common_args, environment, print_table, ratio, write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
-import json, sys, torch
+import inspect, json, sys, torch
 torch.set_num_threads({threads})
 import transferkit
-from transferkit.recipes.demo import demo_config
+try:
+    from transferkit.recipes.demo import demo_config
+except ImportError:  # versions before the package layout
+    from transferkit.demo import demo_config
 cfg = demo_config({out!r})
 cfg.method.name = {method!r}
 cfg.train.progress = False
 if {max_steps!r}:
     cfg.train.max_steps = {max_steps!r}
-result = transferkit.finetune(cfg, log=lambda *a: None)
+# versions before Python logging took a log callable; later ones log through `logging` (silent unless configured)
+quiet = {{"log": lambda *a: None}} if "log" in inspect.signature(transferkit.finetune).parameters else {{}}
+result = transferkit.finetune(cfg, **quiet)
 m = result.metrics
 print("RESULT " + json.dumps({{"file": transferkit.__file__, "samples_per_s": m["train"]["samples_per_s"],
       "accuracy": m["test"]["accuracy"], "f1_macro": m["test"]["f1_macro"], "steps": m["train"]["steps"]}}))
