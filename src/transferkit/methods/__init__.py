@@ -1,6 +1,15 @@
-"""Adaptation methods; importing this package registers them all in `registry.METHODS`."""
-from . import adapter, bitfit, full, head_only, ia3, lora, prefix, setfit  # noqa: F401  (registration side effects)
+"""Adaptation methods, one file each (full, lora, adapter, prefix, ia3, bitfit, head_only, setfit), each
+registering itself in `core.registry.METHODS` with its options, capabilities and per-row update; `base.py` is
+the interface, `artifact.py` / `peft_common.py` / `layout.py` what several share. Importing this package
+imports every module in it, so a new method is a new file (plus nothing else in src/).
+"""
+import importlib
+import pkgutil
+
 from .base import Method, count_parameters, describe_parameters, is_head_param
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # a method's module registers it on import
 
 
 def option_fields() -> dict[str, tuple[object, type, list[str]]]:

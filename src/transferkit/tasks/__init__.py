@@ -1,17 +1,22 @@
-"""What is predicted and scored: a `Task` owns the label space, the head, how examples become
-tensors, the loss, the metrics and the report. The run, the loop and the predictor ask the task;
-none of them branches on a task's name. `tasks.get(name)` finds one: `classify` (one label per
-text) or `ner` (one IOB2 tag per word)."""
+"""What is predicted and scored. A task is one folder here (`classify/`: one label per text; `ner/`: one IOB2
+tag per word) owning everything about it: its rows and how a file of them is read, encoding, head kind, loss,
+metrics, decoding model outputs into output rows, its report, defaults, pipeline names and HTTP routes. The
+run, the loop, the predictor, the server and the CLI ask the task object; none of them names a task.
+
+Each folder's `__init__` registers its task in `core.registry.TASKS`; this package imports every folder, so a
+new task is a new folder (plus its row in tests/contract). `tasks.get(name)` gives a fresh instance.
+"""
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from ..core.registry import TASKS
 from .base import Task
-from .classify.task import SequenceClassification
-from .ner.task import TokenClassification
 
-for _task in (SequenceClassification, TokenClassification):
-    if _task.name not in TASKS:  # a module reload must not register twice
-        TASKS.register(_task.name, _task)
+for _folder in pkgutil.iter_modules(__path__):
+    if _folder.ispkg:  # a task folder registers itself on import
+        importlib.import_module(f"{__name__}.{_folder.name}")
 
 
 def get(name: str) -> Task:
@@ -19,4 +24,4 @@ def get(name: str) -> Task:
     return TASKS.get(name)()
 
 
-__all__ = ["Task", "SequenceClassification", "TokenClassification", "TASKS", "get"]
+__all__ = ["Task", "TASKS", "get"]

@@ -1,1 +1,11 @@
-"""classify"""
+"""Sentence classification (`--task classify`, the default): one label per text.
+
+    task.py     the Task: pooled-encoder head, cross-entropy, accuracy / precision / recall / F1, decoding
+    splits.py   a labelled file or dataset as deduplicated, stratified train/validation/test splits
+    serving.py  its HTTP routes: /v1/classify (vLLM's shape) and /predict (text-embeddings-inference's)
+"""
+from ...core.registry import TASKS
+from .task import SequenceClassification
+
+if SequenceClassification.name not in TASKS:  # a module reload must not register twice
+    TASKS.register(SequenceClassification.name, SequenceClassification)
