@@ -33,7 +33,7 @@ def main() -> None:
     from transferkit.augmentation.apply import augment_texts
     from transferkit.augmentation.generative import GenerativeAugmenter
     from transferkit.augmentation.spec import parse_spec
-    from transferkit.data.load import load_table
+    from transferkit.tasks.classify.read import load_table
     table = load_table("movie-sentences")
     texts, labels = list(table.texts[:2000]), list(table.labels[:2000])
     spec = f"eda:synonym=0.1,insert=0.1,swap=0.1,delete=0.1,copies=4,synonyms={args.synonyms}"

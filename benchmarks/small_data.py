@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def sample(dataset: str, rows: int, imbalance: float | None, out: Path) -> dict[str, int]:
-    from transferkit.data.load import load_table
+    from transferkit.tasks.classify.read import load_table
     from transferkit.data.split import dedupe
     table = load_table(dataset)
     texts, labels, _ = dedupe(table.texts, table.labels)

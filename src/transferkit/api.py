@@ -180,7 +180,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
         fs.check_output_file(output, OUTPUT_SUFFIXES)
     all_texts = check_texts(texts or [])
     if input is not None:
-        from .data.load import read_texts
+        from .data.tables import read_texts
         all_texts += read_texts(input, text_column)
     if not all_texts:
         raise UserError("no texts to predict")

@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from transferkit.data import BundledDataset, bundled, list_datasets, load_table
+from transferkit.data import BundledDataset, bundled, list_datasets
+from transferkit.tasks.classify.read import load_table
 from transferkit.core.errors import UserError
 from transferkit.core.registry import DATASETS
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from transferkit.config.finetune import DataConfig
-from transferkit.data import bundled, load_table, read_texts
+from transferkit.data import bundled, read_texts
+from transferkit.tasks.classify.read import load_table
 from transferkit.tasks.classify.splits import prepare_splits
 from transferkit.data.fingerprint import check_fingerprints, data_fingerprints
 from transferkit.data.listing import clip, summarise

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from transferkit.config.finetune import DataConfig
-from transferkit.data import bundled, list_datasets, load_table
+from transferkit.data import bundled, list_datasets
+from transferkit.tasks.classify.read import load_table
 from transferkit.data.fingerprint import data_fingerprints, source_fingerprint
 from transferkit.tasks.ner.splits import prepare_tagged_splits
 from transferkit.tasks.ner.schemes import entity_counts

@@ -7,12 +7,12 @@ pandas, scikit-learn and datasets are imported only when data is actually read.
 """
 from .bundled import BundledDataset, bundled_names, cache_dir, list_datasets
 from .fingerprint import check_fingerprints, data_fingerprints
-from .load import LabelledData, hf_split_names, load_hf_splits, load_table, read_texts
+from .tables import ColumnTable, hf_split_names, open_table, read_texts
 from .split import DedupeReport, dedupe, split_sizes, stratified_split
 
 __all__ = [
     "BundledDataset", "bundled_names", "cache_dir", "list_datasets",
     "check_fingerprints", "data_fingerprints",
-    "LabelledData", "hf_split_names", "load_hf_splits", "load_table", "read_texts",
+    "ColumnTable", "hf_split_names", "open_table", "read_texts",
     "DedupeReport", "dedupe", "split_sizes", "stratified_split",
 ]

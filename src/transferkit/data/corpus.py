@@ -114,7 +114,7 @@ def split_blank_lines(text: str) -> list[str]:
 def load_documents(sources: Sequence[str] | str, text_column: str | None = None, limit: int | None = None) -> list[str]:
     """Every document of `sources` (files, folders or bundled corpus names), in order."""
     from .listing import summarise
-    from .load import _read_utf8, read_texts
+    from .tables import read_utf8, read_texts
     sources = [sources] if isinstance(sources, str) else list(sources)
     docs: list[str] = []
     for src in sources:
@@ -130,7 +130,7 @@ def load_documents(sources: Sequence[str] | str, text_column: str | None = None,
             raise UserError(f"corpus folder {src} holds no {'/'.join(TEXT_EXTENSIONS)} files")
         for f in files:
             if f.suffix.lower() in TEXT_EXTENSIONS:
-                found = split_blank_lines(_read_utf8(f, str(f)))
+                found = split_blank_lines(read_utf8(f, str(f)))
                 if not found:
                     raise UserError(f"{f}: file is empty (no text)")
                 docs += found

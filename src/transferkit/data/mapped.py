@@ -1,10 +1,16 @@
-"""Labelled data larger than memory: a file streamed into a memory-mapped Arrow cache.
+"""Data larger than memory: a file streamed into a memory-mapped Arrow cache, for any task's columns.
+
+This module is the one cache: the folder (`open_or_build`, `build_folder`: built whole or not at all, a
+damaged one rebuilt), the mapped file (`Mapping`, `take_rows`, `MappedTexts`) and the streaming readers
+(`_csv_chunks`, `_jsonl_chunks`, `_parquet_chunks`: `data.tables` column tables, a chunk at a time). Each task
+says which columns it keeps and how a chunk's rows are checked: sentence classification in
+`tasks/classify/mapped.py` (text, label code), NER in `tasks/ner/mapped.py` (tokens, tags).
 
 With `data.storage=mapped` (or `auto` and a file over `AUTO_BYTES`) a CSV, TSV, JSON-lines or
 Parquet file is read `CHUNK_ROWS` rows at a time; each chunk goes through the in-memory reader's
-own cleaners (`load.py`: the same column choice, the same refusals naming the first bad row; the
+own cleaners (the same column choice, the same refusals naming the first bad row; the
 counts in such a message are those of its chunk) and is appended
-to `<cache>/tables/<key>/rows.arrow` (text, label code). The run then holds per row an 8-byte hash
+to `<cache>/tables/<key>/rows.arrow`. The run then holds per row an 8-byte hash
 of the text (dedupe and the overlap checks work on it), a label and a row index; the texts stay in
 the mapped file and are read a chunk at a time where a step needs them (tokenization, an error
 message), and a split's token ids go to a mapped Arrow file of their own (`tokenize_mapped`). The
@@ -37,10 +43,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..core.errors import UserError
-from . import bundled
-from .load import (LABEL_CANDIDATES, TEXT_CANDIDATES, LabelledData, _clean_labels, _clean_texts, _normalise_labels,
-                   _pick_column, _read_utf8, _Table)
-from .split import text_hashes
+from .tables import ColumnTable, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -136,29 +139,6 @@ def wants_mapped(storage: str, source: str) -> bool:
     return storage == "mapped" or path.stat().st_size > AUTO_BYTES
 
 
-def load_mapped(source: str, text_column: str | None, label_column: str | None) -> LabelledData | None:
-    """`source` as LabelledData over the mapped cache (built on first use); None when the file is not
-    one this path streams (a `.json` array: the caller reads it in memory)."""
-    from .fingerprint import file_sha256
-    path = Path(source).expanduser()
-    chunks = _chunk_reader(path, source)
-    if chunks is None:
-        return None
-    key = hashlib.sha256(json.dumps([FORMAT, file_sha256(path), text_column, label_column]).encode()).hexdigest()[:20]
-    cached = open_or_build(bundled.cache_dir() / "tables" / key, lambda folder: _build(folder, chunks, source,
-                           text_column, label_column), source, "rows")
-    meta, table = cached.meta, cached.table
-    # The column choice (and its note) is made again under the name the user gave this time.
-    probe = _Table(meta["columns"], lambda c: [], lambda i: "")
-    tcol, tnote = _pick_column(probe, text_column, TEXT_CANDIDATES, "text", source)
-    lcol, lnote = _pick_column(probe, label_column, LABEL_CANDIDATES, "label", source)
-    values = meta["labels"]
-    codes = table.column("label").to_numpy()
-    labels = [values[c] for c in codes.tolist()]
-    texts = MappedTexts(table.column("text"), np.arange(len(labels)), cached.arrays["keys"], key, cached.mapping)
-    return LabelledData(texts, labels, source, [n for n in (tnote, lnote) if n])
-
-
 # ---- the cache folder ----------------------------------------------------------------------------
 
 class Cached(NamedTuple):
@@ -227,43 +207,9 @@ def build_folder(folder: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _build(folder: Path, chunks: Iterator[_Table], source: str, text_column: str | None,
-           label_column: str | None) -> None:
-    """Stream every chunk through the cleaners into a new cache folder, swapped in when complete."""
-    import pyarrow as pa
-    schema = pa.schema([("text", pa.string()), ("label", pa.int32())])
-
-    def write(tmp: Path) -> None:
-        codes: dict[tuple[str, Any], int] = {}  # (type, raw label) -> code, in first-seen order
-        keys: list[np.ndarray] = []
-        rows = 0
-        with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for table in chunks:
-                if rows == 0:
-                    tcol, _ = _pick_column(table, text_column, TEXT_CANDIDATES, "text", source)
-                    lcol, _ = _pick_column(table, label_column, LABEL_CANDIDATES, "label", source)
-                    if tcol == lcol:
-                        raise UserError(f"{source}: text and label columns are both {tcol!r}")
-                    columns = list(table.columns)
-                texts = _clean_texts(table, tcol, source)
-                raw = _clean_labels(table, lcol, source, normalise=False)
-                ids = np.fromiter((codes.setdefault((type(v).__name__, v), len(codes)) for v in raw),
-                                  dtype=np.int32, count=len(raw))
-                keys.append(text_hashes(texts))
-                writer.write_batch(pa.record_batch([pa.array(texts, pa.string()), pa.array(ids)], schema=schema))
-                rows += len(texts)
-        np.save(tmp / "keys.npy", np.concatenate(keys) if keys else np.zeros(0, np.uint64), allow_pickle=False)
-        # The in-memory reader decides once over all labels whether they are numbers; the same decision
-        # over the distinct raw labels gives the same values.
-        labels = _normalise_labels([v for _, v in codes])
-        meta = {"format": FORMAT, "source": Path(source).name, "rows": rows, "columns": columns, "labels": labels}
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    build_folder(folder, write)
-
-
 # ---- streaming readers ---------------------------------------------------------------------------
 
-def _chunk_reader(path: Path, source: str) -> Iterator[_Table] | None:
+def _chunk_reader(path: Path, source: str) -> Iterator[ColumnTable] | None:
     ext = path.suffix.lower()
     if ext in (".csv", ".tsv"):
         return _csv_chunks(path, "," if ext == ".csv" else "\t", source)
@@ -276,11 +222,11 @@ def _chunk_reader(path: Path, source: str) -> Iterator[_Table] | None:
     return None
 
 
-def _chunk(columns: list[str], rows: list, value: Callable[[Any, str], Any], names: Callable[[int], str]) -> _Table:
-    return _Table(columns, lambda c: [value(r, c) for r in rows], names)
+def _chunk(columns: list[str], rows: list, value: Callable[[Any, str], Any], names: Callable[[int], str]) -> ColumnTable:
+    return ColumnTable(columns, lambda c: [value(r, c) for r in rows], names)
 
 
-def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[_Table]:
+def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
     """The file's rows as pandas' `read_csv(dtype=str, keep_default_na=False)` reads them: blank lines
     skipped, repeated header names numbered (`a`, `a.1`), short rows padded with missing cells."""
     kind = "CSV" if sep == "," else "TSV"
@@ -294,7 +240,7 @@ def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[_Table]:
             header = _number_repeats(header)
             width, done, rows = len(header), 0, []
 
-            def table(rows: list, first: int) -> _Table:
+            def table(rows: list, first: int) -> ColumnTable:
                 return _chunk(header, rows, lambda r, c: r[pos[c]] if pos[c] < len(r) else None,
                               lambda i: f"row {first + i + 1}")
             pos = {c: j for j, c in enumerate(header)}
@@ -313,7 +259,7 @@ def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[_Table]:
             elif done == 0:
                 raise UserError(f"{source}: no data rows (only a header)")
     except UnicodeDecodeError:
-        _read_utf8(path, source)  # raises the error naming the line and byte
+        read_utf8(path, source)  # raises the error naming the line and byte
         raise
     except csv.Error as e:
         raise UserError(f"{source}: not valid {kind} ({e})") from None
@@ -330,7 +276,7 @@ def _number_repeats(header: list[str]) -> list[str]:
 
 
 def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = None,
-                  empty: str = "file is empty (no rows)", bad_utf8: Callable[[], Any] | None = None) -> Iterator[_Table]:
+                  empty: str = "file is empty (no rows)", bad_utf8: Callable[[], Any] | None = None) -> Iterator[ColumnTable]:
     """One JSON object per line, blank lines skipped; columns are the keys seen in the first chunk
     (a column that appears only later is not offered as a candidate). `opener` opens the bytes
     (default: the file itself; a gzip reader for `.gz`), `bad_utf8` raises the error naming the
@@ -340,7 +286,7 @@ def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = No
     columns: list[str] = []
     seen: set[str] = set()
 
-    def table() -> _Table:
+    def table() -> ColumnTable:
         at = list(lines)
         return _chunk(list(columns), list(records), lambda r, c: r.get(c), lambda i: f"line {at[i]}")
     any_rows = False
@@ -349,7 +295,7 @@ def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = No
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                (bad_utf8 or (lambda: _read_utf8(path, source)))()
+                (bad_utf8 or (lambda: read_utf8(path, source)))()
                 raise
             if lineno == 1:
                 line = line.removeprefix("\ufeff")
@@ -377,7 +323,7 @@ def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = No
         raise UserError(f"{source}: {empty}")
 
 
-def _parquet_chunks(path: Path, source: str) -> Iterator[_Table]:
+def _parquet_chunks(path: Path, source: str) -> Iterator[ColumnTable]:
     import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(str(path))
@@ -388,7 +334,7 @@ def _parquet_chunks(path: Path, source: str) -> Iterator[_Table]:
             first = done
             cols = [str(c) for c in df.columns]
             by_name = dict(zip(cols, df.columns))
-            yield _Table(cols, lambda c, df=df: df[by_name[c]].tolist(), lambda i, first=first: f"row {first + i + 1}")
+            yield ColumnTable(cols, lambda c, df=df: df[by_name[c]].tolist(), lambda i, first=first: f"row {first + i + 1}")
             done += len(df)
     except UserError:
         raise

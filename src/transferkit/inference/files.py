@@ -92,7 +92,7 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
     else:
         all_texts, routed = split_tags(all_texts, names, adapter)
     if input is not None:
-        from ..data.load import read_texts
+        from ..data.tables import read_texts
         file_texts = read_texts(input, text_column)
         if adapter_column is not None:
             file_names = read_texts(input, adapter_column)

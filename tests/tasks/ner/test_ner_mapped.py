@@ -15,7 +15,7 @@ import pytest
 
 from helpers import make_tokenizer, quiet, tagged_sentences, tiny_config, write_conll
 from transferkit.config.finetune import DataConfig
-from transferkit.data import mapped
+from transferkit.data import bundled, mapped
 from transferkit.tasks.ner import mapped as mapped_tagged
 from transferkit.data.batches import length_grouped_batches
 from transferkit.data.split import SPLITS
@@ -164,7 +164,7 @@ def test_bad_files_are_refused_like_the_in_memory_reader(tmp_path, name, content
         messages.append(str(e.value))
     assert expected in messages[1], messages
     assert re.findall(r"(?:row|line) \d+", messages[0]) == re.findall(r"(?:row|line) \d+", messages[1])
-    tagged = mapped.bundled.cache_dir() / "tagged"
+    tagged = bundled.cache_dir() / "tagged"
     assert not tagged.exists() or not any(tagged.iterdir())  # no half-written cache is left
 
 
@@ -185,7 +185,7 @@ def test_the_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path, monkeypatch):
     path = write(tmp_path / "d.jsonl", noisy_sentences(), "jsonl")
     first = prepare_tagged_splits(DataConfig(data=str(path), storage="memory"), 3, log=quiet)
     assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
-    folders = list((mapped.bundled.cache_dir() / "tagged").iterdir())
+    folders = list((bundled.cache_dir() / "tagged").iterdir())
     assert len(folders) == 1
     assert {p.name for p in folders[0].iterdir()} == {"rows.arrow", "keys.npy", "tag_keys.npy", "meta.json"}
 

@@ -31,7 +31,8 @@ from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.fingerprint import file_sha256
 from ...data.listing import clip, summarise
-from ...data.load import LabelledData, hf_split_names, load_hf_splits, load_table
+from ...data.tables import hf_split_names
+from .read import LabelledData, load_hf_splits, load_table
 from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
 
 
@@ -131,7 +132,8 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
 
 def _load(cfg: DataConfig, source: str, role: str, log: Callable[[str], None]) -> LabelledData:
     """One source, in memory or (data.storage) through the memory-mapped cache."""
-    from ...data.mapped import load_mapped, wants_mapped
+    from ...data.mapped import wants_mapped
+    from .mapped import load_mapped
     if wants_mapped(cfg.storage, source):
         found = load_mapped(source, cfg.text_column, cfg.label_column)
         if found is not None:

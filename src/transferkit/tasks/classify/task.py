@@ -62,7 +62,7 @@ class SequenceClassification(Task):
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
         from ...augmentation.apply import augment_texts
-        from ...data.load import LabelledData
+        from .read import LabelledData
         held_out = [*splits.validation.texts, *splits.test.texts]
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
                                               log, exclude=held_out)
@@ -92,7 +92,7 @@ class SequenceClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from ...data.load import LabelledData, load_table
+        from .read import LabelledData, load_table
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -192,7 +192,7 @@ class SequenceClassification(Task):
         import json
 
         from ...augmentation.apply import augment_texts
-        from ...data.load import load_table
+        from .read import load_table
         table = load_table(data, text_column, label_column, role="data")
         texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec, log)
         rows = [{"text": t, "label": y, "origin": report.origin(k)} for k, (t, y) in enumerate(zip(texts, labels))]

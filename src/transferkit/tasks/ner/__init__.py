@@ -1,7 +1,7 @@
 """Named-entity recognition (`--task ner`): one IOB2 tag per word, entities with character offsets out.
 
     task.py      the Task: per-token head, loss on each word's first sub-token, decoding into entities
-    read.py      tagged files (CoNLL, JSONL, Parquet, HF folders; gzip) as sentences of words and tags
+    read.py      tagged files (CoNLL through data.conll, JSONL, Parquet, HF folders; gzip) as sentences of words and tags
     schemes.py   IOB1 and IOBES read as IOB2
     splits.py    train/validation/test splits of sentences with tag ids
     mapped.py    a tagged file larger than memory, streamed into a memory-mapped cache

@@ -3,7 +3,7 @@
 The sentence-classification twin is `mapped.py`; this is the same idea for token lists. With
 `data.storage=mapped` (or `auto` and a file over `AUTO_BYTES`, 16 MB) a CoNLL, JSON-lines or
 Parquet file (and the text formats gzipped) is read `CHUNK_SENTENCES` sentences at a time through
-the in-memory reader's own pieces (`tagged_read`: `conll_sentences`, the column choice and cell
+the in-memory reader's own pieces (`read.py` and `data.conll.conll_sentences`: the column choice and cell
 checks of `_from_table`, `SchemeReader`'s IOB2 conversion), so the same rows are kept and the same
 refusals name the same line. Each chunk is appended to `<cache>/tagged/<key>/rows.arrow` (tokens,
 tags as small codes into the IOB2 tags seen, where the sentence starts); `keys.npy` and
@@ -33,8 +33,9 @@ from ...data import bundled
 from ...data.mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
                      take_rows)
 from .schemes import SchemeReader
-from .read import (CONLL_EXTENSIONS, GZIP_ERRORS, _extension, _from_table, _read_text,
-                          conll_sentences, gzip_error, sequence_hashes)
+from ...data.conll import conll_sentences
+from ...data.tables import GZIP_ERRORS, file_extension, gzip_error, read_text_file
+from .read import CONLL_EXTENSIONS, _from_table, sequence_hashes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ STREAMED = CONLL_EXTENSIONS + tuple(e + ".gz" for e in CONLL_EXTENSIONS) + _TABL
 def wants_mapped_tagged(storage: str, source: str) -> bool:
     """Whether tagged `source` is read through the mapped path under `data.storage=storage`."""
     path = Path(source).expanduser()
-    if storage == "memory" or not path.is_file() or _extension(path) not in STREAMED:
+    if storage == "memory" or not path.is_file() or file_extension(path) not in STREAMED:
         return False
     return storage == "mapped" or path.stat().st_size > AUTO_BYTES
 
@@ -284,7 +285,7 @@ def _sentence_chunks(path: Path, source: str, tokens_column: str | None, tags_co
                      label_names: list[str] | None) -> Iterator[tuple[list, list, list, list[str]]] | None:
     """Chunks of (tokens, IOB2 tags, where each sentence starts, the notes so far) of a streamable
     file; None for one JSON array (read in memory)."""
-    ext = _extension(path)
+    ext = file_extension(path)
     gz = ext.endswith(".gz")
     if ext.removesuffix(".gz") in CONLL_EXTENSIONS:
         return _conll_chunks(path, source, gz)
@@ -296,7 +297,7 @@ def _sentence_chunks(path: Path, source: str, tokens_column: str | None, tags_co
         if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             return None
         tables = _jsonl_chunks(path, source, opener=lambda: _open_bytes(path, gz),
-                               empty="file is empty (no sentences)", bad_utf8=lambda: _read_text(path, source))
+                               empty="file is empty (no sentences)", bad_utf8=lambda: read_text_file(path, source))
     return _table_chunks(tables, source, tokens_column, tags_column, label_names, gz)
 
 
@@ -323,7 +324,7 @@ def _conll_chunks(path: Path, source: str, gz: bool) -> Iterator[tuple[list, lis
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    _read_text(path, source)  # raises the error naming the line and byte
+                    read_text_file(path, source)  # raises the error naming the line and byte
                     raise
                 yield line.removeprefix("\ufeff") if n == 1 else line
     for toks, raw_tags, start in conll_sentences(lines(), source, header):

@@ -26,34 +26,29 @@ Every problem the user can fix is a one-line `UserError` naming the file and the
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import re
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ...core.errors import UserError
 from ...core.registry import DATASETS
 from ...data import bundled
+from ...data.conll import conll_sentences
 from ...data.listing import clip, summarise
+from ...data.tables import (ColumnTable, file_extension, hf_split_names, hf_train_split, is_missing, json_table,
+                            parquet_table, read_text_file)
 from .schemes import SchemeReader, entity_counts
-from ...data.load import _hf_train_split, _is_missing, _json_table, _parquet_table, _read_utf8, _Table, decode_utf8, hf_split_names
 
 CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob", ".tsv")
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet")
 GZIP_TABLE_EXTENSIONS = (".jsonl.gz", ".json.gz")
 TOKENS_CANDIDATES = ("tokens", "words")
 TAGS_CANDIDATES = ("tags", "ner_tags", "ner", "labels")
-DOCSTART = "-DOCSTART-"
-_COLUMNS = re.compile(r"[ \t]+")  # CoNLL columns; other Unicode spaces may sit inside a token
-_HEADER_TOKEN = ("token", "tokens", "word", "words")
-_HEADER_TAG = ("tag", "tags", "label", "labels", "ner", "ner_tag", "ner_tags")
 
 
 @dataclass
@@ -153,10 +148,10 @@ def load_tagged(source: str, tokens_column: str | None = None, tags_column: str 
             hint = f" (nor a bundled tagged dataset: {summarise(tagged_names(), 10)})"
         raise UserError(f"{role} file not found: {source}{hint}")
     if path.is_dir():
-        split = _hf_train_split(path)
+        split = hf_train_split(path)
         name = f"{source} [{split}]" if split else source
         return _finish(_from_table(_hf_tagged_table(path, split), name, tokens_column, tags_column, label_names), name)
-    ext = _extension(path)
+    ext = file_extension(path)
     if ext in CONLL_EXTENSIONS or ext in tuple(e + ".gz" for e in CONLL_EXTENSIONS):
         return _finish(_read_conll(path, source), source)
     if ext not in TABLE_EXTENSIONS + GZIP_TABLE_EXTENSIONS:
@@ -165,12 +160,12 @@ def load_tagged(source: str, tokens_column: str | None = None, tags_column: str 
                         f"{', '.join(TABLE_EXTENSIONS)}, one of the text formats gzipped (.jsonl.gz, "
                         ".conll.gz, ...) or a datasets folder")
     if ext == ".parquet":
-        table = _parquet_table(path, source)
+        table = parquet_table(path, source)
     else:
-        text = _read_text(path, source)
+        text = read_text_file(path, source)
         if not text.strip():
             raise UserError(f"{source}: file is empty (no sentences)")
-        table = _json_table(text, source)
+        table = json_table(text, source)
     return _finish(_from_table(table, source, tokens_column, tags_column, label_names), source)
 
 
@@ -204,40 +199,13 @@ def _bundled_path(name: str) -> Path:
     return ds.path
 
 
-def _extension(path: Path) -> str:
-    """The lowercased extension, with `.gz` kept together with the one before it (`.jsonl.gz`)."""
-    suffixes = [x.lower() for x in path.suffixes]
-    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
-        return suffixes[-2] + ".gz"
-    return path.suffix.lower()
-
-
-GZIP_ERRORS = (OSError, EOFError, zlib.error)  # BadGzipFile is an OSError; a cut-off file is EOFError
-
-
-def gzip_error(source: str, e: BaseException) -> UserError:
-    """The one-line error for a damaged gzip file, read whole or streamed."""
-    return UserError(f"{source}: not a readable gzip file ({str(e) or type(e).__name__})")
-
-
-def _read_text(path: Path, source: str) -> str:
-    """A text file as UTF-8 (see `load._read_utf8`); `.gz` files are decompressed first."""
-    if path.suffix.lower() != ".gz":
-        return _read_utf8(path, source)
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except GZIP_ERRORS as e:
-        raise gzip_error(source, e) from None
-    return decode_utf8(raw, source, " (of the decompressed text)")
-
-
 def _read_conll(path: Path, source: str) -> _Raw:
     """One token per line, tag in the last column, blank lines between sentences."""
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
     starts: list[int] = []
     notes: list[str] = []
-    for toks, tgs, start in conll_sentences(_read_text(path, source).split("\n"), source, notes):
+    for toks, tgs, start in conll_sentences(read_text_file(path, source).split("\n"), source, notes):
         tokens.append(toks)
         tags.append(tgs)
         starts.append(start)
@@ -247,45 +215,8 @@ def _read_conll(path: Path, source: str) -> _Raw:
     return _Raw(tokens, tags, [f"line {n}" for n in starts], lambda s, t: f"line {starts[s] + t}", notes)
 
 
-def conll_sentences(lines: Iterable[str], source: str, notes: list[str]) -> Iterator[tuple[list[str], list[str], int]]:
-    """(tokens, raw tags, line of the first token) of each sentence of CoNLL `lines`, in order; a
-    header line read as such is noted in `notes`. Used whole (in memory) and streamed (`mapped_tagged`)."""
-    cur_tokens: list[str] = []
-    cur_tags: list[str] = []
-    start = 0
-    seen_content = False
-    for n, line in enumerate(lines, 1):
-        stripped = line.strip(" \t\r\n")
-        if not stripped:
-            if cur_tokens:
-                yield cur_tokens, cur_tags, start
-                cur_tokens, cur_tags = [], []
-            continue
-        cols = _COLUMNS.split(stripped)
-        if cols[0] == DOCSTART:
-            if cur_tokens:
-                yield cur_tokens, cur_tags, start
-                cur_tokens, cur_tags = [], []
-            continue
-        first = not seen_content
-        seen_content = True
-        if first and len(cols) > 1 and cols[0].lower() in _HEADER_TOKEN and cols[-1].lower() in _HEADER_TAG:
-            notes.append(f"{source}: line {n} read as a header ({clip(stripped)!r}), not as a token")
-            continue
-        if len(cols) == 1:
-            raise UserError(f"{source}: line {n} has one column ({clip(repr(cols[0]))}); expected a token and "
-                            "its tag separated by whitespace (the tag in the last column), or a blank line between "
-                            "sentences")
-        if not cur_tokens:
-            start = n
-        cur_tokens.append(cols[0])
-        cur_tags.append(cols[-1])
-    if cur_tokens:
-        yield cur_tokens, cur_tags, start
-
-
-def _hf_tagged_table(path: Path, split: str | None) -> _Table:
-    """A saved dataset as a `_Table`; `class_names` holds the names of ClassLabel sequence columns."""
+def _hf_tagged_table(path: Path, split: str | None) -> ColumnTable:
+    """A saved dataset as a `ColumnTable`; `class_names` holds the names of ClassLabel sequence columns."""
     import datasets
 
     shown = f"{path}{f' [{split}]' if split else ''}"
@@ -301,10 +232,10 @@ def _hf_tagged_table(path: Path, split: str | None) -> _Table:
         inner = getattr(feat, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
         if isinstance(inner, datasets.ClassLabel):
             names[col] = list(inner.names)
-    return _Table(list(ds.column_names), lambda c: list(ds[c]), lambda i: f"row {i + 1}", names)
+    return ColumnTable(list(ds.column_names), lambda c: list(ds[c]), lambda i: f"row {i + 1}", names)
 
 
-def _pick(table: _Table, wanted: str | None, candidates: tuple[str, ...], what: str, option: str,
+def _pick(table: ColumnTable, wanted: str | None, candidates: tuple[str, ...], what: str, option: str,
           where: str) -> tuple[str, str | None]:
     """The column holding `what` (tokens or tags), plus a note when other candidates were present."""
     cols = table.columns
@@ -329,7 +260,7 @@ def _pick(table: _Table, wanted: str | None, candidates: tuple[str, ...], what: 
     return chosen, note
 
 
-def _from_table(table: _Table, source: str, tokens_column: str | None, tags_column: str | None,
+def _from_table(table: ColumnTable, source: str, tokens_column: str | None, tags_column: str | None,
                 label_names: list[str] | None) -> _Raw:
     """Rows of list cells into sentences; integer tag ids are named here."""
     tcol, tnote = _pick(table, tokens_column, TOKENS_CANDIDATES, "tokens", "text_column", source)
@@ -363,7 +294,7 @@ def _list_cell(v: Any, source: str, row: str, what: str, col: str) -> list:
         v = list(v)
     if isinstance(v, list):
         return v
-    if _is_missing(v):
+    if is_missing(v):
         raise UserError(f"{source}: {row} has no {what} (column {clip(col)!r} is missing or null)")
     hint = " (split the sentence into a list of tokens)" if isinstance(v, str) and what == "tokens" else ""
     raise UserError(f"{source}: {what} column {clip(col)!r} holds a {type(v).__name__} at {row}, "

@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from transferkit.data import LabelledData, load_hf_splits, load_table, read_texts
+from transferkit.data import read_texts
+from transferkit.tasks.classify.read import LabelledData, load_hf_splits, load_table
 from transferkit.core.errors import UserError
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from helpers import make_tokenizer, quiet, tiny_config, write_csv
 from transferkit.config.finetune import DataConfig
-from transferkit.data import mapped
+from transferkit.data import bundled, mapped
+from transferkit.tasks.classify import mapped as classify_mapped
 from transferkit.data.batches import TokenData, sorted_batches
 from transferkit.tasks.classify.splits import prepare_splits
 from transferkit.data.split import SPLITS, dedupe, dedupe_rows, text_hashes
@@ -148,7 +149,7 @@ def test_bad_files_are_refused_like_the_in_memory_reader(tmp_path, content, fmt,
     assert expected in messages[1]
     # the same first bad row or line (counts in a streamed message are those of its chunk)
     assert re.findall(r"(?:row|line) \d+", messages[0]) == re.findall(r"(?:row|line) \d+", messages[1])
-    tables = mapped.bundled.cache_dir() / "tables"
+    tables = bundled.cache_dir() / "tables"
     assert not tables.exists() or not any(tables.iterdir())  # no half-written cache is left
 
 
@@ -169,14 +170,14 @@ def test_the_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path, monkeypatch):
     # mapping of a file truncated under it must not be read (that is a bus error, by design of mmap)
     first = prepare_splits(DataConfig(data=str(path), storage="memory"), 3, log=quiet)
     assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
-    tables = list((mapped.bundled.cache_dir() / "tables").iterdir())
+    tables = list((bundled.cache_dir() / "tables").iterdir())
     assert len(tables) == 1 and {p.name for p in tables[0].iterdir()} == {"rows.arrow", "keys.npy", "meta.json"}
 
-    real_build = mapped._build
-    monkeypatch.setattr(mapped, "_build", lambda *a, **k: pytest.fail("a complete cache was parsed again"))
+    real_build = classify_mapped._build
+    monkeypatch.setattr(classify_mapped, "_build", lambda *a, **k: pytest.fail("a complete cache was parsed again"))
     assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
 
-    monkeypatch.setattr(mapped, "_build", real_build)
+    monkeypatch.setattr(classify_mapped, "_build", real_build)
     (tables[0] / "rows.arrow").write_bytes(b"not arrow")  # damaged: rebuilt, no traceback
     assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
     meta = json.loads((tables[0] / "meta.json").read_text())
