@@ -39,7 +39,7 @@ cfg.method.name = {method!r}
 cfg.train.progress = False
 if {max_steps!r}:
     cfg.train.max_steps = {max_steps!r}
-result = transferkit.finetune(cfg, log=lambda *a: None)
+result = transferkit.finetune(cfg)
 m = result.metrics
 print("RESULT " + json.dumps({{"file": transferkit.__file__, "samples_per_s": m["train"]["samples_per_s"],
       "accuracy": m["test"]["accuracy"], "f1_macro": m["test"]["f1_macro"], "steps": m["train"]["steps"]}}))

@@ -9,9 +9,9 @@ CLI's own lines); without either nothing is shown (the package's NullHandler kee
 handler from printing warnings a library user did not ask for).
 
 Where a caller needs other lines than the plain flow gives, it says so through logging too: `held` keeps a
-block's records back until `release` (a run shows its data summary only once every check passed), `quiet`
-hushes a block (a search's trials), `child_flags` hands the level on to a
-`transferkit` child process.
+block's records back until `release` (a run shows its data summary only once every check passed; a line
+logged with `extra=NOW` passes at once), `quiet` hushes a block (a search's trials), `child_flags` hands the
+level on to a `transferkit` child process, and `stderr_while` is the CLI's `to_stderr` for one command.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from typing import Any, Callable
 from ..core.errors import UserError
 from ..core.registry import DATASETS
 from .listing import clip, summarise
+
+logger = logging.getLogger(__name__)
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "tweet")
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "class", "target", "category")
@@ -62,14 +65,13 @@ def load_table(source: str, text_column: str | None = None, label_column: str | 
     return _to_labelled(table, name, text_column, label_column)
 
 
-def read_texts(source: str, text_column: str | None = None, role: str = "input",
-               log: Callable[[str], None] | None = None) -> list[str]:
+def read_texts(source: str, text_column: str | None = None, role: str = "input") -> list[str]:
     """Texts only (no label needed), e.g. for prediction; also reads `.txt` as one text per line.
 
     Every line (or cell) must hold a text: an empty or whitespace-only one is refused with its
     line (row) number, since skipping it would shift every later prediction against the input.
-    Blank lines at the very end of a `.txt` file are ignored. `log` receives the note on which
-    column was used when several candidates match.
+    Blank lines at the very end of a `.txt` file are ignored. Which column was used when several
+    candidates match is a DEBUG line (`predict` never printed it; `--verbose` shows it).
     """
     source = str(source)
     path = Path(source).expanduser()
@@ -86,8 +88,8 @@ def read_texts(source: str, text_column: str | None = None, role: str = "input",
         return lines
     table, name = _open(source, role)
     col, note = _pick_column(table, text_column, TEXT_CANDIDATES, "text", name)
-    if note and log is not None:
-        log(f"note: {note}")
+    if note:
+        logger.debug(f"note: {note}")
     return _clean_texts(table, col, name)
 
 

@@ -36,7 +36,7 @@ from .schemes import SchemeReader
 from .read import (CONLL_EXTENSIONS, GZIP_ERRORS, _extension, _from_table, _read_text,
                           conll_sentences, gzip_error, sequence_hashes)
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the cached layout changes
 # storage=auto maps tagged files larger than this. Lower than sentence rows' 64 MB: held in Python lists,
