@@ -145,4 +145,4 @@ def movie_splits(seed: int = 42) -> Any:
     """The bundled movie sentences split as `transferkit finetune` splits them (80/10/10, `seed`)."""
     from transferkit.config.finetune import DataConfig
     from transferkit.tasks.classify.splits import prepare_splits
-    return prepare_splits(DataConfig(data="movie-sentences"), seed, log=lambda *_: None)
+    return prepare_splits(DataConfig(data="movie-sentences"), seed)

@@ -37,9 +37,9 @@ def main() -> None:
     table = load_table("movie-sentences")
     texts, labels = list(table.texts[:2000]), list(table.labels[:2000])
     spec = f"eda:synonym=0.1,insert=0.1,swap=0.1,delete=0.1,copies=4,synonyms={args.synonyms}"
-    augment_texts(texts[:10], labels[:10], parse_spec(spec), 0, spec, lambda *_: None)  # loads WordNet once
+    augment_texts(texts[:10], labels[:10], parse_spec(spec), 0, spec)  # loads WordNet once
     t0 = time.perf_counter()
-    _, _, report = augment_texts(texts, labels, parse_spec(spec), 0, spec, lambda *_: None)
+    _, _, report = augment_texts(texts, labels, parse_spec(spec), 0, spec)
     eda_s = time.perf_counter() - t0
     result = {"eda": {"texts": len(texts), "copies": 4, "added": report.steps["eda"]["added"], "seconds": round(eda_s, 2),
                       "texts_per_s": round(len(texts) / eda_s, 1), "new_rows_per_s": round(report.steps["eda"]["added"] / eda_s, 1)}}
@@ -49,7 +49,7 @@ def main() -> None:
     for name, batch in (("batched", args.batch), ("one at a time", 1)):
         with tempfile.TemporaryDirectory() as cache:
             opts = parse_spec(f"paraphrase:batch={batch},temperature=0")[0].options
-            aug = GenerativeAugmenter("paraphrase", opts, seed=0, log=lambda *_: None)
+            aug = GenerativeAugmenter("paraphrase", opts, seed=0)
             aug.cache_path = lambda: Path(cache) / "paraphrase.jsonl"  # a cache of its own: everything generates
             aug.generator.run(sample[:2], 0.0, 0, 8)  # warm-up
             t0 = time.perf_counter()

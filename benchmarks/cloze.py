@@ -74,7 +74,7 @@ def load_filler(name: str) -> tuple[Any, str]:
     if name in MODELS:
         import torch
         torch.manual_seed(0)  # the new head's random init: the same 'before' row on every run
-        model, tok = load_for_objective(name, "mlm", log=lambda *_: None)
+        model, tok = load_for_objective(name, "mlm")
         return MaskFiller(model.eval(), tok), f"{name} (new MLM head, untrained)" if model.newly_initialized else name
     return MaskFiller.load(name), name
 

@@ -82,9 +82,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     os.environ["TRANSFERKIT_CACHE"] = spec["cache"]  # empty: the run parses and tokenizes
     result = api.finetune(data=spec["data"], task=spec["task"], method="lora", max_steps=5, batch_size=16,
-                          output_dir=spec["out"],
-                          log=lambda *_: None, **{"train.progress": False, "data.split": [0.998, 0.001, 0.001],
-                                                  "train.min_steps": 0, "data.storage": spec["storage"]})
+                          output_dir=spec["out"], **{"train.progress": False, "data.split": [0.998, 0.001, 0.001],
+                                                     "train.min_steps": 0, "data.storage": spec["storage"]})
     return {"rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1), **rss_parts(),
             "seconds": round(time.perf_counter() - t0, 1), "split_sizes": result.metrics["data"].get("sizes")}
 

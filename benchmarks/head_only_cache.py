@@ -17,13 +17,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_common_args, data_config, environment, print_table, quiet_libraries, ratio,  # noqa: E402
@@ -33,10 +35,6 @@ TARGET = 2.5  # baseline seconds / ours, end to end
 ENCODE_LOG = re.compile(r"encoded (\d+) texts once .* in ([\d.]+) s")
 
 
-def _quiet(*_: Any) -> None:
-    pass
-
-
 def warm_up(data: Any, seed: int) -> None:
     """Untimed: lazy imports, page cache of the weights, first oneDNN kernel selection."""
     import torch
@@ -44,7 +42,7 @@ def warm_up(data: Any, seed: int) -> None:
     from transferkit import api  # noqa: F401
     from transferkit.tasks.classify.splits import prepare_splits
     from transferkit.modeling.resolve import build_classifier, load_tokenizer, resolve_model
-    splits = prepare_splits(data, seed, log=_quiet)
+    splits = prepare_splits(data, seed)
     resolved = resolve_model("minilm-l6")
     tok = load_tokenizer(resolved.path)
     model = build_classifier(resolved, splits.label_names, resolved.pooling, 0.1).eval()
@@ -78,7 +76,7 @@ def baseline(data: Any, epochs: int, batch_size: int, lr: float, seed: int, same
 
     t_start = time.perf_counter()
     defaults = TrainConfig()
-    splits = prepare_splits(data, seed, log=_quiet)
+    splits = prepare_splits(data, seed)
     resolved = resolve_model("minilm-l6")
     tok = load_tokenizer(resolved.path)
     # The same token limit transferkit would choose, so both see identical inputs.
@@ -141,7 +139,8 @@ def ours(data: Any, epochs: int, batch_size: int, lr: float | None, seed: int, h
     cfg.output_dir = str(run_dir)
     lines: list[str] = []
     t0 = time.perf_counter()
-    result = api.finetune(cfg, log=lines.append)
+    with _collected(lines):  # the encoding time is read off the run's own log line
+        result = api.finetune(cfg)
     total = time.perf_counter() - t0
     enc = next((m for m in map(ENCODE_LOG.search, lines) if m), None)
     encode_seconds = float(enc.group(2)) if enc else None
@@ -151,6 +150,31 @@ def ours(data: Any, epochs: int, batch_size: int, lr: float | None, seed: int, h
             "texts_encoded": int(enc.group(1)) if enc else None,
             "test_accuracy": result.metrics["test"]["accuracy"], "test_rows": result.metrics["data"]["sizes"]["test"],
             "max_length": result.metrics["data"]["max_length"], "lr": tr["lr"]}
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collected(lines: list[str]) -> Iterator[None]:
+    """transferkit's INFO lines appended to `lines` inside the block (and shown nowhere else)."""
+    logger = logging.getLogger("transferkit")
+    handler, level, propagate = _Lines(lines), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def main(argv: list[str] | None = None) -> int:

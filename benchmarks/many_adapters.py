@@ -87,7 +87,7 @@ def train_runs(tasks: list[tuple[str, Path, int]], workdir: Path, steps: int) ->
                                                                        for p in ("train", "validation", "test"))
                 cfg.method.name, cfg.output_dir = method, str(out)
                 cfg.train.max_steps, cfg.train.epochs, cfg.train.progress = steps, 1, False
-                api.finetune(cfg, log=lambda *_: None)
+                api.finetune(cfg)
                 print(f"trained {method} {name} in {time.perf_counter() - t0:.1f} s", flush=True)
             runs[method][name] = out
     return runs

@@ -32,10 +32,6 @@ from _common import (add_common_args, environment, in_child, peak_rss_mb, print_
 TARGET = 1.2  # ours / run_ner samples/s
 
 
-def _quiet(*_: Any) -> None:
-    pass
-
-
 def _data_cfg(spec: dict[str, Any]) -> Any:
     from transferkit.config.finetune import DataConfig
     return DataConfig(data=spec["data"], limit=spec["limit"])
@@ -62,7 +58,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transferkit.modeling.resolve import resolve_model
     from transferkit.tasks.ner.task import entity_metrics
     datasets.disable_progress_bars()
-    splits = prepare_tagged_splits(_data_cfg(spec), spec["seed"], _quiet)
+    splits = prepare_tagged_splits(_data_cfg(spec), spec["seed"])
     names = splits.label_names
     path = resolve_model("minilm-l6").path
     tok = AutoTokenizer.from_pretrained(path)
@@ -114,8 +110,8 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from transferkit import api
     result = api.finetune(task="ner", data=spec["data"], limit=spec["limit"], method="full", epochs=spec["epochs"],
                           batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"], output_dir=spec["run_dir"],
-                          log=_quiet, **{"train.head_lr": spec["lr"], "train.progress": False,
-                                         "train.early_stopping_patience": 0, "train.checkpoint_steps": 10**9})
+                          **{"train.head_lr": spec["lr"], "train.progress": False,
+                             "train.early_stopping_patience": 0, "train.checkpoint_steps": 10**9})
     rss = peak_rss_mb()
     tr = result.metrics["train"]
     return {"samples_per_s": tr["samples_per_s"], "train_seconds": tr["seconds"], "peak_rss_mb": round(rss, 1),

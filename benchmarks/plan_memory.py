@@ -58,7 +58,7 @@ def measure(method_name: str, batch: int, length: int, steps: int = 3) -> float:
         if method.cache_features:
             data = FeatureData(pooled_features(model, data, 64, 0, acc.device), data.labels)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(model, data, tcfg, Path(tmp), acc, 0, loss_fn=task.loss, log=lambda *_: None)
+            trainer = Trainer(model, data, tcfg, Path(tmp), acc, 0, loss_fn=task.loss)
             for k in range(steps):
                 trainer._step([list(range(k * batch, (k + 1) * batch))])
                 peak.mark()

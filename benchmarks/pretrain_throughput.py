@@ -99,7 +99,7 @@ def run_ours(model: Any, tok: Any, data: Any, objective: str, a: argparse.Namesp
                       early_stopping_patience=0, metric="loss", progress=False, seed=a.seed, checkpoint_steps=10**9)
     with tempfile.TemporaryDirectory() as out:
         t = Clocked(obj.wrap(model, []), data, cfg, Path(out), Accelerator(cpu=True), tok.pad_token_id or 0,
-                    loss_fn=obj.loss_fn, log=lambda *_: None)
+                    loss_fn=obj.loss_fn)
         t.save_checkpoint = lambda: None  # not part of the measurement
         t.fit()
     timed = stamps[a.warmup:]
@@ -122,7 +122,7 @@ def bench(objective: str, docs: list[str], a: argparse.Namespace) -> dict:
     # baselines: per-document examples with the model's special tokens, and run_mlm/run_clm-style groups
     special = objective == "mlm"
     per_doc = tok(docs, truncation=True, max_length=a.max_length, add_special_tokens=special)["input_ids"]
-    cache = build_cache(docs, tok, "docs", sep, log=lambda *_: None)
+    cache = build_cache(docs, tok, "docs", sep)
     flat = cache.span(0, cache.num_tokens).tolist()
     grouped = [flat[i:i + a.max_length] for i in range(0, len(flat) - a.max_length + 1, a.max_length)]
 
@@ -131,7 +131,7 @@ def bench(objective: str, docs: list[str], a: argparse.Namespace) -> dict:
 
         class train:
             seed = a.seed
-    ours_data, _ = OBJECTIVES.get(objective).prepare(docs, [], tok, len(tok), Cfg, lambda *_: None)
+    ours_data, _ = OBJECTIVES.get(objective).prepare(docs, [], tok, len(tok), Cfg)
     runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(a.repeats):
         for v in VARIANTS:

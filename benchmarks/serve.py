@@ -85,7 +85,7 @@ def train(tasks: list[tuple[str, Path, int]], workdir: Path, steps: int) -> dict
                                                                    for p in ("train", "validation", "test"))
             cfg.method.name, cfg.output_dir = "lora", str(out)
             cfg.train.max_steps, cfg.train.epochs, cfg.train.progress = steps, 1, False
-            api.finetune(cfg, log=lambda *_: None)
+            api.finetune(cfg)
         runs[name] = out
     return runs
 
@@ -249,7 +249,7 @@ def main() -> None:
         if not (out / "config.json").is_file():
             import shutil
             shutil.rmtree(out, ignore_errors=True)
-            api.export(runs[n], out, log=lambda *_: None)
+            api.export(runs[n], out)
         exported[n] = out
     ports, procs = {}, []
     for n in names:

@@ -63,15 +63,16 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("runs/small_data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/small_data.json"))
     args = ap.parse_args()
+    import transferkit
     from transferkit import api
-    from transferkit.core.runtime import log_stderr
+    transferkit.log_to_stderr()  # each run's progress lines, as the CLI prints them
     data = args.out_dir / "data.csv"
     counts = sample(args.dataset, args.rows, args.imbalance, data)
     print(f"{args.dataset}: {sum(counts.values())} rows {counts} -> {data}", file=sys.stderr)
     results = {}
     for name, extra in (("before", {"train.min_steps": 0, "train.metric": "accuracy"}), ("after", {})):
         res = api.compare(args.methods, data=str(data), output_dir=args.out_dir / name, inference_repeats=1,
-                          log=log_stderr, **{"train.progress": False, **extra})
+                          **{"train.progress": False, **extra})
         results[name] = {r["method"]: {k: r.get(k) for k in ("accuracy", "f1_macro", "steps", "epochs", "status")}
                          for r in res.rows}
     lines = [f"{args.dataset}, {sum(counts.values())} rows {counts}", "",

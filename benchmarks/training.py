@@ -37,10 +37,6 @@ TEXTBOOK_MAX_LENGTH = 128
 TARGETS = {"textbook": 1.5, "dynamic": 1.0}  # ours / baseline samples/s
 
 
-def _quiet_log(*_: Any) -> None:
-    pass
-
-
 # ---- children (run in fresh spawned processes) ---------------------------------------------
 
 def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +61,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     from transferkit.modeling.resolve import resolve_model
     datasets.disable_progress_bars()
     padded = spec["variant"] == "textbook"
-    splits = prepare_splits(spec["data"], spec["seed"], log=_quiet_log)
+    splits = prepare_splits(spec["data"], spec["seed"])
     path = resolve_model("minilm-l6").path
     tok = AutoTokenizer.from_pretrained(path)
     set_seed(spec["seed"])
@@ -124,7 +120,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     if not spec["ours_defaults"]:
         t.lr = t.head_lr = spec["lr"]  # one lr for body and head, like Trainer
     cfg.output_dir = spec["run_dir"]
-    result = api.finetune(cfg, log=_quiet_log)
+    result = api.finetune(cfg)
     rss = peak_rss_mb()  # read before anything else is loaded into this process
     tr = result.metrics["train"]
     return {"samples_per_s": tr["samples_per_s"], "train_seconds": tr["seconds"], "train_samples": tr["samples"],

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from transferkit.data import bundled  # noqa: E402
 
-from helpers import (RUN_EPOCHS, VOCAB, make_sentences, make_tokenizer, quiet, tiny_bert_config,  # noqa: E402
+from helpers import (RUN_EPOCHS, VOCAB, make_sentences, make_tokenizer, tiny_bert_config,  # noqa: E402
                      tiny_config, write_csv)
 
 
@@ -72,7 +72,7 @@ def finished_run(tmp_path_factory, tiny_model_dir, sentiment_csv) -> Callable[[s
             lr = {"full": 3e-3, "lora": 1e-2, "head_only": 1e-2}.get(method)
             cfg = tiny_config(sentiment_csv, tiny_model_dir, out, method, epochs=RUN_EPOCHS.get(method, 2), lr=lr,
                               head_lr=lr, early_stopping_patience=0)
-            runs[method] = api.finetune(cfg, log=quiet).run_dir
+            runs[method] = api.finetune(cfg).run_dir
         return runs[method]
     return get
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import random
 from pathlib import Path
 from typing import Any, Iterator
@@ -117,8 +118,28 @@ def interrupted_at_step(n: int) -> Iterator[None]:
             yield
 
 
-def quiet(*_: Any) -> None:
-    """A `log` that drops messages."""
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged(level: int = logging.INFO) -> Iterator[list[str]]:
+    """transferkit's messages logged inside the block: for a fixture shared by several tests, where pytest's
+    caplog (one test's) cannot reach."""
+    logger, lines = logging.getLogger("transferkit"), []
+    handler, before = _Lines(lines), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def expect_user_error(capsys: Any, argv: list[str]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from transferkit.core.errors import UserError
 from transferkit.inference import Predictor
 from transferkit.core.registry import METHODS
 
-from helpers import LABELS, RUN_EPOCHS, interrupted_at_step, quiet, tiny_config
+from helpers import LABELS, RUN_EPOCHS, interrupted_at_step, logged, tiny_config
 
 HEADLINE = {"accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted"}
 TEXTS = ["a good and great film", "awful boring plot with dull acting", "the movie", "superb",
@@ -97,7 +98,7 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
     assert len(diffs) == (4 if info["head_hidden"] else 2) and min(diffs) > 1e-4
     from transferkit.tasks.classify.splits import prepare_splits
     data_cfg = transferkit.RunConfig.from_yaml(run / "config.yaml").data
-    labels = torch.tensor(prepare_splits(data_cfg, 42, log=quiet).train.labels)
+    labels = torch.tensor(prepare_splits(data_cfg, 42).train.labels)
     with torch.no_grad():
         loss = {name: torch.nn.functional.cross_entropy(head.eval()(feats["train"]), labels).item()
                 for name, head in (("start", start_head), ("trained", trained.classifier))}
@@ -170,7 +171,7 @@ def test_lora_adapter_loads_with_peft(finished_run, tiny_model_dir):
 
 def test_evaluate_matches_training_test_metrics(finished_run, tmp_path):
     run = finished_run("full")
-    report = api.evaluate(run, output_dir=tmp_path / "eval", log=quiet)
+    report = api.evaluate(run, output_dir=tmp_path / "eval")
     test = json.loads((run / "metrics.json").read_text())["test"]
     for k in HEADLINE:
         assert report[k] == pytest.approx(test[k], abs=1e-9), k
@@ -181,20 +182,20 @@ def test_evaluate_matches_training_test_metrics(finished_run, tmp_path):
 def test_evaluate_on_a_labelled_file(finished_run, tmp_path, sentiment_rows):
     from helpers import write_csv
     data = write_csv(tmp_path / "more.csv", [(t, y) for t, y in sentiment_rows[:30]], ("sentence", "sentiment"))
-    report = api.evaluate(finished_run("full"), str(data), output_dir=tmp_path / "eval", log=quiet)
+    report = api.evaluate(finished_run("full"), str(data), output_dir=tmp_path / "eval")
     assert report["num_examples"] == 30
     assert sum(map(sum, report["confusion_matrix"])) == 30
 
 
 def test_predict_api_and_files(finished_run, tmp_path):
     run = finished_run("full")
-    rows = api.predict(run, TEXTS, output=str(tmp_path / "out.jsonl"), log=quiet)
+    rows = api.predict(run, TEXTS, output=str(tmp_path / "out.jsonl"))
     assert [r["text"] for r in rows] == TEXTS
     assert [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()] == rows
     ref = Predictor.from_run(run).predict(TEXTS)
     assert [r["label"] for r in rows] == [r["label"] for r in ref]
     with pytest.raises(UserError, match="no texts"):
-        api.predict(run, [], log=quiet)
+        api.predict(run, [])
 
 
 # ---- resume ------------------------------------------------------------------------------------------
@@ -211,17 +212,17 @@ def resumed(tiny_model_dir, sentiment_csv, tmp_path_factory):
     info = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "LOG_EVERY", 3)  # records at steps 3, 6, 9, ...: one falls after the checkpoint
-        run_a = api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, tmp / "a"), log=quiet).run_dir
+        run_a = api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, tmp / "a")).run_dir
         run_b = tmp / "b"
         with interrupted_at_step(8):
-            api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, run_b), log=quiet)
+            api.finetune(_resume_cfg(sentiment_csv, tiny_model_dir, run_b))
         info["state"] = json.loads((run_b / "checkpoints" / "last" / "state.json").read_text())
         info["files"] = sorted(p.name for p in run_b.iterdir())
         info["records"] = _records(run_b)
         with pytest.raises(UserError, match="not a finished transferkit run"):
             Predictor.from_run(run_b)
-        logs: list[str] = []
-        info["result"] = api.finetune(resume=run_b, log=logs.append)
+        with logged() as logs:
+            info["result"] = api.finetune(resume=run_b)
         info["logs"] = logs
     return run_a, run_b, info
 
@@ -249,7 +250,7 @@ def test_resume_matches_uninterrupted(resumed):
     pb = Predictor.from_run(run_b).predict_proba(TEXTS)
     assert abs(pa - pb).max() < 1e-6
     with pytest.raises(UserError, match="already finished"):
-        api.finetune(resume=run_b, log=quiet)
+        api.finetune(resume=run_b)
 
 
 def test_resume_history_has_no_duplicates(resumed):
@@ -275,7 +276,7 @@ def test_resume_history_equals_uninterrupted(resumed):
         assert rb == pytest.approx(ra, abs=1e-6)
 
 
-def test_resume_head_only_reuses_feature_cache(tiny_model_dir, sentiment_csv, tmp_path, monkeypatch):
+def test_resume_head_only_reuses_feature_cache(tiny_model_dir, sentiment_csv, tmp_path, monkeypatch, caplog):
     real_step = train.Trainer._step
     calls = {"n": 0}
 
@@ -287,25 +288,25 @@ def test_resume_head_only_reuses_feature_cache(tiny_model_dir, sentiment_csv, tm
     monkeypatch.setattr(train.Trainer, "_step", interrupted)
     cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", "head_only", checkpoint_steps=2)
     with pytest.raises(KeyboardInterrupt):
-        api.finetune(cfg, log=quiet)
+        api.finetune(cfg)
     assert (tmp_path / "run" / "cache" / "features.safetensors").is_file()
-    logs: list[str] = []
-    api.finetune(resume=tmp_path / "run", log=logs.append)
-    assert any("using cached encoder features" in m for m in logs)
-    assert any("at step 2 of 10" in m for m in logs)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    api.finetune(resume=tmp_path / "run")
+    assert any("using cached encoder features" in m for m in caplog.messages)
+    assert any("at step 2 of 10" in m for m in caplog.messages)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["steps"] == 10
 
 
 def test_resume_errors(tmp_path):
     with pytest.raises(UserError, match="no config.yaml"):
-        api.finetune(resume=tmp_path, log=quiet)
+        api.finetune(resume=tmp_path)
 
 
 # ---- seeds -------------------------------------------------------------------------------------------
 
 def _seed_run(sentiment_csv, tiny_model_dir, out, seed):
     cfg = tiny_config(sentiment_csv, tiny_model_dir, out, "full", max_steps=6, seed=seed, lr=3e-3)
-    return api.finetune(cfg, log=quiet)
+    return api.finetune(cfg)
 
 
 def _classifier_weight(run: Path) -> torch.Tensor:
@@ -332,8 +333,8 @@ def test_different_seed_different_split_and_weights(tiny_model_dir, sentiment_cs
     a = seed7
     b = _seed_run(sentiment_csv, tiny_model_dir, tmp_path / "b", 8)
     cfg = transferkit.RunConfig.from_yaml(a.run_dir / "config.yaml").data
-    test_a = set(prepare_splits(cfg, 7, log=quiet).test.texts)
-    test_b = set(prepare_splits(cfg, 8, log=quiet).test.texts)
+    test_a = set(prepare_splits(cfg, 7).test.texts)
+    test_b = set(prepare_splits(cfg, 8).test.texts)
     assert test_a != test_b and len(test_a) == len(test_b) == 20
     assert not torch.equal(_classifier_weight(a.run_dir), _classifier_weight(b.run_dir))
 
@@ -342,7 +343,7 @@ def test_different_seed_different_split_and_weights(tiny_model_dir, sentiment_cs
 
 def test_finetune_short_overrides(tiny_model_dir, sentiment_csv, tmp_path):
     result = api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), method="head_only", max_steps=3,
-                          batch_size=32, seed=5, output_dir=str(tmp_path / "run"), log=quiet,
+                          batch_size=32, seed=5, output_dir=str(tmp_path / "run"),
                           **{"train.progress": False})
     cfg = transferkit.RunConfig.from_yaml(result.run_dir / "config.yaml")
     assert (cfg.method.name, cfg.train.max_steps, cfg.train.batch_size, cfg.train.seed) == ("head_only", 3, 32, 5)
@@ -352,14 +353,14 @@ def test_finetune_short_overrides(tiny_model_dir, sentiment_csv, tmp_path):
 def test_config_yaml_repeats_a_run(finished_run, tmp_path):
     """A run's config.yaml fed back (with a new output_dir) reproduces its test metrics."""
     run = finished_run("head_only")
-    again = api.finetune(str(run / "config.yaml"), output_dir=str(tmp_path / "again"), log=quiet)
+    again = api.finetune(str(run / "config.yaml"), output_dir=str(tmp_path / "again"))
     before = json.loads((run / "metrics.json").read_text())
     assert again.metrics["test"] == pytest.approx(before["test"], abs=1e-6)
 
 
 def test_finetune_rejects_bad_config_before_creating_anything(tiny_model_dir, sentiment_csv, tmp_path):
     with pytest.raises(UserError, match=r"train.warmup must be in \[0, 1\)"):
-        api.finetune(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", warmup=1.5), log=quiet)
+        api.finetune(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", warmup=1.5))
     with pytest.raises(UserError, match="unknown config key 'train.nope'"):
-        api.finetune(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run"), log=quiet, **{"train.nope": 1})
+        api.finetune(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run"), **{"train.nope": 1})
     assert not (tmp_path / "run").exists()

@@ -515,12 +515,10 @@ def test_unexpected_error_is_one_line_and_debug_shows_it(capsys, monkeypatch, fi
 @pytest.mark.parametrize("damage", ["truncated", "zeroed", "bad-json"])
 def test_damaged_pretrain_checkpoint_on_resume(capsys, tmp_path, damage):
     from transferkit import api
-
-    from helpers import quiet
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(" ".join(t for t, _ in make_sentences(5, seed=i)) for i in range(30)), "utf-8")
     run = tmp_path / "pt"
-    api.pretrain(log=quiet, objective="mlm", corpus=[str(corpus)], from_scratch=True, arch="bert", size="tiny",
+    api.pretrain(objective="mlm", corpus=[str(corpus)], from_scratch=True, arch="bert", size="tiny",
                  train_tokenizer=True, vocab_size=200, max_length=32, output_dir=str(run), max_steps=4,
                  batch_size=8, **{"train.checkpoint_steps": 2, "train.progress": False})
     (run / "metrics.json").unlink()

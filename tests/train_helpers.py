@@ -13,7 +13,7 @@ from transferkit.modeling.classifier import TransferkitClassifierConfig, Transfe
 from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
-from helpers import quiet, tiny_bert_config
+from helpers import tiny_bert_config
 
 
 def accelerator() -> Any:
@@ -29,7 +29,7 @@ def no_dropout_classifier(seed: int = 0) -> TransferkitForSequenceClassification
 
 
 def feature_trainer(tmp_path: Path, eval_values: Iterable[float], loss_fn: Callable = classification_loss,
-                    log: Callable[[str], None] = quiet, **cfg_kw: Any) -> Trainer:
+                    **cfg_kw: Any) -> Trainer:
     """A trainer over cached features (fast) whose validation scores come from `eval_values`.
 
     40 rows in batches of 10: 4 optimizer steps per epoch. Only the head trains.
@@ -44,4 +44,4 @@ def feature_trainer(tmp_path: Path, eval_values: Iterable[float], loss_fn: Calla
                          "metric": "accuracy",
                          "early_stopping_patience": 0, **cfg_kw})
     return Trainer(model, data, cfg, run_dir=tmp_path, accelerator=accelerator(), pad_id=0,
-                   eval_fn=lambda m: {"accuracy": next(values), "loss": 0.5}, loss_fn=loss_fn, log=log)
+                   eval_fn=lambda m: {"accuracy": next(values), "loss": 0.5}, loss_fn=loss_fn)

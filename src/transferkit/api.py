@@ -7,9 +7,14 @@
     plan(data=..., ...)      which method fits this data, hardware and number of tasks; plan.json + run.yaml
     tune(data=..., ...)      hyperparameters and method options searched with optuna; best.yaml + report
     augment(data, spec, out) a file's rows plus augmented copies (EDA, paraphrase, back-translation), no training
+
+Progress lines go through `logging` (the `transferkit` logger), which shows nothing until the application
+says where they go: `transferkit.log_to_stderr()` prints them as the CLI does, `logging.basicConfig(level=
+logging.INFO)` through the application's own handlers.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,8 +24,9 @@ from .core import fs
 from .core.errors import UserError
 from .recipes.evaluate import run_evaluation
 from .recipes.finetune import FinetuneResult, FinetuneRun
-from .core.runtime import log_stderr as _log
 from .training.launch import launch_command
+
+logger = logging.getLogger(__name__)
 
 
 def make_config(config: str | Path | RunConfig | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -35,7 +41,7 @@ def make_config(config: str | Path | RunConfig | dict | None = None, overrides: 
 
 
 def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str | Path | None = None,
-             processes: int = 1, log: Any = _log, **overrides: Any) -> FinetuneResult:
+             processes: int = 1, **overrides: Any) -> FinetuneResult:
     """Fine-tune a classifier (or a tagger: task="ner"); returns the run directory and its metrics.
 
     Overrides are dotted config keys (`**{"train.warmup": 0.06}`) or the short names in
@@ -51,30 +57,30 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
         if processes > 1:
             from .core.runs import resumable
             resumable(resume)  # a run that cannot resume is one line here, before any process starts
-            return _launch_finetune(["--resume", str(resume)], overrides, processes, Path(resume), log)
-        return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS, log)
+            return _launch_finetune(["--resume", str(resume)], overrides, processes, Path(resume))
+        return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS)
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     if processes == 1:
-        return FinetuneRun(cfg, None, log).run()
-    run = FinetuneRun(cfg, None, log)
+        return FinetuneRun(cfg).run()
+    run = FinetuneRun(cfg)
     run.setup()  # bad input is one line here, before any process starts
     cfg.output_dir = str(run.run_dir)  # the processes train the run this check chose
-    return _launch_finetune(None, cfg, processes, run.run_dir, log)
+    return _launch_finetune(None, cfg, processes, run.run_dir)
 
 
-def _launch_finetune(argv: list[str] | None, config: Any, processes: int, run_dir: Path, log: Any) -> FinetuneResult:
+def _launch_finetune(argv: list[str] | None, config: Any, processes: int, run_dir: Path) -> FinetuneResult:
     """`transferkit finetune` as `processes` processes (a new run from `config`, or `argv` with `config` as
     the resume overrides); the finished run's result."""
     if argv is not None:
         argv = [*argv, *(f"{SHORT_KEYS.get(k, k)}={v}" for k, v in config.items())]
-    metrics = launch_command("finetune", argv, config if argv is None else None, processes, run_dir, log)
+    metrics = launch_command("finetune", argv, config if argv is None else None, processes, run_dir)
     return FinetuneResult(run_dir, metrics)
 
 
 def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,
          device: str | None = None, time_budget: str | float | None = None, tasks: int = 1,
          dry_run_steps: int = 5, methods: Sequence[str] | str | None = None,
-         output_dir: str | Path | None = None, log: Any = _log, **overrides: Any) -> Any:
+         output_dir: str | Path | None = None, **overrides: Any) -> Any:
     """Which method to train on this data and hardware (and for `tasks` task models), with its settings.
 
     Reads the data and model as `finetune` would, estimates every method's memory by part, runs a few
@@ -89,13 +95,13 @@ def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | i
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     return PlanRun(cfg, memory=memory, device=device, time_budget=time_budget, tasks=tasks,
                    dry_run_steps=dry_run_steps, methods=list(methods) if methods else None,
-                   output_dir=output_dir, log=log).run()
+                   output_dir=output_dir).run()
 
 
 def tune(config: str | Path | RunConfig | dict | None = None, *, method: str = "lora", n_trials: int | None = 30,
          timeout: str | float | None = None, metric: str | None = None, space: str | Path | None = None,
          workers: int = 1, keep: int = 3, output_dir: str | Path | None = None, resume: str | Path | None = None,
-         worker: bool = False, log: Any = _log, **overrides: Any) -> Any:
+         worker: bool = False, **overrides: Any) -> Any:
     """Search hyperparameters and the method's own options with optuna (`method="auto"`: the method too).
 
     Every trial is a fine-tuning run in `output_dir/trials/`; hopeless trials are pruned on the
@@ -105,13 +111,13 @@ def tune(config: str | Path | RunConfig | dict | None = None, *, method: str = "
     from .recipes.tune import TuneRun
     runtime.setup()
     if resume is not None:
-        run = TuneRun(resume=resume, timeout=timeout, workers=workers, worker=worker, log=log)
+        run = TuneRun(resume=resume, timeout=timeout, workers=workers, worker=worker)
         if n_trials is not None and not worker:  # a new total for the study
             run.n_trials = TuneRun.checked_trials(n_trials)
         return run.run()
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     return TuneRun(cfg, output_dir=output_dir, method=method, n_trials=30 if n_trials is None else n_trials,
-                   timeout=timeout, metric=metric, space=space, workers=workers, keep=keep, log=log).run()
+                   timeout=timeout, metric=metric, space=space, workers=workers, keep=keep).run()
 
 
 # Short names for the most used config keys (Python keyword arguments and CLI flags).
@@ -124,32 +130,32 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
 
 
 def augment(data: str, spec: str, output: str | Path, *, task: str = "classify", text_column: str | None = None,
-            label_column: str | None = None, seed: int = 42, log: Any = _log) -> dict[str, Any]:
+            label_column: str | None = None, seed: int = 42) -> dict[str, Any]:
     """Write `data`'s rows plus their augmented copies (`spec`, as `finetune(augment=...)` takes it) to
     `output` without training; returns what was added and dropped."""
     from .augmentation.write import write_augmented
     runtime.setup()
     return write_augmented(data, spec, output, task=task, text_column=text_column, label_column=label_column,
-                           seed=seed, log=log)
+                           seed=seed)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,
              label_column: str | None = None, output_dir: str | Path | None = None, quantize: bool = False,
-             base_model: str | None = None, log: Any = _log) -> dict[str, Any]:
+             base_model: str | None = None) -> dict[str, Any]:
     """Score a finished run on its own test split (default) or on a labelled file; write the report.
 
     Without `data` the test split is rebuilt from the files the run was trained on, after checking
     their content hashes: a file that changed since would silently score other (maybe training) rows.
     What is scored and reported is the run's task's (labels per text, entities per sentence)."""
     return run_evaluation(run_dir, data, text_column=text_column, label_column=label_column, output_dir=output_dir,
-                          quantize=quantize, base_model=base_model, log=log)
+                          quantize=quantize, base_model=base_model)
 
 
 def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
             input: str | None = None, output: str | None = None, text_column: str | None = None,
             batch_size: int = 64, quantize: bool = False, adapter: str | None = None,
             adapters: Sequence[str] | None = None, adapter_column: str | None = None,
-            base_model: str | None = None, backend: str = "auto", log: Any = _log) -> list[dict[str, Any]]:
+            base_model: str | None = None, backend: str = "auto") -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
 
     `run_dir` may be an ONNX export folder (`export(..., format="onnx")`), run through onnxruntime:
@@ -167,7 +173,7 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
             raise UserError("--int8 is not available with several adapters (serve a single run to quantize it)")
         from .inference import predict_runs
         return predict_runs(run_dir, texts, adapter=adapter, adapters=adapters, input=input, text_column=text_column,
-                            adapter_column=adapter_column, output=output, batch_size=batch_size, log=log,
+                            adapter_column=adapter_column, output=output, batch_size=batch_size,
                             base_model=base_model)
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
@@ -187,12 +193,12 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model,
                                    backend=backend)
     results = predictor.predict(all_texts)
-    log(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
+    logger.info(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
         from .inference import write_predictions
         write_predictions(Path(output), rows, predictor.task, predictor.label_names)
-        log(f"wrote {output}")
+        logger.info(f"wrote {output}")
     return rows
 
 
@@ -200,7 +206,7 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
             output_dir: str | Path | None = None, inference_repeats: int = 3,
             train_sizes: str | Sequence[int] | None = None, seeds: int = 1,
             augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
-            test_rows: int | None = None, seed_offset: int = 0, log: Any = _log, **overrides: Any) -> Any:
+            test_rows: int | None = None, seed_offset: int = 0, **overrides: Any) -> Any:
     """Train every method (default: all registered) on the same data, seed and budget; write one table.
 
     Each method is a run directory `output_dir/<method>` trained in its own process; finished runs
@@ -219,13 +225,13 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
     if train_sizes is not None or seeds != 1 or augment or test_rows is not None or seed_offset != 0:
         from .recipes.compare.grid import run_grid
         return run_grid(methods, base, output_dir, train_sizes=train_sizes, seeds=seeds, augment=augment,
-                        augment_methods=augment_methods, test_rows=test_rows, seed_offset=seed_offset, log=log)
-    return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, log=log)
+                        augment_methods=augment_methods, test_rows=test_rows, seed_offset=seed_offset)
+    return run_compare(methods, base, output_dir, inference_repeats=inference_repeats)
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "hf", int8: bool = False, plain: bool = False,
            data: str | None = None, text_column: str | None = None, label_column: str | None = None,
-           base_model: str | None = None, log: Any = _log) -> Path:
+           base_model: str | None = None) -> Path:
     """Write the run for use elsewhere, adapters merged into the weights; nothing appears unless it checks out.
 
     format="hf": one Hugging Face model folder (see `exporting/folder.py`); `plain=True`: a stock
@@ -240,24 +246,24 @@ def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "hf", int8
         if int8 or data or text_column or label_column:
             raise UserError("--int8 and --data belong to --format onnx (a model folder keeps the run's fp32 weights)")
         from .exporting.folder import export as _export
-        return _export(run_dir, out_dir, plain=plain, base_model=base_model, log=log)
+        return _export(run_dir, out_dir, plain=plain, base_model=base_model)
     if plain:
         raise UserError("--plain writes a stock BERT model folder; it does not apply to --format onnx")
     from .exporting.onnx_export import export_onnx
     return export_onnx(run_dir, out_dir, int8=int8, data=data, text_column=text_column, label_column=label_column,
-                       base_model=base_model, log=log)
+                       base_model=base_model)
 
 
 def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
-          max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256, default_model: str | None = None,
-          log: Any = _log) -> None:
+          max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
+          default_model: str | None = None) -> None:
     """Serve `{name: run_dir}` over HTTP (see `serving/app.py` for the routes) until stopped; runs under
     `adapter_root` can also be loaded and unloaded while it runs. Binds to 127.0.0.1 unless told otherwise."""
     from .serving.run import run_server  # FastAPI and the server stack: only when serving
     run_server(adapters, adapter_root=adapter_root, host=host, port=port, api_key=api_key,
                max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
-               default_model=default_model, log=log)
+               default_model=default_model)
 
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:
@@ -301,10 +307,10 @@ def lm_sizes() -> list[dict[str, Any]]:
     return size_table()
 
 
-def pretrain(config: Any = None, *, resume: str | Path | None = None, log: Any = _log, **overrides: Any) -> Any:
+def pretrain(config: Any = None, *, resume: str | Path | None = None, **overrides: Any) -> Any:
     """Pretrain with MLM, CLM or MLM+NSP on a corpus; returns a PretrainResult (run_dir, metrics).
 
     Overrides are config keys or short names: objective, corpus, model, from_scratch, arch, size,
     tokenizer, train_tokenizer, vocab_size, max_length, epochs, max_steps, batch_size, lr, seed, output_dir."""
     from .recipes.pretrain import pretrain as _pt
-    return _pt(config, resume=resume, log=log, **overrides)
+    return _pt(config, resume=resume, **overrides)

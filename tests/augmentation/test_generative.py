@@ -9,8 +9,6 @@ from transferkit.augmentation import parse_spec
 from transferkit.augmentation.generative import GenerativeAugmenter, _clean, _read_cache
 from transferkit.core.errors import UserError
 
-from helpers import quiet
-
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
@@ -22,7 +20,7 @@ TEXTS = ["a good film", "the plot was bad", "great acting and a fine story", "a 
 
 def augmenter(clm_dir, kind="paraphrase", **opts):
     spec = f"{kind}:model={clm_dir}," + ",".join(f"{k}={v}" for k, v in opts.items())
-    return GenerativeAugmenter(kind, parse_spec(spec.rstrip(","))[0].options, seed=3, log=quiet)
+    return GenerativeAugmenter(kind, parse_spec(spec.rstrip(","))[0].options, seed=3)
 
 
 def test_generates_caches_and_reuses(clm_dir):
@@ -34,7 +32,7 @@ def test_generates_caches_and_reuses(clm_dir):
     again = augmenter(clm_dir, copies=2, temperature=1.0, max_drift=10, batch=2)  # batch size: same cache
     assert again.cache_path() == aug.cache_path()
     assert again.generate(TEXTS) == first and again.generated == 0  # nothing generated the second time
-    other_seed = GenerativeAugmenter("paraphrase", aug.options, seed=4, log=quiet)
+    other_seed = GenerativeAugmenter("paraphrase", aug.options, seed=4)
     assert other_seed.cache_path() != aug.cache_path()
 
 
@@ -74,12 +72,12 @@ def test_replies_are_cleaned():
 
 def test_a_model_that_is_not_a_generator_is_refused(tiny_model_dir):
     with pytest.raises(UserError, match="is not a generator"):
-        GenerativeAugmenter("paraphrase", parse_spec(f"paraphrase:model={tiny_model_dir}")[0].options, 0, quiet)
+        GenerativeAugmenter("paraphrase", parse_spec(f"paraphrase:model={tiny_model_dir}")[0].options, 0)
     with pytest.raises(UserError, match="not found"):
-        GenerativeAugmenter("paraphrase", parse_spec("paraphrase:model=/no/such/model")[0].options, 0, quiet)
+        GenerativeAugmenter("paraphrase", parse_spec("paraphrase:model=/no/such/model")[0].options, 0)
 
 
 def test_the_largest_seed_a_run_takes_works(clm_dir):
     aug = GenerativeAugmenter("paraphrase", parse_spec(f"paraphrase:model={clm_dir},temperature=1,max_drift=10")[0].options,
-                              seed=2**32 - 1, log=quiet)
+                              seed=2**32 - 1)
     assert len(aug.generate(TEXTS[:1])) == 1

@@ -12,7 +12,7 @@ from transferkit import api
 from transferkit.config.finetune import RunConfig
 from transferkit.recipes.finetune import FinetuneRun
 
-from helpers import FILLER, NEGATIVE, POSITIVE, expect_user_error, quiet, tiny_config
+from helpers import FILLER, NEGATIVE, POSITIVE, expect_user_error, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def synonyms(tmp_path_factory):
 
 
 def _setup(cfg) -> FinetuneRun:
-    run = FinetuneRun(cfg, log=quiet)
+    run = FinetuneRun(cfg)
     run.setup()
     return run
 
@@ -56,7 +56,7 @@ def test_only_the_training_split_is_augmented(sentiment_csv, tiny_model_dir, tmp
 
 def test_eda_and_mixup_train_end_to_end(sentiment_csv, tiny_model_dir, tmp_path, synonyms):
     result = api.finetune(tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", "lora", lr=1e-2),
-                          augment=f"eda:synonym=0.1,delete=0.1,copies=2,synonyms={synonyms}+mixup:alpha=0.4", log=quiet)
+                          augment=f"eda:synonym=0.1,delete=0.1,copies=2,synonyms={synonyms}+mixup:alpha=0.4")
     m = result.metrics
     assert m["data"]["augment"]["rows_after"] > m["data"]["augment"]["rows_before"]
     assert m["train"]["samples"] == m["data"]["augment"]["rows_after"]  # one epoch over the grown split
@@ -109,7 +109,7 @@ def test_augment_command_writes_the_set(sentiment_csv, tmp_path, synonyms, capsy
     assert sorted(src["text"].split()) == sorted(first_copy["text"].split()) and src["label"] == first_copy["label"]
     assert "-> " in capsys.readouterr().err
     ner = _conll(tmp_path / "t.conll")
-    result = api.augment(str(ner), f"eda:synonym=0.5,synonyms={synonyms}", tmp_path / "t.jsonl", task="ner", log=quiet)
+    result = api.augment(str(ner), f"eda:synonym=0.5,synonyms={synonyms}", tmp_path / "t.jsonl", task="ner")
     lines = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(lines) == result["rows_after"] and all(len(r["tokens"]) == len(r["tags"]) for r in lines)
 
@@ -144,9 +144,9 @@ def test_copies_equal_to_held_out_texts_are_not_added():
     try:
         apply_mod._eda = lambda step: __import__("transferkit.augmentation.eda", fromlist=["EDA"]).EDA(
             step.options, TableSynonyms({"good": ["fine"]}))
-        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec", quiet)
+        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec")
         assert texts == ["a good film", "a fine film"]
-        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec", quiet, exclude=["a fine  film"])
+        texts, _, report = augment_texts(["a good film"], [1], steps, 0, "spec", exclude=["a fine  film"])
         assert texts == ["a good film"] and report.rows_after == 1
     finally:
         apply_mod._eda = real
@@ -163,9 +163,9 @@ def test_resume_refuses_changed_augmented_rows(sentiment_csv, tiny_model_dir, tm
         raise KeyboardInterrupt
     monkeypatch.setattr(train.Trainer, "_step", stop)
     with pytest.raises(KeyboardInterrupt):
-        api.finetune(cfg, log=quiet)
+        api.finetune(cfg)
     monkeypatch.undo()
     assert json.loads((tmp_path / "run" / "augment.json").read_text())["rows"] > 160
     table.write_text("the\tan\n", encoding="utf-8")  # another synonym table: other rows
     with pytest.raises(Exception, match="augment.json: the augmented training rows differ"):
-        api.finetune(resume=tmp_path / "run", log=quiet)
+        api.finetune(resume=tmp_path / "run")

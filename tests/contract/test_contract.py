@@ -16,7 +16,7 @@ from transferkit.core.registry import METHODS
 from transferkit.inference import Predictor
 from transferkit.serving.models import ModelSet
 
-from helpers import make_sentences, quiet, tiny_config, write_conll, write_csv
+from helpers import make_sentences, tiny_config, write_conll, write_csv
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,10 @@ def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
     cfg.task = task
     if not METHODS.get(method).suits(tasks.get(task)):
         with pytest.raises(UserError):  # a method that does not suit the task says so in one line
-            api.finetune(cfg, log=quiet)
+            api.finetune(cfg)
         assert not (tmp_path / "run").exists()
         return
-    run = api.finetune(cfg, log=quiet).run_dir
+    run = api.finetune(cfg).run_dir
     assert (run / "run.json").is_file() and (run / "metrics.json").is_file()
 
     # load and predict: one output row per input, of the task's shape
@@ -70,7 +70,7 @@ def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
     assert predictor.predict(case.inputs[0]) == rows[0]  # one input alone: its row
 
     # evaluate the run's own test split
-    report = api.evaluate(run, log=quiet)
+    report = api.evaluate(run)
     assert all(k in report for k in tasks.get(task).headline_metrics)
 
     # serve: the model set answers every input (shared base or alone, as the method allows)
@@ -81,7 +81,7 @@ def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
     # export a merged folder, or (a method whose inference model keeps modules of its own) a one-line refusal
     out = tmp_path / "export"
     try:
-        api.export(run, out, log=quiet)
+        api.export(run, out)
     except UserError as e:
         assert "cannot be merged" in str(e) and not out.exists()
     else:

@@ -13,7 +13,7 @@ from transferkit.inference import Predictor
 from transferkit.modeling.resolve import BundledModel
 from transferkit.core.registry import MODELS
 
-from helpers import quiet, tiny_config
+from helpers import tiny_config
 
 TEXTS = ["a good and great film", "awful boring plot with dull acting"]
 
@@ -26,7 +26,7 @@ def test_a_copied_run_loads_where_its_bundled_base_is_installed(method, tiny_mod
     monkeypatch.setitem(MODELS._items, "tiny-bundled", BundledModel(
         "tiny-bundled", "a tiny BERT installed by a package", "tiny-pkg", lambda: installed["at"], "0.1M"))
     run = tmp_path / "machine-a" / "run"
-    api.finetune(tiny_config(sentiment_csv, "tiny-bundled", run, method, max_steps=3), log=quiet)
+    api.finetune(tiny_config(sentiment_csv, "tiny-bundled", run, method, max_steps=3))
     before = Predictor.from_run(run).predict_proba(TEXTS)
     record = (run / "run.json").read_text()
     assert str(tmp_path) not in record and json.loads(record)["model_path"] == "tiny-bundled"

@@ -3,6 +3,7 @@ memory-mapped tokenized cache (reused, keyed by corpus and tokenizer, readable a
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -81,11 +82,11 @@ def test_heldout_split_is_seeded_disjoint_and_sized():
     assert len(heldout_split(10, 0.01, 0)[1]) == 1 and len(heldout_split(10, 0.0, 0)[1]) == 0
 
 
-def test_token_cache_is_reused_and_spans_chunks(tmp_path):
+def test_token_cache_is_reused_and_spans_chunks(tmp_path, caplog):
     tok = make_tokenizer()
     texts = ["good film", "the plot was dull", "a very fine story"] * 7
-    logs: list[str] = []
-    cache = build_cache(texts, tok, "docs", tok.sep_token_id, log=logs.append, batch=4)  # several Arrow chunks
+    caplog.set_level(logging.INFO, logger="transferkit")
+    cache = build_cache(texts, tok, "docs", tok.sep_token_id, batch=4)  # several Arrow chunks
     assert len(cache._values) > 1
     expected = [tok(t, add_special_tokens=False)["input_ids"] + [tok.sep_token_id] for t in texts]
     assert cache.num_rows == 21 and [cache.row(i).tolist() for i in range(21)] == expected
@@ -94,10 +95,10 @@ def test_token_cache_is_reused_and_spans_chunks(tmp_path):
     for start, n in [(0, 5), (9, 17), (len(flat) - 3, 10), (0, len(flat))]:
         assert cache.span(start, n).tolist() == flat[start:start + n]
     assert cache.row_lengths().tolist() == [len(r) for r in expected]
-    again = build_cache(texts, tok, "docs", tok.sep_token_id, log=logs.append)
-    assert "using the cache" in logs[-1] and again.path == cache.path
-    other = build_cache(texts[:-1], tok, "docs", tok.sep_token_id, log=logs.append)
+    again = build_cache(texts, tok, "docs", tok.sep_token_id)
+    assert "using the cache" in caplog.messages[-1] and again.path == cache.path
+    other = build_cache(texts[:-1], tok, "docs", tok.sep_token_id)
     assert other.path != cache.path  # another corpus, another cache entry
-    extra = build_cache(texts, tok, "sentences", None, extra={"doc": list(range(21))}, log=logs.append)
+    extra = build_cache(texts, tok, "sentences", None, extra={"doc": list(range(21))})
     assert extra.column("doc").tolist() == list(range(21)) and extra.row(0).tolist() == expected[0][:-1]
     assert isinstance(TokenCache(cache.path), TokenCache)

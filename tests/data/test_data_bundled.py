@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import tarfile
 import zipfile
@@ -70,7 +71,7 @@ def test_prepared_cache_is_read_without_pip(write_cache):
     assert list(df["text"]) == ["story one", "story two"]
 
 
-def test_fetch_extracts_caches_and_reuses(monkeypatch, isolated_cache, capsys):
+def test_fetch_extracts_caches_and_reuses(monkeypatch, isolated_cache, caplog):
     calls = []
 
     def fake_pip(package, version, dest, no_binary):
@@ -78,17 +79,18 @@ def test_fetch_extracts_caches_and_reuses(monkeypatch, isolated_cache, capsys):
         return bundled.Path(fake_vader_sdist(dest))
 
     monkeypatch.setattr(bundled, "pip_download", fake_pip)
+    caplog.set_level(logging.INFO, logger="transferkit")
     d = load_table("movie-sentences")
     assert calls == [("vaderSentiment", "3.3.2", True)]
     assert d.texts == ["A splash of a film.", "Dull and long.", "Quietly fine."]  # zero dropped, order kept
     assert d.labels == ["positive", "negative", "positive"]
-    err = capsys.readouterr().err
-    assert "fetching movie-sentences from PyPI package vaderSentiment==3.3.2" in err
+    assert any("fetching movie-sentences from PyPI package vaderSentiment==3.3.2" in m for m in caplog.messages)
     cache = isolated_cache / "datasets" / "movie-sentences"
     assert [p.name for p in cache.iterdir()] == ["data.parquet"]  # no temp file left behind
+    caplog.clear()
     again = load_table("movie-sentences")
     assert again.texts == d.texts and len(calls) == 1
-    assert capsys.readouterr().err == ""
+    assert caplog.messages == []
 
 
 def test_fetch_bad_archive_is_user_error(monkeypatch, isolated_cache):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 
 import pandas as pd
@@ -34,9 +35,6 @@ def one_line(e: pytest.ExceptionInfo) -> str:
     assert "\n" not in msg and len(msg) < MAX_MESSAGE, msg
     return msg
 
-
-def quiet(*_):
-    pass
 
 
 # --- 1. text columns must hold strings -----------------------------------------------------
@@ -97,88 +95,88 @@ def test_data_and_explicit_files_refused(tmp_path, key):
     f = csv_file(tmp_path / "d.csv", rows_for({"a": 10, "b": 10}))
     cfg = DataConfig(data=f, **{key: f})
     with pytest.raises(UserError) as e:
-        prepare_splits(cfg, 0, log=quiet)
+        prepare_splits(cfg, 0)
     msg = one_line(e)
     assert "give either data.data or data.train/validation/test; not both" in msg and f"data.{key}=" in msg
 
 
 def test_neither_data_nor_train_still_no_data_given():
     with pytest.raises(UserError, match="no data given"):
-        prepare_splits(DataConfig(data=None), 0, log=quiet)
+        prepare_splits(DataConfig(data=None), 0)
 
 
 # --- 3. validation/test texts that also occur in training ----------------------------------
 
-def test_overlapping_test_file_warned_with_count(tmp_path):
+def test_overlapping_test_file_warned_with_count(tmp_path, caplog):
     tr = csv_file(tmp_path / "train.csv", rows_for({"a": 10, "b": 10}))
     te = csv_file(tmp_path / "test.csv", rows_for({"a": 2, "b": 1}) + rows_for({"a": 1, "b": 1}, "new "))
     va = csv_file(tmp_path / "val.csv", rows_for({"a": 2, "b": 2}, "v "))
-    lines: list[str] = []
-    s = prepare_splits(DataConfig(data=None, train=tr, validation=va, test=te), 0, log=lines.append)
-    warn = [ln for ln in lines if ln.startswith("warning:")]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_splits(DataConfig(data=None, train=tr, validation=va, test=te), 0)
+    warn = [ln for ln in caplog.messages if ln.startswith("warning:")]
     expected = (f"warning: 3 of 5 test texts also occur in the training data ({te} vs {tr}); "
                 "scores on them measure memory, not generalisation")
     assert warn == [expected]
     assert s.summary["overlap_rows_with_train"] == {"validation": 0, "test": 3}
 
 
-def test_overlap_ignores_surrounding_whitespace(tmp_path):
+def test_overlap_ignores_surrounding_whitespace(tmp_path, caplog):
     tr = csv_file(tmp_path / "train.csv", rows_for({"a": 5, "b": 5}))
     va = csv_file(tmp_path / "val.csv", [("  a sample 0  ", "a"), ("other", "b")])
     te = csv_file(tmp_path / "test.csv", rows_for({"a": 2, "b": 2}, "t "))
-    lines: list[str] = []
-    prepare_splits(DataConfig(data=None, train=tr, validation=va, test=te), 0, log=lines.append)
-    assert any(ln.startswith("warning: 1 of 2 validation texts") and va in ln for ln in lines)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    prepare_splits(DataConfig(data=None, train=tr, validation=va, test=te), 0)
+    assert any(ln.startswith("warning: 1 of 2 validation texts") and va in ln for ln in caplog.messages)
 
 
-def test_identical_test_file_said_so(tmp_path):
+def test_identical_test_file_said_so(tmp_path, caplog):
     tr = csv_file(tmp_path / "train.csv", rows_for({"a": 10, "b": 10}))
     te = str(tmp_path / "copy_of_train.csv")
     shutil.copy(tr, te)
-    lines: list[str] = []
-    s = prepare_splits(DataConfig(data=None, train=tr, test=te), 0, log=lines.append)
-    warn = [ln for ln in lines if ln.startswith("warning:")]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_splits(DataConfig(data=None, train=tr, test=te), 0)
+    warn = [ln for ln in caplog.messages if ln.startswith("warning:")]
     assert len(warn) == 1 and "identical to the training file" in warn[0] and te in warn[0] and tr in warn[0]
     assert "measure memory, not generalisation" in warn[0]
     assert s.summary["identical_to_train"] == ["test"]
 
 
-def test_same_path_for_validation_and_train(tmp_path):
+def test_same_path_for_validation_and_train(tmp_path, caplog):
     tr = csv_file(tmp_path / "train.csv", rows_for({"a": 10, "b": 10}))
     te = csv_file(tmp_path / "test.csv", rows_for({"a": 2, "b": 2}, "t "))
-    lines: list[str] = []
-    prepare_splits(DataConfig(data=None, train=tr, validation=tr, test=te), 0, log=lines.append)
-    warn = [ln for ln in lines if ln.startswith("warning:")]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    prepare_splits(DataConfig(data=None, train=tr, validation=tr, test=te), 0)
+    warn = [ln for ln in caplog.messages if ln.startswith("warning:")]
     assert len(warn) == 1 and "validation file" in warn[0] and "identical" in warn[0] and "20 of 20" in warn[0]
 
 
-def test_repeats_without_dedupe_warned_in_split_mode(tmp_path):
+def test_repeats_without_dedupe_warned_in_split_mode(tmp_path, caplog):
     f = csv_file(tmp_path / "d.csv", rows_for({"a": 20, "b": 20}) * 2)
-    lines: list[str] = []
-    prepare_splits(DataConfig(data=f, dedupe=False), 0, log=lines.append)
-    warn = [ln for ln in lines if ln.startswith("warning:")]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    prepare_splits(DataConfig(data=f, dedupe=False), 0)
+    warn = [ln for ln in caplog.messages if ln.startswith("warning:")]
     assert warn and all("also occur in the training split" in w and "data.dedupe=true" in w for w in warn)
 
 
-def test_no_overlap_no_warning(tmp_path):
+def test_no_overlap_no_warning(tmp_path, caplog):
     f = csv_file(tmp_path / "d.csv", rows_for({"a": 20, "b": 20}) * 2)
-    lines: list[str] = []
-    prepare_splits(DataConfig(data=f), 0, log=lines.append)
-    assert not [ln for ln in lines if ln.startswith("warning:")]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    prepare_splits(DataConfig(data=f), 0)
+    assert not [ln for ln in caplog.messages if ln.startswith("warning:")]
 
 
 # --- 4. several candidate columns -----------------------------------------------------------
 
-def test_ambiguous_text_column_noted(tmp_path):
+def test_ambiguous_text_column_noted(tmp_path, caplog):
     f = csv_file(tmp_path / "d.csv", [(f"s{i}", f"t{i}", "ab"[i % 2]) for i in range(20)], header="sentence,text,label")
     d = load_table(f)
     assert d.texts[0] == "t0"  # 'text' ranks above 'sentence'
     assert len(d.notes) == 1
     note = d.notes[0]
     assert f in note and "'text'" in note and "'sentence'" in note and "--text-column" in note
-    lines: list[str] = []
-    prepare_splits(DataConfig(data=f), 0, log=lines.append)
-    assert [ln for ln in lines if ln.startswith("note:") and "'sentence'" in ln] == [f"note: {note}"]
+    caplog.set_level(logging.INFO, logger="transferkit")
+    prepare_splits(DataConfig(data=f), 0)
+    assert [ln for ln in caplog.messages if ln.startswith("note:") and "'sentence'" in ln] == [f"note: {note}"]
 
 
 def test_ambiguous_label_column_noted(tmp_path):
@@ -196,11 +194,12 @@ def test_named_column_or_single_candidate_gives_no_note(tmp_path):
     assert load_table(g).notes == []
 
 
-def test_read_texts_logs_the_column_choice(tmp_path):
+def test_read_texts_logs_the_column_choice(tmp_path, caplog):
     f = csv_file(tmp_path / "in.csv", [("t", "r")], header="text,review")
-    lines: list[str] = []
-    assert read_texts(f, log=lines.append) == ["t"]
-    assert len(lines) == 1 and lines[0].startswith("note: ") and "'review'" in lines[0]
+    caplog.set_level(logging.DEBUG, logger="transferkit")  # a debug line: predict never printed it
+    assert read_texts(f) == ["t"]
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.DEBUG
+    assert caplog.messages[0].startswith("note: ") and "'review'" in caplog.messages[0]
 
 
 # --- 5. dedupe leaving too few rows ------------------------------------------------------------
@@ -208,7 +207,7 @@ def test_read_texts_logs_the_column_choice(tmp_path):
 def test_dedupe_emptying_the_data_names_file_and_reason(tmp_path):
     f = csv_file(tmp_path / "d.csv", [("same", "a"), ("same", "b"), ("other", "a"), ("other", "b")])
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_splits(DataConfig(data=f), 0)
     msg = one_line(e)
     assert f in msg and "0 row(s) left after dedupe" in msg and "dedupe removed 4 of 4 rows" in msg
     assert "4 rows of texts with tied labels" in msg and "data.dedupe=false keeps repeats" in msg
@@ -217,7 +216,7 @@ def test_dedupe_emptying_the_data_names_file_and_reason(tmp_path):
 def test_dedupe_leaving_two_rows(tmp_path):
     f = csv_file(tmp_path / "d.csv", [("x", "a")] * 10 + [("y", "b")] * 10)
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_splits(DataConfig(data=f), 0)
     msg = one_line(e)
     assert f in msg and "2 row(s) left after dedupe" in msg and "18 repeats" in msg and "data.dedupe=false" in msg
 
@@ -225,7 +224,7 @@ def test_dedupe_leaving_two_rows(tmp_path):
 def test_too_few_rows_without_dedupe_names_file(tmp_path):
     f = csv_file(tmp_path / "d.csv", [("x", "a"), ("y", "b")])
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=f, dedupe=False), 0, log=quiet)
+        prepare_splits(DataConfig(data=f, dedupe=False), 0)
     msg = one_line(e)
     assert f in msg and "2 row(s) are too few" in msg and "dedupe" not in msg
 
@@ -234,7 +233,7 @@ def test_dedupe_emptying_a_train_file_names_it(tmp_path):
     tr = csv_file(tmp_path / "train.csv", [("x", "a")] * 5)
     te = csv_file(tmp_path / "test.csv", [("y", "a"), ("z", "b")])
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=None, train=tr, test=te), 0, log=quiet)
+        prepare_splits(DataConfig(data=None, train=tr, test=te), 0)
     msg = one_line(e)
     assert tr in msg and "1 row(s) left after dedupe" in msg and "data.dedupe=false" in msg
 
@@ -243,7 +242,7 @@ def test_single_class_after_dedupe_says_why(tmp_path):
     f = csv_file(tmp_path / "d.csv", [(f"a{i}", "a") for i in range(10)] + [("b", "b")] * 10)
     for seed in range(30):  # find a seed where the lone 'b' row is not in training
         try:
-            prepare_splits(DataConfig(data=f), seed, log=quiet)
+            prepare_splits(DataConfig(data=f), seed)
         except UserError as e:
             msg = str(e)
             if "single class" in msg:
@@ -267,7 +266,7 @@ def test_thousand_classes_error_is_short(tmp_path):
     pd.DataFrame([(f"text {c} {i}", f"class{c}") for c in range(1000) for i in range(2)],
                  columns=["text", "label"]).to_csv(f, index=False)
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=str(f)), 0, log=quiet)
+        prepare_splits(DataConfig(data=str(f)), 0)
     msg = one_line(e)
     assert "does not occur in the training data" in msg and "more" in msg and "other validation labels" in msg
 
@@ -285,14 +284,14 @@ def test_long_label_value_is_clipped(tmp_path):
     tr = csv_file(tmp_path / "train.csv", rows_for({"a": 5, "b": 5}))
     te = csv_file(tmp_path / "test.csv", [("odd", "z" * 2000), ("ok", "a")])
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=None, train=tr, test=te), 0, log=quiet)
+        prepare_splits(DataConfig(data=None, train=tr, test=te), 0)
     assert "zzz..." in one_line(e)
 
 
 def test_long_single_class_is_clipped(tmp_path):
     f = csv_file(tmp_path / "d.csv", [(f"t{i}", "q" * 2000) for i in range(20)])
     with pytest.raises(UserError) as e:
-        prepare_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_splits(DataConfig(data=f), 0)
     assert "single class" in one_line(e)
 
 
@@ -450,5 +449,5 @@ def test_check_fingerprints_bundled(write_cache):
 def test_fingerprints_after_prepare(write_cache):
     write_cache("movie-sentences", [f"s{i}" for i in range(40)], ["positive", "negative"] * 20)
     cfg = DataConfig(data="movie-sentences")
-    prepare_splits(cfg, 0, log=quiet)
+    prepare_splits(cfg, 0)
     assert set(data_fingerprints(cfg)) == {"movie-sentences"}

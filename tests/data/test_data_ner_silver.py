@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -30,9 +31,6 @@ NAME = "wiki-ner-silver"
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"PERSON", "ORG", "GPE", "DATE"}
 
-
-def quiet(*_):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +84,14 @@ def test_metadata_matches_file_and_registry(silver, meta):
     assert "build_ner_silver.py" in meta["command"] and isinstance(meta["seed"], int)
 
 
-def test_prepare_tagged_splits_on_the_name():
-    lines: list[str] = []
-    splits = prepare_tagged_splits(DataConfig(data=NAME), 42, lines.append)
+def test_prepare_tagged_splits_on_the_name(caplog):
+    caplog.set_level(logging.INFO, logger="transferkit")
+    splits = prepare_tagged_splits(DataConfig(data=NAME), 42)
     assert len(splits.train) + len(splits.validation) + len(splits.test) == DATASETS.get(NAME).rows
     assert len(splits.test) > 1000
     assert splits.entity_types == sorted(DATASETS.get(NAME).classes)
     assert splits.label_names[0] == "O" and len(splits.label_names) == 1 + 2 * len(splits.entity_types)
-    assert f"data: {NAME}" in lines
+    assert f"data: {NAME}" in caplog.messages
     assert splits.train.source == f"{NAME} (train)"
 
 

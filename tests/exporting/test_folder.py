@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_sentences, quiet, tiny_config, write_csv
+from helpers import make_sentences, tiny_config, write_csv
 from transferkit import Predictor, api, cli
 from transferkit.core.errors import UserError
 
@@ -32,13 +32,13 @@ def cls_run(tmp_path_factory, tiny_model_dir) -> Path:
     out = tmp_path_factory.mktemp("cls-run") / "run"
     cfg = tiny_config(data, tiny_model_dir, out, "lora", epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
     cfg.model.pooling, cfg.model.head = "cls", "linear"
-    return api.finetune(cfg, log=quiet).run_dir
+    return api.finetune(cfg).run_dir
 
 
 @pytest.mark.parametrize("method", ["lora", "head_only", "full", "ia3"])
 def test_export_round_trip(finished_run, tmp_path, method):
     run = finished_run(method)
-    out = api.export(run, tmp_path / "exported", log=quiet)
+    out = api.export(run, tmp_path / "exported")
     assert out == tmp_path / "exported" and (out / "model.safetensors").is_file()
     assert (out / "modeling_transferkit.py").is_file() and (out / "tokenizer_config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary folder left behind
@@ -53,7 +53,7 @@ def test_export_round_trip(finished_run, tmp_path, method):
 
 
 def test_export_loads_without_transferkit(finished_run, tmp_path):
-    out = api.export(finished_run("lora"), tmp_path / "m", log=quiet)
+    out = api.export(finished_run("lora"), tmp_path / "m")
     code = ("import sys, json, torch\n"
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
             f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
@@ -71,7 +71,7 @@ def test_export_loads_without_transferkit(finished_run, tmp_path):
 
 def test_plain_export_is_a_stock_bert_classifier(cls_run, tmp_path):
     from transformers import AutoModelForSequenceClassification
-    out = api.export(cls_run, tmp_path / "plain", plain=True, log=quiet)
+    out = api.export(cls_run, tmp_path / "plain", plain=True)
     assert not (out / "modeling_transferkit.py").exists()
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
     assert type(AutoModelForSequenceClassification.from_pretrained(out)).__name__ == "BertForSequenceClassification"
@@ -82,9 +82,9 @@ def test_plain_export_is_a_stock_bert_classifier(cls_run, tmp_path):
 
 def test_plain_export_of_a_mean_pooled_run_is_refused(finished_run, tmp_path):
     with pytest.raises(UserError, match="--plain needs a \\[CLS\\]-reading linear head.*mean-pooled"):
-        api.export(finished_run("lora"), tmp_path / "plain", plain=True, log=quiet)
+        api.export(finished_run("lora"), tmp_path / "plain", plain=True)
     with pytest.raises(UserError, match="hidden layer.*2 layers"):
-        api.export(finished_run("head_only"), tmp_path / "plain", plain=True, log=quiet)
+        api.export(finished_run("head_only"), tmp_path / "plain", plain=True)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
@@ -93,16 +93,16 @@ def test_export_errors(finished_run, tmp_path, monkeypatch):
     busy.mkdir()
     (busy / "x").write_text("x")
     with pytest.raises(UserError, match="exists and is not empty"):
-        api.export(finished_run("lora"), busy, log=quiet)
+        api.export(finished_run("lora"), busy)
     with pytest.raises(UserError, match="run directory not found"):
-        api.export(tmp_path / "nope", tmp_path / "out", log=quiet)
+        api.export(tmp_path / "nope", tmp_path / "out")
     # a method whose inference model keeps its own modules cannot be merged
     with pytest.raises(UserError, match="method 'adapter' cannot be merged.*e.g. encoder.encoder.layer.0.*adapter"):
-        api.export(finished_run("adapter"), tmp_path / "out", log=quiet)
+        api.export(finished_run("adapter"), tmp_path / "out")
     from transferkit.inference import loading
     monkeypatch.setattr(loading, "load_run_model", lambda info, merge=False, base_model=None: torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="cannot be merged into the encoder's weights"):
-        api.export(finished_run("lora"), tmp_path / "out", log=quiet)
+        api.export(finished_run("lora"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import NEGATIVE, POSITIVE, expect_user_error, quiet, write_conll
+from helpers import NEGATIVE, POSITIVE, expect_user_error, write_conll
 from transferkit import Predictor, api, cli
 from transferkit.core.errors import UserError
 from transferkit.exporting import onnx_export, onnx_gate
@@ -20,7 +20,7 @@ TEXTS = ["good film", "awful boring plot with dull acting", "the movie", "superb
 @pytest.fixture(scope="module")
 def exported(finished_run, tmp_path_factory) -> tuple[Path, Path]:
     run = finished_run("lora")
-    return run, api.export(run, tmp_path_factory.mktemp("onnx") / "out", format="onnx", log=quiet)
+    return run, api.export(run, tmp_path_factory.mktemp("onnx") / "out", format="onnx")
 
 
 def test_plain_onnxruntime_gives_the_runs_logits(exported):
@@ -86,13 +86,13 @@ def test_a_graph_that_disagrees_is_refused_and_nothing_written(finished_run, tmp
         real(other, path, example, per_token)
     monkeypatch.setattr(onnx_export, "write_graph", broken)
     with pytest.raises(UserError, match="disagrees with the PyTorch model.*argmax agreement"):
-        api.export(finished_run("lora"), tmp_path / "out", format="onnx", log=quiet)
+        api.export(finished_run("lora"), tmp_path / "out", format="onnx")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_export_passes_its_gate_or_is_refused_with_numbers(finished_run, tmp_path, monkeypatch):
     run = finished_run("full")
-    out = api.export(run, tmp_path / "q", format="onnx", int8=True, log=quiet)
+    out = api.export(run, tmp_path / "q", format="onnx", int8=True)
     m = json.loads((out / "manifest.json").read_text())
     assert m["precision"] == "int8" and m["int8"]["metric"] == "accuracy"
     assert m["int8"]["vs_fp32"]["argmax_agreement"] >= 0.995 and m["int8"]["fp32"] - m["int8"]["int8"] <= 0.005
@@ -102,7 +102,7 @@ def test_int8_export_passes_its_gate_or_is_refused_with_numbers(finished_run, tm
     monkeypatch.setattr(onnx_gate, "INT8_MIN_AGREEMENT", 1.01)  # no graph can agree on more than every text
     with pytest.raises(UserError, match=r"int8 quantisation refused.*argmax agreement with fp32 \d+\.\d\d% "
                                         r"\(need 101\.0%\), accuracy"):
-        api.export(run, tmp_path / "refused", format="onnx", int8=True, log=quiet)
+        api.export(run, tmp_path / "refused", format="onnx", int8=True)
     assert not (tmp_path / "refused").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
@@ -138,17 +138,17 @@ def test_damaged_exports_are_one_line_errors(exported, tmp_path, capsys):
 def test_a_tagger_exports_with_per_token_outputs(tiny_model_dir, tmp_path, monkeypatch):
     data = write_conll(tmp_path / "tags.conll", 200)
     run = api.finetune(task="ner", data=str(data), model=str(tiny_model_dir), method="lora", max_steps=6,
-                       output_dir=str(tmp_path / "run"), log=quiet, **{"train.progress": False}).run_dir
+                       output_dir=str(tmp_path / "run"), **{"train.progress": False}).run_dir
     # a tiny tagger loses too much to int8 for the real gate; the gate's arithmetic is tested above
     monkeypatch.setattr(onnx_gate, "INT8_MIN_AGREEMENT", 0.0)
     monkeypatch.setattr(onnx_gate, "INT8_MAX_METRIC_DROP", 1.0)
-    out = api.export(run, tmp_path / "onnx", format="onnx", int8=True, log=quiet)
+    out = api.export(run, tmp_path / "onnx", format="onnx", int8=True)
     m = json.loads((out / "manifest.json").read_text())
     assert m["task"] == "ner" and m["outputs"]["logits"] == ["batch", "sequence", "tags"] and m["int8"]["metric"] == "f1"
     assert m["check"]["items"] > m["check"]["texts"]  # scored per token
     assert m["int8"]["vs_fp32"]["items"] == m["check"]["items"]
     texts = ["the film with " + POSITIVE[0] + " in " + NEGATIVE[0], "nothing here at all"]
-    fp32 = api.export(run, tmp_path / "fp32", format="onnx", log=quiet)
+    fp32 = api.export(run, tmp_path / "fp32", format="onnx")
     got, want = Predictor.from_run(fp32).predict(texts), Predictor.from_run(run).predict(texts)
     strip = [[{k: v for k, v in e.items() if k != "score"} for e in r["entities"]] for r in got]
     assert strip == [[{k: v for k, v in e.items() if k != "score"} for e in r["entities"]] for r in want]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import FILLER, make_sentences, quiet, tiny_config, write_csv
+from helpers import FILLER, make_sentences, tiny_config, write_csv
 from transferkit import Predictor, api, cli
 from transferkit.core.errors import UserError
 
@@ -23,7 +23,7 @@ def _train(tmp_path_factory, tiny_model_dir, rows, name: str, method: str = "lor
     cfg = tiny_config(data, tiny_model_dir, out, method, epochs=1, lr=1e-2, head_lr=1e-2, early_stopping_patience=0)
     for k, v in model.items():
         cfg.override(k, v)
-    return api.finetune(cfg, log=quiet).run_dir
+    return api.finetune(cfg).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +152,18 @@ def test_dora_adapter_is_served_group_by_group(tmp_path_factory, tiny_model_dir,
 
 
 def test_api_predict_with_tags_and_adapter_column(runs, alone, tmp_path):
-    rows = api.predict(runs, ["three:good film", "sent:the movie", "bad plot"], adapter="head", log=quiet)
+    rows = api.predict(runs, ["three:good film", "sent:the movie", "bad plot"], adapter="head")
     assert [(r["adapter"], r["text"]) for r in rows] == [("three", "good film"), ("sent", "the movie"),
                                                          ("head", "bad plot")]
     assert rows[0]["label"] == alone["three"].predict(["good film"])[0]["label"]
     data = write_csv(tmp_path / "mixed.csv", [("good film", "three"), ("awful plot", "sent")], header=("text", "task"))
     out = tmp_path / "preds.csv"
-    rows = api.predict(runs, input=str(data), adapter_column="task", output=str(out), log=quiet)
+    rows = api.predict(runs, input=str(data), adapter_column="task", output=str(out))
     assert [r["adapter"] for r in rows] == ["three", "sent"]
     lines = out.read_text().splitlines()
     assert lines[0] == "text,adapter,label,confidence,probs" and len(lines) == 3
     with pytest.raises(UserError, match="need several runs"):
-        api.predict(runs["sent"], ["good"], adapter="sent", log=quiet)
+        api.predict(runs["sent"], ["good"], adapter="sent")
 
 
 def test_cli_predict_several_adapters(capsys, runs, tmp_path):
@@ -258,7 +258,7 @@ def test_taggers_and_classifiers_share_one_encoder_pass(method, runs, tiny_model
     (tmp_path / "tags.conll").write_text("\n".join(lines), encoding="utf-8")
     ner = api.finetune(task="ner", data=str(tmp_path / "tags.conll"), model=str(tiny_model_dir), method=method,
                        max_steps=20, lr=1e-2, batch_size=8, max_length=12, output_dir=str(tmp_path / "ner"),
-                       log=quiet, **{"train.progress": False}).run_dir
+                       **{"train.progress": False}).run_dir
     shared = Predictor.from_runs({**runs, "ner": ner})
     texts = TEXTS + ["the story with superb and a dreadful ending and the cast was really very good"]  # > 12 tokens
     names = [["sent", "three", "head", "ner"][i % 4] for i in range(len(texts))]

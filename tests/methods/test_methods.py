@@ -15,7 +15,7 @@ from transferkit.core.registry import METHODS
 from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
-from helpers import LABELS, make_sentences, quiet
+from helpers import LABELS, make_sentences
 
 TEXTS = [t for t, _ in make_sentences(12, seed=3)]
 Y = [LABELS.index(label) for _, label in make_sentences(12, seed=3)]
@@ -41,7 +41,7 @@ def _one_step(model, data, tmp_path):
     from accelerate import Accelerator
     cfg = TrainConfig(batch_size=len(data), epochs=1, lr=1e-2, head_lr=1e-2, warmup=0.0, progress=False)
     trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0,
-                      loss_fn=classification_loss, log=quiet)
+                      loss_fn=classification_loss)
     trainer.model.train()
     trainer._step([list(range(len(data)))])
     return trainer.acc.unwrap_model(trainer.model)

@@ -120,13 +120,13 @@ print(json.dumps(p.tolist()))
 def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_path):
     from transferkit import api
     from transferkit.core.runs import RunInfo
-    from helpers import FILLER, POSITIVE, quiet
+    from helpers import FILLER, POSITIVE
     lines = []
     for i in range(40):
         lines += [f"{w} O" for w in FILLER[i % 5:i % 5 + 4]] + [f"{POSITIVE[i % 8]} B-PER", ""]
     (tmp_path / "tags.conll").write_text("\n".join(lines), encoding="utf-8")
     run = api.finetune(task="ner", data=str(tmp_path / "tags.conll"), model=str(tiny_model_dir), method="lora",
-                       max_steps=4, batch_size=8, max_length=32, output_dir=str(tmp_path / "run"), log=quiet,
+                       max_steps=4, batch_size=8, max_length=32, output_dir=str(tmp_path / "run"),
                        **{"train.progress": False}).run_dir
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["task_type"] == "TOKEN_CLS"

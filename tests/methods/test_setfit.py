@@ -2,6 +2,7 @@
 saved, loaded and predicted like any run; refused for token tasks."""
 from __future__ import annotations
 
+import logging
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from transferkit import api
 from transferkit.core.errors import UserError
 from transferkit.methods.setfit import PairData, PairModel, SetFit, draw_pairs, similarity_loss
 
-from helpers import make_sentences, quiet, tiny_config, write_csv
+from helpers import make_sentences, tiny_config, write_csv
 
 
 def test_pairs_are_balanced_and_never_self():
@@ -45,22 +46,22 @@ def _similarities(run_dir, texts_by_label):
     return float(same), float((a @ b.T).mean())
 
 
-def test_setfit_trains_saves_loads_and_predicts(tiny_model_dir, tmp_path):
+def test_setfit_trains_saves_loads_and_predicts(tiny_model_dir, tmp_path, caplog):
     rows = make_sentences(48)
     data = write_csv(tmp_path / "few.csv", rows)
     texts = {y: [t for t, lab in make_sentences(40, seed=5) if lab == y][:10] for y in ("negative", "positive")}
     base = tiny_config(data, tiny_model_dir, tmp_path / "base", "head_only", epochs=1)
-    before = _similarities(api.finetune(base, log=quiet).run_dir, texts)
-    lines: list[str] = []
+    before = _similarities(api.finetune(base).run_dir, texts)
+    caplog.set_level(logging.INFO, logger="transferkit")
     cfg = tiny_config(data, tiny_model_dir, tmp_path / "run", "setfit", epochs=30, lr=1e-2, head_lr=1e-2)
     cfg.method.setfit_lr, cfg.method.setfit_epochs = 1e-3, 2.0
-    result = api.finetune(cfg, log=lines.append)
+    result = api.finetune(cfg)
     stage = result.metrics["train"]["contrastive"]
     assert stage["pairs"] == 2 * 20 * result.metrics["data"]["sizes"]["train"]  # 20 rounds, a pair of each kind
     assert stage["steps"] == -(-stage["pairs"] // 16) * 2
     planned = SetFit(cfg.method).own_stage(list(result.metrics["data"]["labels"]["train"].values()))  # plan's figure
     assert (planned.steps, planned.what, planned.batch_size) == (stage["steps"], f"{stage['pairs']:,} sentence pairs", 32)
-    assert any("setfit stage 1" in line and "training the encoder's" in line for line in lines)
+    assert any("setfit stage 1" in line and "training the encoder's" in line for line in caplog.messages)
     after = _similarities(result.run_dir, texts)
     # stage 1 pulled same-label sentences together relative to other-label ones
     assert after[0] - after[1] > before[0] - before[1] + 0.05
@@ -90,7 +91,7 @@ def test_setfit_is_refused_for_ner(tiny_model_dir, tmp_path):
     cfg = tiny_config(tmp_path / "x.conll", tiny_model_dir, tmp_path / "run", "setfit")
     cfg.task = "ner"
     with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors"):
-        api.finetune(cfg, log=quiet)
+        api.finetune(cfg)
 
 
 @pytest.mark.parametrize("stop_at", [3, 9])  # inside stage 1 (6 steps), inside stage 2
@@ -103,7 +104,7 @@ def test_an_interrupted_setfit_run_resumes_to_the_same_model(stop_at, tiny_model
                           checkpoint_steps=1, early_stopping_patience=0)
         cfg.method.setfit_lr, cfg.method.setfit_max_pairs = 1e-3, 96
         return cfg
-    whole = api.finetune(config(tmp_path / "whole"), log=quiet)
+    whole = api.finetune(config(tmp_path / "whole"))
     real_step, calls = train.Trainer._step, {"n": 0}
 
     def interrupted(self, group):
@@ -113,8 +114,8 @@ def test_an_interrupted_setfit_run_resumes_to_the_same_model(stop_at, tiny_model
         return real_step(self, group)
     monkeypatch.setattr(train.Trainer, "_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        api.finetune(config(tmp_path / "cut"), log=quiet)
+        api.finetune(config(tmp_path / "cut"))
     monkeypatch.setattr(train.Trainer, "_step", real_step)
-    resumed = api.finetune(resume=tmp_path / "cut", log=quiet)
+    resumed = api.finetune(resume=tmp_path / "cut")
     assert resumed.metrics["test"] == whole.metrics["test"]
     assert resumed.metrics["train"]["contrastive"]["steps"] == whole.metrics["train"]["contrastive"]["steps"] == 6

@@ -1,6 +1,7 @@
 """From-scratch language models and existing models loaded with an objective's head."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,11 +86,11 @@ def test_mlm_needs_a_mask_token_and_clm_pads_with_eos():
     assert model.config.pad_token_id == model.config.eos_token_id == 1 and model.config.vocab_size == 5
 
 
-def test_mlm_head_on_a_plain_encoder_is_new_tied_and_keeps_the_encoder(tiny_model_dir):
+def test_mlm_head_on_a_plain_encoder_is_new_tied_and_keeps_the_encoder(tiny_model_dir, caplog):
     from transformers import BertModel
     base = BertModel.from_pretrained(tiny_model_dir)
-    logs: list[str] = []
-    model, tok = load_for_objective(str(tiny_model_dir), "mlm", log=logs.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    model, tok = load_for_objective(str(tiny_model_dir), "mlm")
     assert type(model).__name__ == "BertForMaskedLM" and tok.mask_token == "[MASK]"
     enc = model.bert.state_dict()
     for name, value in base.state_dict().items():
@@ -100,19 +101,19 @@ def test_mlm_head_on_a_plain_encoder_is_new_tied_and_keeps_the_encoder(tiny_mode
                                        "cls.predictions.transform.LayerNorm.weight",
                                        "cls.predictions.transform.dense.bias",
                                        "cls.predictions.transform.dense.weight"]
-    assert "newly initialised" in logs[0] and "tied" in logs[0]
+    assert "newly initialised" in caplog.messages[0] and "tied" in caplog.messages[0]
 
 
 def test_nsp_head_and_an_existing_head_is_kept(tiny_model_dir, tmp_path):
-    model, _ = load_for_objective(str(tiny_model_dir), "mlm+nsp", log=lambda *_: None)
+    model, _ = load_for_objective(str(tiny_model_dir), "mlm+nsp")
     assert type(model).__name__ == "BertForPreTraining"
     assert "cls.seq_relationship.weight" in model.newly_initialized
-    mlm, tok = load_for_objective(str(tiny_model_dir), "mlm", log=lambda *_: None)
+    mlm, tok = load_for_objective(str(tiny_model_dir), "mlm")
     with torch.no_grad():
         mlm.cls.predictions.bias.add_(0.5)  # something only a loaded head could have
     mlm.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    again, _ = load_for_objective(str(tmp_path), "mlm", log=lambda *_: None)  # a run dir: finds model/
+    again, _ = load_for_objective(str(tmp_path), "mlm")  # a run dir: finds model/
     assert again.newly_initialized == []
     assert torch.equal(again.cls.predictions.bias, mlm.cls.predictions.bias)
     assert torch.equal(again.cls.predictions.transform.dense.weight, mlm.cls.predictions.transform.dense.weight)
@@ -122,7 +123,7 @@ def test_nsp_head_and_an_existing_head_is_kept(tiny_model_dir, tmp_path):
 def test_causal_lm_folder_loads_for_clm(wordpiece, tmp_path):
     build_from_scratch("gpt2", "tiny", wordpiece, "clm").save_pretrained(tmp_path)
     wordpiece.save_pretrained(tmp_path)
-    model, tok = load_for_objective(str(tmp_path), "clm", log=lambda *_: None)
+    model, tok = load_for_objective(str(tmp_path), "clm")
     assert type(model).__name__ == "GPT2LMHeadModel" and model.newly_initialized == []
     with pytest.raises(UserError, match="masked-LM head"):
         load_for_objective(str(tmp_path), "mlm")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from transferkit.recipes.compare import run as comparison
 from transferkit.core.errors import UserError
 from transferkit.core.registry import METHODS
 
-from helpers import interrupted_at_step, quiet
+from helpers import interrupted_at_step, logged
 
 OPTIONS = {"max_steps": 2, "batch_size": 16, "train.checkpoint_steps": 1, "train.progress": "false"}
 
@@ -35,10 +36,10 @@ def compared(tmp_path_factory, tiny_model_dir, sentiment_csv):
     cfg = api.make_config(None, {api.SHORT_KEYS.get(k, k): v for k, v in options.items()})
     cfg.method.name, cfg.output_dir = "full", str(out / "full")
     with interrupted_at_step(2):
-        api.finetune(cfg, log=quiet)
+        api.finetune(cfg)
     assert not (out / "full" / "metrics.json").exists()
-    logs: list[str] = []
-    result = api.compare("full,lora", output_dir=out, inference_repeats=1, log=logs.append, **options)
+    with logged() as logs:
+        result = api.compare("full,lora", output_dir=out, inference_repeats=1, **options)
     return out, options, result, logs
 
 
@@ -94,18 +95,18 @@ def test_interrupted_run_is_resumed(compared):
     assert json.loads((out / "full" / "metrics.json").read_text())["train"]["steps"] == 2
 
 
-def test_rerun_reuses_finished_runs(compared, monkeypatch):
+def test_rerun_reuses_finished_runs(compared, monkeypatch, caplog):
     out, options, first, _ = compared
     stamps = {m: (out / m / "metrics.json").stat().st_mtime_ns for m in ("full", "lora")}
 
     def no_child(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
     monkeypatch.setattr(subprocess, "Popen", no_child)
-    logs: list[str] = []
-    again = api.compare(["lora", "full"], output_dir=out, inference_repeats=1, log=logs.append, **options)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    again = api.compare(["lora", "full"], output_dir=out, inference_repeats=1, **options)
     assert [r["method"] for r in again.rows] == ["lora", "full"]
     assert {m: (out / m / "metrics.json").stat().st_mtime_ns for m in stamps} == stamps
-    assert sum("reusing the finished run" in line for line in logs) == 2
+    assert sum("reusing the finished run" in line for line in caplog.messages) == 2
     before = {r["method"]: r["accuracy"] for r in first.rows}
     assert {r["method"]: r["accuracy"] for r in again.rows} == before
 
@@ -158,7 +159,7 @@ def test_api_function_is_not_shadowed_by_a_module(compared):
     assert callable(transferkit.compare) and transferkit.compare is api.compare
 
 
-def test_reused_run_with_old_defaults_is_flagged(compared, tmp_path):
+def test_reused_run_with_old_defaults_is_flagged(compared, tmp_path, caplog):
     import shutil
     out, options, _, _ = compared
     shutil.copytree(out / "lora", tmp_path / "lora")
@@ -166,7 +167,7 @@ def test_reused_run_with_old_defaults_is_flagged(compared, tmp_path):
     metrics["train"]["lr"] = 12.5  # as if lora's default learning rate had changed since this run
     (tmp_path / "lora" / "metrics.json").write_text(json.dumps(metrics))
     base = api.make_config(None, {api.SHORT_KEYS.get(k, k): v for k, v in options.items()})
-    notes: list[str] = []
-    plan = comparison._plan(base, "lora", tmp_path, notes.append)
-    assert plan.state == "finished" and len(notes) == 1 and "lr 12.5 -> 0.001" in notes[0]
-    assert comparison._plan(base, "lora", out, notes.append).state == "finished" and len(notes) == 1
+    caplog.set_level(logging.INFO, logger="transferkit")
+    plan = comparison._plan(base, "lora", tmp_path)
+    assert plan.state == "finished" and len(caplog.messages) == 1 and "lr 12.5 -> 0.001" in caplog.messages[0]
+    assert comparison._plan(base, "lora", out).state == "finished" and len(caplog.messages) == 1

@@ -3,6 +3,7 @@ on sampled files; the table gives mean and spread per size; a rerun reuses; bad 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from transferkit import api
 from transferkit.recipes.compare.grid import augment_variants, parse_sizes
 
-from helpers import FILLER, expect_user_error, quiet
+from helpers import FILLER, expect_user_error, logged
 
 OPTIONS = {"max_steps": 3, "batch_size": 8, "train.progress": "false"}
 
@@ -25,10 +26,10 @@ def synonyms(tmp_path_factory):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, tiny_model_dir, sentiment_csv, synonyms):
     out = tmp_path_factory.mktemp("grid") / "out"
-    logs: list[str] = []
-    result = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,
-                         train_sizes="4,8", seeds=2, augment=f"eda:swap=0.2,copies=2,synonyms={synonyms}",
-                         test_rows=20, log=logs.append, **OPTIONS)
+    with logged() as logs:
+        result = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,
+                             train_sizes="4,8", seeds=2, augment=f"eda:swap=0.2,copies=2,synonyms={synonyms}",
+                             test_rows=20, **OPTIONS)
     return out, result, logs
 
 
@@ -69,21 +70,21 @@ def test_table_means_and_spreads(grid):
     assert (out / "sizes.png").read_bytes()[:4] == b"\x89PNG" and len(_rows(out / "cells.csv")) == 8
 
 
-def test_rerun_reuses_every_cell(grid, tiny_model_dir, sentiment_csv, synonyms, monkeypatch):
+def test_rerun_reuses_every_cell(grid, tiny_model_dir, sentiment_csv, synonyms, monkeypatch, caplog):
     out, first, _ = grid
     from transferkit.recipes.compare import run as comparison
     monkeypatch.setattr(comparison, "_run_child", lambda *a, **k: pytest.fail("a finished cell was trained again"))
-    logs: list[str] = []
+    caplog.set_level(logging.INFO, logger="transferkit")
     again = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=out,
                         train_sizes="4,8", seeds=2, augment=f"eda:swap=0.2,copies=2,synonyms={synonyms}",
-                        test_rows=20, log=logs.append, **OPTIONS)
-    assert "(8 finished)" in logs[0] and again.rows == first.rows
+                        test_rows=20, **OPTIONS)
+    assert "(8 finished)" in caplog.messages[0] and again.rows == first.rows
 
 
 def test_a_grid_in_parts_trains_the_cells_of_the_whole(grid, tiny_model_dir, sentiment_csv, tmp_path):
     out, whole, _ = grid
     part = api.compare("head_only", data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=tmp_path / "part",
-                       train_sizes="4", seeds=1, seed_offset=1, test_rows=20, log=quiet, **OPTIONS)
+                       train_sizes="4", seeds=1, seed_offset=1, test_rows=20, **OPTIONS)
     assert [(c["size"], c["seed"]) for c in part.cells] == [(4, 43)]
     for name in ("n4-s43/train.csv", "n4-s43/validation.csv", "test.csv"):  # the split and test sample of seed 42
         assert (tmp_path / "part" / "data" / name).read_bytes() == (out / "data" / name).read_bytes()
@@ -126,7 +127,7 @@ def test_grid_cells_read_the_sampled_columns(tiny_model_dir, tmp_path):
     from helpers import make_sentences, write_csv
     data = write_csv(tmp_path / "cols.csv", make_sentences(80), header=("sentence", "polarity"))
     result = api.compare("head_only", data=str(data), text_column="sentence", label_column="polarity",
-                         model=str(tiny_model_dir), output_dir=tmp_path / "out", train_sizes="4", log=quiet, **OPTIONS)
+                         model=str(tiny_model_dir), output_dir=tmp_path / "out", train_sizes="4", **OPTIONS)
     assert not result.failed and result.rows[0]["accuracy"] is not None
 
 

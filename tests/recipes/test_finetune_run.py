@@ -9,12 +9,12 @@ from transferkit.api import make_config
 from transferkit.core.errors import UserError
 from transferkit.recipes.finetune import FinetuneRun
 
-from helpers import quiet, tiny_config
+from helpers import tiny_config
 
 
 def test_steps_in_process(tiny_model_dir, sentiment_csv, tmp_path):
     cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", "lora", max_steps=3)
-    run = FinetuneRun(cfg, log=quiet)
+    run = FinetuneRun(cfg)
     run.setup()
     assert not (tmp_path / "run").exists()  # setup writes nothing
     assert run.task.name == "classify" and run.splits.label_names == ["negative", "positive"]
@@ -29,5 +29,5 @@ def test_unknown_task_fails_before_anything(tiny_model_dir, sentiment_csv, tmp_p
         make_config(base, {"task": "translate"})
     base.task = "translate"
     with pytest.raises(UserError, match="unknown task 'translate'"):
-        FinetuneRun(base, log=quiet).setup()
+        FinetuneRun(base).setup()
     assert not (tmp_path / "run").exists()

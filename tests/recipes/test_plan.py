@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_sentences, quiet, write_conll, write_csv
+from helpers import make_sentences, write_conll, write_csv
 from transferkit import api, cli
 from transferkit.config.finetune import TrainConfig
 from transferkit.core.errors import UserError
@@ -217,7 +217,7 @@ def data_csv(tmp_path_factory):
 
 def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_csv, tmp_path):
     out = tmp_path / "plan"
-    result = api.plan(data=str(data_csv), model=str(tiny_model_dir), dry_run_steps=3, output_dir=out, log=quiet)
+    result = api.plan(data=str(data_csv), model=str(tiny_model_dir), dry_run_steps=3, output_dir=out)
     assert {p.method for p in result.methods} == {"full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only",
                                                    "setfit"}
     for p in result.methods:
@@ -231,7 +231,7 @@ def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_c
     assert saved["recommended"] == "lora" and len(saved["methods"]) == 8
     assert saved["methods"][0]["memory_mb"]["total"] > 0
     assert "recommended: lora" in result.table
-    run = api.finetune(str(out / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=3, log=quiet,
+    run = api.finetune(str(out / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=3,
                        **{"train.progress": False})
     assert json.loads((run.run_dir / "run.json").read_text())["method"] == "lora"
 
@@ -239,12 +239,12 @@ def test_plan_with_dry_runs_writes_a_config_finetune_runs(tiny_model_dir, data_c
 def test_a_few_shot_plan_recommends_setfit_and_its_config_trains(tiny_model_dir, tmp_path):
     few = write_csv(tmp_path / "few.csv", make_sentences(24, seed=2))  # about 10 training rows a class
     result = api.plan(data=str(few), model=str(tiny_model_dir), dry_run_steps=2, methods="lora,setfit",
-                      output_dir=tmp_path / "plan", log=quiet)
+                      output_dir=tmp_path / "plan")
     few_rows = result.data["smallest_class_rows"]
     assert result.recommended == "setfit" and f"{few_rows} training rows in the smallest class" in result.reasons[0]
     stage = next(p for p in result.methods if p.method == "setfit").stage
     assert stage["largest_batch"] == 32 > result.data["train_rows"]  # 16 pairs a step: 32 texts from fewer rows
-    run = api.finetune(str(tmp_path / "plan" / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=2, log=quiet,
+    run = api.finetune(str(tmp_path / "plan" / "run.yaml"), output_dir=str(tmp_path / "run"), max_steps=2,
                        **{"train.progress": False, "method.setfit_iterations": 2})
     assert run.metrics["train"]["contrastive"]["pairs"] > 0
 
@@ -294,16 +294,15 @@ def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
         lines += [f"w{i % 7} O", ""]
     (tmp_path / "t.conll").write_text("\n".join(lines), encoding="utf-8")
     result = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=2,
-                      methods="lora,full,head_only", log=quiet, **{"data.dedupe": False, "data.storage": storage})
+                      methods="lora,full,head_only", **{"data.dedupe": False, "data.storage": storage})
     assert {p.method for p in result.methods} == {"lora", "full", "head_only"}
     assert all(p.dry_run["samples_per_s"] > 0 for p in result.methods) and result.recommended == "lora"
     if storage == "memory":  # setfit (pairs of sentence vectors) is left out of a tagger's plan, and refused by name
         every = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=0,
-                         log=quiet, **{"data.dedupe": False})
+                         **{"data.dedupe": False})
         assert "setfit" not in {p.method for p in every.methods} and "lora" in {p.method for p in every.methods}
         with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors; a ner run"):
-            api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), methods="setfit",
-                     log=quiet)
+            api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), methods="setfit")
 
 
 def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
@@ -313,11 +312,11 @@ def test_the_dry_run_sample_takes_mapped_rows(data_csv, tmp_path, monkeypatch):
     from transferkit.tasks.ner.splits import prepare_tagged_splits
     from transferkit.recipes.plan_dry_run import sample_rows as _rows
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
-    train = prepare_splits(DataConfig(data=str(data_csv), storage="mapped"), 0, log=quiet).train
+    train = prepare_splits(DataConfig(data=str(data_csv), storage="mapped"), 0).train
     part = _rows(train, [0, 3, 5])
     assert len(part.texts) == len(part.labels) == 3 and list(part.texts) == [train.texts[i] for i in (0, 3, 5)]
-    tagged = prepare_tagged_splits(DataConfig(data=str(write_conll(tmp_path / "t.conll", 60)), storage="mapped"), 0,
-                                   log=quiet).train
+    tagged = prepare_tagged_splits(DataConfig(data=str(write_conll(tmp_path / "t.conll", 60)), storage="mapped"),
+                                   0).train
     part = _rows(tagged, [1, 4])
     assert len(part) == 2 and list(part.tokens) == [tagged.tokens[1], tagged.tokens[4]]
     assert list(part.tags) == [tagged.tags[1], tagged.tags[4]]

@@ -3,6 +3,7 @@ continued pretraining gives a new head its own lr, the result fine-tunes, bad in
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from transferkit.training import loop as train
 from transferkit.cli import main
 from transferkit.core.errors import UserError
 
-from helpers import expect_user_error, interrupted_at_step, make_sentences, quiet
+from helpers import expect_user_error, interrupted_at_step, make_sentences
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def _tiny(corpus: Path, out: Path, objective: str, arch: str, **kw):
                 train_tokenizer=True, vocab_size=300, max_length=48, output_dir=str(out), lr=2e-3,
                 **{"train.progress": False})
     opts.update(kw)
-    return api.pretrain(log=quiet, **opts)
+    return api.pretrain(**opts)
 
 
 def _train_losses(run_dir: Path) -> list[float]:
@@ -63,7 +64,7 @@ def test_each_objective_learns(corpus, tmp_path, monkeypatch, objective, arch, a
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
 
 
-def test_resume_matches_uninterrupted(corpus, tmp_path):
+def test_resume_matches_uninterrupted(corpus, tmp_path, caplog):
     from transferkit.modeling.tokenizers import train_tokenizer
     # one tokenizer for both runs: the tokenizers library breaks frequency ties differently per process
     train_tokenizer(corpus.read_text().split("\n\n"), "wordpiece", 300, out_dir=tmp_path / "tok")
@@ -73,13 +74,13 @@ def test_resume_matches_uninterrupted(corpus, tmp_path):
     with interrupted_at_step(8):
         _tiny(corpus, tmp_path / "b", "mlm", "bert", **kw)
     assert not (tmp_path / "b" / "model").exists() and (tmp_path / "b" / "checkpoints" / "last").is_dir()
-    logs: list[str] = []
-    b = api.pretrain(resume=tmp_path / "b", log=logs.append)
-    assert any("resuming" in line and "step 5" in line for line in logs)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    b = api.pretrain(resume=tmp_path / "b")
+    assert any("resuming" in line and "step 5" in line for line in caplog.messages)
     assert b.metrics["heldout"]["loss"] == pytest.approx(a.metrics["heldout"]["loss"], abs=1e-4)
     assert _train_losses(b.run_dir) == pytest.approx(_train_losses(a.run_dir), abs=1e-4)
     with pytest.raises(UserError, match="already finished"):
-        api.pretrain(resume=tmp_path / "b", log=quiet)
+        api.pretrain(resume=tmp_path / "b")
 
 
 def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_csv, tmp_path):
@@ -90,7 +91,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
     from transferkit.recipes.pretrain import resolve_train_config
     from transferkit.training.optim import param_groups
     from transferkit.modeling.lm import load_for_objective
-    model, _ = load_for_objective(str(tiny_model_dir), "mlm", log=quiet)
+    model, _ = load_for_objective(str(tiny_model_dir), "mlm")
     assert model.newly_initialized
     wrapped = mlm.MLM().wrap(model, model.newly_initialized)
     groups = param_groups(wrapped, lr=1e-4, head_lr=1e-3, weight_decay=0.01)
@@ -98,7 +99,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
     new = {id(p) for n, p in model.named_parameters() if n in model.newly_initialized}
     assert fast == new  # exactly the new head weights (not the tied embeddings) learn at the head lr
 
-    result = api.pretrain(log=quiet, objective="mlm", corpus=[str(corpus)], model=str(tiny_model_dir),
+    result = api.pretrain(objective="mlm", corpus=[str(corpus)], model=str(tiny_model_dir),
                           output_dir=str(tmp_path / "pt"), max_steps=4, batch_size=8, max_length=32,
                           **{"train.progress": False})
     assert result.metrics["train"]["head_lr"] == mlm.MLM.head_lr_new
@@ -106,7 +107,7 @@ def test_continued_pretraining_then_finetune(tiny_model_dir, corpus, sentiment_c
     AutoModelForMaskedLM.from_pretrained(result.model_dir)
     from transferkit.config.pretrain import PretrainConfig
     assert resolve_train_config(PretrainConfig(from_scratch=True), mlm.MLM(), False).lr == mlm.MLM.lr_scratch
-    ft = api.finetune(log=quiet, data=str(sentiment_csv), model=str(result.model_dir), max_steps=2,
+    ft = api.finetune(data=str(sentiment_csv), model=str(result.model_dir), max_steps=2,
                       output_dir=str(tmp_path / "ft"), batch_size=8, **{"train.progress": False})
     assert "accuracy" in ft.metrics["test"]
 

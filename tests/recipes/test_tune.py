@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import torch
 
-from helpers import make_sentences, quiet, write_csv
+from helpers import make_sentences, write_csv
 from transferkit import api, cli
 from transferkit.core.errors import UserError
 from transferkit.recipes.tune import TuneRun, default_space, read_space
@@ -35,7 +35,7 @@ def _states(out):
 def test_three_trials_are_run_directories_and_the_best_sees_the_test_split(tiny_model_dir, data_csv, tmp_path):
     out = tmp_path / "study"
     result = api.tune(data=str(data_csv), model=str(tiny_model_dir), method="lora", n_trials=3, keep=2,
-                      space=str(_space(tmp_path)), output_dir=out, log=quiet, **FAST)
+                      space=str(_space(tmp_path)), output_dir=out, **FAST)
     assert result.summary["trials"] == 3 and len(result.trials) == 3
     kept = sorted(p.name for p in (out / "trials").iterdir())
     assert len(kept) == 2  # the best two
@@ -49,7 +49,7 @@ def test_three_trials_are_run_directories_and_the_best_sees_the_test_split(tiny_
     assert result.best_params["method.lora_r"] in (2, 4) and 1e-3 <= result.best_params["train.lr"] <= 3e-2
     assert "optimisation history" in (out / "report.html").read_text()
     assert len((out / "trials.csv").read_text().splitlines()) == 4
-    run = api.finetune(str(out / "best.yaml"), output_dir=str(tmp_path / "again"), log=quiet)
+    run = api.finetune(str(out / "best.yaml"), output_dir=str(tmp_path / "again"))
     assert json.loads((run.run_dir / "run.json").read_text())["method_options"]["lora_r"] == result.best_params["method.lora_r"]
 
 
@@ -57,7 +57,7 @@ def test_a_hopeless_trial_is_pruned_and_leaves_only_its_record(tiny_model_dir, d
     out = tmp_path / "study"
     run = TuneRun(api.make_config(None, {"data.data": str(data_csv), "model.name": str(tiny_model_dir),
                                          "train.max_steps": 12, "train.eval_steps": 3, "train.epochs": 1}),
-                  output_dir=out, method="lora", n_trials=3, space=_space(tmp_path), metric="loss", log=quiet)
+                  output_dir=out, method="lora", n_trials=3, space=_space(tmp_path), metric="loss")
     run.space_overrides["train.lr"].low = 1e-7
     study = run.study()
     for lr in (2e-2, 3e-2):  # two good trials (the pruner's warm-up) set the median validation loss
@@ -86,10 +86,10 @@ def test_resume_after_an_interruption(tiny_model_dir, data_csv, tmp_path, monkey
     monkeypatch.setattr(ft.FinetuneRun, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         api.tune(data=str(data_csv), model=str(tiny_model_dir), n_trials=3, space=str(_space(tmp_path)),
-                 output_dir=out, log=quiet, **FAST)
+                 output_dir=out, **FAST)
     monkeypatch.setattr(ft.FinetuneRun, "fit", real_fit)
     assert _states(out)[0] == "COMPLETE"
-    result = api.tune(resume=out, log=quiet)
+    result = api.tune(resume=out)
     states = _states(out)
     assert states.count("COMPLETE") >= 3 and result.summary["complete"] >= 3
     assert cli.main(["tune", "--resume", str(out), "--n-trials", "4"]) == 0  # more trials on the same study
@@ -102,7 +102,7 @@ def test_two_workers_share_one_study(tiny_model_dir, data_csv, tmp_path):
     # trials long enough (10 epochs, 80 steps) that the second process, a few seconds to start, finds work left
     result = api.tune(data=str(data_csv), model=str(tiny_model_dir), n_trials=6, workers=2,
                       space=str(_space(tmp_path, SPACE.replace("train.epochs: 1", "train.epochs: 10"))),
-                      output_dir=out, log=quiet, **{**FAST, "train.max_steps": None, "train.eval_steps": 40})
+                      output_dir=out, **{**FAST, "train.max_steps": None, "train.eval_steps": 40})
     states = _states(out)
     finished = [s for s in states if s in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 6 and len(states) <= 7, states  # none lost; at most one started as the other ended

@@ -15,7 +15,7 @@ from transferkit.inference import Predictor
 from transferkit.serving.app import create_app
 from transferkit.serving.models import ModelSet
 
-from helpers import FILLER, NEGATIVE, POSITIVE, make_sentences, quiet, tiny_config, write_csv
+from helpers import FILLER, NEGATIVE, POSITIVE, make_sentences, tiny_config, write_csv
 
 TEXTS = ["a good and great film", "awful boring plot with dull acting", "the movie", "superb"]
 
@@ -26,7 +26,7 @@ def runs(tmp_path_factory, finished_run, tiny_model_dir):
     rng = random.Random(1)
     neutral = sorted({" ".join(rng.choices(FILLER, k=rng.randint(3, 10))) for _ in range(120)})[:60]
     data = write_csv(root / "three.csv", make_sentences(120, seed=3) + [(t, "neutral") for t in neutral])
-    three = api.finetune(tiny_config(data, tiny_model_dir, root / "three", "lora", max_steps=20, lr=1e-2), log=quiet)
+    three = api.finetune(tiny_config(data, tiny_model_dir, root / "three", "lora", max_steps=20, lr=1e-2))
     lines = []
     for _ in range(60):
         words = [(w, "O") for w in rng.choices(FILLER, k=4)] + [(rng.choice(POSITIVE), "B-PER")]
@@ -34,7 +34,7 @@ def runs(tmp_path_factory, finished_run, tiny_model_dir):
         lines += [f"{w} {t}" for w, t in words] + [""]
     (root / "tags.conll").write_text("\n".join(lines), encoding="utf-8")
     ner = api.finetune(task="ner", data=str(root / "tags.conll"), model=str(tiny_model_dir), method="lora",
-                       max_steps=20, lr=1e-2, batch_size=8, max_length=32, output_dir=str(root / "ner"), log=quiet,
+                       max_steps=20, lr=1e-2, batch_size=8, max_length=32, output_dir=str(root / "ner"),
                        **{"train.progress": False})
     return {"sent": finished_run("lora"), "three": three.run_dir, "head": finished_run("head_only"),
             "full": finished_run("full"), "ner": ner.run_dir}
@@ -266,8 +266,8 @@ def test_a_request_for_a_run_unloaded_while_it_waited_is_404(runs):
 def test_runs_of_two_bases_get_one_shared_encoder_each(runs, tiny_model_dir, sentiment_csv, tmp_path):
     other_base = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other_base)
-    other = api.finetune(tiny_config(sentiment_csv, other_base, tmp_path / "other", "lora", max_steps=6, lr=1e-2),
-                         log=quiet).run_dir
+    other = api.finetune(tiny_config(sentiment_csv, other_base, tmp_path / "other", "lora", max_steps=6,
+                                     lr=1e-2)).run_dir
     models = ModelSet({"sent": runs["sent"], "three": runs["three"], "other": other})
     assert len(models._shared) == 2  # one AdapterPredictor per base
     with TestClient(create_app(models)) as c:

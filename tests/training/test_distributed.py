@@ -4,6 +4,7 @@ once, and gather evaluation rows exactly once however unevenly they divide."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from transferkit import api
 from transferkit.training import distributed
 from transferkit.core.errors import UserError
 
-from helpers import (expect_user_error, interrupted_at_step, make_sentences, make_tokenizer, quiet, tiny_bert_config,
+from helpers import (expect_user_error, interrupted_at_step, logged, make_sentences, make_tokenizer, tiny_bert_config,
                      tiny_config, torchrun, write_conll)
 
 pytestmark = pytest.mark.integration
@@ -60,9 +61,9 @@ def _same_run(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def one_and_two(still_model, sentiment_csv, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("processes")
-    one = api.finetune(_cfg(sentiment_csv, still_model, tmp / "one"), log=quiet)
-    logs: list[str] = []
-    two = api.finetune(_cfg(sentiment_csv, still_model, tmp / "two"), processes=2, log=logs.append)
+    one = api.finetune(_cfg(sentiment_csv, still_model, tmp / "one"))
+    with logged() as logs:
+        two = api.finetune(_cfg(sentiment_csv, still_model, tmp / "two"), processes=2)
     return one, two, logs
 
 
@@ -87,10 +88,10 @@ def test_a_run_resumes_with_another_process_count(still_model, sentiment_csv, tm
     one, _, _ = one_and_two
     run = tmp_path / "run"
     with interrupted_at_step(8):
-        api.finetune(_cfg(sentiment_csv, still_model, run), log=quiet)
+        api.finetune(_cfg(sentiment_csv, still_model, run))
     state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
     assert state["global_step"] == 5
-    resumed = api.finetune(resume=run, processes=2, log=quiet)
+    resumed = api.finetune(resume=run, processes=2)
     _same_run(one.metrics, resumed.metrics)
 
 
@@ -100,7 +101,7 @@ def _tensors(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_fsdp_trains_the_run_one_process_trains(still_model, sentiment_csv, tmp_path, capfd, method):
+def test_fsdp_trains_the_run_one_process_trains(still_model, sentiment_csv, tmp_path, capfd, caplog, method):
     """train.parallel=fsdp: a sharded copy trains; metrics, files and whole-tensor checkpoints as one process's."""
     def cfg(out):
         c = _cfg(sentiment_csv, still_model, out, method)
@@ -108,9 +109,10 @@ def test_fsdp_trains_the_run_one_process_trains(still_model, sentiment_csv, tmp_
         if method == "lora":
             c.method.options.lora_dropout = 0.0  # dropout draws differ between one stream and two
         return c
-    one = api.finetune(cfg(tmp_path / "one"), log=quiet)
+    one = api.finetune(cfg(tmp_path / "one"))
     capfd.readouterr()
-    two = api.finetune(cfg(tmp_path / "two"), processes=2, log=quiet)
+    caplog.set_level(logging.INFO, logger="transferkit")  # the processes log at the caller's level
+    two = api.finetune(cfg(tmp_path / "two"), processes=2)
     assert "2 processes (fsdp)" in capfd.readouterr().err  # rank 0's log: the run was sharded
     _same_run(one.metrics, two.metrics)
     assert two.metrics["train"]["best_step"] == one.metrics["train"]["best_step"]
@@ -132,17 +134,17 @@ def test_fsdp_resumes_a_run_one_process_started(still_model, sentiment_csv, tmp_
     cfg = _cfg(sentiment_csv, still_model, run)
     cfg.train.parallel = "fsdp"  # ignored by one process; the two that resume shard the run
     with interrupted_at_step(8):
-        api.finetune(cfg, log=quiet)
-    resumed = api.finetune(resume=run, processes=2, log=quiet)
+        api.finetune(cfg)
+    resumed = api.finetune(resume=run, processes=2)
     _same_run(one.metrics, resumed.metrics)
 
 
 def test_fsdp_with_mixup_is_refused(sentiment_csv, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="mixup"):
-        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"), log=quiet,
+        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"),
                      augment="mixup:alpha=0.4", **{"train.parallel": "fsdp"})
     with pytest.raises(UserError, match="train.parallel must be ddp or fsdp"):
-        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"), log=quiet,
+        api.finetune(data=str(sentiment_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"),
                      **{"train.parallel": "zero3"})
 
 
@@ -150,7 +152,7 @@ def test_fsdp_with_mixup_is_refused(sentiment_csv, tiny_model_dir, tmp_path):
 def test_a_tagger_trains_with_two_processes(still_model, tmp_path, parallel):
     conll = write_conll(tmp_path / "tags.conll", 120)
     kw = dict(task="ner", data=str(conll), model=str(still_model), method="lora", max_steps=6, batch_size=16,
-              log=quiet, **{"train.progress": False, "model.classifier_dropout": 0.0, "train.parallel": parallel})
+              **{"train.progress": False, "model.classifier_dropout": 0.0, "train.parallel": parallel})
     one = api.finetune(output_dir=str(tmp_path / "one"), **kw)
     two = api.finetune(output_dir=str(tmp_path / "two"), processes=2, **kw)
     assert two.metrics["train"]["steps"] == one.metrics["train"]["steps"] == 6
@@ -249,7 +251,7 @@ def test_an_interrupt_stops_every_process_and_the_run_resumes(tiny_model_dir, se
     time.sleep(1)
     assert [p for p in workers if _running(p)] == [], "processes left running after the interrupt"
     assert not (run / "metrics.json").exists(), "the run finished before the interrupt stopped it"
-    resumed = api.finetune(resume=run, processes=2, log=quiet)
+    resumed = api.finetune(resume=run, processes=2)
     a = _metrics(whole)
     assert resumed.metrics["train"]["steps"] == a["train"]["steps"] == 600  # 160 rows / 16 x 60 epochs
     for split in ("test", "validation"):

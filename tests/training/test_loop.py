@@ -14,7 +14,7 @@ from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.optim import param_groups
 from transferkit.training.loop import Trainer, total_steps
 
-from helpers import LABELS, make_sentences, make_tokenizer, quiet
+from helpers import LABELS, make_sentences, make_tokenizer
 from train_helpers import accelerator as _accelerator, feature_trainer as _feature_trainer
 from train_helpers import no_dropout_classifier as _no_dropout_classifier
 
@@ -34,7 +34,7 @@ def _step(model, data, groups, tmp_path, dtype=torch.float32, max_grad_norm=1.0)
     model = copy.deepcopy(model).to(dtype)
     cfg = TrainConfig(batch_size=len(groups[0]), grad_accum=len(groups), epochs=1, lr=1e-3, head_lr=1e-3,
                       warmup=0.0, max_grad_norm=max_grad_norm, progress=False)
-    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0, loss_fn=classification_loss, log=quiet)
+    trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=_accelerator(), pad_id=0, loss_fn=classification_loss)
     grads: dict[str, torch.Tensor] = {}
     step = trainer.opt.step
 

@@ -12,7 +12,7 @@ from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.optim import layer_depths, param_groups
 from transferkit.training.loop import Trainer
 
-from helpers import LABELS, quiet
+from helpers import LABELS
 
 LR, HEAD_LR, WD = 1e-3, 1e-2, 0.01
 
@@ -91,5 +91,5 @@ def test_trainer_optimizer_uses_layer_decay(tiny_model_dir, tmp_path):
     data = TokenData([[2, 5, 3], [2, 6, 7, 3]], [0, 1])
     cfg = TrainConfig(batch_size=2, epochs=1, lr=LR, head_lr=HEAD_LR, warmup=0.0, progress=False, layer_lr_decay=0.5)
     trainer = Trainer(model, data, cfg, run_dir=tmp_path, accelerator=Accelerator(cpu=True), pad_id=0,
-                      loss_fn=classification_loss, log=quiet)
+                      loss_fn=classification_loss)
     assert sorted({g["initial_lr"] for g in trainer.opt.param_groups}) == [LR * 0.25, LR * 0.5, LR, HEAD_LR]

@@ -8,7 +8,7 @@ validation and test splits as they were.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..core.errors import UserError
 from .spec import Step, text_steps
@@ -50,7 +50,7 @@ def _eda(step: Step) -> Any:
 
 
 def augment_texts(texts: list[str], labels: list, steps: list[Step], seed: int, spec: str,
-                  log: Callable[[str], None] = print, exclude: Sequence[str] = ()) -> tuple[list[str], list, AugmentReport]:
+                  exclude: Sequence[str] = ()) -> tuple[list[str], list, AugmentReport]:
     """`texts`/`labels` with every text step's new rows appended (labels copied from the source row);
     a new text equal to one of `exclude` (the validation and test texts) is not added."""
     from .generative import GenerativeAugmenter
@@ -72,7 +72,7 @@ def augment_texts(texts: list[str], labels: list, steps: list[Step], seed: int, 
                         added += 1
             report.steps["eda"] = {"added": added}
         else:
-            aug = GenerativeAugmenter(step.kind, step.options, seed, log)
+            aug = GenerativeAugmenter(step.kind, step.options, seed)
             for i, (label, new_texts) in enumerate(zip(labels, aug.generate(texts))):
                 for new in new_texts:
                     if " ".join(new.split()) not in seen:

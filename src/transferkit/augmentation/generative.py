@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Callable, Sequence
 
 from ..core import fs
 from ..core.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PARAPHRASE_PROMPT = "Rewrite this sentence in other words, keeping its meaning. Reply with the new sentence only.\n\n{text}"
 TRANSLATE_PROMPT = "Translate this text to {language}. Reply with the translation only.\n\n{text}"
@@ -108,8 +111,8 @@ class Generator:
 class GenerativeAugmenter:
     """`copies` new texts per input by paraphrase or back-translation, cached, with the drop rules above."""
 
-    def __init__(self, kind: str, options: dict[str, Any], seed: int, log: Callable[[str], None] = print) -> None:
-        self.kind, self.options, self.seed, self.log = kind, dict(options), seed, log
+    def __init__(self, kind: str, options: dict[str, Any], seed: int) -> None:
+        self.kind, self.options, self.seed = kind, dict(options), seed
         self.generator = Generator(options["model"], int(options["batch"]))
         self.back = (Generator(options["back_model"], int(options["batch"])) if kind == "backtranslate"
                      and options.get("back_model") else None)
@@ -153,8 +156,8 @@ class GenerativeAugmenter:
         todo = list(dict.fromkeys(t for t in texts if _key(t) not in cached))
         copies = int(self.options["copies"])
         if todo:
-            self.log(f"augment: {self.kind} with {self.options['model']}: generating {copies} "
-                     f"cop{'y' if copies == 1 else 'ies'} of {len(todo):,} texts (cached in {path})")
+            logger.info(f"augment: {self.kind} with {self.options['model']}: generating {copies} "
+                        f"cop{'y' if copies == 1 else 'ies'} of {len(todo):,} texts (cached in {path})")
             path.parent.mkdir(parents=True, exist_ok=True)
             step = max(int(self.options["batch"]) * 4, 1)
             t0 = time.perf_counter()

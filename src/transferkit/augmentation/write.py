@@ -8,18 +8,20 @@ with tokens, tags, origin. Every row of the input counts as training data here.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import tasks
 from ..core import fs
 from ..core.errors import UserError
 from .spec import parse_spec, text_steps
 
+logger = logging.getLogger(__name__)
+
 
 def write_augmented(data: str, spec: str, output: str | Path, *, task: str = "classify",
-                    text_column: str | None = None, label_column: str | None = None, seed: int = 42,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    text_column: str | None = None, label_column: str | None = None, seed: int = 42) -> dict[str, Any]:
     """Augment every row of `data` by `spec` and write originals + new rows to `output`; returns the record."""
     steps = parse_spec(spec)
     if not text_steps(steps):
@@ -38,7 +40,7 @@ def write_augmented(data: str, spec: str, output: str | Path, *, task: str = "cl
         raise UserError(f"augment: output folder {out.parent} does not exist")
     if seed < 0 or seed >= 2**32:
         raise UserError(f"augment: seed must be in [0, 2**32), got {seed}")
-    body, report = found.augment_file(data, steps, seed, spec, ext, text_column, label_column, log)
+    body, report = found.augment_file(data, steps, seed, spec, ext, text_column, label_column)
     fs.write_text(out, body)  # atomic: a failure leaves no half-written file
-    log(report.describe().replace("; validation and test unchanged", "") + f" -> {out}")
+    logger.info(report.describe().replace("; validation and test unchanged", "") + f" -> {out}")
     return {**report.as_dict(), "output": str(out)}

@@ -1,27 +1,36 @@
 """The `transferkit` command: `main` wires the command modules, each a thin layer over `transferkit.api`.
 
 Each module adds its subparsers and calls the API; user errors print one line and exit with code 2.
+Progress lines are the API's `logging` records, printed on stderr by the one handler `core.logs.to_stderr`
+installs for the command (INFO; `--quiet`: warnings only; `--verbose`: DEBUG); the error lines below are not
+log lines and print whatever the level.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 from typing import Any, Sequence
 
+from ..core import logs
 from ..core.errors import UserError
 from . import augment, finetune, info, lm, plan, predict
 
 REPORT_URL = "the transferkit issue tracker"
 DEBUG_ENV = "TRANSFERKIT_DEBUG"
 COMMAND_MODULES = (finetune, predict, info, lm, plan, augment)
+# flags accepted anywhere on the line (before or after the command), taken out before argparse sees it
+GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer text models.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
+    parser.add_argument("--quiet", action="store_true", help="print warnings and errors only, no progress lines")
+    parser.add_argument("--verbose", action="store_true", help="print debug lines too")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.add_parsers(sub)
@@ -44,8 +53,11 @@ def _interrupted() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
-    argv = [a for a in argv if a != "--debug"]
+    debug, quiet, verbose = (flag in argv for flag in GLOBAL_FLAGS)  # anywhere, not only before the command
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    if quiet and verbose:
+        parser.error("--quiet and --verbose: choose one")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options; argparse leaves those as unknown.
     if extra:
@@ -61,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (main() called from a worker): leave signals alone
         previous = None
     try:
-        return args.func(args)
+        with logs.stderr_while(level):  # child processes this command starts are handed the level (child_flags)
+            return args.func(args)
     except UserError as e:
         print(f"transferkit: error: {e}", file=sys.stderr)
         return 2

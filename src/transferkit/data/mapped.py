@@ -45,7 +45,7 @@ import numpy as np
 from ..core.errors import UserError
 from .tables import ColumnTable, read_utf8
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000  # rows per chunk read, checked and written (~15 MB of sentence-length text)
 AUTO_BYTES = 64 * 2**20  # storage=auto maps files larger than this
@@ -161,7 +161,8 @@ def open_or_build(folder: Path, build: Callable[[Path], None], source: str, what
         cached = _open_cached(folder, columns, arrays, format)
         if cached is None:
             raise UserError(f"{folder}: the mapped copy of {source} could not be read back after writing it")
-        log.info("data.storage mapped: %s %s of %s streamed into %s in %.1f s", f"{cached.meta['rows']:,}", what,
+        # DEBUG: the CLI never showed this line (no handler printed INFO); --verbose does
+        logger.debug("data.storage mapped: %s %s of %s streamed into %s in %.1f s", f"{cached.meta['rows']:,}", what,
                  source, folder, time.perf_counter() - t0)
     return cached
 
@@ -184,7 +185,7 @@ def _open_cached(folder: Path, columns: Sequence[str], arrays: Sequence[str], fo
             raise ValueError("inconsistent cache folder")
         return Cached(meta, table, found, mapping)
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
-        log.warning("ignoring a damaged data cache %s (%s); rebuilding it", folder, e)
+        logger.warning("ignoring a damaged data cache %s (%s); rebuilding it", folder, e)
         shutil.rmtree(folder, ignore_errors=True)
         return None
 

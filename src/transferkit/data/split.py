@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..core.errors import UserError
 from .listing import clip
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -125,13 +127,12 @@ def split_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
 
 
 def stratified_split(texts: Sequence[str], labels: Sequence, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                     seed: int = 42, allow_empty_validation: bool = False,
-                     warn: Callable[[str], None] | None = None) -> dict[str, tuple[list[str], list]]:
+                     seed: int = 42, allow_empty_validation: bool = False) -> dict[str, tuple[list[str], list]]:
     """Seeded split into train/validation/test, stratified by label.
 
     A zero fraction gives an empty split; only validation may be empty, and only with
     `allow_empty_validation`. When some class is too small to stratify, falls back to a
-    seeded random split and reports why through `warn` (default: `warnings.warn`).
+    seeded random split and says why (a warning through `logging`).
     """
     from sklearn.model_selection import train_test_split
 
@@ -165,7 +166,7 @@ def stratified_split(texts: Sequence[str], labels: Sequence, fractions: Sequence
         why = (f"class {clip(repr(small))} has only {c} row(s)" if c < 2
                else f"a split is smaller than the {len(counts)} classes")
         msg = f"stratified split impossible ({why}); using a seeded random split instead"
-        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+        logger.warning(msg)
         parts = cut(stratify=False)
     take = getattr(texts, "take", None)  # mapped texts pick rows without reading them
     return {name: (take(ix) if take else [texts[i] for i in ix], [labels[i] for i in ix])

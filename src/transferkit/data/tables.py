@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from typing import Any, Callable
 from ..core.errors import UserError
 from ..core.registry import DATASETS
 from .listing import clip, summarise
+
+logger = logging.getLogger(__name__)
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "tweet")
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -43,14 +46,13 @@ class ColumnTable:
     class_names: dict[str, list[str]] | None = None  # HF ClassLabel columns: id -> name
 
 
-def read_texts(source: str, text_column: str | None = None, role: str = "input",
-               log: Callable[[str], None] | None = None) -> list[str]:
+def read_texts(source: str, text_column: str | None = None, role: str = "input") -> list[str]:
     """Texts only (no label needed), e.g. for prediction; also reads `.txt` as one text per line.
 
     Every line (or cell) must hold a text: an empty or whitespace-only one is refused with its
     line (row) number, since skipping it would shift every later prediction against the input.
-    Blank lines at the very end of a `.txt` file are ignored. `log` receives the note on which
-    column was used when several candidates match.
+    Blank lines at the very end of a `.txt` file are ignored. Which column was used when several
+    candidates match is a DEBUG line (`predict` never printed it; `--verbose` shows it).
     """
     source = str(source)
     path = Path(source).expanduser()
@@ -67,8 +69,8 @@ def read_texts(source: str, text_column: str | None = None, role: str = "input",
         return lines
     table, name = open_table(source, role)
     col, note = pick_column(table, text_column, TEXT_CANDIDATES, "text", name)
-    if note and log is not None:
-        log(f"note: {note}")
+    if note:
+        logger.debug(f"note: {note}")
     return clean_texts(table, col, name)
 
 

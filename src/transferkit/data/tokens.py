@@ -17,7 +17,7 @@ from ..core import fs
 from . import bundled
 from .mapped import CHUNK_ROWS, MappedTexts
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # With dynamic padding a long limit only costs time on the few long texts; 256 keeps one
 # outlier from dominating a batch while truncating almost nothing in sentence-level data.
@@ -93,7 +93,7 @@ def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
             if cache.num_rows == len(texts):
                 return cache
         except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
-            log.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
+            logger.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     writer = ArrowWriter(path=str(tmp), features=Features({"input_ids": Seq(Value("int32"))}))

@@ -16,6 +16,7 @@ Written here because neither transformers nor peft converts a custom head into a
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from torch import nn
 
 from ..core.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 PLAIN_EPS = 1e-4  # pooler slope: small enough that tanh is linear to float32 precision
 TOLERANCE = 1e-4  # largest logit difference accepted between the run and the written folder
 
 
-def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None,
-           log: Any = None) -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
     from ..core import runtime
     from ..core.fs import write_folder
@@ -53,9 +55,8 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
         tokenizer.save_pretrained(tmp)
         _check_folder(reference, tmp, tokenizer, plain)
     write_folder(out, write)
-    if log is not None:
-        kind = "plain BertForSequenceClassification" if plain else "transferkit classifier (trust_remote_code=True)"
-        log(f"exported {run_dir} ({info.method}, merged) to {out} as a {kind}")
+    kind = "plain BertForSequenceClassification" if plain else "transferkit classifier (trust_remote_code=True)"
+    logger.info(f"exported {run_dir} ({info.method}, merged) to {out} as a {kind}")
     return out
 
 

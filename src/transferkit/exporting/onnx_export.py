@@ -28,9 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import logs
 from ..core.errors import UserError
 from . import int8_smoothing, onnx_gate
 from .folder import check_new_output, merged_model
+
+logger = logging.getLogger(__name__)
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime 1.31 runs up to 23
 
@@ -73,7 +76,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, data: str | None = None,
                 text_column: str | None = None, label_column: str | None = None,
-                base_model: str | None = None, batch_size: int = 64, log: Any = None) -> Path:
+                base_model: str | None = None, batch_size: int = 64) -> Path:
     """Write the run as an ONNX export folder (see the module docstring); returns it."""
     from ..core import runtime
     from .. import tasks
@@ -82,7 +85,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     from ..modeling.resolve import load_tokenizer
     from ..core.runs import RunInfo
     from ..inference.loading import labelled_split
-    log = log or (lambda *_: None)
     runtime.setup()
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
@@ -101,7 +103,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         def calibration() -> tuple[Any, str]:
             from ..config.finetune import RunConfig
             cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
-            val = task.prepare(cfg.data, cfg.train.seed, lambda *_: None).validation
+            with logs.quiet():  # the split's summary was shown when the run trained
+                val = task.prepare(cfg.data, cfg.train.seed).validation
             if len(val) == 0:
                 return held_out, where
             return task.encode(tokenizer, val, info.max_length), f"{len(val)} texts of the validation split"
@@ -122,12 +125,12 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
 
     def write(tmp: Path) -> None:
         graph = tmp / MODEL_FILE
-        log(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
+        logger.info(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
         write_graph(model, graph, example, per_token)
         fp32 = OnnxModule(session(graph), info.label_names, task.head_kind)
         found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id)
-        log(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
-            f"max |prob diff| {found['max_prob_diff']:.2e}")
+        logger.info(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
+                    f"max |prob diff| {found['max_prob_diff']:.2e}")
         onnx_gate.check_fp32(found, where)
         manifest["check"] = {"data": _portable(source), "texts": len(split), **found}
         if int8:
@@ -135,8 +138,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             smoothed = tmp / "model.smoothed.onnx"
             calib, calib_source = calibration() if calibration is not None else (held_out, where)
             n_layers = int8_smoothing.smooth(model, calib, pad_id)
-            log(f"int8: smoothing the inputs of {n_layers} Linear layers (alpha {int8_smoothing.ALPHA:g}), "
-                f"calibrated on {calib_source}")
+            logger.info(f"int8: smoothing the inputs of {n_layers} Linear layers (alpha {int8_smoothing.ALPHA:g}), "
+                        f"calibrated on {calib_source}")
             write_graph(model, smoothed, example, per_token)
             quantize_int8(smoothed, quantized)
             smoothed.unlink()
@@ -144,8 +147,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id)
             m32 = float(task.evaluate(fp32, held_out, batch_size, pad_id, "cpu")[0][metric])
             m8 = float(task.evaluate(q, held_out, batch_size, pad_id, "cpu")[0][metric])
-            log(f"int8 vs fp32 on {where}: argmax agreement {vs['argmax_agreement']:.2%}, "
-                f"{metric} {m8:.2%} vs {m32:.2%}")
+            logger.info(f"int8 vs fp32 on {where}: argmax agreement {vs['argmax_agreement']:.2%}, "
+                        f"{metric} {m8:.2%} vs {m32:.2%}")
             onnx_gate.check_int8(vs, metric, m32, m8, where)
             manifest["int8"] = {"quantization": "onnxruntime dynamic: int8 weights per output channel (MatMul, Gemm), "
                                                 "activations per batch", "vs_fp32": vs, "metric": metric,
@@ -157,7 +160,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         tokenizer.save_pretrained(tmp)
         write_json(tmp / MANIFEST, manifest)
     write_folder(out, write)
-    log(f"exported {run_dir} ({info.method}, {manifest['precision']}) to {out / MODEL_FILE}")
+    logger.info(f"exported {run_dir} ({info.method}, {manifest['precision']}) to {out / MODEL_FILE}")
     return out
 
 

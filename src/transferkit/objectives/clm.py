@@ -134,14 +134,14 @@ class CLM(Objective):
     default_batch_size = 16
     lr_continued = 5e-5
 
-    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int, cfg: Any,
-                log: Callable[[str], None]) -> tuple[Any, Any]:
+    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
+                cfg: Any) -> tuple[Any, Any]:
         from ..data.corpus import build_cache
         sep = separator_id(tokenizer)
         width = cfg.max_length or self.default_max_length
         out = []
         for docs in (train_docs, held_docs):
-            cache = build_cache(docs, tokenizer, "docs", sep, log=log) if docs else None
+            cache = build_cache(docs, tokenizer, "docs", sep) if docs else None
             out.append(CLMData(PackedBlocks(cache, width)) if cache is not None else None)
         return out[0], out[1]
 

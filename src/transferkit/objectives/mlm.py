@@ -11,7 +11,7 @@ treats a WordPiece word (a token and its '##' continuations) as one unit.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -170,8 +170,8 @@ class MLM(Objective):
         return Masker.for_tokenizer(tokenizer, vocab_size, cfg.mlm_probability, cfg.mask_replace,
                                     cfg.random_replace, cfg.whole_word_mask)
 
-    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int, cfg: Any,
-                log: Callable[[str], None]) -> tuple[Any, Any]:
+    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
+                cfg: Any) -> tuple[Any, Any]:
         from ..data.corpus import build_cache
         sep = separator_id(tokenizer)
         width = cfg.max_length or self.default_max_length
@@ -182,7 +182,7 @@ class MLM(Objective):
             if not docs:
                 out.append(None)
                 continue
-            cache = build_cache(docs, tokenizer, "docs", sep, log=log)
+            cache = build_cache(docs, tokenizer, "docs", sep)
             # [CLS] + content + [SEP]: documents inside a block are separated by their own [SEP]
             blocks = PackedBlocks(cache, width - len(prefix) - 1, prefix, [sep])
             out.append(MLMData(blocks, masker, seed))

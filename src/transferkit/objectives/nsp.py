@@ -10,7 +10,7 @@ IsNext pairs slightly harder. The loss is the mean MLM loss plus the mean NSP lo
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -103,8 +103,8 @@ def mlm_nsp_loss(out: LMOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.T
 class MLMNSP(MLM):
     name = "mlm+nsp"
 
-    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int, cfg: Any,
-                log: Callable[[str], None]) -> tuple[Any, Any]:
+    def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
+                cfg: Any) -> tuple[Any, Any]:
         from ..data.corpus import build_cache
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
             from ..core.errors import UserError
@@ -121,7 +121,7 @@ class MLMNSP(MLM):
                 s = split_sentences(text)
                 sents += s
                 doc_of += [d] * len(s)
-            cache = build_cache(sents, tokenizer, "sentences", None, extra={"doc": doc_of}, log=log)
+            cache = build_cache(sents, tokenizer, "sentences", None, extra={"doc": doc_of})
             pairs = make_pairs(np.asarray(doc_of), cfg.nsp_not_next, cfg.train.seed)
             out.append(MLMData(PairData(cache, pairs, tokenizer.cls_token_id, tokenizer.sep_token_id, width),
                                masker, fixed))

@@ -18,8 +18,11 @@ config.yaml keeps the user's (unset) values, so a resumed run decides the same w
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_STEPS = 300
 EVALUATIONS = 15  # validation passes in a run whose epochs were raised
@@ -32,7 +35,7 @@ def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
 
 
 def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, label_names: Sequence[str],
-          default_metric: str, log: Callable[[str], None]) -> Any:
+          default_metric: str) -> Any:
     """`tcfg` (the method-resolved TrainConfig) adapted to the data where `user` (as configured) left it unset."""
     changes: dict[str, Any] = {}
     if user.metric is None:
@@ -41,10 +44,10 @@ def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, labe
             total = sum(counts)
             big, small = max(range(len(counts)), key=counts.__getitem__), min(range(len(counts)), key=counts.__getitem__)
             changes["metric"] = "f1_macro"
-            log(f"imbalanced classes (largest {label_names[big]} {100 * counts[big] / total:.0f}%, smallest "
-                f"{label_names[small]} {100 * counts[small] / total:.0f}% of the training rows): early stopping and "
-                f"the best weights use f1_macro, not {default_metric}, which a model predicting "
-                f"{label_names[big]} for everything would score well on (set train.metric to choose)")
+            logger.info(f"imbalanced classes (largest {label_names[big]} {100 * counts[big] / total:.0f}%, smallest "
+                        f"{label_names[small]} {100 * counts[small] / total:.0f}% of the training rows): early "
+                        f"stopping and the best weights use f1_macro, not {default_metric}, which a model predicting "
+                        f"{label_names[big]} for everything would score well on (set train.metric to choose)")
     min_steps = DEFAULT_MIN_STEPS if user.min_steps is None else user.min_steps
     if user.epochs is None and user.max_steps is None and tcfg.epochs is not None and min_steps:
         per_epoch = steps_per_epoch(n_train, tcfg.batch_size, tcfg.grad_accum)
@@ -56,9 +59,9 @@ def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, labe
             if user.eval_steps is None and epochs > EVALUATIONS:
                 changes["eval_steps"] = math.ceil(per_epoch * epochs / EVALUATIONS)
                 every = f"; validation every {changes['eval_steps']} steps"
-            log(f"small training set ({n_train:,} rows, {per_epoch} steps per epoch): {epochs} epochs instead of "
-                f"{tcfg.epochs:g}, so the run takes at least {min_steps} optimizer steps{every} "
-                f"(train.epochs or train.min_steps=0 to choose)")
+            logger.info(f"small training set ({n_train:,} rows, {per_epoch} steps per epoch): {epochs} epochs "
+                        f"instead of {tcfg.epochs:g}, so the run takes at least {min_steps} optimizer steps{every} "
+                        f"(train.epochs or train.min_steps=0 to choose)")
     return dataclasses.replace(tcfg, **changes)
 
 

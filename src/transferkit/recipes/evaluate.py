@@ -3,8 +3,9 @@ content hashes) or a labelled file, with the run's task's metrics and report. `a
 (which scores its best trial once) both call `run_evaluation`."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core import fs, runtime
 from ..core.runs import RunInfo, read_history
@@ -12,10 +13,12 @@ from ..inference.loading import labelled_split, load_run_model, run_task
 from ..inference.predictor import quantize_int8
 from ..modeling.resolve import load_tokenizer
 
+logger = logging.getLogger(__name__)
+
 
 def run_evaluation(run_dir: str | Path, data: str | None = None, *, text_column: str | None = None,
                    label_column: str | None = None, output_dir: str | Path | None = None, quantize: bool = False,
-                   base_model: str | None = None, log: Callable[[str], None] = runtime.log_stderr) -> dict[str, Any]:
+                   base_model: str | None = None) -> dict[str, Any]:
     """The run's metrics on `data` (default: its own test split), with the report written to `output_dir`
     (default RUN_DIR/report)."""
     runtime.setup()
@@ -32,6 +35,6 @@ def run_evaluation(run_dir: str | Path, data: str | None = None, *, text_column:
                                title=f"transferkit: {info.method} on {source}",
                                extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
                                       "data": source, "rows": len(split)})
-    log(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in task.headline_metrics if k in report))
-    log(f"report: {paths.get('html', out)}")
+    logger.info(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in task.headline_metrics if k in report))
+    logger.info(f"report: {paths.get('html', out)}")
     return report

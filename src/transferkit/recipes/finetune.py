@@ -14,6 +14,7 @@ the report shows; the method (`methods/`) says what trains and how it is saved.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ from ..training import distributed
 from .. import tasks
 from ..config.finetune import describe_duration
 from ..config.checks import validate
-from ..core import fs
+from ..core import fs, logs
 from ..core.errors import UserError
 from ..core.registry import MODELS
 from .run import Run
+
+logger = logging.getLogger(__name__)
 
 BASE_DIR = "base"  # run_dir/base: the weightless base folder of a stock-loadable adapter (modeling.write_base)
 
@@ -66,7 +69,7 @@ class FinetuneRun(Run):
         from ..data.fingerprint import check_fingerprints, data_fingerprints
         from ..modeling.resolve import load_tokenizer, resolve_model
         from ..core.registry import METHODS
-        cfg, log = self.cfg, self.log
+        cfg = self.cfg
         validate(cfg)
         self.task = tasks.get(cfg.task)
         from ..augmentation import mixup_alpha, parse_spec, text_steps
@@ -91,18 +94,18 @@ class FinetuneRun(Run):
         # checked now, created once every input is valid
         self.run_dir = self.resume if self.resume is not None else new_run_dir(cfg.output_dir, cfg.method.name)
 
-        notes: list[str] = []  # the data summary is printed only once the data passed every check
-        self.splits = self.task.prepare(cfg.data, cfg.train.seed, notes.append)
-        self.fingerprints = data_fingerprints(cfg.data)
-        started = self.run_dir / DATA_FILE
-        if self.resume is not None and started.is_file():  # a resumed run trains on the rows it started with
-            check_fingerprints(read_json_object(started, "data record"), cfg.data,
-                               hint="a run resumes only on the data it started with: restore the file or start a new run")
-        for line in notes:
-            log(line)
+        with logs.held() as summary:  # the data summary is shown only once the data passed every check
+            self.splits = self.task.prepare(cfg.data, cfg.train.seed)
+            self.fingerprints = data_fingerprints(cfg.data)
+            started = self.run_dir / DATA_FILE
+            if self.resume is not None and started.is_file():  # a resumed run trains on the rows it started with
+                check_fingerprints(read_json_object(started, "data record"), cfg.data,
+                                   hint="a run resumes only on the data it started with: restore the file or "
+                                        "start a new run")
+        logs.release(summary)
         self.augment_record = None
         if text_steps(self.augment_steps):  # the training split only: validation and test stay as they are
-            self.splits = self.task.augment(self.splits, self.augment_steps, cfg.train.seed, cfg.data.augment, log)
+            self.splits = self.task.augment(self.splits, self.augment_steps, cfg.train.seed, cfg.data.augment)
             self._check_augmented_rows()
 
         self.tokenizer = load_tokenizer(self.resolved.path)
@@ -122,8 +125,8 @@ class FinetuneRun(Run):
         if self.max_length > limit:
             raise UserError(f"data.max_length {self.max_length} exceeds the model's limit of {limit} tokens")
         s = self.stats
-        log(f"tokens per text (train): mean {s['mean']}, p95 {s['p95']}, max {s['max']} -> max_length "
-            f"{self.max_length}" + ("" if cfg.data.max_length else " (from the data)"))
+        logger.info(f"tokens per text (train): mean {s['mean']}, p95 {s['p95']}, max {s['max']} -> max_length "
+                    f"{self.max_length}" + ("" if cfg.data.max_length else " (from the data)"))
 
     def _check_augmented_rows(self) -> None:
         """Record the augmented training rows by hash; a resumed run must get exactly the rows it started
@@ -151,7 +154,7 @@ class FinetuneRun(Run):
 
         from ..methods.base import count_parameters, describe_parameters
         from ..training.loop import Trainer
-        cfg, log, method = self.cfg, self.log, self.method
+        cfg, method = self.cfg, self.method
         self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available(),
                                                           precision=cfg.train.precision)
         set_seed(cfg.train.seed)
@@ -163,7 +166,7 @@ class FinetuneRun(Run):
                                       random_init=cfg.model.init == "random")
         model = method.apply(model)
         self.counts = count_parameters(model)
-        log(describe_parameters(self.counts))
+        logger.info(describe_parameters(self.counts))
         self.pad_id = self.tokenizer.pad_token_id or 0
         data = {name: self.task.encode(self.tokenizer, split, self.max_length)
                 for name, split in (("train", self.splits.train), ("validation", self.splits.validation),
@@ -184,25 +187,27 @@ class FinetuneRun(Run):
         from .adaptive import adapt, class_weights
         counts = self.task.class_counts(self.splits)
         self.tcfg = tcfg = adapt(method.train_config(cfg.train), cfg.train, len(data["train"]), counts,
-                                 self.splits.label_names, self.task.default_metric, log)
+                                 self.splits.label_names, self.task.default_metric)
         loss_fn = self.task.loss
         if cfg.train.class_weights == "balanced":
             weights = torch.tensor(class_weights(counts))
-            log("class weights (balanced): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.splits.label_names, weights.tolist())))
+            logger.info("class weights (balanced): "
+                        + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.splits.label_names, weights.tolist())))
             loss_fn = functools.partial(self.task.loss, class_weights=weights)
         mixup = None
         if self.mixup_alpha is not None:
             from ..augmentation.mixup import Mixup
             mixup = Mixup(model, self.mixup_alpha)
             loss_fn = mixup.loss(loss_fn)
-            log(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")
+            logger.info(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")
         trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
-                          eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=loss_fn, log=log)
+                          eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=loss_fn)
         self.restore(trainer)
-        log(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
-            f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping patience "
-            f"{tcfg.early_stopping_patience}, {acc.device}{', bf16 autocast' if acc.mixed_precision == 'bf16' else ''}"
-            f"{f', {acc.num_processes} processes ({tcfg.parallel})' if acc.num_processes > 1 else ''}")
+        logger.info(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
+                    f"{trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum} examples, early stopping "
+                    f"patience {tcfg.early_stopping_patience}, {acc.device}"
+                    f"{', bf16 autocast' if acc.mixed_precision == 'bf16' else ''}"
+                    f"{f', {acc.num_processes} processes ({tcfg.parallel})' if acc.num_processes > 1 else ''}")
         from .compare.run import current_rss_mb
         self.rss_before_train = current_rss_mb()  # the memory training adds is the peak minus this
         self.state = trainer.fit()
@@ -226,7 +231,7 @@ class FinetuneRun(Run):
             check_safetensors(path)
             with loading(path, "cached features"):
                 feats = load_file(str(path))
-            self.log(f"using cached encoder features from {path}")
+            logger.info(f"using cached encoder features from {path}")
         else:
             t0 = time.perf_counter()
             model.to(device)
@@ -235,8 +240,8 @@ class FinetuneRun(Run):
             if distributed.is_main():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fs.write_bytes(path, to_bytes(feats))
-            self.log(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
-                     f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
+            logger.info(f"encoded {sum(len(d) for d in data.values())} texts once with the frozen encoder "
+                        f"in {time.perf_counter() - t0:.1f} s (cached in {path})")
         return {name: FeatureData(feats[name], d.labels) for name, d in data.items()}
 
     # ---- save ------------------------------------------------------------------------------------
@@ -251,7 +256,7 @@ class FinetuneRun(Run):
         from .compare.run import memory_report
         from ..core.runs import RunInfo, read_history
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
-        run_dir, log = self.run_dir, self.log
+        run_dir = self.run_dir
         test_metrics, test_predictions = None, None
         if self.score_test:
             with distributed.sharded():  # each process scores its share of the test split
@@ -293,10 +298,11 @@ class FinetuneRun(Run):
                                           "method": method.name, "data": source, "split": "test"})
         if test_predictions is not None and (warning := self.task.collapse_warning(self.splits, test_predictions)):
             metrics["warnings"] = [warning]
-            log(warning)
+            logger.warning(warning)
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
         if test_metrics is not None:
-            log("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
-        log(f"trained {state.examples_seen} samples in {state.train_seconds:.1f} s ({samples_per_s:.1f} samples/s)")
-        log(f"run directory: {run_dir}")
+            logger.info("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
+        logger.info(f"trained {state.examples_seen} samples in {state.train_seconds:.1f} s "
+                    f"({samples_per_s:.1f} samples/s)")
+        logger.info(f"run directory: {run_dir}")
         return FinetuneResult(run_dir, metrics)

@@ -21,11 +21,12 @@ Nothing here writes a run directory: the dry runs train in memory and are thrown
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ..core import fs
+from ..core import fs, logs
 from ..core.units import parse_duration, parse_memory
 from ..core.errors import UserError
 from ..training.memory_estimate import MB, MemoryEstimate, training_memory
@@ -33,7 +34,8 @@ from .plan_advice import recommend, table
 from .plan_types import GB, Hardware, MethodPlan, PlanResult  # noqa: F401  (GB: plan's callers read sizes in it)
 from .plan_dry_run import dry_run
 from ..core import runtime
-from ..core.runtime import log_stderr
+
+logger = logging.getLogger(__name__)
 
 MEMORY_HEADROOM = 0.9  # plan within 90% of the memory there is (the runtime and the data need some)
 
@@ -66,8 +68,7 @@ class PlanRun:
 
     def __init__(self, cfg: Any, *, memory: str | int | None = None, device: str | None = None,
                  time_budget: str | float | None = None, tasks: int = 1, dry_run_steps: int = 5,
-                 methods: list[str] | None = None, output_dir: str | Path | None = None,
-                 log: Callable[[str], None] = log_stderr) -> None:
+                 methods: list[str] | None = None, output_dir: str | Path | None = None) -> None:
         from ..core.registry import METHODS
         if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 10_000:
             raise UserError(f"--tasks {tasks!r}: must be an integer in [1, 10000]")
@@ -75,7 +76,7 @@ class PlanRun:
             raise UserError(f"--dry-run-steps {dry_run_steps!r}: must be an integer in [0, 1000] (0: no dry run)")
         if dry_run_steps == 1:
             raise UserError("--dry-run-steps 1: the first step warms up and is not timed; give 2 or more (or 0)")
-        self.cfg, self.log, self.tasks, self.dry_run_steps = cfg, log, tasks, dry_run_steps
+        self.cfg, self.tasks, self.dry_run_steps = cfg, tasks, dry_run_steps
         self.hardware = detect_hardware(device, memory)
         self.time_budget = parse_duration(time_budget) if time_budget is not None else None
         from .. import tasks as task_kinds
@@ -91,7 +92,7 @@ class PlanRun:
 
     def run(self) -> PlanResult:
         from .finetune import FinetuneRun
-        setup = FinetuneRun(self.cfg, None, self.log)
+        setup = FinetuneRun(self.cfg)
         setup.setup()  # the data and model checks of a real run; nothing written
         self.setup = setup
         splits = setup.splits
@@ -128,13 +129,13 @@ class PlanRun:
         if dry and plan.fits:
             from ..core.registry import METHODS
             method = METHODS.get(name)()
-            self.log(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
+            logger.info(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
             plan.dry_run = dry_run(setup, method, method.train_config(cfg.train), plan.batch_size, plan.grad_accum,
                                    self.dry_run_steps)
             if plan.stage is not None:
                 like = METHODS.get(plan.stage["like"])()
-                self.log(f"dry run: {name}'s own stage trains like {like.name}: {self.dry_run_steps} steps of "
-                         f"{plan.stage['batch_size']} texts ...")
+                logger.info(f"dry run: {name}'s own stage trains like {like.name}: {self.dry_run_steps} steps of "
+                            f"{plan.stage['batch_size']} texts ...")
                 d = dry_run(setup, like, like.train_config(cfg.train), plan.stage["batch_size"], 1, self.dry_run_steps,
                             fill=True)  # a pair step holds its full batch of texts even from 16 rows
                 plan.stage.update(samples_per_s=d["samples_per_s"], peak_mb=d["peak_mb"], largest_batch=d["largest_batch"])
@@ -180,8 +181,8 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
         batch, accum = (batch + 1) // 2, accum * 2
         mem = estimate(batch)
     from .adaptive import adapt  # small sets train longer (at least min_steps), as the run will
-    tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy",
-                 lambda _: None)
+    with logs.quiet():  # the run says what it adapts when it trains; a plan only counts the steps
+        tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy")
     epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
     steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
     steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)

@@ -72,7 +72,7 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
             eval_rate = None
         run_cfg = dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum, progress=False)
         with tempfile.TemporaryDirectory(prefix="transferkit-plan-") as tmp:
-            trainer = Trainer(model, data, run_cfg, Path(tmp), acc, pad, loss_fn=task.loss, log=lambda *_: None)
+            trainer = Trainer(model, data, run_cfg, Path(tmp), acc, pad, loss_fn=task.loss)  # stepped only: no lines
             lengths = data.lengths()
             batches = length_grouped_batches(lengths, batch, cfg.train.seed, 0, run_cfg.group_by_length)
             # the untimed first step takes the longest rows, so the measured peak is the run's

@@ -15,9 +15,10 @@ load it, and `transferkit finetune --model RUN_DIR/model` fine-tunes its encoder
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..training import distributed
 from ..config.finetune import describe_duration
@@ -25,9 +26,10 @@ from ..config.pretrain import PretrainConfig
 from ..config.checks import validate_pretrain
 from ..core import fs
 from ..core.errors import UserError
-from ..core.runtime import log_stderr as _log
 from ..core.runs import new_run_dir
 from .run import Run
+
+logger = logging.getLogger(__name__)
 
 # Short names for the most used keys (Python keyword arguments and CLI flags).
 PRETRAIN_KEYS = {"objective": "objective", "corpus": "corpus", "text_column": "text_column", "model": "model",
@@ -56,13 +58,13 @@ def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = Non
 
 
 def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
-             log: Callable[[str], None] = _log, **overrides: Any) -> PretrainResult:
+             **overrides: Any) -> PretrainResult:
     """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
     from ..core import runtime
     runtime.setup()
     if resume is not None:
-        return PretrainRun.resumed(resume, PretrainConfig, overrides, PRETRAIN_KEYS, log)
-    return PretrainRun(make_pretrain_config(config, overrides), None, log).run()
+        return PretrainRun.resumed(resume, PretrainConfig, overrides, PRETRAIN_KEYS)
+    return PretrainRun(make_pretrain_config(config, overrides)).run()
 
 
 class PretrainRun(Run):
@@ -73,7 +75,7 @@ class PretrainRun(Run):
     def prepare(self) -> None:
         """Validate, read and split the corpus, build or load the model and tokenizer (nothing written)."""
         from ..core.registry import OBJECTIVES
-        cfg, log, resume = self.cfg, self.log, self.resume
+        cfg, resume = self.cfg, self.resume
         validate_pretrain(cfg)
         self.objective = objective = OBJECTIVES.get(cfg.objective)
         if not cfg.from_scratch and cfg.model is None:
@@ -91,13 +93,14 @@ class PretrainRun(Run):
         docs = load_documents(cfg.corpus, cfg.text_column, cfg.limit)
         train_idx, held_idx = heldout_split(len(docs), cfg.heldout, cfg.train.seed)
         self.train_docs, self.held_docs = [docs[i] for i in train_idx], [docs[i] for i in held_idx]
-        log(f"corpus {', '.join(cfg.corpus)}: {len(docs):,} documents, {sum(len(d.split()) for d in docs):,} words "
-            f"-> {len(self.train_docs):,} training, {len(self.held_docs):,} held out")
+        logger.info(f"corpus {', '.join(cfg.corpus)}: {len(docs):,} documents, "
+                    f"{sum(len(d.split()) for d in docs):,} words "
+                    f"-> {len(self.train_docs):,} training, {len(self.held_docs):,} held out")
 
         from accelerate.utils import set_seed
         set_seed(cfg.train.seed)
         self.model, self.tokenizer, self.new_params = _model_and_tokenizer(cfg, objective, self.run_dir,
-                                                                           self.train_docs, log)
+                                                                           self.train_docs)
         vocab = self.model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > vocab:
             raise UserError(f"tokenizer has {len(self.tokenizer)} tokens but the model's embedding table only {vocab}")
@@ -106,13 +109,13 @@ class PretrainRun(Run):
         import torch
 
         from ..training.loop import Trainer
-        cfg, log, objective, tokenizer = self.cfg, self.log, self.objective, self.tokenizer
+        cfg, objective, tokenizer = self.cfg, self.objective, self.tokenizer
         run_dir = self.run_dir
         vocab = self.model.get_input_embeddings().weight.shape[0]
         if not (run_dir / "tokenizer").is_dir() and distributed.is_main():
             fs.write_folder(run_dir / "tokenizer", tokenizer.save_pretrained)
         train_data, held_data = objective.prepare(self.train_docs, self.held_docs, tokenizer,
-                                                  min(len(tokenizer), vocab), cfg, log)
+                                                  min(len(tokenizer), vocab), cfg)
         if train_data is None or len(train_data) == 0:
             raise UserError(f"corpus {', '.join(cfg.corpus)} gives no {cfg.objective} training examples")
         self.train_data, self.held_data = train_data, held_data
@@ -126,24 +129,25 @@ class PretrainRun(Run):
         if held_data is not None and len(held_data):
             def eval_fn(m: Any) -> dict[str, float]:
                 st = trainer.state  # the speed goes to the log only: records must not differ when a run resumes
-                log(f"step {st.global_step}: {st.tokens_seen:,} tokens trained, "
-                    f"{st.tokens_seen / max(st.train_seconds, 1e-9):,.0f} tokens/s")
+                logger.info(f"step {st.global_step}: {st.tokens_seen:,} tokens trained, "
+                            f"{st.tokens_seen / max(st.train_seconds, 1e-9):,.0f} tokens/s")
                 return objective.evaluate(m, held_data, eval_bs, pad_id, accelerator.device)
         trainer = Trainer(wrapped, train_data, tcfg, run_dir, accelerator, pad_id, eval_fn=eval_fn,
-                          loss_fn=objective.loss_fn, log=log)
+                          loss_fn=objective.loss_fn)
         self.restore(trainer)
         width = max(train_data.lengths())
-        log(f"pretraining {cfg.objective}: {len(train_data):,} sequences of up to {width} tokens, lr {tcfg.lr:g}"
-            + (f" (new head weights {tcfg.head_lr:g})" if self.new_params else "")
-            + f", {describe_duration(tcfg)} = {trainer.total_steps} steps of {tcfg.batch_size * tcfg.grad_accum}, "
-            f"{accelerator.device}")
+        logger.info(f"pretraining {cfg.objective}: {len(train_data):,} sequences of up to {width} tokens, "
+                    f"lr {tcfg.lr:g}"
+                    + (f" (new head weights {tcfg.head_lr:g})" if self.new_params else "")
+                    + f", {describe_duration(tcfg)} = {trainer.total_steps} steps of "
+                    f"{tcfg.batch_size * tcfg.grad_accum}, {accelerator.device}")
         self.state = trainer.fit()
         self.trainer = trainer
         self.model = accelerator.unwrap_model(trainer.model).model
         return self.state
 
     def save(self) -> PretrainResult:
-        cfg, log, model, tokenizer, state = self.cfg, self.log, self.model, self.tokenizer, self.state
+        cfg, model, tokenizer, state = self.cfg, self.model, self.tokenizer, self.state
         run_dir, tcfg, train_data, held_data = self.run_dir, self.tcfg, self.train_data, self.held_data
         if not distributed.is_main():  # rank 0 writes the run directory
             return PretrainResult(run_dir, {})
@@ -166,9 +170,10 @@ class PretrainRun(Run):
                              "newly_initialized": self.new_params}}
         fs.write_json(run_dir / "metrics.json", metrics)
         if held:
-            log("held-out: " + " ".join(f"{k}={v:.4f}" for k, v in held.items() if k != "tokens"))
-        log(f"trained {state.tokens_seen:,} tokens in {state.train_seconds:.1f} s ({tokens_per_s:,.0f} tokens/s)")
-        log(f"model: {run_dir / 'model'}")
+            logger.info("held-out: " + " ".join(f"{k}={v:.4f}" for k, v in held.items() if k != "tokens"))
+        logger.info(f"trained {state.tokens_seen:,} tokens in {state.train_seconds:.1f} s "
+                    f"({tokens_per_s:,.0f} tokens/s)")
+        logger.info(f"model: {run_dir / 'model'}")
         return PretrainResult(run_dir, metrics)
 
 
@@ -195,8 +200,8 @@ def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool
                                early_stopping_patience=t.early_stopping_patience or 0)
 
 
-def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, train_docs: list[str],
-                         log: Callable[[str], None]) -> tuple[Any, Any, list[str]]:
+def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path,
+                         train_docs: list[str]) -> tuple[Any, Any, list[str]]:
     from ..modeling import lm as lm_models
     saved = run_dir / "tokenizer"
     if cfg.from_scratch:
@@ -209,15 +214,15 @@ def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path, tra
             t0 = time.perf_counter()
             kind = kind_for_arch(cfg.arch)
             tokenizer = train_tokenizer(train_docs, kind, cfg.vocab_size)
-            log(f"trained a {kind} tokenizer of {len(tokenizer):,} tokens on the training documents "
-                f"in {time.perf_counter() - t0:.1f} s")
+            logger.info(f"trained a {kind} tokenizer of {len(tokenizer):,} tokens on the training documents "
+                        f"in {time.perf_counter() - t0:.1f} s")
         else:
             tokenizer = _load_tokenizer(cfg.tokenizer)
         model = lm_models.build_from_scratch(cfg.arch, cfg.size, tokenizer, cfg.objective)
         n = sum(p.numel() for p in model.parameters())
-        log(f"built {type(model).__name__} ({cfg.arch}, {cfg.size}) from scratch: {n / 1e6:.1f}M parameters")
+        logger.info(f"built {type(model).__name__} ({cfg.arch}, {cfg.size}) from scratch: {n / 1e6:.1f}M parameters")
         return model, tokenizer, []
-    model, tokenizer = lm_models.load_for_objective(cfg.model, cfg.objective, log=log)
+    model, tokenizer = lm_models.load_for_objective(cfg.model, cfg.objective)
     if cfg.tokenizer is not None:
         tokenizer = _load_tokenizer(cfg.tokenizer)
     return model, tokenizer, list(getattr(model, "newly_initialized", []))

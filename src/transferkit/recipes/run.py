@@ -16,13 +16,15 @@ records (`before_new_run`, `start_files`).
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..training import distributed
 from ..config.base import apply_resume_overrides
 from ..core import fs
-from ..core.runtime import log_stderr
+
+logger = logging.getLogger(__name__)
 
 
 class Run:
@@ -30,9 +32,8 @@ class Run:
 
     command: ClassVar[str] = ""  # the CLI command, recorded in the run directory's lock
 
-    def __init__(self, cfg: Any, resume: str | Path | None = None, log: Callable[[str], None] = log_stderr,
-                 rewrite_config: bool = False) -> None:
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: Any, resume: str | Path | None = None, rewrite_config: bool = False) -> None:
+        self.cfg = cfg
         self.resume = Path(resume) if resume is not None else None
         self.rewrite_config = rewrite_config  # a resume that changed the lr records it once checks pass
         self.run_dir: Path | None = None  # chosen by prepare()
@@ -40,7 +41,7 @@ class Run:
 
     @classmethod
     def resumed(cls, run_dir: str | Path, config_class: Any, overrides: Mapping[str, Any],
-                short_keys: Mapping[str, str], log: Callable[[str], None] = log_stderr) -> Any:
+                short_keys: Mapping[str, str]) -> Any:
         """Continue the interrupted run in `run_dir` (its own config.yaml, with the resume overrides)."""
         from ..core.lock import RunLock
         from ..core.runs import resumable
@@ -48,7 +49,7 @@ class Run:
         changed = apply_resume_overrides(cfg, dict(overrides), dict(short_keys))
         # held from the first read of the checkpoint to the last write; by rank 0 alone under several processes
         with RunLock(run_dir, cls.command) if distributed.is_main() else contextlib.nullcontext():
-            return cls(cfg, run_dir, log, rewrite_config=changed).run()
+            return cls(cfg, run_dir, rewrite_config=changed).run()
 
     # ---- the entry point ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -88,9 +89,9 @@ class Run:
         if self.resume is None:
             return
         if trainer.load_checkpoint():
-            self.log(f"resuming {self.run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
+            logger.info(f"resuming {self.run_dir} at step {trainer.state.global_step} of {trainer.total_steps}")
         else:
-            self.log(f"no checkpoint in {self.run_dir}: starting from the beginning")
+            logger.info(f"no checkpoint in {self.run_dir}: starting from the beginning")
 
     # ---- what each kind of run fills in ---------------------------------------------------------
     def prepare(self) -> None:

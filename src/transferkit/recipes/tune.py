@@ -32,6 +32,7 @@ cannot search peft's options (transformers #29391) and needs a model_init workar
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import subprocess
@@ -39,12 +40,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..core import fs
+from ..core import fs, logs
 from ..core.errors import TrainingDiverged, UserError
-from ..core.runtime import log_stderr
 from .tune_space import Param, default_space, read_space, takes
+
+logger = logging.getLogger(__name__)
 
 SETTINGS = "tune.json"
 STUDY = "study.db"
@@ -71,12 +73,11 @@ class TuneRun:
     def __init__(self, cfg: Any = None, *, output_dir: str | Path | None = None, method: str = "lora",
                  n_trials: int = 30, timeout: str | float | None = None, metric: str | None = None,
                  space: str | Path | None = None, workers: int = 1, keep: int = 3, seed: int | None = None,
-                 resume: str | Path | None = None, worker: bool = False,
-                 log: Callable[[str], None] = log_stderr) -> None:
+                 resume: str | Path | None = None, worker: bool = False) -> None:
         from ..config.finetune import RunConfig
         from ..core.registry import METHODS
         from ..core.units import parse_duration
-        self.log, self.worker = log, worker
+        self.worker = worker
         if resume is not None:
             self.out = Path(resume)
             settings = self._read_settings()
@@ -184,7 +185,8 @@ class TuneRun:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_settings()  # what workers and a later --resume read (a resume may raise n_trials)
             from .finetune import FinetuneRun
-            FinetuneRun(copy.deepcopy(self.cfg), None, lambda *_: None).setup()  # bad data fails now, once
+            with logs.quiet():  # bad data fails now, once; each trial's own lines would bury the search's
+                FinetuneRun(copy.deepcopy(self.cfg)).setup()
         study = self.study()
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
         procs = []
@@ -204,7 +206,7 @@ class TuneRun:
             return None
         failed = [p for p in procs if p.returncode not in (0, None)]
         if failed:
-            self.log(f"{len(failed)} worker(s) exited with an error; their trials are in the study")
+            logger.info(f"{len(failed)} worker(s) exited with an error; their trials are in the study")
         return self._finish(study)
 
     def _start_workers(self) -> list[subprocess.Popen]:
@@ -216,8 +218,8 @@ class TuneRun:
         for i in range(1, self.workers):
             env = {**os.environ, "TRANSFERKIT_TUNE_WORKER": str(i), "OMP_NUM_THREADS": threads}
             procs.append(subprocess.Popen([sys.executable, "-m", "transferkit", "tune", "--resume", str(self.out),
-                                           "--worker"], env=env, stdout=subprocess.DEVNULL))
-        self.log(f"started {len(procs)} more worker process(es) on {self.out / STUDY}, {threads} thread(s) each")
+                                           "--worker", *logs.child_flags()], env=env, stdout=subprocess.DEVNULL))
+        logger.info(f"started {len(procs)} more worker process(es) on {self.out / STUDY}, {threads} thread(s) each")
         return procs
 
     def _objective(self, trial: Any) -> float:
@@ -252,19 +254,20 @@ class TuneRun:
             trial.report(float(value), index)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{self.metric}={value:.4f} at evaluation {index}")
-        run = FinetuneRun(cfg, None, lambda *_: None)
+        run = FinetuneRun(cfg)
         run.score_test, run.on_eval = False, report
         t0 = time.perf_counter()
         try:
-            result = run.run()
+            with logs.quiet():  # a trial says one line, below, not a whole run's
+                result = run.run()
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # a pruned or failed trial leaves only its record
             raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
         value = float(result.metrics["validation"][self.metric])
-        self.log(f"trial {trial.number}: {method} {self.metric}={value:.4f} "
-                 + " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in chosen.items()))
+        logger.info(f"trial {trial.number}: {method} {self.metric}={value:.4f} "
+                    + " ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in chosen.items()))
         self._prune_folders(trial.study, also=(trial.number, value))
         return value
 
@@ -306,9 +309,11 @@ class TuneRun:
             best_params["method"] = best.user_attrs.get("method")
             best_run = Path(best.user_attrs["run_dir"])
             shutil.copyfile(best_run / "config.yaml", self.out / "best.yaml")
-            self.log(f"best: trial {best.number}, validation {self.metric}={best.value:.4f}; scoring it on the "
-                     f"test split (the only trial that sees it)")
-            test = {k: v for k, v in run_evaluation(best_run, log=lambda *_: None).items() if isinstance(v, (int, float))}
+            logger.info(f"best: trial {best.number}, validation {self.metric}={best.value:.4f}; scoring it on the "
+                        f"test split (the only trial that sees it)")
+            with logs.quiet():  # the report says the scores
+                scores = run_evaluation(best_run)
+            test = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
             summary.update({"best_trial": best.number, "best_validation": best.value, "best_params": best_params,
                             "best_run": str(best_run), "test": test})
         self._write_settings(summary)

@@ -2,21 +2,24 @@
 rather than the command line), the runs loaded into one `ModelSet`, and uvicorn started on the app."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ..core import runtime
 from ..core.errors import UserError
 from .app import create_app
 from .models import ModelSet
 
+logger = logging.getLogger(__name__)
+
 
 def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
                host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
                max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
-               default_model: str | None = None, log: Callable[[str], None] = runtime.log_stderr) -> None:
+               default_model: str | None = None) -> None:
     """Serve `{name: run_dir}` (and runs under `adapter_root`) until stopped; see `api.serve`."""
     import uvicorn  # the server's own import: only when one starts
 
@@ -35,7 +38,7 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
     app = create_app(models, default_model=first, adapter_root=adapter_root, api_key=api_key,
                      max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
                      max_inputs=max_inputs)
-    log(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
+    logger.info(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

@@ -7,7 +7,7 @@ a branch in the run, the loop or the predictor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -38,16 +38,17 @@ class Task:
     # The metrics `evaluate` prints, in order.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
 
-    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+    def prepare(self, data_cfg: Any, seed: int) -> Any:
         """Load, validate and split the data named by `data_cfg`; returns the task's splits
-        (with `label_names`, `summary`, and `train`/`validation`/`test`)."""
+        (with `label_names`, `summary`, and `train`/`validation`/`test`). What it found (sources, sizes,
+        warnings) it logs."""
         raise NotImplementedError
 
     def texts(self, split: Any) -> list[str]:
         """The texts of a split (token statistics and max_length are computed on them)."""
         raise NotImplementedError
 
-    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+    def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
         """`splits` with new training rows from the spec's text steps (validation and test untouched);
         the record goes into `splits.summary["augment"]`."""
         raise NotImplementedError
@@ -178,7 +179,7 @@ class Task:
     augment_formats: ClassVar[tuple[str, ...]] = ()
 
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
-                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+                     label_column: str | None) -> tuple[str, Any]:
         """(the text of an output file ending in `suffix`: every row of `data` with an origin column, then the
         new rows; the `augmentation.apply.AugmentReport`)."""
         raise UserError(f"augment: {self.name} data cannot be augmented into a file")

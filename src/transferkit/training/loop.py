@@ -12,6 +12,7 @@ the last checkpoint; checkpoints themselves are written and read by `checkpoint`
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from ..core import fs
 from ..data.batches import length_grouped_batches
 from ..core.errors import TrainingDiverged, UserError
 from .optim import make_optimizer, param_groups
+
+logger = logging.getLogger(__name__)
 
 LOG_EVERY = 10  # optimizer steps between training records in metrics.jsonl
 
@@ -91,10 +94,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train_data: Any, cfg: TrainConfig, run_dir: Path, accelerator: Any,
                  pad_id: int = 0,
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, *,
-                 loss_fn: Callable, log: Callable[[str], None] = print) -> None:
+                 loss_fn: Callable) -> None:
         if eval_fn is not None and cfg.metric is None:
             raise ValueError("TrainConfig.metric must name the validation metric (the task's default_metric)")
-        self.cfg, self.run_dir, self.acc, self.log = cfg, Path(run_dir), accelerator, log
+        self.cfg, self.run_dir, self.acc = cfg, Path(run_dir), accelerator
         self.data, self.pad_id, self.eval_fn, self.loss_fn = train_data, pad_id, eval_fn, loss_fn
         self.lengths = train_data.lengths()
         micro = math.ceil(len(train_data) / cfg.batch_size)  # the global batch: any process count (distributed)
@@ -277,9 +280,9 @@ class Trainer:
                       "epoch": round(self._epoch_pos(), 4), **metrics})
         value = metrics[self.cfg.metric]
         better = st.best_metric is None or (value > st.best_metric if self.higher_is_better else value < st.best_metric)
-        self.log(f"step {st.global_step} (epoch {self._epoch_pos():.2f}): validation "
-                 + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                 + ("  * best" if better else ""))
+        logger.info(f"step {st.global_step} (epoch {self._epoch_pos():.2f}): validation "
+                    + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                    + ("  * best" if better else ""))
         if better:
             st.best_metric, st.best_step, st.bad_evals = value, st.global_step, 0
             st.best_metrics = metrics
@@ -291,14 +294,15 @@ class Trainer:
         patience = self.cfg.early_stopping_patience
         if patience and st.bad_evals >= patience:
             st.stopped_early = True
-            self.log(f"early stopping: no improvement in {self.cfg.metric} for {patience} evaluations")
+            logger.info(f"early stopping: no improvement in {self.cfg.metric} for {patience} evaluations")
             return True
         return False
 
     def restore_best(self) -> None:
         if self.best_state is not None:
             load_trainable_state(self.acc.unwrap_model(self.model), self.best_state)
-            self.log(f"restored the best weights (step {self.state.best_step}, {self.cfg.metric}={self.state.best_metric:.4f})")
+            logger.info(f"restored the best weights (step {self.state.best_step}, "
+                        f"{self.cfg.metric}={self.state.best_metric:.4f})")
 
     def _record(self, rec: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
@@ -371,7 +375,8 @@ class Trainer:
             if self.best_state is None and state.best_step == state.global_step:
                 self.best_state = found.weights  # evaluated at this very step: the same weights
             if self.best_state is None:  # a later evaluation replaced them before the run was killed
-                self.log(f"note: {self.ckpt_dir / ckpt.BEST} does not hold the best weights (step {state.best_step})")
+                logger.info(f"note: {self.ckpt_dir / ckpt.BEST} does not hold the best weights "
+                            f"(step {state.best_step})")
         if self.acc.is_main_process:
             _truncate_lines(self.metrics_path, state.metrics_lines)
         self._saved_step = state.global_step
@@ -390,7 +395,7 @@ class Trainer:
         for group, base, lr in zip(self.opt.param_groups, base_lrs, lrs):
             group["initial_lr"], group["lr"] = base, lr
         sched._last_lr = lrs
-        self.log(f"learning rates changed on resume: now {', '.join(f'{b:g}' for b in base_lrs)}")
+        logger.info(f"learning rates changed on resume: now {', '.join(f'{b:g}' for b in base_lrs)}")
 
 
 def _truncate_lines(path: Path, n: int) -> None:

@@ -3,6 +3,7 @@ batches, same refusals, a cache that is reused and rebuilt when damaged, a run w
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_tokenizer, quiet, tiny_config, write_csv
+from helpers import make_tokenizer, tiny_config, write_csv
 from transferkit.config.finetune import DataConfig
 from transferkit.data import bundled, mapped
 from transferkit.tasks.classify import mapped as classify_mapped
@@ -52,11 +53,13 @@ def write(path, rows, fmt: str):
     return path
 
 
-def both(**cfg) -> tuple:
+def both(caplog, **cfg) -> tuple:
+    """The splits of `cfg` read in memory and through the mapped cache, each with the lines it logged."""
+    caplog.set_level(logging.INFO, logger="transferkit")
     got = []
     for storage in ("memory", "mapped"):
-        notes: list[str] = []
-        got.append((prepare_splits(DataConfig(storage=storage, **cfg), 3, log=notes.append), notes))
+        caplog.clear()
+        got.append((prepare_splits(DataConfig(storage=storage, **cfg), 3), list(caplog.messages)))
     return got
 
 
@@ -69,27 +72,27 @@ def assert_same(a, b) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
-def test_mapped_splits_equal_the_in_memory_splits(tmp_path, fmt):
+def test_mapped_splits_equal_the_in_memory_splits(tmp_path, fmt, caplog):
     path = write(tmp_path / f"d.{fmt}", noisy_rows(), fmt)
-    (mem, _), (mapd, notes) = both(data=str(path))
+    (mem, _), (mapd, notes) = both(caplog, data=str(path))
     assert isinstance(mapd.train.texts, mapped.MappedTexts) and isinstance(mem.train.texts, list)
     assert mem.summary["dedupe"]["conflicts_removed"] > 0 and mem.summary["dedupe"]["relabelled"] > 0
     assert_same(mem, mapd)
     assert any("memory-mapped cache" in n for n in notes)
 
 
-def test_explicit_files_with_a_carved_validation_split_and_overlap_counts(tmp_path):
+def test_explicit_files_with_a_carved_validation_split_and_overlap_counts(tmp_path, caplog):
     rows = noisy_rows(200, seed=1)
     train = write(tmp_path / "train.csv", rows, "csv")
     test = write(tmp_path / "test.jsonl", noisy_rows(40, seed=2) + rows[:5], "jsonl")
-    (mem, _), (mapd, _) = both(train=str(train), test=str(test))
+    (mem, _), (mapd, _) = both(caplog, train=str(train), test=str(test))
     assert mem.summary["overlap_rows_with_train"]["test"] > 0  # the test file repeats training texts
     assert_same(mem, mapd)
 
 
-def test_same_token_rows_and_batches(tmp_path):
+def test_same_token_rows_and_batches(tmp_path, caplog):
     path = write(tmp_path / "d.csv", noisy_rows(), "csv")
-    (mem, _), (mapd, _) = both(data=str(path))
+    (mem, _), (mapd, _) = both(caplog, data=str(path))
     tok = make_tokenizer()
     a = TokenData(tokenize(tok, mem.train.texts, 6), list(mem.train.labels))
     b = TokenData(tokenize(tok, mapd.train.texts, 6), list(mapd.train.labels))
@@ -114,16 +117,16 @@ def test_dedupe_rows_matches_dedupe():
     assert dedupe_rows(np.zeros(0, np.uint64), [])[2].rows_out == 0
 
 
-def test_numeric_labels_are_decided_over_the_whole_file(tmp_path):
+def test_numeric_labels_are_decided_over_the_whole_file(tmp_path, caplog):
     rows = [(f"text {i}", str(i % 3)) for i in range(60)]
     rows[50] = ("text 50", "2.0")  # still integral: ints
     path = write(tmp_path / "d.csv", rows, "csv")
-    (mem, _), (mapd, _) = both(data=str(path))
+    (mem, _), (mapd, _) = both(caplog, data=str(path))
     assert mem.label_names == ["0", "1", "2"]
     assert_same(mem, mapd)
     rows[55] = ("text 55", "other")  # one non-number in a late chunk: every label stays a string
     path = write(tmp_path / "e.csv", rows, "csv")
-    (mem, _), (mapd, _) = both(data=str(path))
+    (mem, _), (mapd, _) = both(caplog, data=str(path))
     assert "2.0" in mem.label_names
     assert_same(mem, mapd)
 
@@ -144,7 +147,7 @@ def test_bad_files_are_refused_like_the_in_memory_reader(tmp_path, content, fmt,
     messages = []
     for storage in ("memory", "mapped"):
         with pytest.raises(UserError) as e:
-            prepare_splits(DataConfig(data=str(path), storage=storage), 0, log=quiet)
+            prepare_splits(DataConfig(data=str(path), storage=storage), 0)
         messages.append(str(e.value))
     assert expected in messages[1]
     # the same first bad row or line (counts in a streamed message are those of its chunk)
@@ -159,7 +162,7 @@ def test_non_utf8_names_the_line_like_the_in_memory_reader(tmp_path):
     messages = []
     for storage in ("memory", "mapped"):
         with pytest.raises(UserError) as e:
-            prepare_splits(DataConfig(data=str(path), storage=storage), 0, log=quiet)
+            prepare_splits(DataConfig(data=str(path), storage=storage), 0)
         messages.append(str(e.value))
     assert messages[0] == messages[1] and "line 32" in messages[1]
 
@@ -168,33 +171,33 @@ def test_the_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path, monkeypatch):
     path = write(tmp_path / "d.csv", noisy_rows(), "csv")
     # the in-memory splits stand for the first result: the mapped file is damaged in place below, and a
     # mapping of a file truncated under it must not be read (that is a bus error, by design of mmap)
-    first = prepare_splits(DataConfig(data=str(path), storage="memory"), 3, log=quiet)
-    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    first = prepare_splits(DataConfig(data=str(path), storage="memory"), 3)
+    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3))
     tables = list((bundled.cache_dir() / "tables").iterdir())
     assert len(tables) == 1 and {p.name for p in tables[0].iterdir()} == {"rows.arrow", "keys.npy", "meta.json"}
 
     real_build = classify_mapped._build
     monkeypatch.setattr(classify_mapped, "_build", lambda *a, **k: pytest.fail("a complete cache was parsed again"))
-    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3))
 
     monkeypatch.setattr(classify_mapped, "_build", real_build)
     (tables[0] / "rows.arrow").write_bytes(b"not arrow")  # damaged: rebuilt, no traceback
-    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    assert_same(first, prepare_splits(DataConfig(data=str(path), storage="mapped"), 3))
     meta = json.loads((tables[0] / "meta.json").read_text())
     assert meta["rows"] == 300 and "columns" in meta
 
 
-def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch):
+def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch, caplog):
     csv_path = write(tmp_path / "d.csv", noisy_rows(), "csv")
     array = tmp_path / "d.json"
     array.write_text(json.dumps([{"text": t, "label": y} for t, y in noisy_rows()]), encoding="utf-8")
-    small = prepare_splits(DataConfig(data=str(csv_path)), 3, log=quiet)
+    small = prepare_splits(DataConfig(data=str(csv_path)), 3)
     assert isinstance(small.train.texts, list)  # under AUTO_BYTES
     monkeypatch.setattr(mapped, "AUTO_BYTES", 100)
-    assert isinstance(prepare_splits(DataConfig(data=str(csv_path)), 3, log=quiet).train.texts, mapped.MappedTexts)
-    notes: list[str] = []
-    whole = prepare_splits(DataConfig(data=str(array), storage="mapped"), 3, log=notes.append)
-    assert isinstance(whole.train.texts, list) and any("JSON array" in n for n in notes)
+    assert isinstance(prepare_splits(DataConfig(data=str(csv_path)), 3).train.texts, mapped.MappedTexts)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    whole = prepare_splits(DataConfig(data=str(array), storage="mapped"), 3)
+    assert isinstance(whole.train.texts, list) and any("JSON array" in n for n in caplog.messages)
 
 
 def test_bad_storage_value_is_refused(tmp_path, sentiment_csv, tiny_model_dir):
@@ -213,6 +216,6 @@ def test_a_mapped_run_trains_like_an_in_memory_run(tmp_path, tiny_model_dir):
     for storage in ("memory", "mapped"):
         cfg = tiny_config(path, tiny_model_dir, tmp_path / storage, method="lora", max_steps=6, min_steps=0)
         cfg.data.storage = storage
-        result = FinetuneRun(cfg, log=quiet).run()
+        result = FinetuneRun(cfg).run()
         metrics.append([result.metrics["test"][k] for k in ("accuracy", "f1_macro", "loss")])
     assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)

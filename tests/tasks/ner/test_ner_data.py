@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -13,9 +14,6 @@ from transferkit.core.errors import UserError
 
 PER, LOC, ORG = ("Alice", "Bob", "Carol"), ("Paris", "Oslo", "Rome"), ("Acme", "Initech")
 
-
-def quiet(*_):
-    pass
 
 
 def sentences(n: int, prefix: str = "s", types: tuple[str, ...] = ("PER", "LOC")) -> list[tuple[list[str], list[str]]]:
@@ -284,10 +282,10 @@ def test_hf_folder_unlabelled_id_refused(tmp_path):
 
 # --- prepare_tagged_splits --------------------------------------------------------------
 
-def test_split_one_file(tmp_path):
+def test_split_one_file(tmp_path, caplog):
     f = conll(tmp_path / "d.conll", sentences(100), extra_columns=True, docstart=True)
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(data=f), seed=3, log=lines.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(data=f), seed=3)
     assert isinstance(s, TaggedSplits)
     assert s.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"] and s.num_labels == 5
     assert s.entity_types == ["LOC", "PER"]
@@ -303,7 +301,7 @@ def test_split_one_file(tmp_path):
     for k in ("train", "validation", "test"):  # ids decode back to each sentence's own tags
         assert decode(s[k], s.label_names) == [by_tokens[tuple(t)] for t in s[k].tokens]
         assert all(w.startswith("line ") for w in s[k].where)
-    out = "\n".join(lines)
+    out = "\n".join(caplog.messages)
     assert f"data: {f}" in out
     assert "split: train 80 | validation 10 | test 10 sentences (seed 3, fractions 0.8/0.1/0.1)" in out
     assert "tokens: train" in out and "entity" in out and "LOC" in out and "PER" in out
@@ -311,36 +309,36 @@ def test_split_one_file(tmp_path):
 
 def test_split_reproducible_by_seed(tmp_path):
     f = conll(tmp_path / "d.conll", sentences(60))
-    a = prepare_tagged_splits(DataConfig(data=f), 1, log=quiet)
-    b = prepare_tagged_splits(DataConfig(data=f), 1, log=quiet)
-    c = prepare_tagged_splits(DataConfig(data=f), 2, log=quiet)
+    a = prepare_tagged_splits(DataConfig(data=f), 1)
+    b = prepare_tagged_splits(DataConfig(data=f), 1)
+    c = prepare_tagged_splits(DataConfig(data=f), 2)
     assert a.test.tokens == b.test.tokens and a.train.tags == b.train.tags and a.train.where == b.train.where
     assert a.test.tokens != c.test.tokens
 
 
-def test_explicit_files(tmp_path):
+def test_explicit_files(tmp_path, caplog):
     tr = conll(tmp_path / "train.conll", sentences(20, "tr"))
     va = conll(tmp_path / "val.conll", sentences(4, "va"))
     te = conll(tmp_path / "test.conll", sentences(6, "te"))
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(train=tr, validation=va, test=te), 0, log=lines.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(train=tr, validation=va, test=te), 0)
     assert [len(s[k]) for k in ("train", "validation", "test")] == [20, 4, 6]
     assert s.train.tokens[0][0] == "tr0"  # explicit files keep file order
     assert s.test.where[:2] == ["line 1", "line 6"] and s.test.source == f"{te} (test)"
     assert s.summary["mode"] == "files" and s.summary["split"] is None and s.summary["dedupe"] is None
-    assert f"data: train {tr}, validation {va}, test {te}" in "\n".join(lines)
+    assert f"data: train {tr}, validation {va}, test {te}" in "\n".join(caplog.messages)
 
 
-def test_explicit_files_without_validation_carve_ten_percent(tmp_path):
+def test_explicit_files_without_validation_carve_ten_percent(tmp_path, caplog):
     tr = conll(tmp_path / "train.conll", sentences(40, "tr"))
     te = conll(tmp_path / "test.conll", sentences(5, "te"))
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(train=tr, test=te), 7, log=lines.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(train=tr, test=te), 7)
     assert [len(s[k]) for k in ("train", "validation", "test")] == [36, 4, 5]
     assert not {tuple(t) for t in s.train.tokens} & {tuple(t) for t in s.validation.tokens}
     assert all(t[0].startswith("tr") for t in s.validation.tokens)
-    assert any("using 10% of" in ln and "(4 sentences)" in ln for ln in lines)
-    again = prepare_tagged_splits(DataConfig(train=tr, test=te), 7, log=quiet)
+    assert any("using 10% of" in ln and "(4 sentences)" in ln for ln in caplog.messages)
+    again = prepare_tagged_splits(DataConfig(train=tr, test=te), 7)
     assert again.validation.tokens == s.validation.tokens
 
 
@@ -351,7 +349,7 @@ def test_dataset_dict_splits_used_as_given(tmp_path):
     datasets.DatasetDict({"train": hf_dataset(id_rows(sentences(20, "tr"))),
                           "validation": hf_dataset(id_rows(sentences(3, "va"))),
                           "test": hf_dataset(id_rows(sentences(4, "te")))}).save_to_disk(str(dd))
-    s = prepare_tagged_splits(DataConfig(data=str(dd)), 0, log=quiet)
+    s = prepare_tagged_splits(DataConfig(data=str(dd)), 0)
     assert s.summary["mode"] == "dataset splits"
     assert [len(s[k]) for k in ("train", "validation", "test")] == [20, 3, 4]
     assert s.test.source == f"{dd} [test] (test)" and s.test.where[0] == "row 1"
@@ -361,53 +359,53 @@ def test_jsonl_int_tags_through_prepare(tmp_path):
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     f = jsonl(tmp_path / "d.jsonl", [{"tokens": t, "ner_tags": [names.index(g) for g in tags]}
                                      for t, tags in sentences(30)])
-    s = prepare_tagged_splits(DataConfig(data=f), 0, log=quiet, label_names=names)
+    s = prepare_tagged_splits(DataConfig(data=f), 0, label_names=names)
     assert s.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     with pytest.raises(UserError, match="holds integer ids"):
-        prepare_tagged_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=f), 0)
 
 
 def test_columns_from_config(tmp_path):
     f = jsonl(tmp_path / "d.jsonl", [{"w": t, "t": g} for t, g in sentences(30)])
-    s = prepare_tagged_splits(DataConfig(data=f, text_column="w", label_column="t"), 0, log=quiet)
+    s = prepare_tagged_splits(DataConfig(data=f, text_column="w", label_column="t"), 0)
     assert len(s.train) == 24
     with pytest.raises(UserError, match=r"no tokens column found \(looked for tokens, words\).*data\.text_column"):
-        prepare_tagged_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=f), 0)
 
 
-def test_dedupe_drops_repeats_first_wins(tmp_path):
+def test_dedupe_drops_repeats_first_wins(tmp_path, caplog):
     sents = sentences(50)
     repeats = sents[:8] + [(sents[0][0], ["O"] * len(sents[0][0]))]  # 9 repeats, one with other tags
     f = conll(tmp_path / "d.conll", sents + repeats)
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(data=f), 0, log=lines.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(data=f), 0)
     all_tokens = [tuple(t) for k in ("train", "validation", "test") for t in s[k].tokens]
     assert len(all_tokens) == len(set(all_tokens)) == 50
     assert s.summary["dedupe"] == {"sentences_in": 59, "sentences_out": 50, "repeats_removed": 9,
                                    "repeats_with_other_tags": 1}
     assert s.summary["overlap_with_train"] == {"validation": 0, "test": 0}
-    assert any(ln.startswith("dedupe: 59 sentences -> 50: 9 repeated token sequences removed") for ln in lines)
+    assert any(ln.startswith("dedupe: 59 sentences -> 50: 9 repeated token sequences removed") for ln in caplog.messages)
     kept = s.summary["entities"]
     assert sum(sum(v.values()) for v in kept.values()) == 50  # the first (tagged) copy of sentence 0 won
-    off = prepare_tagged_splits(DataConfig(data=f, dedupe=False), 0, log=lines.append)
+    off = prepare_tagged_splits(DataConfig(data=f, dedupe=False), 0)
     assert sum(len(off[k]) for k in ("train", "validation", "test")) == 59 and off.summary["dedupe"] is None
 
 
-def test_limit_keeps_first_training_sentences(tmp_path):
+def test_limit_keeps_first_training_sentences(tmp_path, caplog):
     f = conll(tmp_path / "d.conll", sentences(50))
-    full = prepare_tagged_splits(DataConfig(data=f), 0, log=quiet)
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(data=f, limit=10), 0, log=lines.append)
+    full = prepare_tagged_splits(DataConfig(data=f), 0)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(data=f, limit=10), 0)
     assert s.train.tokens == full.train.tokens[:10] and s.test.tokens == full.test.tokens
     assert s.summary["limit"] == 10 and s.summary["train_sentences_before_limit"] == 40
-    assert "limit: using the first 10 of 40 training sentences" in lines
+    assert "limit: using the first 10 of 40 training sentences" in caplog.messages
 
 
 def test_tag_in_test_not_seen_in_training(tmp_path):
     tr = conll(tmp_path / "train.conll", sentences(20, "tr", types=("PER",)))
     te = conll(tmp_path / "test.conll", sentences(4, "te", types=("PER", "ORG")))
     with pytest.raises(UserError) as e:
-        prepare_tagged_splits(DataConfig(train=tr, test=te), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(train=tr, test=te), 0)
     msg = str(e.value)
     assert msg.startswith(f"entity type 'ORG' in the test split ({te} line 6) does not occur in the training data")
     assert "training entity types (1): PER" in msg and "\n" not in msg
@@ -416,41 +414,41 @@ def test_tag_in_test_not_seen_in_training(tmp_path):
 def test_no_entity_in_training(tmp_path):
     f = conll(tmp_path / "d.conll", [([f"w{i}", "x"], ["O", "O"]) for i in range(20)])
     with pytest.raises(UserError, match=r"training data .*d\.conll has no entities \(every tag is O\)"):
-        prepare_tagged_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=f), 0)
 
 
 def test_too_few_sentences(tmp_path):
     f = conll(tmp_path / "d.conll", sentences(8))
     with pytest.raises(UserError, match=r"d\.conll: 8 sentence\(s\) are too few for split 0\.8/0\.1/0\.1: "
                                         r"the validation split would get 1; need at least 2 per split"):
-        prepare_tagged_splits(DataConfig(data=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=f), 0)
     tr = conll(tmp_path / "train.conll", sentences(10, "tr"))
     one = conll(tmp_path / "one.conll", sentences(1, "te"))
     with pytest.raises(UserError, match=r"test data .*one\.conll has 1 sentence\(s\); need at least 2"):
-        prepare_tagged_splits(DataConfig(train=tr, test=one), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(train=tr, test=one), 0)
     two = conll(tmp_path / "two.conll", sentences(2, "te"))
     with pytest.raises(UserError, match=r"train\.conll: 10 training sentence\(s\) leave 1 for validation"):
-        prepare_tagged_splits(DataConfig(train=tr, test=two), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(train=tr, test=two), 0)
     with pytest.raises(UserError, match=r"data\.limit=1 leaves 1 training sentence"):
-        prepare_tagged_splits(DataConfig(data=conll(tmp_path / "d2.conll", sentences(30)), limit=1), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=conll(tmp_path / "d2.conll", sentences(30)), limit=1), 0)
 
 
 def test_source_combinations_refused(tmp_path):
     f = conll(tmp_path / "d.conll", sentences(20))
     with pytest.raises(UserError, match="give either data.data or data.train/validation/test; not both"):
-        prepare_tagged_splits(DataConfig(data=f, train=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(data=f, train=f), 0)
     with pytest.raises(UserError, match="data.train is set but data.test is not"):
-        prepare_tagged_splits(DataConfig(train=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(train=f), 0)
     with pytest.raises(UserError, match="need data.train as well"):
-        prepare_tagged_splits(DataConfig(test=f), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(test=f), 0)
     with pytest.raises(UserError, match="no data given"):
-        prepare_tagged_splits(DataConfig(), 0, log=quiet)
+        prepare_tagged_splits(DataConfig(), 0)
 
 
-def test_overlap_and_identical_files_warn(tmp_path):
+def test_overlap_and_identical_files_warn(tmp_path, caplog):
     tr = conll(tmp_path / "train.conll", sentences(20, "tr"))
     same = conll(tmp_path / "copy.conll", sentences(20, "tr"))
-    lines: list[str] = []
-    s = prepare_tagged_splits(DataConfig(train=tr, validation=same, test=same), 0, log=lines.append)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    s = prepare_tagged_splits(DataConfig(train=tr, validation=same, test=same), 0)
     assert s.summary["identical_to_train"] == ["validation", "test"]
-    assert sum("identical to the training file" in ln for ln in lines) == 2
+    assert sum("identical to the training file" in ln for ln in caplog.messages) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 import re
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_tokenizer, quiet, tagged_sentences, tiny_config, write_conll
+from helpers import make_tokenizer, tagged_sentences, tiny_config, write_conll
 from transferkit.config.finetune import DataConfig
 from transferkit.data import bundled, mapped
 from transferkit.tasks.ner import mapped as mapped_tagged
@@ -69,11 +70,13 @@ def write(path, sentences, fmt: str):
     return path
 
 
-def both(**cfg) -> list:
+def both(caplog, **cfg) -> list:
+    """The splits of `cfg` read in memory and through the mapped cache, each with the lines it logged."""
+    caplog.set_level(logging.INFO, logger="transferkit")
     got = []
     for storage in ("memory", "mapped"):
-        notes: list[str] = []
-        got.append((prepare_tagged_splits(DataConfig(storage=storage, **cfg), 3, log=notes.append), notes))
+        caplog.clear()
+        got.append((prepare_tagged_splits(DataConfig(storage=storage, **cfg), 3), list(caplog.messages)))
     return got
 
 
@@ -89,9 +92,9 @@ def assert_same(a, b) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["conll", "conll.gz", "jsonl", "jsonl.gz", "parquet"])
-def test_mapped_splits_equal_the_in_memory_splits(tmp_path, fmt):
+def test_mapped_splits_equal_the_in_memory_splits(tmp_path, fmt, caplog):
     path = write(tmp_path / f"d.{fmt}", noisy_sentences(), fmt)
-    (mem, mem_notes), (mapd, notes) = both(data=str(path), limit=80)
+    (mem, mem_notes), (mapd, notes) = both(caplog, data=str(path), limit=80)
     assert isinstance(mapd.train, mapped_tagged.MappedTaggedSplit)
     assert mem.summary["dedupe"]["repeats_removed"] > 0 and mem.summary["dedupe"]["repeats_with_other_tags"] > 0
     assert_same(mem, mapd)
@@ -100,21 +103,21 @@ def test_mapped_splits_equal_the_in_memory_splits(tmp_path, fmt):
     assert any("started with I-X" in n for n in notes)
 
 
-def test_explicit_files_with_a_carved_validation_split(tmp_path):
+def test_explicit_files_with_a_carved_validation_split(tmp_path, caplog):
     sents = noisy_sentences(200, seed=1)
     train = write(tmp_path / "train.conll", sents[:150], "conll")
     test = write(tmp_path / "test.jsonl", sents[140:], "jsonl")  # ten sentences overlap training
-    (mem, _), (mapd, _) = both(train=str(train), test=str(test))
+    (mem, _), (mapd, _) = both(caplog, train=str(train), test=str(test))
     assert mem.summary["overlap_with_train"]["test"] > 0
     assert_same(mem, mapd)
 
 
-def test_same_windows_and_batches_including_long_sentences(tmp_path):
+def test_same_windows_and_batches_including_long_sentences(tmp_path, caplog):
     sents = noisy_sentences(60, seed=2)
     sents[5] = sents[5] * 12  # longer than a window: split into overlapping windows
     sents[9] = sents[9] * 7
     path = write(tmp_path / "d.conll", sents, "conll")
-    (mem, _), (mapd, _) = both(data=str(path), dedupe=False)
+    (mem, _), (mapd, _) = both(caplog, data=str(path), dedupe=False)
     tok, task = make_tokenizer(), TokenClassification()
     for s in SPLITS:
         a, b = task.encode(tok, mem[s], 24), task.encode(tok, mapd[s], 24)
@@ -160,7 +163,7 @@ def test_bad_files_are_refused_like_the_in_memory_reader(tmp_path, name, content
     messages = []
     for storage in ("memory", "mapped"):
         with pytest.raises(UserError) as e:
-            prepare_tagged_splits(DataConfig(data=str(path), storage=storage), 0, log=quiet)
+            prepare_tagged_splits(DataConfig(data=str(path), storage=storage), 0)
         messages.append(str(e.value))
     assert expected in messages[1], messages
     assert re.findall(r"(?:row|line) \d+", messages[0]) == re.findall(r"(?:row|line) \d+", messages[1])
@@ -176,33 +179,33 @@ def test_an_unknown_entity_type_in_the_test_file_is_named_alike(tmp_path):
     messages = []
     for storage in ("memory", "mapped"):
         with pytest.raises(UserError) as e:
-            prepare_tagged_splits(DataConfig(train=str(train), test=str(test), storage=storage), 0, log=quiet)
+            prepare_tagged_splits(DataConfig(train=str(train), test=str(test), storage=storage), 0)
         messages.append(str(e.value))
     assert messages[0] == messages[1] and "entity type 'ORG' in the test split" in messages[1]
 
 
 def test_the_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path, monkeypatch):
     path = write(tmp_path / "d.jsonl", noisy_sentences(), "jsonl")
-    first = prepare_tagged_splits(DataConfig(data=str(path), storage="memory"), 3, log=quiet)
-    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    first = prepare_tagged_splits(DataConfig(data=str(path), storage="memory"), 3)
+    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3))
     folders = list((bundled.cache_dir() / "tagged").iterdir())
     assert len(folders) == 1
     assert {p.name for p in folders[0].iterdir()} == {"rows.arrow", "keys.npy", "tag_keys.npy", "meta.json"}
 
     real_build = mapped_tagged._build
     monkeypatch.setattr(mapped_tagged, "_build", lambda *a, **k: pytest.fail("a complete cache was parsed again"))
-    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3))
 
     monkeypatch.setattr(mapped_tagged, "_build", real_build)
     (folders[0] / "tag_keys.npy").write_bytes(b"\x93NUMPY broken")  # damaged: rebuilt, no traceback
-    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3))
     (folders[0] / "meta.json").write_text("[1, 2]")  # valid JSON, not the record: rebuilt too
-    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet))
+    assert_same(first, prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3))
 
 
 def test_a_damaged_window_cache_is_rebuilt(tmp_path):
     path = write(tmp_path / "d.conll", noisy_sentences(), "conll")
-    splits = prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3, log=quiet)
+    splits = prepare_tagged_splits(DataConfig(data=str(path), storage="mapped"), 3)
     tok, task = make_tokenizer(), TokenClassification()
     first = task.encode(tok, splits.train, 24)
     want = [x.tolist() for x in first.input_ids]
@@ -211,17 +214,17 @@ def test_a_damaged_window_cache_is_rebuilt(tmp_path):
     assert [x.tolist() for x in again.input_ids] == want
 
 
-def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch):
+def test_auto_maps_only_large_streamable_files(tmp_path, monkeypatch, caplog):
     path = write(tmp_path / "d.conll", noisy_sentences(), "conll")
-    assert not hasattr(prepare_tagged_splits(DataConfig(data=str(path)), 3, log=quiet).train, "fingerprint")
+    assert not hasattr(prepare_tagged_splits(DataConfig(data=str(path)), 3).train, "fingerprint")
     monkeypatch.setattr(mapped_tagged, "AUTO_BYTES", 100)
-    assert hasattr(prepare_tagged_splits(DataConfig(data=str(path)), 3, log=quiet).train, "fingerprint")
+    assert hasattr(prepare_tagged_splits(DataConfig(data=str(path)), 3).train, "fingerprint")
     array = tmp_path / "d.json"
     array.write_text(json.dumps([{"tokens": [w for w, _ in s], "tags": [t for _, t in s]}
                                  for s in noisy_sentences()]), encoding="utf-8")
-    notes: list[str] = []
-    whole = prepare_tagged_splits(DataConfig(data=str(array), storage="mapped"), 3, log=notes.append)
-    assert not hasattr(whole.train, "fingerprint") and any("JSON array" in n for n in notes)
+    caplog.set_level(logging.INFO, logger="transferkit")
+    whole = prepare_tagged_splits(DataConfig(data=str(array), storage="mapped"), 3)
+    assert not hasattr(whole.train, "fingerprint") and any("JSON array" in n for n in caplog.messages)
 
 
 def test_a_mapped_tagger_trains_like_an_in_memory_one(tmp_path, tiny_model_dir):
@@ -232,7 +235,7 @@ def test_a_mapped_tagger_trains_like_an_in_memory_one(tmp_path, tiny_model_dir):
         cfg = tiny_config(path, tiny_model_dir, tmp_path / storage, method="lora", max_steps=6, min_steps=0)
         cfg.task = "ner"
         cfg.data.storage = storage
-        result = FinetuneRun(cfg, log=quiet).run()
+        result = FinetuneRun(cfg).run()
         metrics.append([result.metrics["test"][k] for k in ("f1", "token_accuracy", "loss")])
     assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)
     assert np.isfinite(metrics[1]).all()

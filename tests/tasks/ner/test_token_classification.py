@@ -12,7 +12,7 @@ from transferkit import api
 from transferkit.cli import main
 from transferkit.tasks.ner.task import entity_metrics
 
-from helpers import quiet, write_conll
+from helpers import write_conll
 
 METHODS = ["full", "lora", "adapter", "prefix", "ia3", "bitfit", "head_only"]
 
@@ -35,12 +35,12 @@ def test_entity_metrics_strict_iob2():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_a_tagger(method, conll, tiny_model_dir, tmp_path):
     result = api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method=method, max_steps=4,
-                          batch_size=16, output_dir=str(tmp_path / "run"), log=quiet, **{"train.progress": False})
+                          batch_size=16, output_dir=str(tmp_path / "run"), **{"train.progress": False})
     test = result.metrics["test"]
     assert {"precision", "recall", "f1", "token_accuracy", "per_type"} <= set(test)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["task"] == "ner" and info["label_names"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-    rows = api.predict(tmp_path / "run", ["the film with good great was quite dull"], log=quiet)
+    rows = api.predict(tmp_path / "run", ["the film with good great was quite dull"])
     assert set(rows[0]) == {"text", "entities"}
     for e in rows[0]["entities"]:
         assert set(e) == {"entity_group", "score", "word", "start", "end"}
@@ -79,13 +79,13 @@ def test_bad_ner_input_is_one_line(capsys, tiny_model_dir, tmp_path):
 def test_evaluate_a_ner_run(conll, tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method="lora", max_steps=4,
-                 output_dir=str(run), log=quiet, **{"train.progress": False})
-    report = api.evaluate(run, log=quiet)  # the run's own test split, its file hash checked
+                 output_dir=str(run), **{"train.progress": False})
+    report = api.evaluate(run)  # the run's own test split, its file hash checked
     assert report["f1"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test"]["f1"])
     assert (run / "report" / "report.html").is_file() and "per_type" in report
     other = tmp_path / "other.conll"
     other.write_text("good B-PER\nfilm O\n\nbad B-LOC\n\n", encoding="utf-8")
-    assert api.evaluate(run, str(other), output_dir=tmp_path / "rep", log=quiet)["token_accuracy"] >= 0
+    assert api.evaluate(run, str(other), output_dir=tmp_path / "rep")["token_accuracy"] >= 0
     unknown = tmp_path / "unknown.conll"
     unknown.write_text("good B-ORG\n\n", encoding="utf-8")
     code = main(["evaluate", str(run), "--data", str(unknown), "--output-dir", str(tmp_path / "rep2")])
@@ -98,8 +98,8 @@ def test_export_a_ner_run_loads_with_stock_calls(conll, tiny_model_dir, tmp_path
     from transformers import AutoModelForTokenClassification
     run = tmp_path / "run"
     api.finetune(task="ner", data=str(conll), model=str(tiny_model_dir), method="lora", max_steps=2,
-                 output_dir=str(run), log=quiet, **{"train.progress": False})
-    out = api.export(run, tmp_path / "exported", log=quiet)  # checks the reloaded logits itself
+                 output_dir=str(run), **{"train.progress": False})
+    out = api.export(run, tmp_path / "exported")  # checks the reloaded logits itself
     model = AutoModelForTokenClassification.from_pretrained(out, trust_remote_code=True).eval()
     logits = model(input_ids=torch.tensor([[2, 5, 6, 3]])).logits
     assert logits.shape == (1, 4, 5) and model.config.id2label[3] == "B-PER"

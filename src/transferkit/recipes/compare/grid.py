@@ -23,17 +23,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import random
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ...core import fs
+from ...core import fs, logs
 from ...core.folders import read_json_object
 from ...core.errors import UserError
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 MAX_SEEDS = 20
 MAX_SEED_OFFSET = 1000
 
@@ -113,7 +115,7 @@ def _write_csv(path: Path, texts: list[str], labels: list[int], names: list[str]
 def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None, *,
              train_sizes: str | Sequence[int] | None = None, seeds: int = 1,
              augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
-             test_rows: int | None = None, seed_offset: int = 0, log: Log = print) -> GridResult:
+             test_rows: int | None = None, seed_offset: int = 0) -> GridResult:
     """Train every (method [+ augmentation], size, seed) cell and write the tables (see the module doc)."""
     from ...core import runtime
     from ... import tasks
@@ -144,7 +146,8 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
     out = Path(output_dir or base.output_dir or "runs/compare")
     fs.check_writable_dir(out)
     resolve_model(base.model.name)
-    splits = task.prepare(base.data, base.train.seed, lambda *_: None)
+    with logs.quiet():  # each run's own process summarises its data
+        splits = task.prepare(base.data, base.train.seed)
     label_names = list(splits.label_names)
     if sampled and not len(splits.validation):
         raise UserError("the validation split is empty; the grid samples its validation examples from it "
@@ -173,12 +176,12 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
                     cells.append((variant, method, size, seed, cfg))
     if sampled:  # before the cells' configs are compared: other data is the first thing to say
         _check_manifest(data_dir, base, test_rows)
-    plans = [(_variant, size, seed, _plan_config(cfg, Path(cfg.output_dir), method, log,
+    plans = [(_variant, size, seed, _plan_config(cfg, Path(cfg.output_dir), method,
                                                  key=f"{_variant}/{_cell_name(size, seed)}"))
              for _variant, method, size, seed, cfg in cells]
-    log(f"compare grid: {len(names)} method(s) x {len(sizes)} size(s) x {seeds} seed(s)"
-        + (f" (+ {', '.join(v for v, _ in variants)} for {', '.join(aug_for)})" if variants else "")
-        + f" = {len(plans)} runs -> {out} ({sum(p.state == 'finished' for *_, p in plans)} finished)")
+    logger.info(f"compare grid: {len(names)} method(s) x {len(sizes)} size(s) x {seeds} seed(s)"
+                + (f" (+ {', '.join(v for v, _ in variants)} for {', '.join(aug_for)})" if variants else "")
+                + f" = {len(plans)} runs -> {out} ({sum(p.state == 'finished' for *_, p in plans)} finished)")
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
         if sampled:
             _check_manifest(data_dir, base, test_rows, write=True)
@@ -188,14 +191,14 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
             if plan.state == "finished":
                 statuses[plan.key] = "ok"
                 continue
-            rc = _run_child(plan, out, log)
+            rc = _run_child(plan, out)
             ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
             statuses[plan.key] = "ok" if ok else f"failed (exit {rc})"
         cell_rows = [_cell_row(v, size, seed, p, statuses[p.key], task) for v, size, seed, p in plans]
         rows = aggregate(cell_rows, task)
         markdown, paths = _write_tables(out, rows, cell_rows, base, task, seeds, test_rows)
     failed = [k for k, st in statuses.items() if st != "ok"]
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    logger.info("wrote " + ", ".join(str(p) for p in paths.values()))
     return GridResult(out, rows, cell_rows, failed, markdown, paths)
 
 

@@ -17,6 +17,7 @@ for every method. Neither transformers nor peft has a cross-method harness, henc
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import statistics
 import subprocess
@@ -24,13 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ...core import fs
+from ...core import fs, logs
 from ...core.folders import read_json, read_json_object
 from ...core.errors import UserError
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 PROGRESS_EVERY_S = 20.0  # how often a child's progress bar (\r updates) is echoed to the log
 
 
@@ -103,14 +105,14 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
     return names
 
 
-def _plan(base: Any, method: str, out: Path, log: Log = print) -> Plan:
+def _plan(base: Any, method: str, out: Path) -> Plan:
     from ...config.finetune import RunConfig
     cfg = RunConfig.from_dict(base.to_dict())
     cfg.method.name, cfg.output_dir = method, str(out / method)
-    return _plan_config(cfg, out / method, method, log)
+    return _plan_config(cfg, out / method, method)
 
 
-def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: str = "") -> Plan:
+def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
     """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
     from ...reporting.comparison import flat_config
     from ...config.finetune import RunConfig
@@ -129,11 +131,11 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, log: Log = print, key: st
                         f"--output-dir or remove that run")
     finished = (run_dir / "metrics.json").is_file() and (run_dir / "run.json").is_file()
     if finished:
-        _warn_if_defaults_moved(method, cfg, run_dir, log)
+        _warn_if_defaults_moved(method, cfg, run_dir)
     return Plan(method, cfg, run_dir, "finished" if finished else "resume", key)
 
 
-def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = print) -> None:
+def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path) -> None:
     """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
     from ...core.registry import METHODS
     now = METHODS.get(method)(cfg.method).train_config(cfg.train)
@@ -141,20 +143,27 @@ def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path, log: Log = pri
     moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
              if then.get(k) is not None and then.get(k) != getattr(now, k)]
     if moved:
-        log(f"note: {run_dir} is reused, but {method}'s defaults changed since it ran ({', '.join(moved)}); "
-            f"remove it to train with today's")
+        logger.info(f"note: {run_dir} is reused, but {method}'s defaults changed since it ran ({', '.join(moved)}); "
+                    f"remove it to train with today's")
 
 
 # ---- running one method in its own process --------------------------------------------------------
 
 def _child_command(plan: Plan, config_path: Path) -> list[str]:
     if plan.state == "resume":
-        return [sys.executable, "-m", "transferkit", "finetune", "--resume", str(plan.run_dir)]
-    return [sys.executable, "-m", "transferkit", "finetune", "--config", str(config_path)]
+        return [sys.executable, "-m", "transferkit", "finetune", "--resume", str(plan.run_dir), *_child_flags()]
+    return [sys.executable, "-m", "transferkit", "finetune", "--config", str(config_path), *_child_flags()]
 
 
-def _stream(proc: subprocess.Popen, prefix: str, log_file: Any, log: Log) -> None:
-    """Copy the child's output to its log file and, line by line, to `log` (progress bars throttled)."""
+def _child_flags() -> list[str]:
+    """The child logs at this process's level, but never below INFO: its log file keeps every line, and what
+    this process shows of them its own level decides (`_stream`)."""
+    return logs.child_flags(quiet_ok=False)
+
+
+def _stream(proc: subprocess.Popen, prefix: str, log_file: Any) -> None:
+    """Copy the child's output to its log file and, line by line, to this module's logger (progress bars
+    throttled; the child's warning and error lines as warnings, so `--quiet` still shows them)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending, last_progress = "", 0.0
     fd = proc.stdout.fileno()
@@ -173,14 +182,21 @@ def _stream(proc: subprocess.Popen, prefix: str, log_file: Any, log: Log) -> Non
             if not seg.strip():
                 continue
             if end == "\n":
-                log(prefix + seg)
+                logger.log(_level(seg), prefix + seg)
             elif time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                 last_progress = time.monotonic()
-                log(prefix + seg.strip())
+                logger.info(prefix + seg.strip())
         if not chunk:
             if pending.strip():
-                log(prefix + pending)
+                logger.log(_level(pending), prefix + pending)
             return
+
+
+def _level(line: str) -> int:
+    """A child's line again at its own level, as far as its text tells: its warnings, and its error lines
+    (which it printed, not logged), stay visible under `--quiet`."""
+    return logging.WARNING if line.startswith(("warning:", "transferkit: error:", "transferkit: internal error:")) \
+        else logging.INFO
 
 
 def _attempts_path(out: Path, key: str) -> Path:
@@ -192,22 +208,22 @@ def _read_attempts(out: Path, key: str) -> list[dict[str, Any]]:
     return read_json(p, "attempt record") if p.is_file() else []
 
 
-def _run_child(plan: Plan, out: Path, log: Log) -> int:
+def _run_child(plan: Plan, out: Path) -> int:
     """Train (or resume) one method in a subprocess; returns its exit code."""
-    logs = out / "logs"
-    config_path = logs / f"{plan.key}.yaml"
+    logs_dir = out / "logs"
+    config_path = logs_dir / f"{plan.key}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     fs.write_text(config_path, plan.cfg.to_yaml())
     cmd = _child_command(plan, config_path)
-    log(f"== {plan.key}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
-        f"(own process; log {logs / (plan.key + '.log')})")
+    logger.info(f"== {plan.key}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
+                f"(own process; log {logs_dir / (plan.key + '.log')})")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
-    with open(logs / f"{plan.key}.log", "a", encoding="utf-8") as log_file:
+    with open(logs_dir / f"{plan.key}.log", "a", encoding="utf-8") as log_file:
         log_file.write(f"\n$ {' '.join(cmd)}  # {started}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
-            _stream(proc, f"[{plan.key}] ", log_file, log)
+            _stream(proc, f"[{plan.key}] ", log_file)
             rc = proc.wait()
         except KeyboardInterrupt:
             # The child got the same Ctrl-C and writes its checkpoint; give it time, then stop it.
@@ -217,7 +233,7 @@ def _run_child(plan: Plan, out: Path, log: Log) -> int:
                 proc.kill()
                 rc = proc.wait()
             _record_attempt(out, plan, cmd, rc, time.perf_counter() - t0, started)
-            log(f"interrupted: run the same compare command again to resume {plan.run_dir}")
+            logger.info(f"interrupted: run the same compare command again to resume {plan.run_dir}")
             raise
     _record_attempt(out, plan, cmd, rc, time.perf_counter() - t0, started)
     return rc
@@ -257,7 +273,7 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
     return round(statistics.median(speeds), 1), round(float(metrics[task.compare_metrics[0][0]]), 4)
 
 
-def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int, log: Log) -> dict[str, Any]:
+def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int) -> dict[str, Any]:
     from ...core.registry import METHODS
     attempts = _read_attempts(out, plan.key)
     row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
@@ -280,21 +296,21 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
     primary = task.compare_metrics[0][0]
     try:
         row["inference_per_s"], row[f"predictor_{primary}"] = _inference(plan.run_dir, task, split, repeats)
-        log(f"{plan.method}: {row['inference_per_s']:.0f} sentences/s")
+        logger.info(f"{plan.method}: {row['inference_per_s']:.0f} sentences/s")
     except Exception as e:  # one unloadable artefact must not cost the whole table
         row["status"] = f"inference failed: {type(e).__name__}: {e}".splitlines()[0]
-        log(f"{plan.method}: {row['status']}")
+        logger.info(f"{plan.method}: {row['status']}")
     again = row.get(f"predictor_{primary}")
     if again is not None and abs(again - row[primary]) > 0.005:
-        log(f"warning: {plan.method}: the saved model scores {primary}={again:.4f} on the test split, "
-            f"training reported {row[primary]:.4f}")
+        logger.warning(f"warning: {plan.method}: the saved model scores {primary}={again:.4f} on the test split, "
+                       f"training reported {row[primary]:.4f}")
     return row
 
 
 # ---- the whole comparison ---------------------------------------------------------------------------
 
 def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None,
-                inference_repeats: int = 3, log: Log = print) -> CompareResult:
+                inference_repeats: int = 3) -> CompareResult:
     """Train every method in `methods` on `base` (a RunConfig) and write the table; see the module doc."""
     from ...core import runtime
     from ...modeling.resolve import resolve_model
@@ -306,43 +322,46 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")
     fs.check_writable_dir(out)
-    plans = [_plan(base, m, out, log) for m in names]
+    plans = [_plan(base, m, out) for m in names]
     resolve_model(base.model.name)  # an unknown model fails here, not once per method
-    splits = task.prepare(base.data, base.train.seed, lambda *_: None)  # bad data fails before any run
+    with logs.quiet():  # bad data fails before any run; each run's own process summarises the data
+        splits = task.prepare(base.data, base.train.seed)
     if not task.texts(splits.test):
         raise UserError("the test split is empty; compare scores every method on it")
     if base.train.lr is not None:
-        log(f"note: train.lr={base.train.lr:g} applies to every method (leave it unset for each method's default)")
-    log(f"compare: {', '.join(names)} -> {out} ("
-        + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
+        logger.info(f"note: train.lr={base.train.lr:g} applies to every method "
+                    "(leave it unset for each method's default)")
+    logger.info(f"compare: {', '.join(names)} -> {out} ("
+                + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
     from ...core.lock import RunLock
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
-        return _run_plans(plans, base, out, task, splits, inference_repeats, log)
+        return _run_plans(plans, base, out, task, splits, inference_repeats)
 
 
-def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any, inference_repeats: int,
-               log: Log) -> CompareResult:
+def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any,
+               inference_repeats: int) -> CompareResult:
     """Train what is not finished, time inference of every method, write the tables (the folder is locked)."""
     statuses: dict[str, str] = {}
     for plan in plans:
         if plan.state == "finished":
-            log(f"== {plan.method}: reusing the finished run {plan.run_dir}")
+            logger.info(f"== {plan.method}: reusing the finished run {plan.run_dir}")
             statuses[plan.method] = "ok"
             continue
-        rc = _run_child(plan, out, log)
+        rc = _run_child(plan, out)
         ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
         statuses[plan.method] = "ok" if ok else f"failed (exit {rc})"
         if not ok:
-            log(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
+            logger.info(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
     # Inference is timed only now, every method back to back, so all meet the same machine load.
-    log(f"timing inference on the {len(task.texts(splits.test))} test texts ({inference_repeats} passes each, median)")
-    rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats, log) for p in plans]
+    logger.info(f"timing inference on the {len(task.texts(splits.test))} test texts "
+                f"({inference_repeats} passes each, median)")
+    rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats) for p in plans]
     failed = [m for m, st in statuses.items() if st != "ok"]
 
     from ...reporting.comparison import write_tables
     markdown, paths = write_tables(out, rows, base, splits, inference_repeats, task.compare_metrics,
                                    len(task.texts(splits.train)), len(task.texts(splits.test)))
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    logger.info("wrote " + ", ".join(str(p) for p in paths.values()))
     return CompareResult(out, rows, failed, markdown, paths)
 
 

@@ -14,16 +14,16 @@ other: giving both is refused rather than silently using one. Three ways in:
 2. and 3. is already in seeded random order, so this is a random subsample there; for an
 explicit training file it is the first N rows in file order.
 
-Through `log`: which column was used where several candidates matched, and a warning when
+Logged: which column was used where several candidates matched, and a warning when
 validation or test texts also occur in training (or a file is identical to the training
 file), since scores on those texts measure memory, not generalisation.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from ...data.listing import clip, summarise
 from ...data.tables import hf_split_names
 from .read import LabelledData, load_hf_splits, load_table
 from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class _Raw:
     origin: LabelledData
 
 
-def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = print) -> Splits:
+def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
     """Load, deduplicate, split and encode the data described by `cfg` (see the module doc)."""
     explicit = [k for k in ("train", "validation", "test") if getattr(cfg, k) is not None]
     if cfg.data is not None and explicit:
@@ -82,10 +84,10 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
         else:
             if cfg.test is None:
                 raise UserError("data.train is set but data.test is not; give a test file as well")
-            train_ld = _load(cfg, cfg.train, "train", log)
-            test_ld = _load(cfg, cfg.test, "test", log)
-            val_ld = _load(cfg, cfg.validation, "validation", log) if cfg.validation is not None else None
-        _log_notes([train_ld, val_ld, test_ld], log)
+            train_ld = _load(cfg, cfg.train, "train")
+            test_ld = _load(cfg, cfg.test, "test")
+            val_ld = _load(cfg, cfg.validation, "validation") if cfg.validation is not None else None
+        _log_notes([train_ld, val_ld, test_ld])
         train = _Raw(train_ld.texts, train_ld.labels, train_ld)
         test = _Raw(test_ld.texts, test_ld.labels, test_ld)
         if val_ld is not None:
@@ -95,10 +97,11 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
             if cfg.dedupe:
                 texts, labels, report = dedupe(texts, labels)
             _check_enough_rows(len(texts), (0.9, 0.0, 0.1), train_ld.source, report)
-            parts = stratified_split(texts, labels, (0.9, 0.0, 0.1), seed, allow_empty_validation=True, warn=log)
+            parts = stratified_split(texts, labels, (0.9, 0.0, 0.1), seed, allow_empty_validation=True)
             train = _Raw(*parts["train"], train_ld)
             val = _Raw(*parts["test"], train_ld)
-            log(f"validation: no validation data given; using 10% of {train_ld.source} ({len(val.texts):,} rows)")
+            logger.info(f"validation: no validation data given; using 10% of {train_ld.source} "
+                        f"({len(val.texts):,} rows)")
     else:
         if cfg.validation is not None or cfg.test is not None:
             raise UserError("data.validation and data.test need data.train as well "
@@ -106,14 +109,14 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
         if cfg.data is None:
             raise UserError("no data given: set data.data (a file or dataset name) or data.train")
         mode = "split"
-        whole = _load(cfg, cfg.data, "data", log)
-        _log_notes([whole], log)
+        whole = _load(cfg, cfg.data, "data")
+        _log_notes([whole])
         texts, labels = whole.texts, whole.labels
         if cfg.dedupe:
             texts, labels, report = dedupe(texts, labels)
         _check_enough_rows(len(texts), cfg.split, whole.source, report)
         parts = stratified_split(texts, labels, cfg.split, seed,
-                                 allow_empty_validation=cfg.split[1] == 0, warn=log)
+                                 allow_empty_validation=cfg.split[1] == 0)
         train, val, test = (_Raw(*parts[s], whole) for s in SPLITS)
 
     rows_before_limit = len(train.texts)
@@ -126,21 +129,22 @@ def prepare_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = prin
     encoded = {name: _encode(raw, name, index, mode) for name, raw in raws.items()}
 
     summary = _summary(cfg, seed, mode, raws, encoded, label_names, report, rows_before_limit)
-    _log_summary(summary, log)
+    _log_summary(summary)
     return Splits(encoded["train"], encoded["validation"], encoded["test"], label_names, summary)
 
 
-def _load(cfg: DataConfig, source: str, role: str, log: Callable[[str], None]) -> LabelledData:
+def _load(cfg: DataConfig, source: str, role: str) -> LabelledData:
     """One source, in memory or (data.storage) through the memory-mapped cache."""
     from ...data.mapped import wants_mapped
     from .mapped import load_mapped
     if wants_mapped(cfg.storage, source):
         found = load_mapped(source, cfg.text_column, cfg.label_column)
         if found is not None:
-            log(f"storage: {source} is read from a memory-mapped cache ({len(found):,} rows; data.storage={cfg.storage})")
+            logger.info(f"storage: {source} is read from a memory-mapped cache ({len(found):,} rows; "
+                        f"data.storage={cfg.storage})")
             return found
         if cfg.storage == "mapped":
-            log(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
+            logger.info(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
     return load_table(source, cfg.text_column, cfg.label_column, role=role)
 
 
@@ -152,14 +156,14 @@ def _hf_explicit_splits(cfg: DataConfig) -> list[str] | None:
     return names if names and "train" in names and "test" in names else None
 
 
-def _log_notes(loaded: list[LabelledData | None], log: Callable[[str], None]) -> None:
+def _log_notes(loaded: list[LabelledData | None]) -> None:
     """Log each loaded table's notes (e.g. which of several candidate columns was used) once."""
     seen: set[str] = set()
     for ld in loaded:
         for note in (ld.notes if ld is not None else []):
             if note not in seen:
                 seen.add(note)
-                log(f"note: {note}")
+                logger.info(f"note: {note}")
 
 
 def _dedupe_removed(report: DedupeReport | None) -> str:
@@ -260,34 +264,37 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encod
     }
 
 
-def _log_summary(summary: dict, log: Callable[[str], None]) -> None:
+def _log_summary(summary: dict) -> None:
     src = summary["sources"]
     if summary["mode"] == "split":
-        log(f"data: {src['train']}")
+        logger.info(f"data: {src['train']}")
     else:
-        log("data: " + ", ".join(f"{s} {src[s]}" for s in SPLITS))
+        logger.info("data: " + ", ".join(f"{s} {src[s]}" for s in SPLITS))
     if summary["dedupe"] is not None:
-        log(f"dedupe: {DedupeReport(**summary['dedupe'])}")
+        logger.info(f"dedupe: {DedupeReport(**summary['dedupe'])}")
     sizes = summary["sizes"]
     how = f"seed {summary['seed']}, fractions {'/'.join(f'{f:g}' for f in summary['split'])}" if summary["split"] else summary["mode"]
-    log(f"split: train {sizes['train']:,} | validation {sizes['validation']:,} | test {sizes['test']:,} ({how})")
+    logger.info(f"split: train {sizes['train']:,} | validation {sizes['validation']:,} | test {sizes['test']:,} "
+                f"({how})")
     if summary["limit"] is not None:
-        log(f"limit: using the first {summary['limit']:,} of {summary['train_rows_before_limit']:,} training rows")
+        logger.info(f"limit: using the first {summary['limit']:,} of {summary['train_rows_before_limit']:,} "
+                    "training rows")
     names = summary["label_names"]
     width = max(len("label"), *(len(n) for n in names))
     cols = [max(len(s), len(f"{sizes[s]:,}")) for s in SPLITS]
-    log("  " + "label".ljust(width) + "".join(f"  {s:>{w}}" for s, w in zip(SPLITS, cols)))
+    logger.info("  " + "label".ljust(width) + "".join(f"  {s:>{w}}" for s, w in zip(SPLITS, cols)))
     for n in names:
         counts = [summary["labels"][s].get(n, 0) for s in SPLITS]
-        log("  " + n.ljust(width) + "".join(f"  {c:>{w},}" for c, w in zip(counts, cols)))
+        logger.info("  " + n.ljust(width) + "".join(f"  {c:>{w},}" for c, w in zip(counts, cols)))
     memory = "scores on them measure memory, not generalisation"
     for s, k in summary["overlap_rows_with_train"].items():
         n = sizes[s]
         if s in summary["identical_to_train"]:
-            log(f"warning: the {s} file {src[s]} is identical to the training file {src['train']} "
-                f"({k:,} of {n:,} {s} texts occur in the training data); {memory}")
+            logger.warning(f"warning: the {s} file {src[s]} is identical to the training file {src['train']} "
+                           f"({k:,} of {n:,} {s} texts occur in the training data); {memory}")
         elif k and src[s] == src["train"]:
-            log(f"warning: {k:,} of {n:,} {s} texts also occur in the training split (repeated texts in {src[s]}; "
-                f"data.dedupe=true removes repeats before splitting); {memory}")
+            logger.warning(f"warning: {k:,} of {n:,} {s} texts also occur in the training split "
+                           f"(repeated texts in {src[s]}; data.dedupe=true removes repeats before splitting); {memory}")
         elif k:
-            log(f"warning: {k:,} of {n:,} {s} texts also occur in the training data ({src[s]} vs {src['train']}); {memory}")
+            logger.warning(f"warning: {k:,} of {n:,} {s} texts also occur in the training data "
+                           f"({src[s]} vs {src['train']}); {memory}")

@@ -2,8 +2,9 @@
 accuracy / precision / recall / F1 family of metrics."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from ...data.tokens import tokenize
 from ...modeling.forward import predict_logits
 from ..base import Task
 from ..rows import EncodedInputs, finite_probs
+
+logger = logging.getLogger(__name__)
 
 
 def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
@@ -38,9 +41,9 @@ class SequenceClassification(Task):
     headline_metrics = ("accuracy", "precision", "recall", "f1", "f1_macro")
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
 
-    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+    def prepare(self, data_cfg: Any, seed: int) -> Any:
         from .splits import prepare_splits
-        return prepare_splits(data_cfg, seed, log=log)
+        return prepare_splits(data_cfg, seed)
 
     def texts(self, split: Any) -> Sequence[str]:
         return split.texts  # a list, or mapped texts that are read a chunk at a time
@@ -60,15 +63,15 @@ class SequenceClassification(Task):
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         return classification_loss(outputs, batch, class_weights)
 
-    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+    def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
         from ...augmentation.apply import augment_texts
         from .read import LabelledData
         held_out = [*splits.validation.texts, *splits.test.texts]
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
-                                              log, exclude=held_out)
+                                              exclude=held_out)
         splits.train = LabelledData(texts, labels, splits.train.source)
         splits.summary["augment"] = report.as_dict()
-        log(report.describe())
+        logger.info(report.describe())
         return splits
 
     def collapse_warning(self, splits: Any, predictions: torch.Tensor) -> str | None:
@@ -185,7 +188,7 @@ class SequenceClassification(Task):
         add_routes(app, answer)
 
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
-                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+                     label_column: str | None) -> tuple[str, Any]:
         """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""
         import csv
         import io
@@ -194,7 +197,7 @@ class SequenceClassification(Task):
         from ...augmentation.apply import augment_texts
         from .read import load_table
         table = load_table(data, text_column, label_column, role="data")
-        texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec, log)
+        texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec)
         rows = [{"text": t, "label": y, "origin": report.origin(k)} for k, (t, y) in enumerate(zip(texts, labels))]
         if suffix == ".jsonl":
             return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), report

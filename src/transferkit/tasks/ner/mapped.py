@@ -37,7 +37,7 @@ from ...data.conll import conll_sentences
 from ...data.tables import GZIP_ERRORS, file_extension, gzip_error, read_text_file
 from .read import CONLL_EXTENSIONS, _from_table, sequence_hashes
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the cached layout changes
 # storage=auto maps tagged files larger than this. Lower than sentence rows' 64 MB: held in Python lists,

@@ -7,11 +7,12 @@ are read by `tagged_read`.
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from ...data.listing import clip, summarise
 from ..classify.splits import _hf_explicit_splits, _same_file
 from ...data.split import SPLITS, split_sizes
 from .read import TaggedSplit, TaggedTable, load_tagged, load_tagged_splits
+
+logger = logging.getLogger(__name__)
 
 MIN_SENTENCES = 2  # per split: one sentence cannot be both trained on and checked against
 VALIDATION_CARVE = (0.9, 0.0, 0.1)  # without a validation file, 10% of training becomes validation
@@ -49,8 +52,7 @@ class TaggedSplits:
 
 # --- splits --------------------------------------------------------------------------
 
-def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None] = print,
-                          label_names: list[str] | None = None) -> TaggedSplits:
+def prepare_tagged_splits(cfg: DataConfig, seed: int, label_names: list[str] | None = None) -> TaggedSplits:
     """Load, deduplicate, split and encode the tagged data `cfg` describes.
 
     `cfg.text_column` names the tokens column, `cfg.label_column` the tags column;
@@ -77,11 +79,11 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
         else:
             if cfg.test is None:
                 raise UserError("data.train is set but data.test is not; give a test file as well")
-            train = _load(cfg, cfg.train, cols, "train", log)
-            test = _load(cfg, cfg.test, cols, "test", log)
-            val = _load(cfg, cfg.validation, cols, "validation", log) if cfg.validation is not None else None
+            train = _load(cfg, cfg.train, cols, "train")
+            test = _load(cfg, cfg.test, cols, "test")
+            val = _load(cfg, cfg.validation, cols, "validation") if cfg.validation is not None else None
             mode = "files"
-        _log_notes([train, val, test], log)
+        _log_notes([train, val, test])
         for name, table in (("train", train), ("validation", val), ("test", test)):
             if table is not None and len(table) < MIN_SENTENCES:
                 raise UserError(f"{name} data {table.source} has {len(table):,} sentence(s); "
@@ -91,7 +93,7 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
                 train, report = dedupe_sentences(train)
             parts = _shuffle_split(train, VALIDATION_CARVE, seed, report, carve=True)
             train, val = parts["train"], parts["test"]
-            log(f"validation: no validation data given; using 10% of {train.source} ({len(val):,} sentences)")
+            logger.info(f"validation: no validation data given; using 10% of {train.source} ({len(val):,} sentences)")
         raws = {"train": train, "validation": val, "test": test}
     else:
         if cfg.validation is not None or cfg.test is not None:
@@ -100,8 +102,8 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
         if cfg.data is None:
             raise UserError("no data given: set data.data (a tagged file or saved dataset folder) or data.train")
         mode = "split"
-        whole = _load(cfg, cfg.data, cols, "data", log)
-        _log_notes([whole], log)
+        whole = _load(cfg, cfg.data, cols, "data")
+        _log_notes([whole])
         if cfg.dedupe:
             whole, report = dedupe_sentences(whole)
         raws = _shuffle_split(whole, cfg.split, seed, report)
@@ -121,22 +123,22 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, log: Callable[[str], None]
     encoded = {name: _encode(raws[name], name, index, raws["train"].source, whole_counts, limited)
                for name in SPLITS}
     summary = _summary(cfg, seed, mode, raws, label_names_out, entity_types, report, before_limit, limited)
-    _log_summary(summary, log)
+    _log_summary(summary)
     return TaggedSplits(label_names_out, entity_types, encoded["train"], encoded["validation"], encoded["test"],
                         summary)
 
 
-def _load(cfg: DataConfig, source: str, cols: tuple, role: str, log: Callable[[str], None]) -> Any:
+def _load(cfg: DataConfig, source: str, cols: tuple, role: str) -> Any:
     """One tagged source, in memory or (data.storage) through the memory-mapped cache."""
     from .mapped import load_mapped_tagged, wants_mapped_tagged
     if wants_mapped_tagged(cfg.storage, source):
         found = load_mapped_tagged(source, *cols)
         if found is not None:
-            log(f"storage: {source} is read from a memory-mapped cache ({len(found):,} sentences; "
-                f"data.storage={cfg.storage})")
+            logger.info(f"storage: {source} is read from a memory-mapped cache ({len(found):,} sentences; "
+                        f"data.storage={cfg.storage})")
             return found
         if cfg.storage == "mapped":
-            log(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
+            logger.info(f"storage: {source} is one JSON array, which is read in memory (JSON lines stream)")
     return load_tagged(source, *cols, role=role)
 
 
@@ -223,13 +225,13 @@ def _encode(table: Any, split: str, index: dict[str, int], train_source: str,
     return table.encode(index, f"{table.source} ({split})")
 
 
-def _log_notes(tables: list[TaggedTable | None], log: Callable[[str], None]) -> None:
+def _log_notes(tables: list[TaggedTable | None]) -> None:
     seen: set[str] = set()
     for table in tables:
         for note in (table.notes if table is not None else []):
             if note not in seen:
                 seen.add(note)
-                log(f"note: {note}")
+                logger.info(f"note: {note}")
 
 
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, TaggedTable], label_names: list[str],
@@ -256,31 +258,31 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, TaggedTable]
     }
 
 
-def _log_summary(summary: dict, log: Callable[[str], None]) -> None:
+def _log_summary(summary: dict) -> None:
     src = summary["sources"]
-    log(f"data: {src['train']}" if summary["mode"] == "split" else
-        "data: " + ", ".join(f"{s} {src[s]}" for s in SPLITS))
+    logger.info(f"data: {src['train']}" if summary["mode"] == "split" else
+                "data: " + ", ".join(f"{s} {src[s]}" for s in SPLITS))
     if summary["dedupe"] is not None:
-        log(f"dedupe: {_dedupe_text(summary['dedupe'])}")
+        logger.info(f"dedupe: {_dedupe_text(summary['dedupe'])}")
     sizes, tokens = summary["sizes"], summary["tokens"]
     how = (f"seed {summary['seed']}, fractions {'/'.join(f'{f:g}' for f in summary['split'])}"
            if summary["split"] else summary["mode"])
-    log(f"split: train {sizes['train']:,} | validation {sizes['validation']:,} | test {sizes['test']:,} "
-        f"sentences ({how})")
-    log(f"tokens: train {tokens['train']:,} | validation {tokens['validation']:,} | test {tokens['test']:,}")
+    logger.info(f"split: train {sizes['train']:,} | validation {sizes['validation']:,} | test {sizes['test']:,} "
+                f"sentences ({how})")
+    logger.info(f"tokens: train {tokens['train']:,} | validation {tokens['validation']:,} | test {tokens['test']:,}")
     if summary["limit"] is not None:
-        log(f"limit: using the first {summary['limit']:,} of {summary['train_sentences_before_limit']:,} "
-            "training sentences")
+        logger.info(f"limit: using the first {summary['limit']:,} of {summary['train_sentences_before_limit']:,} "
+                    "training sentences")
     types = summary["entity_types"]
     width = max(len("entity"), *(len(t) for t in types))
     counts = summary["entities"]
     cols = [max(len(s), *(len(f"{counts[s].get(t, 0):,}") for t in types)) for s in SPLITS]
-    log("  " + "entity".ljust(width) + "".join(f"  {s:>{w}}" for s, w in zip(SPLITS, cols)))
+    logger.info("  " + "entity".ljust(width) + "".join(f"  {s:>{w}}" for s, w in zip(SPLITS, cols)))
     for t in types:
-        log("  " + t.ljust(width) + "".join(f"  {counts[s].get(t, 0):>{w},}" for s, w in zip(SPLITS, cols)))
+        logger.info("  " + t.ljust(width) + "".join(f"  {counts[s].get(t, 0):>{w},}" for s, w in zip(SPLITS, cols)))
     memory = "scores on them measure memory, not generalisation"
     for s, k in summary["overlap_with_train"].items():
         if s in summary["identical_to_train"]:
-            log(f"warning: the {s} file {src[s]} is identical to the training file {src['train']}; {memory}")
+            logger.warning(f"warning: the {s} file {src[s]} is identical to the training file {src['train']}; {memory}")
         elif k:
-            log(f"warning: {k:,} of {sizes[s]:,} {s} sentences also occur in the training data; {memory}")
+            logger.warning(f"warning: {k:,} of {sizes[s]:,} {s} sentences also occur in the training data; {memory}")

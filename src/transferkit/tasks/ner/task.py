@@ -7,8 +7,9 @@ training and prediction time, so no word is silently dropped.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from ..rows import EncodedInputs
 from .entities import EntityCodec
 from .metrics import entity_metrics
 from .spans import IGNORE, STRIDE  # IGNORE (-100): positions the loss skips
+
+logger = logging.getLogger(__name__)
 
 
 def token_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
@@ -67,9 +70,9 @@ class TokenClassification(Task):
     runs_csv_columns = ("entities",)
     augment_formats = (".jsonl",)  # tokens and tags are lists: no CSV
 
-    def prepare(self, data_cfg: Any, seed: int, log: Callable[[str], None]) -> Any:
+    def prepare(self, data_cfg: Any, seed: int) -> Any:
         from .splits import prepare_tagged_splits
-        return prepare_tagged_splits(data_cfg, seed, log)
+        return prepare_tagged_splits(data_cfg, seed)
 
     def texts(self, split: Any) -> Any:
         if hasattr(split, "fingerprint"):  # a mapped split: its sentences are read a chunk at a time
@@ -95,7 +98,7 @@ class TokenClassification(Task):
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
 
-    def augment(self, splits: Any, steps: list, seed: int, spec: str, log: Callable[[str], None]) -> Any:
+    def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
         from ...augmentation.apply import augment_tagged
         from .splits import TaggedSplit
         tr = splits.train  # a mapped split is read into memory here: augmented rows are new rows
@@ -104,7 +107,7 @@ class TokenClassification(Task):
                                                      exclude=[*splits.validation.tokens, *splits.test.tokens])
         splits.train = TaggedSplit(tokens, tags, where, tr.source)
         splits.summary["augment"] = report.as_dict()
-        log(report.describe())
+        logger.info(report.describe())
         return splits
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
@@ -205,7 +208,7 @@ class TokenClassification(Task):
         add_routes(app, answer)
 
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
-                     label_column: str | None, log: Callable[[str], None]) -> tuple[str, Any]:
+                     label_column: str | None) -> tuple[str, Any]:
         """tokens, tags, origin rows as JSONL."""
         import json
 

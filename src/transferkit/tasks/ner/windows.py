@@ -20,7 +20,7 @@ import numpy as np
 
 from .spans import EncodedWindows, encode_words
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK = 10_000  # sentences tokenized and written at a time
 _LISTS = ("input_ids", "labels", "first_pos", "first_word")
@@ -85,7 +85,7 @@ def encode_mapped(tokenizer: Any, split: Any, max_length: int, stride: int) -> M
                 return found
             raise ValueError(f"{found.n_sentences()} sentences, expected {len(split)}")
         except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
-            log.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
+            logger.warning("ignoring a damaged token cache %s (%s); rebuilding it", path, e)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     feats = Features({**{name: Seq(Value("int32")) for name in _LISTS}, "sentence": Value("int64"),
