@@ -531,13 +531,13 @@ def test_damaged_pretrain_checkpoint_on_resume(capsys, tmp_path, damage):
 def test_nan_scores_are_never_printed(capsys, finished_run, monkeypatch):
     """A model whose outputs overflow on some input: an error naming the text, no NaN confidence."""
     from transferkit.inference import predictor as inference
-    real = inference.predict_logits
+    real = inference.row_outputs
 
     def overflowing(*a, **kw):
-        out = real(*a, **kw).clone()
-        out[1] = float("nan")
+        out = [row.clone() for row in real(*a, **kw)]  # per input text, its logits
+        out[1][:] = float("nan")
         return out
-    monkeypatch.setattr(inference, "predict_logits", overflowing)
+    monkeypatch.setattr(inference, "row_outputs", overflowing)
     _fail(capsys, ["predict", str(finished_run("full")), "good film", "bad film"], "text 2", "non-finite")
     assert "nan" not in capsys.readouterr().out.lower()
 
