@@ -1,5 +1,6 @@
 """The package's shape, checked from its source with `ast`: no import circles (function-level imports
-included), and no module outside `tasks/` that steers by a task's name (the code asks the task object)."""
+included), no module outside `tasks/` that steers by a task's name (the code asks the task object; methods:
+tests/test_method_names.py), and every atomic rename through `core/fs`."""
 from __future__ import annotations
 
 import ast
@@ -118,6 +119,21 @@ def test_no_module_outside_tasks_steers_by_a_task_name():
             continue
         found += [f"{path.relative_to(SRC)}:{line}: {s!r}" for line, s in
                   _steering(ast.parse(path.read_text(encoding="utf-8")), names)]
+    assert found == []
+
+
+def test_every_rename_goes_through_the_one_writer():
+    """A file or folder appears by an atomic rename, and only `core/fs.replace` does one (it turns a full or
+    read-only disk into a one-line error); `os.replace`, `os.rename` or `Path.rename` elsewhere would not."""
+    found = []
+    for name, path in _modules().items():
+        if name == "transferkit.core.fs":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                f = node.func
+                if f.attr == "rename" or (f.attr == "replace" and isinstance(f.value, ast.Name) and f.value.id == "os"):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert found == []
 
 

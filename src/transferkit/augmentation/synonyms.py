@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..core.errors import UserError
+from ..core import fs
 
 WORDNET_FILES = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")] + [
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")] + ["index.sense"]  # index.sense: wordnet-sense-index
@@ -134,7 +135,7 @@ def install_wordnet(debian_root: Path) -> Path:
     (tmp / "lexnames").write_text(lexnames_from_man(gzip.decompress(man.read_bytes()).decode("utf-8")),
                                   encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    fs.replace(tmp, dest)
     return dest
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import DATASETS
+from ..core import fs
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _fetch(ds: BundledDataset, path: Path) -> None:
     try:
         df.to_parquet(tmp_name, index=False)
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the cache may be shared
-        os.replace(tmp_name, path)
+        fs.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)

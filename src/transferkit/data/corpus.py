@@ -33,6 +33,7 @@ from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import CORPORA
 from . import bundled
+from ..core import fs
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class BundledCorpus:
         with tmp_path.open("w", encoding="utf-8") as f:
             for d in docs:
                 f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-        os.replace(tmp_path, path)
+        fs.replace(tmp_path, path)
         logger.info(f"transferkit: cached {len(docs):,} documents of {self.name} at {path}", extra=logs.NOW)
 
 
@@ -267,7 +268,7 @@ def build_cache(texts: Sequence[str], tokenizer: Any, kind: str, separator: int 
         writer.finalize()
     finally:
         writer.close()
-    os.replace(tmp, path)
+    fs.replace(tmp, path)
     cache = TokenCache(path)
     logger.info(f"tokenized {len(texts):,} {kind} into {cache.num_tokens:,} tokens in {time.perf_counter() - t0:.1f} s "
                 f"(cached in {path})")

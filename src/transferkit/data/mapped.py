@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from ..core import fs
 from ..core.errors import UserError
 from .tables import ColumnTable, read_utf8
 
@@ -200,7 +201,7 @@ def build_folder(folder: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         try:
-            tmp.rename(folder)
+            fs.replace(tmp, folder)
         except OSError:  # another process finished the same folder first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:

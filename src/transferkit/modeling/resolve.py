@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..core import logs
 from ..core.errors import UserError
 from ..core.registry import MODELS
+from ..core import fs
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _convert_smollm2(dest: Path) -> None:
                 if dest.exists():  # a stale partial folder
                     shutil.rmtree(dest)
                 try:
-                    out.rename(dest)  # rename last, so a crash never leaves a folder that looks complete
+                    fs.replace(out, dest)  # rename last, so a crash never leaves a folder that looks complete
                 except OSError:
                     if not _smollm2_ready():
                         raise

@@ -57,7 +57,7 @@ def _fs_rmtree(path: Path) -> None:
 
 
 def _fs_rename(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
+    fs.replace(src, dst)
 
 
 def _fs_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .spans import EncodedWindows, encode_words
+from ...core import fs
 
 logger = logging.getLogger(__name__)
 
@@ -107,5 +108,5 @@ def encode_mapped(tokenizer: Any, split: Any, max_length: int, stride: int) -> M
         writer.close()
         if not done:
             tmp.unlink(missing_ok=True)
-    os.replace(tmp, path)
+    fs.replace(tmp, path)
     return MappedWindows(path)
