@@ -233,9 +233,16 @@ def test_an_interrupt_stops_every_process_and_the_run_resumes(tiny_model_dir, se
                    env=env, capture_output=True, timeout=600)
     run, log = tmp_path / "run", tmp_path / "interrupted.log"
     held_env, held = hold_after_first_checkpoint(tmp_path / "hold", env)  # the run cannot finish first
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "transferkit", "finetune", *opts, "--output-dir", str(run)],
-                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=held_env)
+    # SIGINT must reach the launcher as an interrupt: a process started with SIGINT ignored (a background
+    # job of a non-interactive shell, as CI may run `make test`) ignores it too, and Python keeps that.
+    # A handler set here reverts to the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "transferkit", "finetune", *opts, "--output-dir", str(run)],
+                                    start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=held_env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert wait_until(lambda: held.exists() or proc.poll() is not None, 600), "no checkpoint in 600 s"
         assert proc.poll() is None, (f"the run exited ({proc.returncode}) instead of holding after its first "
