@@ -372,10 +372,12 @@ def test_disk_full_while_finishing(capsys, tiny, tmp_path, monkeypatch):
 # ---- 6. one run directory, one writer ---------------------------------------------------------------
 
 def _holder(run: Path) -> subprocess.Popen:
-    """Another process that holds the run directory's lock until killed."""
-    code = ("import sys, time; from transferkit.core.lock import RunLock; "
-            f"RunLock({str(run)!r}, 'finetune').acquire(); print('locked', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=ENV, text=True)
+    """Another process that holds the run directory's lock until killed (or its stdin closes: it never
+    outlives the test, and no timer can let go of the lock while a slow test still needs it held)."""
+    code = ("import sys; from transferkit.core.lock import RunLock; "
+            f"RunLock({str(run)!r}, 'finetune').acquire(); print('locked', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV,
+                            text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
