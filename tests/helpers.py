@@ -4,9 +4,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import os
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 POSITIVE = ["good", "great", "fine", "excellent", "wonderful", "lovely", "superb", "brilliant"]
 NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "dreadful", "weak"]
@@ -140,6 +141,84 @@ def logged(level: int = logging.INFO) -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(before)
+
+
+# The sitecustomize.py that `hold_after_first_checkpoint` puts first on a run's PYTHONPATH. In a process
+# that imports transferkit.training.loop it wraps `Trainer.save_checkpoint`: the first checkpoint is followed by
+# a wait that only a signal ends (SIGINT raises KeyboardInterrupt, and so does SIGTERM under the CLI), and
+# the main process creates the marker file once that checkpoint is complete. Other processes (torchrun,
+# a launcher that trains nothing) import nothing more than they would.
+_HOLD_SITECUSTOMIZE = """
+import os
+import sys
+from importlib.abc import MetaPathFinder
+from importlib.machinery import PathFinder
+
+MARKER = os.environ.get("TRANSFERKIT_TEST_HOLD_MARKER")
+
+
+def _hold_after_first_checkpoint(train):
+    import time
+    from pathlib import Path
+    save = train.Trainer.save_checkpoint
+
+    def save_then_hold(self):
+        save(self)
+        if self.acc.is_main_process:
+            Path(MARKER).touch()
+        end = time.monotonic() + 900  # bounded: no process outlives a test that died before its signal
+        while time.monotonic() < end:
+            time.sleep(0.05)
+        raise SystemExit("held 900 s after the first checkpoint and no signal came")
+    train.Trainer.save_checkpoint = save_then_hold
+
+
+class _OnImport(MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "transferkit.training.loop":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _hold_after_first_checkpoint(module)
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if MARKER:
+    sys.meta_path.insert(0, _OnImport())
+"""
+
+
+def hold_after_first_checkpoint(folder: Path, env: dict) -> tuple[dict, Path]:
+    """`env` for a `transferkit` command that cannot finish before the test interrupts it, and the
+    marker file that says when to: after the run's first checkpoint its training processes wait
+    until a signal stops them, and the main one creates the marker once that checkpoint is complete.
+
+    A test that polls for a checkpoint and then signals races the end of the run: on a loaded machine
+    the run can finish first. Waiting for the marker cannot lose that race, and needs no fixed sleep.
+    The wait comes from outside the code under test (a sitecustomize.py in `folder`, first on the
+    PYTHONPATH that the command and every process it starts inherit), so transferkit has no hook for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_HOLD_SITECUSTOMIZE, encoding="utf-8")
+    marker = folder / "held"
+    path = [str(folder), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "TRANSFERKIT_TEST_HOLD_MARKER": str(marker), "PYTHONPATH": os.pathsep.join(path)}, marker
+
+
+def wait_until(done: Callable[[], Any], seconds: float) -> bool:
+    """Poll `done()` until it is true (True) or `seconds` pass (False): a bound against a hang, not a
+    guess at how long something takes."""
+    import time
+    end = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def expect_user_error(capsys: Any, argv: list[str]) -> str:

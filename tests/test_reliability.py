@@ -14,14 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from transferkit.cli import main
 
-from helpers import expect_user_error, make_sentences, write_csv
+from helpers import expect_user_error, hold_after_first_checkpoint, make_sentences, wait_until, write_csv
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                     os.environ.get("PYTHONPATH", "")])}
@@ -373,10 +372,12 @@ def test_disk_full_while_finishing(capsys, tiny, tmp_path, monkeypatch):
 # ---- 6. one run directory, one writer ---------------------------------------------------------------
 
 def _holder(run: Path) -> subprocess.Popen:
-    """Another process that holds the run directory's lock until killed."""
-    code = ("import sys, time; from transferkit.core.lock import RunLock; "
-            f"RunLock({str(run)!r}, 'finetune').acquire(); print('locked', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=ENV, text=True)
+    """Another process that holds the run directory's lock until killed (or its stdin closes: it never
+    outlives the test, and no timer can let go of the lock while a slow test still needs it held)."""
+    code = ("import sys; from transferkit.core.lock import RunLock; "
+            f"RunLock({str(run)!r}, 'finetune').acquire(); print('locked', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV,
+                            text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -422,16 +423,19 @@ def test_sigterm_is_clean_and_resumes_to_the_same_model(capsys, tiny_model_dir, 
     ref = tmp_path / "ref"
     assert main(["finetune", *args, "--output-dir", str(ref)]) == 0
     run = tmp_path / "run"
+    env, held = hold_after_first_checkpoint(tmp_path / "hold", ENV)  # the run cannot finish before SIGTERM
     proc = subprocess.Popen([sys.executable, "-m", "transferkit", "finetune", *args, "--output-dir", str(run)],
-                            stderr=subprocess.PIPE, env=ENV, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last").is_dir() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before SIGTERM arrived")
+                            stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert wait_until(lambda: held.exists() or proc.poll() is not None, 600), "no checkpoint in 600 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
+    assert held.exists() and not (run / "metrics.json").exists()
     assert f"{run} continues with: transferkit finetune --resume {run}" in err and "Traceback" not in err
     assert not (run / ".lock").exists()
     capsys.readouterr()

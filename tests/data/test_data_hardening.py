@@ -361,6 +361,8 @@ def test_a_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch)
     f.write_bytes(b"text,label\na,x\n")
     real_open, reads = builtins.open, []
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: reads.append(str(p)) or real_open(p, *a, **k))
+    written = f.stat().st_mtime_ns  # the clock stays at the moment of writing, however slow the machine
+    monkeypatch.setattr(fingerprint.time, "time_ns", lambda: written)
     first = fingerprint.file_sha256(f)
     assert fingerprint.file_sha256(f) == first and reads.count(str(f)) == 2  # just written: not remembered (racy)
     later = time.time_ns() + 10 * 10**9

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import pytest
 import torch
 
-from helpers import make_sentences, write_csv
+from helpers import make_sentences, wait_until, write_csv
 from transferkit import api, cli
 from transferkit.core.errors import UserError
 from transferkit.recipes.tune import TuneRun, default_space, read_space
@@ -96,10 +97,21 @@ def test_resume_after_an_interruption(tiny_model_dir, data_csv, tmp_path, monkey
     assert _states(out).count("COMPLETE") >= 4
 
 
-def test_two_workers_share_one_study(tiny_model_dir, data_csv, tmp_path):
+def test_two_workers_share_one_study(tiny_model_dir, data_csv, tmp_path, monkeypatch):
     out = tmp_path / "study"
     threads = torch.get_num_threads()
-    # trials long enough (10 epochs, 80 steps) that the second process, a few seconds to start, finds work left
+    real, first = TuneRun._objective, [True]
+
+    def after_the_other_worker_took_one(self, trial):
+        # This process is warm and the other starts cold: on a loaded machine this one could run every trial
+        # before the other took one. So its first trial waits (bounded) until the other worker has a trial.
+        if first:
+            first.clear()
+            wait_until(lambda: any(t.user_attrs.get("worker") not in (None, os.getpid())
+                                   for t in trial.study.get_trials(deepcopy=False)), 600)
+        return real(self, trial)
+    monkeypatch.setattr(TuneRun, "_objective", after_the_other_worker_took_one)
+    # 10 epochs (80 steps) a trial, evaluated every 40 steps
     result = api.tune(data=str(data_csv), model=str(tiny_model_dir), n_trials=6, workers=2,
                       space=str(_space(tmp_path, SPACE.replace("train.epochs: 1", "train.epochs: 10"))),
                       output_dir=out, **{**FAST, "train.max_steps": None, "train.eval_steps": 40})

@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from transferkit.inference import Predictor
 from transferkit.serving.app import create_app
 from transferkit.serving.models import ModelSet
 
-from helpers import FILLER, NEGATIVE, POSITIVE, make_sentences, tiny_config, write_csv
+from helpers import FILLER, NEGATIVE, POSITIVE, make_sentences, tiny_config, wait_until, write_csv
 
 TEXTS = ["a good and great film", "awful boring plot with dull acting", "the movie", "superb"]
 
@@ -166,23 +165,31 @@ def test_api_key(runs):
 def test_a_full_queue_answers_429_with_retry_after(runs, monkeypatch):
     models = ModelSet({"sent": runs["sent"]})
     real = models.run
+    running, release = threading.Event(), threading.Event()
 
-    def slow(items):
-        time.sleep(0.6)
+    def held(items):  # a batch runs until the test lets it end: the queue stays full however slow the machine
+        running.set()
+        release.wait(60)
         return real(items)
-    monkeypatch.setattr(models, "run", slow)
+    monkeypatch.setattr(models, "run", held)
     app = create_app(models, max_queue=1, max_wait_ms=0, max_batch_tokens=1)
     with TestClient(app) as c:
         done = []
-        threads = [threading.Thread(target=lambda: done.append(c.post("/v1/classify", json={"model": "sent",
-                                                                                            "input": "good"})))
-                   for _ in range(2)]
-        for t in threads:
-            t.start()
-            time.sleep(0.15)  # the first is running, the second waits in the queue
-        r = c.post("/v1/classify", json={"model": "sent", "input": "good"})
-        for t in threads:
-            t.join()
+
+        def post():
+            done.append(c.post("/v1/classify", json={"model": "sent", "input": "good"}))
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        try:
+            threads[0].start()
+            assert running.wait(60)  # the first is running
+            threads[1].start()
+            assert wait_until(lambda: app.state.batcher.depth == 1, 60)  # the second waits in the queue
+            r = c.post("/v1/classify", json={"model": "sent", "input": "good"})
+        finally:
+            release.set()
+            for t in threads:
+                if t.ident is not None:  # started
+                    t.join()
     assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error_type"] == "Overloaded"
     assert [x.status_code for x in done] == [200, 200]
 

@@ -7,14 +7,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
 
 from transferkit.inference import Predictor
 
-from helpers import expect_user_error
+from helpers import expect_user_error, wait_until
 
 TEXTS = ["a good and great film", "awful boring plot with dull acting"]
 
@@ -25,6 +24,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _batches(url: str) -> float:
+    """How many batches the server has started (its /metrics)."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("transferkit_batch_texts_count"))
+
+
 def test_serve_answers_then_stops_gracefully_on_sigterm(finished_run, tmp_path):
     run = finished_run("lora")
     port = _free_port()
@@ -33,24 +39,26 @@ def test_serve_answers_then_stops_gracefully_on_sigterm(finished_run, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        def up() -> bool:
             try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
+                return httpx.get(url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(proc.stderr.read() if proc.poll() is not None else "server did not start")
+                return False
+        if not wait_until(lambda: proc.poll() is not None or up(), 300) or proc.poll() is not None:
+            raise AssertionError(proc.stderr.read() if proc.poll() is not None else "server did not start in 300 s")
         body = httpx.post(url + "/v1/classify", json={"model": "sent", "input": TEXTS}, timeout=30).json()
         np.testing.assert_allclose([d["probs"] for d in body["data"]], Predictor.from_run(run).predict_proba(TEXTS),
                                    atol=1e-5)
-        assert httpx.get(url + "/docs", timeout=5).status_code == 200  # OpenAPI docs
+        assert httpx.get(url + "/docs", timeout=30).status_code == 200  # OpenAPI docs
         # a request in flight when SIGTERM arrives still gets its answer
         answers = []
         worker = threading.Thread(target=lambda: answers.append(httpx.post(
             url + "/v1/classify", json={"model": "sent", "input": TEXTS * 100}, timeout=60)))
+        before = _batches(url)
         worker.start()
-        time.sleep(0.05)
+        # SIGTERM once the server runs the request's batch, so it is in flight: after a fixed sleep, on a loaded
+        # machine, the request may not have reached the server yet (uvicorn then closes its connection unanswered)
+        assert wait_until(lambda: answers or _batches(url) > before, 60), "the request never reached the server"
         proc.send_signal(signal.SIGTERM)
         worker.join(60)
         assert proc.wait(60) == 0
