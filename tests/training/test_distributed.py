@@ -206,8 +206,9 @@ def test_cli_processes_errors_are_one_line(capsys, sentiment_csv, tiny_model_dir
 def _descendants(pid: int) -> list[int]:
     """The benchmark's process-tree walk (benchmarks/distributed.py), one copy for both."""
     import importlib.util
-    sys.path.insert(0, str(HERE.parent / "benchmarks"))  # for its `_common`
-    spec = importlib.util.spec_from_file_location("distributed_benchmark", HERE.parent / "benchmarks" / "distributed.py")
+    benchmarks = HERE.parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))  # for its `_common`
+    spec = importlib.util.spec_from_file_location("distributed_benchmark", benchmarks / "distributed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.descendants(pid)
