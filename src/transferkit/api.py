@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 
 from .core import runtime
 from .config.finetune import RunConfig, apply_default_data
-from .core import fs
 from .core.errors import UserError
 from .recipes.evaluate import run_evaluation
 from .recipes.finetune import FinetuneResult, FinetuneRun
@@ -164,7 +163,6 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
     `run_dir` may be `{name: run_dir, ...}` (lora/ia3/bitfit/head_only runs of one base model): the base loads
     once and each text uses the adapter named by `adapters` (one per text), the input file's
     `adapter_column`, a `NAME:text` tag, or else `adapter`."""
-    from .inference import Predictor
     runtime.setup()
     if isinstance(run_dir, Mapping):
         if backend not in ("auto", "torch"):
@@ -177,29 +175,9 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
                             base_model=base_model)
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
-    from .inference import OUTPUT_SUFFIXES, check_texts
-    from .inference.onnx_backend import check_backend
-    check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
-    if texts is None and input is None:
-        raise UserError("give texts to predict or --input FILE")
-    if output is not None:
-        fs.check_output_file(output, OUTPUT_SUFFIXES)
-    all_texts = check_texts(texts or [])
-    if input is not None:
-        from .data.tables import read_texts
-        all_texts += read_texts(input, text_column)
-    if not all_texts:
-        raise UserError("no texts to predict")
-    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model,
-                                   backend=backend)
-    results = predictor.predict(all_texts)
-    logger.info(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
-    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
-    if output is not None:
-        from .inference import write_predictions
-        write_predictions(Path(output), rows, predictor.task, predictor.label_names)
-        logger.info(f"wrote {output}")
-    return rows
+    from .inference import predict_run
+    return predict_run(run_dir, texts, input=input, output=output, text_column=text_column, batch_size=batch_size,
+                       quantize=quantize, base_model=base_model, backend=backend)
 
 
 def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | RunConfig | dict | None = None,

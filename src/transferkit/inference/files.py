@@ -1,16 +1,19 @@
-"""Prediction files and `predict_runs`, the API/CLI entry for several runs on one base: texts routed by
-list, `NAME:text` tag or file column."""
+"""Prediction files, `predict_run` (the API/CLI entry for one run or export) and `predict_runs` (several runs on one
+base: texts routed by list, `NAME:text` tag or file column)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..core import fs
 from ..core.errors import UserError
 from ..core.registry import TASKS
+from ..data.tables import read_texts
 from ..tasks.base import SHARED_RUNS_CSV_COLUMNS, Task
 from .adapters import AdapterPredictor
-from .predictor import check_batch_size, check_texts
+from .onnx_backend import check_backend
+from .predictor import Predictor, check_batch_size, check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,6 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], tasks: Task | Sequ
     import csv
     import io
 
-    from ..core import fs
     buf = io.StringIO(newline="")
     if path.suffix.lower() != ".csv":
         for r in rows:
@@ -78,7 +80,6 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
                  batch_size: int = 64, base_model: str | None = None) -> list[dict[str, Any]]:
     """`transferkit.predict({name: run_dir, ...}, ...)`: each text goes to one adapter, chosen by
     `adapters` (one name per text), an input file's `adapter_column`, a `NAME:text` tag, or else `adapter`."""
-    from ..core import fs
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     check_batch_size(batch_size)
@@ -95,7 +96,6 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
     else:
         all_texts, routed = split_tags(all_texts, names, adapter)
     if input is not None:
-        from ..data.tables import read_texts
         file_texts = read_texts(input, text_column)
         if adapter_column is not None:
             file_names = read_texts(input, adapter_column)
@@ -117,5 +117,31 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
     rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
     if output is not None:
         write_predictions(Path(output), rows, [predictor.task_of(r["adapter"]) for r in rows])
+        logger.info(f"wrote {output}")
+    return rows
+
+
+def predict_run(run_dir: str | Path, texts: Sequence[str] | None = None, *, input: str | None = None,
+                output: str | None = None, text_column: str | None = None, batch_size: int = 64,
+                quantize: bool = False, base_model: str | None = None, backend: str = "auto") -> list[dict[str, Any]]:
+    """`transferkit.predict(run_dir, ...)` for one run or ONNX export: the texts given and those of `input`,
+    every one checked before the model loads, predicted in one call, written to `output` if given."""
+    check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
+    if texts is None and input is None:
+        raise UserError("give texts to predict or --input FILE")
+    if output is not None:
+        fs.check_output_file(output, OUTPUT_SUFFIXES)
+    all_texts = check_texts(texts or [])
+    if input is not None:
+        all_texts += read_texts(input, text_column)
+    if not all_texts:
+        raise UserError("no texts to predict")
+    predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model,
+                                   backend=backend)
+    results = predictor.predict(all_texts)
+    logger.info(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
+    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
+    if output is not None:
+        write_predictions(Path(output), rows, predictor.task, predictor.label_names)
         logger.info(f"wrote {output}")
     return rows
