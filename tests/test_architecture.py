@@ -4,6 +4,7 @@ tests/test_method_names.py), and every atomic rename through `core/fs`."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 from transferkit import tasks
@@ -134,6 +135,26 @@ def test_every_rename_goes_through_the_one_writer():
                 f = node.func
                 if f.attr == "rename" or (f.attr == "replace" and isinstance(f.value, ast.Name) and f.value.id == "os"):
                     found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert found == []
+
+
+def test_no_function_imports_the_standard_library():
+    """Imports sit at the top of a module; one inside a function is of a heavy library the module's own
+    imports do not load (torch, transformers, datasets, fastapi, onnxruntime, optuna, ...), so that it loads
+    only when used. The standard library is never that."""
+    stdlib = set(sys.stdlib_module_names) - {"__future__"}
+    found = []
+    for path in _modules().values():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            optional = {id(n) for t in ast.walk(fn) if isinstance(t, ast.Try) for s in t.body for n in ast.walk(s)}
+            for node in ast.walk(fn):
+                if id(node) in optional:  # tried, for a module some platforms lack (resource on Windows)
+                    continue
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                found += [f"{path.relative_to(SRC)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in stdlib]
     assert found == []
 
 

@@ -18,11 +18,15 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .core import runtime
 from .config.finetune import RunConfig, apply_default_data
+from .core import runtime
 from .core.errors import UserError
+from .data.bundled import list_datasets as _ld
+from .inference import predict_run
+from .modeling.resolve import list_models as _lm
 from .recipes.evaluate import run_evaluation
 from .recipes.finetune import FinetuneResult, FinetuneRun
+from .training import distributed
 from .training.launch import launch_command
 
 logger = logging.getLogger(__name__)
@@ -49,7 +53,6 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     learning rates, clipping and progress, `config.RESUME_KEYS`). `processes=N` trains with N
     data-parallel processes on this machine (torchrun; `train.batch_size` stays the global batch,
     see `distributed`); under a launcher the processes are the launcher's."""
-    from .training import distributed
     runtime.setup()
     processes = distributed.check_processes(processes)
     if resume is not None:
@@ -175,7 +178,6 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
                             base_model=base_model)
     if adapter is not None or adapters is not None or adapter_column is not None:
         raise UserError("adapter names need several runs: give them as {name: run_dir} (CLI: --adapter NAME=RUN_DIR)")
-    from .inference import predict_run
     return predict_run(run_dir, texts, input=input, output=output, text_column=text_column, batch_size=batch_size,
                        quantize=quantize, base_model=base_model, backend=backend)
 
@@ -252,7 +254,6 @@ def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> di
 
 
 def list_datasets() -> list[dict[str, Any]]:
-    from .data.bundled import list_datasets as _ld
     return _ld()
 
 
@@ -263,7 +264,6 @@ def list_corpora() -> list[dict[str, Any]]:
 
 
 def list_models() -> list[dict[str, Any]]:
-    from .modeling.resolve import list_models as _lm
     return _lm()
 
 

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..core.errors import UserError
+from .eda import EDA
+from .generative import GenerativeAugmenter
 from .spec import Step, text_steps
+from .synonyms import load_synonyms
 
 
 @dataclass
@@ -43,8 +46,6 @@ class AugmentReport:
 
 
 def _eda(step: Step) -> Any:
-    from .eda import EDA
-    from .synonyms import load_synonyms
     needs = step.options["synonym"] > 0 or step.options["insert"] > 0
     return EDA(step.options, load_synonyms(step.options["synonyms"]) if needs else None)
 
@@ -53,7 +54,6 @@ def augment_texts(texts: list[str], labels: list, steps: list[Step], seed: int, 
                   exclude: Sequence[str] = ()) -> tuple[list[str], list, AugmentReport]:
     """`texts`/`labels` with every text step's new rows appended (labels copied from the source row);
     a new text equal to one of `exclude` (the validation and test texts) is not added."""
-    from .generative import GenerativeAugmenter
     out_t, out_y = list(texts), list(labels)
     seen = {" ".join(t.split()) for t in [*texts, *exclude]}  # a copy differing only in spacing is no new row
     report = AugmentReport(spec, len(texts))

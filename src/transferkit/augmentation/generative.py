@@ -24,6 +24,9 @@ from typing import Any, Callable, Sequence
 
 from ..core import fs
 from ..core.errors import UserError
+from ..data.bundled import cache_dir
+from ..inference.generation import _load
+from ..modeling.lm import model_folder, model_type
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,6 @@ class Generator:
     """A loaded generator and how to prompt it: `run(prompts, temperature, seed)` -> one reply each."""
 
     def __init__(self, name: str, batch: int, max_new_tokens_for: Callable[[str], int] | None = None) -> None:
-        from ..inference.generation import _load
-        from ..modeling.lm import model_folder, model_type
         from transformers.models.auto import modeling_auto as ma
         self.folder = model_folder(name)
         mtype = model_type(self.folder)
@@ -123,7 +124,6 @@ class GenerativeAugmenter:
         self.seconds = 0.0
 
     def cache_path(self) -> Path:
-        from ..data.bundled import cache_dir
         key = {"kind": self.kind, "seed": self.seed, "model": self.generator.fingerprint(),
                "back": self.back.fingerprint() if self.back else None,
                "options": {k: v for k, v in self.options.items() if k != "batch"}}  # batch size changes nothing

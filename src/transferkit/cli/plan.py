@@ -6,6 +6,7 @@ import argparse
 import time
 from typing import Any
 
+from .. import api
 from ..core.errors import UserError
 from .common import overrides
 
@@ -58,7 +59,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .. import api
     if args.no_dry_run and args.dry_run_steps != 5:
         raise UserError("--no-dry-run and --dry-run-steps: give one")
     extra = overrides(args, api.SHORT_KEYS)
@@ -74,7 +74,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .. import api
     extra = overrides(args, api.SHORT_KEYS)
     output_dir = extra.pop("output_dir", None)
     if args.resume:

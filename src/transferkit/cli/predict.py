@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import api
 from ..core.errors import UserError
+from ..core.fs import dumps
 from .common import BASE_MODEL_HELP
 
 PREDICT_HELP = """Label texts with a finished run:
@@ -84,10 +86,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .. import api
     report = api.evaluate(args.run_dir, args.data, text_column=args.text_column, label_column=args.label_column,
                           output_dir=args.output_dir, quantize=args.int8, base_model=args.base_model)
-    from ..core.fs import dumps
     # the task's scalar metrics (accuracy ... f1_weighted for classify; entity precision/recall/f1, token accuracy for ner)
     shown = ("accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "token_accuracy")
     print(dumps({k: report[k] for k in shown if k in report}, indent=1))
@@ -95,7 +95,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .. import api
     if args.adapter:  # several runs on one base: the first positional is a text, not a run
         if args.backend == "onnxruntime":
             raise UserError("--backend onnxruntime runs one ONNX export; --adapter runs share a PyTorch base")
@@ -131,7 +130,6 @@ def _adapter_runs(items: list[str]) -> dict[str, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .. import api
     api.export(args.run_dir, args.out_dir, format=args.format, int8=args.int8, plain=args.plain, data=args.data,
                text_column=args.text_column, label_column=args.label_column, base_model=args.base_model)
     return 0
@@ -140,7 +138,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .. import api
     api.serve(_adapter_runs(args.adapter), adapter_root=args.adapter_root, host=args.host, port=args.port,
               api_key=args.api_key, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
               max_queue=args.max_queue, max_inputs=args.max_inputs, default_model=args.default_model)

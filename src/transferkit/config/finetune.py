@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.registry import METHODS
 from .base import ConfigFile, DynamicSection, _build, _coerce
 
 
@@ -109,7 +110,6 @@ class MethodConfig(DynamicSection):
 
 
 def _option_class(name: str) -> type:
-    from ..core.registry import METHODS
     return METHODS.get(name).Options
 
 
@@ -133,7 +133,6 @@ def _method_options(name: str, given: dict[str, Any], prefix: str) -> Any:
 
 
 def _an_old_default(key: str, value: Any) -> bool:
-    from ..core.registry import METHODS
     for other in METHODS.names():
         for f in dataclasses.fields(METHODS.get(other).Options):
             if f.name == key:

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
+import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..data.bundled import cache_dir
+from ..training import distributed
 from . import fs
+from .errors import TrainingDiverged, UserError
 from .folders import read_json, read_json_object
 from .lock import LOCK_FILE, RunLock, in_use, live_owner
-from .errors import TrainingDiverged, UserError
+from .registry import METHODS
 
 RUN_FILE = "run.json"
 TRUSTED_BASES_FILE = "trusted-bases.json"
@@ -30,7 +35,6 @@ def new_run_dir(output_dir: str | None, label: str) -> Path:
     """The run directory to create: `output_dir` if new or empty, else runs/<time>-<label>[-N].
 
     Checked now, before any work: it must be (or become) a writable folder, and not hold another run."""
-    import datetime as dt
     if output_dir:
         p = Path(output_dir)
         fs.check_writable_dir(p)
@@ -93,7 +97,6 @@ def resumable(run_dir: str | Path) -> Path:
     if (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir} already finished; nothing to resume")
     fs.check_writable_dir(run_dir, "run directory")
-    from ..training import distributed
     owner = live_owner(run_dir) if distributed.is_main() else None  # other ranks: rank 0 holds the lock
     if owner is not None:  # before reading a checkpoint its owner may be writing
         raise in_use(run_dir, owner)
@@ -104,7 +107,6 @@ def resumable(run_dir: str | Path) -> Path:
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """The run's metric records (metrics.jsonl); a damaged line (a run killed mid-write) is skipped."""
-    import json
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -122,7 +124,6 @@ def read_history(run_dir: str | Path) -> list[dict]:
 # ---- bases this machine trained from ---------------------------------------------------------
 
 def _trusted_path() -> Path:
-    from ..data.bundled import cache_dir
     return cache_dir() / TRUSTED_BASES_FILE
 
 
@@ -175,7 +176,6 @@ class RunInfo:
 
     def method_class(self) -> Any:
         """The registered class of the run's method; an unknown name is a one-line error naming run.json."""
-        from .registry import METHODS
         try:
             return METHODS.get(self.method)
         except UserError as e:

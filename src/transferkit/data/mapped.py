@@ -34,6 +34,7 @@ import csv
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -118,7 +119,6 @@ class Mapping:
     from the page cache if touched again)."""
 
     def __init__(self, path: Path) -> None:
-        import mmap
         with open(path, "rb") as f:
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # an empty file raises ValueError
 
@@ -127,7 +127,6 @@ class Mapping:
         return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self.mm))).read_all()  # zero-copy over the map
 
     def release(self) -> None:
-        import mmap
         if hasattr(mmap, "MADV_DONTNEED"):
             self.mm.madvise(mmap.MADV_DONTNEED)
 

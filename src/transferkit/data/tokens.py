@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core import fs
 from . import bundled
+from .corpus import TokenCache, tokenizer_fingerprint
 from .mapped import CHUNK_ROWS, MappedTexts
 
 logger = logging.getLogger(__name__)
@@ -80,11 +81,11 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Sequence[
 def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
     """Token ids of `texts` (truncated to `max_length`, special tokens added) in a mapped Arrow file,
     as a `corpus.TokenCache` (a sequence of int32 rows); built once per tokenizer, rows and limit."""
-    from datasets import Features, Sequence as Seq
+    from datasets import Features
+    from datasets import Sequence as Seq
     from datasets import Value
     from datasets.arrow_writer import ArrowWriter
 
-    from .corpus import TokenCache, tokenizer_fingerprint  # corpus reads pyarrow/datasets: only for mapped data
     key = hashlib.sha256(f"{texts.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}".encode()).hexdigest()[:20]
     path = bundled.cache_dir() / "tokenized" / f"labelled-{key}.arrow"
     if path.is_file():

@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import runtime
 from ..core.errors import UserError
+from ..core.fs import check_writable_dir, write_folder
+from ..core.runs import RunInfo
+from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
+from ..modeling.resolve import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +38,6 @@ TOLERANCE = 1e-4  # largest logit difference accepted between the run and the wr
 
 def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_model: str | None = None) -> Path:
     """Write the run's merged model (and tokenizer) to `out_dir`; returns it. Nothing is left on failure."""
-    from ..core import runtime
-    from ..core.fs import write_folder
-    from ..modeling.resolve import load_tokenizer
-    from ..core.runs import RunInfo
-    from ..inference.loading import load_run_model
     runtime.setup()
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
@@ -62,7 +62,6 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
 
 def check_new_output(out_dir: str | Path) -> Path:
     """The export's folder: writable, and new or empty (an export never overwrites another)."""
-    from ..core.fs import check_writable_dir
     out = Path(out_dir)
     check_writable_dir(out, "output folder")
     if out.is_dir() and any(out.iterdir()):
@@ -85,7 +84,6 @@ def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
 
 def _extra_weights(model: nn.Module) -> list[str]:
     """Weights the plain classifier class does not have (all of them if `model` is another class)."""
-    from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
     if not isinstance(model, Classifier):
         return [type(model).__name__]
     with torch.device("meta"):  # structure only: no memory, no initialisation cost

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.batches import sorted_batches
+
 ALPHA = 0.8
 EPS = 1e-5
 
@@ -44,7 +46,6 @@ class SmoothedLinear(nn.Module):
 def smooth(model: nn.Module, calibration: Any, pad_id: int, alpha: float = ALPHA, batch_size: int = 64) -> int:
     """Smooth every Linear layer of `model` (encoder and head) in place, calibrated on `calibration`
     (encoded texts); returns how many layers were smoothed."""
-    from ..data.batches import sorted_batches
     targets = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     peaks: dict[str, torch.Tensor] = {}
 

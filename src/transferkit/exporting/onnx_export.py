@@ -28,8 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import logs
+from .. import tasks
+from ..config.finetune import RunConfig
+from ..core import logs, runtime
 from ..core.errors import UserError
+from ..core.fs import write_folder, write_json
+from ..core.runs import RunInfo
+from ..inference.loading import labelled_split
+from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
+from ..modeling.resolve import load_tokenizer
 from . import int8_smoothing, onnx_gate
 from .folder import check_new_output, merged_model
 
@@ -51,7 +58,6 @@ class LogitsOnly(nn.Module):
 
 def write_graph(model: nn.Module, path: Path, example: dict[str, torch.Tensor], per_token: bool) -> None:
     """Trace `model` on `example` (a padded batch) into an ONNX file with dynamic batch/sequence axes."""
-    from ..inference.onnx_backend import INPUTS, OUTPUT
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     axes[OUTPUT] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     with warnings.catch_warnings():  # tracer warnings about Python values fixed in the graph: checked below
@@ -78,13 +84,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
                 text_column: str | None = None, label_column: str | None = None,
                 base_model: str | None = None, batch_size: int = 64) -> Path:
     """Write the run as an ONNX export folder (see the module docstring); returns it."""
-    from ..core import runtime
-    from .. import tasks
-    from ..core.fs import write_folder, write_json
-    from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
-    from ..modeling.resolve import load_tokenizer
-    from ..core.runs import RunInfo
-    from ..inference.loading import labelled_split
     runtime.setup()
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
@@ -101,7 +100,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     calibration = None  # int8's calibration texts: the run's validation split; with --data, those texts
     if int8 and data is None:
         def calibration() -> tuple[Any, str]:
-            from ..config.finetune import RunConfig
             cfg = RunConfig.from_yaml(Path(run_dir) / "config.yaml")
             with logs.quiet():  # the split's summary was shown when the run trained
                 val = task.prepare(cfg.data, cfg.train.seed).validation

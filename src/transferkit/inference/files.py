@@ -2,6 +2,8 @@
 base: texts routed by list, `NAME:text` tag or file column)."""
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -43,8 +45,6 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], tasks: Task | Sequ
     is one run's task (the columns are text and the task's `csv_header`, e.g. label, confidence and a
     p_<label> column each) or, for rows of several runs (each with its "adapter"), one task per row (the
     columns are text, adapter, `SHARED_RUNS_CSV_COLUMNS`, then what the rows' tasks add: see `Task`)."""
-    import csv
-    import io
 
     buf = io.StringIO(newline="")
     if path.suffix.lower() != ".csv":

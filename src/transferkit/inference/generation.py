@@ -12,10 +12,12 @@ sentence per call where the cloze benchmark needs batches.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
-from ..core.folders import check_finite, check_folder, loading
+from ..core import runtime
 from ..core.errors import UserError
+from ..core.folders import check_finite, check_folder, loading
 from ..modeling.lm import model_folder, model_type, tied_parameter_names
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
@@ -32,7 +34,6 @@ def _load(name_or_path: str, kind: str) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
     from transformers.models.auto import modeling_auto as ma
 
-    from ..core import runtime
     runtime.setup()
     folder = model_folder(name_or_path)
     mtype = model_type(folder)
@@ -76,6 +77,7 @@ class MaskFiller:
             raise UserError("the tokenizer has no mask token, so it cannot fill masks")
         self.model, self.tokenizer = model, tokenizer
         import torch
+
         # Never predict special tokens or ids past the tokenizer (embedding tables are often padded).
         vocab = model.get_output_embeddings().weight.shape[0]
         allowed = torch.zeros(vocab, dtype=torch.bool)
@@ -200,7 +202,6 @@ class TextGenerator:
 
 def _check_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
                    num_return_sequences: int) -> None:
-    import math
     for name, v in (("temperature", temperature), ("top_p", top_p)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise UserError(f"{name} must be a finite number, got {v}")  # NaN passes every comparison below

@@ -25,7 +25,6 @@ text is truncated at its own run's `max_length`.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -35,8 +34,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import tasks
+from ..core import runtime
 from ..core.errors import UserError
+from ..core.folders import check_finite, check_folder, loading
+from ..core.registry import METHODS
+from ..core.runs import RunInfo
 from ..methods.base import SharedPart
+from ..modeling.classifier import HEAD_CLASSES
+from ..modeling.resolve import MODELS, build_classifier, load_tokenizer
+from .loading import run_base, run_method
 
 
 @dataclass
@@ -60,7 +67,6 @@ class MultiAdapterModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, tasks: dict[str, Task]) -> None:
         super().__init__()
-        from ..core.registry import METHODS
         self.encoder, self.tasks = encoder, tasks
         self.heads = nn.ModuleDict({n: t.classifier.classifier for n, t in tasks.items()})
         # per method (in first-served order) what gives its runs' rows their own update in a batch
@@ -105,12 +111,6 @@ class MultiAdapterModel(nn.Module):
 def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> tuple[MultiAdapterModel, Any]:
     """The shared model and tokenizer for `{task name: run directory}`; every run must share one base
     (`base_model`: the base folder to use instead of what the runs record, see `inference.loading.run_base`)."""
-    from ..core import runtime
-    from ..modeling.classifier import HEAD_CLASSES
-    from ..core.folders import check_finite, check_folder, loading
-    from ..modeling.resolve import build_classifier, load_tokenizer
-    from ..core.runs import RunInfo
-    from .loading import run_method
     runtime.setup()
     if not runs:
         raise UserError("no runs given: pass at least one NAME=RUN_DIR")
@@ -121,7 +121,6 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
             raise UserError(f"adapter name {name!r}: use letters, digits, '-' and '_' (at most 64, no '.')")
         infos[name] = RunInfo.read(run_dir)
     first = next(iter(infos.values()))
-    from .. import tasks
     for name, info in infos.items():
         if not tasks.get(info.task).shares_base:
             raise UserError(f"adapter {name!r} ({info.run_dir}): {info.task} runs cannot share a base model yet; "
@@ -175,14 +174,12 @@ def _same_base(infos: Mapping[str, Any], base_model: str | None) -> Any:
         if base_key(info) != base_key(first):
             raise UserError(f"adapter {name!r} ({info.run_dir}) was trained on {info.model_path}, but adapter "
                             f"{first_name!r} on {first.model_path}: runs served together must share one base model")
-    from .loading import run_base
     return run_base(first, base_model)
 
 
 def base_key(info: Any) -> str:
     """What identifies a run's base model: a bundled name, else its resolved folder (or hub name);
     runs with the same key can share one encoder."""
-    from ..modeling.resolve import MODELS
     return info.model_name if info.model_name in MODELS else _resolved(info.model_path)
 
 
@@ -194,7 +191,6 @@ def _resolved(path: str) -> str:
 def _load_head(clf: nn.Module, info: Any) -> None:
     """Only the head's tensors from the run's artefact (the encoder part is shared)."""
     from safetensors import safe_open
-    from .loading import run_method
     art, method = Path(info.artifact_dir), run_method(info)
     path, prefixes = art / method.head_file, (method.head_prefix,)
     if not path.is_file():

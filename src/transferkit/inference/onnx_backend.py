@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from ..core.errors import UserError
+from ..core.folders import loading, read_json_object
+from ..modeling.resolve import load_tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "transferkit-onnx"
@@ -40,7 +42,6 @@ def is_onnx_export(folder: str | Path) -> bool:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The export's manifest with every field the loader relies on checked; else one line naming the file."""
     from .. import tasks
-    from ..core.folders import read_json_object
     path = Path(folder) / MANIFEST
     m = read_json_object(path, "ONNX export manifest", strict=True)
 
@@ -81,7 +82,6 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         # the same reason as torch's OpenMP setting (transferkit/__init__.py): spinning threads fight
         # any other process for a shared core
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    from ..core.folders import loading
     with loading(path, "ONNX model"):
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
@@ -122,7 +122,6 @@ def head_kind(task_name: str) -> str:
 
 def load_export(folder: str | Path, device: str | None = None) -> tuple[OnnxModule, Any, dict[str, Any]]:
     """(the graph as a module, its tokenizer, its checked manifest): what a Predictor over an ONNX export holds."""
-    from ..modeling.resolve import load_tokenizer
     if device not in (None, "cpu"):
         raise UserError(f"{folder}: an ONNX export runs on the CPU through onnxruntime here, not on {device!r}")
     m = read_manifest(folder)

@@ -28,14 +28,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import tasks
+from ..config.finetune import RunConfig
+from ..core import runtime
 from ..core.errors import UserError
+from ..core.folders import check_finite, check_folder, loading
+from ..core.runs import RUN_FILE
+from ..modeling.lm import model_folder
+from ..modeling.resolve import load_tokenizer
 from ..tasks.base import Task
+from . import check_batch_size
+from .generation import MaskFiller, TextGenerator
+from .predictor import Predictor
 
 
 def _kinds() -> dict[str, Any]:
     """Every name `pipeline()` takes -> the task whose runs it opens (each task names its pipelines), or the
     language-model pipeline's class; tasks first, in the registry's order."""
-    from .. import tasks
     kinds: dict[str, Any] = {}
     for name in tasks.TASKS:
         task = tasks.get(name)
@@ -49,14 +58,12 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     """A callable for `task` (text-classification / sentiment-analysis, token-classification / ner,
     fill-mask, text-generation) over `model`; keyword `defaults` become the call's defaults
     (e.g. `aggregation_strategy="simple"`, `top_k=2`)."""
-    from ..core import runtime
     runtime.setup()
     kinds = _kinds()
     if task not in kinds:
         raise UserError(f"unknown pipeline task {task!r}; tasks: {', '.join(kinds)}")
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
-    from . import check_batch_size
     check_batch_size(batch_size)
     found = kinds[task]
     call_options = found.pipeline_options if isinstance(found, Task) else found.call_options
@@ -89,7 +96,6 @@ class Pipeline:
         return {**self.defaults, **kwargs}
 
     def _batch_size(self, kwargs: dict[str, Any]) -> int:
-        from . import check_batch_size
         b = kwargs.pop("batch_size", self.batch_size)
         check_batch_size(b)
         return b
@@ -134,12 +140,11 @@ class TaskPipeline(Pipeline):
 
 def _load_head(model: str, task: Task, device: str | None, batch_size: int) -> Any:
     """A Predictor for a run directory, bundled name or HF folder of `task`."""
-    from ..core.runs import RUN_FILE
     p = Path(model)
     if (p / RUN_FILE).is_file():
         from .. import tasks
-        from . import Predictor
         from ..core.runs import RunInfo
+        from . import Predictor
         info = RunInfo.read(p)
         if info.task != task.name:
             other = tasks.get(info.task).pipeline_names[0]
@@ -153,11 +158,6 @@ def _load_hf_head(model: str, task: Task, device: str | None, batch_size: int) -
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from ..config.finetune import RunConfig
-    from ..core.folders import check_finite, check_folder, loading
-    from ..modeling.lm import model_folder
-    from ..modeling.resolve import load_tokenizer
-    from .predictor import Predictor
     head = task.head_kind
     folder = model_folder(model)
     check_folder(folder, ("config.json",))
@@ -186,7 +186,6 @@ class FillMaskPipeline(Pipeline):
     call_options = ("top_k",)
 
     def load(self, model: str, device: str | None) -> None:
-        from .generation import MaskFiller
         self.filler = MaskFiller.load(model)
 
     def run(self, texts: list[str], **kwargs: Any) -> list[Any]:
@@ -209,7 +208,6 @@ class TextGenerationPipeline(Pipeline):
                     "return_full_text", "seed")
 
     def load(self, model: str, device: str | None) -> None:
-        from .generation import TextGenerator
         self.generator = TextGenerator.load(model)
 
     def run(self, texts: list[str], **kwargs: Any) -> list[Any]:

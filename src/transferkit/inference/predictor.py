@@ -22,6 +22,7 @@ from ..modeling.forward import check_batch_size, pooled_features, predict_logits
 from ..modeling.resolve import load_tokenizer
 from ..tasks.base import Task
 from ..tasks.rows import check_texts, finite_probs
+from .adapters import AdapterPredictor
 from .loading import load_run_model
 from .onnx_backend import check_backend, load_export
 
@@ -70,7 +71,6 @@ class Predictor:
                   strategy: str = "mixed", base_model: str | None = None) -> Any:
         """Several lora/ia3/bitfit/head_only runs of one base model on a single encoder (see `multi_adapter`):
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
-        from .adapters import AdapterPredictor  # adapters builds on this module
         return AdapterPredictor.from_runs(runs, device, batch_size, strategy, base_model)
 
     def outputs(self, inputs: Sequence[Any]) -> list[Any]:

@@ -3,9 +3,12 @@ registering itself in `core.registry.METHODS` with its options, capabilities and
 the interface, `artifact.py` / `peft_common.py` / `layout.py` what several share. Importing this package
 imports every module in it, so a new method is a new file (plus nothing else in src/).
 """
+import dataclasses
 import importlib
 import pkgutil
+import typing
 
+from ..core.registry import METHODS
 from .base import Method, count_parameters, describe_parameters, is_head_param
 
 for _module in pkgutil.iter_modules(__path__):
@@ -14,10 +17,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 def option_fields() -> dict[str, tuple[object, type, list[str]]]:
     """Every method option by name: (its dataclass field, its type hint, the methods that have it)."""
-    import dataclasses
-    import typing
 
-    from ..core.registry import METHODS
     out: dict[str, tuple[object, type, list[str]]] = {}
     for name in METHODS.names():
         options = METHODS.get(name).Options

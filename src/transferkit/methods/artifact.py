@@ -7,14 +7,18 @@ a missing or unexpected name is an error rather than a silently half-loaded mode
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..core.fs import write_json
+from ..config.base import section_from_dict
+from ..config.finetune import MethodConfig
 from ..core.errors import UserError
+from ..core.folders import read_json_object
+from ..core.fs import write_json
 from .base import Method
 
 CONFIG_FILE = "method.json"
@@ -38,7 +42,6 @@ def save_trainable(model: nn.Module, out_dir: Path, method: str, options: dict[s
 
 def read_config(art_dir: Path, method: str) -> dict[str, Any]:
     """The saved method options; a UserError if the folder is not this method's artefact."""
-    from ..core.folders import read_json_object
     path = Path(art_dir) / CONFIG_FILE
     if not path.is_file() or not (Path(art_dir) / WEIGHTS_FILE).is_file():
         raise UserError(f"{art_dir}: not a transferkit {method} artefact (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -76,15 +79,12 @@ class TensorArtifactMethod(Method):
     artifact_files = (CONFIG_FILE, WEIGHTS_FILE)
 
     def saved_options(self) -> dict[str, Any]:
-        import dataclasses
         return dataclasses.asdict(self.options)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         save_trainable(model, out_dir, self.name, self.saved_options())
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
-        from ..config.base import section_from_dict
-        from ..config.finetune import MethodConfig
         options = {**read_config(art_dir, self.name), "name": self.name}
         method = type(self)(section_from_dict(MethodConfig, options, str(Path(art_dir) / CONFIG_FILE)))
         return load_trainable(method.apply(build_base()), art_dir)

@@ -4,11 +4,14 @@ The training loop only talks to this interface; it never branches on a method's 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 from torch import nn
+
+from ..modeling.classifier import load_saved
 
 HEAD_NAMES = ("classifier",)
 PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
@@ -180,7 +183,6 @@ class Method:
 
     def train_config(self, cfg: Any) -> Any:
         """`cfg` (a TrainConfig) with every unset hyperparameter filled from this method's defaults."""
-        import dataclasses
         return dataclasses.replace(
             cfg, lr=cfg.lr or self.default_lr,
             head_lr=cfg.head_lr or self.default_head_lr or cfg.lr or self.default_lr,
@@ -214,7 +216,6 @@ class Method:
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
         """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
-        from ..modeling.classifier import load_saved
         # The class is ours, so the folder's modeling_transferkit.py (for trust_remote_code users) is never run.
         return load_saved(art_dir, use_safetensors=True)
 

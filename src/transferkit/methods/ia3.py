@@ -18,7 +18,7 @@ from torch import nn
 from ..core.errors import UserError
 from ..core.registry import METHODS
 from .base import PEFT_BASE, RowMixer, SharedPart
-from .layout import model_type
+from .layout import model_type, replace_module
 from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex, check_targets, peft_task_type
 
 # model_type -> (target regex, feed-forward regex); peft full-matches them against module names.
@@ -84,7 +84,6 @@ class IA3(PeftMethod):
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils import ModulesToSaveWrapper
 
-        from .layout import replace_module
         model.merge_adapter()
         base = model.get_base_model()
         adapter = model.active_adapter

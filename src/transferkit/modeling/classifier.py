@@ -22,6 +22,7 @@ config.base_model_name_or_path)` -> `PeftModel.from_pretrained(base, adapter)` r
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,6 @@ def write_base(model_config: TransferkitClassifierConfig, folder: str | Path, en
                encoder_path: str) -> None:
     """A base folder: the classifier's config (labels, head, encoder config) with `encoder_source`,
     and this file for `trust_remote_code` loading; no weights (the module docstring says why)."""
-    import copy
     config = copy.deepcopy(model_config)
     config.encoder_source = {"name": encoder_name, "path": encoder_path}
     config.auto_map = auto_map(config)

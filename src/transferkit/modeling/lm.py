@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.folders import check_finite, check_folder, loading, read_json_object
+from ..core import runtime
 from ..core.errors import UserError
+from ..core.folders import check_finite, check_folder, loading, read_json_object
+from .resolve import MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,6 @@ def build_from_scratch(arch: str, size: str, tokenizer: Any, objective: str) -> 
 
 def model_folder(name_or_path: str) -> Path:
     """The HF model folder behind a bundled name, a pretrain/fine-tune run dir, its model/ folder or a local folder."""
-    from .resolve import MODELS
     if name_or_path in MODELS:
         return Path(MODELS.get(name_or_path).locate())
     p = Path(name_or_path)
@@ -176,7 +177,6 @@ def load_for_objective(name_or_path: str, objective: str) -> tuple[Any, Any]:
     the transform layer and output bias start fresh. The names of the newly initialised weights
     are logged and kept in `model.newly_initialized` (empty when the folder had the head)."""
     check_objective(objective)
-    from ..core import runtime
     runtime.setup()
     folder = model_folder(name_or_path)
     auto = _auto_class(folder, objective, name_or_path)

@@ -12,7 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config.finetune import MethodConfig
 from ..core.errors import UserError
+from ..core.registry import METHODS
+from ..methods.base import count_parameters
+from .classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
+from .resolve import resolve_model
 
 # Architecture configs of well-known hub models, so `params` works offline.
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
@@ -47,7 +52,6 @@ def encoder_config(model: str) -> dict[str, Any]:
         return d
     from transformers import AutoConfig
 
-    from .resolve import resolve_model
     try:
         resolved = resolve_model(model)
     except UserError as e:
@@ -65,10 +69,6 @@ def parameter_report(model: str, method: str = "full", num_labels: int = 2, head
     """
     import torch
 
-    from ..config.finetune import MethodConfig
-    from ..methods.base import count_parameters
-    from .classifier import TransferkitClassifierConfig, TransferkitForSequenceClassification
-    from ..core.registry import METHODS
     if num_labels < 2:
         raise UserError(f"num_labels must be >= 2, got {num_labels}")
     opts = MethodConfig.from_dict({"name": method, **{k: v for k, v in method_options.items() if v is not None}})

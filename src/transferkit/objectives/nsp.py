@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.registry import OBJECTIVES
+from ..data.corpus import build_cache
 from . import LMOutput, batches_of, perplexity
 from .clm import lm_loss
 from .mlm import MLM, MLMData
@@ -105,7 +106,6 @@ class MLMNSP(MLM):
 
     def prepare(self, train_docs: list[str], held_docs: list[str], tokenizer: Any, vocab_size: int,
                 cfg: Any) -> tuple[Any, Any]:
-        from ..data.corpus import build_cache
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
             from ..core.errors import UserError
             raise UserError("mlm+nsp needs a BERT-style tokenizer with [CLS] and [SEP] tokens")

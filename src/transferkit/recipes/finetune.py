@@ -14,19 +14,27 @@ the report shows; the method (`methods/`) says what trains and how it is saved.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..training import distributed
 from .. import tasks
-from ..config.finetune import describe_duration
 from ..config.checks import validate
+from ..config.finetune import describe_duration
 from ..core import fs, logs
 from ..core.errors import UserError
-from ..core.registry import MODELS
+from ..core.folders import check_folder, check_safetensors, loading, read_json_object
+from ..core.registry import METHODS, MODELS
+from ..core.runs import RunInfo, new_run_dir, read_history, trust_base
+from ..data.batches import FeatureData
+from ..data.fingerprint import check_fingerprints, data_fingerprints
+from ..inference import pooled_features
+from ..modeling.resolve import load_tokenizer, resolve_model
+from ..training import distributed
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -54,7 +62,6 @@ class FinetuneRun(Run):
     on_eval: Any = None  # called as on_eval(index of the evaluation, validation metrics)
 
     def before_new_run(self) -> None:
-        from ..core.runs import trust_base
         trust_base(self.resolved.path)  # the user chose this base for a new run: its runs may load it again
 
     def start_files(self) -> None:
@@ -64,11 +71,7 @@ class FinetuneRun(Run):
 
     # ---- setup: everything that can fail on bad input -----------------------------------------
     def prepare(self) -> None:
-        from ..core.folders import check_folder, loading, read_json_object
         from ..data import tokens as tk
-        from ..data.fingerprint import check_fingerprints, data_fingerprints
-        from ..modeling.resolve import load_tokenizer, resolve_model
-        from ..core.registry import METHODS
         cfg = self.cfg
         validate(cfg)
         self.task = tasks.get(cfg.task)
@@ -90,7 +93,6 @@ class FinetuneRun(Run):
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
         self.pooling = self.resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
-        from ..core.runs import new_run_dir
         # checked now, created once every input is valid
         self.run_dir = self.resume if self.resume is not None else new_run_dir(cfg.output_dir, cfg.method.name)
 
@@ -131,10 +133,7 @@ class FinetuneRun(Run):
     def _check_augmented_rows(self) -> None:
         """Record the augmented training rows by hash; a resumed run must get exactly the rows it started
         with (a changed synonym table, WordNet install or generation cache would change them)."""
-        import hashlib
-        import json
 
-        from ..core.folders import read_json_object
         train = self.splits.train
         rows = [self.task.texts(train), getattr(train, "labels", None) or getattr(train, "tags", None)]
         digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()
@@ -222,9 +221,6 @@ class FinetuneRun(Run):
         from safetensors.torch import load_file
         from safetensors.torch import save as to_bytes
 
-        from ..core.folders import check_safetensors, loading
-        from ..data.batches import FeatureData
-        from ..inference import pooled_features
         path = self.run_dir / "cache" / "features.safetensors"
         device = self.accelerator.device
         if path.is_file():
@@ -254,7 +250,6 @@ class FinetuneRun(Run):
 
     def save(self) -> FinetuneResult:
         from .compare.run import memory_report
-        from ..core.runs import RunInfo, read_history
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
         run_dir = self.run_dir
         test_metrics, test_predictions = None, None

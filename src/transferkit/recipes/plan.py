@@ -23,17 +23,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..core import fs, logs
-from ..core.units import parse_duration, parse_memory
+from .. import tasks as task_kinds
+from ..config.finetune import MethodConfig, RunConfig
+from ..core import fs, logs, runtime
 from ..core.errors import UserError
+from ..core.registry import METHODS
+from ..core.units import parse_duration, parse_memory
 from ..training.memory_estimate import MB, MemoryEstimate, training_memory
+from .adaptive import adapt
+from .finetune import FinetuneRun
 from .plan_advice import recommend, table
-from .plan_types import GB, Hardware, MethodPlan, PlanResult  # noqa: F401  (GB: plan's callers read sizes in it)
 from .plan_dry_run import dry_run
-from ..core import runtime
+from .plan_types import GB, Hardware, MethodPlan, PlanResult  # noqa: F401  (GB: plan's callers read sizes in it)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,6 @@ class PlanRun:
     def __init__(self, cfg: Any, *, memory: str | int | None = None, device: str | None = None,
                  time_budget: str | float | None = None, tasks: int = 1, dry_run_steps: int = 5,
                  methods: list[str] | None = None, output_dir: str | Path | None = None) -> None:
-        from ..core.registry import METHODS
         if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 10_000:
             raise UserError(f"--tasks {tasks!r}: must be an integer in [1, 10000]")
         if isinstance(dry_run_steps, bool) or not isinstance(dry_run_steps, int) or not 0 <= dry_run_steps <= 1000:
@@ -79,7 +83,6 @@ class PlanRun:
         self.cfg, self.tasks, self.dry_run_steps = cfg, tasks, dry_run_steps
         self.hardware = detect_hardware(device, memory)
         self.time_budget = parse_duration(time_budget) if time_budget is not None else None
-        from .. import tasks as task_kinds
         task = task_kinds.get(cfg.task)
         self.methods = methods or [m for m in METHODS.names() if METHODS.get(m).suits(task)]
         for m in self.methods:
@@ -91,7 +94,6 @@ class PlanRun:
             fs.check_writable_dir(self.output_dir)
 
     def run(self) -> PlanResult:
-        from .finetune import FinetuneRun
         setup = FinetuneRun(self.cfg)
         setup.setup()  # the data and model checks of a real run; nothing written
         self.setup = setup
@@ -145,7 +147,6 @@ class PlanRun:
 
     def _config(self, plan: MethodPlan) -> Any:
         """The run config of the recommendation: the user's config with the method and its batch."""
-        from ..config.finetune import RunConfig
         cfg = RunConfig.from_dict(self.cfg.to_dict())
         if cfg.method.name != plan.method:
             cfg.override("method.name", plan.method)
@@ -166,8 +167,6 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     training rows of each class, even when not given). A batch that does not fit is halved, with
     gradient accumulation keeping the examples per step, down to 1; a stage of the method's own
     (setfit's pairs) is halved too, its batch option then set in the plan's config."""
-    from ..config.finetune import MethodConfig
-    from ..core.registry import METHODS
     method = METHODS.get(name)(MethodConfig.from_dict({"name": name, **(options or {})}))
     tcfg = method.train_config(train)
     batch, accum = tcfg.batch_size, tcfg.grad_accum
@@ -180,7 +179,6 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     while mem.total > budget and batch > 1:
         batch, accum = (batch + 1) // 2, accum * 2
         mem = estimate(batch)
-    from .adaptive import adapt  # small sets train longer (at least min_steps), as the run will
     with logs.quiet():  # the run says what it adapts when it trains; a plan only counts the steps
         tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy")
     epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
@@ -233,7 +231,6 @@ def _class_sizes(splits: Any, task: Any) -> dict[str, Any]:
     labels = getattr(splits.train, "labels", None)
     if not labels or task.head_kind != "sequence":
         return {"largest_class_share": None, "smallest_class_rows": None, "class_rows": None}
-    from collections import Counter
     counts = list(Counter(labels).values())
     return {"largest_class_share": round(max(counts) / len(labels), 4), "smallest_class_rows": min(counts),
             "class_rows": counts}

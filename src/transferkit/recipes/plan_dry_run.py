@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ..data.batches import FeatureData, length_grouped_batches
+from ..inference import pooled_features
 from ..training.memory_estimate import MB
+from ..training.memory_measure import PeakMemory
 
 
 def sample_rows(split: Any, idx: list[int]) -> Any:
@@ -32,15 +37,10 @@ def dry_run(setup: Any, method: Any, tcfg: Any, batch: int, accum: int, steps: i
     timed) on a seeded sample of the training rows, and one evaluation pass: samples/s and peak memory.
     `fill`: repeat rows when there are fewer than one step's batch (a run's batches never exceed its
     rows, but setfit's pair steps do: 16 pairs are 32 texts however few the rows)."""
-    import random
-    import tempfile
 
     import torch
     from accelerate import Accelerator
 
-    from ..data.batches import FeatureData, length_grouped_batches
-    from ..inference import pooled_features
-    from ..training.memory_measure import PeakMemory
     from ..training.loop import Trainer
     task, cfg = setup.task, setup.cfg
     acc = Accelerator(cpu=not torch.cuda.is_available())

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..training import distributed
+from ..config.checks import validate_pretrain
 from ..config.finetune import describe_duration
 from ..config.pretrain import PretrainConfig
-from ..config.checks import validate_pretrain
-from ..core import fs
+from ..core import fs, runtime
 from ..core.errors import UserError
+from ..core.folders import check_folder, loading
+from ..core.registry import OBJECTIVES
 from ..core.runs import new_run_dir
+from ..data.corpus import heldout_split, load_documents
+from ..modeling import lm as lm_models
+from ..modeling.lm import ARCHS, SIZES
+from ..training import distributed
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -60,7 +66,6 @@ def make_pretrain_config(config: str | Path | PretrainConfig | dict | None = Non
 def pretrain(config: str | Path | PretrainConfig | dict | None = None, *, resume: str | Path | None = None,
              **overrides: Any) -> PretrainResult:
     """Pretrain (MLM, CLM or MLM+NSP) and write a run directory; see the module docstring."""
-    from ..core import runtime
     runtime.setup()
     if resume is not None:
         return PretrainRun.resumed(resume, PretrainConfig, overrides, PRETRAIN_KEYS)
@@ -74,7 +79,6 @@ class PretrainRun(Run):
 
     def prepare(self) -> None:
         """Validate, read and split the corpus, build or load the model and tokenizer (nothing written)."""
-        from ..core.registry import OBJECTIVES
         cfg, resume = self.cfg, self.resume
         validate_pretrain(cfg)
         self.objective = objective = OBJECTIVES.get(cfg.objective)
@@ -89,7 +93,6 @@ class PretrainRun(Run):
         # checked now, created once every input is valid
         self.run_dir = resume if resume is not None else _new_run_dir(cfg)
 
-        from ..data.corpus import heldout_split, load_documents
         docs = load_documents(cfg.corpus, cfg.text_column, cfg.limit)
         train_idx, held_idx = heldout_split(len(docs), cfg.heldout, cfg.train.seed)
         self.train_docs, self.held_docs = [docs[i] for i in train_idx], [docs[i] for i in held_idx]
@@ -179,7 +182,6 @@ class PretrainRun(Run):
 
 def _check_arch(cfg: PretrainConfig, objective: Any) -> None:
     """Fail before the corpus is read when the from-scratch architecture cannot train the objective."""
-    from ..modeling.lm import ARCHS, SIZES
     if cfg.arch not in ARCHS:
         raise UserError(f"unknown architecture {cfg.arch!r}; choose one of: {', '.join(ARCHS)}")
     if cfg.size not in SIZES:
@@ -202,14 +204,11 @@ def resolve_train_config(cfg: PretrainConfig, objective: Any, has_new_head: bool
 
 def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path,
                          train_docs: list[str]) -> tuple[Any, Any, list[str]]:
-    from ..modeling import lm as lm_models
     saved = run_dir / "tokenizer"
     if cfg.from_scratch:
         if saved.is_dir():  # a resumed run: the tokenizer it started with
             tokenizer = _load_tokenizer(str(saved))
         elif cfg.train_tokenizer:
-            import time
-
             from ..modeling.tokenizers import kind_for_arch, train_tokenizer
             t0 = time.perf_counter()
             kind = kind_for_arch(cfg.arch)
@@ -231,7 +230,6 @@ def _model_and_tokenizer(cfg: PretrainConfig, objective: Any, run_dir: Path,
 def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
-    from ..core.folders import check_folder, loading
     check_folder(path, what="tokenizer folder", weights=False)
     with loading(path, "tokenizer"):
         return AutoTokenizer.from_pretrained(path)

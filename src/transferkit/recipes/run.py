@@ -20,9 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from ..training import distributed
 from ..config.base import apply_resume_overrides
 from ..core import fs
+from ..core.lock import RunLock
+from ..core.runs import new_run, resumable
+from ..training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ class Run:
     def resumed(cls, run_dir: str | Path, config_class: Any, overrides: Mapping[str, Any],
                 short_keys: Mapping[str, str]) -> Any:
         """Continue the interrupted run in `run_dir` (its own config.yaml, with the resume overrides)."""
-        from ..core.lock import RunLock
-        from ..core.runs import resumable
         cfg = config_class.from_yaml(resumable(run_dir))
         changed = apply_resume_overrides(cfg, dict(overrides), dict(short_keys))
         # held from the first read of the checkpoint to the last write; by rank 0 alone under several processes
@@ -75,7 +75,6 @@ class Run:
             distributed.barrier()  # rank 0 claims the directory and writes config.yaml
             self.fit()
             return self.save()
-        from ..core.runs import new_run
         self.before_new_run()
         with new_run(self.run_dir, self.command):
             fs.write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())

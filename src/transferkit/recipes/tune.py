@@ -31,19 +31,34 @@ cannot search peft's options (transformers #29391) and needs a model_init workar
 """
 from __future__ import annotations
 
+import base64
 import copy
+import csv
+import dataclasses
+import html
+import io
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tasks
+from ..config.checks import validate
+from ..config.finetune import RunConfig
 from ..core import fs, logs
 from ..core.errors import TrainingDiverged, UserError
+from ..core.folders import read_json_object
+from ..core.registry import METHODS
+from ..core.runtime import usable_cores
+from ..core.units import parse_duration
+from .evaluate import run_evaluation
+from .finetune import FinetuneRun
 from .tune_space import Param, default_space, read_space, takes
 
 logger = logging.getLogger(__name__)
@@ -74,9 +89,6 @@ class TuneRun:
                  n_trials: int = 30, timeout: str | float | None = None, metric: str | None = None,
                  space: str | Path | None = None, workers: int = 1, keep: int = 3, seed: int | None = None,
                  resume: str | Path | None = None, worker: bool = False) -> None:
-        from ..config.finetune import RunConfig
-        from ..core.registry import METHODS
-        from ..core.units import parse_duration
         self.worker = worker
         if resume is not None:
             self.out = Path(resume)
@@ -100,7 +112,6 @@ class TuneRun:
         for name, v, lo, hi in (("--workers", workers, 1, 64), ("--keep", keep, 1, 100_000)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise UserError(f"{name} {v!r}: must be an integer in [{lo}, {hi}]")
-        from .. import tasks
         task = tasks.get(cfg.task)
         self.methods = ([m for m in METHODS.names() if METHODS.get(m).suits(task)]
                         if method == "auto" else [METHODS.get(method).name])
@@ -124,7 +135,6 @@ class TuneRun:
 
     # ---- settings ---------------------------------------------------------------------------------------
     def _read_settings(self) -> dict[str, Any]:
-        from ..core.folders import read_json_object
         path = self.out / SETTINGS
         if not path.is_file():
             raise UserError(f"{self.out}: no {SETTINGS}: not a tune output folder")
@@ -135,7 +145,6 @@ class TuneRun:
         return settings
 
     def _write_settings(self, summary: dict[str, Any] | None = None) -> None:
-        import dataclasses
         settings = {"config": self.cfg.to_dict(), "method": self.method, "n_trials": self.n_trials,
                     "metric": self.metric, "direction": self.direction, "keep": self.keep, "seed": self.seed,
                     "timeout": self.timeout,
@@ -154,7 +163,6 @@ class TuneRun:
 
     # ---- running ----------------------------------------------------------------------------------------
     def study(self) -> Any:
-        import warnings
 
         import optuna
         from optuna import storages
@@ -179,7 +187,6 @@ class TuneRun:
     def run(self) -> TuneResult | None:
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
-        from ..config.checks import validate
         validate(self.cfg)
         if not self.worker:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +217,6 @@ class TuneRun:
         return self._finish(study)
 
     def _start_workers(self) -> list[subprocess.Popen]:
-        from ..core.runtime import usable_cores
         threads = str(max(1, usable_cores() // self.workers))
         import torch
         torch.set_num_threads(int(threads))
@@ -224,8 +230,6 @@ class TuneRun:
 
     def _objective(self, trial: Any) -> float:
         import optuna
-        from ..config.finetune import RunConfig
-        from .finetune import FinetuneRun
         method = trial.suggest_categorical("method", self.methods) if len(self.methods) > 1 else self.methods[0]
         prefix = f"{method}:" if len(self.methods) > 1 else ""
         cfg = RunConfig.from_dict(self.cfg.to_dict())
@@ -291,7 +295,6 @@ class TuneRun:
     # ---- the end ----------------------------------------------------------------------------------------
     def _finish(self, study: Any) -> TuneResult:
         from optuna.trial import TrialState
-        from .evaluate import run_evaluation  # loads the inference stack: only once the search is over
         trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         self._prune_folders(study)
@@ -334,8 +337,6 @@ def _trial_row(t: Any) -> dict[str, Any]:
 
 
 def _write_trials(path: Path, trials: list[dict[str, Any]]) -> None:
-    import csv
-    import io
     keys = list(dict.fromkeys(k for t in trials for k in t))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
@@ -347,10 +348,6 @@ def _write_trials(path: Path, trials: list[dict[str, Any]]) -> None:
 
 def _write_report(out: Path, study: Any, trials: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """One self-contained HTML page: the summary, optuna's plots (matplotlib, as PNG) and the trials."""
-    import base64
-    import html
-    import io
-    import warnings
 
     import matplotlib
     matplotlib.use("Agg")

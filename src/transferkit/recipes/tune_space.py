@@ -7,12 +7,16 @@ is checked against the config before a trial runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.checks import validate
+from ..config.finetune import RunConfig
 from ..core.errors import UserError
+from ..core.registry import METHODS
 
 
 @dataclass
@@ -45,7 +49,6 @@ class Param:
 
 def default_space(method_name: str) -> dict[str, Param]:
     """The default search space of one method, around its own defaults."""
-    from ..core.registry import METHODS
     method = METHODS.get(method_name)
     lr = method.default_lr
     head = method.default_head_lr or lr
@@ -60,7 +63,6 @@ def default_space(method_name: str) -> dict[str, Param]:
     }
     if method.trains_encoder:  # only full fine-tuning trains every encoder layer's weights
         space["train.layer_lr_decay"] = Param("train.layer_lr_decay", 0.6, 1.0)
-    import dataclasses
     for f in dataclasses.fields(method.Options):
         search = f.metadata.get("search")
         if search:
@@ -112,8 +114,6 @@ def read_space(path: str | Path, method_names: list[str]) -> dict[str, Any]:
 
 def _check_keys(space: dict[str, Param], method_names: list[str], where: str) -> None:
     """Every key must be a config key some searched method takes, and every bound a valid value there."""
-    from ..config.finetune import RunConfig
-    from ..config.checks import validate
     for key, param in space.items():
         if key in ("method.name", "output_dir", "data.data", "data.train", "data.validation", "data.test", "task"):
             raise UserError(f"space file {where}: {key} is not searchable (use --method auto to search the method)")
@@ -133,7 +133,6 @@ def _check_keys(space: dict[str, Param], method_names: list[str], where: str) ->
 
 def takes(method_name: str, key: str) -> bool:
     """True when `key` (method.X) is one of `method_name`'s own options."""
-    from ..config.finetune import RunConfig
     cfg = RunConfig()
     cfg.override("method.name", method_name)
     return key.split(".", 1)[1] in cfg.method.options_dict()

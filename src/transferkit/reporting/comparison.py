@@ -9,10 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
+from ..config.finetune import RunConfig
 from ..core import fs
+from ..core.registry import METHODS
 
 Metrics = tuple[tuple[str, str, str], ...]  # the task's compare_metrics: (metrics.json key, column title, name)
 
@@ -44,7 +47,6 @@ def _mb(v: float) -> str:
 
 def _trains_encoder(method: str) -> bool:
     """Whether `method` is full fine-tuning (`Method.trains_encoder`), the row the others are measured against."""
-    from ..core.registry import METHODS
     return method in METHODS and METHODS.get(method).trains_encoder
 
 
@@ -76,7 +78,6 @@ def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
 
 def command(rows: list[dict[str, Any]], base: Any) -> str:
     """The CLI line that repeats this comparison: every config key that differs from the default."""
-    from ..config.finetune import RunConfig
     default, wanted = flat_config(RunConfig().to_dict()), flat_config(base.to_dict())
     def text(v: Any) -> str:
         return ",".join(map(text, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
@@ -95,7 +96,6 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def render_markdown(rows: list[dict[str, Any]], base: Any, n_train: int, n_test: int, repeats: int,
                     metrics: Metrics) -> str:
-    import platform
 
     import torch
     budget = (f"max {base.train.max_steps} steps" if base.train.max_steps else

@@ -14,6 +14,7 @@ gives a 5xx (a failure inside the model is a 500 with that body, never a traceba
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -205,7 +206,6 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         path = (root / body.lora_path).resolve()  # an absolute lora_path stays itself
         if path != root and root not in path.parents:
             raise ApiError(400, f"lora_path {body.lora_path!r} is outside the adapter root {root}", "Validation")
-        import asyncio
         try:
             entry = await asyncio.get_running_loop().run_in_executor(None, models.load, body.lora_name, str(path))
         except UserError as e:
@@ -214,7 +214,6 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
 
     @app.post("/v1/unload_lora_adapter")
     async def unload(body: UnloadRequest) -> dict[str, Any]:
-        import asyncio
         if root is None:
             raise ApiError(400, "unloading at run time needs the server started with --adapter-root DIR", "Validation")
         try:

@@ -19,8 +19,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import tasks
 from ..core.errors import UserError
+from ..core.runs import RunInfo
+from ..inference import Predictor
 from ..inference.loading import run_method
+from ..inference.multi_adapter import ADAPTER_NAME, base_key
+from ..inference.onnx_backend import is_onnx_export, read_manifest
 
 
 class Gone:
@@ -65,16 +70,10 @@ class ModelSet:
 
     # ---- loading ------------------------------------------------------------------------------
     def load(self, name: str, run_dir: str | Path) -> Served:
-        from .. import tasks
-        from ..inference import Predictor
-        from ..inference.multi_adapter import ADAPTER_NAME
-        from ..core.runs import RunInfo
         if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
-        from ..inference.onnx_backend import is_onnx_export, read_manifest
-        from ..inference.multi_adapter import base_key
         if is_onnx_export(run_dir):  # an ONNX export: its own onnxruntime predictor, never a shared base
             m = read_manifest(run_dir)
             source = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -100,7 +99,6 @@ class ModelSet:
         return entry
 
     def unload(self, name: str) -> None:
-        from ..inference import Predictor
         with self._lock:
             entry = self.get(name)
             del self.served[name]

@@ -23,7 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 from typing import Any, Iterator, Sequence
+
+from ..core.errors import UserError
+from ..core.runtime import usable_cores
 
 _sharding = False
 
@@ -59,7 +65,6 @@ def shutdown() -> None:
     """Leave the process group before the interpreter exits (nothing alone). Left to interpreter
     teardown, a worker's gloo threads can be destroyed while still joinable, and the process aborts
     ("terminate called without an active exception", SIGABRT) after its run already finished."""
-    import sys
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
@@ -164,7 +169,6 @@ MAX_PROCESSES = 256
 
 def check_processes(processes: Any) -> int:
     """`--processes N` checked: a whole number from 1 to MAX_PROCESSES, not under a launcher already."""
-    from ..core.errors import UserError
     if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
         raise UserError(f"processes must be a whole number from 1 to {MAX_PROCESSES}, got {processes!r}")
     if processes > 1 and active():
@@ -177,11 +181,7 @@ def launch(argv: Sequence[str], processes: int) -> int:
     """Run `transferkit ARGV` as `processes` data-parallel processes on this machine (torchrun,
     standalone rendezvous); returns the launcher's exit code. The cores are shared out: each process
     gets OMP_NUM_THREADS = cores // processes (at least 1) unless the caller set it."""
-    import signal
-    import subprocess
-    import sys
 
-    from ..core.runtime import usable_cores
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // processes)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",

@@ -21,7 +21,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import tasks
+from ..config.finetune import MethodConfig
 from ..core.errors import UserError
+from ..core.registry import METHODS
+from ..modeling.classifier import HEAD_CLASSES, TransferkitClassifierConfig
+from ..modeling.params import encoder_config
 
 MB = 2**20
 ADAM_STATES = 2  # exp_avg and exp_avg_sq per trainable parameter
@@ -63,11 +68,6 @@ def training_memory(model: str, method: str, *, batch_size: int, max_length: int
     (`examples`: the training rows, for methods that cache one pooled vector per text)."""
     import torch
 
-    from ..config.finetune import MethodConfig
-    from ..modeling.classifier import HEAD_CLASSES, TransferkitClassifierConfig
-    from ..modeling.params import encoder_config
-    from .. import tasks
-    from ..core.registry import METHODS
     for name, value in (("batch_size", batch_size), ("max_length", max_length), ("num_labels", num_labels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{name} must be a positive integer, got {value!r}")

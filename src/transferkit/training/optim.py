@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..methods.base import is_head_param
+from ..methods.base import is_head_param, lr_scale
 
 
 def param_groups(model: nn.Module, lr: float, head_lr: float, weight_decay: float,
@@ -20,7 +20,6 @@ def param_groups(model: nn.Module, lr: float, head_lr: float, weight_decay: floa
     parameter of the encoder layer `d` layers below the top (embeddings: `decay ** num_layers`), times
     any factor the method asked for (LoRA+: B matrices at lr * ratio, see `methods.base.set_lr_scale`).
     """
-    from ..methods.base import lr_scale
     depth = layer_depths(model) if layer_lr_decay not in (None, 1.0) else {}
     groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():

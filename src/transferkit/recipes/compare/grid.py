@@ -21,6 +21,7 @@ third seed later) and its cells are the ones the whole grid would have trained.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -30,9 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...core import fs, logs
-from ...core.folders import read_json_object
+from ... import tasks
+from ...augmentation import parse_spec
+from ...config.finetune import RunConfig
+from ...core import fs, logs, runtime
 from ...core.errors import UserError
+from ...core.folders import read_json_object
+from ...core.lock import RunLock
+from ...data.fingerprint import data_fingerprints
+from ...modeling.resolve import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +80,6 @@ def parse_sizes(sizes: str | Sequence[int] | None) -> list[int | None]:
 
 def augment_variants(augment: str | Sequence[str] | None) -> list[tuple[str, str]]:
     """(name, spec) per augmentation: the name is the spec's kinds (`eda`, `eda+mixup`)."""
-    from ...augmentation import parse_spec
     specs = [augment] if isinstance(augment, str) else list(augment or [])
     out = []
     for spec in specs:
@@ -117,12 +123,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
              augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
              test_rows: int | None = None, seed_offset: int = 0) -> GridResult:
     """Train every (method [+ augmentation], size, seed) cell and write the tables (see the module doc)."""
-    from ...core import runtime
-    from ... import tasks
     from .run import _plan_config, _run_child, parse_methods
-    from ...config.finetune import RunConfig
-    from ...core.lock import RunLock
-    from ...modeling.resolve import resolve_model
     runtime.setup()
     task = tasks.get(base.task)
     names = parse_methods(methods, task)
@@ -214,10 +215,7 @@ def _check_manifest(data_dir: Path, base: Any, test_rows: int | None, write: boo
 
     The cells' configs name the sampled files, not the source, so without this a grid rerun into the same
     folder with other data would silently reuse the old samples and runs."""
-    import dataclasses
 
-    from ...core.folders import read_json_object
-    from ...data.fingerprint import data_fingerprints
     wanted = {"data": {k: v for k, v in dataclasses.asdict(base.data).items() if k not in ("augment", "max_length")},
               "files": data_fingerprints(base.data), "seed": base.train.seed, "test_rows": test_rows, "task": base.task}
     path = data_dir / MANIFEST

@@ -17,6 +17,7 @@ for every method. Neither transformers nor peft has a cross-method harness, henc
 from __future__ import annotations
 
 import codecs
+import gc
 import logging
 import os
 import statistics
@@ -27,9 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...core import fs, logs
-from ...core.folders import read_json, read_json_object
+from ... import tasks
+from ...config.checks import validate
+from ...config.finetune import RunConfig
+from ...core import fs, logs, runtime
 from ...core.errors import UserError
+from ...core.folders import read_json, read_json_object
+from ...core.lock import RunLock
+from ...core.registry import METHODS
+from ...inference import Predictor
+from ...modeling.resolve import resolve_model
+from ...reporting.comparison import flat_config, write_tables
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +101,6 @@ class CompareResult:
 def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list[str]:
     """Method names in the given order, checked against the registry; None means all registered (that
     `task` can train: setfit needs one pooled vector per example)."""
-    from ...core.registry import METHODS
     if methods is None:
         return [m for m in METHODS.names()
                 if task is None or METHODS.get(m).suits(task)]
@@ -106,7 +114,6 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
 
 
 def _plan(base: Any, method: str, out: Path) -> Plan:
-    from ...config.finetune import RunConfig
     cfg = RunConfig.from_dict(base.to_dict())
     cfg.method.name, cfg.output_dir = method, str(out / method)
     return _plan_config(cfg, out / method, method)
@@ -114,9 +121,6 @@ def _plan(base: Any, method: str, out: Path) -> Plan:
 
 def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
     """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
-    from ...reporting.comparison import flat_config
-    from ...config.finetune import RunConfig
-    from ...config.checks import validate
     validate(cfg)
     if not run_dir.exists() or (run_dir.is_dir() and all(c.name == ".lock" for c in run_dir.iterdir())):
         return Plan(method, cfg, run_dir, "new", key)  # a lock alone: a child killed before it wrote anything
@@ -137,7 +141,6 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
 
 def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path) -> None:
     """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
-    from ...core.registry import METHODS
     now = METHODS.get(method)(cfg.method).train_config(cfg.train)
     then = read_json_object(run_dir / "metrics.json", "run metrics").get("train") or {}
     moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
@@ -256,9 +259,7 @@ def _folder_mb(path: Path, suffixes: tuple[str, ...] = ()) -> float:
 def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[float, float]:
     """Median sentences/s of `Predictor.from_run` over the test texts, and the task's first compare metric
     of the saved (merged) model on the test split."""
-    import gc
 
-    from ...inference import Predictor
     predictor = Predictor.from_run(run_dir)
     texts = task.texts(split)
     predictor.predict(texts[:64])  # warm-up: first-call allocations and lazy initialisation
@@ -274,7 +275,6 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
 
 
 def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int) -> dict[str, Any]:
-    from ...core.registry import METHODS
     attempts = _read_attempts(out, plan.key)
     row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
                            "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None}
@@ -312,10 +312,7 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
 def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None,
                 inference_repeats: int = 3) -> CompareResult:
     """Train every method in `methods` on `base` (a RunConfig) and write the table; see the module doc."""
-    from ...core import runtime
-    from ...modeling.resolve import resolve_model
     runtime.setup()
-    from ... import tasks
     task = tasks.get(base.task)
     names = parse_methods(methods, task)
     if inference_repeats < 1:
@@ -333,7 +330,6 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
                     "(leave it unset for each method's default)")
     logger.info(f"compare: {', '.join(names)} -> {out} ("
                 + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
-    from ...core.lock import RunLock
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
         return _run_plans(plans, base, out, task, splits, inference_repeats)
 
@@ -358,7 +354,6 @@ def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any,
     rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats) for p in plans]
     failed = [m for m, st in statuses.items() if st != "ok"]
 
-    from ...reporting.comparison import write_tables
     markdown, paths = write_tables(out, rows, base, splits, inference_repeats, task.compare_metrics,
                                    len(task.texts(splits.train)), len(task.texts(splits.test)))
     logger.info("wrote " + ", ".join(str(p) for p in paths.values()))

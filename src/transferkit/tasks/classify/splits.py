@@ -31,9 +31,11 @@ from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.fingerprint import file_sha256
 from ...data.listing import clip, summarise
-from ...data.tables import hf_split_names
-from .read import LabelledData, load_hf_splits, load_table
+from ...data.mapped import wants_mapped
 from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
+from ...data.tables import hf_split_names
+from .mapped import load_mapped
+from .read import LabelledData, load_hf_splits, load_table
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +137,6 @@ def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
 
 def _load(cfg: DataConfig, source: str, role: str) -> LabelledData:
     """One source, in memory or (data.storage) through the memory-mapped cache."""
-    from ...data.mapped import wants_mapped
-    from .mapped import load_mapped
     if wants_mapped(cfg.storage, source):
         found = load_mapped(source, cfg.text_column, cfg.label_column)
         if found is not None:

@@ -2,6 +2,9 @@
 accuracy / precision / recall / F1 family of metrics."""
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,13 +12,17 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ...augmentation.apply import augment_texts
 from ...core import fs
 from ...core.errors import UserError
 from ...data.batches import TokenData
 from ...data.tokens import tokenize
 from ...modeling.forward import predict_logits
+from ...modeling.resolve import build_classifier
 from ..base import Task
 from ..rows import EncodedInputs, finite_probs
+from .read import LabelledData, load_table
+from .splits import prepare_splits
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +49,6 @@ class SequenceClassification(Task):
     compare_metrics = (("accuracy", "test acc %", "accuracy"), ("f1_macro", "macro F1 %", "macro F1"))
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
-        from .splits import prepare_splits
         return prepare_splits(data_cfg, seed)
 
     def texts(self, split: Any) -> Sequence[str]:
@@ -50,13 +56,10 @@ class SequenceClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ...modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
                                 random_init=random_init)
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
-        from ...data.batches import TokenData
-        from ...data.tokens import tokenize
         return TokenData(tokenize(tokenizer, split.texts, max_length), list(split.labels))
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
@@ -64,8 +67,6 @@ class SequenceClassification(Task):
         return classification_loss(outputs, batch, class_weights)
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
-        from ...augmentation.apply import augment_texts
-        from .read import LabelledData
         held_out = [*splits.validation.texts, *splits.test.texts]
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
                                               exclude=held_out)
@@ -95,7 +96,6 @@ class SequenceClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from .read import LabelledData, load_table
         table = load_table(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
@@ -190,12 +190,7 @@ class SequenceClassification(Task):
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None) -> tuple[str, Any]:
         """text, label, origin rows as CSV, TSV or JSONL (by `suffix`)."""
-        import csv
-        import io
-        import json
 
-        from ...augmentation.apply import augment_texts
-        from .read import load_table
         table = load_table(data, text_column, label_column, role="data")
         texts, labels, report = augment_texts(list(table.texts), list(table.labels), steps, seed, spec)
         rows = [{"text": t, "label": y, "origin": report.origin(k)} for k, (t, y) in enumerate(zip(texts, labels))]

@@ -30,12 +30,12 @@ import numpy as np
 
 from ...core.errors import UserError
 from ...data import bundled
-from ...data.mapped import (CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build,
-                     take_rows)
-from .schemes import SchemeReader
 from ...data.conll import conll_sentences
+from ...data.fingerprint import file_sha256
+from ...data.mapped import CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build, take_rows
 from ...data.tables import GZIP_ERRORS, file_extension, gzip_error, read_text_file
 from .read import CONLL_EXTENSIONS, _from_table, sequence_hashes
+from .schemes import SchemeReader
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ def load_mapped_tagged(source: str, tokens_column: str | None = None, tags_colum
                        label_names: list[str] | None = None) -> "MappedTaggedTable | None":
     """`source` as a table over the mapped cache (built on first use); None for a file this path
     does not stream (one JSON array: the caller reads it in memory)."""
-    from ...data.fingerprint import file_sha256
     path = Path(source).expanduser()
     chunks = _sentence_chunks(path, source, tokens_column, tags_column, label_names)
     if chunks is None:

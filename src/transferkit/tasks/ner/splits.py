@@ -19,8 +19,9 @@ import numpy as np
 from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip, summarise
-from ..classify.splits import _hf_explicit_splits, _same_file
 from ...data.split import SPLITS, split_sizes
+from ..classify.splits import _hf_explicit_splits, _same_file
+from .mapped import load_mapped_tagged, wants_mapped_tagged
 from .read import TaggedSplit, TaggedTable, load_tagged, load_tagged_splits
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,6 @@ def prepare_tagged_splits(cfg: DataConfig, seed: int, label_names: list[str] | N
 
 def _load(cfg: DataConfig, source: str, cols: tuple, role: str) -> Any:
     """One tagged source, in memory or (data.storage) through the memory-mapped cache."""
-    from .mapped import load_mapped_tagged, wants_mapped_tagged
     if wants_mapped_tagged(cfg.storage, source):
         found = load_mapped_tagged(source, *cols)
         if found is not None:

@@ -7,21 +7,30 @@ training and prediction time, so no word is silently dropped.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ...augmentation.apply import augment_tagged
 from ...core import fs
 from ...core.errors import UserError
+from ...data.batches import batch_tokens, sorted_batches
+from ...modeling.resolve import build_classifier
+from ...training import distributed
 from ..base import Task
 from ..rows import EncodedInputs
-from .entities import EntityCodec
+from .entities import STRATEGIES, EntityCodec
 from .metrics import entity_metrics
-from .spans import IGNORE, STRIDE  # IGNORE (-100): positions the loss skips
+from .read import load_tagged
+from .report import write_token_report
+from .spans import IGNORE, STRIDE, encode_words, merge_windows  # IGNORE (-100): positions the loss skips
+from .splits import TaggedSplit, prepare_tagged_splits
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +49,6 @@ def window_probs(model: nn.Module, data: Any, batch_size: int, pad_id: int, devi
     """Per window: tag probabilities [window length, tags], in window order."""
     was_training = model.training
     model.eval()
-    from ...training import distributed
-    from ...data.batches import batch_tokens, sorted_batches
     mine = distributed.my_rows(len(data))  # all windows, or this process's share inside sharded()
     done: list[int] = []
     found: list[np.ndarray] = []
@@ -71,7 +78,6 @@ class TokenClassification(Task):
     augment_formats = (".jsonl",)  # tokens and tags are lists: no CSV
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
-        from .splits import prepare_tagged_splits
         return prepare_tagged_splits(data_cfg, seed)
 
     def texts(self, split: Any) -> Any:
@@ -82,7 +88,6 @@ class TokenClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        from ...modeling.resolve import build_classifier
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, 1, random_init=random_init,
                                 head_kind=self.head_kind)
 
@@ -91,7 +96,6 @@ class TokenClassification(Task):
         if hasattr(split, "fingerprint"):  # a mapped split (data.storage): windows in a mapped file too
             from .windows import encode_mapped
             return encode_mapped(tokenizer, split, max_length, self.stride)
-        from .spans import encode_words
         return encode_words(tokenizer, split.tokens, split.tags, max_length, self.stride)
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
@@ -99,8 +103,6 @@ class TokenClassification(Task):
         return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
-        from ...augmentation.apply import augment_tagged
-        from .splits import TaggedSplit
         tr = splits.train  # a mapped split is read into memory here: augmented rows are new rows
         tokens, tags, where, report = augment_tagged(list(tr.tokens), list(tr.tags), list(tr.where), splits.label_names,
                                                      steps, seed, spec,
@@ -112,7 +114,6 @@ class TokenClassification(Task):
 
     def evaluate(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
                  device: Any) -> tuple[dict[str, float], list[list[int]]]:
-        from .spans import merge_windows
         names = model.config.id2label
         probs = window_probs(model, data, batch_size, pad_id, device)
         words = merge_windows(data, probs)  # per sentence, per word: (tag, p, row)
@@ -134,8 +135,6 @@ class TokenClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        from .splits import TaggedSplit
-        from .read import load_tagged
         table = load_tagged(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         tags = []
@@ -149,7 +148,6 @@ class TokenClassification(Task):
 
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-        from types import SimpleNamespace
         pad = tokenizer.pad_token_id or 0
         device = next(model.parameters()).device
         metrics, predictions = self.evaluate(model, self.encode(tokenizer, split, info.max_length), 64, pad, device)
@@ -178,12 +176,10 @@ class TokenClassification(Task):
 
     def write_report(self, out: Path, splits: Any, predictions: list[list[int]], history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
-        from .report import write_token_report
         return write_token_report(out, splits, predictions, history, title, extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
     def check_pipeline_options(self, options: dict[str, Any]) -> None:
-        from .entities import STRATEGIES
         strategy = options.get("aggregation_strategy", "none")
         if strategy not in STRATEGIES:
             raise UserError(f"aggregation_strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -210,10 +206,7 @@ class TokenClassification(Task):
     def augment_file(self, data: str, steps: list, seed: int, spec: str, suffix: str, text_column: str | None,
                      label_column: str | None) -> tuple[str, Any]:
         """tokens, tags, origin rows as JSONL."""
-        import json
 
-        from ...augmentation.apply import augment_tagged
-        from .read import load_tagged
         table = load_tagged(data, text_column, label_column, role="data")
         names = sorted({t for tags in table.tags for t in tags})
         ids = [[names.index(t) for t in tags] for tags in table.tags]

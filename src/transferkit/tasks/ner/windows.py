@@ -18,8 +18,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .spans import EncodedWindows, encode_words
 from ...core import fs
+from ...data import bundled
+from ...data.corpus import TokenCache, tokenizer_fingerprint
+from .spans import EncodedWindows, encode_words
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ class MappedWindows(EncodedWindows):
     def __init__(self, path: Any) -> None:
         from datasets import Dataset
 
-        from ...data.corpus import TokenCache
         ds = Dataset.from_file(str(path))
         cols = {name: TokenCache(path, name, ds) for name in _LISTS}
         sentence = np.asarray(ds.data.table.column("sentence").to_numpy())
@@ -71,11 +72,11 @@ class MappedWindows(EncodedWindows):
 def encode_mapped(tokenizer: Any, split: Any, max_length: int, stride: int) -> MappedWindows:
     """The windows of mapped split `split` (a `MappedTaggedSplit`), built once per rows, tokenizer,
     max_length and stride."""
-    from datasets import Features, Sequence as Seq, Value
+    from datasets import Features
+    from datasets import Sequence as Seq
+    from datasets import Value
     from datasets.arrow_writer import ArrowWriter
 
-    from ...data import bundled
-    from ...data.corpus import tokenizer_fingerprint
     key = hashlib.sha256(f"{split.fingerprint()}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{stride}"
                          .encode()).hexdigest()[:20]
     path = bundled.cache_dir() / "tokenized" / f"windows-{key}.arrow"
