@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import tasks
 from ..core.errors import UserError
-from ..tasks.http import Strict, Texts
+from ..tasks.http import Strict
 from .batcher import Batcher, Overloaded, ShuttingDown
 from .models import Gone, ModelSet
 
@@ -136,28 +136,29 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             raise ApiError(422, f"model {name!r} is a {entry.task} run: {where}", "Validation")
         return entry
 
-    def texts_of(value: Texts) -> list[str]:
-        texts = [value] if isinstance(value, str) else list(value)
-        if not texts:
+    def inputs_of(task: Any, value: Any) -> list[Any]:
+        """The request's inputs, each checked by the run's task (a text, for the tasks that read one)."""
+        items = [value] if task.is_single(value) else list(value)
+        if not items:
             raise ApiError(422, "input: empty list (give at least one text)", "Validation")
-        if len(texts) > max_inputs:
-            raise ApiError(413, f"input: {len(texts)} texts, more than the {max_inputs} one request may hold",
+        if len(items) > max_inputs:
+            raise ApiError(413, f"input: {len(items)} texts, more than the {max_inputs} one request may hold",
                            "Validation")
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise ApiError(422, f"input[{i}]: empty text", "Validation")
-            if len(t) > MAX_TEXT_CHARS:
-                raise ApiError(413, f"input[{i}]: {len(t):,} characters, more than {MAX_TEXT_CHARS:,}", "Validation")
-        return texts
+        for i, item in enumerate(items):
+            problem = task.input_problem(item, MAX_TEXT_CHARS)
+            if problem is not None:
+                status, why = problem
+                raise ApiError(status, f"input[{i}]: {why}", "Validation")
+        return items
 
-    def token_counts(entry: Any, texts: list[str], refuse_longer: bool) -> list[int]:
-        """Tokens per text as the model will see them (cut at its max_length); over it is a 413 when
+    def token_counts(task: Any, entry: Any, texts: list[Any], refuse_longer: bool) -> list[int]:
+        """Tokens per input as the model will see them (cut at its max_length); over it is a 413 when
         the client did not ask for truncation."""
         try:
             tokenizer = models.tokenizer(entry.name)
         except KeyError:
             raise ApiError(404, f"model {entry.name!r} is not loaded", "NotFound") from None
-        counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        counts = task.token_counts(tokenizer, texts)
         if refuse_longer:
             for i, n in enumerate(counts):
                 if n > entry.max_length:
@@ -179,13 +180,14 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                 raise ApiError(500, f"model {name!r} produced non-finite scores for this input", "Backend")
         return results
 
-    async def answer(task: str, request: Request, name: str | None, inputs: Texts,
+    async def answer(task: str, request: Request, name: str | None, inputs: Any,
                      refuse_longer: bool = False) -> tuple[Any, list[int], list[Any]]:
         """Every prediction route's steps for runs of `task`: the run, its checked texts and tokens, the
         batched results (per text, the task's `serving_results`)."""
         entry = served(name, task, request)
-        texts = texts_of(inputs)
-        tokens = token_counts(entry, texts, refuse_longer)
+        kind = tasks.get(task)
+        texts = inputs_of(kind, inputs)
+        tokens = token_counts(kind, entry, texts, refuse_longer)
         return entry, tokens, await batched(task, entry.name, texts, tokens)
 
     # ---- routes -------------------------------------------------------------------------------

@@ -103,6 +103,19 @@ class Task:
         """True when `inputs` is one input rather than a list of them (`predict("a text")`)."""
         return isinstance(inputs, str)
 
+    def input_problem(self, value: Any, max_chars: int) -> tuple[int, str] | None:
+        """Why the server refuses one input, as (HTTP status, reason), or None. A text: not empty, and at most
+        `max_chars` characters (a longer one is refused before it is tokenized)."""
+        if not value.strip():
+            return 422, "empty text"
+        if len(value) > max_chars:
+            return 413, f"{len(value):,} characters, more than {max_chars:,}"
+        return None
+
+    def token_counts(self, tokenizer: Any, inputs: list[Any]) -> list[int]:
+        """Tokens per input as the model reads it, special tokens included (before any cut to max_length)."""
+        return [len(ids) for ids in tokenizer(inputs, add_special_tokens=True)["input_ids"]]
+
     def check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
         """The inputs as a list of the task's row type; a bad one is a UserError naming its position."""
         return check_texts(inputs)
