@@ -25,9 +25,9 @@ from .data.bundled import list_datasets as _ld
 from .inference import predict_run
 from .modeling.resolve import list_models as _lm
 from .recipes.evaluate import run_evaluation
-from .recipes.finetune import FinetuneResult, FinetuneRun
+from .recipes.finetune import FinetuneResult
+from .recipes.finetune_processes import run_finetune
 from .training import distributed
-from .training.launch import launch_command
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +55,8 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
     see `distributed`); under a launcher the processes are the launcher's."""
     runtime.setup()
     processes = distributed.check_processes(processes)
-    if resume is not None:
-        if processes > 1:
-            from .core.runs import resumable
-            resumable(resume)  # a run that cannot resume is one line here, before any process starts
-            return _launch_finetune(["--resume", str(resume)], overrides, processes, Path(resume))
-        return FinetuneRun.resumed(resume, RunConfig, overrides, SHORT_KEYS)
-    cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
-    if processes == 1:
-        return FinetuneRun(cfg).run()
-    run = FinetuneRun(cfg)
-    run.setup()  # bad input is one line here, before any process starts
-    cfg.output_dir = str(run.run_dir)  # the processes train the run this check chose
-    return _launch_finetune(None, cfg, processes, run.run_dir)
-
-
-def _launch_finetune(argv: list[str] | None, config: Any, processes: int, run_dir: Path) -> FinetuneResult:
-    """`transferkit finetune` as `processes` processes (a new run from `config`, or `argv` with `config` as
-    the resume overrides); the finished run's result."""
-    if argv is not None:
-        argv = [*argv, *(f"{SHORT_KEYS.get(k, k)}={v}" for k, v in config.items())]
-    metrics = launch_command("finetune", argv, config if argv is None else None, processes, run_dir)
-    return FinetuneResult(run_dir, metrics)
+    cfg = None if resume is not None else make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
+    return run_finetune(cfg, resume=resume, processes=processes, overrides=overrides, short_keys=SHORT_KEYS)
 
 
 def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,
