@@ -2,7 +2,7 @@
 
 This module is the one cache: the folder (`open_or_build`, `build_folder`: built whole or not at all, a
 damaged one rebuilt), the mapped file (`Mapping`, `take_rows`, `MappedTexts`) and the streaming readers
-(`_csv_chunks`, `_jsonl_chunks`, `_parquet_chunks`: `data.tables` column tables, a chunk at a time). Each task
+(`csv_chunks`, `jsonl_chunks`, `parquet_chunks`: `data.tables` column tables, a chunk at a time). Each task
 says which columns it keeps and how a chunk's rows are checked: sentence classification in
 `tasks/classify/mapped.py` (text, label code), NER in `tasks/ner/mapped.py` (tokens, tags).
 
@@ -210,16 +210,16 @@ def build_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
 # ---- streaming readers ---------------------------------------------------------------------------
 
-def _chunk_reader(path: Path, source: str) -> Iterator[ColumnTable] | None:
+def chunk_reader(path: Path, source: str) -> Iterator[ColumnTable] | None:
     ext = path.suffix.lower()
     if ext in (".csv", ".tsv"):
-        return _csv_chunks(path, "," if ext == ".csv" else "\t", source)
+        return csv_chunks(path, "," if ext == ".csv" else "\t", source)
     if ext == ".parquet":
-        return _parquet_chunks(path, source)
+        return parquet_chunks(path, source)
     if ext in (".jsonl", ".json"):
         with path.open("rb") as f:
             head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        return None if head.startswith(b"[") else _jsonl_chunks(path, source)
+        return None if head.startswith(b"[") else jsonl_chunks(path, source)
     return None
 
 
@@ -227,7 +227,7 @@ def _chunk(columns: list[str], rows: list, value: Callable[[Any, str], Any], nam
     return ColumnTable(columns, lambda c: [value(r, c) for r in rows], names)
 
 
-def _csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
+def csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
     """The file's rows as pandas' `read_csv(dtype=str, keep_default_na=False)` reads them: blank lines
     skipped, repeated header names numbered (`a`, `a.1`), short rows padded with missing cells."""
     kind = "CSV" if sep == "," else "TSV"
@@ -276,7 +276,7 @@ def _number_repeats(header: list[str]) -> list[str]:
     return out
 
 
-def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = None,
+def jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = None,
                   empty: str = "file is empty (no rows)", bad_utf8: Callable[[], Any] | None = None) -> Iterator[ColumnTable]:
     """One JSON object per line, blank lines skipped; columns are the keys seen in the first chunk
     (a column that appears only later is not offered as a candidate). `opener` opens the bytes
@@ -324,7 +324,7 @@ def _jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = No
         raise UserError(f"{source}: {empty}")
 
 
-def _parquet_chunks(path: Path, source: str) -> Iterator[ColumnTable]:
+def parquet_chunks(path: Path, source: str) -> Iterator[ColumnTable]:
     import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(str(path))

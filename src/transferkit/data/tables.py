@@ -101,6 +101,14 @@ def open_table(source: str, role: str) -> tuple[ColumnTable, str]:
     return json_table(text, source), source
 
 
+def dataset_dict_splits(path: str | Path) -> list[str]:
+    """Split names of a saved `DatasetDict` folder; a one-line error for any other folder."""
+    names = hf_split_names(path)
+    if names is None:
+        raise UserError(f"{path}: not a saved DatasetDict folder (no dataset_dict.json)")
+    return names
+
+
 def hf_split_names(path: str | Path) -> list[str] | None:
     """Split names of a saved `DatasetDict` folder, or None if `path` is not one."""
     f = Path(path) / "dataset_dict.json"

@@ -120,28 +120,27 @@ class AdapterPredictor:
         rows = self._forward(ids, [adapters[o] for o in owner])
         return rows, owner, parts
 
-    def results(self, inputs: Sequence[Any], adapters: Sequence[str], **options: Any) -> list[Any]:
-        """Per input (of any adapter, every task mixed in the same encoder passes), its task's output row."""
-        rows, _, parts = self._run(inputs, adapters)
-        out: list[Any] = [None] * len(inputs)
-        for a, (idx, enc, first) in parts.items():
-            task = self.task_of(a)
-            mine = rows[first:first + len(enc.rows)]
-            decoded = task.decode(mine, enc, self.model.tasks[a].label_names, **task.check_decode_options(options))
-            for i, row in zip(idx, decoded):
-                out[i] = row
-        return out
-
-    def outputs(self, inputs: Sequence[Any], adapters: Sequence[str]) -> list[Any]:
-        """Per input, what a server answers from: its task's `serving_result` (a classifier's logits, a
-        tagger's entities)."""
+    def _per_input(self, inputs: Sequence[Any], adapters: Sequence[str], finish: Any) -> list[Any]:
+        """Per input, `finish(task, its rows' outputs, its encoding, labels)` of its adapter's run, after one
+        shared forward pass over every adapter's rows."""
         rows, _, parts = self._run(inputs, adapters)
         out: list[Any] = [None] * len(inputs)
         for a, (idx, enc, first) in parts.items():
             mine = rows[first:first + len(enc.rows)]
-            for i, res in zip(idx, self.task_of(a).serving_results(mine, enc, self.model.tasks[a].label_names)):
+            for i, res in zip(idx, finish(self.task_of(a), mine, enc, self.model.tasks[a].label_names)):
                 out[i] = res
         return out
+
+    def results(self, inputs: Sequence[Any], adapters: Sequence[str], **options: Any) -> list[Any]:
+        """Per input (of any adapter, every task mixed in the same encoder passes), its task's output row."""
+        return self._per_input(inputs, adapters, lambda task, rows, enc, labels: task.decode(
+            rows, enc, labels, **task.check_decode_options(options)))
+
+    def outputs(self, inputs: Sequence[Any], adapters: Sequence[str]) -> list[Any]:
+        """Per input, what a server answers from: its task's `serving_results` (a classifier's logits, a
+        tagger's entities)."""
+        return self._per_input(inputs, adapters,
+                               lambda task, rows, enc, labels: task.serving_results(rows, enc, labels))
 
     def _forward(self, ids: list[list[int]], names: list[str]) -> list[torch.Tensor]:
         """Per row its logits ([labels], or [row length, labels] for a tagger's row), mixing rows of

@@ -14,7 +14,7 @@ import numpy as np
 from ...core.errors import UserError
 from ...data import bundled
 from ...data.fingerprint import file_sha256
-from ...data.mapped import FORMAT, MappedTexts, _chunk_reader, build_folder, open_or_build
+from ...data.mapped import FORMAT, MappedTexts, chunk_reader, build_folder, open_or_build
 from ...data.split import text_hashes
 from ...data.tables import TEXT_CANDIDATES, ColumnTable, clean_texts, pick_column
 from .read import LABEL_CANDIDATES, LabelledData, clean_labels, normalise_labels
@@ -24,7 +24,7 @@ def load_mapped(source: str, text_column: str | None, label_column: str | None) 
     """`source` as LabelledData over the mapped cache (built on first use); None when the file is not
     one this path streams (a `.json` array: the caller reads it in memory)."""
     path = Path(source).expanduser()
-    chunks = _chunk_reader(path, source)
+    chunks = chunk_reader(path, source)
     if chunks is None:
         return None
     key = hashlib.sha256(json.dumps([FORMAT, file_sha256(path), text_column, label_column]).encode()).hexdigest()[:20]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...core.errors import UserError
 from ...data.listing import clip
-from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, hf_split_names, hf_table, is_missing,
+from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, dataset_dict_splits, hf_table, is_missing,
                             open_table, pick_column, scalar)
 
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "class", "target", "category")
@@ -42,11 +42,8 @@ def load_table(source: str, text_column: str | None = None, label_column: str | 
 def load_hf_splits(path: str | Path, text_column: str | None = None,
                    label_column: str | None = None) -> dict[str, LabelledData]:
     """Every split of a saved `DatasetDict` folder, by split name."""
-    names = hf_split_names(path)
-    if names is None:
-        raise UserError(f"{path}: not a saved DatasetDict folder (no dataset_dict.json)")
     out = {}
-    for split in names:
+    for split in dataset_dict_splits(path):
         label = f"{path} [{split}]"
         out[split] = to_labelled(hf_table(Path(path), split), label, text_column, label_column)
     return out

@@ -112,7 +112,8 @@ class SequenceClassification(Task):
         from ...reporting.metrics import full_report
         from ...reporting.run_report import write_report
         texts, y_true = list(split.texts), list(split.labels)
-        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
         logits = predict_logits(model, TokenData(tokenize(tokenizer, texts, info.max_length)), 64,
                                 tokenizer.pad_token_id or 0, device)  # [n, classes]
         probs = finite_probs(torch.softmax(logits, dim=-1))

@@ -32,7 +32,7 @@ from ...core.errors import UserError
 from ...data import bundled
 from ...data.conll import conll_sentences
 from ...data.fingerprint import file_sha256
-from ...data.mapped import CHUNK_ROWS, Mapping, _jsonl_chunks, _parquet_chunks, build_folder, open_or_build, take_rows
+from ...data.mapped import CHUNK_ROWS, Mapping, jsonl_chunks, parquet_chunks, build_folder, open_or_build, take_rows
 from ...data.tables import GZIP_ERRORS, file_extension, gzip_error, read_text_file
 from .read import CONLL_EXTENSIONS, _from_table, sequence_hashes
 from .schemes import SchemeReader
@@ -289,13 +289,13 @@ def _sentence_chunks(path: Path, source: str, tokens_column: str | None, tags_co
     if ext.removesuffix(".gz") in CONLL_EXTENSIONS:
         return _conll_chunks(path, source, gz)
     if ext == ".parquet":
-        tables = _parquet_chunks(path, source)
+        tables = parquet_chunks(path, source)
     else:
         with _open_bytes(path, gz) as f:
             head = _gzip_read(lambda: f.read(4096), source) if gz else f.read(4096)
         if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
             return None
-        tables = _jsonl_chunks(path, source, opener=lambda: _open_bytes(path, gz),
+        tables = jsonl_chunks(path, source, opener=lambda: _open_bytes(path, gz),
                                empty="file is empty (no sentences)", bad_utf8=lambda: read_text_file(path, source))
     return _table_chunks(tables, source, tokens_column, tags_column, label_names, gz)
 

@@ -40,7 +40,7 @@ from ...core.registry import DATASETS
 from ...data import bundled
 from ...data.conll import conll_sentences
 from ...data.listing import clip, summarise
-from ...data.tables import (ColumnTable, file_extension, hf_split_names, hf_train_split, is_missing, json_table,
+from ...data.tables import (ColumnTable, dataset_dict_splits, file_extension, hf_train_split, is_missing, json_table,
                             parquet_table, read_text_file)
 from .schemes import SchemeReader, entity_counts
 
@@ -172,11 +172,8 @@ def load_tagged(source: str, tokens_column: str | None = None, tags_column: str 
 def load_tagged_splits(path: str | Path, tokens_column: str | None = None, tags_column: str | None = None,
                        label_names: list[str] | None = None) -> dict[str, TaggedTable]:
     """Every split of a saved `DatasetDict` folder, by split name."""
-    names = hf_split_names(path)
-    if names is None:
-        raise UserError(f"{path}: not a saved DatasetDict folder (no dataset_dict.json)")
     out = {}
-    for split in names:
+    for split in dataset_dict_splits(path):
         name = f"{path} [{split}]"
         table = _hf_tagged_table(Path(path).expanduser(), split)
         out[split] = _finish(_from_table(table, name, tokens_column, tags_column, label_names), name)
