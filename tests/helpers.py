@@ -71,6 +71,19 @@ def write_csv(path: Path, rows: list[tuple[Any, Any]], header: tuple[str, str] =
     return path
 
 
+def write_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """A text,text_pair,label CSV of `n` pairs: "same" when both sentences share a sentiment, else "different"."""
+    rows = make_sentences(2 * n, seed)
+    rng = random.Random(seed)
+    pairs = [(a, b, "same" if ya == yb else "different")
+             for (a, ya), (b, yb) in zip(rows[:n], rng.sample(rows[n:], n))]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("text", "text_pair", "label"))
+        w.writerows(pairs)
+    return path
+
+
 def tiny_bert_config(dropout: float = 0.1) -> Any:
     from transformers import BertConfig
     return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -16,7 +16,7 @@ from transferkit.core.registry import METHODS
 from transferkit.inference import Predictor
 from transferkit.serving.models import ModelSet
 
-from helpers import make_sentences, tiny_config, write_conll, write_csv
+from helpers import make_sentences, tiny_config, write_conll, write_csv, write_pairs
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class TaskCase:
 TASK_CASES: dict[str, TaskCase] = {
     "classify": TaskCase(lambda d: write_csv(d / "sentiment.csv", make_sentences(120)),
                          ("a good film", "a dull plot"), frozenset({"label", "confidence", "probs"})),
+    "pair": TaskCase(lambda d: write_pairs(d / "pairs.csv", 120),
+                     (("a good film", "a great plot"), {"text": "a dull plot", "text_pair": "a good film"}),
+                     frozenset({"label", "confidence", "probs"})),
     "ner": TaskCase(lambda d: write_conll(d / "tags.conll", 120),
                     ("Anna visited Paris in May .", "nothing here"), frozenset({"entities"})),
 }

@@ -169,6 +169,7 @@ class RunInfo:
     method_options: dict[str, Any] = field(default_factory=dict)
     data_fingerprints: dict[str, str] = field(default_factory=dict)
     task: str = "classify"
+    head: dict[str, Any] = field(default_factory=dict)  # the task's head settings (`modeling.resolve.set_head`)
 
     @property
     def artifact_dir(self) -> Path:
@@ -200,7 +201,7 @@ class RunInfo:
 
 _FIELD_TYPES = {"method": str, "model_name": str, "model_path": str, "label_names": list, "max_length": int,
                 "pooling": str, "classifier_dropout": (int, float), "head_hidden": int, "pool_layers": int,
-                "method_options": dict, "data_fingerprints": dict, "task": str}
+                "method_options": dict, "data_fingerprints": dict, "task": str, "head": dict}
 
 
 def _checked_fields(d: dict[str, Any], path: Path) -> dict[str, Any]:

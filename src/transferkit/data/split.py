@@ -5,7 +5,7 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -39,8 +39,11 @@ class DedupeReport:
         return s
 
 
-def text_key(text: str) -> str:
-    """The form two texts are compared in: `dedupe` keeps one row per key, overlap checks match on it."""
+def text_key(text: str | tuple[str, ...]) -> str:
+    """The form two texts are compared in: `dedupe` keeps one row per key, overlap checks match on it (a
+    pair of texts is one key: both parts, stripped, joined by the unit separator)."""
+    if isinstance(text, tuple):
+        return "\x1f".join(t.strip() for t in text)
     return text.strip()
 
 
@@ -67,8 +70,11 @@ def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[Sequence[str], list,
         rows, kept, report = dedupe_rows(keys_of(texts), labels)
         return texts.take(rows), kept, report
     votes: dict[str, Counter] = {}
+    kept_form: dict[str, Any] = {}  # key -> the text as kept (a text stripped; a pair, each text stripped)
     for t, y in zip(texts, labels):
-        votes.setdefault(text_key(t), Counter())[y] += 1
+        key = text_key(t)
+        votes.setdefault(key, Counter())[y] += 1
+        kept_form.setdefault(key, tuple(x.strip() for x in t) if isinstance(t, tuple) else key)
     out_t: list[str] = []
     out_y: list = []
     dups = conflicts = conflict_rows = relabelled = 0
@@ -79,7 +85,7 @@ def dedupe(texts: Sequence[str], labels: Sequence) -> tuple[Sequence[str], list,
             conflicts += 1
             conflict_rows += n
             continue
-        out_t.append(t)
+        out_t.append(kept_form[t])
         out_y.append(ranked[0][0])
         dups += n - 1
         relabelled += len(ranked) > 1

@@ -186,8 +186,12 @@ class AdapterPredictor:
         """Per input: its adapter and its task's output row (a sentence classifier's label, confidence and
         every class probability; a tagger's entities)."""
         single = self.task_of(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
-        items = check_texts([texts] if single else texts)
+        items = [texts] if single else list(texts)
         names = self._route(len(items), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
+        for name in dict.fromkeys(names):  # each input checked by its own run's task (texts, pairs, ...)
+            idx = [i for i, n in enumerate(names) if n == name]
+            for i, item in zip(idx, self.task_of(name).check_inputs([items[i] for i in idx])):
+                items[i] = item
         t0 = time.perf_counter()
         out = [{"adapter": name, **row} for name, row in zip(names, self.results(items, names, **options))]
         self.last_throughput = len(items) / max(time.perf_counter() - t0, 1e-9)

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..core import fs
+from .. import tasks
 from ..core.errors import UserError
 from ..core.registry import TASKS
+from ..core.runs import RunInfo
 from ..data.tables import read_texts
 from ..tasks.base import SHARED_RUNS_CSV_COLUMNS, Task
 from .adapters import AdapterPredictor
-from .onnx_backend import check_backend
+from .loading import run_task
+from .onnx_backend import check_backend, read_manifest
 from .predictor import Predictor, check_batch_size, check_texts
 
 logger = logging.getLogger(__name__)
@@ -126,21 +129,22 @@ def predict_run(run_dir: str | Path, texts: Sequence[str] | None = None, *, inpu
                 quantize: bool = False, base_model: str | None = None, backend: str = "auto") -> list[dict[str, Any]]:
     """`transferkit.predict(run_dir, ...)` for one run or ONNX export: the texts given and those of `input`,
     every one checked before the model loads, predicted in one call, written to `output` if given."""
-    check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
+    onnx = check_backend(backend, run_dir, quantize)  # a wrong backend is said before any text is read
     if texts is None and input is None:
         raise UserError("give texts to predict or --input FILE")
     if output is not None:
         fs.check_output_file(output, OUTPUT_SUFFIXES)
-    all_texts = check_texts(texts or [])
+    task = tasks.get(read_manifest(run_dir)["task"]) if onnx else run_task(RunInfo.read(run_dir))
+    all_texts = task.cli_inputs(texts or [])  # what an input is, the run's task says (a text, a pair)
     if input is not None:
-        all_texts += read_texts(input, text_column)
+        all_texts += task.read_inputs(input, text_column)
     if not all_texts:
         raise UserError("no texts to predict")
     predictor = Predictor.from_run(run_dir, quantize=quantize, batch_size=batch_size, base_model=base_model,
                                    backend=backend)
     results = predictor.predict(all_texts)
     logger.info(f"predicted {len(all_texts)} texts at {predictor.last_throughput:.1f} texts/s")
-    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
+    rows = [{**task.input_fields(t), **r} for t, r in zip(all_texts, results)]
     if output is not None:
         write_predictions(Path(output), rows, predictor.task, predictor.label_names)
         logger.info(f"wrote {output}")

@@ -30,11 +30,14 @@ def run_method(info: RunInfo) -> Any:
 
 
 def run_task(info: RunInfo) -> Any:
-    """The run's task object; an unknown task name is a one-line error naming run.json."""
+    """The run's task object with the run's head settings; an unknown task name is a one-line error naming
+    run.json."""
     try:
-        return tasks.get(info.task)
+        task = tasks.get(info.task)
     except UserError as e:
         raise UserError(f"{Path(info.run_dir) / RUN_FILE}: {e}") from None
+    task.head = dict(info.head)
+    return task
 
 
 def run_base(info: RunInfo, override: str | None = None) -> ResolvedModel:

@@ -42,7 +42,7 @@ from ..core.registry import METHODS
 from ..core.runs import RunInfo
 from ..methods.base import SharedPart
 from ..modeling.classifier import HEAD_CLASSES
-from ..modeling.resolve import MODELS, build_classifier, load_tokenizer
+from ..modeling.resolve import MODELS, build_classifier, load_tokenizer, set_head
 from .loading import run_base, run_method
 
 
@@ -89,9 +89,18 @@ class MultiAdapterModel(nn.Module):
         """Per task: (row positions, logits [rows, its labels], or [rows, seq, its labels] for a token
         head) for a batch whose row i belongs to tasks[i]."""
         layers = max(self.tasks[t].classifier.config.pool_layers for t in set(tasks))
+        extra = {}
+        if any(self.tasks[t].classifier.config.pair_sep_id is not None for t in set(tasks)):
+            # a pair run's rows get its token types (second text: 1), every other row zeros
+            types = torch.zeros_like(input_ids)
+            for i, t in enumerate(tasks):
+                own = self.tasks[t].classifier.token_types(input_ids[i:i + 1], None)
+                if own is not None:
+                    types[i] = own[0]
+            extra["token_type_ids"] = types
         with self._mixed(tasks):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=layers > 1)
+                               output_hidden_states=layers > 1, **extra)
         result = {}
         for t in dict.fromkeys(tasks):  # first-seen order
             rows = [i for i, x in enumerate(tasks) if x == t]
@@ -104,7 +113,7 @@ class MultiAdapterModel(nn.Module):
             hs = [out.last_hidden_state] if k == 1 else list(out.hidden_states[-k:])[::-1]  # each [batch, seq, hidden]
             mask = attention_mask[rows]
             pooled = torch.cat([clf._pool_one(h[rows], mask) for h in hs], dim=-1)  # [rows, hidden * k]
-            result[t] = (rows, clf.classifier(pooled))  # eval mode: no dropout
+            result[t] = (rows, clf.head(pooled))  # eval mode: no dropout
         return result
 
 
@@ -143,6 +152,7 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
         Classifier = HEAD_CLASSES[tasks.get(info.task).head_kind]
         heads[name] = Classifier.with_encoder(encoder, len(info.label_names), info.pooling, info.classifier_dropout,
                                               dict(enumerate(info.label_names)), info.head_hidden, info.pool_layers)
+        set_head(heads[name].config, info.head, f"{Path(info.run_dir) / 'run.json'} head")
         with loading(info.artifact_dir, "task head"):
             _load_head(heads[name], info)
     # LoRA layers go in only after every head is built: building a classifier runs transformers'

@@ -124,11 +124,12 @@ class TaskPipeline(Pipeline):
 
     def load(self, model: str, device: str | None) -> None:
         self.predictor = _load_head(model, self.task_obj, device, self.batch_size)
+        self.task_obj = self.predictor.task  # the run's own task (a pair run opens as text-classification)
         self.task_obj.check_pipeline_options(self.defaults)  # a bad default fails now, not at the first call
 
     def __call__(self, inputs: str | Sequence[str], **kwargs: Any) -> Any:
         opts = self.options(kwargs)
-        if isinstance(inputs, str):
+        if self.task_obj.is_single(inputs):
             return self.task_obj.pipeline_single(self.run([inputs], **kwargs)[0], opts)
         return super().__call__(inputs, **kwargs)
 
@@ -146,7 +147,7 @@ def _load_head(model: str, task: Task, device: str | None, batch_size: int) -> A
         from ..core.runs import RunInfo
         from . import Predictor
         info = RunInfo.read(p)
-        if info.task != task.name:
+        if info.task != task.name and task.pipeline_names[0] not in tasks.get(info.task).pipeline_names:
             other = tasks.get(info.task).pipeline_names[0]
             raise UserError(f"{model} is a {info.task} run; open it with pipeline({other!r}, model=...)")
         return Predictor.from_run(p, device=device, batch_size=batch_size)

@@ -23,7 +23,7 @@ from ..modeling.resolve import load_tokenizer
 from ..tasks.base import Task
 from ..tasks.rows import check_texts, finite_probs
 from .adapters import AdapterPredictor
-from .loading import load_run_model
+from .loading import load_run_model, run_task
 from .onnx_backend import check_backend, load_export
 
 __all__ = ["Predictor", "check_batch_size", "check_texts", "finite_probs", "pooled_features", "predict_logits",
@@ -64,7 +64,7 @@ class Predictor:
         if quantize:
             model = quantize_int8(model)
         tok = load_tokenizer(str(info.artifact_dir))
-        return cls(model, tok, info.label_names, info.max_length, batch_size, device, info.task)
+        return cls(model, tok, info.label_names, info.max_length, batch_size, device, run_task(info))
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,

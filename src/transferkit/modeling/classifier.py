@@ -13,6 +13,17 @@ as `modeling_transferkit.py` and records it in `auto_map`, so
 model without transferkit installed; with transferkit imported the class is registered and no
 flag is needed.
 
+What the head gives is set in its config, so every way of loading and running a saved model (this class,
+a PEFT adapter on a base folder, an ONNX graph traced from it) computes the same thing:
+  - `problem_type` (transformers' own): the loss `forward` computes from `labels` (cross-entropy,
+    mean squared error for "regression", sigmoid cross-entropy for "multi_label_classification"), and the
+    function transformers' text-classification pipeline applies by default;
+  - `output_scale` / `output_shift`: per output, logits = head(x) * scale + shift: a regressor trained on
+    standardised targets answers in the targets' own units, and a multi-label head's tuned decision
+    thresholds sit at probability 0.5;
+  - `pair_sep_id`: a sentence-pair model gives the second text token type 1 itself (from the separator
+    token) when the caller passes no token types, as the tokenizer would for `text, text_pair`.
+
 A *base folder* (`write_base`) is such a folder without weights: config.json names where the
 pretrained encoder is (`encoder_source`), and `from_pretrained` builds the classifier over it with
 a fresh head. A PEFT adapter's `base_model_name_or_path` points at one, so the stock sequence
@@ -36,6 +47,13 @@ MODEL_TYPE = "transferkit_classifier"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def pair_token_types(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """Token types of `[CLS] A [SEP] B [SEP]` rows: 0 up to and including the first separator, 1 after it
+    (what a BERT tokenizer gives for a text pair; padding, masked anyway, gets 1)."""
+    seps = (input_ids == sep_id).long()
+    return (seps.cumsum(-1) - seps).clamp(max=1)
+
+
 def encoder_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                    token_type_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> dict[str, Any]:
     """The encoder's keyword arguments: ids or embeddings, and token types only when given."""
@@ -56,8 +74,11 @@ class TransferkitClassifierConfig(PretrainedConfig):
 
     def __init__(self, encoder: dict | None = None, pooling: str = "mean",
                  classifier_dropout: float = 0.1, head_hidden: int = 0, pool_layers: int = 1,
-                 head_kind: str = "sequence", **kwargs: Any) -> None:
+                 head_kind: str = "sequence", output_scale: list[float] | None = None,
+                 output_shift: list[float] | None = None, pair_sep_id: int | None = None, **kwargs: Any) -> None:
         self.encoder = dict(encoder or {})
+        self.output_scale, self.output_shift = output_scale, output_shift  # see the module docstring
+        self.pair_sep_id = pair_sep_id
         self.head_kind = head_kind  # sequence (one label per text) | token (one label per token)
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
@@ -107,11 +128,28 @@ class TransferkitForSequenceClassification(PreTrainedModel):
     def pool(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
              token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled sentence vectors [batch, hidden * pool_layers] (last layer first)."""
-        kwargs = encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        kwargs = encoder_inputs(input_ids, attention_mask, self.token_types(input_ids, token_type_ids), inputs_embeds)
         k = self.config.pool_layers
         out = self.encoder(**kwargs, output_hidden_states=k > 1)
         layers = [out.last_hidden_state] if k == 1 else list(out.hidden_states[-k:])[::-1]  # each [batch, seq, hidden]
         return torch.cat([self._pool_one(h, attention_mask) for h in layers], dim=-1)
+
+    def token_types(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
+        """The token types the encoder reads: those given, else a pair model's own (`pair_sep_id`)."""
+        sep = getattr(self.config, "pair_sep_id", None)
+        if given is not None or sep is None or input_ids is None:
+            return given
+        return pair_token_types(input_ids, sep)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, num_labels] from pooled vectors, in the units the config's output scale and shift give."""
+        logits = self.classifier(self.dropout(pooled))
+        scale, shift = getattr(self.config, "output_scale", None), getattr(self.config, "output_shift", None)
+        if scale is not None:
+            logits = logits * torch.tensor(scale, dtype=logits.dtype, device=logits.device)
+        if shift is not None:
+            logits = logits + torch.tensor(shift, dtype=logits.dtype, device=logits.device)
+        return logits
 
     def _pool_one(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.config.pooling == "cls":
@@ -128,9 +166,8 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         """`pooled` skips the encoder: a frozen encoder's pooled vectors can be cached and fed back."""
         if pooled is None:
             pooled = self.pool(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        logits = self.classifier(self.dropout(pooled))  # [batch, num_labels]
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        logits = self.head(pooled)  # [batch, num_labels]
+        return SequenceClassifierOutput(loss=sequence_loss(logits, labels, self.config), logits=logits)
 
     @classmethod
     def from_encoder(cls, path: str, num_labels: int, pooling: str = "mean", classifier_dropout: float = 0.1,
@@ -181,6 +218,19 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
+def sequence_loss(logits: torch.Tensor, labels: torch.Tensor | None, config: PretrainedConfig) -> torch.Tensor | None:
+    """transformers' loss for the config's `problem_type`: cross-entropy over class ids, mean squared error
+    over targets, or sigmoid cross-entropy over 0/1 label vectors."""
+    if labels is None:
+        return None
+    kind = getattr(config, "problem_type", None)
+    if kind == "regression":
+        return nn.functional.mse_loss(logits.float(), labels.float().view_as(logits))
+    if kind == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return nn.functional.cross_entropy(logits, labels)
+
+
 class TransferkitForTokenClassification(TransferkitForSequenceClassification):
     """Encoder -> dropout -> linear (or small MLP) on every token: one label per token.
 
@@ -193,7 +243,7 @@ class TransferkitForTokenClassification(TransferkitForSequenceClassification):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, **_: Any) -> TokenClassifierOutput:
-        kwargs = encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        kwargs = encoder_inputs(input_ids, attention_mask, self.token_types(input_ids, token_type_ids), inputs_embeds)
         hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
         logits = self.classifier(self.dropout(hidden))  # [batch, seq, num_labels]
         loss = None

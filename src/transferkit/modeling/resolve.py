@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import socket
@@ -239,9 +240,10 @@ def load_tokenizer(path: str) -> Any:
 
 def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: str, classifier_dropout: float,
                      head_hidden: int = 0, pool_layers: int = 1, random_init: bool = False,
-                     head_kind: str = "sequence") -> Any:
+                     head_kind: str = "sequence", head: dict | None = None) -> Any:
     """A fresh classifier over the resolved encoder, with the task's label names; `head_kind`
-    "token" gives one label per token (`TransferkitForTokenClassification`).
+    "token" gives one label per token (`TransferkitForTokenClassification`); `head` holds the task's
+    head settings (`set_head`).
 
     `random_init` keeps the architecture but not the weights (the no-pretraining baseline)."""
     from transformers import AutoConfig, AutoModel
@@ -265,5 +267,29 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
                                                 local_files_only=resolved.local_only)
     if not random_init:
         check_finite(encoder, resolved.path)
-    return Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,
-                                   dict(enumerate(label_names)), head_hidden, pool_layers)
+    model = Classifier.with_encoder(encoder, len(label_names), pooling, classifier_dropout,
+                                    dict(enumerate(label_names)), head_hidden, pool_layers)
+    set_head(model.config, head or {})
+    return model
+
+
+HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id")
+PROBLEM_TYPES = ("single_label_classification", "regression", "multi_label_classification")
+
+
+def set_head(config: Any, head: dict, where: str = "head settings") -> None:
+    """Put a task's head settings (run.json's `head`; see `modeling.classifier`) on a classifier config,
+    each checked first: they come from a file, and a bad one is a one-line error naming `where`."""
+    n = int(config.num_labels)
+    for key, value in head.items():
+        if key not in HEAD_SETTINGS:
+            raise UserError(f"{where}: unknown head setting {key!r} (known: {', '.join(HEAD_SETTINGS)})")
+        if key == "problem_type" and value not in PROBLEM_TYPES:
+            raise UserError(f"{where}: problem_type {value!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if key in ("output_scale", "output_shift") and not (
+                isinstance(value, list) and len(value) == n and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise UserError(f"{where}: {key} must be {n} finite numbers, one per output")
+        if key == "pair_sep_id" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise UserError(f"{where}: pair_sep_id must be a token id (a non-negative integer), got {value!r}")
+        setattr(config, key, value)

@@ -111,7 +111,7 @@ class FinetuneRun(Run):
             self._check_augmented_rows()
 
         self.tokenizer = load_tokenizer(self.resolved.path)
-        self.stats = tk.length_stats(tk.token_lengths(self.tokenizer, self.task.texts(self.splits.train)))
+        self.stats = tk.length_stats(self.task.token_lengths(self.tokenizer, self.splits.train))
         from transformers import AutoConfig
         with loading(self.resolved.path, "model config"):
             model_config = AutoConfig.from_pretrained(self.resolved.path)
@@ -253,6 +253,7 @@ class FinetuneRun(Run):
         cfg, method, model, state, tcfg = self.cfg, self.method, self.model, self.state, self.tcfg
         run_dir = self.run_dir
         test_metrics, test_predictions = None, None
+        self.task.after_training(model, self.data, self.pad_id, self.accelerator.device)
         if self.score_test:
             with distributed.sharded():  # each process scores its share of the test split
                 test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
@@ -269,7 +270,8 @@ class FinetuneRun(Run):
         model_path = self.resolved.name if self.resolved.name in MODELS else self.resolved.path
         info = RunInfo(str(run_dir), method.name, self.resolved.name, model_path, self.splits.label_names,
                        self.max_length, self.pooling, cfg.model.classifier_dropout, self.head_hidden,
-                       self.pool_layers, cfg.method.options_dict(), self.fingerprints, cfg.task)
+                       self.pool_layers, cfg.method.options_dict(), self.fingerprints, cfg.task,
+                       head=self.task.head)
         info.write()
         # samples are the examples trained on (texts; windows of sentences for NER), as Trainer counts them
         samples_per_s = state.examples_seen / max(state.train_seconds, 1e-9)

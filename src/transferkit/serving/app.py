@@ -130,8 +130,8 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         except KeyError:
             raise ApiError(404, f"model {name!r} is not loaded; GET /v1/models lists them", "NotFound") from None
         request.state.model = name  # a metric label: only names that are loaded
-        if entry.task != task:
-            routes = task_routes.get(entry.task)
+        if entry.task != task and tasks.get(entry.task).serving_task != task:
+            routes = task_routes.get(tasks.get(entry.task).serving_task or entry.task)
             where = f"use {routes[0]}" if routes else "this server has no route for its task"
             raise ApiError(422, f"model {name!r} is a {entry.task} run: {where}", "Validation")
         return entry
@@ -185,10 +185,10 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         """Every prediction route's steps for runs of `task`: the run, its checked texts and tokens, the
         batched results (per text, the task's `serving_results`)."""
         entry = served(name, task, request)
-        kind = tasks.get(task)
+        kind = tasks.get(entry.task)  # the run's own task checks and counts its inputs
         texts = inputs_of(kind, inputs)
         tokens = token_counts(kind, entry, texts, refuse_longer)
-        return entry, tokens, await batched(task, entry.name, texts, tokens)
+        return entry, tokens, await batched(entry.task, entry.name, texts, tokens)
 
     # ---- routes -------------------------------------------------------------------------------
     task_routes: dict[str, list[str]] = {}  # task -> the paths it added (a wrong-task message names the first)

@@ -38,6 +38,26 @@ class Task:
     # The metrics `evaluate` prints, in order.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
 
+    # The task whose HTTP routes answer this task's runs (None: its own, from `add_routes`): a task whose
+    # outputs fit another's routes (a pair classifier's on classify's) adds none of its own.
+    serving_task: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        # This run's head settings (`modeling.resolve.set_head`: problem type, output scale and shift, pair
+        # separator): found from the data by `prepare`/`build_model`/`after_training`, kept in run.json
+        # ("head") and given back by `inference.loading.run_task`, so a loaded run computes what it trained.
+        self.head: dict[str, Any] = {}
+
+    def token_lengths(self, tokenizer: Any, split: Any) -> Any:
+        """Untruncated tokens per example of a split, special tokens included ([n] ints; max_length and the
+        logged statistics come from them)."""
+        from ..data.tokens import token_lengths
+        return token_lengths(tokenizer, self.texts(split))
+
+    def after_training(self, model: nn.Module, data: dict[str, Any], pad_id: int, device: Any) -> None:
+        """A last step on the trained model before it is scored and saved (multi-label: decision thresholds
+        tuned on the validation split); what it finds goes into `self.head` and the model's config."""
+
     def prepare(self, data_cfg: Any, seed: int) -> Any:
         """Load, validate and split the data named by `data_cfg`; returns the task's splits
         (with `label_names`, `summary`, and `train`/`validation`/`test`). What it found (sources, sizes,
@@ -98,6 +118,23 @@ class Task:
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     # the keyword options `decode` takes, with their defaults (e.g. ner's aggregation_strategy)
     decode_options: ClassVar[dict[str, Any]] = {}
+
+    def cli_inputs(self, texts: Sequence[str]) -> list[Any]:
+        """The inputs the command line's positional texts give (one text each; a pair task takes two)."""
+        return check_texts(texts)
+
+    def read_inputs(self, path: str, text_column: str | None) -> list[Any]:
+        """The inputs of an `--input` file (a text per row, from `text_column` or the one text column)."""
+        from ..data.tables import read_texts
+        return read_texts(path, text_column)
+
+    def display_text(self, item: Any) -> str:
+        """One input as a report shows it."""
+        return item
+
+    def input_fields(self, item: Any) -> dict[str, Any]:
+        """What a prediction row says of its input (a text: {"text": it})."""
+        return {"text": item}
 
     def is_single(self, inputs: Any) -> bool:
         """True when `inputs` is one input rather than a list of them (`predict("a text")`)."""

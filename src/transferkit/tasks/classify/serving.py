@@ -5,6 +5,11 @@
     POST /predict       text-embeddings-inference: {"inputs", "raw_scores", "truncate", "model"?}
                         -> [{"label", "score"}] per input, best first
 
+They answer every task that names classify as its `serving_task` too: an input is what the run's task
+reads (a pair run: [text, text_pair], so `"inputs": [["a", "b"], ...]` as TEI's /predict takes pairs),
+and each data item / score list is the run's task's (`classify_item`, `predict_items`: a multi-label run
+adds "labels", a regressor gives "values").
+
 Imported when a server starts (`SequenceClassification.add_routes`).
 """
 from __future__ import annotations
@@ -13,19 +18,22 @@ import time
 import uuid
 from typing import Any, Union
 
-import torch
 from fastapi import FastAPI, Request
 
+from .. import get as get_task
 from ..http import Answer, Strict, Texts
+
+
+Inputs = Union[Texts, list[list[str]]]  # texts, or pairs of texts for a pair run
 
 
 class ClassifyRequest(Strict):
     model: str
-    input: Texts
+    input: Inputs
 
 
 class PredictRequest(Strict):
-    inputs: Texts
+    inputs: Inputs
     raw_scores: bool = False
     truncate: bool = False
     model: Union[str, None] = None
@@ -37,12 +45,8 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         entry, tokens, logits = await answer(request, body.model, body.input)
-        data = []
-        for i, row in enumerate(logits):
-            probs = torch.softmax(row, dim=-1)
-            k = int(probs.argmax())
-            data.append({"index": i, "label": entry.labels[k], "probs": [float(p) for p in probs],
-                         "num_classes": len(entry.labels)})
+        task = get_task(entry.task)
+        data = [{"index": i, **task.classify_item(row, entry.labels)} for i, row in enumerate(logits)]
         used = sum(tokens)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
                 "model": entry.name, "data": data, "usage": {"prompt_tokens": used, "total_tokens": used}}
@@ -50,9 +54,6 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
     @app.post("/predict")
     async def predict(body: PredictRequest, request: Request) -> Any:
         entry, _, logits = await answer(request, body.model, body.inputs, refuse_longer=not body.truncate)
-        out = []
-        for row in logits:
-            scores = row if body.raw_scores else torch.softmax(row, dim=-1)
-            order = sorted(range(len(entry.labels)), key=lambda k: -float(scores[k]))
-            out.append([{"label": entry.labels[k], "score": float(scores[k])} for k in order])
-        return out[0] if isinstance(body.inputs, str) else out
+        task = get_task(entry.task)
+        out = [task.predict_items(row, entry.labels, body.raw_scores) for row in logits]
+        return out[0] if task.is_single(body.inputs) else out

@@ -14,6 +14,10 @@ other: giving both is refused rather than silently using one. Three ways in:
 2. and 3. is already in seeded random order, so this is a random subsample there; for an
 explicit training file it is the first N rows in file order.
 
+What a row's label is (one class, two texts' class, target numbers, a set of labels) is a `LabelRule`:
+how a source is read, what the split is stratified on, the label names and how a label is encoded. The
+default is sentence classification's; the other tasks with a head over the pooled text pass their own.
+
 Logged: which column was used where several candidates matched, and a warning when
 validation or test texts also occur in training (or a file is identical to the training
 file), since scores on those texts measure memory, not generalisation.
@@ -24,6 +28,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +74,47 @@ class _Raw:
     origin: LabelledData
 
 
-def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
+class LabelRule:
+    """Sentence classification's rows: a text and one label each, stratified by label, named by the sorted
+    training labels, encoded as label ids (an unknown one is refused naming its row)."""
+
+    def load(self, cfg: DataConfig, source: str, role: str) -> LabelledData:
+        """One source as rows, in memory or (data.storage) through the memory-mapped cache."""
+        return _load(cfg, source, role)
+
+    def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
+        """Every split of the saved DatasetDict `cfg.data`."""
+        return load_hf_splits(cfg.data, cfg.text_column, cfg.label_column)
+
+    def strata(self, labels: list) -> list | None:
+        """What the split is stratified on, one key per row (None: the labels themselves)."""
+        return None
+
+    def names(self, train: "_Raw", limit: int | None, report: DedupeReport | None) -> list[str]:
+        return _label_names(train, limit, report)
+
+    def encode(self, raw: "_Raw", split: str, index: dict[str, int], mode: str) -> LabelledData:
+        return _encode(raw, split, index, mode)
+
+    def counts(self, data: LabelledData, label_names: list[str]) -> dict[str, Any]:
+        """Per label name, what the summary's table shows for a split (rows with that label)."""
+        return {label_names[i]: c for i, c in sorted(Counter(data.labels).items())}
+
+
+def _stratified(texts: Any, labels: list, fractions: Any, seed: int, allow_empty_validation: bool,
+                rule: LabelRule) -> dict[str, tuple[Any, list]]:
+    """`stratified_split`, on the rule's strata where it has its own."""
+    strata = rule.strata(labels)
+    if strata is None:
+        return stratified_split(texts, labels, fractions, seed, allow_empty_validation=allow_empty_validation)
+    parts = stratified_split(list(range(len(labels))), strata, fractions, seed,
+                             allow_empty_validation=allow_empty_validation)
+    return {s: ([texts[i] for i in ix], [labels[i] for i in ix]) for s, (ix, _) in parts.items()}
+
+
+def prepare_splits(cfg: DataConfig, seed: int, rule: LabelRule | None = None) -> Splits:
     """Load, deduplicate, split and encode the data described by `cfg` (see the module doc)."""
+    rule = rule or LabelRule()
     explicit = [k for k in ("train", "validation", "test") if getattr(cfg, k) is not None]
     if cfg.data is not None and explicit:
         raise UserError(f"give either data.data or data.train/validation/test; not both "
@@ -80,15 +124,15 @@ def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.train is not None or hf_splits is not None:
         mode = "files"
         if hf_splits is not None:
-            loaded = load_hf_splits(cfg.data, cfg.text_column, cfg.label_column)
+            loaded = rule.load_hf(cfg)
             train_ld, test_ld, val_ld = loaded["train"], loaded["test"], loaded.get("validation")
             mode = "dataset splits"
         else:
             if cfg.test is None:
                 raise UserError("data.train is set but data.test is not; give a test file as well")
-            train_ld = _load(cfg, cfg.train, "train")
-            test_ld = _load(cfg, cfg.test, "test")
-            val_ld = _load(cfg, cfg.validation, "validation") if cfg.validation is not None else None
+            train_ld = rule.load(cfg, cfg.train, "train")
+            test_ld = rule.load(cfg, cfg.test, "test")
+            val_ld = rule.load(cfg, cfg.validation, "validation") if cfg.validation is not None else None
         _log_notes([train_ld, val_ld, test_ld])
         train = _Raw(train_ld.texts, train_ld.labels, train_ld)
         test = _Raw(test_ld.texts, test_ld.labels, test_ld)
@@ -99,7 +143,7 @@ def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
             if cfg.dedupe:
                 texts, labels, report = dedupe(texts, labels)
             _check_enough_rows(len(texts), (0.9, 0.0, 0.1), train_ld.source, report)
-            parts = stratified_split(texts, labels, (0.9, 0.0, 0.1), seed, allow_empty_validation=True)
+            parts = _stratified(texts, labels, (0.9, 0.0, 0.1), seed, True, rule)
             train = _Raw(*parts["train"], train_ld)
             val = _Raw(*parts["test"], train_ld)
             logger.info(f"validation: no validation data given; using 10% of {train_ld.source} "
@@ -111,26 +155,25 @@ def prepare_splits(cfg: DataConfig, seed: int) -> Splits:
         if cfg.data is None:
             raise UserError("no data given: set data.data (a file or dataset name) or data.train")
         mode = "split"
-        whole = _load(cfg, cfg.data, "data")
+        whole = rule.load(cfg, cfg.data, "data")
         _log_notes([whole])
         texts, labels = whole.texts, whole.labels
         if cfg.dedupe:
             texts, labels, report = dedupe(texts, labels)
         _check_enough_rows(len(texts), cfg.split, whole.source, report)
-        parts = stratified_split(texts, labels, cfg.split, seed,
-                                 allow_empty_validation=cfg.split[1] == 0)
+        parts = _stratified(texts, labels, cfg.split, seed, cfg.split[1] == 0, rule)
         train, val, test = (_Raw(*parts[s], whole) for s in SPLITS)
 
     rows_before_limit = len(train.texts)
     if cfg.limit is not None and cfg.limit < rows_before_limit:
         train = _Raw(train.texts[:cfg.limit], train.labels[:cfg.limit], train.origin)
 
-    label_names = _label_names(train, cfg.limit if len(train.texts) < rows_before_limit else None, report)
+    label_names = rule.names(train, cfg.limit if len(train.texts) < rows_before_limit else None, report)
     index = {name: i for i, name in enumerate(label_names)}
     raws = {"train": train, "validation": val, "test": test}
-    encoded = {name: _encode(raw, name, index, mode) for name, raw in raws.items()}
+    encoded = {name: rule.encode(raw, name, index, mode) for name, raw in raws.items()}
 
-    summary = _summary(cfg, seed, mode, raws, encoded, label_names, report, rows_before_limit)
+    summary = _summary(cfg, seed, mode, raws, encoded, label_names, report, rows_before_limit, rule)
     _log_summary(summary)
     return Splits(encoded["train"], encoded["validation"], encoded["test"], label_names, summary)
 
@@ -240,7 +283,7 @@ def _row_of(data: LabelledData, text: str) -> int | None:
 
 
 def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encoded: dict[str, LabelledData],
-             label_names: list[str], report: DedupeReport | None, rows_before_limit: int) -> dict:
+             label_names: list[str], report: DedupeReport | None, rows_before_limit: int, rule: LabelRule) -> dict:
     train_keys = keys_of(raws["train"].texts)  # texts compared by hash: a mapped split is never read here
     keys = {s: keys_of(raws[s].texts) for s in ("validation", "test")}
     overlap = {s: np.isin(keys[s], train_keys) for s in keys}
@@ -250,7 +293,7 @@ def _summary(cfg: DataConfig, seed: int, mode: str, raws: dict[str, _Raw], encod
         "seed": seed,
         "split": list(cfg.split) if mode == "split" else None,
         "sizes": {s: len(encoded[s]) for s in SPLITS},
-        "labels": {s: {label_names[i]: c for i, c in sorted(Counter(encoded[s].labels).items())} for s in SPLITS},
+        "labels": {s: rule.counts(encoded[s], label_names) for s in SPLITS},
         "label_names": list(label_names),
         "dedupe": report.as_dict() if report is not None else None,
         "limit": cfg.limit if cfg.limit is not None and cfg.limit < rows_before_limit else None,

@@ -26,6 +26,10 @@ from .splits import prepare_splits
 
 logger = logging.getLogger(__name__)
 
+# transformers' text-classification pipeline's `function_to_apply`: logits [n, labels] -> scores
+SCORE_FUNCTIONS = {"softmax": lambda x: torch.softmax(x.float(), dim=-1), "sigmoid": lambda x: torch.sigmoid(x.float()),
+                   "none": lambda x: x.float()}
+
 
 def classification_loss(outputs: Any, batch: dict[str, torch.Tensor],
                         class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
@@ -41,7 +45,10 @@ class SequenceClassification(Task):
     name = "classify"
     one_label_per_example = True
     pipeline_names = ("text-classification", "sentiment-analysis")
-    pipeline_options = ("top_k",)
+    pipeline_options = ("top_k", "function_to_apply")
+    # what transformers' text-classification pipeline applies to the logits by default for this kind of model
+    pipeline_function = "softmax"
+    problem_type = "single_label_classification"
     runs_csv_columns = ("label", "confidence", "probs")
     augment_formats = (".csv", ".tsv", ".jsonl")
     default_metric = "accuracy"
@@ -56,8 +63,9 @@ class SequenceClassification(Task):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
+        self.head.setdefault("problem_type", self.problem_type)
         return build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
-                                random_init=random_init)
+                                random_init=random_init, head=self.head)
 
     def encode(self, tokenizer: Any, split: Any, max_length: int) -> Any:
         return TokenData(tokenize(tokenizer, split.texts, max_length), list(split.labels))
@@ -96,7 +104,7 @@ class SequenceClassification(Task):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        table = load_table(source, text_column, label_column)
+        table = self.read_labelled(source, text_column, label_column)
         index = {name: i for i, name in enumerate(label_names)}
         labels = []
         for row, label in enumerate(table.labels, start=1):
@@ -107,6 +115,10 @@ class SequenceClassification(Task):
             labels.append(index[key])
         return LabelledData(list(table.texts), labels, str(source))
 
+    def read_labelled(self, source: str, text_column: str | None, label_column: str | None) -> LabelledData:
+        """A labelled file's rows as found (labels not yet checked against the run's)."""
+        return load_table(source, text_column, label_column)
+
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
         from ...reporting.metrics import full_report
@@ -114,11 +126,12 @@ class SequenceClassification(Task):
         texts, y_true = list(split.texts), list(split.labels)
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-        logits = predict_logits(model, TokenData(tokenize(tokenizer, texts, info.max_length)), 64,
-                                tokenizer.pad_token_id or 0, device)  # [n, classes]
+        rows = self.encode_inputs(tokenizer, texts, info.max_length).rows
+        logits = predict_logits(model, TokenData(rows), 64, tokenizer.pad_token_id or 0, device)  # [n, classes]
         probs = finite_probs(torch.softmax(logits, dim=-1))
         report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
-        paths = write_report(out, report=report, texts=texts, y_true=y_true, probs=probs, label_names=info.label_names,
+        paths = write_report(out, report=report, texts=[self.display_text(t) for t in texts], y_true=y_true,
+                             probs=probs, label_names=info.label_names,
                              history=history, title=title, extra=extra)
         return report, paths
 
@@ -150,19 +163,27 @@ class SequenceClassification(Task):
         probs = torch.softmax(predictions, -1).numpy()
         y_true = list(splits.test.labels)
         report = full_report(y_true, probs.argmax(-1).tolist(), splits.label_names)
-        return write_report(out, report=report, texts=list(splits.test.texts), y_true=y_true, probs=probs,
+        return write_report(out, report=report, texts=[self.display_text(t) for t in splits.test.texts],
+                            y_true=y_true, probs=probs,
                             label_names=splits.label_names, history=history, title=title, extra=extra)
 
     # ---- surfaces: pipeline, prediction CSV, HTTP routes, augmented files -------------------------------
     def pipeline_call(self, predictor: Any, texts: list[str], options: dict[str, Any]) -> list[Any]:
         """Per text [{"label", "score"}] best first, `top_k` of them (None: all labels); without top_k the
-        best one's dict alone, as transformers' legacy shape."""
+        best one's dict alone, as transformers' legacy shape. `function_to_apply` ("softmax", "sigmoid",
+        "none") turns logits into scores; its default is the task's, as transformers picks it from the
+        model's problem type."""
         legacy = "top_k" not in options
         top_k = options.get("top_k", 1)
         names = predictor.label_names
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise UserError(f"top_k must be a positive integer or None (all labels), got {top_k!r}")
-        probs = predictor.predict_proba(texts)  # [n, labels]
+        function = options.get("function_to_apply") or self.pipeline_function
+        if function not in SCORE_FUNCTIONS:
+            raise UserError(f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
+        items = self.check_inputs(texts)
+        rows = predictor.outputs(items)  # per input its logits [labels]
+        probs = finite_probs(SCORE_FUNCTIONS[function](torch.stack(rows))) if rows else []
         out = []
         for row in probs:
             order = sorted(range(len(names)), key=lambda k: -float(row[k]))[: top_k or len(names)]
@@ -183,6 +204,18 @@ class SequenceClassification(Task):
     def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
         # the probabilities as one JSON cell: the runs' label sets differ
         return {"label": row["label"], "confidence": f"{row['confidence']:.6f}", "probs": fs.dumps(row["probs"])}
+
+    def classify_item(self, logits: torch.Tensor, label_names: Sequence[str]) -> dict[str, Any]:
+        """One input's item in /v1/classify's data (vLLM's shape; the route adds its index)."""
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = int(probs.argmax())
+        return {"label": label_names[k], "probs": [float(p) for p in probs], "num_classes": len(label_names)}
+
+    def predict_items(self, logits: torch.Tensor, label_names: Sequence[str], raw_scores: bool) -> list[dict[str, Any]]:
+        """One input's answer on /predict (TEI's shape): every label with its score, best first."""
+        scores = logits.float() if raw_scores else SCORE_FUNCTIONS[self.pipeline_function](logits)
+        order = sorted(range(len(label_names)), key=lambda k: -float(scores[k]))
+        return [{"label": label_names[k], "score": float(scores[k])} for k in order]
 
     def add_routes(self, app: Any, answer: Any) -> None:
         from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
