@@ -84,6 +84,13 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+def write_scores(path: Path, n: int, seed: int = 0) -> Path:
+    """A text,score CSV: a rating near +2 for a positive sentence and -2 for a negative one, with noise."""
+    rng = random.Random(seed)
+    rows = [(t, round((2.0 if y == "positive" else -2.0) + rng.gauss(0, 0.5), 3)) for t, y in make_sentences(n, seed)]
+    return write_csv(path, rows, ("text", "score"))
+
+
 def tiny_bert_config(dropout: float = 0.1) -> Any:
     from transformers import BertConfig
     return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -16,7 +16,7 @@ from transferkit.core.registry import METHODS
 from transferkit.inference import Predictor
 from transferkit.serving.models import ModelSet
 
-from helpers import make_sentences, tiny_config, write_conll, write_csv, write_pairs
+from helpers import make_sentences, tiny_config, write_conll, write_csv, write_pairs, write_scores
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ TASK_CASES: dict[str, TaskCase] = {
     "pair": TaskCase(lambda d: write_pairs(d / "pairs.csv", 120),
                      (("a good film", "a great plot"), {"text": "a dull plot", "text_pair": "a good film"}),
                      frozenset({"label", "confidence", "probs"})),
+    "regression": TaskCase(lambda d: write_scores(d / "scores.csv", 120), ("a good film", "a dull plot"),
+                           frozenset({"values"})),
     "ner": TaskCase(lambda d: write_conll(d / "tags.conll", 120),
                     ("Anna visited Paris in May .", "nothing here"), frozenset({"entities"})),
 }

@@ -157,6 +157,7 @@ class TrainConfig:
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before stopping (default per method; 0 never stops early)"})
     metric: str | None = field(default=None, metadata={"help": "validation metric for early stopping and best weights (default per task: accuracy for classify, f1 for ner; f1_macro when the training classes are imbalanced)"})
     min_steps: int | None = field(default=None, metadata={"help": "when epochs are left to the method: train at least this many optimizer steps (more epochs for a small set; default 300, 0 off)"})
+    loss: str = field(default="auto", metadata={"help": "auto|mse|huber: the training loss where a task offers a choice (regression: mse or huber on standardised targets; auto: the task's own)"})
     class_weights: str = field(default="none", metadata={"help": "none|balanced: weight each class's loss by n / (classes * count) (classify)"})
     checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})

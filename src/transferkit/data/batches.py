@@ -87,8 +87,15 @@ class TokenData:
             mask[k, :len(r)] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask}
         if self.labels is not None:
-            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+            batch["labels"] = label_tensor([self.labels[i] for i in idx])
         return batch
+
+
+def label_tensor(values: list) -> torch.Tensor:
+    """A batch's labels: class ids (int64 [batch]), target numbers (float32 [batch, targets]) or label
+    vectors, as the task gave them."""
+    t = torch.tensor(values)
+    return t.float() if t.is_floating_point() else t.long()
 
 
 @dataclass
@@ -107,5 +114,5 @@ class FeatureData:
     def collate(self, idx: Sequence[int], pad_id: int = 0) -> dict[str, torch.Tensor]:
         batch = {"pooled": self.features[list(idx)]}
         if self.labels is not None:
-            batch["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+            batch["labels"] = label_tensor([self.labels[i] for i in idx])
         return batch

@@ -75,6 +75,7 @@ class FinetuneRun(Run):
         cfg = self.cfg
         validate(cfg)
         self.task = tasks.get(cfg.task)
+        self.task.configure(cfg)
         from ..augmentation import mixup_alpha, parse_spec, text_steps
         self.augment_steps = parse_spec(cfg.data.augment)
         self.mixup_alpha = mixup_alpha(self.augment_steps)

@@ -57,6 +57,7 @@ from ..core.folders import read_json_object
 from ..core.registry import METHODS
 from ..core.runtime import usable_cores
 from ..core.units import parse_duration
+from ..training.loop import LOWER_IS_BETTER
 from .evaluate import run_evaluation
 from .finetune import FinetuneRun
 from .tune_space import Param, default_space, read_space, takes
@@ -66,7 +67,6 @@ logger = logging.getLogger(__name__)
 SETTINGS = "tune.json"
 STUDY = "study.db"
 STUDY_NAME = "transferkit"
-LOWER_IS_BETTER = ("loss", "perplexity")
 
 
 # ---- the study -----------------------------------------------------------------------------------------

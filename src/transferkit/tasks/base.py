@@ -48,6 +48,18 @@ class Task:
         # ("head") and given back by `inference.loading.run_task`, so a loaded run computes what it trained.
         self.head: dict[str, Any] = {}
 
+    # the values train.loss may take for this task ("auto": the task's own loss)
+    losses: ClassVar[tuple[str, ...]] = ("auto",)
+
+    def configure(self, cfg: Any) -> None:
+        """Take the run's config (a RunConfig) before any data is read; a setting the task cannot honour is a
+        UserError (default: train.loss must be one of `losses`)."""
+        loss = cfg.train.loss
+        if loss not in self.losses:
+            raise UserError(f"train.loss={loss!r}: a {self.name} run trains with "
+                            f"{' or '.join(repr(x) for x in self.losses)}")
+        self.loss_name = loss
+
     def token_lengths(self, tokenizer: Any, split: Any) -> Any:
         """Untruncated tokens per example of a split, special tokens included ([n] ints; max_length and the
         logged statistics come from them)."""

@@ -30,6 +30,9 @@ from ..data.batches import length_grouped_batches
 from ..core.errors import TrainingDiverged, UserError
 from .optim import make_optimizer, param_groups
 
+# validation metrics where lower is better (every other one is maximised): early stopping, best weights, tune
+LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse")
+
 logger = logging.getLogger(__name__)
 
 LOG_EVERY = 10  # optimizer steps between training records in metrics.jsonl
@@ -120,7 +123,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.higher_is_better = cfg.metric not in ("loss", "perplexity")  # both lower is better
+        self.higher_is_better = cfg.metric not in LOWER_IS_BETTER
         self._step_tokens = 0
         self._step_examples = 0
         self._saved_step: int | None = None  # the step of the checkpoint on disk, named when a run diverges

@@ -27,6 +27,7 @@ class LabelledData:
     labels: list
     source: str
     notes: list[str] = field(default_factory=list)  # e.g. which of several candidate columns was used
+    label_columns: list[str] = field(default_factory=list)  # where labels are columns (regression targets)
 
     def __len__(self) -> int:
         return len(self.texts)
