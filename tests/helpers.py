@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import random
@@ -89,6 +90,16 @@ def write_scores(path: Path, n: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     rows = [(t, round((2.0 if y == "positive" else -2.0) + rng.gauss(0, 0.5), 3)) for t, y in make_sentences(n, seed)]
     return write_csv(path, rows, ("text", "score"))
+
+
+def write_label_sets(path: Path, n: int, seed: int = 0) -> Path:
+    """A JSONL file of `n` {"text", "labels"} rows: the sentence's sentiment, "long" for more than 8 words
+    (so a row has one or two labels)."""
+    with path.open("w", encoding="utf-8") as f:
+        for text, label in make_sentences(n, seed):
+            labels = [label] + (["long"] if len(text.split()) > 8 else [])
+            f.write(json.dumps({"text": text, "labels": labels}) + "\n")
+    return path
 
 
 def tiny_bert_config(dropout: float = 0.1) -> Any:

@@ -108,7 +108,8 @@ SHORT_KEYS = {"data": "data.data", "train": "data.train", "validation": "data.va
               "model": "model.name", "method": "method.name", "epochs": "train.epochs",
               "batch_size": "train.batch_size", "lr": "train.lr", "max_steps": "train.max_steps",
               "seed": "train.seed", "max_length": "data.max_length", "limit": "data.limit",
-              "output_dir": "output_dir", "task": "task", "augment": "data.augment"}
+              "output_dir": "output_dir", "task": "task", "augment": "data.augment",
+              "label_separator": "data.label_separator"}
 
 
 def augment(data: str, spec: str, output: str | Path, *, task: str = "classify", text_column: str | None = None,

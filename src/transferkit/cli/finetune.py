@@ -57,13 +57,17 @@ def add_parsers(sub: Any) -> None:
 
 
 def _finetune_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
-    p.add_argument("--task", help="what is predicted: classify (one label per text; the default) or ner (one tag per word)")
+    p.add_argument("--task", help="what is predicted: classify (one label per text; the default), pair (one label per "
+                   "pair of texts), regression (numbers per text), multilabel (any number of labels per text) or ner "
+                   "(one tag per word)")
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
     p.add_argument("--validation", help="explicit validation file")
     p.add_argument("--test", help="explicit test file")
     p.add_argument("--text-column", help="column with the text (default: auto-detect)")
-    p.add_argument("--label-column", help="column with the label (default: auto-detect)")
+    p.add_argument("--label-column", help="column with the label (default: auto-detect; regression: A,B for several "
+                   "targets)")
+    p.add_argument("--label-separator", help="multilabel: what separates a CSV cell's labels (default ,)")
     p.add_argument("--model", help="bundled model name, local HF folder or hub name (default minilm-l6)")
     p.add_argument("--method", help=_method_help())
     p.add_argument("--epochs", type=float)

@@ -53,6 +53,8 @@ def validate(cfg: RunConfig) -> None:
         (not 0 <= cfg.model.classifier_dropout < 1, "model.classifier_dropout", "must be in [0, 1)", cfg.model.classifier_dropout),
         (cfg.model.pool_layers is not None and cfg.model.pool_layers < 1, "model.pool_layers", "must be >= 1",
          cfg.model.pool_layers),
+        (not isinstance(d.label_separator, str) or not d.label_separator, "data.label_separator",
+         "must be a non-empty string", repr(d.label_separator)),
         (cfg.model.head not in ("auto", "linear", "mlp"), "model.head", "must be auto, linear or mlp", cfg.model.head),
         (cfg.model.init not in ("pretrained", "random"), "model.init", "must be pretrained or random", cfg.model.init),
         (cfg.model.init == "random" and not METHODS.get(cfg.method.name).trains_encoder, "model.init",

@@ -22,6 +22,7 @@ class DataConfig:
     test: str | None = field(default=None, metadata={"help": "explicit test file"})
     text_column: str | None = field(default=None, metadata={"help": "column holding the text (auto-detected if unset)"})
     label_column: str | None = field(default=None, metadata={"help": "column holding the label (auto-detected if unset)"})
+    label_separator: str = field(default=",", metadata={"help": "multilabel: what separates the labels in a CSV/TSV cell (JSONL and Parquet hold lists)"})
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata={"help": "train/validation/test fractions for a seeded stratified split"})
     dedupe: bool = field(default=True, metadata={"help": "drop repeated texts before splitting (majority label wins)"})
     max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
@@ -169,7 +170,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig(ConfigFile):
-    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text) or ner (one tag per word)"})
+    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text), pair (one label per pair of texts), regression (numbers per text), multilabel (any number of labels per text) or ner (one tag per word)"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "the method and its own options"})

@@ -157,8 +157,9 @@ class Method:
 
     @classmethod
     def suits(cls, task: Any) -> bool:
-        """Whether the method can train `task` (a tasks.Task): setfit's pairs need a pooled vector per example."""
-        return task.pooled_features or not cls.needs_pooled_task
+        """Whether the method can train `task` (a tasks.Task): setfit's pairs need a pooled vector and one class
+        label per example."""
+        return not cls.needs_pooled_task or (task.pooled_features and task.one_label_per_example)
 
     def __init__(self, options: Any = None) -> None:
         """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""

@@ -137,7 +137,7 @@ class SetFit(Method):
     default_batch_size = 16
     default_patience = 5
     cache_features = True
-    needs_pooled_task = True  # pairs of sentence vectors: token tasks have none
+    needs_pooled_task = True  # pairs of sentence vectors with one class label each: token, regression and multi-label tasks have none
     # plan picks it for few-shot data only (no plan_rank): with many rows it trails LoRA and full (README)
     plan_picks = {"few_shot": "{few} training rows in the smallest class: few-shot; setfit tunes the encoder on "
                               "sentence pairs drawn from them, then the head; at 8 rows per class on two bundled "

@@ -273,7 +273,7 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     return model
 
 
-HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id")
+HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id", "thresholds")
 PROBLEM_TYPES = ("single_label_classification", "regression", "multi_label_classification")
 
 
@@ -290,6 +290,9 @@ def set_head(config: Any, head: dict, where: str = "head settings") -> None:
                 isinstance(value, list) and len(value) == n and all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
             raise UserError(f"{where}: {key} must be {n} finite numbers, one per output")
+        if key == "thresholds" and not (isinstance(value, list) and len(value) == n and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in value)):
+            raise UserError(f"{where}: thresholds must be {n} numbers in (0, 1), one per label")
         if key == "pair_sep_id" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise UserError(f"{where}: pair_sep_id must be a token id (a non-negative integer), got {value!r}")
         setattr(config, key, value)

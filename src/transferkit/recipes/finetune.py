@@ -84,12 +84,10 @@ class FinetuneRun(Run):
         if self.mixup_alpha is not None and cfg.train.parallel == "fsdp":
             raise UserError("augment: mixup hooks the head of the model the run built, and train.parallel=fsdp trains "
                             "a sharded copy of it; use train.parallel=ddp with mixup")
-        if cfg.train.class_weights != "none" and not self.task.one_label_per_example:
-            raise UserError(f"train.class_weights applies to runs with one label per text, not {cfg.task} runs")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
         if not self.method.suits(self.task):
-            raise UserError(f"method {cfg.method.name} trains on pairs of sentence vectors; a {cfg.task} run has "
-                            "one label per word (choose another method)")
+            raise UserError(f"method {cfg.method.name} trains on pairs of sentence vectors with one class label each; "
+                            f"a {cfg.task} run has no such labels (choose another method)")
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")

@@ -48,12 +48,17 @@ class Task:
         # ("head") and given back by `inference.loading.run_task`, so a loaded run computes what it trained.
         self.head: dict[str, Any] = {}
 
+    # True when the task weighs its own labels' losses under train.class_weights=balanced (multi-label: per-label
+    # positive weights); a task with one label per example gets the run's class weights instead
+    weighs_labels: ClassVar[bool] = False
     # the values train.loss may take for this task ("auto": the task's own loss)
     losses: ClassVar[tuple[str, ...]] = ("auto",)
 
     def configure(self, cfg: Any) -> None:
         """Take the run's config (a RunConfig) before any data is read; a setting the task cannot honour is a
         UserError (default: train.loss must be one of `losses`)."""
+        if cfg.train.class_weights != "none" and not self.one_label_per_example and not self.weighs_labels:
+            raise UserError(f"train.class_weights applies to runs with one label per text, not {self.name} runs")
         loss = cfg.train.loss
         if loss not in self.losses:
             raise UserError(f"train.loss={loss!r}: a {self.name} run trains with "
