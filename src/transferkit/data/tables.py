@@ -109,6 +109,26 @@ def dataset_dict_splits(path: str | Path) -> list[str]:
     return names
 
 
+def split_tables(source: str | Path) -> dict[str, tuple[ColumnTable, str]]:
+    """Every split of a saved DatasetDict folder, or of a bundled dataset that comes split (a "split" column),
+    as (table, the name messages use) by split name."""
+    source = str(source)
+    path = Path(source).expanduser()
+    if source in DATASETS and not path.exists():
+        df = DATASETS.get(source).load()
+        if "split" not in df.columns:
+            raise UserError(f"bundled dataset {source} does not come split")
+        return {s: (frame_table(df[df["split"] == s].drop(columns=["split"]).reset_index(drop=True)), f"{source} [{s}]")
+                for s in ("train", "validation", "test") if bool((df["split"] == s).any())}
+    return {s: (hf_table(path, s), f"{source} [{s}]") for s in dataset_dict_splits(path)}
+
+
+def presplit(source: str | None) -> bool:
+    """True for a bundled dataset whose rows come with their split (so no summary or document is in two)."""
+    return (source is not None and source in DATASETS and not Path(source).expanduser().exists()
+            and "split" in getattr(DATASETS.get(source), "columns", ()))
+
+
 def hf_split_names(path: str | Path) -> list[str] | None:
     """Split names of a saved `DatasetDict` folder, or None if `path` is not one."""
     f = Path(path) / "dataset_dict.json"

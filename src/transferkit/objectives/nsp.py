@@ -9,7 +9,6 @@ IsNext pairs slightly harder. The loss is the mean MLM loss plus the mean NSP lo
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,17 +16,11 @@ import torch
 from torch import nn
 
 from ..core.registry import OBJECTIVES
-from ..data.corpus import build_cache
+from ..data.corpus import build_cache, split_sentences
 from . import LMOutput, batches_of, perplexity
 from .clm import lm_loss
 from .mlm import MLM, MLMData
 
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of `text`: split after . ! ? followed by space and a capital or digit."""
-    return [s.strip() for s in _SENTENCE_END.split(text.replace("\n", " ")) if s.strip()]
 
 
 def make_pairs(doc_of: np.ndarray, not_next: float, seed: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ...core.errors import UserError
 from ...data.listing import clip
-from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, dataset_dict_splits, hf_table, is_missing,
-                            open_table, pick_column, scalar)
+from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing, open_table, pick_column,
+                            scalar, split_tables)
 
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "class", "target", "category")
 
@@ -42,12 +42,9 @@ def load_table(source: str, text_column: str | None = None, label_column: str | 
 
 def load_hf_splits(path: str | Path, text_column: str | None = None,
                    label_column: str | None = None) -> dict[str, LabelledData]:
-    """Every split of a saved `DatasetDict` folder, by split name."""
-    out = {}
-    for split in dataset_dict_splits(path):
-        label = f"{path} [{split}]"
-        out[split] = to_labelled(hf_table(Path(path), split), label, text_column, label_column)
-    return out
+    """Every split of a saved `DatasetDict` folder (or a bundled dataset that comes split), by split name."""
+    return {split: to_labelled(table, where, text_column, label_column)
+            for split, (table, where) in split_tables(path).items()}
 
 
 def to_labelled(table: ColumnTable, where: str, text_column: str | None,

@@ -38,7 +38,7 @@ from ...data.fingerprint import file_sha256
 from ...data.listing import clip, summarise
 from ...data.mapped import wants_mapped
 from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
-from ...data.tables import hf_split_names
+from ...data.tables import hf_split_names, presplit
 from .mapped import load_mapped
 from .read import LabelledData, load_hf_splits, load_table
 
@@ -193,6 +193,8 @@ def _load(cfg: DataConfig, source: str, role: str) -> LabelledData:
 
 def _hf_explicit_splits(cfg: DataConfig) -> list[str] | None:
     """Split names when `data.data` is a saved DatasetDict with train and test splits."""
+    if cfg.train is None and presplit(cfg.data):
+        return list(SPLITS)
     if cfg.train is not None or cfg.data is None or not Path(cfg.data).expanduser().is_dir():
         return None
     names = hf_split_names(Path(cfg.data).expanduser())

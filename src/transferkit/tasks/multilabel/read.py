@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numbers
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,8 @@ from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip, summarise
 from ...data.split import DedupeReport
-from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, dataset_dict_splits, hf_table, is_missing,
-                            open_table, pick_column)
+from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing,
+                            open_table, pick_column, split_tables)
 from ..classify.read import LabelledData
 from ..classify.splits import LabelRule
 
@@ -94,8 +93,8 @@ class LabelSetRule(LabelRule):
         return load_label_sets(source, cfg.text_column, cfg.label_column, cfg.label_separator, role)
 
     def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_label_sets(hf_table(Path(cfg.data), split), f"{cfg.data} [{split}]", cfg.text_column,
-                                     cfg.label_column, cfg.label_separator) for split in dataset_dict_splits(cfg.data)}
+        return {split: to_label_sets(table, where, cfg.text_column, cfg.label_column, cfg.label_separator)
+                for split, (table, where) in split_tables(cfg.data).items()}
 
     def strata(self, labels: list) -> list | None:
         counts = Counter(name for row in labels for name in row)

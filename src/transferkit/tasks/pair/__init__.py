@@ -9,6 +9,7 @@ with this folder's `PairRule`); they are served by classify's routes (TEI's pair
 `[[a, b], ...]` on /v1/classify).
 """
 from ...core.registry import TASKS
+from . import dataset  # noqa: F401 - registers the bundled dataset
 from .task import PairClassification
 
 if PairClassification.name not in TASKS:  # a module reload must not register twice

@@ -6,12 +6,11 @@ first column of a pair but not its second is refused naming the missing one. Eac
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip, summarise
-from ...data.tables import ColumnTable, clean_texts, dataset_dict_splits, hf_table, open_table, pick_column
+from ...data.tables import ColumnTable, clean_texts, open_table, pick_column, split_tables
 from ..classify.read import LABEL_CANDIDATES, LabelledData, clean_labels
 from ..classify.splits import LabelRule
 
@@ -72,5 +71,5 @@ class PairRule(LabelRule):
         return load_pairs(source, cfg.text_column, cfg.label_column, role)
 
     def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_pairs(hf_table(Path(cfg.data), split), f"{cfg.data} [{split}]", cfg.text_column,
-                                cfg.label_column) for split in dataset_dict_splits(cfg.data)}
+        return {split: to_pairs(table, where, cfg.text_column, cfg.label_column)
+                for split, (table, where) in split_tables(cfg.data).items()}

@@ -10,6 +10,7 @@ Rows are split by classify's machinery (`classify/splits.py` with this folder's 
 the first target's decile, so every split spans the range).
 """
 from ...core.registry import TASKS
+from . import dataset  # noqa: F401 - registers the bundled dataset
 from .task import Regression
 
 if Regression.name not in TASKS:  # a module reload must not register twice

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from pathlib import Path
 
 import numpy as np
 
@@ -16,8 +15,8 @@ from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip
 from ...data.split import DedupeReport
-from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, dataset_dict_splits, hf_table, is_missing,
-                            open_table, pick_column, scalar)
+from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing,
+                            open_table, pick_column, split_tables, scalar)
 from ..classify.read import LabelledData
 from ..classify.splits import LabelRule
 
@@ -87,8 +86,8 @@ class TargetRule(LabelRule):
         return load_targets(source, cfg.text_column, cfg.label_column, role)
 
     def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_targets(hf_table(Path(cfg.data), split), f"{cfg.data} [{split}]", cfg.text_column,
-                                  cfg.label_column) for split in dataset_dict_splits(cfg.data)}
+        return {split: to_targets(table, where, cfg.text_column, cfg.label_column)
+                for split, (table, where) in split_tables(cfg.data).items()}
 
     def strata(self, labels: list) -> list | None:
         first = np.array([y[0] for y in labels], dtype=np.float64)
