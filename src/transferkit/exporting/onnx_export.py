@@ -28,13 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import tasks
 from ..config.finetune import RunConfig
 from ..core import logs, runtime
 from ..core.errors import UserError
 from ..core.fs import write_folder, write_json
 from ..core.runs import RunInfo
-from ..inference.loading import labelled_split
+from ..inference.loading import labelled_split, run_task
 from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
 from ..modeling.resolve import load_tokenizer
 from . import int8_smoothing, onnx_gate
@@ -87,7 +86,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     runtime.setup()
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
-    task = tasks.get(info.task)
+    task = run_task(info)
     try:
         split, source = labelled_split(run_dir, info, task, data, text_column, label_column)
     except UserError as e:
@@ -126,7 +125,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         logger.info(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
         write_graph(model, graph, example, per_token)
         fp32 = OnnxModule(session(graph), info.label_names, task.head_kind)
-        found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id)
+        found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id, task.gate_view)
         logger.info(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
                     f"max |prob diff| {found['max_prob_diff']:.2e}")
         onnx_gate.check_fp32(found, where)
@@ -142,7 +141,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             quantize_int8(smoothed, quantized)
             smoothed.unlink()
             q = OnnxModule(session(quantized), info.label_names, task.head_kind)
-            vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id)
+            vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id, task.gate_view)
             m32 = float(task.evaluate(fp32, held_out, batch_size, pad_id, "cpu")[0][metric])
             m8 = float(task.evaluate(q, held_out, batch_size, pad_id, "cpu")[0][metric])
             logger.info(f"int8 vs fp32 on {where}: argmax agreement {vs['argmax_agreement']:.2%}, "

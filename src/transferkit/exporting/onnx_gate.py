@@ -1,7 +1,9 @@
 """The checks an ONNX export must pass before its folder appears.
 
-fp32: the graph, run by onnxruntime on held-out texts, must give the PyTorch model's probabilities
-(largest difference at most FP32_MAX_PROB_DIFF) and argmax (agreement at least FP32_MIN_AGREEMENT).
+fp32: the graph, run by onnxruntime on held-out texts, must give the PyTorch model's scores (largest
+difference at most FP32_MAX_PROB_DIFF) and decisions (agreement at least FP32_MIN_AGREEMENT), both read the
+way the run's task reads them (`Task.gate_view`: probabilities and argmax for one label per text, each
+label's probability and decision for several, the values themselves for regression).
 int8: the quantised graph must keep argmax agreement with the fp32 graph at INT8_MIN_AGREEMENT or more
 and lose at most INT8_MAX_METRIC_DROP of the task's headline metric (accuracy for labels, entity F1
 for tags) on the same held-out split. Items are texts for a sentence classifier and real
@@ -24,21 +26,31 @@ FP32_MAX_PROB_DIFF = 1e-3  # float rounding differs between kernels; a wrong gra
 INT8_MAX_METRIC_DROP = 0.005  # half a point of accuracy (or entity F1)
 
 
+def softmax_view(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, argmax): how one-label outputs are read."""
+    probs = torch.softmax(logits.float(), -1)
+    return probs, probs.argmax(-1)
+
+
 @torch.inference_mode()
 def agreement(reference: nn.Module, candidate: nn.Module, data: Any, batch_size: int = 64,
-              pad_id: int = 0) -> dict[str, Any]:
-    """Argmax agreement and the largest probability difference of two models over `data`'s batches."""
+              pad_id: int = 0, view: Any = softmax_view) -> dict[str, Any]:
+    """Decision agreement and the largest score difference of two models over `data`'s batches; `view`
+    reads logits [items, outputs] as (scores, decisions) the way the run's task does (`Task.gate_view`:
+    probabilities and argmax for one label, per-label probabilities and >= 0.5 for several, values for
+    regression)."""
     items = agree = 0
     max_diff = 0.0
     for idx in sorted_batches(data.lengths(), batch_size, batch_tokens("cpu")):
         batch = {k: v for k, v in data.collate(idx, pad_id).items() if k != "labels"}
-        a = torch.softmax(reference(**batch).logits.float(), -1)  # [batch, labels] or [batch, seq, tags]
-        b = torch.softmax(candidate(**batch).logits.float(), -1)
+        a, b = reference(**batch).logits.float(), candidate(**batch).logits.float()  # [batch, labels] / [batch, seq, tags]
         if a.dim() == 3:  # per token: only the real ones count
             keep = batch["attention_mask"].bool()
             a, b = a[keep], b[keep]  # [tokens, tags]
+        (a, da), (b, db) = view(a), view(b)
         diff = float((a - b).abs().max()) if a.numel() else 0.0
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        same = (da == db).reshape(len(da), -1).all(-1) if da.numel() else da.new_zeros(0, dtype=torch.bool)
+        agree += int(same.sum())
         items += a.shape[0]
         if math.isnan(diff):  # non-finite outputs: the NaN fails every check below
             return {"items": items, "argmax_agreement": agree / max(items, 1), "max_prob_diff": diff}

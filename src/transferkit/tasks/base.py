@@ -145,6 +145,12 @@ class Task:
         from ..data.tables import read_texts
         return read_texts(path, text_column)
 
+    def gate_view(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, decisions) of logits [items, outputs] as this task reads them, for the gates that compare two
+        models (an ONNX graph against PyTorch): default probabilities and argmax."""
+        probs = torch.softmax(logits.float(), -1)
+        return probs, probs.argmax(-1)
+
     def display_text(self, item: Any) -> str:
         """One input as a report shows it."""
         return item

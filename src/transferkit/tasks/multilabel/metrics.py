@@ -15,7 +15,9 @@ def multilabel_metrics(y_true: Any, y_pred: Any, names: Sequence[str]) -> dict[s
     if not len(t):
         return {"f1_micro": 0.0, "f1_macro": 0.0, "f1_samples": 0.0, "subset_accuracy": 0.0, "per_label": {}}
     out: dict[str, Any] = {f"f1_{avg}": float(f1_score(t, p, average=avg, zero_division=0))
-                           for avg in ("micro", "macro", "samples")}
+                           for avg in ("micro", "macro")}
+    # a text with no label and none predicted is right: F1 1 for it (zero_division=1)
+    out["f1_samples"] = float(f1_score(t, p, average="samples", zero_division=1))
     out["precision_micro"], out["recall_micro"], _, _ = (
         float(x) if x is not None else 0.0 for x in precision_recall_fscore_support(t, p, average="micro",
                                                                                      zero_division=0))

@@ -138,6 +138,11 @@ class MultiLabel(SequenceClassification):
         return write_multilabel_report(out, list(splits.test.texts), splits.test.labels, probs, splits.label_names,
                                        title, {**extra, "thresholds": self.head.get("thresholds")})[1]
 
+    def gate_view(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each label's probability and whether it applies."""
+        probs = torch.sigmoid(logits.float())
+        return probs, probs >= 0.5
+
     def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
                **options: Any) -> list[dict[str, Any]]:
         """Per text: the labels that apply (score >= 0.5, best first) and every label's score."""

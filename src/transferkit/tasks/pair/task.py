@@ -22,7 +22,7 @@ from ...data.batches import TokenData
 from ...data.listing import clip
 from ...data.tables import clean_texts, open_table
 from ...data.tokens import length_stats
-from ...modeling.resolve import build_classifier, load_tokenizer, set_head
+from ...modeling.resolve import load_tokenizer, set_head
 from ..classify.read import LabelledData
 from ..classify.splits import prepare_splits
 from ..classify.task import SequenceClassification
@@ -88,8 +88,7 @@ class PairClassification(SequenceClassification):
 
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
-        model = build_classifier(resolved, label_names, pooling, dropout, head_hidden, pool_layers,
-                                 random_init=random_init, head=self.head)
+        model = super().build_model(resolved, label_names, pooling, dropout, head_hidden, pool_layers, random_init)
         if "pair_sep_id" not in self.head:
             tokenizer = load_tokenizer(resolved.path)
             types = int(getattr(model.encoder.config, "type_vocab_size", 0) or 0)
@@ -117,8 +116,11 @@ class PairClassification(SequenceClassification):
     def check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
         return [as_pair(p, i + 1) for i, p in enumerate(inputs)]
 
-    def cli_inputs(self, texts: Sequence[str]) -> list[Any]:
+    def cli_inputs(self, texts: Sequence[Any]) -> list[Any]:
+        """Pairs as given ((a, b), [a, b] or {"text", "text_pair"}), or plain texts taken two at a time."""
         texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            return self.check_inputs(texts)
         if len(texts) % 2:
             raise UserError(f"a pair run reads its texts two at a time (A1 B1 A2 B2 ...); got {len(texts)} texts")
         return self.check_inputs(list(zip(texts[0::2], texts[1::2])))

@@ -122,6 +122,11 @@ class Regression(SequenceClassification):
             raise UserError(f"the model produced non-finite values for text {bad}; no predictions were written")
         return values
 
+    def gate_view(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values themselves; there is no decision to flip (every item agrees)."""
+        values = logits.float()
+        return values, torch.zeros(len(values), dtype=torch.bool)
+
     def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
                **options: Any) -> list[dict[str, Any]]:
         """Per text: {"values": {target: number}}, in the targets' units."""
