@@ -166,6 +166,8 @@ class Task:
     def input_problem(self, value: Any, max_chars: int) -> tuple[int, str] | None:
         """Why the server refuses one input, as (HTTP status, reason), or None. A text: not empty, and at most
         `max_chars` characters (a longer one is refused before it is tokenized)."""
+        if not isinstance(value, str):
+            return 422, f"a {self.name} run reads one text per input, got {type(value).__name__}"
         if not value.strip():
             return 422, "empty text"
         if len(value) > max_chars:
