@@ -277,3 +277,35 @@ def test_taggers_and_classifiers_share_one_encoder_pass(method, runs, tiny_model
             assert np.abs(np.array(list(row["probs"].values())) - ref).max() < 1e-5
     with pytest.raises(UserError, match="predict_logits is for sentence classifiers"):
         shared.predict_logits(texts[:1], ["ner"])
+
+
+def test_pairs_scores_label_sets_and_tags_share_one_encoder_pass(runs, tiny_model_dir, tmp_path):
+    """A pair classifier, a regressor, a multi-label run and a tagger on one base, in one mixed batch: each
+    input's answer equals its run alone (the pair rows read their own token types)."""
+    from helpers import write_conll, write_label_sets, write_pairs, write_scores
+    trained = {}
+    for task, path in (("pair", write_pairs(tmp_path / "p.csv", 80)), ("regression", write_scores(tmp_path / "s.csv", 80)),
+                       ("multilabel", write_label_sets(tmp_path / "m.jsonl", 80)),
+                       ("ner", write_conll(tmp_path / "t.conll", 60))):
+        cfg = tiny_config(path, tiny_model_dir, tmp_path / task, "lora", max_steps=10, lr=1e-2, head_lr=1e-2)
+        cfg.task = task
+        trained[task] = api.finetune(cfg).run_dir
+    assert json.loads((trained["pair"] / "run.json").read_text())["head"]["pair_sep_id"] == 3  # BERT: types 0/1
+    shared = Predictor.from_runs({**trained, "sent": runs["sent"]})
+    inputs = [("good film", "the plot"), "awful boring plot", "superb cast and a good film", "Anna visited Paris .",
+              "the movie", ("bad", "superb")]
+    names = ["pair", "regression", "multilabel", "ner", "sent", "pair"]
+    rows = shared.predict(inputs, adapters=names)
+    alone = {n: Predictor.from_run(r) for n, r in {**trained, "sent": runs["sent"]}.items()}
+    for item, name, row in zip(inputs, names, rows):
+        want = alone[name].predict(item)
+        assert row["adapter"] == name
+        for key, value in want.items():
+            if key == "entities":
+                assert [(e["entity_group"], e["start"]) for e in row[key]] == [(e["entity_group"], e["start"]) for e in value]
+            elif isinstance(value, dict):
+                assert row[key] == pytest.approx(value, abs=1e-5), (name, key)
+            elif isinstance(value, float):
+                assert row[key] == pytest.approx(value, abs=1e-5), (name, key)
+            else:
+                assert row[key] == value, (name, key)

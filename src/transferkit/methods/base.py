@@ -182,13 +182,17 @@ class Method:
     def point_to_base(self, model: nn.Module, base_dir: str) -> None:
         """Record `base_dir` in the artefact about to be saved (only when `stock_base`)."""
 
-    def train_config(self, cfg: Any) -> Any:
-        """`cfg` (a TrainConfig) with every unset hyperparameter filled from this method's defaults."""
+    def train_config(self, cfg: Any, task: Any = None) -> Any:
+        """`cfg` (a TrainConfig) with every unset hyperparameter filled from the task's defaults for this method
+        (`Task.train_defaults`, where the task has measured its own) or else this method's."""
+        own = task.train_defaults.get(self.name, {}) if task is not None else {}
+        lr = cfg.lr or own.get("lr") or self.default_lr
         return dataclasses.replace(
-            cfg, lr=cfg.lr or self.default_lr,
-            head_lr=cfg.head_lr or self.default_head_lr or cfg.lr or self.default_lr,
+            cfg, lr=lr,
+            head_lr=cfg.head_lr or own.get("head_lr") or self.default_head_lr or cfg.lr or lr,
             # max_steps alone means exactly that many steps; with epochs, whichever ends first
-            epochs=cfg.epochs or (None if cfg.max_steps else self.default_epochs), batch_size=cfg.batch_size or self.default_batch_size,
+            epochs=cfg.epochs or (None if cfg.max_steps else own.get("epochs") or self.default_epochs),
+            batch_size=cfg.batch_size or self.default_batch_size,
             early_stopping_patience=(self.default_patience if cfg.early_stopping_patience is None
                                      else cfg.early_stopping_patience))
 

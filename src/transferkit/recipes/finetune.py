@@ -184,7 +184,7 @@ class FinetuneRun(Run):
             return metrics
         from .adaptive import adapt, class_weights
         counts = self.task.class_counts(self.splits)
-        self.tcfg = tcfg = adapt(method.train_config(cfg.train), cfg.train, len(data["train"]), counts,
+        self.tcfg = tcfg = adapt(method.train_config(cfg.train, self.task), cfg.train, len(data["train"]), counts,
                                  self.splits.label_names, self.task.default_metric)
         loss_fn = self.task.loss
         if cfg.train.class_weights == "balanced":

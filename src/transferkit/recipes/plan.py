@@ -132,7 +132,7 @@ class PlanRun:
             from ..core.registry import METHODS
             method = METHODS.get(name)()
             logger.info(f"dry run: {name}, {self.dry_run_steps} steps of {plan.batch_size} examples ...")
-            plan.dry_run = dry_run(setup, method, method.train_config(cfg.train), plan.batch_size, plan.grad_accum,
+            plan.dry_run = dry_run(setup, method, method.train_config(cfg.train, setup.task), plan.batch_size, plan.grad_accum,
                                    self.dry_run_steps)
             if plan.stage is not None:
                 like = METHODS.get(plan.stage["like"])()
@@ -168,7 +168,7 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
     gradient accumulation keeping the examples per step, down to 1; a stage of the method's own
     (setfit's pairs) is halved too, its batch option then set in the plan's config."""
     method = METHODS.get(name)(MethodConfig.from_dict({"name": name, **(options or {})}))
-    tcfg = method.train_config(train)
+    tcfg = method.train_config(train, task_kinds.get(task))
     batch, accum = tcfg.batch_size, tcfg.grad_accum
 
     def estimate(b: int) -> MemoryEstimate:

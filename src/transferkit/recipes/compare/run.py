@@ -141,7 +141,7 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
 
 def _warn_if_defaults_moved(method: str, cfg: Any, run_dir: Path) -> None:
     """A reused run keeps the per-method defaults of its day; say so when they have changed since."""
-    now = METHODS.get(method)(cfg.method).train_config(cfg.train)
+    now = METHODS.get(method)(cfg.method).train_config(cfg.train, tasks.get(cfg.task))
     then = read_json_object(run_dir / "metrics.json", "run metrics").get("train") or {}
     moved = [f"{k} {then.get(k)} -> {getattr(now, k)}" for k in ("lr", "head_lr", "batch_size")
              if then.get(k) is not None and then.get(k) != getattr(now, k)]
