@@ -41,6 +41,8 @@ class Task:
     # Training defaults of this task's own, by method name ({"lr", "head_lr", "epochs"}), where measurement showed
     # the methods' defaults (tuned on sentence classification) do not suit it; the user's settings still win.
     train_defaults: ClassVar[dict[str, dict[str, float]]] = {}
+    # The (text column(s), label column) of the sampled CSV files `compare` writes for runs of this task
+    sample_columns: ClassVar[tuple[str, str]] = ("text", "label")
     # The task whose HTTP routes answer this task's runs (None: its own, from `add_routes`): a task whose
     # outputs fit another's routes (a pair classifier's on classify's) adds none of its own.
     serving_task: ClassVar[str | None] = None

@@ -110,11 +110,13 @@ def _sample(split: Any, per_class: int | None, seed: int) -> tuple[list[str], li
     return [split.texts[i] for i in idx], [split.labels[i] for i in idx]
 
 
-def _write_csv(path: Path, texts: list[str], labels: list[int], names: list[str]) -> None:
+def _write_csv(path: Path, texts: list[Any], labels: list[int], names: list[str], task: Any) -> None:
+    """Sampled rows as a CSV in the task's columns (`Task.sample_columns`: text and label; a pair's two texts)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["text", "label"])
-    w.writerows((t, names[y]) for t, y in zip(texts, labels))
+    text_columns, label_column = task.sample_columns
+    w.writerow([*text_columns.split(","), label_column])
+    w.writerows((*(t if isinstance(t, tuple) else (t,)), names[y]) for t, y in zip(texts, labels))
     fs.write_text(path, buf.getvalue())
 
 
@@ -167,7 +169,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
                     if sampled:
                         cell = _cell_name(size, seed)
                         cfg.data.data = None
-                        cfg.data.text_column, cfg.data.label_column = "text", "label"  # the sampled files' columns
+                        cfg.data.text_column, cfg.data.label_column = task.sample_columns  # the sampled files' columns
                         cfg.data.train = str(data_dir / cell / "train.csv")
                         cfg.data.validation = str(data_dir / cell / "validation.csv")
                         cfg.data.test = str(data_dir / "test.csv")
@@ -186,7 +188,7 @@ def run_grid(methods: str | Sequence[str] | None, base: Any, output_dir: str | P
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
         if sampled:
             _check_manifest(data_dir, base, test_rows, write=True)
-            _write_data(data_dir, splits, sizes, seed_list, test_rows, label_names, base.train.seed)
+            _write_data(data_dir, splits, sizes, seed_list, test_rows, label_names, base.train.seed, task)
         statuses: dict[str, str] = {}
         for variant, size, seed, plan in plans:
             if plan.state == "finished":
@@ -248,11 +250,11 @@ def _test_sample(split: Any, rows: int | None, seed: int) -> tuple[list[str], li
 
 
 def _write_data(data_dir: Path, splits: Any, sizes: list[int | None], seeds: list[int], test_rows: int | None,
-                names: list[str], base_seed: int) -> None:
+                names: list[str], base_seed: int, task: Any) -> None:
     """The sampled training/validation files of every cell, and the shared test file (kept when present)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "test.csv").is_file():
-        _write_csv(data_dir / "test.csv", *_test_sample(splits.test, test_rows, base_seed), names)
+        _write_csv(data_dir / "test.csv", *_test_sample(splits.test, test_rows, base_seed), names, task)
     for size in sizes:
         for seed in seeds:
             folder = data_dir / _cell_name(size, seed)
@@ -262,8 +264,8 @@ def _write_data(data_dir: Path, splits: Any, sizes: list[int | None], seeds: lis
             texts, labels = _sample(splits.train, size, seed)
             if len(set(labels)) < 2:
                 raise UserError(f"the training split has fewer than 2 classes at {size} per class")
-            _write_csv(folder / "train.csv", texts, labels, names)
-            _write_csv(folder / "validation.csv", *_sample(splits.validation, size, seed), names)
+            _write_csv(folder / "train.csv", texts, labels, names, task)
+            _write_csv(folder / "validation.csv", *_sample(splits.validation, size, seed), names, task)
 
 
 def _cell_row(variant: str, size: int | None, seed: int, plan: Any, status: str, task: Any) -> dict[str, Any]:

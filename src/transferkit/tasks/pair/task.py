@@ -70,6 +70,7 @@ class PairClassification(SequenceClassification):
     runs_csv_columns = ("label", "confidence", "probs", "text_pair")
     augment_formats = ()
     serving_task = "classify"  # served by classify's routes, with pair inputs
+    sample_columns = ("text,text_pair", "label")
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
         return prepare_splits(data_cfg, seed, PairRule())
