@@ -12,13 +12,14 @@ from .common import overrides
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="classify (default) or ner")
+    p.add_argument("--task", help="classify (default), pair, regression, multilabel or ner")
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet/conll), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (with --test, optionally --validation)")
     p.add_argument("--validation")
     p.add_argument("--test")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
+    p.add_argument("--label-separator", help="multilabel: what separates a CSV cell's labels (default ,)")
     p.add_argument("--model", help="bundled model name, local HF folder or hub name (default minilm-l6)")
     p.add_argument("--max-length", type=int, help="token limit (default: from the data)")
     p.add_argument("--seed", type=int)

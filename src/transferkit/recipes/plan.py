@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -227,12 +226,12 @@ def project_time(plan: MethodPlan, rows: int, validation_rows: int, test_rows: i
 
 
 def _class_sizes(splits: Any, task: Any) -> dict[str, Any]:
-    """The largest class's share of the training rows and the smallest class's rows (None for tagged data)."""
-    labels = getattr(splits.train, "labels", None)
-    if not labels or task.head_kind != "sequence":
+    """The largest class's share of the training rows and the smallest class's rows (None where examples have
+    no one class: tags, label sets, numbers)."""
+    counts = [c for c in (task.class_counts(splits) or []) if c]
+    if not counts:
         return {"largest_class_share": None, "smallest_class_rows": None, "class_rows": None}
-    counts = list(Counter(labels).values())
-    return {"largest_class_share": round(max(counts) / len(labels), 4), "smallest_class_rows": min(counts),
+    return {"largest_class_share": round(max(counts) / sum(counts), 4), "smallest_class_rows": min(counts),
             "class_rows": counts}
 
 
