@@ -139,3 +139,36 @@ def test_stock_peft_token_classification_loads_a_ner_run(tiny_model_dir, tmp_pat
         ours = torch.softmax(model(**enc).logits, dim=-1)
     keep = mask.bool()
     torch.testing.assert_close(probs[keep], ours[keep], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel", "pair"])
+def test_stock_peft_sequence_keeps_the_heads_settings(task, tiny_model_dir, tmp_path):
+    """A LoRA run of a regression (output in the targets' units), multi-label (tuned thresholds in the head)
+    or pair task (token types from the separator): the stock peft sequence gives the run's own outputs."""
+    import transformers
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer
+
+    from transferkit import api
+    from transferkit.inference import Predictor
+    from helpers import tiny_config, write_label_sets, write_pairs, write_scores
+    write = {"regression": write_scores, "multilabel": write_label_sets, "pair": write_pairs}[task]
+    data = write(tmp_path / ("d.jsonl" if task == "multilabel" else "d.csv"), 80)
+    cfg = tiny_config(data, tiny_model_dir, tmp_path / "run", "lora", max_steps=10, lr=1e-2)
+    cfg.task = task
+    run = api.finetune(cfg).run_dir
+    config = PeftConfig.from_pretrained(str(run / "adapter"))
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(config.base_model_name_or_path)
+    model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    tok = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    inputs = [("a good and great film", "the movie")] if task == "pair" else ["a good and great film"]
+    enc = tok(*zip(*inputs), return_tensors="pt") if task == "pair" else tok(inputs, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0]
+    ours = Predictor.from_run(run).predict(inputs)[0]
+    if task == "regression":
+        assert float(logits[0]) == pytest.approx(ours["values"]["score"], abs=1e-5)
+    elif task == "multilabel":
+        assert torch.sigmoid(logits).tolist() == pytest.approx(list(ours["probs"].values()), abs=1e-5)
+    else:
+        assert torch.softmax(logits, -1).tolist() == pytest.approx(list(ours["probs"].values()), abs=1e-5)
