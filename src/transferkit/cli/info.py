@@ -57,9 +57,9 @@ def _method_option_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     rows = api.list_datasets()
-    print(f"{'name':<16} {'rows':>7}  {'classes':<40} source")
+    print(f"{'name':<16} {'task':<10} {'rows':>7}  {'classes':<40} source")
     for d in rows:
-        print(f"{d['name']:<16} {d['rows']:>7}  {', '.join(map(str, d['classes'])):<40} {d['source']}"
+        print(f"{d['name']:<16} {d['task']:<10} {d['rows']:>7}  {', '.join(map(str, d['classes'])):<40} {d['source']}"
               + ("" if d.get("cached") else "  (fetched on first use)"))
     print(f"\n{'corpus':<16} {'docs':>7}  {'words':<40} source  (for pretrain --corpus NAME)")
     for c in api.list_corpora():

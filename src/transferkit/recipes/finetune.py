@@ -79,8 +79,9 @@ class FinetuneRun(Run):
         from ..augmentation import mixup_alpha, parse_spec, text_steps
         self.augment_steps = parse_spec(cfg.data.augment)
         self.mixup_alpha = mixup_alpha(self.augment_steps)
-        if self.mixup_alpha is not None and not self.task.pooled_features:
-            raise UserError(f"augment: mixup mixes pooled sentence vectors; a {cfg.task} run has none (use eda)")
+        if self.mixup_alpha is not None and not (self.task.pooled_features and self.task.one_label_per_example):
+            raise UserError(f"augment: mixup mixes pooled sentence vectors and one-hot labels; a {cfg.task} run has "
+                            "no such pair (use eda on one-label data)")
         if self.mixup_alpha is not None and cfg.train.parallel == "fsdp":
             raise UserError("augment: mixup hooks the head of the model the run built, and train.parallel=fsdp trains "
                             "a sharded copy of it; use train.parallel=ddp with mixup")
