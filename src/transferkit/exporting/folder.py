@@ -109,7 +109,8 @@ def to_plain_bert(model: nn.Module, info: Any) -> nn.Module:
                         + "; ".join(why) + "; export without --plain (loads with trust_remote_code=True)")
     enc = {k: v for k, v in cfg.encoder.items() if k != "model_type"}
     bert_cfg = BertConfig(**{**enc, "num_labels": cfg.num_labels, "id2label": dict(cfg.id2label),
-                             "label2id": dict(cfg.label2id), "classifier_dropout": cfg.classifier_dropout})
+                             "label2id": dict(cfg.label2id), "classifier_dropout": cfg.classifier_dropout,
+                             "problem_type": getattr(cfg, "problem_type", None)})
     plain = BertForSequenceClassification(bert_cfg).eval()
     missing, unexpected = plain.bert.load_state_dict(model.encoder.state_dict(), strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
@@ -119,8 +120,12 @@ def to_plain_bert(model: nn.Module, info: Any) -> nn.Module:
     with torch.no_grad():
         plain.bert.pooler.dense.weight.copy_(torch.eye(h) * PLAIN_EPS)  # [hidden, hidden]
         plain.bert.pooler.dense.bias.zero_()
-        plain.classifier.weight.copy_(model.classifier.weight / PLAIN_EPS)  # [labels, hidden]
-        plain.classifier.bias.copy_(model.classifier.bias)
+        # the head's output scale and shift (a regressor's units, multi-label thresholds) folded into the layer
+        n = cfg.num_labels
+        scale = torch.tensor(getattr(cfg, "output_scale", None) or [1.0] * n)  # [labels]
+        shift = torch.tensor(getattr(cfg, "output_shift", None) or [0.0] * n)
+        plain.classifier.weight.copy_(model.classifier.weight * scale[:, None] / PLAIN_EPS)  # [labels, hidden]
+        plain.classifier.bias.copy_(model.classifier.bias * scale + shift)
     return plain
 
 

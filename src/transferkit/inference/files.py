@@ -18,7 +18,7 @@ from ..tasks.base import SHARED_RUNS_CSV_COLUMNS, Task
 from .adapters import AdapterPredictor
 from .loading import run_task
 from .onnx_backend import check_backend, read_manifest
-from .predictor import Predictor, check_batch_size, check_texts
+from .predictor import Predictor, check_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None =
     """`NAME:text` -> (text, NAME) for a loaded adapter NAME; untagged texts go to `default`."""
     out_texts, out_names = [], []
     for i, t in enumerate(texts, start=1):
-        head, sep, rest = t.partition(":")
+        head, sep, rest = t.partition(":") if isinstance(t, str) else ("", "", "")  # a pair has no tag
         if sep and head.strip() in names:
             out_texts.append(rest.strip())
             out_names.append(head.strip())
@@ -38,7 +38,7 @@ def split_tags(texts: Sequence[str], names: Sequence[str], default: str | None =
             out_names.append(default)
         else:
             raise UserError(f"text {i} has no adapter tag: write NAME:text with NAME one of {', '.join(names)} "
-                            f"(or pass --use NAME for untagged texts)")
+                            f"(or pass --use NAME for untagged texts; adapters=[...] in Python, for pairs too)")
     return out_texts, out_names
 
 
@@ -112,12 +112,11 @@ def predict_runs(runs: Mapping[str, str | Path], texts: Sequence[str] | None = N
         routed += file_names
     if not all_texts:
         raise UserError("no texts to predict")
-    check_texts(all_texts)
     predictor = AdapterPredictor.from_runs(runs, batch_size=batch_size, base_model=base_model)
-    results = predictor.predict(all_texts, adapters=routed)
+    results = predictor.predict(all_texts, adapters=routed)  # each input checked by its adapter's task
     logger.info(f"predicted {len(all_texts)} texts with {len(set(routed))} adapter(s) on one base model "
                 f"at {predictor.last_throughput:.1f} texts/s")
-    rows = [{"text": t, **r} for t, r in zip(all_texts, results)]
+    rows = [{**predictor.task_of(r["adapter"]).input_fields(t), **r} for t, r in zip(all_texts, results)]
     if output is not None:
         write_predictions(Path(output), rows, [predictor.task_of(r["adapter"]) for r in rows])
         logger.info(f"wrote {output}")

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..core.folders import check_finite, check_folder, loading
 from ..core.runs import RUN_FILE, RunInfo, is_trusted_base
 from ..data.fingerprint import check_fingerprints
-from ..modeling.resolve import MODELS, ResolvedModel, resolve_model
+from ..modeling.resolve import MODELS, ResolvedModel, check_head, check_model_head, resolve_model
 
 
 def run_method(info: RunInfo) -> Any:
@@ -36,7 +36,7 @@ def run_task(info: RunInfo) -> Any:
         task = tasks.get(info.task)
     except UserError as e:
         raise UserError(f"{Path(info.run_dir) / RUN_FILE}: {e}") from None
-    task.head = dict(info.head)
+    task.head = dict(check_head(info.head, len(info.label_names), f"{Path(info.run_dir) / RUN_FILE} head"))
     return task
 
 
@@ -81,6 +81,7 @@ def load_run_model(info: RunInfo, merge: bool = False, base_model: str | None = 
         model = method.load(art, base)
         model = method.for_inference(model) if merge else model
     check_finite(model, art)
+    check_model_head(model, str(art))
     return model
 
 

@@ -152,8 +152,8 @@ def load_runs(runs: Mapping[str, str | Path], base_model: str | None = None) -> 
         Classifier = HEAD_CLASSES[tasks.get(info.task).head_kind]
         heads[name] = Classifier.with_encoder(encoder, len(info.label_names), info.pooling, info.classifier_dropout,
                                               dict(enumerate(info.label_names)), info.head_hidden, info.pool_layers)
-        set_head(heads[name].config, info.head, f"{Path(info.run_dir) / 'run.json'} head")
         with loading(info.artifact_dir, "task head"):
+            set_head(heads[name].config, info.head, f"{Path(info.run_dir) / 'run.json'} head")
             _load_head(heads[name], info)
     # LoRA layers go in only after every head is built: building a classifier runs transformers'
     # weight initialisation over the encoder's not-yet-loaded modules, which would reset them.

@@ -98,6 +98,9 @@ class Predictor:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [n, classes] in input order (runs with one output vector per text)."""
+        if not self.task.one_label_per_example:
+            raise UserError(f"predict_proba gives class probabilities of runs with one label per text; this is a "
+                            f"{self.task.name} run: use predict()")
         texts = self.task.check_inputs(texts)
         t0 = time.perf_counter()
         _, rows = self._run(texts)

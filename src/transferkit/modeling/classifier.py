@@ -44,6 +44,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 MODEL_TYPE = "transferkit_classifier"
+# transformers' problem types (config.problem_type) that change the loss
+REGRESSION, MULTI_LABEL = "regression", "multi_label_classification"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -145,6 +147,8 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         """Logits [batch, num_labels] from pooled vectors, in the units the config's output scale and shift give."""
         logits = self.classifier(self.dropout(pooled))
         scale, shift = getattr(self.config, "output_scale", None), getattr(self.config, "output_shift", None)
+        if scale is not None or shift is not None:
+            logits = logits.float()  # a shift of 1e3 in bf16 would round to steps of 8
         if scale is not None:
             logits = logits * torch.tensor(scale, dtype=logits.dtype, device=logits.device)
         if shift is not None:
@@ -224,9 +228,9 @@ def sequence_loss(logits: torch.Tensor, labels: torch.Tensor | None, config: Pre
     if labels is None:
         return None
     kind = getattr(config, "problem_type", None)
-    if kind == "regression":
+    if kind == REGRESSION:
         return nn.functional.mse_loss(logits.float(), labels.float().view_as(logits))
-    if kind == "multi_label_classification":
+    if kind == MULTI_LABEL:
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
     return nn.functional.cross_entropy(logits, labels)
 

@@ -273,26 +273,61 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     return model
 
 
-HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id", "thresholds")
+HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id", "thresholds", "label_separator")
 PROBLEM_TYPES = ("single_label_classification", "regression", "multi_label_classification")
 
 
-def set_head(config: Any, head: dict, where: str = "head settings") -> None:
-    """Put a task's head settings (run.json's `head`; see `modeling.classifier`) on a classifier config,
-    each checked first: they come from a file, and a bad one is a one-line error naming `where`."""
-    n = int(config.num_labels)
+def _numbers(value: Any, n: int, low: float = -math.inf, high: float = math.inf) -> bool:
+    """True for a list of `n` real numbers (not bools), each finite and strictly between `low` and `high`."""
+    if not isinstance(value, list) or len(value) != n:
+        return False
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        try:
+            x = float(v)
+        except OverflowError:  # an integer too large for a float
+            return False
+        if not (math.isfinite(x) and low < x < high):
+            return False
+    return True
+
+
+def check_head(head: Any, n: int, where: str = "head settings") -> dict:
+    """A task's head settings (run.json's `head`, or a loaded model's config) checked for a head of `n` outputs:
+    they come from a file, and a bad one is a one-line error naming `where`."""
+    if not isinstance(head, dict):
+        raise UserError(f"{where}: head settings must be a mapping")
     for key, value in head.items():
         if key not in HEAD_SETTINGS:
             raise UserError(f"{where}: unknown head setting {key!r} (known: {', '.join(HEAD_SETTINGS)})")
         if key == "problem_type" and value not in PROBLEM_TYPES:
             raise UserError(f"{where}: problem_type {value!r} is not one of {', '.join(PROBLEM_TYPES)}")
-        if key in ("output_scale", "output_shift") and not (
-                isinstance(value, list) and len(value) == n and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        if key in ("output_scale", "output_shift") and not _numbers(value, n):
             raise UserError(f"{where}: {key} must be {n} finite numbers, one per output")
-        if key == "thresholds" and not (isinstance(value, list) and len(value) == n and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in value)):
+        if key == "output_scale" and not _numbers(value, n, low=0.0):
+            raise UserError(f"{where}: output_scale must be {n} positive numbers, one per output")
+        if key == "thresholds" and not _numbers(value, n, 0.0, 1.0):
             raise UserError(f"{where}: thresholds must be {n} numbers in (0, 1), one per label")
-        if key == "pair_sep_id" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise UserError(f"{where}: pair_sep_id must be a token id (a non-negative integer), got {value!r}")
+        if key == "pair_sep_id" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31):
+            raise UserError(f"{where}: pair_sep_id must be a token id (an integer in [0, 2**31)), got {value!r}")
+        if key == "label_separator" and not (isinstance(value, str) and 0 < len(value) <= 16):
+            raise UserError(f"{where}: label_separator must be a short non-empty string")
+    return head
+
+
+def set_head(config: Any, head: dict, where: str = "head settings") -> None:
+    """Put a task's head settings (see `modeling.classifier`) on a classifier config, each checked first."""
+    for key, value in check_head(head, int(config.num_labels), where).items():
         setattr(config, key, value)
+
+
+def check_model_head(model: Any, where: str) -> None:
+    """The head settings a loaded model's config carries (a saved model folder's config.json), checked as
+    run.json's are."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "model_type", None) != "transferkit_classifier":
+        return
+    found = {k: getattr(config, k) for k in HEAD_SETTINGS if getattr(config, k, None) is not None}
+    check_head(found, int(config.num_labels), f"{where}/config.json")

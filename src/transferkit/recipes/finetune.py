@@ -81,7 +81,7 @@ class FinetuneRun(Run):
         self.mixup_alpha = mixup_alpha(self.augment_steps)
         if self.mixup_alpha is not None and not (self.task.pooled_features and self.task.one_label_per_example):
             raise UserError(f"augment: mixup mixes pooled sentence vectors and one-hot labels; a {cfg.task} run has "
-                            "no such pair (use eda on one-label data)")
+                            "no one label per example to mix")
         if self.mixup_alpha is not None and cfg.train.parallel == "fsdp":
             raise UserError("augment: mixup hooks the head of the model the run built, and train.parallel=fsdp trains "
                             "a sharded copy of it; use train.parallel=ddp with mixup")
@@ -188,7 +188,7 @@ class FinetuneRun(Run):
         self.tcfg = tcfg = adapt(method.train_config(cfg.train, self.task), cfg.train, len(data["train"]), counts,
                                  self.splits.label_names, self.task.default_metric)
         loss_fn = self.task.loss
-        if cfg.train.class_weights == "balanced":
+        if cfg.train.class_weights == "balanced" and counts is not None:  # a multi-label task weighs its own
             weights = torch.tensor(class_weights(counts))
             logger.info("class weights (balanced): "
                         + ", ".join(f"{n} {w:.2f}" for n, w in zip(self.splits.label_names, weights.tolist())))

@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 from ..core.errors import UserError
+from ..core.registry import DATASETS
 from .rows import EncodedInputs, check_texts
+
+
+def bundled_task(source: str | None) -> str | None:
+    """The task a bundled dataset name's rows are for (None: not a bundled name, or a file of that name exists)."""
+    if source is None or source not in DATASETS or Path(str(source)).expanduser().exists():
+        return None
+    return getattr(DATASETS.get(source), "task", "classify")
 
 
 class Task:
@@ -61,7 +69,12 @@ class Task:
 
     def configure(self, cfg: Any) -> None:
         """Take the run's config (a RunConfig) before any data is read; a setting the task cannot honour is a
-        UserError (default: train.loss must be one of `losses`)."""
+        UserError (default: a bundled dataset must be this task's, train.class_weights needs one label per
+        example or a task that weighs its own labels, train.loss must be one of `losses`)."""
+        for source in (cfg.data.data, cfg.data.train, cfg.data.validation, cfg.data.test):
+            kind = bundled_task(source)
+            if kind is not None and kind != self.name:
+                raise UserError(f"bundled dataset {source} is {kind} data; train it with --task {kind}")
         if cfg.train.class_weights != "none" and not self.one_label_per_example and not self.weighs_labels:
             raise UserError(f"train.class_weights applies to runs with one label per text, not {self.name} runs")
         loss = cfg.train.loss

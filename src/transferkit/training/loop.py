@@ -202,7 +202,9 @@ class Trainer:
         weights = [w for _, w in shares]
         tokens = sum(int(b["attention_mask"].sum()) * w for b, w in zip(batches, weights) if "attention_mask" in b)
         # scored items: -100 marks positions without a target (special tokens, later sub-tokens, padding)
-        local_items = sum(int((b["labels"] != -100).sum()) * w for b, w in zip(batches, weights))
+        # (class ids only: float labels are regression targets, every one scored)
+        local_items = sum(int((b["labels"] != -100).sum() if not b["labels"].is_floating_point() else b["labels"].numel())
+                          * w for b, w in zip(batches, weights))
         n = self.acc.num_processes
         n_items = distributed.reduce_sum([local_items], self.acc.device)[0] / n if n > 1 else local_items
         total_loss, total_items, total_correct = 0.0, 0, 0

@@ -86,6 +86,10 @@ class LabelRule:
         """Every split of the saved DatasetDict `cfg.data`."""
         return load_hf_splits(cfg.data, cfg.text_column, cfg.label_column)
 
+    def dedupe(self, texts: Any, labels: list) -> tuple[Any, list, DedupeReport]:
+        """One row per text: the majority label wins, ties are dropped (`data.split.dedupe`)."""
+        return dedupe(texts, labels)
+
     def strata(self, labels: list) -> list | None:
         """What the split is stratified on, one key per row (None: the labels themselves)."""
         return None
@@ -141,7 +145,7 @@ def prepare_splits(cfg: DataConfig, seed: int, rule: LabelRule | None = None) ->
         else:
             texts, labels = train.texts, train.labels
             if cfg.dedupe:
-                texts, labels, report = dedupe(texts, labels)
+                texts, labels, report = rule.dedupe(texts, labels)
             _check_enough_rows(len(texts), (0.9, 0.0, 0.1), train_ld.source, report)
             parts = _stratified(texts, labels, (0.9, 0.0, 0.1), seed, True, rule)
             train = _Raw(*parts["train"], train_ld)
@@ -159,7 +163,7 @@ def prepare_splits(cfg: DataConfig, seed: int, rule: LabelRule | None = None) ->
         _log_notes([whole])
         texts, labels = whole.texts, whole.labels
         if cfg.dedupe:
-            texts, labels, report = dedupe(texts, labels)
+            texts, labels, report = rule.dedupe(texts, labels)
         _check_enough_rows(len(texts), cfg.split, whole.source, report)
         parts = _stratified(texts, labels, cfg.split, seed, cfg.split[1] == 0, rule)
         train, val, test = (_Raw(*parts[s], whole) for s in SPLITS)

@@ -26,6 +26,9 @@ from .splits import prepare_splits
 
 logger = logging.getLogger(__name__)
 
+# what transformers' text-classification pipeline applies by default for a model's config.problem_type
+PROBLEM_FUNCTIONS = {"regression": "none", "multi_label_classification": "sigmoid",
+                     "single_label_classification": "softmax"}
 # transformers' text-classification pipeline's `function_to_apply`: logits [n, labels] -> scores
 SCORE_FUNCTIONS = {"softmax": lambda x: torch.softmax(x.float(), dim=-1), "sigmoid": lambda x: torch.sigmoid(x.float()),
                    "none": lambda x: x.float()}
@@ -178,7 +181,10 @@ class SequenceClassification(Task):
         names = predictor.label_names
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise UserError(f"top_k must be a positive integer or None (all labels), got {top_k!r}")
-        function = options.get("function_to_apply") or self.pipeline_function
+        # as transformers: the option, else what the model's problem type says (an HF folder opened as
+        # text-classification may hold a regressor), else this task's own
+        kind = getattr(getattr(getattr(predictor, "model", None), "config", None), "problem_type", None)
+        function = options.get("function_to_apply") or PROBLEM_FUNCTIONS.get(kind) or self.pipeline_function
         if function not in SCORE_FUNCTIONS:
             raise UserError(f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}")
         items = self.check_inputs(texts)

@@ -52,11 +52,13 @@ class MultiLabel(SequenceClassification):
         super().configure(cfg)
         self.balanced = cfg.train.class_weights == "balanced"
         self.separator = cfg.data.label_separator
+        self.pos_weight = None
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
         splits = prepare_splits(data_cfg, seed, LabelSetRule())
         y = np.asarray(splits.train.labels, dtype=np.float64)
         self.head["problem_type"] = self.problem_type
+        self.head["label_separator"] = self.separator  # a labelled file given to evaluate is read the same way
         self.pos_weight = None
         if getattr(self, "balanced", False):  # negatives over positives per label, at most 100
             pos = y.sum(axis=0)
@@ -113,7 +115,7 @@ class MultiLabel(SequenceClassification):
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:
-        data = load_label_sets(source, text_column, label_column, getattr(self, "separator", ","))
+        data = load_label_sets(source, text_column, label_column, self.head.get("label_separator", ","))
         index = {n: i for i, n in enumerate(label_names)}
         for row, labels in enumerate(data.labels, start=1):
             unknown = [n for n in labels if n not in index]
@@ -166,7 +168,7 @@ class MultiLabel(SequenceClassification):
         return ["labels"] + [f"p_{n}" for n in label_names]
 
     def csv_cells(self, row: dict[str, Any], label_names: Sequence[str]) -> list[str]:
-        return [getattr(self, "separator", ",").join(row["labels"])] + [f"{row['probs'][n]:.6f}" for n in label_names]
+        return [self.head.get("label_separator", ",").join(row["labels"])] + [f"{row['probs'][n]:.6f}" for n in label_names]
 
     def runs_csv_cells(self, row: dict[str, Any]) -> dict[str, str]:
         return {"labels": fs.dumps(row["labels"]), "probs": fs.dumps(row["probs"])}

@@ -32,7 +32,7 @@ def nsp_pairs(docs: list[str], seed: int = SEED) -> Any:
     for split in ("train", "validation", "test"):
         members = sorted(d for d in range(len(docs)) if split_of.get(d, "train") == split)
         pool = [(d, k) for d in members for k in range(len(sentences[d]))]  # NotNext sentences come from here
-        firsts = [d for d in members if len(sentences[d]) >= 2]
+        firsts = [d for d in members if len(sentences[d]) >= 2] if len({d for d, _ in pool}) >= 2 else []
         not_next = np.zeros(len(firsts), dtype=bool)
         not_next[rng.permutation(len(firsts))[:len(firsts) // 2]] = True
         for d, other in zip(firsts, not_next):

@@ -76,8 +76,7 @@ class PairClassification(SequenceClassification):
         return prepare_splits(data_cfg, seed, PairRule())
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
-        raise UserError("augment: the text steps rewrite one text; pair data is not augmented (leave data.augment "
-                        "unset)")
+        raise UserError("augment: the text steps rewrite one text; pair data takes mixup alone")
 
     def token_lengths(self, tokenizer: Any, split: Any) -> Any:
         pairs = list(split.texts)
@@ -110,7 +109,7 @@ class PairClassification(SequenceClassification):
 
     # ---- inputs: pairs ---------------------------------------------------------------------------
     def is_single(self, inputs: Any) -> bool:
-        if isinstance(inputs, dict):
+        if isinstance(inputs, (dict, str)):  # a lone string is one input (refused: not a pair), not characters
             return True
         return isinstance(inputs, (tuple, list)) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
 from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip
-from ...data.split import DedupeReport
+from ...data.split import DedupeReport, text_key
 from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing,
                             open_table, pick_column, split_tables, scalar)
 from ..classify.read import LabelledData
@@ -88,6 +89,17 @@ class TargetRule(LabelRule):
     def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
         return {split: to_targets(table, where, cfg.text_column, cfg.label_column)
                 for split, (table, where) in split_tables(cfg.data).items()}
+
+    def dedupe(self, texts: Any, labels: list) -> tuple[Any, list, DedupeReport]:
+        """One row per text (after strip), in first-occurrence order, with the mean of its rows' targets (a
+        number has no majority); `relabelled` counts the texts whose rows disagreed."""
+        rows: dict[str, list] = {}
+        for t, y in zip(texts, labels):
+            rows.setdefault(text_key(t), []).append(y)
+        out_t = list(rows)
+        out_y = [tuple(float(v) for v in np.mean(np.asarray(rows[k], dtype=np.float64), axis=0)) for k in out_t]
+        averaged = sum(len(set(rows[k])) > 1 for k in out_t)
+        return out_t, out_y, DedupeReport(len(texts), len(out_t), len(texts) - len(out_t), 0, 0, averaged)
 
     def strata(self, labels: list) -> list | None:
         first = np.array([y[0] for y in labels], dtype=np.float64)

@@ -123,9 +123,12 @@ class Regression(SequenceClassification):
         return values
 
     def gate_view(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The values themselves; there is no decision to flip (every item agrees)."""
+        """The values in training units ((value - mean) / sd: an absolute limit means the same for any target scale);
+        there is no decision to flip (every item agrees)."""
         values = logits.float()
-        return values, torch.zeros(len(values), dtype=torch.bool)
+        shift = torch.tensor(self.head.get("output_shift") or [0.0] * values.shape[-1])
+        scale = torch.tensor(self.head.get("output_scale") or [1.0] * values.shape[-1])
+        return (values - shift) / scale, torch.zeros(len(values), dtype=torch.bool)
 
     def decode(self, outputs: list[torch.Tensor], encoded: EncodedInputs, label_names: list[str],
                **options: Any) -> list[dict[str, Any]]:
