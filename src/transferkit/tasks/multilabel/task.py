@@ -51,14 +51,13 @@ class MultiLabel(SequenceClassification):
     def configure(self, cfg: Any) -> None:
         super().configure(cfg)
         self.balanced = cfg.train.class_weights == "balanced"
-        self.separator = cfg.data.label_separator
         self.pos_weight = None
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
         splits = prepare_splits(data_cfg, seed, LabelSetRule())
         y = np.asarray(splits.train.labels, dtype=np.float64)
         self.head["problem_type"] = self.problem_type
-        self.head["label_separator"] = self.separator  # a labelled file given to evaluate is read the same way
+        self.head["label_separator"] = data_cfg.label_separator  # a labelled file given to evaluate is read alike
         self.pos_weight = None
         if getattr(self, "balanced", False):  # negatives over positives per label, at most 100
             pos = y.sum(axis=0)
