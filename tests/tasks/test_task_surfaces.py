@@ -63,7 +63,11 @@ def test_every_pipeline_name_opens_its_task_and_the_language_model_pipelines_sta
     assert list(kinds) == ["text-classification", "sentiment-analysis", "token-classification", "ner",
                            "fill-mask", "text-generation"]
     assert kinds["sentiment-analysis"].name == "classify" and kinds["ner"].name == "ner"
-    assert tasks.get("classify").pipeline_options == ("top_k",)
+    # text-classification opens classify's runs and those of the tasks that share its pipeline (pair, ...)
+    assert kinds["text-classification"].name == "classify"
+    assert {n for n in tasks.TASKS if "text-classification" in tasks.get(n).pipeline_names} == {
+        "classify", "pair", "regression", "multilabel"}
+    assert tasks.get("classify").pipeline_options == ("top_k", "function_to_apply")
     assert tasks.get("ner").pipeline_options == ("aggregation_strategy",)
     with pytest.raises(UserError, match="aggregation_strategy 'best': use one of"):
         tasks.get("ner").check_pipeline_options({"aggregation_strategy": "best"})
@@ -90,5 +94,6 @@ def test_augment_formats_and_unknown_task(tmp_path):
     assert tasks.get("ner").augment_formats == (".jsonl",)
     with pytest.raises(UserError, match=r"must end in \.jsonl$"):
         write_augmented("x.conll", "eda:swap=0.1", tmp_path / "o.csv", task="ner")
-    with pytest.raises(UserError, match="augment: unknown task 'nope'; choose one of: classify, ner"):
+    with pytest.raises(UserError, match="augment: unknown task 'nope'; choose one of: classify, multilabel, ner, pair, "
+                                        "regression"):
         write_augmented("x.csv", "eda:swap=0.1", tmp_path / "o.csv", task="nope")
