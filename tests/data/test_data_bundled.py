@@ -48,8 +48,11 @@ def test_registered_with_metadata():
 
 
 def test_list_datasets_and_cached_flag(write_cache):
+    import transferkit.tasks  # noqa: F401 - each task folder registers the datasets its runs read
     rows = {d["name"]: d for d in list_datasets()}
-    assert set(rows) == {"movie-sentences", "tweets-3class", "bbc-news", "wiki-ner-silver"}
+    assert {n: d["task"] for n, d in rows.items()} == {
+        "movie-sentences": "classify", "tweets-3class": "classify", "bbc-news": "classify", "wiki-ner-silver": "ner",
+        "wiki-nsp": "pair", "movie-scores": "regression", "wiki-ner-types": "multilabel"}
     m = rows["movie-sentences"]
     assert m["rows"] == 10568 and m["classes"] == ["negative", "positive"] and not m["cached"]
     assert "vaderSentiment==3.3.2" in m["source"] and "movieReviewSnippets_GroundTruth.txt" in m["source"]

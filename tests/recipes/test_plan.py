@@ -301,7 +301,7 @@ def test_plan_for_a_tagger(tiny_model_dir, tmp_path, monkeypatch, storage):
         every = api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), dry_run_steps=0,
                          **{"data.dedupe": False})
         assert "setfit" not in {p.method for p in every.methods} and "lora" in {p.method for p in every.methods}
-        with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors; a ner run"):
+        with pytest.raises(UserError, match="method setfit trains on pairs of sentence vectors with one class label each; a ner run"):
             api.plan(task="ner", data=str(tmp_path / "t.conll"), model=str(tiny_model_dir), methods="setfit")
 
 
