@@ -283,6 +283,9 @@ class Trainer:
         self.model.train()
         self._record({"type": "eval", "split": "validation", "step": st.global_step,
                       "epoch": round(self._epoch_pos(), 4), **metrics})
+        if self.cfg.metric not in metrics:
+            known = ", ".join(k for k, v in metrics.items() if isinstance(v, float))
+            raise UserError(f"train.metric={self.cfg.metric!r} is not a validation metric of this run ({known})")
         value = metrics[self.cfg.metric]
         better = st.best_metric is None or (value > st.best_metric if self.higher_is_better else value < st.best_metric)
         logger.info(f"step {st.global_step} (epoch {self._epoch_pos():.2f}): validation "
