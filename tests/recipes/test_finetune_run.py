@@ -31,3 +31,9 @@ def test_unknown_task_fails_before_anything(tiny_model_dir, sentiment_csv, tmp_p
     with pytest.raises(UserError, match="unknown task 'translate'"):
         FinetuneRun(base).setup()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_metric_the_task_does_not_report_is_one_line(tiny_model_dir, sentiment_csv, tmp_path):
+    cfg = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run", "lora", max_steps=2, metric="pearson")
+    with pytest.raises(UserError, match=r"train.metric='pearson' is not a validation metric of this run \(.*accuracy"):
+        FinetuneRun(cfg).run()
