@@ -35,7 +35,7 @@ class DedupeReport:
         s = (f"{self.rows_in:,} rows -> {self.rows_out:,}: {self.duplicates_removed:,} duplicate rows removed, "
              f"{self.conflicts_removed:,} texts with tied labels dropped ({self.conflict_rows_removed:,} rows)")
         if self.relabelled:
-            s += f", {self.relabelled:,} texts given their majority label"
+            s += f", {self.relabelled:,} texts whose rows disagreed given one label (the majority; for numbers, the mean)"
         return s
 
 
