@@ -54,18 +54,18 @@ class Task:
     # The task whose HTTP routes answer this task's runs (None: its own, from `add_routes`): a task whose
     # outputs fit another's routes (a pair classifier's on classify's) adds none of its own.
     serving_task: ClassVar[str | None] = None
+    # True when the task weighs its own labels' losses under train.class_weights=balanced (multi-label: per-label
+    # positive weights); a task with one label per example gets the run's class weights instead
+    weighs_labels: ClassVar[bool] = False
+    # the values train.loss may take for this task ("auto": the task's own loss)
+    losses: ClassVar[tuple[str, ...]] = ("auto",)
 
     def __init__(self) -> None:
         # This run's head settings (`modeling.resolve.set_head`: problem type, output scale and shift, pair
         # separator): found from the data by `prepare`/`build_model`/`after_training`, kept in run.json
         # ("head") and given back by `inference.loading.run_task`, so a loaded run computes what it trained.
         self.head: dict[str, Any] = {}
-
-    # True when the task weighs its own labels' losses under train.class_weights=balanced (multi-label: per-label
-    # positive weights); a task with one label per example gets the run's class weights instead
-    weighs_labels: ClassVar[bool] = False
-    # the values train.loss may take for this task ("auto": the task's own loss)
-    losses: ClassVar[tuple[str, ...]] = ("auto",)
+        self.loss_name = "auto"  # train.loss, once `configure` has seen the run's config
 
     def configure(self, cfg: Any) -> None:
         """Take the run's config (a RunConfig) before any data is read; a setting the task cannot honour is a

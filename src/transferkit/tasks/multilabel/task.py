@@ -48,10 +48,14 @@ class MultiLabel(SequenceClassification):
     headline_metrics = ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy")
     compare_metrics = (("f1_micro", "micro F1 %", "micro F1"), ("f1_macro", "macro F1 %", "macro F1"))
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.balanced = False  # train.class_weights=balanced, once `configure` has seen the run's config
+        self.pos_weight: list[float] | None = None  # per label, negatives / positives (balanced)
+
     def configure(self, cfg: Any) -> None:
         super().configure(cfg)
         self.balanced = cfg.train.class_weights == "balanced"
-        self.pos_weight = None
 
     def prepare(self, data_cfg: Any, seed: int) -> Any:
         splits = prepare_splits(data_cfg, seed, LabelSetRule())
@@ -59,7 +63,7 @@ class MultiLabel(SequenceClassification):
         self.head["problem_type"] = self.problem_type
         self.head["label_separator"] = data_cfg.label_separator  # a labelled file given to evaluate is read alike
         self.pos_weight = None
-        if getattr(self, "balanced", False):  # negatives over positives per label, at most 100
+        if self.balanced:  # negatives over positives per label, at most 100
             pos = y.sum(axis=0)
             self.pos_weight = [float(min((len(y) - p) / max(p, 1.0), 100.0)) for p in pos]
             logger.info("positive weights (balanced): " + ", ".join(
@@ -79,7 +83,7 @@ class MultiLabel(SequenceClassification):
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         logits = outputs.logits.float()  # [batch, labels]
         target = batch["labels"].float().view_as(logits)
-        weight = getattr(self, "pos_weight", None)
+        weight = self.pos_weight
         pos = torch.tensor(weight, device=logits.device) if weight is not None else None
         loss = nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos, reduction="sum")
         correct = int(((logits >= 0) == target.bool()).sum())

@@ -74,7 +74,7 @@ class Regression(SequenceClassification):
         pred = outputs.logits.float()  # [batch, targets], in the targets' units
         sd = self._sd(pred.device)
         z_pred, z_true = pred / sd, batch["labels"].float().view_as(pred) / sd
-        if getattr(self, "loss_name", "auto") == "huber":
+        if self.loss_name == "huber":
             loss = nn.functional.huber_loss(z_pred, z_true, reduction="sum", delta=1.0)
         else:
             loss = nn.functional.mse_loss(z_pred, z_true, reduction="sum")
