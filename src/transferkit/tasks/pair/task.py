@@ -20,14 +20,14 @@ from torch import nn
 from ...core.errors import UserError
 from ...data.batches import TokenData
 from ...data.listing import clip
-from ...data.tables import clean_texts, open_table
+from ...data.tables import clean_texts, open_table, presplit, split_tables
 from ...data.tokens import length_stats
 from ...modeling.resolve import load_tokenizer, set_head
 from ..classify.read import LabelledData
 from ..classify.splits import prepare_splits
 from ..classify.task import SequenceClassification
 from ..rows import EncodedInputs
-from .read import PairRule, load_pairs, pair_columns
+from .read import PairRule, load_pairs, pair_columns, to_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,10 @@ class PairClassification(SequenceClassification):
         return [len(ids) for ids in pair_ids(tokenizer, [as_pair(p, i + 1) for i, p in enumerate(inputs)], None)]
 
     def read_labelled(self, source: str, text_column: str | None, label_column: str | None) -> LabelledData:
+        """A labelled file's pairs; a bundled dataset that comes split (wiki-nsp) gives its test split."""
+        if presplit(source):
+            table, where = split_tables(source)["test"]
+            return to_pairs(table, where, text_column, label_column)
         return load_pairs(source, text_column, label_column)
 
     # ---- prediction files --------------------------------------------------------------------------
