@@ -213,6 +213,7 @@ def test_load_and_unload_at_run_time(runs, tmp_path):
                              ({"lora_name": "a/b", "lora_path": "three"}, "use letters, digits"),
                              ({"lora_name": "..", "lora_path": "three"}, "use letters, digits"),
                              ({"lora_name": "x", "lora_path": "not-a-run"}, "not a finished transferkit run"),
+                             ({"lora_name": "x", "lora_path": "thr\x00ee"}, "not a usable path"),
                              ({"lora_name": "topic", "lora_path": "three"}, "already loaded")]:
             r = c.post("/v1/load_lora_adapter", json=body)
             assert r.status_code == 400 and needle in r.json()["error"], r.text

@@ -205,6 +205,8 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def load(body: LoadRequest) -> dict[str, Any]:
         if root is None:
             raise ApiError(400, "loading at run time needs the server started with --adapter-root DIR", "Validation")
+        if "\x00" in body.lora_path or len(body.lora_path) > 4096:  # checked before the filesystem sees it
+            raise ApiError(400, "lora_path: not a usable path (a NUL byte, or over 4,096 characters)", "Validation")
         path = (root / body.lora_path).resolve()  # an absolute lora_path stays itself
         if path != root and root not in path.parents:
             raise ApiError(400, f"lora_path {body.lora_path!r} is outside the adapter root {root}", "Validation")
