@@ -309,3 +309,6 @@ def test_pairs_scores_label_sets_and_tags_share_one_encoder_pass(runs, tiny_mode
                 assert row[key] == pytest.approx(value, abs=1e-5), (name, key)
             else:
                 assert row[key] == value, (name, key)
+    # two texts with one adapter name each are two inputs, even where the first run reads a pair of texts
+    two = shared.predict(["awful boring plot", "the movie"], adapters=["regression", "sent"])
+    assert [r["adapter"] for r in two] == ["regression", "sent"]

@@ -185,7 +185,10 @@ class AdapterPredictor:
                 adapters: Sequence[str] | None = None, **options: Any) -> Any:
         """Per input: its adapter and its task's output row (a sentence classifier's label, confidence and
         every class probability; a tagger's entities)."""
-        single = self.task_of(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
+        if adapters is not None and not isinstance(adapters, str):  # one name per input: a list of inputs
+            single = False
+        else:  # one input alone, as its run's task reads one (a text; a pair run: [a, b] is one pair)
+            single = self.task_of(self._check_name(adapter) if adapter is not None else self.active).is_single(texts)
         items = [texts] if single else list(texts)
         names = self._route(len(items), adapter, [adapters] if single and isinstance(adapters, str) else adapters)
         for name in dict.fromkeys(names):  # each input checked by its own run's task (texts, pairs, ...)
