@@ -81,6 +81,10 @@ def test_predict_in_text_embeddings_inference_shape(client, runs):
     r = client.post("/predict", json={"inputs": long_text})
     assert r.status_code == 413 and r.json()["error_type"] == "Validation" and "truncate" in r.json()["error"]
     assert client.post("/predict", json={"inputs": long_text, "truncate": True}).status_code == 200
+    # one rule on every route: /v1/classify refuses the same text unless it asks to truncate
+    r = client.post("/v1/classify", json={"model": "sent", "input": long_text})
+    assert r.status_code == 413 and "truncate" in r.json()["error"]
+    assert client.post("/v1/classify", json={"model": "sent", "input": long_text, "truncate": True}).status_code == 200
 
 
 def test_ner_route_equals_the_tagger_alone(client, runs):

@@ -1,11 +1,12 @@
 """classify's HTTP routes (`transferkit serve`), in the shapes clients already speak:
 
-    POST /v1/classify   vLLM: {"model", "input": str | [str]} -> {"id", "object": "list", "created",
+    POST /v1/classify   vLLM: {"model", "input": str | [str], "truncate"?} -> {"id", "object": "list", "created",
                         "model", "data": [{"index", "label", "probs", "num_classes"}], "usage"}
     POST /predict       text-embeddings-inference: {"inputs", "raw_scores", "truncate", "model"?}
                         -> [{"label", "score"}] per input, best first
 
-They answer every task that names classify as its `serving_task` too: an input is what the run's task
+On both, a text over the run's token limit is a 413 unless the request says "truncate": true (then it is cut
+to the limit, as the model was trained). They answer every task that names classify as its `serving_task` too: an input is what the run's task
 reads (a pair run: [text, text_pair], so `"inputs": [["a", "b"], ...]` as TEI's /predict takes pairs),
 and each data item / score list is the run's task's (`classify_item`, `predict_items`: a multi-label run
 adds "labels", a regressor gives "values").
@@ -30,6 +31,7 @@ Inputs = Union[Texts, list[list[str]]]  # texts, or pairs of texts for a pair ru
 class ClassifyRequest(Strict):
     model: str
     input: Inputs
+    truncate: bool = False  # as /predict: a text over the run's token limit is a 413 unless the client asks to cut it
 
 
 class PredictRequest(Strict):
@@ -44,7 +46,7 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-        entry, tokens, logits = await answer(request, body.model, body.input)
+        entry, tokens, logits = await answer(request, body.model, body.input, refuse_longer=not body.truncate)
         task = get_task(entry.task)
         data = [{"index": i, **task.classify_item(row, entry.labels)} for i, row in enumerate(logits)]
         used = sum(tokens)
