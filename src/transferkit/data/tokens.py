@@ -31,17 +31,19 @@ MAX_LENGTH_CAP = 256
 CHUNK = 10_000
 
 
-def _ids(tokenizer: Any, texts: Sequence[str], **kw: Any) -> Any:
-    """Token id lists of `texts`, one chunk of the tokenizer's output at a time."""
+def token_ids(tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None = None, **kw: Any) -> Any:
+    """Token id lists of `texts` (with `text_pairs`: of each pair, as the tokenizer encodes `text, text_pair`),
+    special tokens added, one chunk of the tokenizer's output at a time."""
     for start in range(0, len(texts), CHUNK):
-        enc = tokenizer(list(texts[start:start + CHUNK]), add_special_tokens=True, verbose=False,
+        pairs = [list(text_pairs[start:start + CHUNK])] if text_pairs is not None else []
+        enc = tokenizer(list(texts[start:start + CHUNK]), *pairs, add_special_tokens=True, verbose=False,
                         return_attention_mask=False, return_token_type_ids=False, **kw)
         yield from enc["input_ids"]
 
 
 def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Untruncated token counts (special tokens included) of each text."""
-    return np.fromiter((len(ids) for ids in _ids(tokenizer, texts, truncation=False)), dtype=np.int64,
+    return np.fromiter((len(ids) for ids in token_ids(tokenizer, texts, truncation=False)), dtype=np.int64,
                        count=len(texts))
 
 
@@ -73,7 +75,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> Sequence[
         return tokenize_mapped(tokenizer, texts, max_length)
     if not texts:
         return []
-    return [np.asarray(ids, dtype=np.int32) for ids in _ids(tokenizer, texts, truncation=True, max_length=max_length)]
+    return [np.asarray(ids, dtype=np.int32) for ids in token_ids(tokenizer, texts, truncation=True, max_length=max_length)]
 
 
 # ---- token ids ------------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ def tokenize_mapped(tokenizer: Any, texts: MappedTexts, max_length: int) -> Any:
     writer = ArrowWriter(path=str(tmp), features=Features({"input_ids": Seq(Value("int32"))}))
     try:
         for s in range(0, len(texts), CHUNK_ROWS):
-            writer.write_batch({"input_ids": list(_ids(tokenizer, texts[s:s + CHUNK_ROWS], truncation=True,
+            writer.write_batch({"input_ids": list(token_ids(tokenizer, texts[s:s + CHUNK_ROWS], truncation=True,
                                                        max_length=max_length))})
         writer.finalize()
     finally:

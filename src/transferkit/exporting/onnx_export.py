@@ -125,7 +125,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         logger.info(f"tracing {info.method} ({info.task}) to ONNX opset {OPSET}")
         write_graph(model, graph, example, per_token)
         fp32 = OnnxModule(session(graph), info.label_names, task.head_kind)
-        found = onnx_gate.agreement(model, fp32, held_out, batch_size, pad_id, task.gate_view)
+        found = onnx_gate.agreement(model, fp32, held_out, task.gate_view, batch_size, pad_id)
         logger.info(f"fp32 graph vs PyTorch on {where}: argmax agreement {found['argmax_agreement']:.2%}, "
                     f"max |prob diff| {found['max_prob_diff']:.2e}")
         onnx_gate.check_fp32(found, where)
@@ -141,7 +141,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             quantize_int8(smoothed, quantized)
             smoothed.unlink()
             q = OnnxModule(session(quantized), info.label_names, task.head_kind)
-            vs = onnx_gate.agreement(fp32, q, held_out, batch_size, pad_id, task.gate_view)
+            vs = onnx_gate.agreement(fp32, q, held_out, task.gate_view, batch_size, pad_id)
             m32 = float(task.evaluate(fp32, held_out, batch_size, pad_id, "cpu")[0][metric])
             m8 = float(task.evaluate(q, held_out, batch_size, pad_id, "cpu")[0][metric])
             logger.info(f"int8 vs fp32 on {where}: argmax agreement {vs['argmax_agreement']:.2%}, "

@@ -26,15 +26,9 @@ FP32_MAX_PROB_DIFF = 1e-3  # float rounding differs between kernels; a wrong gra
 INT8_MAX_METRIC_DROP = 0.005  # half a point of accuracy (or entity F1)
 
 
-def softmax_view(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, argmax): how one-label outputs are read."""
-    probs = torch.softmax(logits.float(), -1)
-    return probs, probs.argmax(-1)
-
-
 @torch.inference_mode()
-def agreement(reference: nn.Module, candidate: nn.Module, data: Any, batch_size: int = 64,
-              pad_id: int = 0, view: Any = softmax_view) -> dict[str, Any]:
+def agreement(reference: nn.Module, candidate: nn.Module, data: Any, view: Any, batch_size: int = 64,
+              pad_id: int = 0) -> dict[str, Any]:
     """Decision agreement and the largest score difference of two models over `data`'s batches; `view`
     reads logits [items, outputs] as (scores, decisions) the way the run's task does (`Task.gate_view`:
     probabilities and argmax for one label, per-label probabilities and >= 0.5 for several, values for

@@ -41,7 +41,7 @@ from ..core.folders import check_finite, check_folder, loading
 from ..core.registry import METHODS
 from ..core.runs import RunInfo
 from ..methods.base import SharedPart
-from ..modeling.classifier import HEAD_CLASSES
+from ..modeling.classifier import HEAD_CLASSES, pair_token_types
 from ..modeling.resolve import MODELS, build_classifier, load_tokenizer, set_head
 from .loading import run_base, run_method
 
@@ -90,13 +90,14 @@ class MultiAdapterModel(nn.Module):
         head) for a batch whose row i belongs to tasks[i]."""
         layers = max(self.tasks[t].classifier.config.pool_layers for t in set(tasks))
         extra = {}
-        if any(self.tasks[t].classifier.config.pair_sep_id is not None for t in set(tasks)):
+        pair_runs = {t: self.tasks[t].classifier.config.pair_sep_id for t in dict.fromkeys(tasks)}
+        if any(sep is not None for sep in pair_runs.values()):
             # a pair run's rows get its token types (second text: 1), every other row zeros
             types = torch.zeros_like(input_ids)
-            for i, t in enumerate(tasks):
-                own = self.tasks[t].classifier.token_types(input_ids[i:i + 1], None)
-                if own is not None:
-                    types[i] = own[0]
+            for t, sep in pair_runs.items():
+                if sep is not None:
+                    rows = [i for i, x in enumerate(tasks) if x == t]
+                    types[rows] = pair_token_types(input_ids[rows], sep)
             extra["token_type_ids"] = types
         with self._mixed(tasks):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,

@@ -38,7 +38,7 @@ from ...data.fingerprint import file_sha256
 from ...data.listing import clip, summarise
 from ...data.mapped import wants_mapped
 from ...data.split import SPLITS, DedupeReport, dedupe, keys_of, split_sizes, stratified_split, text_key
-from ...data.tables import hf_split_names, presplit
+from ...data.tables import hf_split_names, open_table, presplit, split_tables
 from .mapped import load_mapped
 from .read import LabelledData, load_hf_splits, load_table
 
@@ -103,6 +103,26 @@ class LabelRule:
     def counts(self, data: LabelledData, label_names: list[str]) -> dict[str, Any]:
         """Per label name, what the summary's table shows for a split (rows with that label)."""
         return {label_names[i]: c for i, c in sorted(Counter(data.labels).items())}
+
+
+class TableRule(LabelRule):
+    """A rule whose rows are read from a whole table in memory (pairs, targets, label sets): the task says how a
+    table becomes rows (`rows`); a file, a bundled name and every split of a DatasetDict go through it alike."""
+
+    kind = "these"  # names the data in the refusal of data.storage=mapped (that cache streams one text and label)
+
+    def rows(self, table: Any, where: str, cfg: DataConfig) -> LabelledData:
+        raise NotImplementedError
+
+    def load(self, cfg: DataConfig, source: str, role: str) -> LabelledData:
+        if cfg.storage == "mapped":
+            raise UserError(f"data.storage=mapped streams one text and one label per row; {self.kind} data is read "
+                            "in memory (data.storage=auto or memory)")
+        table, where = open_table(str(source), role)
+        return self.rows(table, where, cfg)
+
+    def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
+        return {split: self.rows(table, where, cfg) for split, (table, where) in split_tables(cfg.data).items()}
 
 
 def _stratified(texts: Any, labels: list, fractions: Any, seed: int, allow_empty_validation: bool,

@@ -78,6 +78,8 @@ class SequenceClassification(Task):
         return classification_loss(outputs, batch, class_weights)
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
+        if not self.one_label_per_example:  # the text steps copy a row's one label onto its new texts
+            raise UserError(f"augment: the text steps are for one-label data; {self.name} data is not augmented")
         held_out = [*splits.validation.texts, *splits.test.texts]
         texts, labels, report = augment_texts(list(splits.train.texts), list(splits.train.labels), steps, seed, spec,
                                               exclude=held_out)
@@ -87,10 +89,14 @@ class SequenceClassification(Task):
         return splits
 
     def collapse_warning(self, splits: Any, predictions: torch.Tensor) -> str | None:
+        if not self.one_label_per_example:  # "nearly all one class" needs one class per example
+            return None
         from ...reporting.metrics import collapse_warning
         return collapse_warning(predictions.argmax(-1).tolist(), list(splits.test.labels), splits.label_names, "test")
 
     def class_counts(self, splits: Any) -> list[int] | None:
+        if not self.one_label_per_example:
+            return None
         counts = [0] * len(splits.label_names)
         for y in splits.train.labels:
             counts[y] += 1
@@ -118,6 +124,14 @@ class SequenceClassification(Task):
             labels.append(index[key])
         return LabelledData(list(table.texts), labels, str(source))
 
+    def split_logits(self, model: nn.Module, tokenizer: Any, inputs: list[Any], max_length: int) -> torch.Tensor:
+        """The model's logits [n, outputs] for a labelled split's inputs, encoded as the task encodes them, on the
+        model's own device (`score`)."""
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        rows = self.encode_inputs(tokenizer, inputs, max_length).rows
+        return predict_logits(model, TokenData(rows), 64, tokenizer.pad_token_id or 0, device)
+
     def read_labelled(self, source: str, text_column: str | None, label_column: str | None) -> LabelledData:
         """A labelled file's rows as found (labels not yet checked against the run's)."""
         return load_table(source, text_column, label_column)
@@ -127,10 +141,7 @@ class SequenceClassification(Task):
         from ...reporting.metrics import full_report
         from ...reporting.run_report import write_report
         texts, y_true = list(split.texts), list(split.labels)
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-        rows = self.encode_inputs(tokenizer, texts, info.max_length).rows
-        logits = predict_logits(model, TokenData(rows), 64, tokenizer.pad_token_id or 0, device)  # [n, classes]
+        logits = self.split_logits(model, tokenizer, texts, info.max_length)  # [n, classes]
         probs = finite_probs(torch.softmax(logits, dim=-1))
         report = full_report(y_true, probs.argmax(-1).tolist(), info.label_names)
         paths = write_report(out, report=report, texts=[self.display_text(t) for t in texts], y_true=y_true,

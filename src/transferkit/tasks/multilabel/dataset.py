@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from ...core.registry import DATASETS
-from ...data.bundled import DerivedDataset, register_derived
+from ...data.bundled import DerivedDataset, register_dataset
 
 
 def entity_type_sets(lines: Any) -> Any:
@@ -30,7 +30,7 @@ def _derive() -> Any:
         return entity_type_sets(f)
 
 
-register_derived(DerivedDataset(
+register_dataset(DerivedDataset(
     "wiki-ner-types",
     "Wikipedia summary sentences with the entity types they mention (silver, derived from wiki-ner-silver)",
     _derive, ("CARDINAL", "DATE", "GPE", "LOC", "NORP", "ORDINAL", "ORG", "PERSON", "QUANTITY"), 12000,

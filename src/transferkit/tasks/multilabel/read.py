@@ -18,9 +18,9 @@ from ...core.errors import UserError
 from ...data.listing import clip, summarise
 from ...data.split import DedupeReport
 from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing,
-                            open_table, pick_column, split_tables)
+                            open_table, pick_column)
 from ..classify.read import LabelledData
-from ..classify.splits import LabelRule
+from ..classify.splits import TableRule
 
 LABELS_CANDIDATES = ("labels", "label", "tags", "topics", "categories")
 
@@ -82,19 +82,14 @@ def multi_hot(labels: tuple[str, ...], index: dict[str, int]) -> list[int]:
     return row
 
 
-class LabelSetRule(LabelRule):
+class LabelSetRule(TableRule):
     """Rows with a set of labels: stratified by each row's rarest label, named by every training label,
     encoded as 0/1 vectors over those names."""
 
-    def load(self, cfg: DataConfig, source: str, role: str) -> LabelledData:
-        if cfg.storage == "mapped":
-            raise UserError("data.storage=mapped streams one label per row; multi-label data is read in memory "
-                            "(data.storage=auto or memory)")
-        return load_label_sets(source, cfg.text_column, cfg.label_column, cfg.label_separator, role)
+    kind = "multi-label"
 
-    def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_label_sets(table, where, cfg.text_column, cfg.label_column, cfg.label_separator)
-                for split, (table, where) in split_tables(cfg.data).items()}
+    def rows(self, table: ColumnTable, where: str, cfg: DataConfig) -> LabelledData:
+        return to_label_sets(table, where, cfg.text_column, cfg.label_column, cfg.label_separator)
 
     def strata(self, labels: list) -> list | None:
         counts = Counter(name for row in labels for name in row)

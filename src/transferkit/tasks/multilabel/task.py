@@ -20,7 +20,6 @@ from torch import nn
 
 from ...core import fs
 from ...core.errors import UserError
-from ...data.batches import TokenData
 from ...modeling.forward import predict_logits
 from ...modeling.resolve import set_head
 from ..classify.read import LabelledData
@@ -69,15 +68,6 @@ class MultiLabel(SequenceClassification):
             logger.info("positive weights (balanced): " + ", ".join(
                 f"{n} {w:.2f}" for n, w in zip(splits.label_names, self.pos_weight)))
         return splits
-
-    def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
-        raise UserError("augment: the text steps are for one-label data; multi-label data is not augmented")
-
-    def class_counts(self, splits: Any) -> list[int] | None:
-        return None
-
-    def collapse_warning(self, splits: Any, predictions: Any) -> str | None:
-        return None
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
@@ -130,11 +120,7 @@ class MultiLabel(SequenceClassification):
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
         texts = list(split.texts)
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-        rows = self.encode_inputs(tokenizer, texts, info.max_length).rows
-        logits = predict_logits(model, TokenData(rows), 64, tokenizer.pad_token_id or 0, device)
-        probs = finite_probs(torch.sigmoid(logits))
+        probs = finite_probs(torch.sigmoid(self.split_logits(model, tokenizer, texts, info.max_length)))
         return write_multilabel_report(out, texts, split.labels, probs, info.label_names, title, extra)
 
     def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,

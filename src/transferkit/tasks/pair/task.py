@@ -21,7 +21,7 @@ from ...core.errors import UserError
 from ...data.batches import TokenData
 from ...data.listing import clip
 from ...data.tables import clean_texts, open_table, presplit, split_tables
-from ...data.tokens import length_stats
+from ...data.tokens import length_stats, token_ids
 from ...modeling.resolve import load_tokenizer, set_head
 from ..classify.read import LabelledData
 from ..classify.splits import prepare_splits
@@ -31,20 +31,13 @@ from .read import PairRule, load_pairs, pair_columns, to_pairs
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 10_000  # pairs per tokenizer call (as data.tokens: only the ids are kept)
-
 
 def pair_ids(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int | None) -> list[np.ndarray]:
     """Token ids per pair as the model reads it (special tokens added), cut `longest_first` to `max_length`
     (None: not cut)."""
-    out: list[np.ndarray] = []
     cut = {"truncation": "longest_first", "max_length": max_length} if max_length else {"truncation": False}
-    for start in range(0, len(pairs), CHUNK):
-        chunk = pairs[start:start + CHUNK]
-        enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], add_special_tokens=True, verbose=False,
-                        return_attention_mask=False, return_token_type_ids=False, **cut)
-        out += [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
-    return out
+    ids = token_ids(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], **cut)
+    return [np.asarray(row, dtype=np.int32) for row in ids]
 
 
 def as_pair(item: Any, position: int) -> tuple[str, str]:

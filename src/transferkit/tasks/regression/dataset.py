@@ -6,23 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...data.bundled import VADER_SOURCE, read_movie_snippets, register_fetched
+from ...data.bundled import VADER_SOURCE, movie_snippets, read_movie_snippets, register_fetched
 
 
 def parse_movie_scores(raw: bytes) -> Any:
-    """`id<TAB>mean score<TAB>sentence` lines as a (text, score) table."""
+    """The ground-truth file as a (text, score) table, every sentence kept."""
     import pandas as pd
-    texts, scores = [], []
-    for lineno, line in enumerate(raw.decode("utf-8").split("\n"), 1):  # \n only: see parse_movie_sentences
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        parts = line.split("\t", 2)
-        if len(parts) != 3:
-            raise ValueError(f"line {lineno} has {len(parts)} tab-separated fields, expected 3")
-        texts.append(parts[2].strip())
-        scores.append(float(parts[1]))
-    return pd.DataFrame({"text": pd.Series(texts, dtype=object), "score": scores})
+    rows = movie_snippets(raw)
+    return pd.DataFrame({"text": pd.Series([t for t, _ in rows], dtype=object), "score": [s for _, s in rows]})
 
 
 def _extract(archive: Path) -> Any:

@@ -17,9 +17,9 @@ from ...core.errors import UserError
 from ...data.listing import clip
 from ...data.split import DedupeReport, text_key
 from ...data.tables import (TEXT_CANDIDATES, ColumnTable, clean_texts, is_missing,
-                            open_table, pick_column, split_tables, scalar)
+                            open_table, pick_column, scalar)
 from ..classify.read import LabelledData
-from ..classify.splits import LabelRule
+from ..classify.splits import TableRule
 
 TARGET_CANDIDATES = ("score", "label", "target", "value", "rating", "y")
 STRATA = 10  # the split is stratified by the first target's quantile bin, at most this many
@@ -76,19 +76,14 @@ def load_targets(source: str, text_column: str | None = None, label_column: str 
     return to_targets(table, name, text_column, label_column)
 
 
-class TargetRule(LabelRule):
+class TargetRule(TableRule):
     """Rows with numbers for labels: read as floats, stratified by the first target's quantile bin, named by
     their columns, kept as they are (no label ids)."""
 
-    def load(self, cfg: DataConfig, source: str, role: str) -> LabelledData:
-        if cfg.storage == "mapped":
-            raise UserError("data.storage=mapped streams classification rows; regression data is read in memory "
-                            "(data.storage=auto or memory)")
-        return load_targets(source, cfg.text_column, cfg.label_column, role)
+    kind = "regression"
 
-    def load_hf(self, cfg: DataConfig) -> dict[str, LabelledData]:
-        return {split: to_targets(table, where, cfg.text_column, cfg.label_column)
-                for split, (table, where) in split_tables(cfg.data).items()}
+    def rows(self, table: ColumnTable, where: str, cfg: DataConfig) -> LabelledData:
+        return to_targets(table, where, cfg.text_column, cfg.label_column)
 
     def dedupe(self, texts: Any, labels: list) -> tuple[Any, list, DedupeReport]:
         """One row per text (after strip), in first-occurrence order, with the mean of its rows' targets (a

@@ -19,11 +19,10 @@ from torch import nn
 
 from ...core import fs
 from ...core.errors import UserError
-from ...data.batches import TokenData
 from ...modeling.forward import predict_logits
 from ..classify.splits import prepare_splits
 from ..classify.task import SequenceClassification
-from ..rows import EncodedInputs
+from ..rows import EncodedInputs, finite_probs
 from .read import TargetRule, load_targets
 from .report import write_regression_report
 
@@ -56,15 +55,6 @@ class Regression(SequenceClassification):
         logger.info("targets standardised for training (predictions are in their own units): " + ", ".join(
             f"{n} mean {m:.4g}, sd {s:.4g}" for n, m, s in zip(splits.label_names, mean, sd)))
         return splits
-
-    def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
-        raise UserError("augment: the text steps are for classification data; regression data is not augmented")
-
-    def class_counts(self, splits: Any) -> list[int] | None:
-        return None
-
-    def collapse_warning(self, splits: Any, predictions: Any) -> str | None:
-        return None
 
     def _sd(self, device: Any) -> torch.Tensor:
         return torch.tensor(self.head["output_scale"], dtype=torch.float32, device=device)
@@ -102,25 +92,13 @@ class Regression(SequenceClassification):
     def score(self, model: nn.Module, tokenizer: Any, info: Any, split: Any, out: Path, history: list[dict],
               title: str, extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
         texts = list(split.texts)
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-        rows = self.encode_inputs(tokenizer, texts, info.max_length).rows
-        pred = predict_logits(model, TokenData(rows), 64, tokenizer.pad_token_id or 0, device)
-        return write_regression_report(out, texts, split.labels, self._finite(pred).numpy(), info.label_names,
-                                       title, extra)
+        pred = finite_probs(self.split_logits(model, tokenizer, texts, info.max_length))  # [n, targets]
+        return write_regression_report(out, texts, split.labels, pred, info.label_names, title, extra)
 
     def write_report(self, out: Path, splits: Any, predictions: torch.Tensor, history: list[dict], title: str,
                      extra: dict[str, Any]) -> dict[str, Path]:
         return write_regression_report(out, list(splits.test.texts), splits.test.labels, predictions.numpy(),
                                        splits.label_names, title, extra)[1]
-
-    @staticmethod
-    def _finite(values: torch.Tensor, positions: list[int] | None = None) -> torch.Tensor:
-        if not bool(torch.isfinite(values).all()):
-            row = int((~torch.isfinite(values)).any(-1).nonzero()[0, 0])
-            bad = (positions[row] if positions is not None else row) + 1
-            raise UserError(f"the model produced non-finite values for text {bad}; no predictions were written")
-        return values
 
     def gate_view(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The values in training units ((value - mean) / sd: an absolute limit means the same for any target scale);
@@ -135,7 +113,7 @@ class Regression(SequenceClassification):
         """Per text: {"values": {target: number}}, in the targets' units."""
         if not outputs:
             return []
-        values = self._finite(torch.stack(outputs).float(), encoded.positions)
+        values = finite_probs(torch.stack(outputs).float(), positions=encoded.positions)  # [n, targets]
         return [{"values": {n: float(v) for n, v in zip(label_names, row)}} for row in values]
 
     def classify_item(self, logits: torch.Tensor, label_names: Sequence[str]) -> dict[str, Any]:
