@@ -18,6 +18,8 @@ def test_defaults_validate():
     assert (cfg.data.data, cfg.model.name, cfg.method.name) == ("movie-sentences", "minilm-l6", "full")
     assert make_config(None, {"data.train": "a.csv", "data.test": "b.csv"}).data.data is None
     assert cfg.data.split == [0.8, 0.1, 0.1]
+    gen = make_config(None, {"task": "generate"})  # each task's own defaults
+    assert (gen.data.data, gen.model.name) == ("bbc-headlines", "smollm2-135m")
 
 
 def test_yaml_round_trip(tmp_path):
@@ -45,7 +47,7 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     cfg = RunConfig.from_yaml(path)
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
     assert cfg.train.batch_size == 8 and cfg.method.name == "lora"
-    assert cfg.train.seed == 42 and cfg.model.name == "minilm-l6"
+    assert cfg.train.seed == 42 and cfg.model.name is None  # the task's model, filled in by apply_default_data
     (tmp_path / "empty.yaml").write_text("")
     assert RunConfig.from_yaml(tmp_path / "empty.yaml") == RunConfig()
 

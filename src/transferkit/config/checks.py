@@ -65,6 +65,7 @@ def validate(cfg: RunConfig) -> None:
         (d.max_length is not None and d.max_length < 8, "data.max_length", "must be >= 8", d.max_length),
         (d.limit is not None and d.limit <= 0, "data.limit", "must be > 0", d.limit),
         (d.storage not in ("auto", "memory", "mapped"), "data.storage", "must be auto, memory or mapped", d.storage),
+        (d.template not in ("auto", "chat", "plain"), "data.template", "must be auto, chat or plain", d.template),
     ] + cfg.method.checks())
     from ..augmentation import parse_spec
     parse_spec(d.augment)  # a bad spec fails before any data is read

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.registry import METHODS
+from ..core.registry import METHODS, TASKS
 from .base import ConfigFile, DynamicSection, _build, _coerce
 
 
@@ -28,12 +28,14 @@ class DataConfig:
     max_length: int | None = field(default=None, metadata={"help": "token limit; default: from the training split's length statistics"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training rows (after splitting)"})
     storage: str = field(default="auto", metadata={"help": "auto|memory|mapped: where loaded rows and token ids live; mapped streams CSV/TSV/JSONL/Parquet (and tagged CoNLL) into a memory-mapped Arrow cache (auto: mapped for files over 64 MB, tagged files over 16 MB)"})
+    template: str = field(default="auto", metadata={"help": "generate: auto|chat|plain: how a prompt is formatted (auto: the tokenizer's chat template when it has one)"})
+    packing: bool = field(default=False, metadata={"help": "generate: pack short rows into blocks of max_length tokens (position ids restart per row, no attention across rows)"})
     augment: str | None = field(default=None, metadata={"help": "augment the training split: eda:synonym=0.1,copies=4 | paraphrase:model=M | backtranslate:via=French | mixup:alpha=0.4, joined by + (see transferkit augment --help)"})
 
 
 @dataclass
 class ModelConfig:
-    name: str = field(default="minilm-l6", metadata={"help": "bundled name, local HF folder or hub name"})
+    name: str | None = field(default=None, metadata={"help": "bundled name, local HF folder or hub name (default per task: minilm-l6; generate: smollm2-135m)"})
     pooling: str = field(default="auto", metadata={"help": "auto|mean|cls: how the head reads the encoder (auto: what the model was trained with)"})
     classifier_dropout: float = field(default=0.1, metadata={"help": "dropout before the classification layer"})
     pool_layers: int | None = field(default=None, metadata={"help": "pool each of the last k encoder layers and concatenate (default per method)"})
@@ -158,7 +160,7 @@ class TrainConfig:
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement before stopping (default per method; 0 never stops early)"})
     metric: str | None = field(default=None, metadata={"help": "validation metric for early stopping and best weights (default per task: accuracy for classify and pair, pearson for regression, f1_micro for multilabel, f1 for ner; f1_macro when the training classes are imbalanced)"})
     min_steps: int | None = field(default=None, metadata={"help": "when epochs are left to the method: train at least this many optimizer steps (more epochs for a small set; default 300, 0 off)"})
-    loss: str = field(default="auto", metadata={"help": "auto|mse|huber: the training loss where a task offers a choice (regression: mse or huber on standardised targets; auto: the task's own)"})
+    loss: str = field(default="auto", metadata={"help": "auto|mse|huber|completion|all: the training loss where a task offers a choice (regression: mse or huber on standardised targets; generate: completion tokens only, or all tokens; auto: the task's own)"})
     class_weights: str = field(default="none", metadata={"help": "none|balanced: weight each class's loss by n / (classes * count) (classify, pair); multilabel: each label's positives by its negatives / positives"})
     checkpoint_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "random seed for split, init, order and dropout"})
@@ -170,7 +172,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig(ConfigFile):
-    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text), pair (one label per pair of texts), regression (numbers per text), multilabel (any number of labels per text) or ner (one tag per word)"})
+    task: str = field(default="classify", metadata={"help": "what is predicted: classify (one label per text), pair (one label per pair of texts), regression (numbers per text), multilabel (any number of labels per text), ner (one tag per word) or generate (a completion per prompt, from a causal LM)"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "the method and its own options"})
@@ -187,12 +189,13 @@ def describe_duration(t: TrainConfig) -> str:
     return f"{t.epochs:g} epochs" + (f" (or max_steps {t.max_steps} if sooner)" if t.max_steps else "")
 
 
-DEFAULT_DATA = "movie-sentences"
-
-
 def apply_default_data(cfg: RunConfig) -> RunConfig:
-    """The bundled dataset when the config names no data at all (neither data.data nor data.train)."""
+    """The task's bundled dataset when the config names no data at all (neither data.data nor data.train), and
+    its default model when the config names none (`Task.default_data`, `Task.default_model`)."""
+    task = TASKS.get(cfg.task)
     d = cfg.data
     if d.data is None and d.train is None and d.validation is None and d.test is None:
-        d.data = DEFAULT_DATA
+        d.data = task.default_data
+    if cfg.model.name is None:
+        cfg.model.name = task.default_model
     return cfg

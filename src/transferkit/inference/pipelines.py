@@ -65,7 +65,7 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     if model is None or not str(model).strip():
         raise UserError(f"pipeline({task!r}) needs model=: a run directory, a bundled name or a model folder")
     check_batch_size(batch_size)
-    found = kinds[task]
+    found = _run_kind(str(model), task) or kinds[task]
     call_options = found.pipeline_options if isinstance(found, Task) else found.call_options
     unknown = sorted(set(defaults) - set(call_options))
     if unknown:
@@ -73,6 +73,16 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     if isinstance(found, Task):
         return TaskPipeline(found, str(model), batch_size, device, defaults)
     return found(str(model), batch_size, device, defaults)
+
+
+def _run_kind(model: str, name: str) -> Task | None:
+    """The task of the fine-tuning run directory `model` when pipeline `name` opens its runs (a tuned causal LM
+    opens as text-generation through its task, with its template); None otherwise."""
+    if not (Path(model) / RUN_FILE).is_file():
+        return None
+    from ..core.runs import RunInfo
+    task = tasks.get(RunInfo.read(model).task)
+    return task if name in task.pipeline_names else None
 
 
 class Pipeline:

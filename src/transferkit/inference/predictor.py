@@ -73,7 +73,7 @@ class Predictor:
         `p.predict(texts, adapter="topic")` or `p.predict(texts, adapters=[one name per text])`."""
         return AdapterPredictor.from_runs(runs, device, batch_size, strategy, base_model)
 
-    def _run(self, items: list[Any]) -> tuple[Any, list[torch.Tensor]]:
+    def forward_rows(self, items: list[Any]) -> tuple[Any, list[torch.Tensor]]:
         """(the task's encoding of `items`, the model's logits for each of its rows)."""
         encoded = self.task.encode_inputs(self.tokenizer, items, self.max_length)
         return encoded, row_outputs(self.model, encoded.rows, self.batch_size, self.pad_id, self.device)
@@ -81,7 +81,7 @@ class Predictor:
     def outputs(self, inputs: Sequence[Any]) -> list[Any]:
         """Per input, what a server answers from: the task's `serving_results` (a classifier's logits, a
         tagger's entities)."""
-        encoded, rows = self._run(list(inputs))
+        encoded, rows = self.forward_rows(list(inputs))
         return self.task.serving_results(rows, encoded, self.label_names)
 
     def predict(self, inputs: Sequence[Any] | Any, **options: Any) -> Any:
@@ -91,8 +91,7 @@ class Predictor:
         items = self.task.check_inputs([inputs] if single else inputs)
         options = self.task.check_decode_options(options)
         t0 = time.perf_counter()
-        encoded, rows = self._run(items)
-        out = self.task.decode(rows, encoded, self.label_names, **options)
+        out = self.task.predict_rows(self, items, options)
         self.last_throughput = len(items) / max(time.perf_counter() - t0, 1e-9)
         return out[0] if single else out
 
@@ -103,7 +102,7 @@ class Predictor:
                             f"{self.task.name} run: use predict()")
         texts = self.task.check_inputs(texts)
         t0 = time.perf_counter()
-        _, rows = self._run(texts)
+        _, rows = self.forward_rows(texts)
         if any(r.dim() != 1 for r in rows) or len(rows) != len(texts):
             raise UserError(f"predict_proba is for runs with one label per text; this is a {self.task.name} run: "
                             f"use predict()")

@@ -76,6 +76,8 @@ class AdapterOptions:
 @METHODS.register("adapter")
 class BottleneckAdapter(TensorArtifactMethod):
     name = "adapter"
+    decoder_refusal = ("its bottleneck modules follow the output projections of BERT-layout encoder layers and its "
+                       "artefact loads onto the classifier alone; lora or ia3 adapt a decoder")
     Options = AdapterOptions
     # Adapters start as (nearly) the identity and have few weights: they need a large lr to move within
     # a few epochs (Houlsby et al. searched 3e-5..3e-3). On MiniLM, first 4,000 movie sentences, one

@@ -155,11 +155,24 @@ class Method:
     # "{name} fits and finishes in time").
     plan_picks: ClassVar[dict[str, str]] = {}
 
+    # Why the method cannot adapt a causal LM (a task whose `model_kind` is "decoder"), in words; None: it can.
+    decoder_refusal: ClassVar[str | None] = None
+
+    @classmethod
+    def refuses(cls, task: Any) -> str | None:
+        """Why the method cannot train `task` (a tasks.Task), in a sentence; None when it can. setfit's pairs need
+        a pooled vector and one class label per example; some methods need an encoder with a head."""
+        if task.model_kind == "decoder" and cls.decoder_refusal:
+            return f"method {cls.name} does not apply to a {task.name} run's causal LM: {cls.decoder_refusal}"
+        if cls.needs_pooled_task and not (task.pooled_features and task.one_label_per_example):
+            return (f"method {cls.name} trains on pairs of sentence vectors with one class label each; a {task.name} "
+                    "run has no such labels (choose another method)")
+        return None
+
     @classmethod
     def suits(cls, task: Any) -> bool:
-        """Whether the method can train `task` (a tasks.Task): setfit's pairs need a pooled vector and one class
-        label per example."""
-        return not cls.needs_pooled_task or (task.pooled_features and task.one_label_per_example)
+        """Whether the method can train `task` (`refuses` gives the reason when not)."""
+        return cls.refuses(task) is None
 
     def __init__(self, options: Any = None) -> None:
         """`options`: this method's Options, or a config `MethodConfig` (its options are taken)."""

@@ -43,6 +43,11 @@ class BitFit(TensorArtifactMethod):
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():
             p.requires_grad_(_is_bias(n) or is_head_param(n))
+        if not any(p.requires_grad for p in model.parameters()):
+            kind = getattr(model.config, "model_type", "?")
+            raise UserError(f"bitfit: this {kind} model has no bias terms and no new head, so BitFit has nothing to "
+                            "train (Llama-style decoders such as SmolLM2 drop every bias); use ia3 for an update "
+                            "as small, or lora")
         return model
 
     def method_params(self, model: nn.Module) -> dict[str, int]:

@@ -18,6 +18,8 @@ from .base import PEFT_BASE, Method, SharedPart, is_head_param
 @METHODS.register("head_only")
 class HeadOnly(Method):
     name = "head_only"
+    decoder_refusal = ("a causal LM has no new head: its head is the pretrained vocabulary projection, so training "
+                       "it alone relearns the output layer; lora, ia3 or full tune a decoder")
     default_lr = 1e-3
     # An epoch over cached features takes about a second, so train long with larger batches and
     # patient early stopping: validation accuracy of the head still rose after 15 epochs.

@@ -26,7 +26,11 @@ _BERT = (r".*\.layer\.\d+\.(?:attention\.self\.(?:key|value)|output\.dense)", r"
 DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
     "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
     "distilbert": (r".*\.layer\.\d+\.(?:attention\.(?:k_lin|v_lin)|ffn\.lin2)", r".*\.layer\.\d+\.ffn\.lin2"),
+    # decoders: keys, values and the input of the feed-forward down projection, as the paper's T0 runs
+    "gpt2": (r".*\.h\.\d+\.(?:attn\.c_attn|mlp\.c_proj)", r".*\.h\.\d+\.mlp\.c_proj"),
 }
+_LLAMA = (r".*\.layers\.\d+\.(?:self_attn\.(?:k_proj|v_proj)|mlp\.down_proj)", r".*\.layers\.\d+\.mlp\.down_proj")
+DEFAULT_TARGETS.update({kind: _LLAMA for kind in ("llama", "mistral", "qwen2", "qwen3")})
 # Last name parts of feed-forward output projections: IA3 scales their input, not their output.
 FEEDFORWARD_NAMES = ("output.dense", "lin2", "fc2", "down_proj", "c_proj", "wo")
 

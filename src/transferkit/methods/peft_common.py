@@ -19,9 +19,10 @@ TARGETS_HELP = "modules the method adapts (default per architecture; all-linear:
 
 
 def linear_names(model: nn.Module) -> set[str]:
-    """Last name parts of every Linear layer outside the head."""
+    """Last name parts of every Linear layer outside the head (a causal LM's head: its vocabulary projection)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not is_head_param(n)}
+            if isinstance(m, nn.Linear) and not is_head_param(n) and m is not out}
 
 
 def check_targets(model: nn.Module, targets: list[str] | str, option: str = "method.target_modules") -> None:
@@ -47,7 +48,10 @@ def all_linear_regex(model: nn.Module) -> str:
 
 
 def peft_task_type(model: nn.Module) -> str:
-    """peft's TaskType for the model's head: sentence heads wrap as SEQ_CLS, per-token heads as TOKEN_CLS."""
+    """peft's TaskType for the model's head: sentence heads wrap as SEQ_CLS, per-token heads as TOKEN_CLS, a causal
+    LM (a model that generates) as CAUSAL_LM."""
+    if getattr(model, "can_generate", lambda: False)():
+        return "CAUSAL_LM"
     return "TOKEN_CLS" if getattr(model.config, "head_kind", "sequence") == "token" else "SEQ_CLS"
 
 

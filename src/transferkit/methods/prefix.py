@@ -118,6 +118,8 @@ class PrefixOptions:
 @METHODS.register("prefix")
 class PrefixTuning(TensorArtifactMethod):
     name = "prefix"
+    decoder_refusal = ("its prefixes go into BERT-style self-attention (attention.self.query/key/value) of an "
+                       "encoder, which a decoder does not have; lora adapts a decoder's attention")
     Options = PrefixOptions
     # Prefixes are a few thousand numbers per layer that must steer a frozen encoder: the P-tuning v2
     # recipes use 5e-3..1e-2. On MiniLM, first 4,000 movie sentences, one epoch: 1e-2 reached 79.0%

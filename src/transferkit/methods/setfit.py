@@ -130,6 +130,7 @@ def similarity_loss(outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch
 @METHODS.register("setfit")
 class SetFit(Method):
     name = "setfit"
+    decoder_refusal = "it tunes a sentence encoder on pairs of texts with class labels, which generation has none of"
     Options = SetFitOptions
     # stage 2: a linear head on cached features of the tuned encoder, as long and patient as head_only's
     default_lr = 1e-2

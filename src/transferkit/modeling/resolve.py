@@ -273,7 +273,8 @@ def build_classifier(resolved: ResolvedModel, label_names: list[str], pooling: s
     return model
 
 
-HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id", "thresholds", "label_separator")
+HEAD_SETTINGS = ("problem_type", "output_scale", "output_shift", "pair_sep_id", "thresholds", "label_separator",
+                 "generation")
 PROBLEM_TYPES = ("single_label_classification", "regression", "multi_label_classification")
 
 
@@ -313,7 +314,18 @@ def check_head(head: Any, n: int, where: str = "head settings") -> dict:
             raise UserError(f"{where}: pair_sep_id must be a token id (an integer in [0, 2**31)), got {value!r}")
         if key == "label_separator" and not (isinstance(value, str) and 0 < len(value) <= 16):
             raise UserError(f"{where}: label_separator must be a short non-empty string")
+        if key == "generation" and not _generation_settings(value):
+            raise UserError(f"{where}: generation must be {{\"template\": \"chat\" or \"plain\", \"max_new_tokens\": "
+                            "an integer in [1, 4096]}")
     return head
+
+
+def _generation_settings(value: Any) -> bool:
+    """A generation run's template and decoding budget, as run.json holds them."""
+    n = value.get("max_new_tokens") if isinstance(value, dict) else None
+    return (isinstance(value, dict) and set(value) == {"template", "max_new_tokens"}
+            and value["template"] in ("chat", "plain") and isinstance(n, int) and not isinstance(n, bool)
+            and 1 <= n <= 4096)
 
 
 def set_head(config: Any, head: dict, where: str = "head settings") -> None:

@@ -86,9 +86,10 @@ class FinetuneRun(Run):
             raise UserError("augment: mixup hooks the head of the model the run built, and train.parallel=fsdp trains "
                             "a sharded copy of it; use train.parallel=ddp with mixup")
         self.method = METHODS.get(cfg.method.name)(cfg.method)
-        if not self.method.suits(self.task):
-            raise UserError(f"method {cfg.method.name} trains on pairs of sentence vectors with one class label each; "
-                            f"a {cfg.task} run has no such labels (choose another method)")
+        if (refusal := self.method.refuses(self.task)) is not None:
+            raise UserError(refusal)
+        if cfg.model.name is None:
+            cfg.model.name = self.task.default_model
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
@@ -199,7 +200,7 @@ class FinetuneRun(Run):
             mixup = Mixup(model, self.mixup_alpha)
             loss_fn = mixup.loss(loss_fn)
             logger.info(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")
-        trainer = Trainer(model, data["train"], tcfg, self.run_dir, acc, self.pad_id,
+        trainer = Trainer(self.task.training_module(model), data["train"], tcfg, self.run_dir, acc, self.pad_id,
                           eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=loss_fn)
         self.restore(trainer)
         logger.info(f"training {method.name}: lr {tcfg.lr:g} (head {tcfg.head_lr:g}), {describe_duration(tcfg)} = "
@@ -213,7 +214,7 @@ class FinetuneRun(Run):
         if mixup is not None:
             mixup.remove()
         self.trainer = trainer
-        self.model = acc.unwrap_model(trainer.model)
+        self.model = model  # what the loop trained shares its parameters (`Task.training_module`)
         return self.state
 
     def _cached_features(self, model: Any, data: dict) -> dict:
@@ -256,14 +257,17 @@ class FinetuneRun(Run):
         self.task.after_training(model, self.data, self.pad_id, self.accelerator.device)
         if self.score_test:
             with distributed.sharded():  # each process scores its share of the test split
-                test_metrics, test_predictions = self.task.evaluate(model, self.data["test"], EVAL_BATCH, self.pad_id,
-                                                                    self.accelerator.device)
+                test_metrics, test_predictions = self.task.evaluate_test(model, self.data["test"], EVAL_BATCH,
+                                                                         self.pad_id, self.accelerator.device)
         if not distributed.is_main():  # rank 0 writes the run directory
             return FinetuneResult(run_dir, {"test": test_metrics})
         # The artefact is written beside its final name and swapped in: a crash never leaves half a model.
         if method.stock_base:  # the base folder stock peft calls load first; its absolute path goes in the adapter
-            fs.write_folder(run_dir / BASE_DIR, self._write_base)
-            method.point_to_base(model, str((run_dir / BASE_DIR).resolve()))
+            base = self.task.adapter_base(self.resolved)
+            if base is None:
+                fs.write_folder(run_dir / BASE_DIR, self._write_base)
+                base = str((run_dir / BASE_DIR).resolve())
+            method.point_to_base(model, base)
         fs.write_folder(run_dir / method.artifact,
                         lambda tmp: (method.save(model, tmp), self.tokenizer.save_pretrained(tmp)))
         # a bundled base is recorded by name alone: the run loads wherever that package is installed

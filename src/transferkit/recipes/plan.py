@@ -85,9 +85,8 @@ class PlanRun:
         task = task_kinds.get(cfg.task)
         self.methods = methods or [m for m in METHODS.names() if METHODS.get(m).suits(task)]
         for m in self.methods:
-            if not METHODS.get(m).suits(task):  # an unknown name is a UserError listing the known ones
-                raise UserError(f"method {m} trains on pairs of sentence vectors with one class label each; a "
-                                f"{cfg.task} run has no such labels (plan the other methods)")
+            if (refusal := METHODS.get(m).refuses(task)) is not None:  # an unknown name lists the known ones
+                raise UserError(f"{refusal}; plan the other methods")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.output_dir is not None:
             fs.check_writable_dir(self.output_dir)

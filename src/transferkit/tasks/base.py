@@ -59,6 +59,12 @@ class Task:
     weighs_labels: ClassVar[bool] = False
     # the values train.loss may take for this task ("auto": the task's own loss)
     losses: ClassVar[tuple[str, ...]] = ("auto",)
+    # what a run of this task trains on and from when the config names no data or model (`apply_default_data`)
+    default_data: ClassVar[str] = "movie-sentences"
+    default_model: ClassVar[str] = "minilm-l6"
+    # What the task builds on: "encoder" (a head over a bidirectional encoder) or "decoder" (a causal LM and its
+    # own LM head); a method that cannot adapt that kind says why (`Method.refuses`).
+    model_kind: ClassVar[str] = "encoder"
 
     def __init__(self) -> None:
         # This run's head settings (`modeling.resolve.set_head`: problem type, output scale and shift, pair
@@ -88,6 +94,23 @@ class Task:
         logged statistics come from them)."""
         from ..data.tokens import token_lengths
         return token_lengths(tokenizer, self.texts(split))
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """What the training loop calls with each batch (default: the model itself; generation: a wrapper that
+        projects only the scored positions onto the vocabulary). It must share the model's parameters."""
+        return model
+
+    def adapter_base(self, resolved: Any) -> str | None:
+        """The model folder a stock-loadable adapter of this task names as its base (peft's
+        `base_model_name_or_path`); None: the run writes a weightless `base/` folder of its own (a classifier's
+        config over the encoder's weights)."""
+        return None
+
+    def evaluate_test(self, model: nn.Module, data: Any, batch_size: int, pad_id: int,
+                      device: Any) -> tuple[dict[str, float], Any]:
+        """(metrics, predictions) of the trained model on the test split (default: `evaluate`; generation also
+        generates and scores the outputs, which is too slow for every validation)."""
+        return self.evaluate(model, data, batch_size, pad_id, device)
 
     def after_training(self, model: nn.Module, data: dict[str, Any], pad_id: int, device: Any) -> None:
         """A last step on the trained model before it is scored and saved (multi-label: decision thresholds
@@ -153,6 +176,12 @@ class Task:
     pipeline_names: ClassVar[tuple[str, ...]] = ()
     # the keyword options `decode` takes, with their defaults (e.g. ner's aggregation_strategy)
     decode_options: ClassVar[dict[str, Any]] = {}
+
+    def predict_rows(self, predictor: Any, items: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per checked input, its output row, from the run's `Predictor` (default: encode, one forward pass per
+        batch of rows, `decode` with `options`; generation generates instead)."""
+        encoded, rows = predictor.forward_rows(items)
+        return self.decode(rows, encoded, predictor.label_names, **options)
 
     def cli_inputs(self, texts: Sequence[str]) -> list[Any]:
         """The inputs the command line's positional texts give (one text each; a pair task takes two)."""
