@@ -55,6 +55,7 @@ class Generation(Task):
     name = "generate"
     default_metric = "loss"
     pooled_features = False
+    shares_base = False  # each run its own predictor (the server's shared encoders are classifier/tagger encoders)
     head_kind = "causal"
     model_kind = "decoder"
     default_data = "bbc-headlines"
