@@ -55,7 +55,8 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
         tokenizer.save_pretrained(tmp)
         _check_folder(reference, tmp, tokenizer, plain)
     write_folder(out, write)
-    kind = "plain BertForSequenceClassification" if plain else "transferkit classifier (trust_remote_code=True)"
+    kind = ("plain BertForSequenceClassification" if plain else type(model).__name__
+            if not isinstance(model, Classifier) else "transferkit classifier (trust_remote_code=True)")
     logger.info(f"exported {run_dir} ({info.method}, merged) to {out} as a {kind}")
     return out
 
@@ -83,8 +84,13 @@ def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
 
 
 def _extra_weights(model: nn.Module) -> list[str]:
-    """Weights the plain classifier class does not have (all of them if `model` is another class)."""
+    """Weights the plain classifier class does not have (all of them if `model` is another class; none for a
+    plain transformers model without adapter modules, such as a generation run's merged causal LM)."""
     if not isinstance(model, Classifier):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from transformers import PreTrainedModel
+        if isinstance(model, PreTrainedModel) and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+            return []
         return [type(model).__name__]
     with torch.device("meta"):  # structure only: no memory, no initialisation cost
         plain = Classifier(model.config)
@@ -143,13 +149,18 @@ def _probe_batch(vocab_size: int, special: list[int], n: int = 4, length: int = 
 @torch.no_grad()
 def _check_folder(reference: nn.Module, folder: Path, tokenizer: Any, plain: bool) -> None:
     """Reload the written folder the way a user would and compare its logits with the run's model."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-    auto = (AutoModelForTokenClassification if getattr(reference.config, "head_kind", "sequence") == "token"
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    causal = not isinstance(reference, Classifier)  # a generation run's causal LM
+    auto = (AutoModelForCausalLM if causal else AutoModelForTokenClassification
+            if getattr(reference.config, "head_kind", "sequence") == "token"
             else AutoModelForSequenceClassification)  # the Auto class a user of this head would call
-    loaded = auto.from_pretrained(folder, trust_remote_code=not plain).eval()
+    loaded = auto.from_pretrained(folder, trust_remote_code=not plain and not causal).eval()
     if plain and type(loaded).__name__ != "BertForSequenceClassification":
         raise RuntimeError(f"plain export reloaded as {type(loaded).__name__}")
-    batch = _probe_batch(reference.config.encoder["vocab_size"], list(tokenizer.all_special_ids))
+    vocab = reference.config.vocab_size if causal else reference.config.encoder["vocab_size"]
+    batch = _probe_batch(vocab, list(tokenizer.all_special_ids))
+    if causal:
+        batch.pop("token_type_ids", None)
     want = reference(**batch).logits  # [n, labels] or [n, length, tags]
     got = loaded(**batch).logits
     diff = float((want - got).abs().max())

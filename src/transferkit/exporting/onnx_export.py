@@ -87,6 +87,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     info = RunInfo.read(run_dir)
     out = check_new_output(out_dir)
     task = run_task(info)
+    if task.onnx_refusal:
+        raise UserError(f"{run_dir}: {task.onnx_refusal}")
     try:
         split, source = labelled_split(run_dir, info, task, data, text_column, label_column)
     except UserError as e:

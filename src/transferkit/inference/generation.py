@@ -13,11 +13,13 @@ sentence per call where the cloze benchmark needs batches.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..core import runtime
 from ..core.errors import UserError
 from ..core.folders import check_finite, check_folder, loading
+from ..core.runs import RUN_FILE
 from ..modeling.lm import model_folder, model_type, tied_parameter_names
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
@@ -250,8 +252,24 @@ def generate(model: str | Any, prompt: str, max_new_tokens: int = 50, *, tempera
 
     `model`: smollm2-135m, a pretrain run dir, an HF causal LM folder; or a loaded model with `tokenizer`."""
     _check_options(max_new_tokens, temperature, top_k, top_p, num_return_sequences)  # before minutes of loading
+    if isinstance(model, str) and (Path(model) / RUN_FILE).is_file():
+        return _tuned(model, prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed)
     gen = TextGenerator.load(model) if isinstance(model, str) else TextGenerator(model, _need(tokenizer))
     return gen.generate(prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed, chat)
+
+
+def _tuned(run_dir: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, n: int, seed: int | None) -> list[str]:
+    """A fine-tuned generation run's completions of `prompt`, formatted with the run's own template (its task
+    decodes; `--chat` is what the template already does)."""
+    from .predictor import Predictor
+    if top_k is not None:
+        raise UserError("top_k: a fine-tuned run samples with temperature and top_p")
+    predictor = Predictor.from_run(run_dir)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0, "seed": seed}
+    if temperature > 0:
+        options.update(temperature=float(temperature), top_p=float(top_p or 1.0))
+    return [row["generated_text"] for row in predictor.predict([prompt] * n, **options)]
 
 
 def _need(tokenizer: Any) -> Any:

@@ -93,6 +93,7 @@ class FinetuneRun(Run):
         self.resolved = resolve_model(cfg.model.name)
         if Path(self.resolved.path).is_dir():  # checked before minutes of data preparation
             check_folder(self.resolved.path, ("config.json",), weights=cfg.model.init != "random")
+        self.task.check_base(self.resolved)
         self.pooling = self.resolved.pooling if cfg.model.pooling == "auto" else cfg.model.pooling
         # checked now, created once every input is valid
         self.run_dir = self.resume if self.resume is not None else new_run_dir(cfg.output_dir, cfg.method.name)

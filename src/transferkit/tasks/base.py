@@ -62,6 +62,8 @@ class Task:
     # what a run of this task trains on and from when the config names no data or model (`apply_default_data`)
     default_data: ClassVar[str] = "movie-sentences"
     default_model: ClassVar[str] = "minilm-l6"
+    # Why `export --format onnx` cannot write this task's runs (None: it can): the graph is one forward pass.
+    onnx_refusal: ClassVar[str | None] = None
     # What the task builds on: "encoder" (a head over a bidirectional encoder) or "decoder" (a causal LM and its
     # own LM head); a method that cannot adapt that kind says why (`Method.refuses`).
     model_kind: ClassVar[str] = "encoder"
@@ -88,6 +90,10 @@ class Task:
             raise UserError(f"train.loss={loss!r}: a {self.name} run trains with "
                             f"{' or '.join(repr(x) for x in self.losses)}")
         self.loss_name = loss
+
+    def check_base(self, resolved: Any) -> None:
+        """Refuse a base model this task cannot build on, before any data is read (default: any model will do;
+        the head goes over its encoder)."""
 
     def token_lengths(self, tokenizer: Any, split: Any) -> Any:
         """Untruncated tokens per example of a split, special tokens included ([n] ints; max_length and the

@@ -18,9 +18,9 @@ from ...core.folders import check_finite, loading
 from ...objectives import LMOutput, batches_of
 
 
-def load_causal_lm(path: str, random_init: bool = False, local_only: bool = False) -> nn.Module:
-    """The causal LM in `path` (float32), checked finite; a model of another kind is a one-line error."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def causal_config(path: str, local_only: bool = False) -> Any:
+    """The model config in `path`, when it is a causal LM's; a model of another kind is a one-line error."""
+    from transformers import AutoConfig
     from transformers.models.auto import modeling_auto as ma
     with loading(path, "model config"):
         config = AutoConfig.from_pretrained(path, local_files_only=local_only)
@@ -28,6 +28,13 @@ def load_causal_lm(path: str, random_init: bool = False, local_only: bool = Fals
     if mtype not in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or mtype in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         raise UserError(f"{path} is a {mtype} model, not a causal LM: generation runs fine-tune a decoder such as "
                         "smollm2-135m (the default) or a `transferkit pretrain --objective clm` run")
+    return config
+
+
+def load_causal_lm(path: str, random_init: bool = False, local_only: bool = False) -> nn.Module:
+    """The causal LM in `path` (float32), checked finite; a model of another kind is a one-line error."""
+    from transformers import AutoModelForCausalLM
+    config = causal_config(path, local_only)
     with loading(path, "causal LM"):
         if random_init:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -91,9 +98,10 @@ def held_out_loss(model: nn.Module, data: Any, batch_size: int, pad_id: int, dev
 @torch.no_grad()
 def generate_ids(model: nn.Module, prompts: Sequence[list[int]], pad_id: int, eos_id: int, device: Any,
                  batch_size: int = 16, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[int]]:
+                 top_p: float = 1.0, seed: int | None = None, **generate_options: Any) -> list[list[int]]:
     """New token ids per prompt (without the closing eos), in input order: prompts sorted by length and
-    left-padded per batch, transformers' `generate` with a KV cache."""
+    left-padded per batch, transformers' `generate` with a KV cache (and any further `generate_options`, such
+    as the server's `stopping_criteria`)."""
     lm = causal_body(model)
     was_training = lm.training
     lm.eval()
@@ -102,7 +110,7 @@ def generate_ids(model: nn.Module, prompts: Sequence[list[int]], pad_id: int, eo
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     options = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id,
-               "eos_token_id": eos_id}
+               "eos_token_id": eos_id, **generate_options}
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
     else:  # greedy: no sampling settings (transformers warns about unused ones)

@@ -23,7 +23,7 @@ from ..base import Task
 from ..rows import EncodedInputs
 from .batches import GenData, PackedGenData
 from .format import choose_template, encode_rows, end_token, prompt_ids
-from .model import CausalLM, generate_ids, held_out_loss, lm_loss, load_causal_lm
+from .model import CausalLM, causal_config, generate_ids, held_out_loss, lm_loss, load_causal_lm
 from .read import GenRows, ROLES, load_rows, prepare_splits, prompt_text
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class Generation(Task):
     pooled_features = False
     shares_base = False  # each run its own predictor (the server's shared encoders are classifier/tagger encoders)
     head_kind = "causal"
+    onnx_refusal = ("a generation run decodes token by token with a key-value cache, which the one-pass ONNX graph "
+                    "of this export does not hold; export a merged folder instead (transferkit export RUN OUT), which "
+                    "loads with AutoModelForCausalLM")
     model_kind = "decoder"
     default_data = "bbc-headlines"
     default_model = "smollm2-135m"
@@ -108,6 +111,9 @@ class Generation(Task):
                     f"{self.max_new_tokens} new tokens)")
         return np.array([len(x) for x in ids], dtype=np.int64)
 
+    def check_base(self, resolved: Any) -> None:
+        causal_config(resolved.path, getattr(resolved, "local_only", False))
+
     def build_model(self, resolved: Any, label_names: list[str], pooling: str, dropout: float, head_hidden: int,
                     pool_layers: int, random_init: bool = False) -> nn.Module:
         return load_causal_lm(resolved.path, random_init, local_only=getattr(resolved, "local_only", False))
@@ -127,10 +133,10 @@ class Generation(Task):
         # what the test split's generation needs: each prompt as the model reads it, leaving room for the answer
         room = max(8, max_length - self.max_new_tokens)
         data.prompt_ids = [p[:room] for p in prompt_ids(tokenizer, split.prompts, self.template)]
-        data.rows, data.tokenizer = split, tokenizer
+        data.examples, data.tokenizer = split, tokenizer
         if self.packing:
             packed = PackedGenData(data, max_length)
-            packed.prompt_ids, packed.rows, packed.tokenizer = data.prompt_ids, split, tokenizer
+            packed.prompt_ids, packed.examples, packed.tokenizer = data.prompt_ids, split, tokenizer
             return packed
         return data
 
@@ -148,7 +154,7 @@ class Generation(Task):
         from .metrics import generation_metrics
         metrics = held_out_loss(model, data, batch_size, pad_id, device)
         outputs = self.generate_texts(model, data.tokenizer, data.prompt_ids, pad_id, device)
-        scores, _ = generation_metrics(data.rows.completions, outputs)
+        scores, _ = generation_metrics(data.examples.completions, outputs)
         return {**scores, **metrics}, outputs
 
     def generate_texts(self, model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], pad_id: int,

@@ -1,0 +1,162 @@
+"""Completions as a server answers them: the run's own prompt formatting and decoding (`Generation.predict_rows`
+gives the same text), plus what OpenAI's shapes add: token counts, why each completion ended, stop strings, and
+the text in pieces while it is generated.
+
+Streaming is token by token: after every generated token a stopping-criteria hook decodes the completion so far
+and hands on the new text, whole words at a time (a word's last token may still change how it decodes), never
+trailing whitespace (the finished text is stripped, as `predict`'s is) and never the start of a stop string
+(it may become one). The pieces of a completion always join to its final text.
+
+A stop string cuts the decoded completion at its first occurrence (before the strip) and ends generation there;
+the finish reason is then "stop", as it is when the model writes its end token, and "length" when the token
+budget ran out.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ...core.errors import UserError
+from .format import end_token
+from .model import causal_body, generate_ids
+from .task import GENERATE_BATCH
+
+MAX_TOKENS = 4096  # the most new tokens one request may ask for
+
+
+@dataclass
+class Decoding:
+    """How to decode one request's prompts. `max_new_tokens` None: the run's own budget; `do_sample` False:
+    greedy (the run's own decoding)."""
+
+    max_new_tokens: int | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def final_text(raw: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(the completion a client gets from the decoded `raw`, whether a stop string cut it)."""
+    cut = first_stop(raw, stops)
+    return (raw if cut is None else raw[:cut]).strip(), cut is not None
+
+
+class Pieces:
+    """The text of a growing completion handed on in pieces that join to its final text (module docstring)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops, self.sent = tuple(stops), ""
+
+    def update(self, raw: str) -> str:
+        """The new piece that is safe to send, given the decoded completion so far (no stop string in it)."""
+        text = raw.lstrip()
+        keep = len(text)
+        for s in self.stops:  # the longest end of the text that a stop string starts with is held back
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    keep = min(keep, len(text) - k)
+                    break
+        safe = text[:keep]
+        cut = max(safe.rfind(" "), safe.rfind("\n"), safe.rfind("\t"))  # whole words only
+        safe = safe[:cut].rstrip() if cut >= 0 else ""
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+    def finish(self, final: str) -> str:
+        """The rest of the final text (empty if what was sent is not its start: a later token re-decoded an
+        earlier one differently, which whole-word pieces make rare)."""
+        piece = final[len(self.sent):] if final.startswith(self.sent) else ""
+        self.sent = final
+        return piece
+
+
+class _Watch(StoppingCriteria):
+    """A stopping criterion for one prompt's `generate`: sees each new token, hands on text pieces, and ends
+    generation at a stop string or when the client went away."""
+
+    def __init__(self, tokenizer: Any, start: int, stops: Sequence[str], on_text: Callable[[str], None] | None,
+                 cancelled: threading.Event | None) -> None:
+        self.tokenizer, self.start, self.stops = tokenizer, start, tuple(stops)
+        self.on_text, self.cancelled = on_text, cancelled
+        self.pieces = Pieces(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **_: Any) -> torch.Tensor:
+        done = self.cancelled is not None and self.cancelled.is_set()
+        if (self.stops or self.on_text) and not done:
+            raw = self.tokenizer.decode(input_ids[0, self.start:].tolist(), skip_special_tokens=True)
+            done = first_stop(raw, self.stops) is not None
+            if self.on_text is not None and not done:
+                piece = self.pieces.update(raw)
+                if piece:
+                    self.on_text(piece)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def context_size(model: Any) -> int | None:
+    """The most positions the model reads (None when its config does not say)."""
+    config = getattr(causal_body(model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def complete(predictor: Any, items: list[Any], decoding: Decoding,
+             on_text: Callable[[int, str], None] | None = None,
+             cancelled: threading.Event | None = None) -> list[Completion]:
+    """Per prompt (a string or chat turns, checked by the caller), its completion from a generation run's
+    `Predictor`, formatted and decoded as `predict` does. With `on_text(index, piece)` the prompts are generated
+    one at a time and each completion's text is handed on while it grows (the module docstring); the last piece
+    of each comes from its `Completion.text`, which the caller sends with the finish reason."""
+    task, tok = predictor.task, predictor.tokenizer
+    budget = int(decoding.max_new_tokens or task.max_new_tokens)
+    prompts = task.prompt_token_ids(tok, items, predictor.max_length)
+    limit = context_size(predictor.model)
+    longest = max(len(p) for p in prompts)
+    if limit is not None and longest + budget > limit:
+        raise UserError(f"max_tokens: the prompt's {longest} tokens and {budget} new ones exceed the model's "
+                        f"{limit} positions; ask for at most {max(limit - longest, 0)}")
+    eos = end_token(tok)
+    args = (predictor.pad_id, eos, predictor.device, GENERATE_BATCH, budget, decoding.do_sample,
+            decoding.temperature, decoding.top_p, decoding.seed)
+    if on_text is None and not decoding.stop:
+        new = generate_ids(predictor.model, prompts, *args)  # batched, exactly as `predict`
+        watched = [False] * len(prompts)
+    else:  # one prompt at a time, each watched token by token
+        new, watched = [], []
+        for i, p in enumerate(prompts):
+            if cancelled is not None and cancelled.is_set():
+                break
+            emit = (lambda piece, i=i: on_text(i, piece)) if on_text is not None else None
+            watch = _Watch(tok, len(p), decoding.stop, emit, cancelled)
+            new += generate_ids(predictor.model, [p], *args, stopping_criteria=StoppingCriteriaList([watch]))
+            watched.append(True)
+    out = []
+    for p, ids in zip(prompts, new):
+        text, cut = final_text(tok.decode(ids, skip_special_tokens=True), decoding.stop)
+        reason = "stop" if cut or len(ids) < budget else "length"
+        out.append(Completion(text, len(p), len(ids), reason))
+    return out
