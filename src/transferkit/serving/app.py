@@ -9,18 +9,23 @@ Routes (the shapes clients already speak):
     POST /v1/unload_lora_adapter  {"lora_name"} (also only with --adapter-root)
     GET  /health, GET /metrics    liveness; Prometheus text (requests, errors, batch sizes, queue, latency)
 
-Errors are {"error": ..., "error_type": ...} as text-embeddings-inference writes them; no input
+Errors are {"error": ..., "error_type": ...} as text-embeddings-inference writes them (a task's routes that
+speak another API may register that API's error body for their paths: `app.state.error_bodies`); no input
 gives a 5xx (a failure inside the model is a 500 with that body, never a traceback).
+
+A task whose answers are not one batched forward pass (generation) passes `call` to `answer`: its function
+runs on the run's own predictor in a thread of its own (`ModelSet.call`), never on the event loop.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import hmac
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from fastapi import FastAPI, Request
@@ -67,6 +72,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     queue_depth = Gauge("transferkit_queue_depth", "requests waiting for a batch", registry=registry)
 
     batcher = Batcher(models.run, max_batch_tokens, max_wait_ms, max_queue, on_batch=lambda n, _: batch_texts.observe(n))
+    calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="transferkit-call")  # `answer(..., call=...)`
     queue_depth.set_function(lambda: batcher.depth)
     root = Path(adapter_root).resolve() if adapter_root else None
 
@@ -75,30 +81,38 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         batcher.start()
         yield
         await batcher.stop()  # uvicorn stops taking requests first; what is queued still finishes
+        calls.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="transferkit", lifespan=lifespan,
                   description="Many task models on one base encoder, batched across requests and tasks.")
     app.state.models, app.state.batcher = models, batcher
 
-    # ---- errors in one shape ------------------------------------------------------------------
-    def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+    # ---- errors in one shape (per path: a task's routes may speak another API's) ---------------
+    error_bodies: dict[str, Callable[[int, str, str], Any]] = {}  # path -> body(status, message, kind)
+    app.state.error_bodies = error_bodies
+
+    def error(request: Request, status: int, message: str, kind: str,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+        body = error_bodies.get(request.url.path)
+        return JSONResponse(body(status, message, kind) if body else {"error": message, "error_type": kind},
+                            status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return error(e.status, e.message, e.kind, e.headers)
+    async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+        return error(request, e.status, e.message, e.kind, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         if "json" not in request.headers.get("content-type", ""):
-            return error(422, "send the body as JSON with the header content-type: application/json", "Validation")
+            return error(request, 422, "send the body as JSON with the header content-type: application/json",
+                         "Validation")
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "Validation")
+        return error(request, 422, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "Validation")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error(e.status_code, str(e.detail), "NotFound" if e.status_code == 404 else "Validation")
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error(request, e.status_code, str(e.detail), "NotFound" if e.status_code == 404 else "Validation")
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
@@ -109,12 +123,12 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
             if not hmac.compare_digest(token.encode(), api_key.encode()):
                 requests.labels(route, "", "401").inc()
-                return error(401, "missing or wrong API key (Authorization: Bearer KEY)", "Unauthorized")
+                return error(request, 401, "missing or wrong API key (Authorization: Bearer KEY)", "Unauthorized")
         t0 = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - a failure inside the model: the error body, counted, no traceback
-            response = error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
+            response = error(request, 500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
         return response
@@ -180,13 +194,27 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                 raise ApiError(500, f"model {name!r} produced non-finite scores for this input", "Backend")
         return results
 
-    async def answer(task: str, request: Request, name: str | None, inputs: Any,
-                     refuse_longer: bool = False) -> tuple[Any, list[int], list[Any]]:
+    async def called(name: str, call: Callable[[Any, list[Any]], Any], items: list[Any]) -> Any:
+        """`call(predictor, items)` on the run's own predictor, in a thread (`ModelSet.call`)."""
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(calls, models.call, name, call, items)
+        except UserError as e:
+            raise ApiError(400, str(e).splitlines()[0], "Validation") from None
+        if isinstance(result, Gone):
+            raise ApiError(404, f"model {name!r} was unloaded while the request waited", "NotFound")
+        return result
+
+    async def answer(task: str, request: Request, name: str | None, inputs: Any, refuse_longer: bool = False,
+                     call: Callable[[Any, list[Any]], Any] | None = None) -> tuple[Any, list[int], Any]:
         """Every prediction route's steps for runs of `task`: the run, its checked texts and tokens, the
-        batched results (per text, the task's `serving_results`)."""
+        batched results (per text, the task's `serving_results`). With `call`, `call(predictor, inputs)`
+        on the run's own predictor instead of the batches, its result as it is (and no token counts)."""
         entry = served(name, task, request)
         kind = tasks.get(entry.task)  # the run's own task checks and counts its inputs
         texts = inputs_of(kind, inputs)
+        if call is not None:
+            return entry, [], await called(entry.name, call, texts)
         tokens = token_counts(kind, entry, texts, refuse_longer)
         return entry, tokens, await batched(entry.task, entry.name, texts, tokens)
 

@@ -8,6 +8,11 @@ adapter, prefix) gets its own predictor in the same process; its texts are batch
 Loading or unloading a shared run rebuilds its base's predictor (about a second for MiniLM) while
 batches wait, so a request never sees a half-built model; an item whose run was unloaded while it
 waited in the queue comes back as `Gone` (the app answers 404).
+
+A task whose answers are not one batched forward pass (generation: token by token, for as long as the
+request asks) uses a run's own predictor through `call`, outside the batches: the set's lock only finds the
+predictor, and the predictor's own lock keeps it to one caller at a time, so a long generation holds up
+neither the batches of other runs nor loads and unloads.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -51,7 +56,8 @@ class Served:
     key: str = ""  # multi_adapter.base_key: runs with the same key share one encoder
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.name, "object": "model", "task": self.task, "method": self.method, "base": self.base,
+        return {"id": self.name, "object": "model", "created": int(self.loaded_at), "owned_by": "transferkit",
+                "task": self.task, "method": self.method, "base": self.base,
                 "labels": self.labels, "max_length": self.max_length,
                 "shared_base": self.shared, "loaded_at": int(self.loaded_at)}
 
@@ -64,6 +70,7 @@ class ModelSet:
         self.served: dict[str, Served] = {}
         self._shared: dict[str, Any] = {}  # base -> AdapterPredictor over its shared runs
         self._alone: dict[str, Any] = {}  # name -> Predictor / EntityPredictor
+        self._busy: dict[str, threading.Lock] = {}  # name -> the lock of its own predictor (`call`)
         self._lock = threading.Lock()  # loads, unloads and batches, one at a time
         for name, run in runs.items():
             self.load(name, run)
@@ -95,6 +102,7 @@ class ModelSet:
                                                          batch_size=self.batch_size)
             else:
                 self._alone[name] = Predictor.from_run(run_dir, device=self.device, batch_size=self.batch_size)
+                self._busy[name] = threading.Lock()
             self.served[name] = entry
         return entry
 
@@ -102,8 +110,8 @@ class ModelSet:
         with self._lock:
             entry = self.get(name)
             del self.served[name]
-            if not entry.shared:
-                del self._alone[name]
+            if not entry.shared:  # a `call` still using its predictor finishes with it
+                del self._alone[name], self._busy[name]
                 return
             runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == entry.key}
             if runs:
@@ -142,7 +150,22 @@ class ModelSet:
             if kind == "shared":
                 rows = self._shared[key].outputs(texts, [items[i][1] for i in idx])
             else:  # a classifier's predictor gives logits, a tagger's entities
-                rows = self._alone[key].outputs(texts)
+                with self._busy[key]:
+                    rows = self._alone[key].outputs(texts)
             for i, row in zip(idx, rows):
                 out[i] = row.float() if isinstance(row, torch.Tensor) else row
         return out
+
+    def call(self, name: str, fn: Callable[[Any, list[Any]], Any], items: list[Any]) -> Any:
+        """`fn(predictor, items)` on run `name`'s own predictor, which nothing else uses meanwhile (its lock);
+        `Gone` if the run is not loaded. For tasks whose answers are not the batched forward pass (generation):
+        the batches of other runs, loads and unloads go on while `fn` runs."""
+        with self._lock:
+            entry = self.served.get(name)
+            if entry is None:
+                return Gone(name)
+            if entry.shared:
+                raise UserError(f"model {name!r} is served on its base's shared encoder, which answers in batches")
+            predictor, busy = self._alone[name], self._busy[name]
+        with busy:
+            return fn(predictor, items)

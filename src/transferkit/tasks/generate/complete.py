@@ -23,7 +23,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ...core.errors import UserError
 from .format import end_token
 from .model import causal_body, generate_ids
-from .task import GENERATE_BATCH
 
 MAX_TOKENS = 4096  # the most new tokens one request may ask for
 
@@ -124,13 +123,27 @@ def context_size(model: Any) -> int | None:
     return None
 
 
-def complete(predictor: Any, items: list[Any], decoding: Decoding,
-             on_text: Callable[[int, str], None] | None = None,
-             cancelled: threading.Event | None = None) -> list[Completion]:
+class Stream:
+    """Where `complete` hands a streamed request's text while it is generated (called from the generating
+    thread): `start()` once the request is checked, `text(index, piece)` as each completion grows, `done(index,
+    completion, rest)` when it ends (`rest`: its text not yet handed on). `cancelled` set ends generation at the
+    next token (the client went away)."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def start(self) -> None: ...
+
+    def text(self, index: int, piece: str) -> None: ...
+
+    def done(self, index: int, completion: Completion, rest: str) -> None: ...
+
+
+def complete(predictor: Any, items: list[Any], decoding: Decoding, stream: Stream | None = None) -> list[Completion]:
     """Per prompt (a string or chat turns, checked by the caller), its completion from a generation run's
-    `Predictor`, formatted and decoded as `predict` does. With `on_text(index, piece)` the prompts are generated
-    one at a time and each completion's text is handed on while it grows (the module docstring); the last piece
-    of each comes from its `Completion.text`, which the caller sends with the finish reason."""
+    `Predictor`, formatted and decoded as `predict` does. With a `stream` the prompts are generated one at a
+    time and each completion is handed on while it grows (the module docstring). Asking for more tokens than
+    the model has positions is a UserError."""
     task, tok = predictor.task, predictor.tokenizer
     budget = int(decoding.max_new_tokens or task.max_new_tokens)
     prompts = task.prompt_token_ids(tok, items, predictor.max_length)
@@ -139,24 +152,26 @@ def complete(predictor: Any, items: list[Any], decoding: Decoding,
     if limit is not None and longest + budget > limit:
         raise UserError(f"max_tokens: the prompt's {longest} tokens and {budget} new ones exceed the model's "
                         f"{limit} positions; ask for at most {max(limit - longest, 0)}")
-    eos = end_token(tok)
-    args = (predictor.pad_id, eos, predictor.device, GENERATE_BATCH, budget, decoding.do_sample,
+    args = (predictor.pad_id, end_token(tok), predictor.device, task.generate_batch, budget, decoding.do_sample,
             decoding.temperature, decoding.top_p, decoding.seed)
-    if on_text is None and not decoding.stop:
-        new = generate_ids(predictor.model, prompts, *args)  # batched, exactly as `predict`
-        watched = [False] * len(prompts)
-    else:  # one prompt at a time, each watched token by token
-        new, watched = [], []
-        for i, p in enumerate(prompts):
-            if cancelled is not None and cancelled.is_set():
-                break
-            emit = (lambda piece, i=i: on_text(i, piece)) if on_text is not None else None
-            watch = _Watch(tok, len(p), decoding.stop, emit, cancelled)
-            new += generate_ids(predictor.model, [p], *args, stopping_criteria=StoppingCriteriaList([watch]))
-            watched.append(True)
+    if stream is None and not decoding.stop:  # batched, exactly as `predict`
+        return [_completion(tok, p, ids, budget, decoding.stop)
+                for p, ids in zip(prompts, generate_ids(predictor.model, prompts, *args))]
+    if stream is not None:
+        stream.start()
     out = []
-    for p, ids in zip(prompts, new):
-        text, cut = final_text(tok.decode(ids, skip_special_tokens=True), decoding.stop)
-        reason = "stop" if cut or len(ids) < budget else "length"
-        out.append(Completion(text, len(p), len(ids), reason))
+    for i, p in enumerate(prompts):  # one prompt at a time, each watched token by token
+        if stream is not None and stream.cancelled.is_set():
+            break
+        emit = (lambda piece, i=i: stream.text(i, piece)) if stream is not None else None
+        watch = _Watch(tok, len(p), decoding.stop, emit, stream.cancelled if stream is not None else None)
+        ids = generate_ids(predictor.model, [p], *args, stopping_criteria=StoppingCriteriaList([watch]))[0]
+        out.append(_completion(tok, p, ids, budget, decoding.stop))
+        if stream is not None:
+            stream.done(i, out[-1], watch.pieces.finish(out[-1].text))
     return out
+
+
+def _completion(tokenizer: Any, prompt: list[int], ids: list[int], budget: int, stops: Sequence[str]) -> Completion:
+    text, cut = final_text(tokenizer.decode(ids, skip_special_tokens=True), stops)
+    return Completion(text, len(prompt), len(ids), "stop" if cut or len(ids) < budget else "length")

@@ -74,6 +74,7 @@ class Generation(Task):
     pipeline_options = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "return_full_text")
     decode_options = {"max_new_tokens": None, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": None}
     runs_csv_columns = ("generated_text",)
+    generate_batch = GENERATE_BATCH  # prompts per generate() call, read by the server too (generate/complete.py)
 
     def __init__(self) -> None:
         super().__init__()
@@ -280,3 +281,6 @@ class Generation(Task):
         ids = self.prompt_token_ids(tokenizer, inputs, max_length)
         return EncodedInputs(ids, list(range(len(inputs))), len(inputs))
 
+    def add_routes(self, app: Any, answer: Any) -> None:
+        from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
+        add_routes(app, answer)

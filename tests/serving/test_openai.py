@@ -1,0 +1,213 @@
+"""Generation runs behind OpenAI's routes, driven by the stock `openai` client against a real uvicorn server on
+loopback: completions, chat, streaming, errors; greedy answers equal `Predictor.from_run(run).predict`."""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+
+import httpx
+import openai
+import pytest
+import torch
+
+import transferkit
+from transferkit.inference import Predictor
+from transferkit.modeling.lm import build_from_scratch
+from transferkit.serving.app import create_app
+from transferkit.serving.models import ModelSet
+from transferkit.tasks.generate.complete import Pieces, final_text
+
+from helpers import VOCAB, make_tokenizer, wait_until
+
+PROMPTS = ["good film was", "the plot is boring and dull"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, finished_run):
+    """Tiny generation runs (lora and full) on a random 2-layer llama, and a classifier."""
+    root = tmp_path_factory.mktemp("gen")
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    build_from_scratch("llama", "tiny", tok, "clm").save_pretrained(root / "llama")
+    tok.save_pretrained(root / "llama")
+    words = [w for w in VOCAB if w.isalpha()]
+    rng = random.Random(0)
+    with open(root / "rows.jsonl", "w", encoding="utf-8") as f:
+        for _ in range(100):
+            p = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+            f.write(json.dumps({"prompt": p, "completion": " ".join(p.split()[:2])}) + "\n")
+    out = {}
+    for method, lr in (("lora", 1e-3), ("full", 3e-4)):  # greedy: repeated words, some ending early
+        out[method] = transferkit.finetune(task="generate", data=str(root / "rows.jsonl"), model=str(root / "llama"),
+                                           method=method, max_steps=6, batch_size=16, lr=lr,
+                                           output_dir=str(root / method), **{"train.progress": False}).run_dir
+    out["sent"] = finished_run("lora")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(runs):
+    import uvicorn
+    app = create_app(ModelSet({"gen": runs["lora"], "full": runs["full"], "sent": runs["sent"]}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started or not thread.is_alive(), 60) and server.started
+    yield f"http://127.0.0.1:{server.config.port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def offline(runs):
+    """name -> the run's own Predictor (what `transferkit predict` answers)."""
+    return {"gen": Predictor.from_run(runs["lora"]), "full": Predictor.from_run(runs["full"])}
+
+
+def test_models_lists_generation_runs_for_the_openai_client(client, url):
+    assert {m.id for m in client.models.list()} == {"gen", "full", "sent"}
+    rows = {m["id"]: m for m in httpx.get(url + "/v1/models").json()["data"]}
+    assert rows["gen"]["task"] == "generate" and rows["gen"]["method"] == "lora" and rows["sent"]["task"] == "classify"
+
+
+@pytest.mark.parametrize("name", ["gen", "full"])
+def test_greedy_completions_equal_offline_prediction(client, offline, name):
+    want = [r["generated_text"] for r in offline[name].predict(PROMPTS)]
+    one = client.completions.create(model=name, prompt=PROMPTS[0], temperature=0)
+    assert one.object == "text_completion" and one.model == name and one.choices[0].text == want[0]
+    assert one.choices[0].finish_reason in ("stop", "length")
+    assert one.usage.prompt_tokens == 3 and one.usage.total_tokens == 3 + one.usage.completion_tokens
+    many = client.completions.create(model=name, prompt=PROMPTS)  # no temperature: the run's own (greedy) decoding
+    assert [c.text for c in many.choices] == want and [c.index for c in many.choices] == [0, 1]
+    budget = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=2)
+    assert budget.usage.completion_tokens <= 2 and want[0].startswith(budget.choices[0].text)
+
+
+def test_chat_answers_the_messages_as_the_prompt(client, offline):
+    turns = [{"role": "system", "content": "the movie"}, {"role": "user", "content": PROMPTS[1]}]
+    r = client.chat.completions.create(model="gen", messages=turns, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == offline["gen"].predict(turns)["generated_text"]
+    assert r.usage.prompt_tokens > 0 and r.choices[0].finish_reason in ("stop", "length")
+
+
+SAMPLED = {"temperature": 1.5, "seed": 3, "max_tokens": 12}  # varied words from the tiny model, the same each time
+
+
+def test_streams_join_to_the_whole_answer(client):
+    full = client.completions.create(model="gen", prompt=PROMPTS[0], **SAMPLED)
+    whole = full.choices[0]
+    chunks = list(client.completions.create(model="gen", prompt=PROMPTS[0], stream=True,
+                                            stream_options={"include_usage": True}, **SAMPLED))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert "".join(texts) == whole.text and len([t for t in texts if t]) > 1  # token by token, not one piece
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert reasons[-1] == whole.finish_reason and not any(reasons[:-1])
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens and not chunks[-1].choices
+
+    msgs = [{"role": "user", "content": PROMPTS[1]}]
+    answer = client.chat.completions.create(model="gen", messages=msgs).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="gen", messages=msgs, stream=True))
+    assert all(c.object == "chat.completion.chunk" for c in chunks) and chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_stop_strings_cut_the_answer_streamed_or_not(client):
+    whole = client.completions.create(model="gen", prompt=PROMPTS[1], **SAMPLED).choices[0].text
+    words = whole.split()
+    assert len(words) > 3, whole
+    stop = " " + words[2]
+    cut = client.completions.create(model="gen", prompt=PROMPTS[1], stop=[stop, "never there"], **SAMPLED)
+    assert cut.choices[0].text == whole[:whole.index(stop)].strip() and cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="gen", prompt=PROMPTS[1], stop=stop, stream=True, **SAMPLED)
+    assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+def test_sampling_with_a_seed_repeats(client):
+    a, b = (client.completions.create(model="full", prompt=PROMPTS[0], temperature=1.5, top_p=0.9, seed=7,
+                                      max_tokens=8).choices[0].text for _ in range(2))
+    assert a == b
+
+
+def test_the_openai_client_raises_its_own_errors(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="a film")
+    assert "nope" in e.value.message and e.value.type == "not_found_error"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "a"}], stream=True)
+    with pytest.raises(openai.UnprocessableEntityError, match="/v1/classify"):
+        client.completions.create(model="sent", prompt="a film")
+    with pytest.raises(openai.BadRequestError, match="n=2"):
+        client.completions.create(model="gen", prompt="a film", n=2)
+
+
+@pytest.mark.parametrize("route,body,status,words", [
+    ("/v1/completions", {"prompt": ""}, 422, "empty"),
+    ("/v1/completions", {"prompt": []}, 422, "empty"),
+    ("/v1/completions", {"prompt": [1, 2]}, 422, "prompt"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 5000}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 4000, "stream": True}, 400, "positions"),
+    ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
+    ("/v1/completions", {"prompt": "a", "stop": [""]}, 400, "stop"),
+    ("/v1/chat/completions", {"messages": []}, 422, "empty"),
+    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 422, "role"),
+    ("/v1/chat/completions", {"messages": ["hi"]}, 422, "messages[0]"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422, "text"),
+])
+def test_bad_requests_are_one_line_4xx(url, route, body, status, words):
+    r = httpx.post(url + route, json={"model": "gen", **body}, timeout=60)
+    assert r.status_code == status and words in r.json()["error"]["message"], r.text
+    assert "\n" not in r.json()["error"]["message"]
+
+
+def test_non_finite_temperature_and_the_other_routes_unchanged(url):
+    r = httpx.post(url + "/v1/completions", content=b'{"model": "gen", "prompt": "a", "temperature": NaN}',
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400 and "temperature" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/classify", json={"model": "gen", "input": "a"}, timeout=60)
+    assert r.status_code == 422 and "/v1/completions" in r.json()["error"] and r.json()["error_type"] == "Validation"
+    r = httpx.post(url + "/v1/classify", json={"model": "nope", "input": "a"}, timeout=60)
+    assert r.status_code == 404 and r.json()["error_type"] == "NotFound"  # the existing routes keep their body
+
+
+def test_generation_does_not_hold_up_other_requests(client, url):
+    """While a long stream generates, the event loop and the classifier's batches still answer."""
+    stream = client.completions.create(model="gen", prompt=PROMPTS[0], max_tokens=400, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].text
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
+    r = httpx.post(url + "/v1/classify", json={"model": "sent", "input": "a good film"}, timeout=30)
+    assert r.status_code == 200
+    stream.close()  # the client goes away: the server stops generating at the next token
+    again = client.completions.create(model="gen", prompt=PROMPTS[0], max_tokens=3)
+    assert again.usage.completion_tokens <= 3
+
+
+def test_pieces_join_to_the_final_text_whatever_the_stops():
+    raw = " alpha beta gamma delta epsilon "
+    for stops in [(), ("gam",), ("beta gam",), ("a d",), ("zeta",)]:
+        pieces = Pieces(stops)
+        sent = []
+        for k in range(1, len(raw) + 1):
+            if final_text(raw[:k], stops)[1]:
+                break
+            sent.append(pieces.update(raw[:k]))
+        final, _ = final_text(raw, stops)
+        sent.append(pieces.finish(final))
+        assert "".join(sent) == final, stops
