@@ -17,7 +17,7 @@ from transferkit.inference import Predictor
 from transferkit.modeling.lm import build_from_scratch
 from transferkit.serving.app import create_app
 from transferkit.serving.models import ModelSet
-from transferkit.tasks.generate.complete import Pieces, final_text
+from transferkit.tasks.generate.complete import Decoding, Pieces, complete, final_text
 
 from helpers import VOCAB, make_tokenizer, wait_until
 
@@ -26,7 +26,7 @@ PROMPTS = ["good film was", "the plot is boring and dull"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, finished_run):
-    """Tiny generation runs (lora and full) on a random 2-layer llama, and a classifier."""
+    """Tiny generation runs (two lora, one full) on a random 2-layer llama, and a classifier."""
     root = tmp_path_factory.mktemp("gen")
     tok = make_tokenizer()
     torch.manual_seed(0)
@@ -39,10 +39,11 @@ def runs(tmp_path_factory, finished_run):
             p = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
             f.write(json.dumps({"prompt": p, "completion": " ".join(p.split()[:2])}) + "\n")
     out = {}
-    for method, lr in (("lora", 1e-3), ("full", 3e-4)):  # greedy: repeated words, some ending early
-        out[method] = transferkit.finetune(task="generate", data=str(root / "rows.jsonl"), model=str(root / "llama"),
-                                           method=method, max_steps=6, batch_size=16, lr=lr,
-                                           output_dir=str(root / method), **{"train.progress": False}).run_dir
+    # greedy: repeated words, some ending early; the two lora runs answer differently
+    for name, method, lr, steps in (("lora", "lora", 1e-3, 6), ("lora2", "lora", 3e-2, 2), ("full", "full", 3e-4, 6)):
+        out[name] = transferkit.finetune(task="generate", data=str(root / "rows.jsonl"), model=str(root / "llama"),
+                                         method=method, max_steps=steps, batch_size=16, lr=lr,
+                                         output_dir=str(root / name), **{"train.progress": False}).run_dir
     out["sent"] = finished_run("lora")
     return out
 
@@ -56,7 +57,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def url(runs):
     import uvicorn
-    app = create_app(ModelSet({"gen": runs["lora"], "full": runs["full"], "sent": runs["sent"]}))
+    app = create_app(ModelSet({"gen": runs["lora"], "gen2": runs["lora2"], "full": runs["full"], "sent": runs["sent"]}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -74,16 +75,18 @@ def client(url):
 @pytest.fixture(scope="module")
 def offline(runs):
     """name -> the run's own Predictor (what `transferkit predict` answers)."""
-    return {"gen": Predictor.from_run(runs["lora"]), "full": Predictor.from_run(runs["full"])}
+    return {"gen": Predictor.from_run(runs["lora"]), "gen2": Predictor.from_run(runs["lora2"]),
+            "full": Predictor.from_run(runs["full"])}
 
 
 def test_models_lists_generation_runs_for_the_openai_client(client, url):
-    assert {m.id for m in client.models.list()} == {"gen", "full", "sent"}
+    assert {m.id for m in client.models.list()} == {"gen", "gen2", "full", "sent"}
     rows = {m["id"]: m for m in httpx.get(url + "/v1/models").json()["data"]}
     assert rows["gen"]["task"] == "generate" and rows["gen"]["method"] == "lora" and rows["sent"]["task"] == "classify"
+    assert rows["gen"]["shared_base"] and rows["gen2"]["shared_base"] and not rows["full"]["shared_base"]
 
 
-@pytest.mark.parametrize("name", ["gen", "full"])
+@pytest.mark.parametrize("name", ["gen", "gen2", "full"])
 def test_greedy_completions_equal_offline_prediction(client, offline, name):
     want = [r["generated_text"] for r in offline[name].predict(PROMPTS)]
     one = client.completions.create(model=name, prompt=PROMPTS[0], temperature=0)
@@ -94,6 +97,25 @@ def test_greedy_completions_equal_offline_prediction(client, offline, name):
     assert [c.text for c in many.choices] == want and [c.index for c in many.choices] == [0, 1]
     budget = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=2)
     assert budget.usage.completion_tokens <= 2 and want[0].startswith(budget.choices[0].text)
+
+
+def test_two_lora_runs_share_one_base_and_answer_as_each_alone(runs, offline):
+    models = ModelSet({"a": runs["lora"], "b": runs["lora2"]})
+    assert len(models._switched) == 1 and not models._alone  # one copy of the base, two named adapters
+    want = {n: [r["generated_text"] for r in offline[k].predict(PROMPTS)] for n, k in (("a", "gen"), ("b", "gen2"))}
+    assert want["a"] != want["b"]
+
+    def texts(name):
+        return [c.text for c in models.call(name, lambda p, items: complete(p, items, Decoding()), PROMPTS)]
+    for name in ("a", "b", "a", "b"):  # switching back and forth
+        assert texts(name) == want[name]
+    models.unload("a")
+    assert texts("b") == want["b"] and len(models._switched) == 1
+    models.load("a", runs["lora"])  # back on the same base, as a newly added adapter
+    assert texts("a") == want["a"] and texts("b") == want["b"]
+    models.unload("a")
+    models.unload("b")
+    assert not models._switched and not models.served
 
 
 def test_chat_answers_the_messages_as_the_prompt(client, offline):

@@ -3,6 +3,7 @@
     predictor.py     Predictor (one run, any task: the task encodes the inputs and decodes the outputs)
     adapters.py      AdapterPredictor (several runs of one base model on a single encoder, tasks mixed)
     multi_adapter.py the shared encoder those runs go through, each method's rows mixed per batch
+    switched.py      runs of one base as named adapters on one copy of it, one active per call (served generation)
     loading.py       a run's method, base and trained model, loaded back from its folder
     onnx_backend.py  an ONNX export folder as a model: manifest, onnxruntime session
     files.py         prediction files (JSONL/CSV), `predict_run` (one run) and `predict_runs` (texts routed to adapters)

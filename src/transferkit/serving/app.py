@@ -3,7 +3,8 @@
 Routes (the shapes clients already speak):
     POST (each task's)            every registered task adds its own (`Task.add_routes`, in tasks/*/serving.py,
                                   which documents their shapes): /v1/classify and /predict for classify runs,
-                                  /v1/ner for ner runs
+                                  /v1/ner for ner runs, OpenAI's /v1/completions and /v1/chat/completions for
+                                  generate runs
     GET  /v1/models               each run: task, method, base, labels, shared base or not, loaded at
     POST /v1/load_lora_adapter    vLLM: {"lora_name", "lora_path"} for a run under --adapter-root
     POST /v1/unload_lora_adapter  {"lora_name"} (also only with --adapter-root)

@@ -12,10 +12,14 @@ waited in the queue comes back as `Gone` (the app answers 404).
 A task whose answers are not one batched forward pass (generation: token by token, for as long as the
 request asks) uses a run's own predictor through `call`, outside the batches: the set's lock only finds the
 predictor, and the predictor's own lock keeps it to one caller at a time, so a long generation holds up
-neither the batches of other runs nor loads and unloads.
+neither the batches of other runs nor loads and unloads of other bases. Its runs of one base whose method
+saves a stock adapter (`Task.switches_adapters`, `Method.stock_base`: generation's LoRA and IA3 runs) share
+one copy of the base (`inference.switched.SwitchedBase`, one per base and method), each call making its
+run's adapter the active one under the base's lock.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from ..inference import Predictor
 from ..inference.loading import run_method
 from ..inference.multi_adapter import ADAPTER_NAME, base_key
 from ..inference.onnx_backend import is_onnx_export, read_manifest
+from ..inference.switched import SwitchedBase
 
 
 class Gone:
@@ -54,12 +59,13 @@ class Served:
     shared: bool  # on its base's shared encoder (mixed batches) or on its own predictor
     loaded_at: float = field(default_factory=time.time)
     key: str = ""  # multi_adapter.base_key: runs with the same key share one encoder
+    switched: bool = False  # a named adapter on a base it shares with other runs, one run per call
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": int(self.loaded_at), "owned_by": "transferkit",
                 "task": self.task, "method": self.method, "base": self.base,
                 "labels": self.labels, "max_length": self.max_length,
-                "shared_base": self.shared, "loaded_at": int(self.loaded_at)}
+                "shared_base": self.shared or self.switched, "loaded_at": int(self.loaded_at)}
 
 
 class ModelSet:
@@ -71,6 +77,7 @@ class ModelSet:
         self._shared: dict[str, Any] = {}  # base -> AdapterPredictor over its shared runs
         self._alone: dict[str, Any] = {}  # name -> Predictor / EntityPredictor
         self._busy: dict[str, threading.Lock] = {}  # name -> the lock of its own predictor (`call`)
+        self._switched: dict[str, SwitchedBase] = {}  # base|method -> the runs switched on it (`call`)
         self._lock = threading.Lock()  # loads, unloads and batches, one at a time
         for name, run in runs.items():
             self.load(name, run)
@@ -90,9 +97,12 @@ class ModelSet:
             info = RunInfo.read(run_dir)
             method = run_method(info)
             base = base_key(info)  # what decides which runs can share an encoder
-            shared = bool(method.shares_base and tasks.get(info.task).shares_base)
+            task = tasks.get(info.task)
+            shared = bool(method.shares_base and task.shares_base)
+            switched = bool(not shared and method.stock_base and task.switches_adapters)
             entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),
-                           info.max_length, shared, key=base)
+                           info.max_length, shared, key=f"{base}|{info.method}" if switched else base,
+                           switched=switched)
         with self._lock:
             if name in self.served:  # another load of the same name finished meanwhile
                 raise UserError(f"a model named {name!r} is already loaded; unload it first")
@@ -100,6 +110,11 @@ class ModelSet:
                 runs = {n: s.run_dir for n, s in self.served.items() if s.shared and s.key == entry.key}
                 self._shared[entry.key] = Predictor.from_runs({**runs, name: run_dir}, device=self.device,
                                                          batch_size=self.batch_size)
+            elif entry.switched:
+                holder = self._switched.get(entry.key) or SwitchedBase(self.device, self.batch_size)
+                with holder.lock:  # a call on the base's other runs finishes first
+                    holder.add(name, run_dir)
+                self._switched[entry.key] = holder
             else:
                 self._alone[name] = Predictor.from_run(run_dir, device=self.device, batch_size=self.batch_size)
                 self._busy[name] = threading.Lock()
@@ -110,6 +125,12 @@ class ModelSet:
         with self._lock:
             entry = self.get(name)
             del self.served[name]
+            if entry.switched:
+                holder = self._switched[entry.key]
+                with holder.lock:
+                    if holder.remove(name):
+                        del self._switched[entry.key]
+                return
             if not entry.shared:  # a `call` still using its predictor finishes with it
                 del self._alone[name], self._busy[name]
                 return
@@ -127,6 +148,8 @@ class ModelSet:
     def tokenizer(self, name: str) -> Any:
         with self._lock:
             entry = self.get(name)
+            if entry.switched:
+                return self._switched[entry.key].predictors[name].tokenizer
             return (self._shared[entry.key] if entry.shared else self._alone[name]).tokenizer
 
     # ---- prediction ---------------------------------------------------------------------------
@@ -144,11 +167,16 @@ class ModelSet:
             if entry is None:  # unloaded while the request waited
                 out[i] = Gone(name)
                 continue
-            groups.setdefault(("shared", entry.key) if entry.shared else ("alone", name), []).append(i)
+            kind = "shared" if entry.shared else "switched" if entry.switched else "alone"
+            groups.setdefault((kind, entry.key if entry.shared else name), []).append(i)
         for (kind, key), idx in groups.items():
             texts = [items[i][2] for i in idx]
             if kind == "shared":
                 rows = self._shared[key].outputs(texts, [items[i][1] for i in idx])
+            elif kind == "switched":
+                holder = self._switched[self.served[key].key]
+                with holder.lock:
+                    rows = holder.use(key).outputs(texts)
             else:  # a classifier's predictor gives logits, a tagger's entities
                 with self._busy[key]:
                     rows = self._alone[key].outputs(texts)
@@ -166,6 +194,14 @@ class ModelSet:
                 return Gone(name)
             if entry.shared:
                 raise UserError(f"model {name!r} is served on its base's shared encoder, which answers in batches")
-            predictor, busy = self._alone[name], self._busy[name]
+            if entry.switched:
+                holder = self._switched[entry.key]
+                busy, use = holder.lock, functools.partial(holder.use, name)
+            else:
+                busy, use = self._busy[name], functools.partial(self._alone.__getitem__, name)
         with busy:
+            try:
+                predictor = use()
+            except KeyError:  # unloaded between the two locks
+                return Gone(name)
             return fn(predictor, items)

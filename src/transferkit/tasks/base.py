@@ -35,6 +35,10 @@ class Task:
     pooled_features: ClassVar[bool] = True
     # True when runs of this task can share one base encoder in `Predictor.from_runs` / serving.
     shares_base: ClassVar[bool] = True
+    # True when a server loads this task's runs of one base whose method saves a stock adapter (`Method.stock_base`)
+    # onto one copy of the base, each a named adapter made active for its own calls (`inference.switched`:
+    # generation, whose causal LM generates with one run at a time); such runs never share an encoder pass.
+    switches_adapters: ClassVar[bool] = False
     # The head over the encoder: "sequence" (one output per text) or "token" (one per token);
     # `modeling.HEAD_CLASSES` maps it to the model class.
     head_kind: ClassVar[str] = "sequence"

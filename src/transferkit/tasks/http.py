@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict
 
 Texts = Union[str, list[str]]
 
-# `answer(request, model, inputs, refuse_longer=False)`: the server's steps for one task's runs (find the
-# run, check the texts, batch them with every other request) -> (served run, tokens per text, per text the
-# task's `serving_results`); see `Task.add_routes`.
+# `answer(request, model, inputs, refuse_longer=False, call=None)`: the server's steps for one task's runs (find
+# the run, check the texts, batch them with every other request) -> (served run, tokens per text, per text the
+# task's `serving_results`); see `Task.add_routes`. With `call(predictor, inputs)`, that function runs on the
+# run's own predictor in a thread instead of the batches (generation), and its result comes back as it is.
 Answer = Callable[..., Awaitable[tuple[Any, list[int], list[Any]]]]
 
 

@@ -9,6 +9,7 @@
     metrics.py  ROUGE-1/2/L (rouge-score) and exact match
     report.py   evaluation.json, loss curves, report.html with the best and worst examples
     serving.py  OpenAI-shaped routes: /v1/completions, /v1/chat/completions (streaming too)
+    complete.py what those routes generate: usage, finish reasons, stop strings, the text in pieces as it grows
     dataset.py  bbc-headlines: BBC article openings -> headlines
 """
 from ...core.registry import TASKS

@@ -146,7 +146,12 @@ def complete(predictor: Any, items: list[Any], decoding: Decoding, stream: Strea
     the model has positions is a UserError."""
     task, tok = predictor.task, predictor.tokenizer
     budget = int(decoding.max_new_tokens or task.max_new_tokens)
-    prompts = task.prompt_token_ids(tok, items, predictor.max_length)
+    try:
+        prompts = task.prompt_token_ids(tok, items, predictor.max_length)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a chat template that refuses these turns (say, a system turn)
+        raise UserError(f"messages: the run's chat template cannot format them: {str(e).splitlines()[0]}") from None
     limit = context_size(predictor.model)
     longest = max(len(p) for p in prompts)
     if limit is not None and longest + budget > limit:

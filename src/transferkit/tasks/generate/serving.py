@@ -189,7 +189,7 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
         stream = _Queue(asyncio.get_running_loop())
         job = asyncio.ensure_future(answer(request, body.model, inputs,
                                            call=lambda predictor, items: complete(predictor, items, how, stream)))
-        job.add_done_callback(lambda _: stream.queue.put_nowait(("end",)))
+        job.add_done_callback(lambda _: stream.queue.put_nowait(("end",)))  # events() reads its result or error
         first = await stream.queue.get()
         if first[0] == "end":  # refused before generating (unknown model, bad prompt, too many tokens...)
             job.result()
@@ -234,6 +234,7 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
                 yield "data: [DONE]\n\n"
             finally:
                 stream.cancelled.set()  # a client that went away stops the generation at its next token
+                job.add_done_callback(lambda f: f.cancelled() or f.exception())  # an error after it left: read
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -55,7 +55,8 @@ class Generation(Task):
     name = "generate"
     default_metric = "loss"
     pooled_features = False
-    shares_base = False  # each run its own predictor (the server's shared encoders are classifier/tagger encoders)
+    shares_base = False  # no shared encoder pass (the server's shared encoders are classifier/tagger encoders)
+    switches_adapters = True  # a server puts the LoRA/IA3 runs of one base on one copy of it (inference/switched.py)
     head_kind = "causal"
     onnx_refusal = ("a generation run decodes token by token with a key-value cache, which the one-pass ONNX graph "
                     "of this export does not hold; export a merged folder instead (transferkit export RUN OUT), which "
