@@ -35,7 +35,7 @@ def steps_per_epoch(n_train: int, batch_size: int, grad_accum: int) -> int:
 
 
 def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, label_names: Sequence[str],
-          default_metric: str) -> Any:
+          default_metric: str, task_min_steps: int | None = None) -> Any:
     """`tcfg` (the method-resolved TrainConfig) adapted to the data where `user` (as configured) left it unset."""
     changes: dict[str, Any] = {}
     if user.metric is None:
@@ -48,7 +48,8 @@ def adapt(tcfg: Any, user: Any, n_train: int, counts: Sequence[int] | None, labe
                         f"{label_names[small]} {100 * counts[small] / total:.0f}% of the training rows): early "
                         f"stopping and the best weights use f1_macro, not {default_metric}, which a model predicting "
                         f"{label_names[big]} for everything would score well on (set train.metric to choose)")
-    min_steps = DEFAULT_MIN_STEPS if user.min_steps is None else user.min_steps
+    default_min = DEFAULT_MIN_STEPS if task_min_steps is None else task_min_steps  # the task's, where it has one
+    min_steps = default_min if user.min_steps is None else user.min_steps
     if user.epochs is None and user.max_steps is None and tcfg.epochs is not None and min_steps:
         per_epoch = steps_per_epoch(n_train, tcfg.batch_size, tcfg.grad_accum)
         planned = math.ceil(per_epoch * tcfg.epochs)

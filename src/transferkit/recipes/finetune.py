@@ -188,7 +188,7 @@ class FinetuneRun(Run):
         from .adaptive import adapt, class_weights
         counts = self.task.class_counts(self.splits)
         self.tcfg = tcfg = adapt(method.train_config(cfg.train, self.task), cfg.train, len(data["train"]), counts,
-                                 self.splits.label_names, self.task.default_metric)
+                                 self.splits.label_names, self.task.default_metric, self.task.min_steps)
         loss_fn = self.task.loss
         if cfg.train.class_weights == "balanced" and counts is not None:  # a multi-label task weighs its own
             weights = torch.tensor(class_weights(counts))

@@ -53,6 +53,9 @@ class Task:
     # Training defaults of this task's own, by method name ({"lr", "head_lr", "epochs"}), where measurement showed
     # the methods' defaults (tuned on sentence classification) do not suit it; the user's settings still win.
     train_defaults: ClassVar[dict[str, dict[str, float]]] = {}
+    # The fewest optimizer steps a run takes when its epochs are left to the defaults (None: train.min_steps's own
+    # default; a task whose steps cost seconds sets its own)
+    min_steps: ClassVar[int | None] = None
     # The (text column(s), label column) of the sampled CSV files `compare` writes for runs of this task
     sample_columns: ClassVar[tuple[str, str]] = ("text", "label")
     # The task whose HTTP routes answer this task's runs (None: its own, from `add_routes`): a task whose

@@ -71,6 +71,7 @@ class Generation(Task):
     # measured on bbc-headlines with SmolLM2-135M (README, "Generation")
     train_defaults = {"lora": {"lr": 1e-3, "epochs": 1}, "full": {"lr": 5e-5, "epochs": 1},
                       "ia3": {"lr": 5e-3, "epochs": 1}, "bitfit": {"lr": 1e-3, "epochs": 1}}
+    min_steps = 0  # an epoch of bbc-headlines is ~100 steps of seconds each on a CPU: the epochs decide
     pipeline_names = ("text-generation",)
     pipeline_options = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed", "return_full_text")
     decode_options = {"max_new_tokens": None, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": None}
