@@ -213,7 +213,8 @@ def drive(port: int, prompts: list[str], levels: list[int], max_tokens: int) -> 
         errors = [g[4] for g in got if g[4] is not None]
         tokens = sum(g[2] for g in got)
         out[str(c)] = {
-            "concurrency": c, "completions": len(lat), "failed": len(errors), "first_error": errors[0] if errors else None,
+            "concurrency": c, "completions": len(lat), "failed": len(errors),
+            "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 3), "completions_per_s": round(len(lat) / wall, 3),
             "completion_tokens": tokens, "completion_tokens_per_s": round(tokens / wall, 2),
             "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
