@@ -102,6 +102,20 @@ def write_label_sets(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+def write_prompts(path: Path, n: int, seed: int = 0) -> Path:
+    """Generation rows (JSONL prompt/completion): a review of sentiment and filler words -> "great film" or
+    "dull film"."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            good = rng.random() < 0.5
+            words = [rng.choice(POSITIVE if good else NEGATIVE) if rng.random() < 0.4 else rng.choice(FILLER)
+                     for _ in range(rng.randint(3, 12))] + [rng.choice(POSITIVE if good else NEGATIVE)]
+            rng.shuffle(words)
+            f.write(json.dumps({"prompt": " ".join(words), "completion": "great film" if good else "dull film"}) + "\n")
+    return path
+
+
 def tiny_bert_config(dropout: float = 0.1) -> Any:
     from transformers import BertConfig
     return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

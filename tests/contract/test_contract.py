@@ -16,7 +16,8 @@ from transferkit.core.registry import METHODS
 from transferkit.inference import Predictor
 from transferkit.serving.models import ModelSet
 
-from helpers import make_sentences, tiny_config, write_conll, write_csv, write_label_sets, write_pairs, write_scores
+from helpers import (make_sentences, tiny_config, write_conll, write_csv, write_label_sets, write_pairs, write_prompts,
+                     write_scores)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class TaskCase:
     write_data: Callable[[Path], Path]
     inputs: tuple[Any, ...]
     output_keys: frozenset[str]
+    model: str = "tiny_model_dir"  # the fixture naming the base model folder (an encoder, or a decoder)
+    # how the server's model set answers the inputs (default: its batched forward pass, per (task, run, input))
+    serve: Callable[[ModelSet, str, list], list] = staticmethod(lambda models, task, inputs: models.run(
+        [(task, "m", x) for x in inputs]))
 
 
 TASK_CASES: dict[str, TaskCase] = {
@@ -40,6 +45,9 @@ TASK_CASES: dict[str, TaskCase] = {
                            frozenset({"labels", "probs"})),
     "ner": TaskCase(lambda d: write_conll(d / "tags.conll", 120),
                     ("Anna visited Paris in May .", "nothing here"), frozenset({"entities"})),
+    "generate": TaskCase(lambda d: write_prompts(d / "prompts.jsonl", 120), ("a good film", [
+        {"role": "user", "content": "a dull plot"}]), frozenset({"prompt", "generated_text"}), model="clm_dir",
+        serve=lambda models, task, inputs: models.call("m", lambda p, items: p.predict(items), inputs)),
 }
 
 PAIRS = [(m, t) for t in TASK_CASES for m in METHODS.names()]
@@ -65,10 +73,10 @@ def task_data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("method,task", PAIRS, ids=[f"{m}-{t}" for m, t in PAIRS])
-def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
+def test_method_on_task(method, task, task_data, tmp_path, request):
     case = TASK_CASES[task]
-    cfg = tiny_config(task_data[task], tiny_model_dir, tmp_path / "run", method, max_steps=4, epochs=None,
-                      early_stopping_patience=0)
+    cfg = tiny_config(task_data[task], request.getfixturevalue(case.model), tmp_path / "run", method, max_steps=4,
+                      epochs=None, early_stopping_patience=0)
     cfg.task = task
     if not METHODS.get(method).suits(tasks.get(task)):
         with pytest.raises(UserError):  # a method that does not suit the task says so in one line
@@ -92,7 +100,7 @@ def test_method_on_task(method, task, task_data, tiny_model_dir, tmp_path):
 
     # serve: the model set answers every input (shared base or alone, as the method allows)
     models = ModelSet({"m": run})
-    answers = models.run([(task, "m", text) for text in case.inputs])
+    answers = case.serve(models, task, list(case.inputs))
     assert len(answers) == len(case.inputs) and all(a is not None for a in answers)
 
     # export a merged folder, or (a method whose inference model keeps modules of its own) a one-line refusal

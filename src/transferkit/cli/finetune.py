@@ -58,8 +58,9 @@ def add_parsers(sub: Any) -> None:
 
 def _finetune_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--task", help="what is predicted: classify (one label per text; the default), pair (one label per "
-                   "pair of texts), regression (numbers per text), multilabel (any number of labels per text) or ner "
-                   "(one tag per word)")
+                   "pair of texts), regression (numbers per text), multilabel (any number of labels per text), ner "
+                   "(one tag per word) or generate (a completion per prompt, by a causal LM; default model "
+                   "smollm2-135m, data bbc-headlines)")
     p.add_argument("--data", help="data file (csv/tsv/jsonl/parquet), HF dataset folder, or bundled name")
     p.add_argument("--train", help="explicit training file (use with --test, optionally --validation)")
     p.add_argument("--validation", help="explicit validation file")

@@ -3,9 +3,10 @@
 For tasks whose model reads one run at a time (`Task.switches_adapters`: generation, where a causal LM
 generates token by token with one run's weights), the runs of one base whose method saves a stock adapter
 (`Method.stock_base`: a PEFT folder such as LoRA's) load onto one base: the first with its method's `load`,
-the others with peft's `load_adapter`, and `use(name)` makes that run's adapter the active one. The adapters
-stay unmerged (a merge would change the base under the other runs), so each call costs the base plus the
-run's low-rank update. A server (`serving.models.ModelSet`) holds one `SwitchedBase` per base and method, and
+the others with peft's `load_adapter`, and `use(name)` makes that run's adapter the active one. While a base
+holds one run, its adapter is merged into the weights (a call costs what the base costs, as a lone run's
+`Predictor` does); once a second run comes, the update is taken out again and the adapters stay unmerged (a
+merge would change the base under the other runs), so each call costs the base plus the run's low-rank update. A server (`serving.models.ModelSet`) holds one `SwitchedBase` per base and method, and
 uses it one call at a time.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SwitchedBase:
         self.adapters: dict[str, str] = {}  # run name -> its adapter's name in the peft model
         self.predictors: dict[str, Predictor] = {}  # run name -> its predictor (its task, template, tokenizer)
         self.lock = threading.Lock()  # the holder's: one call, add or remove at a time
+        self.merged = False  # the one run's adapter is folded into the base weights
 
     def add(self, name: str, run_dir: str | Path) -> None:
         info = RunInfo.read(run_dir)
@@ -44,6 +46,7 @@ class SwitchedBase:
                 self.model = method.load(art, base)
                 adapter = self.model.active_adapter  # the name the method's loader gave it
             else:
+                self._unmerge()  # the base must be the base again before a second run shares it
                 adapter = f"run-{name}"  # never the first adapter's name ("default")
                 try:
                     self.model.load_adapter(str(art), adapter_name=adapter)
@@ -61,6 +64,7 @@ class SwitchedBase:
         """Drop the run's adapter; True when no run is left (the base can go)."""
         adapter = self.adapters.pop(name)
         del self.predictors[name]
+        self._unmerge()
         if self.adapters:
             if adapter in self.model.active_adapters:
                 self.model.set_adapter(next(iter(self.adapters.values())))
@@ -68,6 +72,17 @@ class SwitchedBase:
         return not self.adapters
 
     def use(self, name: str) -> Predictor:
-        """The run's predictor, its adapter the active one."""
+        """The run's predictor, its adapter the active one (merged into the weights while it is the only run)."""
+        if len(self.adapters) == 1:
+            if not self.merged:
+                self.model.merge_adapter()
+                self.merged = True
+            return self.predictors[name]
+        self._unmerge()
         self.model.set_adapter(self.adapters[name])
         return self.predictors[name]
+
+    def _unmerge(self) -> None:
+        if self.merged:
+            self.model.unmerge_adapter()
+            self.merged = False

@@ -105,7 +105,16 @@ class PlanRun:
         notes = []
         if self.dry_run_steps and not self.hardware.here:
             notes.append("no dry run: the machine planned for is not this one (time is not projected)")
-        plans = [self._plan_method(name, rows, data, dry) for name in self.methods]
+        plans = []
+        for name in self.methods:
+            try:
+                plans.append(self._plan_method(name, rows, data, dry))
+            except UserError as e:  # the method cannot adapt this model (bitfit on a decoder without biases)
+                if len(self.methods) == 1:
+                    raise
+                notes.append(f"{name} left out: {e}")
+        if not plans:
+            raise UserError("no method can train this model: " + "; ".join(notes))
         recommended, reasons = recommend(plans, data, self.hardware, self.tasks, self.time_budget)
         config = self._config(next(p for p in plans if p.method == recommended)) if recommended else None
         result = PlanResult(data, self.hardware, self.tasks, self.time_budget, plans, recommended, reasons, config,
@@ -178,7 +187,8 @@ def plan_method(name: str, model: str, hw: Hardware, train: Any, *, rows: int, m
         batch, accum = (batch + 1) // 2, accum * 2
         mem = estimate(batch)
     with logs.quiet():  # the run says what it adapts when it trains; a plan only counts the steps
-        tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy")
+        tcfg = adapt(dataclasses.replace(tcfg, batch_size=batch, grad_accum=accum), train, rows, None, (), "accuracy",
+                     task_kinds.get(task).min_steps)
     epochs = tcfg.epochs if tcfg.epochs is not None else 1.0
     steps_per_epoch = max(1, math.ceil(rows / (batch * accum)))
     steps = tcfg.max_steps if tcfg.epochs is None else math.ceil(steps_per_epoch * epochs)

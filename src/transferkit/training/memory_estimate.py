@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+from unittest import mock
 
 from .. import tasks
 from ..config.finetune import MethodConfig
@@ -45,14 +46,18 @@ class MemoryEstimate:
     cached_features: int  # pooled vectors of every text, for methods that cache them
     trainable_params: int
     total_params: int
+    # a causal LM's key-value cache while it generates from one batch of test prompts, with that step's logits
+    generation: int = 0
 
     @property
     def total(self) -> int:
         """The peak: the weights, plus the larger of loading them (a second copy while the checkpoint
         is read) and a training step. In a step the gradients fill in as the backward pass frees the
         activations (the embedding matrix's, the largest, come last), so the step holds the optimizer
-        state and the larger of the activations (with the backward working set) and the gradients."""
-        step = self.optimizer + max(self.activations + self.backward, self.gradients) + self.cached_features
+        state and the larger of the activations (with the backward working set) and the gradients; a
+        generation run's test generation holds the optimizer state and its cache."""
+        step = (self.optimizer + max(self.activations + self.backward, self.gradients, self.generation)
+                + self.cached_features)
         return self.weights + max(self.weights, step)
 
     def mb(self) -> dict[str, float]:
@@ -78,6 +83,8 @@ def training_memory(model: str, method: str, *, batch_size: int, max_length: int
     limit = enc.get("max_position_embeddings") or enc.get("n_positions")
     if limit and max_length > limit:
         raise UserError(f"max_length {max_length} exceeds the model's limit of {limit} tokens")
+    if task_obj.model_kind == "decoder":
+        return _decoder_memory(task_obj, m, enc, batch_size, max_length)
     layers = 1 if task_obj.head_kind == "token" else (pool_layers or m.default_pool_layers)  # a tagger reads the last layer
     config = TransferkitClassifierConfig(encoder=enc, num_labels=num_labels, pool_layers=layers)
     if (m.default_head if head == "auto" else head) == "mlp":
@@ -130,3 +137,51 @@ def _saved_bytes(net: Any, params: list[Any], batch: int, length: int, features:
                 out = net(input_ids=torch.zeros(batch, length, dtype=torch.long), labels=labels)
             out.loss.sum()
     return sum(seen.values()), max(seen.values(), default=0)
+
+
+GENERATE_PROMPTS = 16  # prompts per generate() call of a generation run's test scoring (tasks/generate)
+
+
+def _decoder_memory(task: Any, method: Any, enc: dict[str, Any], batch: int, length: int) -> MemoryEstimate:
+    """A causal LM's training step, counted as the classifier's is (meta device, saved tensors), with the scored
+    positions projected onto the vocabulary as the task's training module does (every position: the bound for
+    `train.loss=all`; completion-only runs project fewer), and the key-value cache of generating from a batch of
+    prompts of `length` tokens (plus one step's logits, [prompts, vocabulary])."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model(**enc)
+    with torch.device("meta"):
+        net = method.apply(AutoModelForCausalLM.from_config(config))
+    net.train()
+    params = list(net.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
+                                                                     for b in net.buffers())
+    trainable = [p for p in params if p.requires_grad]
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    wrapped = task.training_module(net)
+    own = {p.untyped_storage()._cdata for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage._cdata not in own:
+            seen[storage._cdata] = max(seen.get(storage._cdata, 0), storage.nbytes())
+        return t
+    # transformers looks for packed rows in the position ids by reading their values, which the meta device has
+    # not: the probe is one unpacked row each, so that check is answered for it.
+    from transformers import masking_utils
+    with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
+        ids = torch.zeros(batch, length, dtype=torch.long)
+        logits = wrapped(input_ids=ids, attention_mask=None, lm_positions=torch.arange(batch * length)).logits
+        torch.nn.functional.cross_entropy(logits.float(), torch.zeros(batch * length, dtype=torch.long)).sum()
+    saved, largest = sum(seen.values()), max(seen.values(), default=0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    cache = 2 * layers * kv_heads * head_dim * GENERATE_PROMPTS * length * 4  # keys and values, fp32
+    step_logits = GENERATE_PROMPTS * config.vocab_size * 4
+    return MemoryEstimate(weights, grads, ADAM_STATES * grads, saved, int(BACKWARD_FACTOR * largest), 0,
+                          sum(p.numel() for p in trainable), sum(p.numel() for p in params), cache + step_logits)

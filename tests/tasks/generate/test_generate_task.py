@@ -23,7 +23,8 @@ from transferkit.tasks.generate.metrics import generation_metrics
 from transferkit.tasks.generate.model import CausalLM
 from transferkit.tasks.generate.read import load_rows, prepare_splits
 
-from helpers import FILLER, NEGATIVE, POSITIVE, expect_user_error, interrupted_at_step, make_tokenizer, tiny_config
+from helpers import (FILLER, NEGATIVE, POSITIVE, expect_user_error, interrupted_at_step, make_tokenizer, tiny_config,
+                     write_prompts)
 
 WORDS = POSITIVE + NEGATIVE + FILLER
 CHAT = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
@@ -31,17 +32,7 @@ CHAT = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% en
 
 
 def write_rows(path, n: int = 120, seed: int = 0):
-    """Prompt -> completion rows a tiny model can learn: a review of positive (or negative) and filler words ->
-    "great film" (or "dull film")."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            good = rng.random() < 0.5
-            words = [rng.choice(POSITIVE if good else NEGATIVE) if rng.random() < 0.4 else rng.choice(FILLER)
-                     for _ in range(rng.randint(3, 12))] + [rng.choice(POSITIVE if good else NEGATIVE)]
-            rng.shuffle(words)
-            f.write(json.dumps({"prompt": " ".join(words), "completion": "great film" if good else "dull film"}) + "\n")
-    return path
+    return write_prompts(path, n, seed)
 
 
 def decoder(folder, arch: str = "llama", chat: bool = False):
@@ -339,3 +330,28 @@ def test_headline_rows_take_the_first_line_and_the_opening():
     df = headline_rows([article])
     assert df["completion"].tolist() == ["Ad sales boost profit"]
     assert df["prompt"][0].startswith("Quarterly profits jumped.") and "More text" not in df["prompt"][0]
+
+
+def test_plan_counts_a_decoder_and_its_generation_cache(llama, rows):
+    from transferkit.training.memory_estimate import training_memory
+    lora = training_memory(str(llama), "lora", batch_size=4, max_length=16, task="generate")
+    full = training_memory(str(llama), "full", batch_size=4, max_length=16, task="generate")
+    bigger = training_memory(str(llama), "lora", batch_size=8, max_length=16, task="generate")
+    assert full.trainable_params == full.total_params and 0 < lora.trainable_params < full.total_params
+    assert lora.gradients < full.gradients and bigger.activations > lora.activations
+    # keys and values of 2 layers x 2 heads x 64 dims for 16 prompts of 16 tokens, plus one step's logits
+    vocab = json.loads((llama / "config.json").read_text())["vocab_size"]
+    assert lora.generation == 2 * 2 * 2 * 64 * 16 * 16 * 4 + 16 * vocab * 4
+    result = api.plan(task="generate", data=str(rows), model=str(llama), dry_run_steps=0)
+    assert {p.method for p in result.methods} == {"full", "lora", "ia3"}  # bitfit: no biases to train
+    assert any("bitfit left out" in n for n in result.notes)
+
+
+def test_compare_and_tune_take_generation_runs(rows, llama, tmp_path):
+    result = api.compare("full,lora", task="generate", data=str(rows), model=str(llama), epochs=2,
+                         output_dir=tmp_path / "cmp", **{"train.progress": False})
+    table = (tmp_path / "cmp" / "compare.md").read_text(encoding="utf-8")
+    assert "ROUGE-L" in table and {r["method"] for r in result.rows} == {"full", "lora"}
+    study = api.tune(task="generate", data=str(rows), model=str(llama), method="lora", n_trials=2, epochs=1,
+                     output_dir=tmp_path / "tune", **{"train.progress": False})
+    assert study.best_value is not None and "rougeL" in study.test_metrics

@@ -268,7 +268,7 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
         predictor.predict(texts)
         speeds.append(predictor.last_throughput)
     data = task.encode(predictor.tokenizer, split, predictor.max_length)
-    metrics, _ = task.evaluate(predictor.model, data, predictor.batch_size, predictor.pad_id, predictor.device)
+    metrics, _ = task.evaluate_test(predictor.model, data, predictor.batch_size, predictor.pad_id, predictor.device)
     del predictor
     gc.collect()
     return round(statistics.median(speeds), 1), round(float(metrics[task.compare_metrics[0][0]]), 4)
