@@ -233,3 +233,27 @@ def test_pieces_join_to_the_final_text_whatever_the_stops():
         final, _ = final_text(raw, stops)
         sent.append(pieces.finish(final))
         assert "".join(sent) == final, stops
+
+
+def test_concurrent_greedy_requests_are_generated_together(client, offline, monkeypatch):
+    """Requests that wait while the run generates go through one batch, and each gets what it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transferkit.tasks.generate import complete as module
+    batches, real = [], module.generate_ids
+    gate = threading.Event()
+
+    def slow_generate(model, prompts, *args, **kwargs):
+        batches.append(len(prompts))
+        gate.wait(10)  # the first batch holds the run until every request has arrived
+        return real(model, prompts, *args, **kwargs)
+    monkeypatch.setattr(module, "generate_ids", slow_generate)
+    prompts = [f"{w} film was" for w in ("good", "dull", "great", "boring", "fine", "poor")]
+    want = [r["generated_text"] for r in offline["full"].predict(prompts)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        futures = [pool.submit(client.completions.create, model="full", prompt=p) for p in prompts]
+        assert wait_until(lambda: len(batches) == 1, 10)
+        threading.Timer(0.5, gate.set).start()  # the others queue meanwhile
+        got = [f.result().choices[0].text for f in futures]
+    assert got == want
+    assert batches[0] == 1 and sum(batches) == len(prompts) and len(batches) <= 3  # the rest in one or two batches

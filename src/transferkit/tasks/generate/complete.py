@@ -13,6 +13,7 @@ budget ran out.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -180,3 +181,87 @@ def complete(predictor: Any, items: list[Any], decoding: Decoding, stream: Strea
 def _completion(tokenizer: Any, prompt: list[int], ids: list[int], budget: int, stops: Sequence[str]) -> Completion:
     text, cut = final_text(tokenizer.decode(ids, skip_special_tokens=True), stops)
     return Completion(text, len(prompt), len(ids), "stop" if cut or len(ids) < budget else "length")
+
+
+class Job:
+    """One request waiting in a `Gather`: its inputs, and its completions (or error) once generated."""
+
+    def __init__(self, inputs: Any) -> None:
+        self.inputs = inputs
+        self.result: list[Completion] | None = None
+        self.error: BaseException | None = None
+
+    def answer(self) -> list[Completion]:
+        if self.error is not None:
+            raise self.error
+        return self.result or []
+
+
+class Gather:
+    """Greedy requests of one run that wait while it generates are generated together, in one batch.
+
+    A request `join`s before it queues for the run (`ModelSet.call` lets one call of a run work at a time); the
+    call that gets the run next takes every request of its key waiting then (`run`), generates their prompts as
+    one batch, left-padded as `predict` batches them, and hands each request its completions: a request whose
+    completions were made in an earlier call finds them done when its own call comes. Only greedy requests
+    without stop strings gather (`batchable`): a sampled request keeps its own seed, a stop string needs its
+    prompt watched token by token. Under load the batch grows with the queue; alone, a request waits for
+    nothing. A request whose inputs fail the task's checks, or a batch the model refuses (a prompt too long for
+    the new tokens asked), falls back to each request on its own, so one bad request fails alone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple, list[Job]] = {}
+
+    @staticmethod
+    def batchable(decoding: Decoding) -> bool:
+        return not decoding.do_sample and not decoding.stop
+
+    @staticmethod
+    def key(name: str, decoding: Decoding) -> tuple:
+        return (name, *dataclasses.astuple(decoding))
+
+    def join(self, key: tuple, inputs: Any) -> Job:
+        job = Job(inputs)
+        with self._lock:
+            self._waiting.setdefault(key, []).append(job)
+        return job
+
+    def leave(self, key: tuple, job: Job) -> None:
+        """Take back a request that was refused before its call (its inputs are nobody's batch)."""
+        with self._lock:
+            waiting = self._waiting.get(key, [])
+            if job in waiting:
+                waiting.remove(job)
+
+    def run(self, key: tuple, job: Job, predictor: Any, decoding: Decoding) -> list[Completion]:
+        """`job`'s completions, generating every waiting request of `key` with it (the caller holds the run)."""
+        with self._lock:
+            if job.result is not None or job.error is not None:
+                return job.answer()
+            jobs = self._waiting.pop(key, [])
+        if job not in jobs:
+            jobs.append(job)
+        task = predictor.task
+        spans, items = [], []
+        for j in jobs:
+            try:
+                checked = task.check_inputs([j.inputs] if task.is_single(j.inputs) else list(j.inputs))
+            except UserError as e:
+                j.error = e
+                continue
+            spans.append((j, len(items), len(checked)))
+            items += checked
+        try:
+            done = complete(predictor, items, decoding) if items else []
+        except UserError:  # one request's prompt: each on its own, so only that one fails
+            done = None
+        for j, start, n in spans:
+            if done is not None:
+                j.result = done[start:start + n]
+                continue
+            try:
+                j.result = complete(predictor, items[start:start + n], decoding)
+            except UserError as e:
+                j.error = e
+        return job.answer()

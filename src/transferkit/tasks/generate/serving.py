@@ -22,7 +22,8 @@ temperature 1 unless given); temperature 0 is greedy. `n` and `best_of` other th
 "chat.completion.chunk" objects, token by token as the model generates (whole words at a time: see
 `complete`), the last chunk of each choice with its finish_reason; a failure after the stream began is a
 `data: {"error": {...}}` event. Several prompts in one streamed request are generated one after another.
-Generation runs on the run's own predictor in a thread (`answer(..., call=...)`), never on the event loop.
+Generation runs on the run's own predictor in a thread (`answer(..., call=...)`), never on the event loop;
+greedy requests that wait for a run while it generates are generated together, in one batch (`Gather`).
 
 Errors on these paths have OpenAI's body, {"error": {"message", "type", "param", "code"}}, so OpenAI's clients
 raise their own exceptions (unknown model: 404, NotFoundError).
@@ -43,7 +44,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from ..http import Answer
-from .complete import MAX_TOKENS, Completion, Decoding, Stream, complete
+from .complete import MAX_TOKENS, Completion, Decoding, Gather, Stream, complete
 
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
 ERROR_TYPES = {"NotFound": "not_found_error", "Validation": "invalid_request_error", "Unauthorized":
@@ -184,6 +185,23 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
     bodies = getattr(app.state, "error_bodies", None)
     if bodies is not None:
         bodies.update({"/v1/completions": openai_error, "/v1/chat/completions": openai_error})
+    gather = Gather()
+
+    async def generated(request: Request, model: str, inputs: Any, how: Decoding) -> tuple[Any, list[Completion]]:
+        """(served run, completions) of a request that is not streamed: greedy ones gathered into batches with the
+        run's other waiting requests (`Gather`), the others on their own."""
+        if not gather.batchable(how):
+            entry, _, done = await answer(request, model, inputs,
+                                          call=lambda predictor, items: complete(predictor, items, how))
+            return entry, done
+        key = gather.key(model, how)
+        job = gather.join(key, inputs)
+        try:
+            entry, _, done = await answer(request, model, inputs,
+                                          call=lambda predictor, items: gather.run(key, job, predictor, how))
+        finally:
+            gather.leave(key, job)
+        return entry, done
 
     async def streamed(request: Request, body: Options, inputs: Any, how: Decoding, chat: bool) -> StreamingResponse:
         stream = _Queue(asyncio.get_running_loop())
@@ -244,8 +262,7 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
         how = decoding(body, body.max_tokens)
         if body.stream:
             return await streamed(request, body, body.prompt, how, chat=False)
-        entry, _, done = await answer(request, body.model, body.prompt,
-                                      call=lambda predictor, items: complete(predictor, items, how))
+        entry, done = await generated(request, body.model, body.prompt, how)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": entry.name, "choices": [{"index": i, "text": d.text, "finish_reason": d.finish_reason,
                                                   "logprobs": None} for i, d in enumerate(done)],
@@ -261,8 +278,7 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
             raise HTTPException(422, "messages: empty list (give at least one turn)")
         if body.stream:
             return await streamed(request, body, turns, how, chat=True)
-        entry, _, done = await answer(request, body.model, turns,
-                                      call=lambda predictor, items: complete(predictor, items, how))
+        entry, done = await generated(request, body.model, turns, how)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": entry.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": done[0].text},
