@@ -22,6 +22,7 @@ and token budget (transferkit's `generate_ids`), ROUGE-1/2/L with rouge-score. T
 trl is not a transferkit dependency: `pip install trl==1.16.0` first.
 
     python benchmarks/generate.py                      # 400 training rows, 1 epoch, 100 test prompts
+    python benchmarks/generate.py --seeds 3 --test 207 --variants trl,ours   # the README's numbers
     python benchmarks/generate.py --quick
 """
 from __future__ import annotations
@@ -159,6 +160,16 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1), **scores}
 
 
+def _mean_sd(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean ROUGE-L and training tokens/s over seeds, with ROUGE-L's sd (0 for one seed)."""
+    import statistics
+    if not rows:
+        return {}
+    scores = [r["rougeL"] for r in rows]
+    return {"rougeL": statistics.mean(scores), "rougeL_sd": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, "generate")
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--variants", default="untuned,trl,ours")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per tuned variant (seed, seed+1, ...; the "
+                   "split stays the same): ROUGE-L and tokens/s are reported as mean and sd over them")
     args = p.parse_args(argv)
     if args.quick:
         args.limit, args.test, args.steps = 64, 16, 4
@@ -181,30 +194,38 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tkbench-generate-") as work:
         spec = {"work": work, "limit": args.limit, "test": args.test, "seed": args.seed}
         paths = in_child(write_rows, spec)
-        for v in args.variants.split(","):
-            print(f"running {v} in a child process ...", file=sys.stderr, flush=True)
-            spec = {"variant": v, "paths": paths, "steps": args.steps, "batch_size": args.batch_size,
-                    "max_length": args.max_length, "lr": args.lr, "warmup_steps": max(1, round(0.1 * args.steps)),
-                    "max_new_tokens": args.max_new_tokens, "seed": args.seed, "threads": args.threads,
-                    "run_dir": str(Path(work) / "ours")}
-            results[v] = r = in_child(run_variant, spec)
-            print(f"  ROUGE-L {r['rougeL']:.4f}" + (f", {r['tokens_per_s']:.1f} training tokens/s" if "tokens_per_s" in r
-                                                     else ""), file=sys.stderr, flush=True)
+        for k in range(args.seeds):
+            for v in args.variants.split(","):
+                if v == "untuned" and k:  # greedy and untrained: the same every seed
+                    continue
+                key = v if args.seeds == 1 or v == "untuned" else f"{v}/seed{args.seed + k}"
+                print(f"running {key} in a child process ...", file=sys.stderr, flush=True)
+                spec = {"variant": v, "paths": paths, "steps": args.steps, "batch_size": args.batch_size,
+                        "max_length": args.max_length, "lr": args.lr, "warmup_steps": max(1, round(0.1 * args.steps)),
+                        "max_new_tokens": args.max_new_tokens, "seed": args.seed + k, "threads": args.threads,
+                        "run_dir": str(Path(work) / f"ours-{k}")}
+                results[key] = r = in_child(run_variant, spec)
+                print(f"  ROUGE-L {r['rougeL']:.4f}" + (f", {r['tokens_per_s']:.1f} training tokens/s"
+                                                         if "tokens_per_s" in r else ""), file=sys.stderr, flush=True)
     rows = [[v, r.get("tokens_per_s", "-"), r.get("train_tokens", "-"), r.get("train_seconds", "-"), r["rouge1"],
              r["rouge2"], r["rougeL"], r["peak_rss_mb"], r["wall_seconds"]] for v, r in results.items()]
     print_table(["variant", "train tok/s", "train tokens", "train s", "ROUGE-1", "ROUGE-2", "ROUGE-L", "peak RSS MB",
                  "child wall s"], rows)
-    ratios = {}
-    if "trl" in results and "ours" in results:
-        ours, trl = results["ours"], results["trl"]
+    ratios: dict[str, Any] = {}
+    summary = {v: _mean_sd([r for key, r in results.items() if key.split("/")[0] == v]) for v in ("trl", "ours")}
+    if summary["trl"] and summary["ours"]:
+        ours, trl = summary["ours"], summary["trl"]
         ratios = {"tokens_per_s": ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
-                  "rougeL_points": round(100 * (ours["rougeL"] - trl["rougeL"]), 2)}
+                  "rougeL_points": round(100 * (ours["rougeL"] - trl["rougeL"]), 2), "seeds": args.seeds,
+                  "rougeL_sd_points": {"trl": round(100 * trl["rougeL_sd"], 2), "ours": round(100 * ours["rougeL_sd"], 2)}}
         met = ratios["tokens_per_s"] is not None and ratios["tokens_per_s"] >= TARGET and ratios["rougeL_points"] >= 0
+        spread = (f" (sd over {args.seeds} seeds: TRL {ratios['rougeL_sd_points']['trl']:.2f}, ours "
+                  f"{ratios['rougeL_sd_points']['ours']:.2f})" if args.seeds > 1 else "")
         print(f"ours / TRL: {ratios['tokens_per_s']:.2f}x training tokens/s, ROUGE-L {ratios['rougeL_points']:+.2f} "
-              f"points (target >= {TARGET:g}x and level or better: {'met' if met else 'NOT met'})")
+              f"points{spread} (target >= {TARGET:g}x and level or better: {'met' if met else 'NOT met'})")
     write_json(args.out, {"benchmark": "generate", "quick": args.quick, "environment": env,
-                          "settings": vars(args) | {"out": str(args.out)}, "results": results, "ratios": ratios,
-                          "target": TARGET})
+                          "settings": vars(args) | {"out": str(args.out)}, "results": results, "summary": summary,
+                          "ratios": ratios, "target": TARGET})
     return 0
 
 
