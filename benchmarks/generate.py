@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, trl = summary["ours"], summary["trl"]
         ratios = {"tokens_per_s": ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
                   "rougeL_points": round(100 * (ours["rougeL"] - trl["rougeL"]), 2), "seeds": args.seeds,
-                  "rougeL_sd_points": {"trl": round(100 * trl["rougeL_sd"], 2), "ours": round(100 * ours["rougeL_sd"], 2)}}
+                  "rougeL_sd_points": {v: round(100 * summary[v]["rougeL_sd"], 2) for v in ("trl", "ours")}}
         met = ratios["tokens_per_s"] is not None and ratios["tokens_per_s"] >= TARGET and ratios["rougeL_points"] >= 0
         spread = (f" (sd over {args.seeds} seeds: TRL {ratios['rougeL_sd_points']['trl']:.2f}, ours "
                   f"{ratios['rougeL_sd_points']['ours']:.2f})" if args.seeds > 1 else "")

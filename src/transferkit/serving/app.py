@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from concurrent.futures import ThreadPoolExecutor
 import hmac
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,7 +129,8 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - a failure inside the model: the error body, counted, no traceback
-            response = error(request, 500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "Backend")
+            first = str(e).splitlines()[0] if str(e) else ""
+            response = error(request, 500, f"{type(e).__name__}: {first}", "Backend")
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
         return response

@@ -127,6 +127,6 @@ def generate_ids(model: nn.Module, prompts: Sequence[list[int]], pad_id: int, eo
         new = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **options)[:, width:]
         for k, i in enumerate(idx):
             row = new[k].tolist()
-            out[i] = row[:row.index(eos_id)] if eos_id in row else [t for t in row if t != pad_id or pad_id == eos_id]
+            out[i] = row[:row.index(eos_id)] if eos_id in row else row  # a row without eos ran to the budget
     lm.train(was_training)
     return out
