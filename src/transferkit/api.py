@@ -254,7 +254,7 @@ def fill_mask(model: Any, text: str, top_k: int = 5, **kwargs: Any) -> list[dict
     return _fm(model, text, top_k, **kwargs)
 
 
-def generate(model: Any, prompt: str, max_new_tokens: int = 50, **kwargs: Any) -> list[str]:
+def generate(model: Any, prompt: str, max_new_tokens: int | None = None, **kwargs: Any) -> list[str]:
     """Texts generated from `prompt` by a causal LM (greedy when temperature is 0); see generation.py."""
     from .inference.generation import generate as _gen
     return _gen(model, prompt, max_new_tokens, **kwargs)

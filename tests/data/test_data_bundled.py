@@ -52,7 +52,7 @@ def test_list_datasets_and_cached_flag(write_cache):
     rows = {d["name"]: d for d in list_datasets()}
     assert {n: d["task"] for n, d in rows.items()} == {
         "movie-sentences": "classify", "tweets-3class": "classify", "bbc-news": "classify", "wiki-ner-silver": "ner",
-        "wiki-nsp": "pair", "movie-scores": "regression", "wiki-ner-types": "multilabel"}
+        "wiki-nsp": "pair", "movie-scores": "regression", "wiki-ner-types": "multilabel", "bbc-headlines": "generate"}
     m = rows["movie-sentences"]
     assert m["rows"] == 10568 and m["classes"] == ["negative", "positive"] and not m["cached"]
     assert "vaderSentiment==3.3.2" in m["source"] and "movieReviewSnippets_GroundTruth.txt" in m["source"]

@@ -25,7 +25,8 @@ def test_steps_in_process(tiny_model_dir, sentiment_csv, tmp_path):
 
 def test_unknown_task_fails_before_anything(tiny_model_dir, sentiment_csv, tmp_path):
     base = tiny_config(sentiment_csv, tiny_model_dir, tmp_path / "run")
-    with pytest.raises(UserError, match="unknown task 'translate'; choose one of: classify, multilabel, ner, pair, regression"):
+    with pytest.raises(UserError, match="unknown task 'translate'; choose one of: classify, generate, multilabel, ner, "
+                                        "pair, regression"):
         make_config(base, {"task": "translate"})
     base.task = "translate"
     with pytest.raises(UserError, match="unknown task 'translate'"):

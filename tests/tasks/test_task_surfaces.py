@@ -60,8 +60,11 @@ def test_a_task_without_a_csv_layout_says_so():
 def test_every_pipeline_name_opens_its_task_and_the_language_model_pipelines_stay():
     from transferkit.inference.pipelines import _kinds
     kinds = _kinds()
-    assert list(kinds) == ["text-classification", "sentiment-analysis", "token-classification", "ner",
-                           "fill-mask", "text-generation"]
+    assert list(kinds) == ["text-classification", "sentiment-analysis", "text-generation", "token-classification",
+                           "ner", "fill-mask"]
+    # a model that is not a fine-tuned run opens as the language-model pipeline; a generation run through its task
+    assert kinds["text-generation"].__name__ == "TextGenerationPipeline"
+    assert kinds["fill-mask"].__name__ == "FillMaskPipeline"
     assert kinds["sentiment-analysis"].name == "classify" and kinds["ner"].name == "ner"
     # text-classification opens classify's runs and those of the tasks that share its pipeline (pair, ...)
     assert kinds["text-classification"].name == "classify"
@@ -94,6 +97,6 @@ def test_augment_formats_and_unknown_task(tmp_path):
     assert tasks.get("ner").augment_formats == (".jsonl",)
     with pytest.raises(UserError, match=r"must end in \.jsonl$"):
         write_augmented("x.conll", "eda:swap=0.1", tmp_path / "o.csv", task="ner")
-    with pytest.raises(UserError, match="augment: unknown task 'nope'; choose one of: classify, multilabel, ner, pair, "
-                                        "regression"):
+    with pytest.raises(UserError, match="augment: unknown task 'nope'; choose one of: classify, generate, multilabel, "
+                                        "ner, pair, regression"):
         write_augmented("x.csv", "eda:swap=0.1", tmp_path / "o.csv", task="nope")

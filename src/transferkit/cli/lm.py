@@ -23,9 +23,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_fill_mask)
     p = sub.add_parser("generate", help="continue a prompt with a causal LM (smollm2-135m, a run, an HF folder)")
-    p.add_argument("model", help="smollm2-135m, a pretrain run dir, or a local HF causal-LM folder")
+    p.add_argument("model", help="smollm2-135m, a pretrain or fine-tuned generation run dir, or a local HF causal-LM "
+                   "folder (a fine-tuned run formats the prompt with its own template)")
     p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, help="new tokens (default 50; a fine-tuned generation run: its own "
+                   "budget, the longest training completion)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold")

@@ -23,6 +23,7 @@ from ..core.runs import RUN_FILE
 from ..modeling.lm import model_folder, model_type, tied_parameter_names
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
+DEFAULT_NEW_TOKENS = 50  # `generate`'s budget for a model that is not a fine-tuned generation run (which has its own)
 
 
 def _device() -> Any:
@@ -245,20 +246,23 @@ def fill_mask(model: str | Any, text: str, top_k: int = 5, tokenizer: Any = None
     return filler.fill([text], top_k)[0]
 
 
-def generate(model: str | Any, prompt: str, max_new_tokens: int = 50, *, temperature: float = 0.0,
+def generate(model: str | Any, prompt: str, max_new_tokens: int | None = None, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, num_return_sequences: int = 1,
              seed: int | None = None, chat: bool = False, tokenizer: Any = None) -> list[str]:
     """Generated texts for `prompt` (greedy when temperature is 0).
 
     `model`: smollm2-135m, a pretrain run dir, an HF causal LM folder; or a loaded model with `tokenizer`."""
-    _check_options(max_new_tokens, temperature, top_k, top_p, num_return_sequences)  # before minutes of loading
-    if isinstance(model, str) and (Path(model) / RUN_FILE).is_file():
+    # before minutes of loading
+    _check_options(DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens, temperature, top_k, top_p,
+                   num_return_sequences)
+    if isinstance(model, str) and (Path(model) / RUN_FILE).is_file():  # None: the run's own budget
         return _tuned(model, prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed)
+    max_new_tokens = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     gen = TextGenerator.load(model) if isinstance(model, str) else TextGenerator(model, _need(tokenizer))
     return gen.generate(prompt, max_new_tokens, temperature, top_k, top_p, num_return_sequences, seed, chat)
 
 
-def _tuned(run_dir: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+def _tuned(run_dir: str, prompt: str, max_new_tokens: int | None, temperature: float, top_k: int | None,
            top_p: float | None, n: int, seed: int | None) -> list[str]:
     """A fine-tuned generation run's completions of `prompt`, formatted with the run's own template (its task
     decodes; `--chat` is what the template already does)."""

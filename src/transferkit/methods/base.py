@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
+import torch
 from torch import nn
 
-from ..modeling.classifier import load_saved
+from ..core.folders import read_json_object
+from ..modeling.classifier import MODEL_TYPE, load_saved
 
 HEAD_NAMES = ("classifier",)
 PEFT_BASE = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
@@ -233,7 +235,11 @@ class Method:
         model.save_pretrained(out_dir)
 
     def load(self, art_dir: Path, build_base: Callable[[], nn.Module]) -> nn.Module:
-        """Re-create the trained model from its artefact (`build_base` makes the untrained base)."""
+        """Re-create the trained model from its artefact (`build_base` makes the untrained base): a transferkit
+        classifier folder, or a plain causal LM folder (a full generation run's, loaded with AutoModelForCausalLM)."""
+        if read_json_object(Path(art_dir) / "config.json", "model config").get("model_type") != MODEL_TYPE:
+            from transformers import AutoModelForCausalLM  # heavy: only for a generation run
+            return AutoModelForCausalLM.from_pretrained(art_dir, dtype=torch.float32, use_safetensors=True)
         # The class is ours, so the folder's modeling_transferkit.py (for trust_remote_code users) is never run.
         return load_saved(art_dir, use_safetensors=True)
 

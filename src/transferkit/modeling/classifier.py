@@ -300,14 +300,8 @@ def write_base(model_config: TransferkitClassifierConfig, folder: str | Path, en
 HEAD_CLASSES = {"sequence": TransferkitForSequenceClassification, "token": TransferkitForTokenClassification}
 
 
-def load_saved(folder: str | Path, **kwargs: Any) -> Any:
-    """A saved transferkit model folder with the head class its config names (sequence or token); a folder of
-    another model type is a plain causal LM (a full generation run's), loaded with `AutoModelForCausalLM`."""
-    from ..core.folders import read_json_object
-    if read_json_object(Path(folder) / "config.json", "model config").get("model_type") != MODEL_TYPE:
-        import torch
-        from transformers import AutoModelForCausalLM
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+def load_saved(folder: str | Path, **kwargs: Any) -> TransferkitForSequenceClassification:
+    """A saved transferkit model folder with the head class its config names (sequence or token)."""
     config = TransferkitClassifierConfig.from_pretrained(folder)
     return HEAD_CLASSES[getattr(config, "head_kind", "sequence")].from_pretrained(folder, config=config, **kwargs)
 

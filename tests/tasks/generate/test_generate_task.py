@@ -115,8 +115,9 @@ def test_cli_refuses_bad_data_in_one_line_and_writes_nothing(tmp_path, llama, ca
     line = expect_user_error(capsys, ["finetune", "--task", "generate", "--data", str(tmp_path / "a.csv"),
                                       "--model", str(llama), "--output-dir", str(tmp_path / "run")])
     assert "UTF-8" in line and not (tmp_path / "run").exists()
-    bert_line = expect_user_error(capsys, ["finetune", "--task", "generate", "--data", str(write_rows(tmp_path / "r.jsonl")),
-                                           "--model", str(make_bert(tmp_path)), "--output-dir", str(tmp_path / "run")])
+    rows = str(write_rows(tmp_path / "r.jsonl"))
+    bert_line = expect_user_error(capsys, ["finetune", "--task", "generate", "--data", rows, "--model",
+                                           str(make_bert(tmp_path)), "--output-dir", str(tmp_path / "run")])
     assert "not a causal LM" in bert_line and not (tmp_path / "run").exists()
 
 
@@ -157,7 +158,8 @@ def test_only_the_completion_and_its_end_carry_loss(template):
     tok.chat_template = CHAT
     prompt, completion = (("user", "the film was good"),), "good film"
     ids, labels = encode_rows(tok, [prompt], [completion], template, 64)
-    want = tok(completion, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]  # [SEP] ends a BERT vocabulary's text
+    # [SEP] ends a BERT vocabulary's text
+    want = tok(completion, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
     n_prompt = len(ids[0]) - len(want)
     assert labels[0] == [IGNORE] * n_prompt + want and ids[0][n_prompt:] == want
     assert tok.decode(ids[0][:n_prompt]) == tok.decode(tok(render_prompt(tok, prompt, template),
@@ -260,12 +262,14 @@ def test_the_surfaces_over_a_run(runs, tmp_path, capsys):
         [{"generated_text": want[0]["generated_text"]}]
     assert api.generate(str(run), "dull plot", 8) == [Predictor.from_run(run).predict("dull plot", max_new_tokens=8)
                                                       ["generated_text"]]
+    assert api.generate(str(run), "dull plot") == [Predictor.from_run(run).predict("dull plot")["generated_text"]]
     from transferkit.cli import main
     assert main(["predict", str(run), "good film", "dull plot", "--output", str(tmp_path / "p.jsonl")]) == 0
     assert [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()] == want
     report = api.evaluate(run, output_dir=tmp_path / "report")
     saved = json.loads((run / "metrics.json").read_text())["test"]
-    assert report["rougeL"] == pytest.approx(saved["rougeL"]) and report["loss"] == pytest.approx(saved["loss"], rel=1e-4)
+    assert report["rougeL"] == pytest.approx(saved["rougeL"])
+    assert report["loss"] == pytest.approx(saved["loss"], rel=1e-4)
     out = api.export(run, tmp_path / "merged")  # a merged folder AutoModelForCausalLM loads
     from transformers import AutoModelForCausalLM, AutoTokenizer
     merged = AutoModelForCausalLM.from_pretrained(out).eval()

