@@ -317,3 +317,13 @@ def test_cli_entry_point_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"transferkit: error: data file not found: {tmp_path / 'missing.csv'}"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,words", [(["finetune", "--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+                                        (["finetune", "--epochs"], "argument --epochs: expected one argument"),
+                                        ([], "the following arguments are required: command")])
+def test_a_bad_flag_is_one_line_not_the_usage_block(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("transferkit: error: ") and words in err[0]

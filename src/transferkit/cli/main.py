@@ -26,8 +26,18 @@ COMMAND_MODULES = (finetune, predict, info, lm, plan, augment)
 GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line, like every other bad value (`--lr abc` printed the whole
+    usage block before the message); the command's --help is named instead. Subcommands inherit the class."""
+
+    def error(self, message: str) -> Any:
+        print(f"transferkit: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer text models.")
+    parser = Parser(prog="transferkit", description="Pretrain, fine-tune, compare, evaluate and serve transformer "
+                    "text models.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
     parser.add_argument("--quiet", action="store_true", help="print warnings and errors only, no progress lines")
