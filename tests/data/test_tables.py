@@ -303,3 +303,15 @@ def test_bundled_name_reads_cache(write_cache):
     d = load_table("movie-sentences")
     assert d.texts == ["great", "dull"] and d.labels == ["positive", "negative"]
     assert d.source == "movie-sentences"
+
+
+@pytest.mark.parametrize("storage", ["memory", "mapped"])
+def test_a_header_naming_a_column_twice_is_refused(tmp_path, storage):
+    """`text,text,label` would have read the first `text` column silently (pandas renames the second `text.1`)."""
+    from transferkit.config.finetune import DataConfig
+    from transferkit.tasks import get
+    path = tmp_path / "dup.csv"
+    path.write_text("text,text,label\n" + "".join(f"a {i},b {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)),
+                    encoding="utf-8")
+    with pytest.raises(UserError, match=r"dup.csv: the header names column 'text' twice \(columns 1 and 2\)"):
+        get("classify").prepare(DataConfig(data=str(path), storage=storage), 42)

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..core import fs
 from ..core.errors import UserError
-from .tables import ColumnTable, read_utf8
+from .tables import ColumnTable, check_header, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _chunk(columns: list[str], rows: list, value: Callable[[Any, str], Any], nam
 
 def csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
     """The file's rows as pandas' `read_csv(dtype=str, keep_default_na=False)` reads them: blank lines
-    skipped, repeated header names numbered (`a`, `a.1`), short rows padded with missing cells."""
+    skipped, short rows padded with missing cells; a header naming a column twice is refused (`check_header`)."""
     kind = "CSV" if sep == "," else "TSV"
     csv.field_size_limit(2**31 - 1)
     try:
@@ -238,7 +238,7 @@ def csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
             header = next((r for r in reader if r), None)
             if header is None:
                 raise UserError(f"{source}: file is empty (no rows)")
-            header = _number_repeats(header)
+            check_header(header, source)
             width, done, rows = len(header), 0, []
 
             def table(rows: list, first: int) -> ColumnTable:
@@ -264,16 +264,6 @@ def csv_chunks(path: Path, sep: str, source: str) -> Iterator[ColumnTable]:
         raise
     except csv.Error as e:
         raise UserError(f"{source}: not valid {kind} ({e})") from None
-
-
-def _number_repeats(header: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in header:
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        out.append(name if n == 0 else f"{name}.{n}")
-    return out
 
 
 def jsonl_chunks(path: Path, source: str, opener: Callable[[], Any] | None = None,

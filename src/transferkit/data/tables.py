@@ -16,6 +16,7 @@ as a note (the task's reader keeps it, and its split preparation logs it).
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -164,6 +165,8 @@ def csv_table(text: str, sep: str, source: str) -> ColumnTable:
     import pandas as pd
 
     kind = "CSV" if sep == "," else "TSV"
+    header = next((row for row in csv.reader(io.StringIO(text), delimiter=sep) if row), [])
+    check_header(header, source)
     try:
         # Everything as strings with no NA guessing: a text "NA" or "null" stays a text.
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
@@ -175,6 +178,17 @@ def csv_table(text: str, sep: str, source: str) -> ColumnTable:
     if len(df) == 0:
         raise UserError(f"{source}: no data rows (only a header)")
     return frame_table(df)
+
+
+def check_header(header: list[str], source: str) -> None:
+    """A CSV/TSV header that names a column twice is refused: which of the two a run would read is a guess (pandas
+    would rename the second `text.1` and read the first)."""
+    seen: dict[str, int] = {}
+    for k, name in enumerate(header):
+        if name in seen:
+            raise UserError(f"{source}: the header names column {clip(name)!r} twice (columns {seen[name] + 1} and "
+                            f"{k + 1}); rename one")
+        seen[name] = k
 
 
 def json_table(text: str, source: str) -> ColumnTable:
