@@ -315,3 +315,18 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path, storage):
                     encoding="utf-8")
     with pytest.raises(UserError, match=r"dup.csv: the header names column 'text' twice \(columns 1 and 2\)"):
         get("classify").prepare(DataConfig(data=str(path), storage=storage), 42)
+
+
+@pytest.mark.parametrize("text", ["   ", "\u200b", "\x01\x02", "\ufeff \u2028", "\u200d\t"])
+def test_texts_of_nothing_visible_are_refused_alike(text, tmp_path):
+    """Whitespace, control and zero-width characters tokenize to nothing: refused wherever "   " is, not labelled."""
+    from transferkit.tasks import get
+    from transferkit.tasks.rows import check_texts
+    with pytest.raises(UserError, match="text 2 is empty"):
+        check_texts(["a good film", text])
+    assert get("classify").input_problem(text, 1000) == (422, "empty text")
+    path = tmp_path / "t.csv"
+    path.write_text(f"text,label\na good film,pos\n\"{text}\",neg\n", encoding="utf-8")
+    with pytest.raises(UserError, match="empty or missing text"):
+        load_table(str(path))
+    assert not get("classify").input_problem("caf\u00e9 \u200b", 1000)  # a visible character is enough

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def read_texts(source: str, text_column: str | None = None, role: str = "input")
             lines.pop()
         if not lines:
             raise UserError(f"{source}: file is empty (no rows)")
-        blank = [i for i, ln in enumerate(lines, 1) if not ln]
+        blank = [i for i, ln in enumerate(lines, 1) if is_blank(ln)]
         if blank:
             raise UserError(f"{source}: {len(blank):,} empty or whitespace-only line(s) (first at line {blank[0]}); "
                             "each line is one text to predict: remove the blank lines")
@@ -338,13 +339,24 @@ def clean_texts(table: ColumnTable, col: str, where: str) -> list[str]:
             out.append("")
             continue
         s = v.strip()
-        if not s:
+        if is_blank(s):
             bad.append(i)
         out.append(s)
     if bad:
         raise UserError(f"{where}: {len(bad):,} empty or missing text(s) in column {clip(col)!r} "
                         f"(first at {table.row_name(bad[0])}); remove or fill them")
     return out
+
+
+# Unicode categories of characters that show nothing and that a tokenizer drops: controls, format characters
+# (zero-width spaces and joiners, BOMs), surrogates, unassigned code points, separators (spaces, line breaks)
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` has no visible character: whitespace alone, or controls and zero-width characters, which
+    tokenize to nothing as "   " does (so a model would label no text at all)."""
+    return all(unicodedata.category(c) in _INVISIBLE for c in text)
 
 
 # --- compressed and plain text files ---------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..core.registry import DATASETS
+from ..data.tables import is_blank
 from .rows import EncodedInputs, check_texts
 
 
@@ -228,7 +229,7 @@ class Task:
         `max_chars` characters (a longer one is refused before it is tokenized)."""
         if not isinstance(value, str):
             return 422, f"a {self.name} run reads one text per input, got {type(value).__name__}"
-        if not value.strip():
+        if is_blank(value):
             return 422, "empty text"
         if len(value) > max_chars:
             return 413, f"{len(value):,} characters, more than {max_chars:,}"

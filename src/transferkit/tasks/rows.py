@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UserError
+from ..data.tables import is_blank
 
 
 @dataclass
@@ -31,7 +32,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise UserError(f"text {i + 1} is not a string: {t!r}")
-        if not t.strip():
+        if is_blank(t):  # whitespace, controls and zero-width characters alike: nothing to read
             raise UserError(f"text {i + 1} is empty: there is nothing to classify")
     return texts
 

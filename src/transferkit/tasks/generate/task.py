@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...core.errors import UserError
+from ...data.tables import is_blank
 from ..base import Task
 from ..rows import EncodedInputs
 from .batches import GenData, PackedGenData
@@ -35,7 +36,7 @@ GENERATE_BATCH = 16  # prompts per generate() call
 def check_prompt(item: Any, where: str) -> tuple[tuple[str, str], ...]:
     """One prompt as chat turns: a non-empty string (one user turn), or a list of {"role", "content"} turns."""
     if isinstance(item, str):
-        if not item.strip():
+        if is_blank(item):
             raise UserError(f"{where} is empty: there is nothing to complete")
         return (("user", item),)
     if isinstance(item, tuple) and item and all(isinstance(t, tuple) and len(t) == 2 for t in item):
@@ -44,7 +45,7 @@ def check_prompt(item: Any, where: str) -> tuple[tuple[str, str], ...]:
         turns = []
         for k, t in enumerate(item):
             role, content = t.get("role"), t.get("content")
-            if role not in ROLES or not isinstance(content, str) or not content.strip():
+            if role not in ROLES or not isinstance(content, str) or is_blank(content):
                 raise UserError(f"{where}: turn {k + 1} needs a role ({', '.join(ROLES)}) and non-empty content")
             turns.append((role, content))
         return tuple(turns)
