@@ -96,12 +96,7 @@ def training_memory(model: str, method: str, *, batch_size: int, max_length: int
             net.config.head_kind = "token"
         net = m.apply(net)
     net.train()
-    params = list(net.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
-                                                                     for b in net.buffers())
-    trainable = [p for p in params if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    grads = sum(p.numel() * p.element_size() for p in trainable)
+    params, weights, n_trainable, grads = _parameter_bytes(net)
     cached = m.cache_features and task_obj.pooled_features
     if cached:  # the loop trains the head on pooled vectors computed once: no encoder activations
         feats = examples * config.hidden_size * layers * 4
@@ -113,9 +108,18 @@ def training_memory(model: str, method: str, *, batch_size: int, max_length: int
                           n_trainable, sum(p.numel() for p in params))
 
 
-def _saved_bytes(net: Any, params: list[Any], batch: int, length: int, features: int | None = None) -> tuple[int, int]:
-    """(bytes autograd saves for backward in one forward of a [batch, length] batch, the largest one),
-    counted on the meta device; `features` feeds pooled vectors [batch, features] instead of tokens."""
+def _parameter_bytes(net: Any) -> tuple[list[Any], int, int, int]:
+    """(parameters, bytes of every parameter and buffer, trainable parameters, bytes of their gradients)."""
+    params = list(net.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
+                                                                     for b in net.buffers())
+    trainable = [p for p in params if p.requires_grad]
+    return params, weights, sum(p.numel() for p in trainable), sum(p.numel() * p.element_size() for p in trainable)
+
+
+def _saved_by(params: list[Any], forward: Any) -> tuple[int, int]:
+    """(bytes autograd saves for backward while `forward()` runs on the meta device, the largest one), storage by
+    storage, the parameters' own excluded; `forward` returns the loss."""
     import torch
     own = {p.untyped_storage()._cdata for p in params}
     seen: dict[int, int] = {}
@@ -125,18 +129,25 @@ def _saved_bytes(net: Any, params: list[Any], batch: int, length: int, features:
         if storage._cdata not in own:
             seen[storage._cdata] = max(seen.get(storage._cdata, 0), storage.nbytes())
         return t
-    with torch.device("meta"):
+    with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward().sum()
+    return sum(seen.values()), max(seen.values(), default=0)
+
+
+def _saved_bytes(net: Any, params: list[Any], batch: int, length: int, features: int | None = None) -> tuple[int, int]:
+    """(bytes autograd saves for backward in one forward of a [batch, length] batch, the largest one),
+    counted on the meta device; `features` feeds pooled vectors [batch, features] instead of tokens."""
+    import torch
+
+    def forward() -> Any:
         labels_shape = (batch,) if getattr(net.config, "head_kind", "sequence") != "token" else (batch, length)
         labels = torch.zeros(labels_shape, dtype=torch.long)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            if features is not None:
-                out = net(pooled=torch.zeros(batch, features), labels=labels)
-            else:
-                # no attention mask: transformers would inspect its values, which the meta device has not
-                # (the 4-D mask it builds from a padded batch lives during the forward pass only: not saved)
-                out = net(input_ids=torch.zeros(batch, length, dtype=torch.long), labels=labels)
-            out.loss.sum()
-    return sum(seen.values()), max(seen.values(), default=0)
+        if features is not None:
+            return net(pooled=torch.zeros(batch, features), labels=labels).loss
+        # no attention mask: transformers would inspect its values, which the meta device has not
+        # (the 4-D mask it builds from a padded batch lives during the forward pass only: not saved)
+        return net(input_ids=torch.zeros(batch, length, dtype=torch.long), labels=labels).loss
+    return _saved_by(params, forward)
 
 
 GENERATE_PROMPTS = 16  # prompts per generate() call of a generation run's test scoring (tasks/generate)
@@ -153,29 +164,18 @@ def _decoder_memory(task: Any, method: Any, enc: dict[str, Any], batch: int, len
     with torch.device("meta"):
         net = method.apply(AutoModelForCausalLM.from_config(config))
     net.train()
-    params = list(net.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
-                                                                     for b in net.buffers())
-    trainable = [p for p in params if p.requires_grad]
-    grads = sum(p.numel() * p.element_size() for p in trainable)
+    params, weights, n_trainable, grads = _parameter_bytes(net)
     wrapped = task.training_module(net)
-    own = {p.untyped_storage()._cdata for p in params}
-    seen: dict[int, int] = {}
 
-    def pack(t: Any) -> Any:
-        storage = t.untyped_storage()
-        if storage._cdata not in own:
-            seen[storage._cdata] = max(seen.get(storage._cdata, 0), storage.nbytes())
-        return t
+    def forward() -> Any:
+        ids = torch.zeros(batch, length, dtype=torch.long)
+        logits = wrapped(input_ids=ids, attention_mask=None, lm_positions=torch.arange(batch * length)).logits
+        return torch.nn.functional.cross_entropy(logits.float(), torch.zeros(batch * length, dtype=torch.long))
     # transformers looks for packed rows in the position ids by reading their values, which the meta device has
     # not: the probe is one unpacked row each, so that check is answered for it.
     from transformers import masking_utils
-    with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
-        ids = torch.zeros(batch, length, dtype=torch.long)
-        logits = wrapped(input_ids=ids, attention_mask=None, lm_positions=torch.arange(batch * length)).logits
-        torch.nn.functional.cross_entropy(logits.float(), torch.zeros(batch * length, dtype=torch.long)).sum()
-    saved, largest = sum(seen.values()), max(seen.values(), default=0)
+    with mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
+        saved, largest = _saved_by(params, forward)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -184,4 +184,4 @@ def _decoder_memory(task: Any, method: Any, enc: dict[str, Any], batch: int, len
     cache = 2 * layers * kv_heads * head_dim * GENERATE_PROMPTS * length * 4  # keys and values, fp32
     step_logits = GENERATE_PROMPTS * config.vocab_size * 4
     return MemoryEstimate(weights, grads, ADAM_STATES * grads, saved, int(BACKWARD_FACTOR * largest), 0,
-                          sum(p.numel() for p in trainable), sum(p.numel() for p in params), cache + step_logits)
+                          n_trainable, sum(p.numel() for p in params), cache + step_logits)

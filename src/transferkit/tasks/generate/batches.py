@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .format import IGNORE
 
 
 class GenData:
-    """One row per item: padded on the right, the loss on the labelled tokens."""
+    """One row per item: padded on the right, the loss on the labelled tokens. A split's data also keeps what its
+    scoring by generation needs: the rows themselves (`examples`, with their references), each prompt as the
+    model reads it (`prompt_ids`) and the tokenizer."""
 
-    def __init__(self, ids: list[list[int]], labels: list[list[int]]) -> None:
+    def __init__(self, ids: list[list[int]], labels: list[list[int]], examples: Any = None,
+                 prompt_ids: list[list[int]] | None = None, tokenizer: Any = None) -> None:
         self.ids, self.labels = ids, labels
+        self.examples, self.prompt_ids, self.tokenizer = examples, prompt_ids, tokenizer
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,6 +85,7 @@ class PackedGenData:
     def __init__(self, rows: GenData, capacity: int) -> None:
         self.rows = rows
         self.blocks = pack(rows.lengths(), capacity)
+        self.examples, self.prompt_ids, self.tokenizer = rows.examples, rows.prompt_ids, rows.tokenizer
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -108,10 +112,4 @@ class PackedGenData:
                 mask[k, at:at + n] = 1
                 at += n
             pos[k, at:] = torch.arange(width - at)  # the padding is a sequence of its own
-        batch = targets({"input_ids": ids, "attention_mask": mask, "position_ids": pos}, labels)
-        return batch
-
-
-def example_count(data: Any) -> int:
-    """Rows in `data` (a packed block holds several)."""
-    return int(np.sum([len(b) for b in data.blocks])) if isinstance(data, PackedGenData) else len(data)
+        return targets({"input_ids": ids, "attention_mask": mask, "position_ids": pos}, labels)

@@ -134,16 +134,9 @@ class Generation(Task):
     def encode(self, tokenizer: Any, split: GenRows, max_length: int) -> Any:
         ids, labels = encode_rows(tokenizer, split.prompts, split.completions, self.template, max_length,
                                   self.loss_name != "all")
-        data: Any = GenData(ids, labels)
-        # what the test split's generation needs: each prompt as the model reads it, leaving room for the answer
-        room = max(8, max_length - self.max_new_tokens)
-        data.prompt_ids = [p[:room] for p in prompt_ids(tokenizer, split.prompts, self.template)]
-        data.examples, data.tokenizer = split, tokenizer
-        if self.packing:
-            packed = PackedGenData(data, max_length)
-            packed.prompt_ids, packed.examples, packed.tokenizer = data.prompt_ids, split, tokenizer
-            return packed
-        return data
+        # with what the test split's generation needs: each prompt as the model reads it, room left for the answer
+        data = GenData(ids, labels, split, self.prompt_token_ids(tokenizer, split.prompts, max_length), tokenizer)
+        return PackedGenData(data, max_length) if self.packing else data
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
