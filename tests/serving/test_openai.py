@@ -240,20 +240,28 @@ def test_concurrent_greedy_requests_are_generated_together(client, offline, monk
     from concurrent.futures import ThreadPoolExecutor
 
     from transferkit.tasks.generate import complete as module
+    prompts = [f"{w} film was" for w in ("good", "dull", "great", "boring", "fine", "poor")]
+    want = [r["generated_text"] for r in offline["full"].predict(prompts)]
     batches, real = [], module.generate_ids
-    gate = threading.Event()
+    joined, join = [], module.Gather.join
+    everyone = threading.Event()
 
     def slow_generate(model, prompts, *args, **kwargs):
         batches.append(len(prompts))
-        gate.wait(10)  # the first batch holds the run until every request has arrived
+        everyone.wait(30)  # the first batch holds the run until every request has joined
         return real(model, prompts, *args, **kwargs)
+
+    def counted_join(self, key, inputs):
+        job = join(self, key, inputs)
+        joined.append(job)
+        if len(joined) == len(prompts):
+            everyone.set()
+        return job
     monkeypatch.setattr(module, "generate_ids", slow_generate)
-    prompts = [f"{w} film was" for w in ("good", "dull", "great", "boring", "fine", "poor")]
-    want = [r["generated_text"] for r in offline["full"].predict(prompts)]
+    monkeypatch.setattr(module.Gather, "join", counted_join)
     with ThreadPoolExecutor(len(prompts)) as pool:
         futures = [pool.submit(client.completions.create, model="full", prompt=p) for p in prompts]
-        assert wait_until(lambda: len(batches) == 1, 10)
-        threading.Timer(0.5, gate.set).start()  # the others queue meanwhile
         got = [f.result().choices[0].text for f in futures]
     assert got == want
-    assert batches[0] == 1 and sum(batches) == len(prompts) and len(batches) <= 3  # the rest in one or two batches
+    # whoever was in the first batch, the rest waited together and went through the next one
+    assert sum(batches) == len(prompts) and len(batches) <= 2
