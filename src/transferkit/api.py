@@ -167,8 +167,12 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
             output_dir: str | Path | None = None, inference_repeats: int = 3,
             train_sizes: str | Sequence[int] | None = None, seeds: int = 1,
             augment: str | Sequence[str] | None = None, augment_methods: str | Sequence[str] | None = None,
-            test_rows: int | None = None, seed_offset: int = 0, **overrides: Any) -> Any:
+            test_rows: int | None = None, seed_offset: int = 0, models: str | Sequence[str] | None = None,
+            **overrides: Any) -> Any:
     """Train every method (default: all registered) on the same data, seed and budget; write one table.
+
+    With `models` (bundled names or model folders, e.g. "minilm-l6,mpnet-base"), every method runs on every
+    model, each run in `output_dir/<model>/<method>`, and the table compares the models too.
 
     Each method is a run directory `output_dir/<method>` trained in its own process; finished runs
     are reused and interrupted ones resumed. Overrides as in `finetune` (short names or dotted
@@ -184,10 +188,13 @@ def compare(methods: str | Sequence[str] | None = None, *, config: str | Path | 
         raise UserError("compare runs every method in `methods`; do not set method")
     base = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
     if train_sizes is not None or seeds != 1 or augment or test_rows is not None or seed_offset != 0:
+        if models is not None:
+            raise UserError("compare --models runs one table of methods x models; it does not combine with "
+                            "--train-sizes, --seeds, --augment, --test-rows or --seed-offset")
         from .recipes.compare.grid import run_grid
         return run_grid(methods, base, output_dir, train_sizes=train_sizes, seeds=seeds, augment=augment,
                         augment_methods=augment_methods, test_rows=test_rows, seed_offset=seed_offset)
-    return run_compare(methods, base, output_dir, inference_repeats=inference_repeats)
+    return run_compare(methods, base, output_dir, inference_repeats=inference_repeats, models=models)
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "hf", int8: bool = False, plain: bool = False,

@@ -41,6 +41,8 @@ def add_parsers(sub: Any) -> None:
         elif action.dest == "output_dir":
             action.help = "folder for OUT/<method> runs and OUT/compare.{md,csv,png} (default runs/compare)"
     p.add_argument("--methods", help="comma-separated methods (default: every registered method)")
+    p.add_argument("--models", metavar="M,M,...", help="comma-separated models (bundled names or folders): every "
+                   "method on every model, runs in OUT/<model>/<method>, one table comparing them")
     p.add_argument("--limit", type=int, help="use only the first N training rows (same rows for every method)")
     p.add_argument("--inference-repeats", type=int, default=3, help="timed passes over the test texts (median)")
     p.add_argument("--train-sizes", metavar="N,N,...", help="training examples per class, e.g. 8,32,128,512: every "
@@ -131,7 +133,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = api.compare(args.methods, config=args.config, output_dir=output_dir,
                          inference_repeats=args.inference_repeats, train_sizes=args.train_sizes, seeds=args.seeds,
                          augment=augment, augment_methods=args.augment_methods, test_rows=args.test_rows,
-                         seed_offset=args.seed_offset, **overrides)
+                         seed_offset=args.seed_offset, models=args.models, **overrides)
     print(result.markdown)
     if result.failed:
         print(f"transferkit: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "

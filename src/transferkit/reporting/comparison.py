@@ -21,7 +21,7 @@ Metrics = tuple[tuple[str, str, str], ...]  # the task's compare_metrics: (metri
 
 
 def csv_fields(metrics: Metrics) -> list[str]:
-    return ["method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
+    return ["model", "method", "status", "trainable", "total", "trainable_pct", "peak_rss_mb", "rss_before_train_mb",
             "peak_gpu_mb", "train_seconds", "samples_per_s", "wall_seconds", "inference_per_s", "artifact_mb",
             "weights_mb", *[m[0] for m in metrics], f"predictor_{metrics[0][0]}", "steps", "epochs", "lr", "run_dir"]
 
@@ -45,20 +45,26 @@ def _mb(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.0f}"
 
 
+def label(r: dict[str, Any]) -> str:
+    """How a row is named: its method, after its model where the table compares models."""
+    return f"{r['model']} {r['method']}" if r.get("model") else r["method"]
+
+
 def _trains_encoder(method: str) -> bool:
     """Whether `method` is full fine-tuning (`Method.trains_encoder`), the row the others are measured against."""
     return method in METHODS and METHODS.get(method).trains_encoder
 
 
 def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
-    """One line per method against full fine-tuning: the textbook claims, measured."""
+    """One line per method against full fine-tuning of the same model: the textbook claims, measured."""
     key = metrics[0][0]
-    full = next((r for r in rows if _trains_encoder(r["method"]) and r.get(key) is not None), None)
-    if full is None:
+    fulls = {r.get("model"): r for r in reversed(rows) if _trains_encoder(r["method"]) and r.get(key) is not None}
+    if not fulls:
         return []
     lines = ["", "Against full fine-tuning (same data, seed and budget):", ""]
     for r in rows:
-        if r is full or r.get(key) is None:
+        full = fulls.get(r.get("model"))
+        if full is None or r is full or r.get(key) is None:
             continue
         parts = [f"{r['trainable_pct']:.2f}% of the parameters train",
                  f"{metrics[0][2]} {100 * (r[key] - full[key]):+.1f} points"]
@@ -72,8 +78,23 @@ def _versus_full(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
             parts.append("memory added by training " + _less(_added(r) / _added(full)))
         if r.get("artifact_mb") and full.get("artifact_mb"):
             parts.append(f"artefact {_mb(r['artifact_mb'])} MB vs {_mb(full['artifact_mb'])} MB")
-        lines.append(f"- {r['method']}: " + "; ".join(parts))
+        lines.append(f"- {label(r)}: " + "; ".join(parts))
     return lines
+
+
+def _by_model(rows: list[dict[str, Any]], metrics: Metrics) -> list[str]:
+    """Where the table compares models: each model's best method, best first."""
+    key, name = metrics[0][0], metrics[0][2]
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("model") and r.get(key) is not None and (r["model"] not in best or r[key] > best[r["model"]][key]):
+            best[r["model"]] = r
+    if len(best) < 2:
+        return []
+    ranked = sorted(best.values(), key=lambda r: -r[key])
+    return ["", f"Models by their best {name}:", ""] + [
+        f"{i}. {r['model']}: {100 * r[key]:.1f}% with {r['method']} ({r.get('train_seconds') or 0:.0f} s of training, "
+        f"peak {r.get('peak_rss_mb') or 0:.0f} MB)" for i, r in enumerate(ranked, 1)]
 
 
 def command(rows: list[dict[str, Any]], base: Any) -> str:
@@ -83,7 +104,12 @@ def command(rows: list[dict[str, Any]], base: Any) -> str:
         return ",".join(map(text, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
     keys = [f"{k}={text(v)}" for k, v in wanted.items() if k not in ("output_dir", "method.name") and v != default.get(k)]
     out = str(Path(rows[0]["run_dir"]).parent) if rows else "runs/compare"
-    return " ".join(["transferkit compare --methods", ",".join(r["method"] for r in rows), *keys, "--output-dir", out])
+    models = list(dict.fromkeys(r["model"] for r in rows if r.get("model")))
+    if models:
+        keys = [k for k in keys if not k.startswith("model.name=")]
+        out = str(Path(out).parent)
+    return " ".join(["transferkit compare --methods", ",".join(dict.fromkeys(r["method"] for r in rows)),
+                     *(["--models", ",".join(models)] if models else []), *keys, "--output-dir", out])
 
 
 def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,20 +127,22 @@ def render_markdown(rows: list[dict[str, Any]], base: Any, n_train: int, n_test:
     budget = (f"max {base.train.max_steps} steps" if base.train.max_steps else
               f"{base.train.epochs:g} epoch(s)" if base.train.epochs else "each method's default epochs")
     lr = f"lr {base.train.lr:g} for all" if base.train.lr else "each method at its default learning rate"
-    head = [f"# transferkit compare: {base.data.data or base.data.train} on {base.model.name}", "",
+    models = ", ".join(dict.fromkeys(r["model"] for r in rows if r.get("model"))) or base.model.name
+    head = [f"# transferkit compare: {base.data.data or base.data.train} on {models}", "",
             f"`{command(rows, base)}`", "",
             (f"{n_train:,} training / {n_test:,} test texts, seed {base.train.seed}, {budget}, {lr}. "
              f"{os.cpu_count()} CPUs, torch {torch.__version__} ({platform.machine()}), "
              f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; methods trained one after another, each in its "
              f"own process."), ""]
-    cols = ["method", "trainable params", "trainable %", "peak MB", "training adds MB", "train s", "samples/s",
+    cols = [*(["model"] if any(r.get("model") for r in rows) else []), "method", "trainable params", "trainable %", "peak MB", "training adds MB", "train s", "samples/s",
             "wall s", "infer sent/s", "artefact MB", "lr", "steps", *[m[1] for m in metrics]]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
     for r in rows:
+        first = [r["model"], r["method"]] if cols[0] == "model" else [r["method"]]
         if r["status"] != "ok" and r.get(metrics[0][0]) is None:
-            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(cols) - 2))
+            lines.append("| " + " | ".join([*first, r["status"]]) + " |" + " |" * (len(cols) - len(first) - 1))
             continue
-        cells = [r["method"], _fmt(r.get("trainable"), ","), _fmt(r.get("trainable_pct"), ".2f"),
+        cells = [*first, _fmt(r.get("trainable"), ","), _fmt(r.get("trainable_pct"), ".2f"),
                  _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(_added(r), ".0f"), _fmt(r.get("train_seconds"), ".1f"),
                  _fmt(r.get("samples_per_s"), ".1f"), _fmt(r.get("wall_seconds"), ".0f"),
                  _fmt(r.get("inference_per_s"), ".0f"), ("" if r.get("artifact_mb") is None else _mb(r["artifact_mb"])), _fmt(r.get("lr"), "g"),
@@ -127,8 +155,8 @@ def render_markdown(rows: list[dict[str, Any]], base: Any, n_train: int, n_test:
                    f"test texts, median of {repeats} passes, all methods timed back to back in one process. "
                    f"artefact MB: the saved model/ or adapter/ folder, tokenizer files included.")]
     notes = [r for r in rows if r["status"] != "ok"]
-    tail = [""] + [f"- {r['method']}: {r['status']}" for r in notes] if notes else []
-    return "\n".join(head + lines + _versus_full(rows, metrics) + tail) + "\n"
+    tail = [""] + [f"- {label(r)}: {r['status']}" for r in notes] if notes else []
+    return "\n".join(head + lines + _by_model(rows, metrics) + _versus_full(rows, metrics) + tail) + "\n"
 
 
 def render_csv(rows: list[dict[str, Any]], metrics: Metrics) -> str:
@@ -148,12 +176,12 @@ def render_png(rows: list[dict[str, Any]], title: str, metrics: Metrics) -> byte
     import matplotlib.pyplot as plt
     key, name = metrics[0][0], metrics[0][2]
     ok = [r for r in rows if r.get(key) is not None]
-    names = [r["method"] for r in ok]
+    names = [label(r) for r in ok]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
     for r in ok:
         ax.scatter(max(r["trainable"], 1), 100 * r[key], s=40)
-        ax.annotate(r["method"], (max(r["trainable"], 1), 100 * r[key]), textcoords="offset points",
+        ax.annotate(label(r), (max(r["trainable"], 1), 100 * r[key]), textcoords="offset points",
                     xytext=(5, 4), fontsize=9)
     ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=f"test {name} (%)", title=name)
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

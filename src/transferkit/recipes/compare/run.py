@@ -13,6 +13,10 @@ for every method. Neither transformers nor peft has a cross-method harness, henc
     OUT/<method>/            a normal finetune run directory
     OUT/logs/<method>.yaml   the config the method ran with; .log its output; .json its attempts
     OUT/compare.{md,csv,png} the table and its plot (comparison_report.py; written atomically)
+
+With `models` (`--models minilm-l6,mpnet-base,PATH`) every method runs on every model, one run directory
+each, `OUT/<model>/<method>` (a folder's name stands for a path), and the table gets a model column: the first
+decision of transfer learning, which pretrained model to start from, measured on the user's data.
 """
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ class Plan:
     run_dir: Path
     state: str  # new | resume | finished
     key: str = ""  # names its logs (OUT/logs/<key>.log): the method, or e.g. "lora+eda/n8-s42" in a grid
+    model: str = ""  # the model as `--models` named it ("": the base config's only model)
 
     def __post_init__(self) -> None:
         self.key = self.key or self.method
@@ -113,10 +118,40 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
     return names
 
 
-def _plan(base: Any, method: str, out: Path) -> Plan:
+def parse_models(models: str | Sequence[str] | None) -> list[str]:
+    """Model names or folders in the given order, each once; None: none (the base config's model alone)."""
+    if models is None:
+        return []
+    items = models.split(",") if isinstance(models, str) else list(models)
+    names = list(dict.fromkeys(str(m).strip() for m in items if str(m).strip()))
+    if not names:
+        raise UserError("--models names no model; give bundled names or model folders separated by commas")
+    return names
+
+
+def model_folders(names: list[str]) -> dict[str, str]:
+    """name -> the folder name of its runs under OUT: a bundled name as is, a path by its last part, numbered
+    where two would collide."""
+    out: dict[str, str] = {}
+    for name in names:
+        stem = Path(name.rstrip("/\\")).name or "model"
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).lstrip(".") or "model"
+        folder, n = slug, 2
+        while folder in out.values() or folder == "logs":
+            folder, n = f"{slug}-{n}", n + 1
+        out[name] = folder
+    return out
+
+
+def _plan(base: Any, method: str, out: Path, model: str = "", folder: str = "") -> Plan:
     cfg = RunConfig.from_dict(base.to_dict())
-    cfg.method.name, cfg.output_dir = method, str(out / method)
-    return _plan_config(cfg, out / method, method)
+    run_dir = out / folder / method if model else out / method
+    cfg.method.name, cfg.output_dir = method, str(run_dir)
+    if model:
+        cfg.model.name = model
+    plan = _plan_config(cfg, run_dir, method, f"{folder}/{method}" if model else "")
+    plan.model = model
+    return plan
 
 
 def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
@@ -276,7 +311,8 @@ def _inference(run_dir: Path, task: Any, split: Any, repeats: int) -> tuple[floa
 
 def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int) -> dict[str, Any]:
     attempts = _read_attempts(out, plan.key)
-    row: dict[str, Any] = {"method": plan.method, "status": status, "run_dir": str(plan.run_dir),
+    row: dict[str, Any] = {**({"model": plan.model} if plan.model else {}), "method": plan.method, "status": status,
+                           "run_dir": str(plan.run_dir),
                            "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None}
     metrics_path = plan.run_dir / "metrics.json"
     if status != "ok" or not metrics_path.is_file():
@@ -296,13 +332,13 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
     primary = task.compare_metrics[0][0]
     try:
         row["inference_per_s"], row[f"predictor_{primary}"] = _inference(plan.run_dir, task, split, repeats)
-        logger.info(f"{plan.method}: {row['inference_per_s']:.0f} sentences/s")
+        logger.info(f"{plan.key}: {row['inference_per_s']:.0f} sentences/s")
     except Exception as e:  # one unloadable artefact must not cost the whole table
         row["status"] = f"inference failed: {type(e).__name__}: {e}".splitlines()[0]
-        logger.info(f"{plan.method}: {row['status']}")
+        logger.info(f"{plan.key}: {row['status']}")
     again = row.get(f"predictor_{primary}")
     if again is not None and abs(again - row[primary]) > 0.005:
-        logger.warning(f"warning: {plan.method}: the saved model scores {primary}={again:.4f} on the test split, "
+        logger.warning(f"warning: {plan.key}: the saved model scores {primary}={again:.4f} on the test split, "
                        f"training reported {row[primary]:.4f}")
     return row
 
@@ -310,8 +346,9 @@ def _row(plan: Plan, out: Path, status: str, task: Any, split: Any, repeats: int
 # ---- the whole comparison ---------------------------------------------------------------------------
 
 def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str | Path | None,
-                inference_repeats: int = 3) -> CompareResult:
-    """Train every method in `methods` on `base` (a RunConfig) and write the table; see the module doc."""
+                inference_repeats: int = 3, models: str | Sequence[str] | None = None) -> CompareResult:
+    """Train every method in `methods` (on every model of `models`) on `base` (a RunConfig) and write the table;
+    see the module doc."""
     runtime.setup()
     task = tasks.get(base.task)
     names = parse_methods(methods, task)
@@ -319,8 +356,12 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
         raise UserError(f"inference repeats must be >= 1, got {inference_repeats}")
     out = Path(output_dir or base.output_dir or "runs/compare")
     fs.check_writable_dir(out)
-    plans = [_plan(base, m, out) for m in names]
-    resolve_model(base.model.name)  # an unknown model fails here, not once per method
+    chosen = parse_models(models)
+    for model in chosen or [base.model.name]:
+        resolve_model(model)  # an unknown model fails here, not once per method (a bundled one is fetched now)
+    folders = model_folders(chosen)
+    plans = [_plan(base, m, out, model, folders[model]) for model in chosen for m in names] if chosen else \
+        [_plan(base, m, out) for m in names]
     with logs.quiet():  # bad data fails before any run; each run's own process summarises the data
         splits = task.prepare(base.data, base.train.seed)
     if not task.texts(splits.test):
@@ -328,8 +369,8 @@ def run_compare(methods: str | Sequence[str] | None, base: Any, output_dir: str 
     if base.train.lr is not None:
         logger.info(f"note: train.lr={base.train.lr:g} applies to every method "
                     "(leave it unset for each method's default)")
-    logger.info(f"compare: {', '.join(names)} -> {out} ("
-                + ", ".join(f"{p.method} {p.state}" for p in plans) + ")")
+    logger.info(f"compare: {', '.join(names)}{' on ' + ', '.join(chosen) if chosen else ''} -> {out} ("
+                + ", ".join(f"{p.key} {p.state}" for p in plans) + ")")
     with RunLock(out, "compare", resume_hint="run the same transferkit compare command again"):
         return _run_plans(plans, base, out, task, splits, inference_repeats)
 
@@ -340,18 +381,18 @@ def _run_plans(plans: list[Plan], base: Any, out: Path, task: Any, splits: Any,
     statuses: dict[str, str] = {}
     for plan in plans:
         if plan.state == "finished":
-            logger.info(f"== {plan.method}: reusing the finished run {plan.run_dir}")
-            statuses[plan.method] = "ok"
+            logger.info(f"== {plan.key}: reusing the finished run {plan.run_dir}")
+            statuses[plan.key] = "ok"
             continue
         rc = _run_child(plan, out)
         ok = rc == 0 and (plan.run_dir / "metrics.json").is_file()
-        statuses[plan.method] = "ok" if ok else f"failed (exit {rc})"
+        statuses[plan.key] = "ok" if ok else f"failed (exit {rc})"
         if not ok:
-            logger.info(f"== {plan.method}: failed with exit code {rc}; see {out / 'logs' / (plan.method + '.log')}")
+            logger.info(f"== {plan.key}: failed with exit code {rc}; see {out / 'logs' / (plan.key + '.log')}")
     # Inference is timed only now, every method back to back, so all meet the same machine load.
     logger.info(f"timing inference on the {len(task.texts(splits.test))} test texts "
                 f"({inference_repeats} passes each, median)")
-    rows = [_row(p, out, statuses[p.method], task, splits.test, inference_repeats) for p in plans]
+    rows = [_row(p, out, statuses[p.key], task, splits.test, inference_repeats) for p in plans]
     failed = [m for m, st in statuses.items() if st != "ok"]
 
     markdown, paths = write_tables(out, rows, base, splits, inference_repeats, task.compare_metrics,
