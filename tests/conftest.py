@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 from transferkit.data import bundled  # noqa: E402
 
-from helpers import (RUN_EPOCHS, VOCAB, make_sentences, make_tokenizer, tiny_bert_config,  # noqa: E402
-                     tiny_config, write_csv)
+from helpers import (FAMILIES, RUN_EPOCHS, VOCAB, make_family_tokenizer, make_sentences, make_tokenizer,  # noqa: E402
+                     tiny_bert_config, tiny_config, tiny_family_config, write_csv)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     assert ids == [tok.cls_token_id, VOCAB.index("good"), VOCAB.index("film"), tok.sep_token_id]
     assert tok.unk_token_id not in ids and tok.pad_token_id == 0
     return folder
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory, tiny_model_dir) -> Callable[[str], Path]:
+    """family (a helpers.FAMILIES row) -> a randomly initialised tiny model folder of it with its tokenizer, built
+    on first use; "bert" is `tiny_model_dir`."""
+    import torch
+    from transformers import AutoModel
+    folders: dict[str, Path] = {"bert": tiny_model_dir}
+
+    def get(family: str) -> Path:
+        if family not in folders:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            tok = make_family_tokenizer(FAMILIES[family].tokenizer)
+            torch.manual_seed(0)
+            AutoModel.from_config(tiny_family_config(family, tok)).save_pretrained(folder)
+            tok.save_pretrained(folder)
+            folders[family] = folder
+        return folders[family]
+    return get
 
 
 @pytest.fixture(scope="session")

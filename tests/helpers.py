@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -121,6 +122,70 @@ def tiny_bert_config(dropout: float = 0.1) -> Any:
     return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
                       attention_probs_dropout_prob=dropout)
+
+
+@dataclass(frozen=True)
+class Family:
+    """An encoder family's tiny test model: its config class, the settings that make it tiny over the test
+    corpus, and its tokenizer ("wordpiece": `make_tokenizer`; "bpe": RoBERTa's byte-level BPE; "unigram":
+    XLM-R's sentencepiece-style Metaspace unigram)."""
+
+    config: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "wordpiece"
+
+
+# One row per encoder family (a new family costs one row). Hidden 32, 2 layers; RoBERTa and XLM-R keep their
+# checkpoints' single token type and padding id 1; DeBERTa-v2 is configured as DeBERTa-v3 (relative attention,
+# no absolute positions); ModernBERT mixes global and sliding-window layers (a window shorter than the texts).
+FAMILIES: dict[str, Family] = {
+    "bert": Family("BertConfig"),
+    "roberta": Family("RobertaConfig", {"type_vocab_size": 1}, "bpe"),
+    "xlm-roberta": Family("XLMRobertaConfig", {"type_vocab_size": 1}, "unigram"),
+    "electra": Family("ElectraConfig", {"embedding_size": 16}),
+    "distilbert": Family("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}),
+    "mpnet": Family("MPNetConfig"),  # its relative bias reads 32 buckets whatever the config says: kept
+    "deberta-v2": Family("DebertaV2Config", {"relative_attention": True, "position_biased_input": False,
+                                             "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                                             "norm_rel_ebd": "layer_norm", "share_att_key": True}),
+    "modernbert": Family("ModernBertConfig", {"global_attn_every_n_layers": 2, "local_attention": 8}),
+}
+_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def make_family_tokenizer(kind: str) -> Any:
+    """The tokenizer of a FAMILIES row, built offline from the test corpus."""
+    if kind == "wordpiece":
+        return make_tokenizer()
+    words = sorted({w for t, _ in make_sentences(200) for w in t.split()})
+    if kind == "unigram":  # whole corpus words, and single characters for any other word (a name: several pieces)
+        from transformers import XLMRobertaTokenizer
+        chars = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,!?"))
+        vocab = [(s, 0.0) for s in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+        vocab += [("\u2581" + w, -5.0) for w in words] + [("\u2581", -8.0)] + [(c, -10.0) for c in chars]
+        return XLMRobertaTokenizer(vocab=vocab, model_max_length=64)
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizer
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend.train_from_iterator([t for t, _ in make_sentences(200)], trainer)
+    model = json.loads(backend.to_str())["model"]
+    return RobertaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], model_max_length=64)
+
+
+def tiny_family_config(family: str, tokenizer: Any) -> Any:
+    """A tiny config of `family` (a FAMILIES row) over `tokenizer`'s vocabulary and special tokens."""
+    import transformers
+    row = FAMILIES[family]
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id}
+    if family == "modernbert":
+        ids.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    sizes = {} if family == "distilbert" else _SIZES  # DistilBERT names its sizes itself
+    return getattr(transformers, row.config)(vocab_size=max(VOCAB_SIZE, len(tokenizer)), max_position_embeddings=128,
+                                             **sizes, **ids, **row.settings)
 
 
 def make_tokenizer() -> Any:
