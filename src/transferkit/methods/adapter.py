@@ -4,7 +4,8 @@ Each adapter is down-projection (hidden -> hidden / reduction), ReLU, up-project
 its input (a residual). The up-projection starts near zero, so before training every adapter is
 almost the identity and the model computes what the pretrained encoder computed. An adapter is
 inserted by wrapping an output projection of each layer (`AdapterLinear`: base_layer, then
-`h + adapter(h)`), before that sub-layer's dropout, residual and LayerNorm:
+`h + adapter(h)`), before that sub-layer's dropout, residual and LayerNorm (ModernBERT, pre-norm: before
+the residual); the projections' names per encoder family are in `layout.LAYOUTS`:
 
 - houlsby: after the attention output projection and after the feed-forward output projection;
 - pfeiffer: after the feed-forward output projection only (half the adapters, about the same accuracy
@@ -76,8 +77,8 @@ class AdapterOptions:
 @METHODS.register("adapter")
 class BottleneckAdapter(TensorArtifactMethod):
     name = "adapter"
-    decoder_refusal = ("its bottleneck modules follow the output projections of BERT-layout encoder layers and its "
-                       "artefact loads onto the classifier alone; lora or ia3 adapt a decoder")
+    decoder_refusal = ("its bottleneck modules follow the output projections of encoder layers (methods/layout.py) "
+                       "and its artefact loads onto the classifier alone; lora or ia3 adapt a decoder")
     Options = AdapterOptions
     # Adapters start as (nearly) the identity and have few weights: they need a large lr to move within
     # a few epochs (Houlsby et al. searched 3e-5..3e-3). On MiniLM, first 4,000 movie sentences, one

@@ -1,21 +1,42 @@
-"""Where things sit inside an encoder: its layer list and the projections methods attach to.
+"""Where things sit inside an encoder: its layer list and the modules methods attach to, per family.
 
-BERT, RoBERTa, ELECTRA, XLM-R and MiniLM share one layout (`encoder.layer.N.attention.output.dense`,
-`encoder.layer.N.output.dense`, `attention.self.{query,key,value}`); DistilBERT has its own
-(`transformer.layer.N.attention.out_lin`, `ffn.lin2`). Methods that insert modules ask here and get
-a UserError naming the model type for any other layout.
+Methods that insert modules (adapters after output projections, prefixes inside self-attention) need
+to know each family's names, and those differ: BERT's `attention.self.{query,key,value}` and
+`attention.output.dense`, DistilBERT's `attention.{q,k,v,out}_lin` and `ffn.lin2`, MPNet's
+`attention.attn.{q,k,v,o}`, DeBERTa-v2's `attention.self.{query,key,value}_proj`, ModernBERT's fused
+`attn.Wqkv`, `attn.Wo` and `mlp.Wo`. `LAYOUTS` holds one row per family (model_type). A model type not
+listed (a BERT clone such as CamemBERT, or MiniLM saved as `bert`) gets the first row whose names its
+layers have; anything else is a one-line UserError naming what is missing.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..core.errors import UserError
 
-# (attention output projection, feed-forward output projection) relative to one encoder layer.
-OUTPUT_PROJECTIONS: list[tuple[str, str]] = [
-    ("attention.output.dense", "output.dense"),  # BERT, RoBERTa, ELECTRA, XLM-R, MiniLM
-    ("attention.out_lin", "ffn.lin2"),  # DistilBERT
-]
+
+@dataclass(frozen=True)
+class Layout:
+    """Module names relative to one encoder layer."""
+
+    attention: str  # the self-attention module (prefix tuning wraps it)
+    projections: tuple[str, ...]  # its query/key/value Linear layers (one name when fused), relative to it
+    attention_out: str  # the attention output projection (Houlsby adapters follow it)
+    ffn_out: str  # the feed-forward output projection (every bottleneck adapter follows it)
+    kind: str  # the attention's code path: prefix tuning has one wrapper per kind
+
+
+BERT = Layout("attention.self", ("query", "key", "value"), "attention.output.dense", "output.dense", "bert")
+LAYOUTS: dict[str, Layout] = {
+    "bert": BERT, "roberta": BERT, "xlm-roberta": BERT, "electra": BERT, "camembert": BERT,
+    "distilbert": Layout("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", "ffn.lin2", "distilbert"),
+    "mpnet": Layout("attention.attn", ("q", "k", "v"), "attention.attn.o", "output.dense", "mpnet"),
+    "deberta-v2": Layout("attention.self", ("query_proj", "key_proj", "value_proj"), "attention.output.dense",
+                         "output.dense", "deberta-v2"),
+    "modernbert": Layout("attn", ("Wqkv",), "attn.Wo", "mlp.Wo", "modernbert"),
+}
 
 
 def model_type(model: nn.Module) -> str:
@@ -37,16 +58,40 @@ def encoder_layers(model: nn.Module, method: str) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def _linear(layer: nn.Module, name: str) -> bool:
+    try:
+        return isinstance(layer.get_submodule(name), nn.Linear)
+    except AttributeError:
+        return False
+
+
+def _names(layout: Layout, part: str) -> tuple[str, ...]:
+    """The Linear layers `part` ("outputs" or "attention") needs, relative to a layer."""
+    if part == "outputs":
+        return (layout.attention_out, layout.ffn_out)
+    return tuple(f"{layout.attention}.{p}" for p in layout.projections)
+
+
+def find_layout(model: nn.Module, method: str, part: str) -> tuple[list[nn.Module], Layout]:
+    """(the encoder's layers, their family's Layout) where every layer has the Linear layers `part` needs
+    ("outputs": attention and feed-forward output projections; "attention": query/key/value), or a UserError.
+
+    A listed family must have its own names; an unlisted one takes the first row that fits."""
+    _, layers = encoder_layers(model, method)
+    kind = model_type(model)
+    rows = [LAYOUTS[kind]] if kind in LAYOUTS else list(dict.fromkeys(LAYOUTS.values()))
+    for layout in rows:
+        if all(_linear(layer, n) for layer in layers for n in _names(layout, part)):
+            return list(layers), layout
+    what = "attention and feed-forward output projections" if part == "outputs" else "query/key/value projections"
+    known = "; ".join(" + ".join(_names(layout, part)) for layout in rows)
+    raise UserError(f"{method}: unsupported encoder layout ({kind}): each layer needs {what}, found none of: {known}")
+
+
 def output_projections(model: nn.Module, method: str) -> list[tuple[nn.Module, str, str]]:
     """Per layer: (layer module, attention output projection name, feed-forward output projection name)."""
-    _, layers = encoder_layers(model, method)
-    names = {n for n, _ in layers[0].named_modules()}
-    for attn_out, ffn_out in OUTPUT_PROJECTIONS:
-        if attn_out in names and ffn_out in names:
-            return [(layer, attn_out, ffn_out) for layer in layers]
-    known = "; ".join(f"{a} + {f}" for a, f in OUTPUT_PROJECTIONS)
-    raise UserError(f"{method}: unsupported encoder layout ({model_type(model)}): each layer needs one of "
-                    f"these output projections: {known}")
+    layers, layout = find_layout(model, method, "outputs")
+    return [(layer, layout.attention_out, layout.ffn_out) for layer in layers]
 
 
 def replace_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
