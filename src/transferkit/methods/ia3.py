@@ -24,15 +24,21 @@ from .peft_common import ALL_LINEAR, TARGETS_HELP, PeftMethod, all_linear_regex,
 # model_type -> (target regex, feed-forward regex); peft full-matches them against module names.
 _BERT = (r".*\.layer\.\d+\.(?:attention\.self\.(?:key|value)|output\.dense)", r".*\.layer\.\d+\.output\.dense")
 DEFAULT_TARGETS: dict[str, tuple[str, str]] = {
-    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT, "camembert": _BERT,
     "distilbert": (r".*\.layer\.\d+\.(?:attention\.(?:k_lin|v_lin)|ffn\.lin2)", r".*\.layer\.\d+\.ffn\.lin2"),
+    "mpnet": (r".*\.layer\.\d+\.(?:attention\.attn\.(?:k|v)|output\.dense)", r".*\.layer\.\d+\.output\.dense"),
+    "deberta-v2": (r".*\.layer\.\d+\.(?:attention\.self\.(?:key_proj|value_proj)|output\.dense)",
+                   r".*\.layer\.\d+\.output\.dense"),
+    # keys and values come out of one fused Wqkv: its vector rescales queries too, which adds nothing a key
+    # scale cannot do (q.(l*k) = (l*q).k); the feed-forward vector scales the gated activation into mlp.Wo
+    "modernbert": (r".*\.layers\.\d+\.(?:attn\.Wqkv|mlp\.Wo)", r".*\.layers\.\d+\.mlp\.Wo"),
     # decoders: keys, values and the input of the feed-forward down projection, as the paper's T0 runs
     "gpt2": (r".*\.h\.\d+\.(?:attn\.c_attn|mlp\.c_proj)", r".*\.h\.\d+\.mlp\.c_proj"),
 }
 _LLAMA = (r".*\.layers\.\d+\.(?:self_attn\.(?:k_proj|v_proj)|mlp\.down_proj)", r".*\.layers\.\d+\.mlp\.down_proj")
 DEFAULT_TARGETS.update({kind: _LLAMA for kind in ("llama", "mistral", "qwen2", "qwen3")})
 # Last name parts of feed-forward output projections: IA3 scales their input, not their output.
-FEEDFORWARD_NAMES = ("output.dense", "lin2", "fc2", "down_proj", "c_proj", "wo")
+FEEDFORWARD_NAMES = ("output.dense", "lin2", "fc2", "down_proj", "c_proj", "wo", "mlp.Wo")
 
 
 @dataclass

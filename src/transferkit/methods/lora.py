@@ -32,6 +32,8 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "distilbert": ["q_lin", "v_lin"],
     "albert": ["query", "value"],
     "mpnet": ["q", "v"],
+    "camembert": ["query", "value"],
+    "modernbert": ["Wqkv"],  # queries, keys and values in one fused projection
     "gpt2": ["c_attn"],
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
