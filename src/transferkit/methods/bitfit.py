@@ -22,6 +22,7 @@ from ..core.errors import UserError
 from ..core.registry import METHODS
 from .artifact import WEIGHTS_FILE, TensorArtifactMethod
 from .base import PEFT_BASE, RowMixer, SharedPart, is_head_param
+from .layout import model_type
 
 
 def _is_bias(name: str) -> bool:
@@ -43,8 +44,12 @@ class BitFit(TensorArtifactMethod):
     def apply(self, model: nn.Module) -> nn.Module:
         for n, p in model.named_parameters():
             p.requires_grad_(_is_bias(n) or is_head_param(n))
-        if not any(p.requires_grad for p in model.parameters()):
-            kind = getattr(model.config, "model_type", "?")
+        if not any(p.requires_grad for n, p in model.named_parameters() if not is_head_param(n)):
+            kind = model_type(model)
+            if any(is_head_param(n) for n, _ in model.named_parameters()):  # an encoder with a task head
+                raise UserError(f"bitfit: this {kind} encoder has no bias terms (ModernBERT builds its linear and "
+                                "norm layers without them), so BitFit would train the head alone; use head_only for "
+                                "that, or ia3 for an update as small, or lora")
             raise UserError(f"bitfit: this {kind} model has no bias terms and no new head, so BitFit has nothing to "
                             "train (Llama-style decoders such as SmolLM2 drop every bias); use ia3 for an update "
                             "as small, or lora")
