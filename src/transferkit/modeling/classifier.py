@@ -34,6 +34,7 @@ config.base_model_name_or_path)` -> `PeftModel.from_pretrained(base, adapter)` r
 from __future__ import annotations
 
 import copy
+import inspect
 import shutil
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ def pair_token_types(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
     (what a BERT tokenizer gives for a text pair; padding, masked anyway, gets 1)."""
     seps = (input_ids == sep_id).long()
     return (seps.cumsum(-1) - seps).clamp(max=1)
+
+
+def reads_token_types(encoder: nn.Module) -> bool:
+    """Whether the encoder reads token types: its forward takes them and its config has more than one.
+    DistilBERT, MPNet and ModernBERT take none (their forward would pass them on unread, or fail); RoBERTa,
+    XLM-R and DeBERTa-v3 checkpoints have one type or none, so any type but 0 would index past the table."""
+    types = getattr(encoder.config, "type_vocab_size", None)
+    return "token_type_ids" in inspect.signature(encoder.forward).parameters and (types is None or types > 1)
 
 
 def encoder_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -137,7 +146,10 @@ class TransferkitForSequenceClassification(PreTrainedModel):
         return torch.cat([self._pool_one(h, attention_mask) for h in layers], dim=-1)
 
     def token_types(self, input_ids: torch.Tensor | None, given: torch.Tensor | None) -> torch.Tensor | None:
-        """The token types the encoder reads: those given, else a pair model's own (`pair_sep_id`)."""
+        """The token types the encoder reads: those given, else a pair model's own (`pair_sep_id`); none for an
+        encoder that reads no token types (`reads_token_types`), whatever a tokenizer gave."""
+        if not reads_token_types(self.encoder):
+            return None
         sep = getattr(self.config, "pair_sep_id", None)
         if given is not None or sep is None or input_ids is None:
             return given
