@@ -62,14 +62,18 @@ def finetune(config: str | Path | RunConfig | dict | None = None, *, resume: str
 def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | int | None = None,
          device: str | None = None, time_budget: str | float | None = None, tasks: int = 1,
          dry_run_steps: int = 5, methods: Sequence[str] | str | None = None,
-         output_dir: str | Path | None = None, **overrides: Any) -> Any:
+         models: Sequence[str] | str | None = None, output_dir: str | Path | None = None, **overrides: Any) -> Any:
     """Which method to train on this data and hardware (and for `tasks` task models), with its settings.
 
     Reads the data and model as `finetune` would, estimates every method's memory by part, runs a few
     real training steps of each on a sample (`dry_run_steps`, 0 for none) and projects the time;
     `memory="16GB"`/`device="cuda"` plan for another machine, `time_budget="3h"` bounds the time.
     Returns a `recipes.plan.PlanResult` (`.recommended`, `.reasons`, `.config`, `.table`); with
-    `output_dir`, writes plan.json and run.yaml (a config `finetune --config` runs as is)."""
+    `output_dir`, writes plan.json and run.yaml (a config `finetune --config` runs as is).
+
+    `models` (e.g. "minilm-l6,mpnet-base,PATH"): the candidates are ranked by LogME on frozen features of a sample
+    of the training data (`.models`, best first, and plan.json's "models"); the best is planned as above and every
+    other one gets the recommended method's memory and projected time."""
     from .recipes.plan import PlanRun
     runtime.setup()
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})
@@ -77,7 +81,7 @@ def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | i
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     return PlanRun(cfg, memory=memory, device=device, time_budget=time_budget, tasks=tasks,
                    dry_run_steps=dry_run_steps, methods=list(methods) if methods else None,
-                   output_dir=output_dir).run()
+                   models=models, output_dir=output_dir).run()
 
 
 def tune(config: str | Path | RunConfig | dict | None = None, *, method: str = "lora", n_trials: int | None = 30,

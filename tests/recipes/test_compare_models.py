@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from transferkit import api, cli
-from transferkit.recipes.compare.run import model_folders, parse_models
+from transferkit.modeling.resolve import parse_models
+from transferkit.recipes.compare.run import model_folders
 
 from helpers import tiny_bert_config, make_tokenizer
 

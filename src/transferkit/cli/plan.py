@@ -36,6 +36,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--time-budget", help="time the training may take, e.g. 90m, 3h, 2d")
     p.add_argument("--tasks", type=int, default=1, help="task models to train and serve on this base (default 1)")
     p.add_argument("--methods", help="comma-separated methods to consider (default: all)")
+    p.add_argument("--models", metavar="M,M,...", help="candidate models (bundled names or folders): ranked by a "
+                   "transferability score on frozen features of the data (LogME), the best planned, the others "
+                   "projected for the recommended method")
     p.add_argument("--dry-run-steps", type=int, default=5,
                    help="real training steps per method on a sample of the data (default 5; the first is not timed)")
     p.add_argument("--no-dry-run", action="store_true", help="estimate only: no training steps, no time projection")
@@ -66,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     output_dir = extra.pop("output_dir", None) or f"runs/plan-{time.strftime('%Y%m%d-%H%M%S')}"
     result = api.plan(args.config, memory=args.memory, device=args.device, time_budget=args.time_budget,
                       tasks=args.tasks, dry_run_steps=0 if args.no_dry_run else args.dry_run_steps,
-                      methods=args.methods, output_dir=output_dir, **extra)
+                      methods=args.methods, models=args.models, output_dir=output_dir, **extra)
     print(result.table)
     print(f"\nplan: {result.output_dir / 'plan.json'}" + (
         f"; train it with: transferkit finetune --config {result.output_dir / 'run.yaml'}"

@@ -235,6 +235,17 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name, name, "mean")
 
 
+def parse_models(models: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """A list of models (`--models a,b,PATH`) in the given order, each once; None: none."""
+    if models is None:
+        return []
+    items = models.split(",") if isinstance(models, str) else list(models)
+    names = list(dict.fromkeys(str(m).strip() for m in items if str(m).strip()))
+    if not names:
+        raise UserError("--models names no model; give bundled names or model folders separated by commas")
+    return names
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the model hub's host resolves and accepts a connection (instead of ~30 s of retries)."""
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"

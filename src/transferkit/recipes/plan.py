@@ -16,6 +16,10 @@
    time against the budget, data size against overfitting, artefact size x tasks, serving cost);
    plan.json holds every figure and run.yaml is a config `transferkit finetune --config` runs as is.
 
+With `models` (`plan --models a,b,PATH`), the candidates are first ranked by LogME on frozen features of the
+training data (`plan_models`); the best-ranked is planned as above, and every other one gets the recommended
+method's memory and projected time (plan.json's "models").
+
 Nothing here writes a run directory: the dry runs train in memory and are thrown away.
 """
 from __future__ import annotations
@@ -32,11 +36,14 @@ from ..core import fs, logs, runtime
 from ..core.errors import UserError
 from ..core.registry import METHODS
 from ..core.units import parse_duration, parse_memory
+from ..modeling.resolve import parse_models, resolve_model
 from ..training.memory_estimate import MB, MemoryEstimate, training_memory
 from .adaptive import adapt
 from .finetune import FinetuneRun
 from .plan_advice import recommend, table
 from .plan_dry_run import dry_run
+from .plan_models import ModelScore, check_task, rank_models
+from .plan_models import table as models_table
 from .plan_types import GB, Hardware, MethodPlan, PlanResult  # noqa: F401  (GB: plan's callers read sizes in it)
 
 logger = logging.getLogger(__name__)
@@ -72,7 +79,8 @@ class PlanRun:
 
     def __init__(self, cfg: Any, *, memory: str | int | None = None, device: str | None = None,
                  time_budget: str | float | None = None, tasks: int = 1, dry_run_steps: int = 5,
-                 methods: list[str] | None = None, output_dir: str | Path | None = None) -> None:
+                 methods: list[str] | None = None, models: str | Sequence[str] | None = None,
+                 output_dir: str | Path | None = None) -> None:
         if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 10_000:
             raise UserError(f"--tasks {tasks!r}: must be an integer in [1, 10000]")
         if isinstance(dry_run_steps, bool) or not isinstance(dry_run_steps, int) or not 0 <= dry_run_steps <= 1000:
@@ -90,8 +98,19 @@ class PlanRun:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.output_dir is not None:
             fs.check_writable_dir(self.output_dir)
+        self.models = parse_models(models)
+        if self.models:
+            check_task(task)
+            for name in self.models:
+                resolve_model(name)  # an unknown model fails before any is scored (a bundled one is fetched now)
+        self._device, self._memory, self._budget = device, memory, time_budget
 
     def run(self) -> PlanResult:
+        scores = rank_models(self.cfg, self.models) if self.models else []
+        if scores:  # the best-ranked model is the one planned in full
+            self.cfg = RunConfig.from_dict(self.cfg.to_dict())
+            self.cfg.model.name = scores[0].name
+            logger.info(f"planning the methods on {scores[0].name}, the best-ranked of {len(scores)} models")
         setup = FinetuneRun(self.cfg)
         setup.setup()  # the data and model checks of a real run; nothing written
         self.setup = setup
@@ -117,15 +136,33 @@ class PlanRun:
             raise UserError("no method can train this model: " + "; ".join(notes))
         recommended, reasons = recommend(plans, data, self.hardware, self.tasks, self.time_budget)
         config = self._config(next(p for p in plans if p.method == recommended)) if recommended else None
+        if scores and recommended:
+            self._project_models(scores, next(p for p in plans if p.method == recommended))
         result = PlanResult(data, self.hardware, self.tasks, self.time_budget, plans, recommended, reasons, config,
-                            self.output_dir, notes=notes)
-        result.table = table(result)
+                            self.output_dir, notes=notes, models=[s.row() for s in scores])
+        result.table = table(result) + ("\n\n" + models_table(scores) if scores else "")
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             fs.write_json(self.output_dir / "plan.json", result.to_json())
             if config is not None:
                 fs.write_text(self.output_dir / "run.yaml", config.to_yaml())
         return result
+
+    def _project_models(self, scores: list[ModelScore], best: MethodPlan) -> None:
+        """The recommended method's memory and projected time on every ranked model (the best: from its plan)."""
+        for s in scores:
+            if s.rank == 1:
+                plan = best
+            else:
+                cfg = RunConfig.from_dict(self.cfg.to_dict())
+                cfg.model.name = s.name
+                logger.info(f"projecting {best.method} on {s.name} ...")
+                with logs.quiet():
+                    plan = PlanRun(cfg, memory=self._memory, device=self._device, time_budget=self._budget,
+                                   tasks=self.tasks, dry_run_steps=self.dry_run_steps, methods=[best.method]
+                                   ).run().methods[0]
+            s.method, s.memory_mb, s.fits = best.method, plan.memory.mb()["total"], plan.fits
+            s.projected_seconds = plan.total_seconds
 
     # ---- one method ----------------------------------------------------------------------------
     def _plan_method(self, name: str, rows: int, data: dict[str, Any], dry: bool) -> MethodPlan:

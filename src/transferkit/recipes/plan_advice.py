@@ -38,13 +38,13 @@ def recommend(plans: list[MethodPlan], data: dict[str, Any], hw: Hardware, tasks
     in_time = [p for p in fit if budget_s is None or p.total_seconds is None or p.total_seconds <= budget_s]
     if budget_s is not None and timed and not [p for p in timed if p.total_seconds <= budget_s]:
         fastest = min(timed, key=lambda p: p.total_seconds)
-        return fastest.method, [f"no method finishes within {_duration(budget_s)}; {fastest.method} is the "
-                                f"fastest ({_duration(fastest.total_seconds)}): lower the epochs or use a smaller "
+        return fastest.method, [f"no method finishes within {duration(budget_s)}; {fastest.method} is the "
+                                f"fastest ({duration(fastest.total_seconds)}): lower the epochs or use a smaller "
                                 f"model to fit the budget"] + _fit_reason(fastest, hw)
     if budget_s is not None:
         late = [p.method for p in timed if p.total_seconds > budget_s]
         if late:
-            reasons.append(f"{', '.join(late)} would not finish within {_duration(budget_s)}")
+            reasons.append(f"{', '.join(late)} would not finish within {duration(budget_s)}")
     full = next((m for m in by if METHODS.get(m).trains_encoder), None)  # full fine-tuning, the reference
     if full is not None and not [p for p in fit if p.method == full]:
         reasons.append(f"full fine-tuning does not fit in {hw.memory_bytes / GB:.1f} GB "
@@ -88,7 +88,7 @@ def _fit_reason(p: MethodPlan, hw: Hardware) -> list[str]:
         s = p.stage
         first = (f"{s['steps']} steps on {s['what']} at {s['samples_per_s']:.1f} texts/s, then "
                  if s is not None and s.get("samples_per_s") else "")
-        out.append(f"projected training time {_duration(p.total_seconds)} ({first}{p.steps} steps, "
+        out.append(f"projected training time {duration(p.total_seconds)} ({first}{p.steps} steps, "
                    f"{p.dry_run['samples_per_s']:.1f} samples/s measured)")
     return out
 
@@ -97,7 +97,7 @@ def _size(n: float) -> str:
     return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.1f} MB"
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
     if s >= 86400:
         return f"{s / 86400:.1f} days"
     if s >= 3600:
@@ -118,7 +118,7 @@ def table(result: PlanResult) -> str:
                      "yes" if p.fits else "no",
                      p.dry_run["samples_per_s"] if p.dry_run else "-",
                      max(p.dry_run["peak_mb"], (p.stage or {}).get("peak_mb", 0)) if p.dry_run else "-",
-                     _duration(p.total_seconds) if p.total_seconds is not None else "-"])
+                     duration(p.total_seconds) if p.total_seconds is not None else "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -67,11 +67,12 @@ class PlanResult:
     output_dir: Path | None = None
     table: str = ""
     notes: list[str] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)  # `plan --models`: ranked, best first
 
     def to_json(self) -> dict[str, Any]:
         return {"recommended": self.recommended, "reasons": self.reasons, "data": self.data,
                 "hardware": asdict(self.hardware), "tasks": self.tasks, "time_budget_s": self.time_budget_s,
-                "methods": [m.row() for m in self.methods], "notes": self.notes,
+                "methods": [m.row() for m in self.methods], "notes": self.notes, "models": self.models,
                 "config": self.config.to_dict() if self.config is not None else None}
 
 

@@ -41,7 +41,7 @@ from ...core.folders import read_json, read_json_object
 from ...core.lock import RunLock
 from ...core.registry import METHODS
 from ...inference import Predictor
-from ...modeling.resolve import resolve_model
+from ...modeling.resolve import parse_models, resolve_model
 from ...reporting.comparison import flat_config, write_tables
 
 logger = logging.getLogger(__name__)
@@ -115,17 +115,6 @@ def parse_methods(methods: str | Sequence[str] | None, task: Any = None) -> list
         raise UserError(f"no methods to compare; choose from: {', '.join(METHODS.names())}")
     for name in names:
         METHODS.get(name)  # UserError naming the unknown method and the known ones
-    return names
-
-
-def parse_models(models: str | Sequence[str] | None) -> list[str]:
-    """Model names or folders in the given order, each once; None: none (the base config's model alone)."""
-    if models is None:
-        return []
-    items = models.split(",") if isinstance(models, str) else list(models)
-    names = list(dict.fromkeys(str(m).strip() for m in items if str(m).strip()))
-    if not names:
-        raise UserError("--models names no model; give bundled names or model folders separated by commas")
     return names
 
 
