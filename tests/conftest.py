@@ -97,6 +97,17 @@ def finished_run(tmp_path_factory, tiny_model_dir, sentiment_csv) -> Callable[[s
     return get
 
 
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Run reports without rendering their figures (half of a tiny run's time), for tests of something else."""
+    from transferkit.reporting import run_report
+
+    def skip(fig: Any) -> bytes:
+        run_report.plt.close(fig)
+        return b""
+    monkeypatch.setattr(run_report, "_figure_png", skip)
+
+
 @pytest.fixture(autouse=True)
 def _no_downloads(request, monkeypatch):
     """Unit tests never fetch bundled data from PyPI."""

@@ -1,7 +1,11 @@
 """The contract every registered method and task keeps: for each task row below and each method that suits
 the task, a tiny run trains, saves, loads back (`Predictor.from_run`), predicts rows of the task's shape,
 evaluates its test split, serves through the shared-base model set, and exports to a merged folder where the
-method merges. Adding a task or a method is one folder or file in src/ plus (for a task) one row here."""
+method merges. Adding a task or a method is one folder or file in src/ plus (for a task) one row here.
+
+The same on every encoder family of helpers.FAMILIES (one row there per family): every method on classify,
+and every other encoder task with each method on one family, rotating, so each task meets every family; the
+reloaded run predicts what the run predicted right after training."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +20,8 @@ from transferkit.core.registry import METHODS
 from transferkit.inference import Predictor
 from transferkit.serving.models import ModelSet
 
-from helpers import (make_sentences, tiny_config, write_conll, write_csv, write_label_sets, write_pairs, write_prompts,
-                     write_scores)
+from helpers import (FAMILIES, make_sentences, tiny_config, write_conll, write_csv, write_label_sets, write_pairs,
+                     write_prompts, write_scores)
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,53 @@ def test_method_on_task(method, task, task_data, tmp_path, request):
         assert "cannot be merged" in str(e) and not out.exists()
     else:
         assert (out / "config.json").is_file()
+
+
+# ---- every encoder family ----------------------------------------------------------------------------------
+
+OTHER_FAMILIES = [f for f in FAMILIES if f != "bert"]  # BERT: the rows above
+ENCODER_TASKS = [t for t, case in TASK_CASES.items() if case.model == "tiny_model_dir" and t != "classify"]
+FAMILY_RUNS = [(m, "classify", f) for m in METHODS.names() for f in OTHER_FAMILIES] + [
+    (m, t, OTHER_FAMILIES[(i + 2 * j) % len(OTHER_FAMILIES)])
+    for j, t in enumerate(ENCODER_TASKS) for i, m in enumerate(METHODS.names())]
+FAMILY_RUNS = [(m, t, f) for m, t, f in FAMILY_RUNS if METHODS.get(m).suits(tasks.get(t))]
+# (method, family) -> its one-line refusal: ModernBERT's layers have no bias terms
+FAMILY_REFUSALS = {("bitfit", "modernbert"): "bitfit: this modernbert encoder has no bias terms"}
+
+
+def test_every_encoder_task_meets_every_family():
+    assert {(t, f) for _, t, f in FAMILY_RUNS} == {(t, f) for t in ["classify", *ENCODER_TASKS] for f in OTHER_FAMILIES}
+
+
+@pytest.mark.parametrize("method,task,family", FAMILY_RUNS, ids=[f"{m}-{t}-{f}" for m, t, f in FAMILY_RUNS])
+def test_method_on_family(method, task, family, task_data, family_model_dir, tmp_path, monkeypatch, no_figures):
+    """Train a few steps, save, reload: the reloaded run predicts what the trained model in memory predicted."""
+    from transferkit.core.runs import RunInfo
+    from transferkit.inference.loading import run_task
+    from transferkit.modeling.resolve import load_tokenizer
+    from transferkit.tasks.base import Task
+    case = TASK_CASES[task]
+    cfg = tiny_config(task_data[task], family_model_dir(family), tmp_path / "run", method, max_steps=2, epochs=None,
+                      early_stopping_patience=0)
+    cfg.task = task
+    if method == "setfit":  # its first stage's pairs, not max_steps, set its time
+        cfg.override("method.setfit_max_pairs", 32)
+    if (method, family) in FAMILY_REFUSALS:
+        with pytest.raises(UserError, match=FAMILY_REFUSALS[method, family]):
+            api.finetune(cfg)
+        assert not (tmp_path / "run").exists()
+        return
+    trained = {}
+    real = Task.evaluate_test
+
+    def keep(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:  # the model as training left it
+        trained["model"] = model
+        return real(self, model, *args, **kwargs)
+    monkeypatch.setattr(Task, "evaluate_test", keep)
+    run = api.finetune(cfg).run_dir
+    info = RunInfo.read(run)
+    right_after = Predictor(trained["model"], load_tokenizer(str(info.artifact_dir)), info.label_names,
+                            info.max_length, task=run_task(info)).predict(list(case.inputs))
+    rows = Predictor.from_run(run).predict(list(case.inputs))
+    assert all(set(r) == set(case.output_keys) for r in rows)
+    assert _flat(rows) == pytest.approx(_flat(right_after), abs=1e-5)
