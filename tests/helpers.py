@@ -168,8 +168,9 @@ def make_family_tokenizer(kind: str) -> Any:
     from transformers import RobertaTokenizer
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator([t for t, _ in make_sentences(200)], trainer)
     model = json.loads(backend.to_str())["model"]
     return RobertaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], model_max_length=64)

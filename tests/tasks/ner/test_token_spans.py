@@ -259,6 +259,20 @@ def test_word_offsets_byte_level_and_fallback():
                                            ("!", 18, 19)]
 
 
+def test_word_offsets_metaspace_splits_punctuation_off_words():
+    """sentencepiece's pre-tokenizer (XLM-R, DeBERTa-v3) splits at whitespace alone: "Paris," would be one word
+    where CoNLL-style training words have "Paris" and ","; runs of punctuation become words of their own."""
+    from helpers import make_family_tokenizer
+    tok = make_family_tokenizer("unigram")
+    text = "Anna visited Paris, in May...  Zürich!\u00bfQué? l'été e-mail"
+    words = word_offsets(tok, text)
+    check_offsets(text, words)
+    assert [w for w, _, _ in words] == ["Anna", "visited", "Paris", ",", "in", "May", "...", "Zürich", "!\u00bf", "Qué",
+                                        "?", "l", "'", "été", "e", "-", "mail"]
+    bpe = make_family_tokenizer("bpe")  # byte-level BPE splits punctuation itself: unchanged ("..." one word)
+    assert [w for w, _, _ in word_offsets(bpe, "Paris, in May...")] == ["Paris", ",", "in", "May", "..."]
+
+
 def words_of(text, spans):
     return [(text[s:e], s, e) for s, e in spans]
 

@@ -19,6 +19,7 @@ Pure functions and small dataclasses; torch is only imported to collate a batch.
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -307,7 +308,10 @@ def word_offsets(tokenizer: Any, text: str) -> list[tuple[str, int, int]]:
     whitespace and punctuation, each punctuation mark a word); the tokenizer's normalizer runs first
     when it has one, so e.g. BERT's one-word-per-CJK-character rule holds too, while offsets stay in
     the ORIGINAL text. Spaces that byte-level or metaspace pre-tokenizers keep on a word are trimmed,
-    and a piece still holding whitespace is split at it. Without a pre-tokenizer, words are
+    and a piece still holding whitespace is split at it. A pre-tokenizer that splits at whitespace
+    alone (sentencepiece's Metaspace: XLM-R, DeBERTa-v3) would make "Paris," one word, where the
+    word-split training data (CoNLL) has "Paris" and ","; its pieces are also split into runs of
+    punctuation and runs of other characters (punctuation as BERT defines it). Without a pre-tokenizer, words are
     `\\w+|[^\\w\\s]` matches.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -315,11 +319,30 @@ def word_offsets(tokenizer: Any, text: str) -> list[tuple[str, int, int]]:
     if pre is None:
         return [(m.group(), m.start(), m.end()) for m in _FALLBACK_WORD.finditer(text)]
     pieces = _pre_tokenize(backend, pre, text)
+    whitespace_only = len(pre.pre_tokenize_str("a,b")) == 1
     words: list[tuple[str, int, int]] = []
     for s, e in pieces:
         for m in _NON_SPACE.finditer(text, s, e):
-            words.append((m.group(), m.start(), m.end()))
+            words += (_punctuation_runs(text, m.start(), m.end()) if whitespace_only
+                      else [(m.group(), m.start(), m.end())])
     return words
+
+
+def _is_punctuation(ch: str) -> bool:
+    """BERT's punctuation: the ASCII symbols between letters and digits, and Unicode's P* categories."""
+    o = ord(ch)
+    return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126 or unicodedata.category(ch)[0] == "P"
+
+
+def _punctuation_runs(text: str, start: int, end: int) -> list[tuple[str, int, int]]:
+    """text[start:end] as (word, start, end) runs of punctuation and of other characters: "Paris," -> Paris, ","."""
+    runs: list[tuple[str, int, int]] = []
+    a = start
+    for i in range(start + 1, end + 1):
+        if i == end or _is_punctuation(text[i]) != _is_punctuation(text[i - 1]):
+            runs.append((text[a:i], a, i))
+            a = i
+    return runs
 
 
 def _pre_tokenize(backend: Any, pre: Any, text: str) -> list[tuple[int, int]]:
