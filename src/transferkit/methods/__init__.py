@@ -1,7 +1,9 @@
 """Adaptation methods, one file each (full, lora, adapter, prefix, ia3, bitfit, head_only, setfit), each
 registering itself in `core.registry.METHODS` with its options, capabilities and per-row update; `base.py` is
-the interface, `artifact.py` / `peft_common.py` / `layout.py` what several share. Importing this package
-imports every module in it, so a new method is a new file (plus nothing else in src/).
+the interface, `artifact.py` / `peft_common.py` / `layout.py` what several share (`layout.py`: where each
+encoder family keeps its attention and output projections), `prefix_attention.py` prefix tuning's per-family
+attention wrappers. Importing this package imports every module in it, so a new method is a new file (plus
+nothing else in src/).
 """
 import dataclasses
 import importlib
