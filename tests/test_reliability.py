@@ -369,6 +369,44 @@ def test_disk_full_while_finishing(capsys, tiny, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_disk_full_during_evaluate_leaves_no_partial_report(capsys, finished_run, tmp_path, monkeypatch):
+    """The disk fills as report.html is written: no evaluation.json or plots stay without it, and an existing
+    report folder keeps what it had."""
+    real = os.replace
+
+    def full(src, dst, *a, **kw):
+        if str(dst).endswith("report.html"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **kw)
+    run = str(finished_run("full"))
+    monkeypatch.setattr(os, "replace", full)
+    _fail(capsys, ["evaluate", run, "--output-dir", str(tmp_path / "new")], "disk is full", after_work=True)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    _fail(capsys, ["evaluate", run, "--output-dir", str(tmp_path / "kept")], "disk is full", after_work=True)
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+    monkeypatch.setattr(os, "replace", real)
+    assert main(["evaluate", run, "--output-dir", str(tmp_path / "kept")]) == 0
+    assert {"evaluation.json", "report.html", "notes.txt"} <= {p.name for p in (tmp_path / "kept").iterdir()}
+    assert not list((tmp_path / "kept").glob(".report-*"))
+
+
+def test_disk_full_inside_a_library_write_is_one_line(capsys, tiny, tmp_path, monkeypatch):
+    """tokenizers raises a bare Exception("... (os error 28)") when the disk fills as it saves; matplotlib an
+    OSError inside its own: either is "the disk is full", exit 2, and the run resumes once space is back."""
+    from transformers import PreTrainedTokenizerBase
+    real = PreTrainedTokenizerBase.save_pretrained
+
+    def full(self, *args, **kwargs):
+        raise Exception("No space left on device (os error 28)")
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    _fail(capsys, tiny(out=tmp_path / "run"), "disk is full", after_work=True)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", real)
+    assert main(["finetune", "--resume", str(tmp_path / "run")]) == 0
+
+
 # ---- 6. one run directory, one writer ---------------------------------------------------------------
 
 def _holder(run: Path) -> subprocess.Popen:

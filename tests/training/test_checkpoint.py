@@ -336,6 +336,43 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert json.loads((ckpt / "last" / "state.json").read_text())["global_step"] == 1
 
 
+def test_a_full_disk_reported_by_safetensors_itself_is_one_line_too(tmp_path, monkeypatch):
+    """safetensors raises its own SafetensorError (not an OSError) carrying "(os error 28)"; tokenizers a bare
+    Exception: both are a full disk, said in one line, the temporary folder removed, the last checkpoint kept."""
+    real, calls = checkpoint.save_file, [0]
+
+    class SafetensorError(Exception):  # what safetensors' Rust core raises
+        pass
+
+    def full(tensors, path, metadata=None):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, metadata=metadata)
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    trainer = feature_trainer(tmp_path, EVALS, **RUN)
+    with pytest.raises(UserError, match="disk is full") as e:
+        trainer.fit()
+    assert "\n" not in str(e.value)
+    ckpt = tmp_path / "checkpoints"
+    assert not (ckpt / "last.tmp").exists() and checkpoint.problem(ckpt / "last") is None
+
+
+def test_a_storage_error_is_recognised_however_it_is_wrapped():
+    from transferkit.core import fs
+    assert fs.is_storage_error(OSError(errno.EROFS, "Read-only file system"))
+    assert fs.is_storage_error(Exception("No space left on device (os error 28)"))  # tokenizers
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as inner:
+            raise RuntimeError("could not save the figure") from inner  # a library wrapping it
+    except RuntimeError as outer:
+        assert fs.is_storage_error(outer) and "quota" in str(fs.storage_error(outer, None))
+    assert not fs.is_storage_error(Exception("shape mismatch (os error in the name only)"))
+    assert not fs.is_storage_error(OSError(errno.ENOENT, "No such file"))
+
+
 # ---- divergence ---------------------------------------------------------------------------------
 
 def _nan_at_step_3(outputs, batch):

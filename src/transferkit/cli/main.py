@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from ..core import logs
+from ..core import fs, logs
 from ..core.errors import UserError
 from ..core.lock import forget_taken, outermost_taken
 from . import augment, finetune, info, lm, plan, predict
@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail too
         return 141
     except Exception as e:  # the last resort: one line, not a traceback, unless asked for
+        if fs.is_storage_error(e) and not debug:  # a library's own write (tokenizers, matplotlib) on a full disk
+            print(f"transferkit: error: {fs.storage_error(e, getattr(e, 'filename', None))}", file=sys.stderr)
+            return 2
         if debug:
             raise
         where = _origin(e)

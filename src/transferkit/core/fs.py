@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -39,18 +40,44 @@ def dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
 
 
-def _why(e: OSError) -> str:
+# Rust libraries (safetensors, tokenizers) raise their own exception types, or a bare Exception, whose message
+# carries the OS error: "I/O error: No space left on device (os error 28)".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _errno(e: BaseException) -> int | None:
+    """The errno of a refused write, however the library that made it wrapped it (its causes included)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e.errno
+        found = _RUST_OS_ERROR.search(str(e))
+        if found:
+            return int(found.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _why(e: BaseException) -> str:
+    code = _errno(e)
     return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
-            errno.EROFS: "the filesystem is read-only"}.get(e.errno, e.strerror or type(e).__name__)
+            errno.EROFS: "the filesystem is read-only"}.get(
+        code, getattr(e, "strerror", None) or (os.strerror(code) if code else type(e).__name__))
 
 
-def storage_error(e: OSError, path: Path | str) -> UserError:
-    """The one-line message for a write the filesystem refused."""
+def storage_error(e: BaseException, path: Path | str | None) -> UserError:
+    """The one-line message for a write the filesystem refused (`path` None: a library's write, place unknown)."""
+    if path is None:
+        return UserError(f"a write was refused: {_why(e)}; free space or fix the folder's permissions, then run the "
+                         "command again (an interrupted run continues with --resume)")
     return UserError(f"cannot write {path}: {_why(e)}")
 
 
 def is_storage_error(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in _STORAGE_ERRORS
+    """Whether `e` is the filesystem refusing a write (full, over quota, read-only, not permitted), as an
+    OSError or as a library's own exception that carries the OS error."""
+    return _errno(e) in _STORAGE_ERRORS
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

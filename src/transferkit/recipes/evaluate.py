@@ -4,6 +4,8 @@ content hashes) or a labelled file, with the run's task's metrics and report. `a
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,26 @@ def run_evaluation(run_dir: str | Path, data: str | None = None, *, text_column:
     if quantize:
         model = quantize_int8(model)
     tokenizer = load_tokenizer(str(info.artifact_dir))
-    report, paths = task.score(model, tokenizer, info, split, out, history=read_history(Path(run_dir)),
-                               title=f"transferkit: {info.method} on {source}",
-                               extra={"run directory": str(run_dir), "model": info.model_name, "method": info.method,
-                                      "data": source, "rows": len(split)})
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # The report is written whole into a folder of its own inside `out`, then its files are renamed into `out`
+    # (renames need no space): a disk that fills halfway leaves no evaluation.json without its report.html.
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+    try:
+        report, written = task.score(model, tokenizer, info, split, tmp, history=read_history(Path(run_dir)),
+                                     title=f"transferkit: {info.method} on {source}",
+                                     extra={"run directory": str(run_dir), "model": info.model_name,
+                                            "method": info.method, "data": source, "rows": len(split)})
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            (out / f.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
+            fs.replace(f, out / f.relative_to(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    paths = {k: out / Path(v).relative_to(tmp) for k, v in written.items()}
     logger.info(f"{source}: " + " ".join(f"{k}={report[k]:.4f}" for k in task.headline_metrics if k in report))
     logger.info(f"report: {paths.get('html', out)}")
     return report

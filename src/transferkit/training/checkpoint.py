@@ -313,13 +313,13 @@ def save(ckpt_dir: Path, weights: dict[str, torch.Tensor], optimizer: Any, rng: 
         _fs_fsync(ckpt_dir)
         if old.exists():
             _fs_rmtree(old)
-    except OSError as e:  # a kill is not an OSError: it leaves everything as it was for `load` to sort out
-        shutil.rmtree(tmp, ignore_errors=True)
-        if fs.is_storage_error(e):
-            raise fs.storage_error(e, e.filename or tmp) from None
-        raise
     except UserError:  # fs turned a refused write into a one-line error already
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # a kill is not an Exception: it leaves everything as it was for `load` to sort out
+        shutil.rmtree(tmp, ignore_errors=True)
+        if fs.is_storage_error(e):  # an OSError, or safetensors' SafetensorError carrying one
+            raise fs.storage_error(e, getattr(e, "filename", None) or tmp) from None
         raise
 
 
@@ -330,10 +330,10 @@ def save_best(ckpt_dir: Path, weights: dict[str, torch.Tensor], step: int) -> No
         _fs_mkdir(ckpt_dir)
         _fs_save_tensors(weights, tmp, {"step": str(step)})
         _fs_rename(tmp, path)
-    except OSError as e:
+    except Exception as e:
         tmp.unlink(missing_ok=True)
-        if fs.is_storage_error(e):
-            raise fs.storage_error(e, e.filename or path) from None
+        if fs.is_storage_error(e):  # an OSError, or safetensors' SafetensorError carrying one
+            raise fs.storage_error(e, getattr(e, "filename", None) or path) from None
         raise
 
 
