@@ -73,3 +73,16 @@ def test_serve_refuses_bad_options_in_one_line(capsys, finished_run):
     assert "port must be" in expect_user_error(capsys, ["serve", "--adapter", f"a={finished_run('lora')}",
                                                         "--port", "0"])
     assert "expected NAME=RUN_DIR" in expect_user_error(capsys, ["serve", "--adapter", "nonsense"])
+
+
+def test_a_busy_port_is_one_line_before_anything_loads_or_says_serving(capsys, finished_run, monkeypatch):
+    from transferkit.serving import run as serving_run
+    monkeypatch.setattr(serving_run, "ModelSet", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = expect_user_error(capsys, ["serve", "--adapter", f"a={finished_run('lora')}", "--port", str(port)])
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "serving" not in line
+    assert "does not resolve" in expect_user_error(capsys, ["serve", "--adapter", f"a={finished_run('lora')}",
+                                                            "--host", "no-such-host.invalid"])

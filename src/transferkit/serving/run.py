@@ -2,9 +2,11 @@
 rather than the command line), the runs loaded into one `ModelSet`, and uvicorn started on the app."""
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,8 +23,6 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
                max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
                default_model: str | None = None) -> None:
     """Serve `{name: run_dir}` (and runs under `adapter_root`) until stopped; see `api.serve`."""
-    import uvicorn  # the server's own import: only when one starts
-
     runtime.setup()
     api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None  # the environment keeps it out of `ps`
     check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -31,6 +31,41 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
         raise UserError("nothing to serve: give --adapter NAME=RUN_DIR (repeat) and/or --adapter-root DIR")
     if adapter_root is not None and not Path(adapter_root).is_dir():
         raise UserError(f"adapter root {adapter_root} is not a folder")
+    sock = listening_socket(host, port)  # before the runs load and before anything says "serving"
+    try:
+        _serve(sock, adapters, adapter_root, host, port, api_key, max_batch_tokens, max_wait_ms, max_queue,
+               max_inputs, default_model)
+    finally:
+        sock.close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (uvicorn serves on it): a port in use or a host that is not this machine's is
+    a one-line error now, not uvicorn's after the runs have loaded."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host!r} does not resolve ({e})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use (another server?); choose another with "
+                            "--port") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise UserError(f"port {port} on {host} needs privileges this user lacks; use a port above 1023") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def _serve(sock: socket.socket, adapters: Mapping[str, str | Path] | None, adapter_root: str | Path | None,
+           host: str, port: int, api_key: str | None, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
+           max_inputs: int, default_model: str | None) -> None:
+    import uvicorn  # the server's own import: only when one starts
+
     models = ModelSet(dict(adapters or {}))
     if default_model is not None and default_model not in models.served:
         raise UserError(f"default model {default_model!r} is not among the served runs")
@@ -39,7 +74,11 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
                      max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
                      max_inputs=max_inputs)
     logger.info(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGTERM/SIGINT it shut down on, as uvicorn.run expects
+        pass
 
 
 def check_serve_numbers(**values: Any) -> None:
