@@ -80,11 +80,16 @@ def test_predict_in_text_embeddings_inference_shape(client, runs):
     long_text = " ".join(["good"] * 200)
     r = client.post("/predict", json={"inputs": long_text})
     assert r.status_code == 413 and r.json()["error_type"] == "Validation" and "truncate" in r.json()["error"]
-    assert client.post("/predict", json={"inputs": long_text, "truncate": True}).status_code == 200
-    # one rule on every route: /v1/classify refuses the same text unless it asks to truncate
+    cut = client.post("/predict", json={"inputs": [TEXTS[0], long_text], "truncate": True})
+    assert cut.status_code == 200 and cut.headers["X-Truncated-Inputs"] == "1"  # the response says what was cut
+    # one rule on every route: /v1/classify refuses the same text unless it asks to truncate, then says so
     r = client.post("/v1/classify", json={"model": "sent", "input": long_text})
     assert r.status_code == 413 and "truncate" in r.json()["error"]
-    assert client.post("/v1/classify", json={"model": "sent", "input": long_text, "truncate": True}).status_code == 200
+    cut = client.post("/v1/classify", json={"model": "sent", "input": [long_text, TEXTS[0]], "truncate": True})
+    assert cut.status_code == 200 and cut.headers["X-Truncated-Inputs"] == "0"
+    assert [d.get("truncated", False) for d in cut.json()["data"]] == [True, False]
+    whole = client.post("/v1/classify", json={"model": "sent", "input": TEXTS, "truncate": True})
+    assert "X-Truncated-Inputs" not in whole.headers and not any("truncated" in d for d in whole.json()["data"])
 
 
 def test_ner_route_equals_the_tagger_alone(client, runs):

@@ -133,6 +133,9 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             response = error(request, 500, f"{type(e).__name__}: {first}", "Backend")
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
+        truncated = getattr(request.state, "truncated", None)
+        if truncated and response.status_code == 200:  # said on every route, whatever its body's shape
+            response.headers["X-Truncated-Inputs"] = ",".join(map(str, truncated))
         return response
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -168,8 +171,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         return items
 
     def token_counts(task: Any, entry: Any, texts: list[Any], refuse_longer: bool) -> list[int]:
-        """Tokens per input as the model will see them (cut at its max_length); over it is a 413 when
-        the client did not ask for truncation."""
+        """Tokens per input, uncut; over the run's max_length is a 413 when the client did not ask for truncation."""
         try:
             tokenizer = models.tokenizer(entry.name)
         except KeyError:
@@ -180,7 +182,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
                 if n > entry.max_length:
                     raise ApiError(413, f"inputs[{i}]: {n} tokens, more than the model's {entry.max_length} (send "
                                         f"\"truncate\": true to cut it)", "Validation")
-        return [min(n, entry.max_length) for n in counts]
+        return counts
 
     async def batched(kind: str, name: str, texts: list[str], tokens: list[int]) -> list[Any]:
         try:
@@ -217,7 +219,10 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         texts = inputs_of(kind, inputs)
         if call is not None:
             return entry, [], await called(entry.name, call, texts)
-        tokens = token_counts(kind, entry, texts, refuse_longer)
+        counts = token_counts(kind, entry, texts, refuse_longer)
+        # the inputs cut to the run's limit (asked for with "truncate": true): the X-Truncated-Inputs header says which
+        request.state.truncated = [i for i, n in enumerate(counts) if n > entry.max_length]
+        tokens = [min(n, entry.max_length) for n in counts]
         return entry, tokens, await batched(entry.task, entry.name, texts, tokens)
 
     # ---- routes -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
                         -> [{"label", "score"}] per input, best first
 
 On both, a text over the run's token limit is a 413 unless the request says "truncate": true (then it is cut
-to the limit, as the model was trained). They answer every task that names classify as its `serving_task` too: an input is what the run's task
+to the limit, as the model was trained, and the response says so: the X-Truncated-Inputs header lists the cut
+inputs' indices, and /v1/classify marks their items "truncated": true). They answer every task that names classify as its `serving_task` too: an input is what the run's task
 reads (a pair run: [text, text_pair], so `"inputs": [["a", "b"], ...]` as TEI's /predict takes pairs),
 and each data item / score list is the run's task's (`classify_item`, `predict_items`: a multi-label run
 adds "labels", a regressor gives "values").
@@ -48,7 +49,9 @@ def add_routes(app: FastAPI, answer: Answer) -> None:
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         entry, tokens, logits = await answer(request, body.model, body.input, refuse_longer=not body.truncate)
         task = get_task(entry.task)
-        data = [{"index": i, **task.classify_item(row, entry.labels)} for i, row in enumerate(logits)]
+        cut = set(request.state.truncated)
+        data = [{"index": i, **task.classify_item(row, entry.labels), **({"truncated": True} if i in cut else {})}
+                for i, row in enumerate(logits)]
         used = sum(tokens)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
                 "model": entry.name, "data": data, "usage": {"prompt_tokens": used, "total_tokens": used}}
