@@ -203,6 +203,16 @@ def test_a_full_queue_answers_429_with_retry_after(runs, monkeypatch):
     assert [x.status_code for x in done] == [200, 200]
 
 
+def test_error_bodies_name_no_absolute_server_path(tmp_path):
+    from transferkit.serving.app import without_server_paths
+    root = tmp_path / "root"
+    (root / "runs").mkdir(parents=True)
+    assert without_server_paths(f"{root}/runs/a: no run.json", root) == "runs/a: no run.json"
+    assert without_server_paths(f"lora_path x is outside the adapter root {root}", root).endswith("the adapter root")
+    said = without_server_paths(f"cannot read {tmp_path}/other/model.safetensors, use /v1/classify", None)
+    assert said == "cannot read .../other/model.safetensors, use /v1/classify"  # a route is not a path here
+
+
 def test_load_and_unload_at_run_time(runs, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(runs["three"], root / "three")
@@ -226,6 +236,7 @@ def test_load_and_unload_at_run_time(runs, tmp_path):
                              ({"lora_name": "topic", "lora_path": "three"}, "already loaded")]:
             r = c.post("/v1/load_lora_adapter", json=body)
             assert r.status_code == 400 and needle in r.json()["error"], r.text
+            assert str(tmp_path) not in r.text  # no absolute path of the server's machine in an error body
         assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"sent", "topic"}
         assert c.post("/v1/unload_lora_adapter", json={"lora_name": "topic"}).status_code == 200
         assert c.post("/v1/classify", json={"model": "topic", "input": "x"}).status_code == 404

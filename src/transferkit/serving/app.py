@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +58,25 @@ class LoadRequest(Strict):
 
 class UnloadRequest(Strict):
     lora_name: str
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/])/[^\s'\",;()<>]+")
+
+
+def without_server_paths(message: str, root: Path | None) -> str:
+    """An error message as a client may read it: a path under the adapter root relative to it, and any other absolute
+    path of this machine (one whose first folder exists here, as /home or /tmp do and API routes do not) cut to its
+    last two parts."""
+    if root is not None:
+        message = message.replace(f"{root}{os.sep}", "").replace(str(root), "the adapter root")
+
+    def cut(found: re.Match) -> str:
+        path = found.group(0).rstrip(".")
+        parts = [p for p in path.split("/") if p]
+        if not parts or not os.path.isdir(os.sep + parts[0]):
+            return found.group(0)
+        return ".../" + "/".join(parts[-2:]) + found.group(0)[len(path):]
+    return _ABSOLUTE.sub(cut, message)
 
 
 def create_app(models: ModelSet, *, default_model: str | None = None, adapter_root: str | Path | None = None,
@@ -94,6 +115,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
 
     def error(request: Request, status: int, message: str, kind: str,
               headers: dict[str, str] | None = None) -> JSONResponse:
+        message = without_server_paths(message, root)
         body = error_bodies.get(request.url.path)
         return JSONResponse(body(status, message, kind) if body else {"error": message, "error_type": kind},
                             status_code=status, headers=headers)
