@@ -169,6 +169,21 @@ def test_api_key(runs):
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = c.post("/v1/classify", json={"model": "sent", "input": "good"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+        # X-API-Key (TEI's and many gateways' header) is the documented alternative
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        # the docs page and its assets need no key
+        assert c.get("/docs").status_code == 200 and c.get("/docs/assets/swagger-ui.css").status_code == 200
+
+
+def test_docs_work_offline_from_local_assets(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower() and "http" not in page.text.replace(
+        "http-equiv", "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        r = client.get(f"/docs/assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000 and f"/docs/assets/{asset}" in page.text
+    assert client.get("/openapi.json").json()["info"]["title"] == "transferkit"
 
 
 def test_a_full_queue_answers_429_with_retry_after(runs, monkeypatch):

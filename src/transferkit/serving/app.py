@@ -79,6 +79,26 @@ def without_server_paths(message: str, root: Path | None) -> str:
     return _ABSOLUTE.sub(cut, message)
 
 
+DOCS_ASSETS = "/docs/assets/"
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs as FastAPI serves it, with Swagger UI's script and style from the installed swagger-ui-bundle package
+    rather than a CDN, so the page works on a machine without internet (FastAPI's ReDoc page, CDN-only, is off)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS.rstrip("/"), StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="transferkit API",
+                                   swagger_js_url=DOCS_ASSETS + "swagger-ui-bundle.js",
+                                   swagger_css_url=DOCS_ASSETS + "swagger-ui.css",
+                                   swagger_favicon_url=DOCS_ASSETS + "favicon-32x32.png")
+
+
 def create_app(models: ModelSet, *, default_model: str | None = None, adapter_root: str | Path | None = None,
                api_key: str | None = None, max_batch_tokens: int = 16384, max_wait_ms: float = 5.0,
                max_queue: int = 512, max_inputs: int = 256) -> FastAPI:
@@ -105,8 +125,9 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
         await batcher.stop()  # uvicorn stops taking requests first; what is queued still finishes
         calls.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="transferkit", lifespan=lifespan,
+    app = FastAPI(title="transferkit", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Many task models on one base encoder, batched across requests and tasks.")
+    add_offline_docs(app)
     app.state.models, app.state.batcher = models, batcher
 
     # ---- errors in one shape (per path: a task's routes may speak another API's) ---------------
@@ -141,7 +162,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     async def _guard(request: Request, call_next: Any) -> Any:
         # metric labels come from the app's own routes and models only: client input never adds a series
         route = request.url.path if request.url.path in app.state.route_paths else "unmatched"
-        if api_key and route not in ("/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"):
+        if api_key and route not in ("/health", "/docs", "/openapi.json") and not request.url.path.startswith(DOCS_ASSETS):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
             if not hmac.compare_digest(token.encode(), api_key.encode()):
