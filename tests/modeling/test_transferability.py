@@ -24,8 +24,9 @@ def _evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
 def test_the_score_is_the_maximum_of_the_evidence(n, d):
     rng = np.random.default_rng(0)
     f = rng.normal(size=(n, d))
-    f -= f.mean(axis=0)  # logme centres the features; the written-out evidence reads them as they are
+    f -= f.mean(axis=0)  # logme centres features and targets; the written-out evidence reads them as they are
     y = f @ rng.normal(size=d) * 0.3 + rng.normal(size=n)
+    y -= y.mean()
     grid = np.logspace(-3, 3, 61)
     best = max(_evidence(f, y, a, b) for a in grid for b in grid)
     got = logme(f, y[:, None])
@@ -71,3 +72,13 @@ def test_too_few_rows_or_mismatched_shapes_are_refused():
         logme(np.zeros((1, 4)), np.zeros((1, 1)))
     with pytest.raises(ValueError):
         logme(np.zeros((5, 4)), np.zeros((4, 1)))
+
+
+def test_an_intercept_is_free_shifting_features_or_targets_changes_nothing():
+    """A head has a bias: a constant added to every vector, or 0/1 columns against their centred version, must not
+    move the score (without the intercept, one-hot columns' mean of 0.5 sank informative features to noise level)."""
+    good, noise, y = _labelled("classes")
+    base = logme(good, y)
+    assert logme(good + 50.0, y) == pytest.approx(base, abs=1e-6)
+    assert logme(good, y - y.mean(axis=0)) == pytest.approx(base, abs=1e-6)
+    assert base - logme(noise, y) > 0.2

@@ -14,9 +14,11 @@ estimate and not another:
 - the paper reports it agreeing with fine-tuned accuracy on NLP encoders (BERT-family models on GLUE) better
   than the alternatives it tried.
 Written here because no maintained package ships it (the authors' reference code is a repository, not a
-library); the algebra below is the paper's, vectorised over target columns. One change: the features are centred
-first, as a head with a bias would read them (LogME's model has no intercept, so a large mean vector, which
-sentence encoders have, would otherwise stand in the way of fitting centred targets).
+library); the algebra below is the paper's, vectorised over target columns. One change: features and targets are
+centred first, which gives the linear model the intercept a head's bias is (LogME's model has none). On 1,000
+movie sentences this moved MiniLM-L6 from -0.651 to -0.609 and mpnet-base from -0.462 to -0.423, the order and
+the gap kept; centring the features alone, without the targets, left the 0/1 columns' mean unfittable and both
+models near the no-information score (-1.05, -0.99).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def logme(features: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.float64)
     if f.ndim != 2 or y.ndim != 2 or len(f) != len(y) or len(f) < 2:
         raise ValueError(f"logme needs features [n, d] and targets [n, k] with n >= 2; got {f.shape} and {y.shape}")
-    f = f - f.mean(axis=0)  # the head's bias absorbs the mean
+    f, y = f - f.mean(axis=0), y - y.mean(axis=0)  # an intercept, as the head's bias
     n, d = f.shape
     # F = U diag(s) V^T; only the directions F spans carry information about w.
     u, s, _ = np.linalg.svd(f, full_matrices=False)
