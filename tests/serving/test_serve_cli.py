@@ -86,3 +86,47 @@ def test_a_busy_port_is_one_line_before_anything_loads_or_says_serving(capsys, f
     assert f"port {port} on 127.0.0.1 is already in use" in line and "serving" not in line
     assert "does not resolve" in expect_user_error(capsys, ["serve", "--adapter", f"a={finished_run('lora')}",
                                                             "--host", "no-such-host.invalid"])
+
+
+def test_sigterm_drains_a_request_arriving_meanwhile_gets_503_and_the_one_in_flight_its_answer(finished_run,
+                                                                                              monkeypatch):
+    """What SIGTERM does, driven in-process: the server's exit flag set while a request's batch is held running;
+    a request that arrives then is answered 503 (not refused), the held one 200, and then the server stops."""
+    import uvicorn
+
+    from transferkit.serving.app import create_app
+    from transferkit.serving.models import ModelSet
+    from transferkit.serving.run import DrainingServer, listening_socket
+
+    models = ModelSet({"sent": finished_run("lora")})
+    real, running, release = models.run, threading.Event(), threading.Event()
+
+    def held(items):
+        running.set()
+        release.wait(60)
+        return real(items)
+    monkeypatch.setattr(models, "run", held)
+    app = create_app(models, max_wait_ms=0)
+    sock = listening_socket("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = DrainingServer(uvicorn.Config(app, log_level="warning"), app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    answers = []
+    try:
+        assert wait_until(lambda: server.started, 60)
+        first = threading.Thread(target=lambda: answers.append(httpx.post(
+            url + "/v1/classify", json={"model": "sent", "input": TEXTS}, timeout=60)))
+        first.start()
+        assert running.wait(60)  # its batch is in the model
+        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        assert wait_until(lambda: app.state.draining, 60)
+        late = httpx.post(url + "/v1/classify", json={"model": "sent", "input": TEXTS}, timeout=60)
+        assert late.status_code == 503 and late.json()["error_type"] == "Unhealthy"
+        assert late.headers["retry-after"] == "1" and late.headers["connection"] == "close"
+    finally:
+        release.set()
+    first.join(60)
+    thread.join(60)
+    assert answers and answers[0].status_code == 200 and not thread.is_alive()
+    sock.close()

@@ -128,6 +128,7 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     app = FastAPI(title="transferkit", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Many task models on one base encoder, batched across requests and tasks.")
     add_offline_docs(app)
+    app.state.draining, app.state.in_flight = False, 0  # `serving.run.DrainingServer` sets draining on SIGTERM
     app.state.models, app.state.batcher = models, batcher
 
     # ---- errors in one shape (per path: a task's routes may speak another API's) ---------------
@@ -168,12 +169,19 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             if not hmac.compare_digest(token.encode(), api_key.encode()):
                 requests.labels(route, "", "401").inc()
                 return error(request, 401, "missing or wrong API key (Authorization: Bearer KEY)", "Unauthorized")
+        if app.state.draining:  # after SIGTERM, while the requests in flight finish: say so, do not start work
+            requests.labels(route, "", "503").inc()
+            return error(request, 503, "the server is shutting down; retry on another instance", "Unhealthy",
+                         {"Connection": "close", "Retry-After": "1"})
         t0 = time.perf_counter()
+        app.state.in_flight += 1
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - a failure inside the model: the error body, counted, no traceback
             first = str(e).splitlines()[0] if str(e) else ""
             response = error(request, 500, f"{type(e).__name__}: {first}", "Backend")
+        finally:
+            app.state.in_flight -= 1
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
         truncated = getattr(request.state, "truncated", None)

@@ -2,6 +2,7 @@
 rather than the command line), the runs loaded into one `ModelSet`, and uvicorn started on the app."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import math
@@ -9,6 +10,8 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Mapping
+
+import uvicorn
 
 from ..core import runtime
 from ..core.errors import UserError
@@ -64,8 +67,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _serve(sock: socket.socket, adapters: Mapping[str, str | Path] | None, adapter_root: str | Path | None,
            host: str, port: int, api_key: str | None, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
            max_inputs: int, default_model: str | None) -> None:
-    import uvicorn  # the server's own import: only when one starts
-
     models = ModelSet(dict(adapters or {}))
     if default_model is not None and default_model not in models.served:
         raise UserError(f"default model {default_model!r} is not among the served runs")
@@ -74,11 +75,32 @@ def _serve(sock: socket.socket, adapters: Mapping[str, str | Path] | None, adapt
                      max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
                      max_inputs=max_inputs)
     logger.info(f"serving {', '.join(models.served) or 'nothing yet'} on http://{host}:{port} (docs at /docs)")
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=DRAIN_SECONDS)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        DrainingServer(config, app).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGTERM/SIGINT it shut down on, as uvicorn.run expects
         pass
+
+
+DRAIN_SECONDS = 30  # the longest SIGTERM waits for requests in flight
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but SIGTERM first drains: the port stays open while the requests in flight finish, and a
+    request that arrives meanwhile gets 503 with Retry-After and Connection: close (from the app's guard, which
+    reads `app.state.draining`) instead of a refused connection; then uvicorn's own graceful shutdown."""
+
+    def __init__(self, config: Any, app: Any) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.app.state.draining = True
+        waited = 0.0
+        while self.app.state.in_flight > 0 and waited < DRAIN_SECONDS and not self.force_exit:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        await super().shutdown(sockets)
 
 
 def check_serve_numbers(**values: Any) -> None:
