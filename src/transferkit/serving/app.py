@@ -40,6 +40,7 @@ from .. import tasks
 from ..core.errors import UserError
 from ..tasks.http import Strict
 from .batcher import Batcher, Overloaded, ShuttingDown
+from .body_limit import BodyLimit
 from .models import Gone, ModelSet
 
 MAX_TEXT_CHARS = 100_000  # a longer text is refused before it is tokenized (on the event loop)
@@ -80,6 +81,7 @@ def without_server_paths(message: str, root: Path | None) -> str:
 
 
 DOCS_ASSETS = "/docs/assets/"
+MAX_BODY_BYTES = 8 * 2**20  # 256 texts of 32 KB each; larger bodies are refused before they are read
 
 
 def add_offline_docs(app: FastAPI) -> None:
@@ -101,7 +103,7 @@ def add_offline_docs(app: FastAPI) -> None:
 
 def create_app(models: ModelSet, *, default_model: str | None = None, adapter_root: str | Path | None = None,
                api_key: str | None = None, max_batch_tokens: int = 16384, max_wait_ms: float = 5.0,
-               max_queue: int = 512, max_inputs: int = 256) -> FastAPI:
+               max_queue: int = 512, max_inputs: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The server's app (uvicorn runs it; tests drive it with TestClient)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     registry = CollectorRegistry()
@@ -135,12 +137,16 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     error_bodies: dict[str, Callable[[int, str, str], Any]] = {}  # path -> body(status, message, kind)
     app.state.error_bodies = error_bodies
 
+    def error_body(path: str, status: int, message: str, kind: str) -> Any:
+        body = error_bodies.get(path)
+        return body(status, message, kind) if body else {"error": message, "error_type": kind}
+    # outermost: a body over the cap is refused before any of it is read, a stalled one times out
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error_body=error_body)
+
     def error(request: Request, status: int, message: str, kind: str,
               headers: dict[str, str] | None = None) -> JSONResponse:
         message = without_server_paths(message, root)
-        body = error_bodies.get(request.url.path)
-        return JSONResponse(body(status, message, kind) if body else {"error": message, "error_type": kind},
-                            status_code=status, headers=headers)
+        return JSONResponse(error_body(request.url.path, status, message, kind), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
