@@ -369,6 +369,24 @@ def test_disk_full_while_finishing(capsys, tiny, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_the_interrupt_message_is_a_line_of_its_own_after_the_progress_bar(capsys, tiny, tmp_path, monkeypatch):
+    from transferkit.training import loop
+    real, calls = loop.Trainer._step, []
+
+    def step(self, group):  # Ctrl-C at the third step, with the bar on screen
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, group)
+    monkeypatch.setattr(loop.Trainer, "_step", step)
+    argv = [a for a in tiny(out=tmp_path / "run") if a != "train.progress=false"] + ["--max-steps", "6"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "training:" in err  # the bar was drawn
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("transferkit: interrupted;") and "--resume" in last and "\r" not in last
+
+
 def test_disk_full_during_evaluate_leaves_no_partial_report(capsys, finished_run, tmp_path, monkeypatch):
     """The disk fills as report.html is written: no evaluation.json or plots stay without it, and an existing
     report folder keeps what it had."""

@@ -135,6 +135,14 @@ class Trainer:
         if cfg.progress and acc.is_main_process:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
+        try:
+            return self._fit(bar)
+        finally:  # also on Ctrl-C or an error: the bar ends its line, so what is said next starts a line of its own
+            if bar is not None:
+                bar.close()
+
+    def _fit(self, bar: Any) -> TrainState:
+        cfg, st, acc = self.cfg, self.state, self.acc
         stop = st.global_step >= self.total_steps or st.stopped_early
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +193,7 @@ class Trainer:
             self._evaluate()
         self.save_checkpoint()
         if bar is not None:
-            bar.close()
+            bar.close()  # before restoring the best weights and what follows is said
         self.restore_best()
         if self.fsdp:  # the run saves and scores the plain model it built
             fsdp.gather_into(self.model, self.plain)
