@@ -463,6 +463,19 @@ def test_resume_of_a_running_run_is_refused(capsys, tiny, tmp_path):
         proc.wait()
 
 
+def test_evaluate_or_predict_on_a_run_still_training_names_the_process(capsys, tmp_path):
+    run = tmp_path / "run"
+    proc = _holder(run)
+    try:
+        for argv in (["evaluate", str(run)], ["predict", str(run), "a good film"]):
+            line = _fail(capsys, argv, f"being trained by process {proc.pid}")
+            assert "--resume" not in line  # it was not interrupted
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "--resume" in _fail(capsys, ["evaluate", str(run)], "not a finished transferkit run")
+
+
 # ---- 7. interrupted runs --------------------------------------------------------------------------
 
 def _tensors(run: Path) -> dict:

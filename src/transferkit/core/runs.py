@@ -193,6 +193,11 @@ class RunInfo:
         if not Path(run_dir).is_dir():
             raise UserError(f"run directory not found: {run_dir}")
         if not path.is_file():
+            owner = live_owner(run_dir)
+            if owner is not None:  # still training in another process: say so, not "interrupted"
+                raise UserError(f"{run_dir} is not finished: it is being trained by process {owner.get('pid', '?')}"
+                                f"{' (' + owner['command'] + ')' if owner.get('command') else ''}; use it once that "
+                                "process ends")
             raise UserError(f"{run_dir} is not a finished transferkit run (no {RUN_FILE}); "
                             f"an interrupted run continues with: transferkit finetune --resume {run_dir}")
         d = read_json_object(path, "run record", strict=True)
