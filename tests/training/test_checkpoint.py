@@ -294,6 +294,21 @@ def test_a_damaged_checkpoint_is_a_one_line_error(damage, tmp_path):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("where", ["last", "last.old"])
+def test_a_damaged_checkpoint_with_no_good_one_beside_it_is_refused_wherever_it_lies(tmp_path, where):
+    """No save leaves `last.old` alone and damaged, so it is damage, refused in one line as in `last` (before, a
+    damaged lone `last.old` restarted the run from step 0 without a word)."""
+    _run(tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    if where == "last.old":
+        (ckpt / "last").rename(ckpt / "last.old")
+    weights = ckpt / where / checkpoint.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-7] + b"damaged")
+    with pytest.raises(UserError, match=f"cannot resume from .*{where}.*remove") as e:
+        checkpoint.find(ckpt)
+    assert "\n" not in str(e.value)
+
+
 def test_a_stale_last_old_does_not_block_saves(tmp_path):
     for stale in ("last.old", "last.tmp"):
         (tmp_path / "checkpoints" / stale).mkdir(parents=True)

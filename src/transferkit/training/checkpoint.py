@@ -222,12 +222,13 @@ def _read_part(folder: Path, name: str) -> Any:
 def find(ckpt_dir: Path) -> Path | None:
     """The folder `load` reads: `last` if complete, else `last.old`; None when neither is (start over).
 
-    Cheap enough to call before any work (it reads the files once to check them). A `last` that fails
-    verification while `last.old` is missing or fails too cannot come from an interrupted save: it
-    is a UserError naming the damaged file, as is a folder of pickles from an older transferkit.
+    Cheap enough to call before any work (it reads the files once to check them). Neither folder being
+    complete cannot come from an interrupted save (a save removes `last.old` only once `last` is whole):
+    a `last` or a `last.old` that fails verification with no good one beside it is a UserError naming
+    the damaged file, as is a folder of pickles from an older transferkit.
     """
     last, old = ckpt_dir / LAST, ckpt_dir / OLD
-    damage = None
+    damaged: tuple[Path, str] | None = None
     for folder in (last, old):
         if not folder.is_dir():
             continue
@@ -237,9 +238,9 @@ def find(ckpt_dir: Path) -> Path | None:
         why = problem(folder)
         if why is None:
             return folder
-        damage = damage or why
-    if damage is not None and last.is_dir():
-        raise UserError(f"cannot resume from {last}: {damage}; remove {last} to start the run over")
+        damaged = damaged or (folder, why)
+    if damaged is not None:
+        raise UserError(f"cannot resume from {damaged[0]}: {damaged[1]}; remove {damaged[0]} to start the run over")
     return None
 
 
