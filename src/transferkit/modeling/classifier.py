@@ -34,7 +34,9 @@ config.base_model_name_or_path)` -> `PeftModel.from_pretrained(base, adapter)` r
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -285,8 +287,10 @@ def auto_map(config: TransferkitClassifierConfig) -> dict[str, str]:
 
 
 def _encoder_path(source: dict) -> str:
-    """Where the encoder named by a base folder is: a bundled name wherever transferkit finds it
-    installed (so a copied run resolves on another machine), else the recorded path or hub name."""
+    """Where the encoder named by a base folder is. A bundled encoder is recorded by name and by how to find it
+    without a path (`bundled`: the package that carries it, or its folder in transferkit's cache), so a copied run
+    resolves on another machine, through transferkit when it is installed, else through this file alone; any
+    other encoder by its recorded path or hub name."""
     name, path = source.get("name"), source.get("path")
     try:
         from transferkit.core.registry import MODELS  # absent when this file runs as remote code alone
@@ -294,15 +298,25 @@ def _encoder_path(source: dict) -> str:
             return str(MODELS.get(name).locate())
     except ImportError:
         pass
+    where = source.get("bundled") if isinstance(source.get("bundled"), dict) else {}
+    if isinstance(where.get("module"), str):
+        spec = importlib.util.find_spec(where["module"])
+        if spec is not None and spec.submodule_search_locations:
+            return str(Path(list(spec.submodule_search_locations)[0]) / str(where.get("subdir", "")))
+    if isinstance(where.get("cache"), str):
+        cache = os.environ.get("TRANSFERKIT_CACHE") or str(Path.home() / ".cache" / "transferkit")
+        return str(Path(cache).expanduser() / where["cache"])
     return str(path or name)
 
 
 def write_base(model_config: TransferkitClassifierConfig, folder: str | Path, encoder_name: str,
-               encoder_path: str) -> None:
+               encoder_path: str | None, bundled: dict | None = None) -> None:
     """A base folder: the classifier's config (labels, head, encoder config) with `encoder_source`,
-    and this file for `trust_remote_code` loading; no weights (the module docstring says why)."""
+    and this file for `trust_remote_code` loading; no weights (the module docstring says why).
+    A bundled encoder is recorded without a path (`bundled` says how to find it; see `_encoder_path`)."""
     config = copy.deepcopy(model_config)
-    config.encoder_source = {"name": encoder_name, "path": encoder_path}
+    config.encoder_source = {"name": encoder_name, **({"path": encoder_path} if encoder_path else {}),
+                             **({"bundled": bundled} if bundled else {})}
     config.auto_map = auto_map(config)
     config.architectures = [HEAD_CLASSES[getattr(config, "head_kind", "sequence")].__name__]
     config.save_pretrained(folder)

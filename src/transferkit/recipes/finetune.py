@@ -246,8 +246,11 @@ class FinetuneRun(Run):
     def _write_base(self, folder: Path) -> None:
         from ..modeling.classifier import write_base
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        write_base(base.config, folder, self.resolved.name, str(Path(self.resolved.path).resolve())
-                   if Path(self.resolved.path).is_dir() else self.resolved.path)
+        if self.resolved.name in MODELS:  # bundled: recorded by name, no path of this machine (`_encoder_path`)
+            write_base(base.config, folder, self.resolved.name, None, MODELS.get(self.resolved.name).portable)
+        else:
+            write_base(base.config, folder, self.resolved.name, str(Path(self.resolved.path).resolve())
+                       if Path(self.resolved.path).is_dir() else self.resolved.path)
         self.tokenizer.save_pretrained(folder)
 
     def save(self) -> FinetuneResult:
