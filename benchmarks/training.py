@@ -1,6 +1,6 @@
 """Training throughput, peak memory and accuracy: `transformers.Trainer` baselines vs `transferkit finetune`.
 
-One invocation runs every variant on the same model (bundled MiniLM-L6), the same train/test rows
+One invocation runs every variant on the same model (bundled MiniLM-L6, or `--model mpnet-base`), the same train/test rows
 (transferkit's seeded 80/10/10 split of movie-sentences), epochs, batch size and learning rate.
 Each variant runs in its own spawned child process, so its peak RSS is its own.
 
@@ -17,6 +17,7 @@ Usage:
     python benchmarks/training.py --method full --epochs 1
     python benchmarks/training.py --method lora --epochs 1
     python benchmarks/training.py --quick
+    python benchmarks/training.py --model mpnet-base --method lora --limit 2000 --variants dynamic,ours
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     datasets.disable_progress_bars()
     padded = spec["variant"] == "textbook"
     splits = prepare_splits(spec["data"], spec["seed"])
-    path = resolve_model("minilm-l6").path
+    path = resolve_model(spec["model"]).path
     tok = AutoTokenizer.from_pretrained(path)
     set_seed(spec["seed"])
     id2label = dict(enumerate(splits.label_names))
@@ -70,8 +71,11 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
         path, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
     if spec["method"] == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
+
+        from transferkit.methods.lora import DEFAULT_TARGETS  # the same layers ours adapts (query,value or q,v ...)
+        targets = DEFAULT_TARGETS.get(model.config.model_type, ["query", "value"])
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                                                 target_modules=["query", "value"]))
+                                                 target_modules=targets))
     pad_kwargs = {"padding": "max_length"} if padded else {}
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -110,6 +114,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from transferkit.config.finetune import RunConfig
     cfg = RunConfig()
     cfg.data = spec["data"]
+    cfg.model.name = spec["model"]
     cfg.method.name = spec["method"]
     t = cfg.train
     t.epochs, t.batch_size, t.seed = spec["epochs"], spec["batch_size"], spec["seed"]
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, "training")
     p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--model", default="minilm-l6", help="bundled name or model folder (default minilm-l6)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, help="learning rate for all variants (default: full 2e-5, lora 2e-4)")
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.keep_run or Path(work) / "ours-run"
         for v in variants:
             print(f"running {v} ({args.method}) in a child process ...", file=sys.stderr, flush=True)
-            spec = {"variant": v, "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
+            spec = {"variant": v, "method": args.method, "model": args.model, "epochs": args.epochs,
+                    "batch_size": args.batch_size,
                     "lr": lr, "seed": args.seed, "threads": args.threads, "data": data,
                     "ours_defaults": args.ours_defaults, "run_dir": str(run_dir)}
             results[v] = in_child(run_variant, spec)
@@ -201,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.out, {
         "benchmark": "training", "quick": args.quick, "environment": env,
-        "settings": {"method": args.method, "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
+        "settings": {"model": args.model, "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
                      "ours_defaults": args.ours_defaults, "limit": args.limit, "eval_limit": args.eval_limit,
                      "seed": args.seed, "warmup": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0,
-                     "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
+                     "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "targets": "the model's default (lora.py)"}
                      if args.method == "lora" else None},
         "results": results, "ratios": ratios,
     })
