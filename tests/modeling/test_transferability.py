@@ -67,6 +67,19 @@ def test_targets_are_one_hot_columns_indicators_or_standardised_numbers():
     assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
 
 
+def test_a_target_that_never_varies_does_not_rank_encoders_by_their_width():
+    """A class absent from the sample is an all-zero column: scored, it would add an unbounded term that grows as
+    the features narrow, and reverse the order of the encoders."""
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, 2, 300))
+    y2, y3 = targets(labels, 2), targets(labels, 3)  # the third class never occurs
+    narrow = np.eye(2)[labels.numpy()] @ rng.normal(size=(2, 8)) + 2.0 * rng.normal(size=(300, 8))
+    wide = np.eye(2)[labels.numpy()] @ rng.normal(size=(2, 200)) + 0.5 * rng.normal(size=(300, 200))
+    assert logme(wide, y3) == pytest.approx(logme(wide, y2)) and logme(narrow, y3) == pytest.approx(logme(narrow, y2))
+    with pytest.raises(ValueError, match="varies"):
+        logme(wide, np.ones((300, 1)))
+
+
 def test_too_few_rows_or_mismatched_shapes_are_refused():
     with pytest.raises(ValueError):
         logme(np.zeros((1, 4)), np.zeros((1, 1)))

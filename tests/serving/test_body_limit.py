@@ -70,6 +70,34 @@ def test_a_stalled_body_is_408_and_a_small_one_passes():
     assert _status_and_body(sent) == (200, b"80")
 
 
+def test_once_the_body_is_in_the_app_may_wait_on_receive_without_a_time_limit():
+    """A streamed response listens on `receive` for a disconnect for as long as it streams: no 408 cuts it off."""
+    sent = []
+
+    async def streaming(scope, receive, send):
+        await receive()  # the whole body
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        waited = asyncio.ensure_future(receive())  # what Starlette's StreamingResponse does
+        for i in range(5):
+            await asyncio.sleep(0.05)  # longer, in all, than chunk_seconds
+            assert not waited.done()
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        waited.cancel()
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        if not sent:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected and silent
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(BodyLimit(streaming, 100, _error_body, chunk_seconds=0.05)(
+        {"type": "http", "path": "/v1/completions", "headers": []}, receive, send))
+    assert sent[0]["status"] == 200 and sum(m.get("body") == b"x" for m in sent) == 5
+
+
 def test_the_server_refuses_a_large_body_in_the_routes_own_shape(finished_run):
     from fastapi.testclient import TestClient
 

@@ -54,6 +54,13 @@ def logme(features: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
     if f.ndim != 2 or y.ndim != 2 or len(f) != len(y) or len(f) < 2:
         raise ValueError(f"logme needs features [n, d] and targets [n, k] with n >= 2; got {f.shape} and {y.shape}")
     f, y = f - f.mean(axis=0), y - y.mean(axis=0)  # an intercept, as the head's bias
+    # A column with one value throughout (a class the sample lacks, a label that never occurs) says nothing of the
+    # features, but its evidence grows without bound as the noise it fits goes to 0, by an amount that depends on
+    # the width of the features: it would rank encoders by their width. Only columns that vary are scored.
+    varying = (y ** 2).sum(axis=0) > 1e-12 * len(y)
+    if not varying.any():
+        raise ValueError("logme needs a target that varies; every column is constant")
+    y = y[:, varying]
     n, d = f.shape
     # F = U diag(s) V^T; only the directions F spans carry information about w.
     u, s, _ = np.linalg.svd(f, full_matrices=False)

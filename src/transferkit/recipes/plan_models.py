@@ -77,7 +77,11 @@ def score_model(cfg: Any, name: str, sample_rows: int = SAMPLE_ROWS) -> ModelSco
     device = "cuda" if torch.cuda.is_available() else "cpu"
     features = pooled_features(model.to(device), sample, FEATURE_BATCH, setup.tokenizer.pad_token_id or 0, device)
     y = targets(label_tensor(list(sample.labels)), len(setup.splits.label_names))
-    score = logme(features.numpy(), y)
+    try:
+        score = logme(features.numpy(), y)
+    except ValueError:
+        raise UserError(f"plan --models: the {len(pick)} sampled training rows all have the same label, so no model "
+                        "can be told apart from another on them") from None
     del model, features
     gc.collect()
     seconds = time.perf_counter() - t0

@@ -4,7 +4,8 @@ FastAPI reads a whole body before validating it, so a 40 MB body was read into m
 `--max-inputs` gives; and uvicorn has no timeout on a body that trickles in (its keep-alive timeout covers idle
 connections between requests only). Here a request whose Content-Length is over the cap is answered 413 without
 reading a byte of it, a body sent without a length (chunked) is counted as it arrives and cut off at the cap, and a
-body whose next chunk takes longer than `chunk_seconds` is answered 408. Starlette has no such setting, so it is
+body whose next chunk takes longer than `chunk_seconds` is answered 408 (once the body is in, the app may wait on
+`receive` as long as it likes: a streamed response listens there for the client going away). Starlette has no such setting, so it is
 written here; the error body is the route's own shape (`error_body`).
 """
 from __future__ import annotations
@@ -40,16 +41,21 @@ class BodyLimit:
             refused = True
             return {"type": "http.disconnect"}
 
+        body_done = False
+
         async def bounded() -> dict:
-            nonlocal seen
+            nonlocal seen, body_done
             if refused:
                 return {"type": "http.disconnect"}
+            if body_done or started:  # a streamed response waiting to hear of a disconnect: no time limit
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.chunk_seconds)
             except asyncio.TimeoutError:
                 return await refuse(408, f"the request body stalled for {self.chunk_seconds:g} s")
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     return await refuse(413, too_big)
             return message
