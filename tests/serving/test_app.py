@@ -225,7 +225,7 @@ def test_error_bodies_name_no_absolute_server_path(tmp_path):
     assert without_server_paths(f"{root}/runs/a: no run.json", root) == "runs/a: no run.json"
     assert without_server_paths(f"lora_path x is outside the adapter root {root}", root).endswith("the adapter root")
     said = without_server_paths(f"cannot read {tmp_path}/other/model.safetensors, use /v1/classify", None)
-    assert said == "cannot read .../other/model.safetensors, use /v1/classify"  # a route is not a path here
+    assert said == "cannot read .../model.safetensors, use /v1/classify"  # a route is not a path here
 
 
 def test_load_and_unload_at_run_time(runs, tmp_path):
@@ -317,3 +317,27 @@ def test_runs_of_two_bases_get_one_shared_encoder_each(runs, tiny_model_dir, sen
         for name, run in (("sent", runs["sent"]), ("three", runs["three"]), ("other", other)):
             got = c.post("/v1/classify", json={"model": name, "input": TEXTS}).json()["data"]
             np.testing.assert_allclose([d["probs"] for d in got], _probs(run, TEXTS), atol=1e-5)
+
+
+def test_a_request_counts_in_flight_until_the_last_byte_of_a_streamed_response(runs):
+    """What SIGTERM's drain waits for: a streamed response counts until it ends, not once its headers are out."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from transferkit.serving.app import InFlight
+    state = SimpleNamespace(in_flight=0)
+    during = []
+
+    async def streaming(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            during.append(state.in_flight)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def nothing(*args):
+        return None
+    asyncio.run(InFlight(streaming)({"type": "http", "app": SimpleNamespace(state=state)}, nothing, nothing))
+    assert during == [1, 1, 1] and state.in_flight == 0
+    app = create_app(ModelSet({"sent": runs["sent"]}))
+    assert isinstance(app.user_middleware[0].cls, type) and app.user_middleware[0].cls is InFlight  # outermost

@@ -67,7 +67,7 @@ _ABSOLUTE = re.compile(r"(?<![\w.:/])/[^\s'\",;()<>]+")
 def without_server_paths(message: str, root: Path | None) -> str:
     """An error message as a client may read it: a path under the adapter root relative to it, and any other absolute
     path of this machine (one whose first folder exists here, as /home or /tmp do and API routes do not) cut to its
-    last two parts."""
+    file name (a folder above it may be a user's name)."""
     if root is not None:
         message = message.replace(f"{root}{os.sep}", "").replace(str(root), "the adapter root")
 
@@ -76,7 +76,7 @@ def without_server_paths(message: str, root: Path | None) -> str:
         parts = [p for p in path.split("/") if p]
         if not parts or not os.path.isdir(os.sep + parts[0]):
             return found.group(0)
-        return ".../" + "/".join(parts[-2:]) + found.group(0)[len(path):]
+        return ".../" + parts[-1] + found.group(0)[len(path):]
     return _ABSOLUTE.sub(cut, message)
 
 
@@ -99,6 +99,24 @@ def add_offline_docs(app: FastAPI) -> None:
                                    swagger_js_url=DOCS_ASSETS + "swagger-ui-bundle.js",
                                    swagger_css_url=DOCS_ASSETS + "swagger-ui.css",
                                    swagger_favicon_url=DOCS_ASSETS + "favicon-32x32.png")
+
+
+class InFlight:
+    """Counts the requests the app is answering (`app.state.in_flight`), each until the last byte of its response
+    is sent, a streamed one included: what a draining server waits for (`serving.run.DrainingServer`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope["app"].state
+        state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.in_flight -= 1
 
 
 def create_app(models: ModelSet, *, default_model: str | None = None, adapter_root: str | Path | None = None,
@@ -140,7 +158,8 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
     def error_body(path: str, status: int, message: str, kind: str) -> Any:
         body = error_bodies.get(path)
         return body(status, message, kind) if body else {"error": message, "error_type": kind}
-    # outermost: a body over the cap is refused before any of it is read, a stalled one times out
+    # inside the guard below (Starlette wraps each middleware added later around those before): the key and the
+    # drain are checked first, then a body over the cap is refused before a route reads any of it
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error_body=error_body)
 
     def error(request: Request, status: int, message: str, kind: str,
@@ -180,20 +199,19 @@ def create_app(models: ModelSet, *, default_model: str | None = None, adapter_ro
             return error(request, 503, "the server is shutting down; retry on another instance", "Unhealthy",
                          {"Connection": "close", "Retry-After": "1"})
         t0 = time.perf_counter()
-        app.state.in_flight += 1
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001 - a failure inside the model: the error body, counted, no traceback
             first = str(e).splitlines()[0] if str(e) else ""
             response = error(request, 500, f"{type(e).__name__}: {first}", "Backend")
-        finally:
-            app.state.in_flight -= 1
         latency.labels(route).observe(time.perf_counter() - t0)
         requests.labels(route, getattr(request.state, "model", ""), str(response.status_code)).inc()
         truncated = getattr(request.state, "truncated", None)
         if truncated and response.status_code == 200:  # said on every route, whatever its body's shape
             response.headers["X-Truncated-Inputs"] = ",".join(map(str, truncated))
         return response
+
+    app.add_middleware(InFlight)  # outermost: a request counts until its last byte is sent, streams included
 
     # ---- helpers ------------------------------------------------------------------------------
     def served(name: str | None, task: str, request: Request) -> Any:

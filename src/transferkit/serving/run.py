@@ -45,8 +45,9 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (uvicorn serves on it): a port in use or a host that is not this machine's is
     a one-line error now, not uvicorn's after the runs have loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's rule: "localhost" means IPv4
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise UserError(f"--host {host!r} does not resolve ({e})") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -100,6 +101,8 @@ class DrainingServer(uvicorn.Server):
         while self.app.state.in_flight > 0 and waited < DRAIN_SECONDS and not self.force_exit:
             await asyncio.sleep(0.05)
             waited += 0.05
+        # uvicorn's own graceful wait gets what is left of the 30 s, not another 30
+        self.config.timeout_graceful_shutdown = max(1, round(DRAIN_SECONDS - waited))
         await super().shutdown(sockets)
 
 
