@@ -327,3 +327,12 @@ def test_a_bad_flag_is_one_line_not_the_usage_block(argv, words, capsys):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("transferkit: error: ") and words in err[0]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`transferkit datasets | head -1`: once the reader has gone, exit 141 (as shell tools do), no error line."""
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", "datasets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes away before the listing is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == ""

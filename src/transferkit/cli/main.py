@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import sys
 from typing import Any, Sequence
@@ -60,6 +61,32 @@ def _interrupted() -> str:
     return f"transferkit: interrupted; {run.run_dir} continues with: {run.resume_hint}"
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone: a flush of it fails, or its pipe reports an error (the failed write may
+    have emptied the buffer, so a flush alone can succeed)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
+
+
+def _internal_error(e: BaseException, debug: bool) -> int:
+    """The last resort: one line, not a traceback, unless asked for (exit 1)."""
+    if debug:
+        raise e
+    where = _origin(e)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"transferkit: internal error: {type(e).__name__}: {first}{where} -- please report it to {REPORT_URL} "
+          f"with the command; rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -90,20 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(), file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`transferkit models | head`): stop quietly, as shell tools do
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # a pipe to something else (a child, a socket): an error like any other
+            return _internal_error(e, debug)
+        # the reader of stdout went away (`transferkit models | head`): stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail too
         return 141
     except Exception as e:  # the last resort: one line, not a traceback, unless asked for
-        if fs.is_storage_error(e) and not debug:  # a library's own write (tokenizers, matplotlib) on a full disk
+        if fs.is_full_disk(e) and not debug:  # a library's own write (tokenizers, matplotlib) on a full disk
             print(f"transferkit: error: {fs.storage_error(e, getattr(e, 'filename', None))}", file=sys.stderr)
             return 2
-        if debug:
-            raise
-        where = _origin(e)
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"transferkit: internal error: {type(e).__name__}: {first}{where} -- please report it to {REPORT_URL} "
-              f"with the command; rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
-        return 1
+        return _internal_error(e, debug)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

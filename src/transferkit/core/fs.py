@@ -45,8 +45,9 @@ def dumps(obj: Any, **kwargs: Any) -> str:
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def _errno(e: BaseException) -> int | None:
-    """The errno of a refused write, however the library that made it wrapped it (its causes included)."""
+def _errno(e: BaseException | None) -> int | None:
+    """The errno of a refused write, however the library that made it wrapped it (`raise ... from` causes included;
+    not an error merely handled before this one was raised, `__context__`)."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -55,7 +56,7 @@ def _errno(e: BaseException) -> int | None:
         found = _RUST_OS_ERROR.search(str(e))
         if found:
             return int(found.group(1))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__
     return None
 
 
@@ -72,6 +73,12 @@ def storage_error(e: BaseException, path: Path | str | None) -> UserError:
         return UserError(f"a write was refused: {_why(e)}; free space or fix the folder's permissions, then run the "
                          "command again (an interrupted run continues with --resume)")
     return UserError(f"cannot write {path}: {_why(e)}")
+
+
+def is_full_disk(e: BaseException) -> bool:
+    """Whether `e` is a disk or filesystem that takes no more writes (full, over quota, read-only): the cases a
+    library's own write is reported as, where the failing path is not known (not a permission problem)."""
+    return _errno(e) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def is_storage_error(e: BaseException) -> bool:
