@@ -3,6 +3,7 @@ the reason). Each command says "the disk is full" in one line, exits 2, leaves n
 resumes once there is space again."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ def _mount(folder: Path, kilobytes: int) -> None:
 @pytest.fixture
 def small_disk(tmp_path):
     """mount(kilobytes) -> a folder on a fresh tmpfs of that size; unmounted after the test."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
+    if getattr(os, "geteuid", lambda: -1)() != 0 or shutil.which("mount") is None:
         pytest.skip("the real-full-disk tests mount a tmpfs, which needs root")
     mounted = []
 
@@ -38,7 +39,8 @@ def small_disk(tmp_path):
         return folder
     yield mount
     for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        done = subprocess.run(["umount", "-l", str(folder)], capture_output=True, text=True)
+        assert done.returncode == 0, f"could not unmount {folder}: {done.stderr}"
 
 
 def _full(capsys, argv: list[str]) -> str:
@@ -69,12 +71,17 @@ def test_checkpoints_on_a_full_disk_and_resume_when_space_is_back(capsys, small_
             "20", "--output-dir", str(run), "train.checkpoint_steps=5", "train.progress=false"]
     _full(capsys, argv)
     assert _leftovers(run) == []
+    last = run / "checkpoints" / "last" / "state.json"
+    step = json.loads(last.read_text())["global_step"] if last.is_file() else 0
     _full(capsys, ["finetune", "--resume", str(run)])  # still full: the same one line
     assert _leftovers(run) == []
     moved = tmp_path / "roomy" / "run"  # space again: the run continues from its last good checkpoint
     shutil.copytree(run, moved)
     assert main(["finetune", "--resume", str(moved)]) == 0
+    err = capsys.readouterr().err
     assert (moved / "metrics.json").is_file()
+    if step:  # the disk filled after a checkpoint was whole: the resumed run starts there, not at step 0
+        assert f"at step {step} of" in err, err
 
 
 def test_export_evaluate_and_pretrain_on_a_full_disk(capsys, small_disk, finished_run, tiny_model_dir, tmp_path):

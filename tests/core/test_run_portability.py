@@ -2,6 +2,8 @@
 it loads and predicts the same, through transferkit and through the stock peft calls on its base/."""
 from __future__ import annotations
 
+import builtins
+import email
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +13,7 @@ import torch
 
 from transferkit import api
 from transferkit.inference import Predictor
+from transferkit.modeling import classifier
 from transferkit.modeling.resolve import BundledModel
 from transferkit.core.registry import MODELS
 
@@ -58,10 +61,6 @@ def test_a_copied_run_loads_where_its_bundled_base_is_installed(method, tiny_mod
 def test_a_bundled_encoder_is_found_without_transferkit_by_its_package_or_its_cache_folder(tmp_path, monkeypatch):
     """What modeling_transferkit.py does as remote code alone (transferkit absent): the package that carries the
     encoder, or its folder under the transferkit cache; never a path of the machine that trained the run."""
-    import builtins
-    import email
-
-    from transferkit.modeling import classifier
     real_import = builtins.__import__
 
     def no_transferkit(name, *args, **kwargs):

