@@ -124,6 +124,32 @@ def tiny_bert_config(dropout: float = 0.1) -> Any:
                       attention_probs_dropout_prob=dropout)
 
 
+def save_tiny_bert(folder: Path, hidden: int, seed: int) -> Path:
+    """A tiny random BERT of width `hidden` (weights from `seed`) with the test tokenizer, saved in `folder`."""
+    import torch
+    from transformers import BertModel
+    cfg = tiny_bert_config()
+    cfg.hidden_size, cfg.intermediate_size = hidden, 2 * hidden
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def tiny_classifier(folder: Path, head_hidden: int = 0) -> Any:
+    """A transferkit classifier (mean pooling, the LABELS) over the encoder saved in `folder`."""
+    from transferkit.modeling.resolve import ResolvedModel, build_classifier
+    return build_classifier(ResolvedModel("tiny", str(folder), "mean"), LABELS, "mean", 0.1, head_hidden)
+
+
+def eval_logits(model: Any, batch: dict) -> Any:
+    """The model's logits on a collated batch, in eval mode and without gradients."""
+    import torch
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.clone()
+
+
 @dataclass(frozen=True)
 class Family:
     """An encoder family's tiny test model: its config class, the settings that make it tiny over the test

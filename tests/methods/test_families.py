@@ -17,11 +17,11 @@ from transferkit.methods import prefix_attention
 from transferkit.methods.adapter import AdapterLinear
 from transferkit.methods.base import is_head_param
 from transferkit.modeling.classifier import TransferkitForSequenceClassification
-from transferkit.modeling.resolve import ResolvedModel, build_classifier, load_tokenizer
+from transferkit.modeling.resolve import load_tokenizer
 from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
-from helpers import FAMILIES, LABELS, make_sentences
+from helpers import FAMILIES, eval_logits, make_sentences, tiny_classifier
 
 TEXTS = [t for t, _ in make_sentences(12, seed=3)] + ["Anna visited Paris in May ."]  # ragged: padded batches
 Y = [i % 2 for i in range(len(TEXTS))]
@@ -30,20 +30,12 @@ OTHERS = [f for f in FAMILIES if f != "bert"]  # BERT: tests/methods/test_method
 REFUSED = {("bitfit", "modernbert"): "bitfit: this modernbert encoder has no bias terms"}
 
 
-def _build(folder, head_hidden=0):
-    return build_classifier(ResolvedModel("tiny", str(folder), "mean"), LABELS, "mean", 0.1, head_hidden)
 
 
 def _batch(folder):
     tok = load_tokenizer(str(folder))
     data = TokenData([tok(t)["input_ids"] for t in TEXTS], Y)
     return data, data.collate(list(range(len(TEXTS))), tok.pad_token_id)
-
-
-@torch.no_grad()
-def _logits(model, batch):
-    model.eval()
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.clone()
 
 
 @torch.no_grad()
@@ -72,10 +64,10 @@ def test_method_contract_on_family(name, family, family_model_dir, tmp_path):
     method = METHODS.get(name)(MethodConfig(name=name))
     if (name, family) in REFUSED:
         with pytest.raises(UserError, match=REFUSED[name, family]) as e:
-            method.apply(_build(folder))
+            method.apply(tiny_classifier(folder))
         assert "\n" not in str(e.value)
         return
-    model = method.apply(_build(folder))
+    model = method.apply(tiny_classifier(folder))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(is_head_param(n) for n in trainable), f"{name} does not train the head"
@@ -89,11 +81,11 @@ def test_method_contract_on_family(name, family, family_model_dir, tmp_path):
     assert changed - trainable == set(), f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     assert trainable - changed == set(), f"trainable parameters did not change: {sorted(trainable - changed)[:5]}"
 
-    trained = _logits(model, batch)
+    trained = eval_logits(model, batch)
     method.save(model, tmp_path / "artifact")
-    reloaded = method.load(tmp_path / "artifact", lambda: _build(folder))
-    torch.testing.assert_close(_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
-    torch.testing.assert_close(_logits(method.for_inference(reloaded), batch), trained, rtol=0, atol=1e-5)
+    reloaded = method.load(tmp_path / "artifact", lambda: tiny_classifier(folder))
+    torch.testing.assert_close(eval_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
+    torch.testing.assert_close(eval_logits(method.for_inference(reloaded), batch), trained, rtol=0, atol=1e-5)
 
 
 # ---- where the layout-specific methods attach ----------------------------------------------------------------
@@ -122,10 +114,10 @@ def _layout(family):
 @pytest.mark.parametrize("family", OTHERS)
 def test_lora_and_ia3_default_targets(family, family_model_dir):
     folder = family_model_dir(family)
-    lora = METHODS.get("lora")(MethodConfig(name="lora")).apply(_build(folder))
+    lora = METHODS.get("lora")(MethodConfig(name="lora")).apply(tiny_classifier(folder))
     assert {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in lora.named_parameters() if ".lora_A." in n} == \
         LORA_TARGETS[family]
-    ia3 = METHODS.get("ia3")(MethodConfig(name="ia3")).apply(_build(folder))
+    ia3 = METHODS.get("ia3")(MethodConfig(name="ia3")).apply(tiny_classifier(folder))
     vectors: dict[str, set[tuple[int, int]]] = {}
     for n, p in ia3.named_parameters():
         if ".ia3_l." in n:
@@ -146,13 +138,13 @@ def test_adapter_placement_and_near_identity_start(family, kind, per_layer, fami
     folder = family_model_dir(family)
     _, batch = _batch(folder)
     torch.manual_seed(0)
-    base = _build(folder)
-    before = _logits(base, batch)
+    base = tiny_classifier(folder)
+    before = eval_logits(base, batch)
     model = METHODS.get("adapter")(MethodConfig(name="adapter", adapter_kind=kind, adapter_reduction=4)).apply(base)
     wrapped = {_in_layer(n)[1] for n, m in model.named_modules() if isinstance(m, AdapterLinear)}
     assert sum(isinstance(m, AdapterLinear) for m in model.modules()) == 2 * per_layer
     assert wrapped == set(ADAPTED[_layout(family)][2 - per_layer:])
-    assert torch.allclose(_logits(model, batch), before, atol=1e-3)  # near-identity start
+    assert torch.allclose(eval_logits(model, batch), before, atol=1e-3)  # near-identity start
 
 
 # ---- prefix tuning: the family's own attention plus a prefix ---------------------------------------------------
@@ -172,9 +164,9 @@ def test_prefix_is_the_familys_attention_plus_a_prefix(family, family_model_dir,
     folder = family_model_dir(family)
     _, batch = _batch(folder)
     # MPNet and DeBERTa-v2 compute their attention themselves (eager only)
-    for impl in ["sdpa", "eager"] if _build(folder).encoder._supports_sdpa else ["eager"]:
+    for impl in ["sdpa", "eager"] if tiny_classifier(folder).encoder._supports_sdpa else ["eager"]:
         torch.manual_seed(0)
-        base = _build(folder)
+        base = tiny_classifier(folder)
         base.encoder.config._attn_implementation = impl
         plain = _pooled(base, batch)
         model = METHODS.get("prefix")(MethodConfig(name="prefix", prefix_tokens=3)).apply(base)
@@ -199,7 +191,7 @@ def test_prefix_is_the_familys_attention_plus_a_prefix(family, family_model_dir,
 def test_prefix_refuses_attention_kernels_whose_masks_it_cannot_extend(family_model_dir):
     """flash and flex kernels take no 4-d mask (a sliding window is a kernel flag there): one line, not a wrong
     attention."""
-    model = METHODS.get("prefix")(MethodConfig(name="prefix")).apply(_build(family_model_dir("modernbert")))
+    model = METHODS.get("prefix")(MethodConfig(name="prefix")).apply(tiny_classifier(family_model_dir("modernbert")))
     attn = model.encoder.layers[0].attn.attn
     attn.config._attn_implementation = "flash_attention_2"  # the setting alone: nothing here runs it
     with pytest.raises(UserError, match=r"^prefix: the flash_attention_2 attention implementation is not supported"):
@@ -210,7 +202,7 @@ def test_prefix_refuses_attention_kernels_whose_masks_it_cannot_extend(family_mo
 
 def _renamed(folder, model_type):
     """The tiny model of `folder` as if its config named another (unlisted) model type."""
-    model = _build(folder)
+    model = tiny_classifier(folder)
     model.config.encoder["model_type"] = model_type
     return model
 
@@ -292,10 +284,10 @@ def test_token_types_reach_only_encoders_that_read_them(family, family_model_dir
     (RoBERTa: index out of range) or passing unread."""
     folder = family_model_dir(family)
     _, batch = _batch(folder)
-    model = _build(folder)
+    model = tiny_classifier(folder)
     types = (torch.arange(batch["input_ids"].shape[1]) > 3).long().expand_as(batch["input_ids"])  # [batch, seq]
     with torch.no_grad():
         model.eval()
         given = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=types).logits
-    differs = bool((given - _logits(model, batch)).abs().max() > 1e-6)
+    differs = bool((given - eval_logits(model, batch)).abs().max() > 1e-6)
     assert differs == (family in ("bert", "electra"))

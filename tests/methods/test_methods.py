@@ -10,31 +10,23 @@ from transferkit import methods  # noqa: F401  (registers the methods)
 from transferkit.config.finetune import MethodConfig, TrainConfig
 from transferkit.data.batches import TokenData
 from transferkit.methods.base import count_parameters, describe_parameters, is_head_param
-from transferkit.modeling.resolve import ResolvedModel, build_classifier, load_tokenizer
+from transferkit.modeling.resolve import load_tokenizer
 from transferkit.core.registry import METHODS
 from transferkit.tasks.classify.task import classification_loss
 from transferkit.training.loop import Trainer
 
-from helpers import LABELS, make_sentences
+from helpers import LABELS, eval_logits, make_sentences, tiny_classifier
 
 TEXTS = [t for t, _ in make_sentences(12, seed=3)]
 Y = [LABELS.index(label) for _, label in make_sentences(12, seed=3)]
 
 
-def _build(model_dir, head_hidden=0):
-    return build_classifier(ResolvedModel("tiny", str(model_dir), "mean"), LABELS, "mean", 0.1, head_hidden)
 
 
 def _batch(model_dir):
     tok = load_tokenizer(str(model_dir))
     data = TokenData([tok(t)["input_ids"] for t in TEXTS], Y)
     return data, data.collate(list(range(len(TEXTS))), tok.pad_token_id)
-
-
-@torch.no_grad()
-def _logits(model, batch):
-    model.eval()
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.clone()
 
 
 def _one_step(model, data, tmp_path):
@@ -57,7 +49,7 @@ def test_method_contract(name, head_hidden, tiny_model_dir, tmp_path):
     """One step changes exactly the trainable parameters; save/load and for_inference keep the logits."""
     torch.manual_seed(0)
     method = METHODS.get(name)(MethodConfig(name=name))
-    model = method.apply(_build(tiny_model_dir, head_hidden))
+    model = method.apply(tiny_classifier(tiny_model_dir, head_hidden))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, f"{name} trains nothing"
@@ -71,19 +63,19 @@ def test_method_contract(name, head_hidden, tiny_model_dir, tmp_path):
     assert changed - trainable == set(), f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     assert trainable - changed == set(), f"trainable parameters did not change: {sorted(trainable - changed)[:5]}"
 
-    trained = _logits(model, batch)
+    trained = eval_logits(model, batch)
     out = tmp_path / "artifact"
     method.save(model, out)
-    reloaded = method.load(out, lambda: _build(tiny_model_dir, head_hidden))
-    torch.testing.assert_close(_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
+    reloaded = method.load(out, lambda: tiny_classifier(tiny_model_dir, head_hidden))
+    torch.testing.assert_close(eval_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
 
-    torch.testing.assert_close(_logits(method.for_inference(reloaded), batch), trained, rtol=0, atol=1e-5)
-    torch.testing.assert_close(_logits(method.for_inference(model), batch), trained, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eval_logits(method.for_inference(reloaded), batch), trained, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eval_logits(method.for_inference(model), batch), trained, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_counts_match_requires_grad(name, tiny_model_dir):
-    model = METHODS.get(name)(MethodConfig(name=name)).apply(_build(tiny_model_dir))
+    model = METHODS.get(name)(MethodConfig(name=name)).apply(tiny_classifier(tiny_model_dir))
     counts = count_parameters(model)
     params = list(model.named_parameters())
     assert counts["total"] == sum(p.numel() for _, p in params)
@@ -92,18 +84,18 @@ def test_counts_match_requires_grad(name, tiny_model_dir):
 
 
 def test_head_only_trains_only_the_classifier(tiny_model_dir):
-    model = METHODS.get("head_only")(MethodConfig()).apply(_build(tiny_model_dir))
+    model = METHODS.get("head_only")(MethodConfig()).apply(tiny_classifier(tiny_model_dir))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
 
 
 def test_full_trains_everything(tiny_model_dir):
-    model = METHODS.get("full")(MethodConfig()).apply(_build(tiny_model_dir))
+    model = METHODS.get("full")(MethodConfig()).apply(tiny_classifier(tiny_model_dir))
     assert all(p.requires_grad for p in model.parameters())
     assert not any("pooler" in n for n, _ in model.named_parameters())
 
 
 def test_lora_targets_and_rank(tiny_model_dir):
-    model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=4)).apply(_build(tiny_model_dir))
+    model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=4)).apply(tiny_classifier(tiny_model_dir))
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     # 2 layers x (query, value) x (A: 4x32, B: 32x4)
     assert len(lora) == 8
@@ -116,7 +108,7 @@ def test_lora_unknown_target_is_a_user_error(tiny_model_dir):
     from transferkit.core.errors import UserError
     method = METHODS.get("lora")(MethodConfig(name="lora", target_modules=["q_proj"]))
     with pytest.raises(UserError, match=r"q_proj.*not found.*query"):
-        method.apply(_build(tiny_model_dir))
+        method.apply(tiny_classifier(tiny_model_dir))
 
 
 # ---- reference parameter counts (DATA.md) on the bert-base config, built on the meta device --------------
@@ -206,19 +198,19 @@ def test_merge_then_unmerge_restores_base(name, options, tiny_model_dir, tmp_pat
     method = METHODS.get(name)(MethodConfig(name=name, **options))
     assert method.can_merge
     data, batch = _batch(tiny_model_dir)
-    model = _one_step(method.apply(_build(tiny_model_dir)), data, tmp_path)  # adapters no longer at identity
+    model = _one_step(method.apply(tiny_classifier(tiny_model_dir)), data, tmp_path)  # adapters no longer at identity
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer.weight" in n}
     assert base
-    unmerged = _logits(model, batch)
+    unmerged = eval_logits(model, batch)
     method.merge(model)
     changed = [n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])]
     assert changed, "merging changed no base weight"
-    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eval_logits(model, batch), unmerged, rtol=0, atol=1e-5)
     method.unmerge(model)
     for n, p in model.named_parameters():
         if n in base:
             torch.testing.assert_close(p.detach(), base[n], rtol=0, atol=1e-6)
-    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=0, atol=1e-6)
+    torch.testing.assert_close(eval_logits(model, batch), unmerged, rtol=0, atol=1e-6)
 
 
 def test_only_lora_and_ia3_merge():
@@ -231,7 +223,7 @@ def test_only_lora_and_ia3_merge():
 
 def test_lora_all_linear_adapts_every_encoder_linear_not_the_head(tiny_model_dir):
     model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=2, target_modules=["all-linear"])).apply(
-        _build(tiny_model_dir, head_hidden=16))
+        tiny_classifier(tiny_model_dir, head_hidden=16))
     adapted = {n.split(".lora_A.")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
     assert len(adapted) == 2 * 6  # query, key, value, attention output, intermediate, output per layer
     assert not any("classifier" in n for n in adapted)
@@ -239,15 +231,15 @@ def test_lora_all_linear_adapts_every_encoder_linear_not_the_head(tiny_model_dir
 
 def test_rslora_and_dora_reach_peft(tiny_model_dir):
     model = METHODS.get("lora")(MethodConfig(name="lora", lora_r=4, lora_alpha=8, use_rslora=True)).apply(
-        _build(tiny_model_dir))
+        tiny_classifier(tiny_model_dir))
     query = model.base_model.model.encoder.encoder.layer[0].attention.self.query
     assert query.scaling["default"] == pytest.approx(8 / 4 ** 0.5)  # alpha / sqrt(r), not alpha / r
-    dora = METHODS.get("lora")(MethodConfig(name="lora", use_dora=True)).apply(_build(tiny_model_dir))
+    dora = METHODS.get("lora")(MethodConfig(name="lora", use_dora=True)).apply(tiny_classifier(tiny_model_dir))
     assert sum("lora_magnitude_vector" in n for n, _ in dora.named_parameters()) == 4
 
 
 def test_ia3_default_targets_are_exact(tiny_model_dir):
-    model = METHODS.get("ia3")(MethodConfig(name="ia3")).apply(_build(tiny_model_dir))
+    model = METHODS.get("ia3")(MethodConfig(name="ia3")).apply(tiny_classifier(tiny_model_dir))
     vectors = {n.split(".ia3_l.")[0].split("encoder.encoder.")[1]: p.numel()
                for n, p in model.named_parameters() if ".ia3_l." in n}
     # keys and values are scaled on their 32 outputs; the feed-forward output projection on its 64 inputs;
@@ -263,13 +255,13 @@ def test_adapter_placement_and_near_identity_start(kind, per_layer, tiny_model_d
     from transferkit.methods.adapter import AdapterLinear
     _, batch = _batch(tiny_model_dir)
     torch.manual_seed(0)
-    base = _build(tiny_model_dir)
-    before = _logits(base, batch)
+    base = tiny_classifier(tiny_model_dir)
+    before = eval_logits(base, batch)
     model = METHODS.get("adapter")(MethodConfig(name="adapter", adapter_kind=kind, adapter_reduction=4)).apply(base)
     wrapped = [n for n, m in model.named_modules() if isinstance(m, AdapterLinear)]
     assert len(wrapped) == 2 * per_layer
     assert all(m.adapter.down.out_features == 8 for m in model.modules() if isinstance(m, AdapterLinear))
-    assert torch.allclose(_logits(model, batch), before, atol=1e-3)  # near-identity start
+    assert torch.allclose(eval_logits(model, batch), before, atol=1e-3)  # near-identity start
     norms = {n for n, p in model.named_parameters() if p.requires_grad and "LayerNorm" in n}
     assert bool(norms) == (kind == "houlsby")
 
@@ -299,7 +291,7 @@ def test_prefix_padding_and_attention_implementations(impl, tiny_model_dir):
     """Batched (padded) equals one-by-one; sdpa and eager agree; the prefix changes what the encoder computes."""
     _, batch = _batch(tiny_model_dir)
     torch.manual_seed(0)
-    base = _build(tiny_model_dir)
+    base = tiny_classifier(tiny_model_dir)
     plain = _pooled(base, batch)
     model = METHODS.get("prefix")(MethodConfig(name="prefix", prefix_tokens=3)).apply(base)
     with torch.no_grad():  # the tiny random encoder attends almost uniformly: give the prefix weight
@@ -320,12 +312,12 @@ def test_prefix_padding_and_attention_implementations(impl, tiny_model_dir):
 def test_artifact_of_another_method_is_a_user_error(tiny_model_dir, tmp_path):
     from transferkit.core.errors import UserError
     bitfit = METHODS.get("bitfit")(MethodConfig(name="bitfit"))
-    bitfit.save(bitfit.apply(_build(tiny_model_dir)), tmp_path / "a")
+    bitfit.save(bitfit.apply(tiny_classifier(tiny_model_dir)), tmp_path / "a")
     adapter = METHODS.get("adapter")(MethodConfig(name="adapter"))
     with pytest.raises(UserError, match="holds a 'bitfit' artefact, not 'adapter'"):
-        adapter.load(tmp_path / "a", lambda: _build(tiny_model_dir))
+        adapter.load(tmp_path / "a", lambda: tiny_classifier(tiny_model_dir))
     with pytest.raises(UserError, match="not a transferkit adapter artefact"):
-        adapter.load(tmp_path / "missing", lambda: _build(tiny_model_dir))
+        adapter.load(tmp_path / "missing", lambda: tiny_classifier(tiny_model_dir))
 
 
 @pytest.mark.parametrize("name", ["adapter", "prefix", "ia3", "bitfit"])

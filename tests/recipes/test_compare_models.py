@@ -10,7 +10,7 @@ from transferkit import api, cli
 from transferkit.modeling.resolve import parse_models
 from transferkit.recipes.compare.run import model_folders
 
-from helpers import tiny_bert_config, make_tokenizer
+from helpers import save_tiny_bert
 
 OPTIONS = {"max_steps": 2, "batch_size": 16, "train.progress": "false"}
 
@@ -18,15 +18,7 @@ OPTIONS = {"max_steps": 2, "batch_size": 16, "train.progress": "false"}
 @pytest.fixture(scope="module")
 def wider_model(tmp_path_factory):
     """A second tiny BERT (hidden 48) under a folder name that collides with nothing."""
-    import torch
-    from transformers import BertModel
-    folder = tmp_path_factory.mktemp("wide") / "wide-bert"
-    cfg = tiny_bert_config()
-    cfg.hidden_size, cfg.intermediate_size = 48, 96
-    torch.manual_seed(1)
-    BertModel(cfg).save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("wide") / "wide-bert", hidden=48, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,13 @@ from transferkit import api, cli
 from transferkit.core.errors import UserError
 from transferkit.recipes import plan_models
 
-from helpers import make_tokenizer, tiny_bert_config, write_conll
+from helpers import save_tiny_bert, write_conll
 
 
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory):
     """Another tiny BERT (hidden 48, other weights)."""
-    from transformers import BertModel
-    folder = tmp_path_factory.mktemp("second") / "bert-48"
-    cfg = tiny_bert_config()
-    cfg.hidden_size, cfg.intermediate_size = 48, 96
-    torch.manual_seed(3)
-    BertModel(cfg).save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("second") / "bert-48", hidden=48, seed=3)
 
 
 def test_models_are_ranked_the_best_planned_and_the_others_projected(tiny_model_dir, second_model, sentiment_csv,
