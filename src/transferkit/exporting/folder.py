@@ -29,6 +29,7 @@ from ..core.fs import check_writable_dir, write_folder
 from ..core.runs import RunInfo
 from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
 from ..modeling.resolve import load_tokenizer
+from ..reporting.model_card import write_export_card
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def export(run_dir: str | Path, out_dir: str | Path, plain: bool = False, base_m
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _check_folder(reference, tmp, tokenizer, plain)
+        write_export_card(tmp, run_dir, plain=plain)
     write_folder(out, write)
     kind = ("plain BertForSequenceClassification" if plain else type(model).__name__
             if not isinstance(model, Classifier) else "transferkit classifier (trust_remote_code=True)")

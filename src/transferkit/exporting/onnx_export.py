@@ -36,6 +36,7 @@ from ..core.runs import RunInfo
 from ..inference.loading import labelled_split, run_task
 from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
 from ..modeling.resolve import load_tokenizer
+from ..reporting.model_card import write_onnx_card
 from . import int8_smoothing, onnx_gate
 from .folder import check_new_output, merged_model
 
@@ -158,6 +159,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
             quantized.replace(graph)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / MANIFEST, manifest)
+        write_onnx_card(tmp, run_dir, manifest)
     write_folder(out, write)
     logger.info(f"exported {run_dir} ({info.method}, {manifest['precision']}) to {out / MODEL_FILE}")
     return out
