@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import warnings
+from typing import Any
 
 _done = False
 
@@ -27,3 +29,17 @@ def setup() -> None:
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity where the OS says, else the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def describe_hardware(device: Any, processes: int = 1) -> str:
+    """The hardware a run trains on, in words (a model card says it): the GPU's name, or the CPU and its cores."""
+    import torch  # heavy: only once a run has its device
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        what = f"GPU: {torch.cuda.get_device_name(device)}"
+    elif kind == "mps":
+        what = "Apple GPU (mps)"
+    else:
+        cpu = platform.processor() or platform.machine() or "CPU"
+        what = f"CPU: {cpu}, {usable_cores()} cores ({torch.get_num_threads()} threads)"
+    return what if processes <= 1 else f"{processes} processes, each on {what}"

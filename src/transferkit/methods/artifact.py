@@ -77,6 +77,7 @@ class TensorArtifactMethod(Method):
 
     artifact = "adapter"
     artifact_files = (CONFIG_FILE, WEIGHTS_FILE)
+    folder_library = "transferkit"
 
     def saved_options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)

@@ -126,6 +126,10 @@ class Method:
     artifact: ClassVar[str] = "model"
     # Files the artefact folder must hold ('|' separates alternatives); checked before loading.
     artifact_files: ClassVar[tuple[str, ...]] = ("config.json", "model.safetensors")
+    # The library that loads the artefact folder with its own stock calls, as a model card's `library_name` says:
+    # "transformers" (an AutoModelFor... folder), "peft" (an adapter over its base) or "transferkit" (a format
+    # of transferkit's own, which only transferkit loads).
+    folder_library: ClassVar[str] = "transformers"
     # True when the method's update folds into the base weights (merge/unmerge below work).
     can_merge: ClassVar[bool] = False
     # True when runs of this method can share one base encoder with other runs (`attach` below).

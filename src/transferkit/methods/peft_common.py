@@ -62,6 +62,7 @@ class PeftMethod(Method):
     artifact_files = ("adapter_config.json", "adapter_model.safetensors")
     can_merge = True
     stock_base = True
+    folder_library = "peft"
     shares_base = True
     head_file, head_prefix = "adapter_model.safetensors", "base_model.model.classifier."
     marker = ""  # name part of the parameters peft adds ("lora_", "ia3_l")

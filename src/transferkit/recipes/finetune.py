@@ -26,6 +26,7 @@ from .. import tasks
 from ..config.checks import validate
 from ..config.finetune import describe_duration
 from ..core import fs, logs
+from ..core.runtime import describe_hardware
 from ..core.errors import UserError
 from ..core.folders import check_folder, check_safetensors, loading, read_json_object
 from ..core.registry import METHODS, MODELS
@@ -34,6 +35,7 @@ from ..data.batches import FeatureData
 from ..data.fingerprint import check_fingerprints, data_fingerprints
 from ..inference import pooled_features
 from ..modeling.resolve import load_tokenizer, resolve_model
+from ..reporting.model_card import write_run_card
 from ..training import distributed
 from .run import Run
 
@@ -159,6 +161,7 @@ class FinetuneRun(Run):
         self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available(),
                                                           precision=cfg.train.precision)
         set_seed(cfg.train.seed)
+        self.hardware = describe_hardware(acc.device, acc.num_processes)
         head = method.default_head if cfg.model.head == "auto" else cfg.model.head
         self.head_hidden = 0 if head == "linear" else self.hidden
         self.pool_layers = cfg.model.pool_layers or method.default_pool_layers
@@ -291,7 +294,8 @@ class FinetuneRun(Run):
                              "samples_per_s": round(samples_per_s, 2), "stopped_early": state.stopped_early,
                              "best_step": state.best_step, "lr": tcfg.lr, "head_lr": tcfg.head_lr,
                              "batch_size": tcfg.batch_size, "max_epochs": tcfg.epochs, "metric": tcfg.metric,
-                             "class_weights": cfg.train.class_weights, **method.train_record()},
+                             "class_weights": cfg.train.class_weights, "hardware": self.hardware,
+                             **method.train_record()},
                    "params": self.counts,
                    "data": {**self.splits.summary, "token_lengths": self.stats, "max_length": self.max_length},
                    "method": method.name, "model": self.resolved.name, "memory": memory_report(self.rss_before_train)}
@@ -304,6 +308,7 @@ class FinetuneRun(Run):
         if test_predictions is not None and (warning := self.task.collapse_warning(self.splits, test_predictions)):
             metrics["warnings"] = [warning]
             logger.warning(warning)
+        write_run_card(run_dir / method.artifact, run_dir, info, self.task, cfg, metrics)  # the folder's README.md
         fs.write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
         if test_metrics is not None:
             logger.info("test: " + " ".join(f"{k}={v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))

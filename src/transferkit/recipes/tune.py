@@ -57,6 +57,7 @@ from ..core.folders import read_json_object
 from ..core.registry import METHODS
 from ..core.runtime import usable_cores
 from ..core.units import parse_duration
+from ..reporting.model_card import refresh_run_card
 from ..training.loop import LOWER_IS_BETTER
 from .evaluate import run_evaluation
 from .finetune import FinetuneRun
@@ -317,6 +318,7 @@ class TuneRun:
             with logs.quiet():  # the report says the scores
                 scores = run_evaluation(best_run)
             test = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+            refresh_run_card(best_run, test)  # the best trial's model card, with the test scores it now has
             summary.update({"best_trial": best.number, "best_validation": best.value, "best_params": best_params,
                             "best_run": str(best_run), "test": test})
         self._write_settings(summary)

@@ -320,6 +320,32 @@ class Task:
         new rows; the `augmentation.apply.AugmentReport`)."""
         raise UserError(f"augment: {self.name} data cannot be augmented into a file")
 
+    # ---- model cards (`reporting.model_card`): what a folder of this task's model does and the code that loads it --
+    # the transformers Auto class that loads this task's model folders (and a stock adapter's base)
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    # an input the card's code predicts on, as Python source (what this task's pipeline takes)
+    card_input: ClassVar[str] = '"A gorgeous, witty, seductive movie."'
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The Hub's `pipeline_tag` of this task's models: its name among transformers' pipelines."""
+        return self.pipeline_names[0]
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        """What a model of this task does, in a sentence (for a model card)."""
+        raise NotImplementedError
+
+    def card_pipeline(self) -> list[str]:
+        """Python lines that predict `card_input` with transformers' `pipeline` (imported) on the loaded `model` and
+        `tokenizer`, printing the result (default: the task's pipeline with its defaults)."""
+        return [f'predict = pipeline("{self.pipeline_tag}", model=model, tokenizer=tokenizer)',
+                f"print(predict({self.card_input}))"]
+
+    def card_onnx(self, max_length: int) -> list[str]:
+        """Python lines that predict `card_input` with an ONNX export: `session` (an onnxruntime InferenceSession),
+        `tokenizer`, `labels` (the manifest's) and numpy as `np` are there; the graph's one output is "logits"."""
+        raise NotImplementedError(f"{self.name} runs have no ONNX export")
+
 
 # Every several-runs CSV has these columns, filled or empty, so the files of any mix of runs line up: a task
 # that predicts one label per text fills them, any other leaves them empty and adds columns of its own.

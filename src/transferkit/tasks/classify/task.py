@@ -253,3 +253,29 @@ class SequenceClassification(Task):
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue(), report
+
+    # ---- model cards -----------------------------------------------------------------------------------------
+    # the texts the card's onnxruntime lines tokenize (the tokenizer's positional arguments, as Python source)
+    card_onnx_texts = '["A gorgeous, witty, seductive movie."]'
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        return f"classifies a text into one of {len(label_names)} labels ({', '.join(map(str, label_names))})"
+
+    def card_pipeline(self) -> list[str]:
+        return [f'classifier = pipeline("{self.pipeline_tag}", model=model, tokenizer=tokenizer)',
+                f'print(classifier({self.card_input}, top_k=None, function_to_apply="{self.pipeline_function}"))'
+                + self.card_pipeline_note]
+
+    card_pipeline_note = "  # every label, most likely first"
+
+    def card_onnx(self, max_length: int) -> list[str]:
+        return [f'batch = tokenizer({self.card_onnx_texts}, truncation=True, max_length={max_length}, '
+                'return_tensors="np")',
+                'feed = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}',
+                'logits = session.run(["logits"], feed)[0]  # [texts, labels]', *self.card_onnx_decode()]
+
+    def card_onnx_decode(self) -> list[str]:
+        """The card's lines from `logits` [texts, labels] to what it prints (default: each label's probability)."""
+        return ["probs = np.exp(logits - logits.max(-1, keepdims=True))",
+                "probs /= probs.sum(-1, keepdims=True)",
+                "print(labels[int(probs[0].argmax())], dict(zip(labels, probs[0].round(4).tolist())))"]

@@ -281,3 +281,23 @@ class Generation(Task):
     def add_routes(self, app: Any, answer: Any) -> None:
         from .serving import add_routes  # fastapi and pydantic: imported only when a server starts
         add_routes(app, answer)
+
+    # ---- model cards: a causal LM; prompts formatted with the run's template ----------------------------------
+    auto_class = "AutoModelForCausalLM"
+    card_input = '"Shares in Marks & Spencer fell 5% after the retailer reported weaker sales."'
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        how = ("the tokenizer's chat template (a user turn; the completion is the assistant's reply)"
+               if self.template == "chat" else 'the plain template (the prompt, then a new line: "{prompt}\\n")')
+        return (f"writes a completion for a prompt: a causal LM tuned on prompt -> completion rows, with prompts "
+                f"formatted by {how}; it stops at the end-of-sequence token or {self.max_new_tokens} new tokens")
+
+    def card_pipeline(self) -> list[str]:
+        """Greedy decoding, on the prompt as the run formatted it in training."""
+        budget = f"max_new_tokens={self.max_new_tokens}, do_sample=False"
+        if self.template == "chat":
+            return ['generator = pipeline("text-generation", model=model, tokenizer=tokenizer)',
+                    f'messages = [{{"role": "user", "content": {self.card_input}}}]',
+                    f'print(generator(messages, {budget})[0]["generated_text"][-1]["content"])']
+        return ['generator = pipeline("text-generation", model=model, tokenizer=tokenizer)',
+                f'print(generator({self.card_input} + "\\n", {budget}, return_full_text=False)[0]["generated_text"])']

@@ -164,3 +164,15 @@ class MultiLabel(SequenceClassification):
 
     def add_routes(self, app: Any, answer: Any) -> None:
         """None of its own: classify's routes answer multi-label runs too (`serving_task`)."""
+
+    # ---- model cards: each label's own sigmoid; the tuned thresholds are folded into the head ---------------
+    card_pipeline_note = "  # a label applies when its score is over 0.5 (its tuned threshold is folded in)"
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        return (f"gives a text any number of {len(label_names)} labels ({', '.join(map(str, label_names))}), each "
+                "with its own probability; the decision thresholds tuned on the validation split are folded into the "
+                "head, so a label applies when its probability is over 0.5")
+
+    def card_onnx_decode(self) -> list[str]:
+        return ["probs = 1 / (1 + np.exp(-logits))",
+                "print([label for label, p in zip(labels, probs[0]) if p > 0.5], probs[0].round(4).tolist())"]

@@ -221,3 +221,24 @@ class TokenClassification(Task):
         rows = [{"tokens": tok, "tags": [names[j] for j in tg], "origin": report.origin(k)}
                 for k, (tok, tg) in enumerate(zip(tokens, tag_ids))]
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), report
+
+    # ---- model cards: one tag per token; the pipeline groups them into entities -------------------------------
+    auto_class = "AutoModelForTokenClassification"
+    card_input = '"Steve Jobs founded Apple in California."'
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        types = sorted({str(t).split("-", 1)[-1] for t in label_names if str(t) != "O"})
+        return (f"tags each word of a text with one of {len(label_names)} IOB2 tags, finding entities of "
+                f"{len(types)} types ({', '.join(types)})")
+
+    def card_pipeline(self) -> list[str]:
+        return ['tagger = pipeline("token-classification", model=model, tokenizer=tokenizer, '
+                'aggregation_strategy="first")',
+                f"print(tagger({self.card_input}))  # entities with their character offsets"]
+
+    def card_onnx(self, max_length: int) -> list[str]:
+        return [f'batch = tokenizer([{self.card_input}], truncation=True, max_length={max_length}, return_tensors="np")',
+                'feed = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}',
+                'logits = session.run(["logits"], feed)[0]  # [texts, tokens, tags]',
+                'tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())',
+                "print([(token, labels[int(tag)]) for token, tag in zip(tokens, logits[0].argmax(-1))])"]

@@ -161,3 +161,11 @@ class PairClassification(SequenceClassification):
 
     def add_routes(self, app: Any, answer: Any) -> None:
         """None of its own: classify's routes answer pair runs too (`serving_task`)."""
+
+    # ---- model cards: a pair goes to the pipeline as a dict, to the tokenizer as two lists ------------------
+    card_input = '{"text": "The cat sat on the mat.", "text_pair": "It was very comfortable."}'
+    card_onnx_texts = '["The cat sat on the mat."], ["It was very comfortable."]'
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        return (f"classifies a pair of texts into one of {len(label_names)} labels "
+                f"({', '.join(map(str, label_names))})")

@@ -136,3 +136,12 @@ class Regression(SequenceClassification):
         """None of its own: classify's routes answer regression runs too (`serving_task`)."""
 
 
+    # ---- model cards: the logits are the predicted values, in the data's units --------------------------------
+    card_pipeline_note = "  # the predicted value of each target, in the data's units"
+
+    def card_summary(self, label_names: Sequence[str]) -> str:
+        return (f"predicts {'a number' if len(label_names) == 1 else f'{len(label_names)} numbers'} per text "
+                f"({', '.join(map(str, label_names))}), in the units of the training data")
+
+    def card_onnx_decode(self) -> list[str]:
+        return ["print(dict(zip(labels, logits[0].tolist())))  # the predicted value of each target"]
