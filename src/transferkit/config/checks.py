@@ -8,10 +8,13 @@ from ..core.errors import UserError
 from ..core.registry import METHODS
 from .finetune import RunConfig, TrainConfig
 from .pretrain import PretrainConfig
+from ..training.tracking import parse as parse_trackers
 
 
 def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:
-    """(bad, key, what, value) for the training options both run kinds share."""
+    """(bad, key, what, value) for the training options both run kinds share (an unknown or uninstalled tracker in
+    train.report_to raises its own one-line error)."""
+    parse_trackers(t.report_to)
     return [
         (t.lr is not None and t.lr <= 0, "train.lr", "must be > 0", t.lr),
         (t.head_lr is not None and t.head_lr <= 0, "train.head_lr", "must be > 0", t.head_lr),

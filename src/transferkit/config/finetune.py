@@ -168,6 +168,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16: bf16 autocast on a CUDA GPU that has it (auto); fp32 on a CPU, where bf16 matmuls are slower"})
     parallel: str = field(default="ddp", metadata={"help": "ddp|fsdp, with several processes: ddp keeps a whole model in each; fsdp shards parameters, gradients and optimizer state between them (for models too big for one device)"})
+    report_to: str = field(default="none", metadata={"help": "none|tensorboard|mlflow|wandb, several joined by commas: send the training and validation records and the test metrics to these trackers (TensorBoard under RUN_DIR/tracking; MLflow in sqlite:///<folder of the run>/mlflow.db unless MLFLOW_TRACKING_URI is set); needs pip install 'transferkit[tracking]'"})
 
 
 @dataclass

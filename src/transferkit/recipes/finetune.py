@@ -36,7 +36,7 @@ from ..data.fingerprint import check_fingerprints, data_fingerprints
 from ..inference import pooled_features
 from ..modeling.resolve import load_tokenizer, resolve_model
 from ..reporting.model_card import write_run_card
-from ..training import distributed
+from ..training import distributed, tracking
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class FinetuneRun(Run):
         from ..training.loop import Trainer
         cfg, method = self.cfg, self.method
         self.accelerator = acc = distributed.accelerator(cpu=not torch.cuda.is_available(),
-                                                          precision=cfg.train.precision)
+                                                          precision=cfg.train.precision, log_with=self.trackers())
         set_seed(cfg.train.seed)
         self.hardware = describe_hardware(acc.device, acc.num_processes)
         head = method.default_head if cfg.model.head == "auto" else cfg.model.head
@@ -204,6 +204,7 @@ class FinetuneRun(Run):
             mixup = Mixup(model, self.mixup_alpha)
             loss_fn = mixup.loss(loss_fn)
             logger.info(f"mixup: pooled vectors and labels mixed in every training batch (alpha {self.mixup_alpha:g})")
+        tracking.start(acc, cfg.to_dict(), tcfg)
         trainer = Trainer(self.task.training_module(model), data["train"], tcfg, self.run_dir, acc, self.pad_id,
                           eval_fn=eval_fn if len(data["validation"]) else None, loss_fn=loss_fn)
         self.restore(trainer)
@@ -266,6 +267,8 @@ class FinetuneRun(Run):
             with distributed.sharded():  # each process scores its share of the test split
                 test_metrics, test_predictions = self.task.evaluate_test(model, self.data["test"], EVAL_BATCH,
                                                                          self.pad_id, self.accelerator.device)
+        if test_metrics is not None:
+            tracking.log(self.accelerator, test_metrics, state.global_step, "test")
         if not distributed.is_main():  # rank 0 writes the run directory
             return FinetuneResult(run_dir, {"test": test_metrics})
         # The artefact is written beside its final name and swapped in: a crash never leaves half a model.

@@ -32,7 +32,7 @@ from ..core.runs import new_run_dir
 from ..data.corpus import heldout_split, load_documents
 from ..modeling import lm as lm_models
 from ..modeling.lm import ARCHS, SIZES
-from ..training import distributed
+from ..training import distributed, tracking
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,9 @@ class PretrainRun(Run):
         self.train_data, self.held_data = train_data, held_data
         self.tcfg = tcfg = resolve_train_config(cfg, objective, bool(self.new_params))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        accelerator = distributed.accelerator(cpu=device.type == "cpu", precision=cfg.train.precision)
+        self.accelerator = accelerator = distributed.accelerator(cpu=device.type == "cpu",
+                                                                 precision=cfg.train.precision, log_with=self.trackers())
+        tracking.start(accelerator, cfg.to_dict(), tcfg)
         wrapped = objective.wrap(self.model, self.new_params)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eval_bs = max(tcfg.batch_size, 32)

@@ -24,7 +24,7 @@ from ..config.base import apply_resume_overrides
 from ..core import fs
 from ..core.lock import RunLock
 from ..core.runs import new_run, resumable
-from ..training import distributed
+from ..training import distributed, tracking
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class Run:
     """One training run of `cfg`; `resume` continues the run directory given."""
 
     command: ClassVar[str] = ""  # the CLI command, recorded in the run directory's lock
+    # The compare or tune this run is part of, (its folder, the run's name there), which groups its tracker runs
+    # (`training.tracking.place`); None: the run's own (or the group a compare's child is told in its environment).
+    tracking_group: tuple[Path, str] | None = None
+    accelerator: Any = None  # set by `fit`; its trackers (train.report_to) are ended when the run ends
 
     def __init__(self, cfg: Any, resume: str | Path | None = None, rewrite_config: bool = False) -> None:
         self.cfg = cfg
@@ -60,6 +64,12 @@ class Run:
         self._set_up = True
 
     def run(self) -> Any:
+        try:
+            return self._run()
+        finally:  # a tracker's run ends with the run, finished or not (TensorBoard flushed, MLflow's run closed)
+            tracking.end(self.accelerator)
+
+    def _run(self) -> Any:
         distributed.init()
         if not self._set_up:
             self.setup()
@@ -82,6 +92,11 @@ class Run:
             distributed.barrier()
             self.fit()
             return self.save()
+
+    def trackers(self) -> list[Any]:
+        """The experiment trackers train.report_to names, for this run's Accelerator (none by default)."""
+        return tracking.trackers(tracking.parse(self.cfg.train.report_to),
+                                 tracking.place(self.run_dir, self.tracking_group))
 
     def restore(self, trainer: Any) -> None:
         """Load the last checkpoint into `trainer` when this run resumes, and say where it goes on."""

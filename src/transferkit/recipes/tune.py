@@ -261,6 +261,7 @@ class TuneRun:
                 raise optuna.TrialPruned(f"{self.metric}={value:.4f} at evaluation {index}")
         run = FinetuneRun(cfg)
         run.score_test, run.on_eval = False, report
+        run.tracking_group = (self.out, run_dir.name)  # one tracker run per trial, grouped under the study's folder
         t0 = time.perf_counter()
         try:
             with logs.quiet():  # a trial says one line, below, not a whole run's

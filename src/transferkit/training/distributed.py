@@ -202,15 +202,17 @@ def launch(argv: Sequence[str], processes: int) -> int:
         raise
 
 
-def accelerator(cpu: bool, precision: str = "fp32") -> Any:
+def accelerator(cpu: bool, precision: str = "fp32", log_with: list | None = None) -> Any:
     """The Accelerator every training run uses. `split_batches=True` says what transferkit does: a
     batch is global and split between processes, so the learning-rate schedule steps once per
     optimizer step (without it accelerate steps it once per process, running the schedule N times faster).
-    `precision` (train.precision): "auto" is bf16 autocast on a CUDA device that supports it, else fp32."""
+    `precision` (train.precision): "auto" is bf16 autocast on a CUDA device that supports it, else fp32.
+    `log_with`: the experiment trackers the run reports to (`tracking.trackers`)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
     if precision == "auto":
         precision = "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     mixed = {"fp32": "no", "bf16": "bf16"}[precision]
-    return Accelerator(cpu=cpu, mixed_precision=mixed, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    return Accelerator(cpu=cpu, mixed_precision=mixed, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       log_with=log_with or None)

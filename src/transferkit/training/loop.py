@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed, fsdp
+from . import distributed, fsdp, tracking
 from ..config.finetune import TrainConfig
 from ..core import fs
 from ..data.batches import length_grouped_batches
@@ -325,6 +325,7 @@ class Trainer:
             return
         fs.append_line(self.metrics_path, fs.dumps(rec))  # NaN/inf become null: the file stays strict JSON
         self.state.metrics_lines += 1
+        tracking.log(self.acc, rec, rec["step"])  # the same record to the run's trackers (train.report_to)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

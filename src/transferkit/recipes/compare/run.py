@@ -43,6 +43,7 @@ from ...core.registry import METHODS
 from ...inference import Predictor
 from ...modeling.resolve import parse_models, resolve_model
 from ...reporting.comparison import flat_config, write_tables
+from ...training import tracking
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
         raise UserError(f"{run_dir} exists but is not a transferkit run (no config.yaml); move it away or "
                         f"choose another --output-dir")
     saved, wanted = flat_config(RunConfig.from_yaml(run_dir / "config.yaml").to_dict()), flat_config(cfg.to_dict())
-    diff = [k for k in wanted if k != "output_dir" and saved.get(k) != wanted[k]]
+    # where its records are reported does not change a run
+    diff = [k for k in wanted if k not in ("output_dir", "train.report_to") and saved.get(k) != wanted[k]]
     if diff:
         k = diff[0]
         raise UserError(f"{run_dir} was run with {k}={saved.get(k)!r}, not {wanted[k]!r}; use another "
@@ -244,7 +246,8 @@ def _run_child(plan: Plan, out: Path) -> int:
     cmd = _child_command(plan, config_path)
     logger.info(f"== {plan.key}: {'resuming ' + str(plan.run_dir) if plan.state == 'resume' else 'training'} "
                 f"(own process; log {logs_dir / (plan.key + '.log')})")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # its tracker run (train.report_to) is one of this compare's, named after the cell (`training.tracking.place`)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", tracking.GROUP_ENV: str(out.resolve()), tracking.RUN_ENV: plan.key}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
     with open(logs_dir / f"{plan.key}.log", "a", encoding="utf-8") as log_file:
         log_file.write(f"\n$ {' '.join(cmd)}  # {started}\n")
