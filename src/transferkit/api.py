@@ -145,8 +145,10 @@ def predict(run_dir: str | Path | Mapping[str, str | Path], texts: Sequence[str]
             base_model: str | None = None, backend: str = "auto") -> list[dict[str, Any]]:
     """Label texts (given directly or read from `input`); write JSONL or CSV to `output` if given.
 
-    `run_dir` may be an ONNX export folder (`export(..., format="onnx")`), run through onnxruntime:
-    `backend` "auto" (the default) picks onnxruntime for an export and PyTorch for a run.
+    `run_dir` may be an ONNX export folder (`export(..., format="onnx")`), run through onnxruntime.
+    `backend` "auto" (the default): an export on onnxruntime, a run on its fastest backend checked against
+    PyTorch (an onnxruntime graph cached in RUN/backend, `inference.run_backend`); "torch": PyTorch;
+    "onnxruntime": an export or the run's cached graph, an error where there is none.
 
     `run_dir` may be `{name: run_dir, ...}` (lora/ia3/bitfit/head_only runs of one base model): the base loads
     once and each text uses the adapter named by `adapters` (one per text), the input file's
@@ -229,13 +231,15 @@ def export(run_dir: str | Path, out_dir: str | Path, *, format: str = "hf", int8
 def serve(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
           max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
-          default_model: str | None = None) -> None:
+          default_model: str | None = None, backend: str = "auto") -> None:
     """Serve `{name: run_dir}` over HTTP (see `serving/app.py` for the routes) until stopped; runs under
-    `adapter_root` can also be loaded and unloaded while it runs. Binds to 127.0.0.1 unless told otherwise."""
+    `adapter_root` can also be loaded and unloaded while it runs. Binds to 127.0.0.1 unless told otherwise.
+    `backend` "auto": each run on its fastest gated backend (`inference.run_backend`; a run with an onnxruntime
+    graph answers alone on it); "torch": PyTorch, runs of one base sharing it in mixed batches."""
     from .serving.run import run_server  # FastAPI and the server stack: only when serving
     run_server(adapters, adapter_root=adapter_root, host=host, port=port, api_key=api_key,
                max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, max_inputs=max_inputs,
-               default_model=default_model)
+               default_model=default_model, backend=backend)
 
 
 def params(model: str = "minilm-l6", method: str = "full", **options: Any) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from torch import nn
 from helpers import make_sentences
 from transferkit.data.batches import TokenData
 from transferkit.exporting import int8_smoothing
-from transferkit.exporting.folder import merged_model
-from transferkit.exporting.onnx_export import quantize_int8, write_graph
+from transferkit.inference.loading import merged_model
+from transferkit.exporting.onnx_export import quantize_int8
+from transferkit.inference.onnx_graph import write_graph
 from transferkit.inference.onnx_backend import OnnxModule, session
 from transferkit.modeling.resolve import load_tokenizer
 from transferkit.core.runs import RunInfo

@@ -12,7 +12,8 @@ import torch
 from helpers import NEGATIVE, POSITIVE, expect_user_error, write_conll
 from transferkit import Predictor, api, cli
 from transferkit.core.errors import UserError
-from transferkit.exporting import onnx_export, onnx_gate
+from transferkit.exporting import onnx_export
+from transferkit.inference import onnx_gate
 
 TEXTS = ["good film", "awful boring plot with dull acting", "the movie", "superb cast and a lovely ending"]
 
@@ -28,14 +29,14 @@ def test_plain_onnxruntime_gives_the_runs_logits(exported):
     import onnxruntime as ort
     from transformers import AutoTokenizer
     run, out = exported
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "model.onnx", "tokenizer.json",
                                                      "tokenizer_config.json"]
     tok = AutoTokenizer.from_pretrained(out)
     enc = tok(TEXTS, padding=True, return_tensors="np")
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"input_ids": enc["input_ids"].astype(np.int64),
                                 "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
-    model = Predictor.from_run(run, device="cpu").model
+    model = Predictor.from_run(run, device="cpu", backend="torch").model
     with torch.no_grad():
         want = model(input_ids=torch.from_numpy(enc["input_ids"]).long(),
                      attention_mask=torch.from_numpy(enc["attention_mask"]).long()).logits.numpy()
@@ -70,7 +71,8 @@ def test_predictor_and_cli_predict_run_the_export(exported, capsys):
 
 def test_backend_must_fit_the_folder(exported, capsys):
     run, out = exported
-    assert "is not an ONNX export" in expect_user_error(capsys, ["predict", str(run), "x", "--backend", "onnxruntime"])
+    assert "--int8 quantises the PyTorch model" in expect_user_error(
+        capsys, ["predict", str(run), "x", "--backend", "onnxruntime", "--int8"])
     assert "is an ONNX export" in expect_user_error(capsys, ["predict", str(out), "x", "--backend", "torch"])
     assert "export with --int8" in expect_user_error(capsys, ["predict", str(out), "x", "--int8"])
 
@@ -96,7 +98,7 @@ def test_int8_export_passes_its_gate_or_is_refused_with_numbers(finished_run, tm
     m = json.loads((out / "manifest.json").read_text())
     assert m["precision"] == "int8" and m["int8"]["metric"] == "accuracy"
     assert m["int8"]["vs_fp32"]["argmax_agreement"] >= 0.995 and m["int8"]["fp32"] - m["int8"]["int8"] <= 0.005
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json",
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "model.onnx", "tokenizer.json",
                                                      "tokenizer_config.json"]
     assert Predictor.from_run(out).predict("a lovely film")["label"] in ("negative", "positive")
     monkeypatch.setattr(onnx_gate, "INT8_MIN_AGREEMENT", 1.01)  # no graph can agree on more than every text

@@ -41,7 +41,7 @@ def runs(tmp_path_factory, finished_run, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def client(runs):
-    app = create_app(ModelSet(runs), default_model="sent", max_wait_ms=20)
+    app = create_app(ModelSet(runs, backend="torch"), default_model="sent", max_wait_ms=20)  # shared bases
     with TestClient(app) as c:
         yield c
 
@@ -234,7 +234,7 @@ def test_load_and_unload_at_run_time(runs, tmp_path):
     (root / "not-a-run").mkdir()
     outside = tmp_path / "outside"
     shutil.copytree(runs["three"], outside)
-    app = create_app(ModelSet({"sent": runs["sent"]}), adapter_root=root)
+    app = create_app(ModelSet({"sent": runs["sent"]}, backend="torch"), adapter_root=root)
     with TestClient(app) as c:
         r = c.post("/v1/load_lora_adapter", json={"lora_name": "topic", "lora_path": str(root / "three")})
         assert r.status_code == 200 and r.json()["shared_base"] is True
@@ -311,7 +311,7 @@ def test_runs_of_two_bases_get_one_shared_encoder_each(runs, tiny_model_dir, sen
     shutil.copytree(tiny_model_dir, other_base)
     other = api.finetune(tiny_config(sentiment_csv, other_base, tmp_path / "other", "lora", max_steps=6,
                                      lr=1e-2)).run_dir
-    models = ModelSet({"sent": runs["sent"], "three": runs["three"], "other": other})
+    models = ModelSet({"sent": runs["sent"], "three": runs["three"], "other": other}, backend="torch")
     assert len(models._shared) == 2  # one AdapterPredictor per base
     with TestClient(create_app(models)) as c:
         for name, run in (("sent", runs["sent"]), ("three", runs["three"]), ("other", other)):

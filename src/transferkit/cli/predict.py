@@ -46,8 +46,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of linear layers (CPU)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="onnxruntime runs an ONNX export folder (transferkit export --format onnx); auto (default) "
-                   "picks it for an export and PyTorch for a run")
+                   help="auto (default): an ONNX export on onnxruntime; a run on its fastest backend checked against "
+                   "PyTorch on its test split (an onnxruntime graph built on first use and cached in RUN_DIR/backend; "
+                   "PyTorch where no graph passes or can be built). torch: PyTorch always. onnxruntime: an export, "
+                   "or the run's cached graph (an error if it has none)")
     p.add_argument("--base-model", help=BASE_MODEL_HELP)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="write a run as one model folder (adapters merged) or an ONNX graph",
@@ -82,6 +84,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-queue", type=int, default=512, help="waiting requests before new ones get 429")
     p.add_argument("--max-inputs", type=int, default=256, help="texts one request may hold")
     p.add_argument("--default-model", help="the run /predict uses without a model field (default: the first)")
+    p.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                   help="auto (default): each run on its fastest backend checked against PyTorch (a run with a "
+                   "cached onnxruntime graph answers alone on it); torch: PyTorch, runs of one base sharing it")
     p.set_defaults(func=cmd_serve)
 
 
@@ -140,5 +145,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     api.serve(_adapter_runs(args.adapter), adapter_root=args.adapter_root, host=args.host, port=args.port,
               api_key=args.api_key, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-              max_queue=args.max_queue, max_inputs=args.max_inputs, default_model=args.default_model)
+              max_queue=args.max_queue, max_inputs=args.max_inputs, default_model=args.default_model,
+              backend=args.backend)
     return 0

@@ -27,6 +27,7 @@ from ..core import runtime
 from ..core.errors import UserError
 from ..core.fs import check_writable_dir, write_folder
 from ..core.runs import RunInfo
+from ..inference.loading import merged_model
 from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
 from ..modeling.resolve import load_tokenizer
 from ..reporting.model_card import write_export_card
@@ -70,33 +71,6 @@ def check_new_output(out_dir: str | Path) -> Path:
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; choose another or remove it")
     return out
-
-
-def merged_model(info: Any, base_model: str | None = None) -> nn.Module:
-    """The run's inference model with its method folded into the encoder's weights, or a UserError
-    for methods whose inference model keeps modules of its own (adapter, prefix)."""
-    from ..inference.loading import load_run_model
-    model = load_run_model(info, merge=True, base_model=base_model).eval()
-    extra = _extra_weights(model)
-    if extra:
-        raise UserError(f"{info.run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
-                        f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
-                        f"that fold into the weights: full, lora, ia3, bitfit, head_only, setfit")
-    return model
-
-
-def _extra_weights(model: nn.Module) -> list[str]:
-    """Weights the plain classifier class does not have (all of them if `model` is another class; none for a
-    plain transformers model without adapter modules, such as a generation run's merged causal LM)."""
-    if not isinstance(model, Classifier):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from transformers import PreTrainedModel
-        if isinstance(model, PreTrainedModel) and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
-            return []
-        return [type(model).__name__]
-    with torch.device("meta"):  # structure only: no memory, no initialisation cost
-        plain = Classifier(model.config)
-    return sorted(set(model.state_dict()) - set(plain.state_dict()))
 
 
 def to_plain_bert(model: nn.Module, info: Any) -> nn.Module:

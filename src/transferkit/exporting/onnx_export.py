@@ -21,50 +21,26 @@ from __future__ import annotations
 
 import logging
 import platform
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config.finetune import RunConfig
 from ..core import logs, runtime
 from ..core.errors import UserError
 from ..core.fs import write_folder, write_json
 from ..core.runs import RunInfo
-from ..inference.loading import labelled_split, run_task
+from ..inference import onnx_gate
+from ..inference.loading import labelled_split, merged_model, run_task
 from ..inference.onnx_backend import FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, MODEL_FILE, OUTPUT, OnnxModule, session
+from ..inference.onnx_graph import OPSET, tracing_batch, write_graph
 from ..modeling.resolve import load_tokenizer
 from ..reporting.model_card import write_onnx_card
-from . import int8_smoothing, onnx_gate
-from .folder import check_new_output, merged_model
+from . import int8_smoothing
+from .folder import check_new_output
 
 logger = logging.getLogger(__name__)
-
-OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime 1.31 runs up to 23
-
-
-class LogitsOnly(nn.Module):
-    """The traced function: (input_ids, attention_mask) -> logits, nothing else in the graph."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-def write_graph(model: nn.Module, path: Path, example: dict[str, torch.Tensor], per_token: bool) -> None:
-    """Trace `model` on `example` (a padded batch) into an ONNX file with dynamic batch/sequence axes."""
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    axes[OUTPUT] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
-    with warnings.catch_warnings():  # tracer warnings about Python values fixed in the graph: checked below
-        warnings.simplefilter("ignore")
-        torch.onnx.export(LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
-                          input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -121,7 +97,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
         "source": {"run": Path(run_dir).resolve().name, "method": info.method, "model": _portable(info.model_name)},
         "versions": _versions(), "limits": onnx_gate.limits()}
 
-    example = _tracing_batch(held_out, pad_id)
+    example = tracing_batch(held_out, pad_id)
 
     def write(tmp: Path) -> None:
         graph = tmp / MODEL_FILE
@@ -163,18 +139,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, int8: bool = False, da
     write_folder(out, write)
     logger.info(f"exported {run_dir} ({info.method}, {manifest['precision']}) to {out / MODEL_FILE}")
     return out
-
-
-def _tracing_batch(data: Any, pad_id: int) -> dict[str, torch.Tensor]:
-    """The longest held-out row twice, the second copy cut to half and padded: a ragged batch, so
-    the traced graph keeps the attention-mask path whatever shortcut a model takes for unpadded input."""
-    lengths = data.lengths()
-    longest = max(range(len(lengths)), key=lengths.__getitem__)
-    row = data.collate([longest], pad_id)
-    ids, mask = row["input_ids"].repeat(2, 1), row["attention_mask"].repeat(2, 1)  # [2, length]
-    half = max(1, ids.shape[1] // 2)
-    ids[1, half:], mask[1, half:] = pad_id, 0
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _portable(name: str) -> str:

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from .. import tasks
 from ..config.base import section_from_dict
 from ..config.finetune import MethodConfig, RunConfig
@@ -19,6 +22,7 @@ from ..core.errors import UserError
 from ..core.folders import check_finite, check_folder, loading
 from ..core.runs import RUN_FILE, RunInfo, is_trusted_base
 from ..data.fingerprint import check_fingerprints
+from ..modeling.classifier import TransferkitForSequenceClassification as Classifier
 from ..modeling.resolve import MODELS, ResolvedModel, check_head, check_model_head, resolve_model
 
 
@@ -83,6 +87,33 @@ def load_run_model(info: RunInfo, merge: bool = False, base_model: str | None = 
     check_finite(model, art)
     check_model_head(model, str(art))
     return model
+
+
+def merged_model(info: RunInfo, base_model: str | None = None) -> nn.Module:
+    """The run's inference model with its method folded into the encoder's weights (what an export writes and
+    an onnxruntime graph is traced from), or a UserError for methods whose inference model keeps modules of its
+    own (adapter, prefix)."""
+    model = load_run_model(info, merge=True, base_model=base_model).eval()
+    extra = _extra_weights(model)
+    if extra:
+        raise UserError(f"{info.run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
+                        f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
+                        f"that fold into the weights: full, lora, ia3, bitfit, head_only, setfit")
+    return model
+
+
+def _extra_weights(model: nn.Module) -> list[str]:
+    """Weights the plain classifier class does not have (all of them if `model` is another class; none for a
+    plain transformers model without adapter modules, such as a generation run's merged causal LM)."""
+    if not isinstance(model, Classifier):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from transformers import PreTrainedModel
+        if isinstance(model, PreTrainedModel) and not any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+            return []
+        return [type(model).__name__]
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        plain = Classifier(model.config)
+    return sorted(set(model.state_dict()) - set(plain.state_dict()))
 
 
 def labelled_split(run_dir: Any, info: RunInfo, task: Any, data: str | None, text_column: str | None,

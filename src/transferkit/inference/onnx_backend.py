@@ -7,7 +7,8 @@ as a torch module whose forward returns `.logits`, so the task predictors (label
 entities per sentence), evaluation on a split and serving run an export through the same code as a
 PyTorch model: the export route differs from the PyTorch one in the forward pass alone.
 
-onnxruntime is imported when an export is loaded, not before: the PyTorch paths never need it.
+onnxruntime is imported when an export is loaded, not before: the PyTorch paths never need it. A run
+folder's own cached graph (`run_backend`) runs through the same module.
 """
 from __future__ import annotations
 
@@ -130,17 +131,17 @@ def load_export(folder: str | Path, device: str | None = None) -> tuple[OnnxModu
 
 
 def check_backend(backend: str, folder: str | Path, quantize: bool = False) -> bool:
-    """Whether `folder` runs through onnxruntime under `backend` (auto: when it is an ONNX export);
-    a backend that does not fit the folder is one line saying what to do instead."""
+    """Whether `folder` is an ONNX export that runs through onnxruntime under `backend` (auto: when it is
+    one; a run folder runs on its cached graph or PyTorch, `inference.run_backend`); a backend that does not
+    fit the folder is one line saying what to do instead."""
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     onnx = is_onnx_export(folder)
-    if backend == "onnxruntime" and not onnx:
-        raise UserError(f"{folder} is not an ONNX export (no {MANIFEST}); write one with: "
-                        f"transferkit export {folder} OUT_DIR --format onnx")
     if backend == "torch" and onnx:
         raise UserError(f"{folder} is an ONNX export; run it with --backend onnxruntime (or auto)")
     if onnx and quantize:
         raise UserError(f"{folder}: an ONNX export's precision is fixed when it is written; "
                         f"export with --int8 instead of predicting with it")
+    if backend == "onnxruntime" and quantize:
+        raise UserError("--int8 quantises the PyTorch model; use it with --backend torch (or auto)")
     return onnx

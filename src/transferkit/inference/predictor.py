@@ -23,8 +23,9 @@ from ..modeling.resolve import load_tokenizer
 from ..tasks.base import Task
 from ..tasks.rows import check_texts, finite_probs
 from .adapters import AdapterPredictor
+from . import run_backend
 from .loading import load_run_model, run_task
-from .onnx_backend import check_backend, load_export
+from .onnx_backend import OnnxModule, check_backend, load_export
 
 __all__ = ["Predictor", "check_batch_size", "check_texts", "finite_probs", "pooled_features", "predict_logits",
            "quantize_int8"]
@@ -45,13 +46,16 @@ class Predictor:
         self.max_length, self.batch_size = max_length, batch_size
         self.pad_id = tokenizer.pad_token_id or 0
         self.last_throughput: float | None = None
+        self.backend = "onnxruntime" if isinstance(model, OnnxModule) else "torch"  # what runs the forward pass
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, quantize: bool = False,
                  batch_size: int = 64, base_model: str | None = None, backend: str = "auto") -> "Predictor":
         """Load a finetune run directory (full model or adapter, merged for serving), or an ONNX export
-        folder (`backend` "auto" or "onnxruntime": see `inference.onnx_backend`); `base_model` overrides the
-        base folder the run records (see `inference.loading.run_base`)."""
+        folder (see `inference.onnx_backend`). On a CPU a run predicts on its fastest gated backend
+        (`inference.run_backend`: an onnxruntime graph cached beside the run, built and checked on first use)
+        unless `backend="torch"`, `quantize` or `base_model` is given; `backend="onnxruntime"` requires that
+        graph. `base_model` overrides the base folder the run records (see `inference.loading.run_base`)."""
         runtime.setup()
         check_batch_size(batch_size)
         if check_backend(backend, run_dir, quantize):
@@ -60,11 +64,37 @@ class Predictor:
             predictor.manifest = m
             return predictor
         info = RunInfo.read(run_dir)
+        task = run_task(info)
+        if backend == "onnxruntime" and base_model is not None:
+            raise UserError(f"--backend onnxruntime runs the graph cached for {run_dir}, built on the base the run "
+                            f"records; leave out --base-model, or use --backend torch")
+        if backend != "torch" and not quantize and base_model is None:
+            fast = cls.on_graph(run_dir, info, device, batch_size, required=backend == "onnxruntime")
+            if fast is not None:
+                return fast
         model = load_run_model(info, merge=True, base_model=base_model)
         if quantize:
             model = quantize_int8(model)
         tok = load_tokenizer(str(info.artifact_dir))
-        return cls(model, tok, info.label_names, info.max_length, batch_size, device, run_task(info))
+        return cls(model, tok, info.label_names, info.max_length, batch_size, device, task)
+
+    @classmethod
+    def on_graph(cls, run_dir: str | Path, info: RunInfo, device: str | None = None, batch_size: int = 64,
+                 required: bool = False) -> "Predictor | None":
+        """The run on its cached gated onnxruntime graph (`inference.run_backend`), or None where PyTorch is its
+        backend or the device is a GPU (`required`: an error instead of None)."""
+        on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        if not on_cpu:
+            if required:
+                raise UserError(f"{run_dir}: its onnxruntime graph runs on the CPU, not on {device or 'cuda'}")
+            return None
+        module = run_backend.load(run_dir, info, batch_size, required=required)
+        if module is None:
+            return None
+        predictor = cls(module, load_tokenizer(str(info.artifact_dir)), info.label_names, info.max_length,
+                        batch_size, "cpu", run_task(info))
+        predictor.backend = module.variant
+        return predictor
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], device: str | None = None, batch_size: int = 64,

@@ -60,19 +60,25 @@ class Served:
     loaded_at: float = field(default_factory=time.time)
     key: str = ""  # multi_adapter.base_key: runs with the same key share one encoder
     switched: bool = False  # a named adapter on a base it shares with other runs, one run per call
+    backend: str = "torch"  # what runs its forward pass: torch, or its gated onnxruntime graph's variant
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": int(self.loaded_at), "owned_by": "transferkit",
                 "task": self.task, "method": self.method, "base": self.base,
                 "labels": self.labels, "max_length": self.max_length,
-                "shared_base": self.shared or self.switched, "loaded_at": int(self.loaded_at)}
+                "shared_base": self.shared or self.switched, "backend": self.backend,
+                "loaded_at": int(self.loaded_at)}
 
 
 class ModelSet:
     """Runs by name; `run(items)` answers (kind, name, text) items in one pass per base."""
 
-    def __init__(self, runs: Mapping[str, str | Path], batch_size: int = 64, device: str | None = None) -> None:
-        self.batch_size, self.device = batch_size, device
+    def __init__(self, runs: Mapping[str, str | Path], batch_size: int = 64, device: str | None = None,
+                 backend: str = "auto") -> None:
+        if backend not in ("auto", "torch"):
+            raise UserError(f"backend {backend!r}: a server runs each run on its fastest gated backend (auto) or on "
+                            f"PyTorch (torch)")
+        self.batch_size, self.device, self.backend = batch_size, device, backend
         self.served: dict[str, Served] = {}
         self._shared: dict[str, Any] = {}  # base -> AdapterPredictor over its shared runs
         self._alone: dict[str, Any] = {}  # name -> Predictor / EntityPredictor
@@ -88,21 +94,26 @@ class ModelSet:
             raise UserError(f"model name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         if name in self.served:
             raise UserError(f"a model named {name!r} is already loaded; unload it first")
+        fast = None  # a predictor on the run's gated onnxruntime graph
         if is_onnx_export(run_dir):  # an ONNX export: its own onnxruntime predictor, never a shared base
             m = read_manifest(run_dir)
             source = m.get("source") if isinstance(m.get("source"), dict) else {}
             entry = Served(name, str(run_dir), m["task"], f"{source.get('method', '?')} (onnx {m['precision']})",
-                           str(source.get("model", "?")), list(m["labels"]), m["max_length"], False)
+                           str(source.get("model", "?")), list(m["labels"]), m["max_length"], False,
+                           backend="onnxruntime (export)")
         else:
             info = RunInfo.read(run_dir)
             method = run_method(info)
             base = base_key(info)  # what decides which runs can share an encoder
             task = tasks.get(info.task)
-            shared = bool(method.shares_base and task.shares_base)
-            switched = bool(not shared and method.stock_base and task.switches_adapters)
+            # a run with a gated onnxruntime graph answers on it, alone: faster than its share of a base's
+            # mixed batches, at the cost of its own copy of the weights (--backend torch keeps one shared base)
+            fast = Predictor.on_graph(run_dir, info, self.device, self.batch_size) if self.backend == "auto" else None
+            shared = bool(fast is None and method.shares_base and task.shares_base)
+            switched = bool(not shared and fast is None and method.stock_base and task.switches_adapters)
             entry = Served(name, str(run_dir), info.task, info.method, info.model_name, list(info.label_names),
                            info.max_length, shared, key=f"{base}|{info.method}" if switched else base,
-                           switched=switched)
+                           switched=switched, backend=fast.backend if fast is not None else "torch")
         with self._lock:
             if name in self.served:  # another load of the same name finished meanwhile
                 raise UserError(f"a model named {name!r} is already loaded; unload it first")
@@ -116,7 +127,9 @@ class ModelSet:
                     holder.add(name, run_dir)
                 self._switched[entry.key] = holder
             else:
-                self._alone[name] = Predictor.from_run(run_dir, device=self.device, batch_size=self.batch_size)
+                self._alone[name] = fast or Predictor.from_run(
+                    run_dir, device=self.device, batch_size=self.batch_size,
+                    backend="auto" if is_onnx_export(run_dir) else "torch")  # a run: on_graph found no graph
                 self._busy[name] = threading.Lock()
             self.served[name] = entry
         return entry

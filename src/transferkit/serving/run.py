@@ -24,9 +24,11 @@ logger = logging.getLogger(__name__)
 def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root: str | Path | None = None,
                host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_batch_tokens: int = 16384,
                max_wait_ms: float = 5.0, max_queue: int = 512, max_inputs: int = 256,
-               default_model: str | None = None) -> None:
+               default_model: str | None = None, backend: str = "auto") -> None:
     """Serve `{name: run_dir}` (and runs under `adapter_root`) until stopped; see `api.serve`."""
     runtime.setup()
+    if backend not in ("auto", "torch"):
+        raise UserError(f"--backend {backend!r}: use auto (each run on its fastest gated backend) or torch")
     api_key = api_key or os.environ.get("TRANSFERKIT_API_KEY") or None  # the environment keeps it out of `ps`
     check_serve_numbers(port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          max_inputs=max_inputs)
@@ -37,7 +39,7 @@ def run_server(adapters: Mapping[str, str | Path] | None = None, *, adapter_root
     sock = listening_socket(host, port)  # before the runs load and before anything says "serving"
     try:
         _serve(sock, adapters, adapter_root, host, port, api_key, max_batch_tokens, max_wait_ms, max_queue,
-               max_inputs, default_model)
+               max_inputs, default_model, backend)
     finally:
         sock.close()
 
@@ -67,8 +69,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def _serve(sock: socket.socket, adapters: Mapping[str, str | Path] | None, adapter_root: str | Path | None,
            host: str, port: int, api_key: str | None, max_batch_tokens: int, max_wait_ms: float, max_queue: int,
-           max_inputs: int, default_model: str | None) -> None:
-    models = ModelSet(dict(adapters or {}))
+           max_inputs: int, default_model: str | None, backend: str = "auto") -> None:
+    models = ModelSet(dict(adapters or {}), backend=backend)
     if default_model is not None and default_model not in models.served:
         raise UserError(f"default model {default_model!r} is not among the served runs")
     first = default_model or next(iter(models.served), None)

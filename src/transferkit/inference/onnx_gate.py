@@ -12,6 +12,7 @@ for tags) on the same held-out split. Items are texts for a sentence classifier 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -26,30 +27,60 @@ FP32_MAX_PROB_DIFF = 1e-3  # float rounding differs between kernels; a wrong gra
 INT8_MAX_METRIC_DROP = 0.005  # half a point of accuracy (or entity F1)
 
 
-@torch.inference_mode()
 def agreement(reference: nn.Module, candidate: nn.Module, data: Any, view: Any, batch_size: int = 64,
               pad_id: int = 0) -> dict[str, Any]:
     """Decision agreement and the largest score difference of two models over `data`'s batches; `view`
     reads logits [items, outputs] as (scores, decisions) the way the run's task does (`Task.gate_view`:
     probabilities and argmax for one label, per-label probabilities and >= 0.5 for several, values for
     regression)."""
-    items = agree = 0
-    max_diff = 0.0
-    for idx in sorted_batches(data.lengths(), batch_size, batch_tokens("cpu")):
+    found = agreements(reference, {"candidate": candidate}, data, view, batch_size, pad_id)["candidate"]
+    return {k: found[k] for k in ("items", "argmax_agreement", "max_prob_diff")}
+
+
+@torch.inference_mode()
+def agreements(reference: nn.Module, candidates: dict[str, nn.Module], data: Any, view: Any, batch_size: int = 64,
+               pad_id: int = 0) -> dict[str, dict[str, Any]]:
+    """`agreement` of each candidate with one pass of the reference, plus each model's rows per second over
+    that pass (after one untimed call on the first batch), under "rows_per_s" (the reference's under
+    the key "reference")."""
+    names = list(candidates)
+    items = 0
+    agree = dict.fromkeys(names, 0)
+    max_diff = dict.fromkeys(names, 0.0)
+    seconds = dict.fromkeys(["reference", *names], 0.0)
+    timed_rows = 0
+    for n, idx in enumerate(sorted_batches(data.lengths(), batch_size, batch_tokens("cpu"))):
         batch = {k: v for k, v in data.collate(idx, pad_id).items() if k != "labels"}
-        a, b = reference(**batch).logits.float(), candidate(**batch).logits.float()  # [batch, labels] / [batch, seq, tags]
-        if a.dim() == 3:  # per token: only the real ones count
-            keep = batch["attention_mask"].bool()
-            a, b = a[keep], b[keep]  # [tokens, tags]
-        (a, da), (b, db) = view(a), view(b)
-        diff = float((a - b).abs().max()) if a.numel() else 0.0
-        same = (da == db).reshape(len(da), -1).all(-1) if da.numel() else da.new_zeros(0, dtype=torch.bool)
-        agree += int(same.sum())
+        outs = {}
+        for name, model in [("reference", reference), *candidates.items()]:
+            if n == 0:
+                model(**batch)  # untimed: the first call pays for lazy set-up
+            t0 = time.perf_counter()
+            outs[name] = model(**batch).logits.float()  # [batch, labels] / [batch, seq, tags]
+            seconds[name] += time.perf_counter() - t0
+        timed_rows += len(idx)
+        keep = batch["attention_mask"].bool()
+        a, da = _read(outs["reference"], keep, view)
+        for name in names:
+            b, db = _read(outs[name], keep, view)
+            diff = float((a - b).abs().max()) if a.numel() else 0.0
+            same = (da == db).reshape(len(da), -1).all(-1) if da.numel() else da.new_zeros(0, dtype=torch.bool)
+            agree[name] += int(same.sum())
+            if math.isnan(diff) or math.isnan(max_diff[name]):  # non-finite outputs fail every check below
+                max_diff[name] = math.nan
+            else:
+                max_diff[name] = max(max_diff[name], diff)
         items += a.shape[0]
-        if math.isnan(diff):  # non-finite outputs: the NaN fails every check below
-            return {"items": items, "argmax_agreement": agree / max(items, 1), "max_prob_diff": diff}
-        max_diff = max(max_diff, diff)
-    return {"items": items, "argmax_agreement": agree / max(items, 1), "max_prob_diff": max_diff}
+    rate = {k: round(timed_rows / v, 1) if v > 0 else None for k, v in seconds.items()}
+    return {name: {"items": items, "argmax_agreement": agree[name] / max(items, 1), "max_prob_diff": max_diff[name],
+                   "rows_per_s": {"reference": rate["reference"], "candidate": rate[name]}} for name in names}
+
+
+def _read(logits: torch.Tensor, keep: torch.Tensor, view: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, decisions) of a batch's logits as the task reads them; per token only the real tokens count."""
+    if logits.dim() == 3:
+        logits = logits[keep]  # [tokens, tags]
+    return view(logits)
 
 
 def check_fp32(found: dict[str, Any], where: str) -> None:

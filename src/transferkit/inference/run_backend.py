@@ -1,0 +1,245 @@
+"""A run's fastest gated backend, built once and cached beside the run in `RUN/backend/`.
+
+`Predictor.from_run(run)` (and so `predict`, `serve`, `pipeline()` and `compare`'s inference column) runs a
+finished run on the fastest forward pass that reproduces it. The first time, `build` traces the run's merged
+model to onnxruntime graphs (`onnx_graph`: the plain fp32 graph, and the fused one where onnxruntime's
+transformer optimiser fuses its attention), checks each against the PyTorch model on the run's own held-out
+test split with the export's fp32 gate (`onnx_gate.check_fp32`: argmax agreement >= 99.5% and largest
+probability difference <= 1e-3, read the way the task reads its outputs), times every candidate that passes,
+PyTorch included, in that same pass, and keeps the fastest (and the fastest graph that passed, for
+`backend="onnxruntime"`). `RUN/backend/` then holds that graph and
+`gate.json`: the checks, the timings, the onnxruntime version and a fingerprint of the run (run.json and
+every file of its artefact).
+
+A cached graph is used only while its record holds: the record parses, names this format, this
+onnxruntime and the run's current fingerprint, its checks pass the current limits, and the graph file's
+sha256 is the one recorded. Anything else (a retrained run, a damaged or missing record, an edited graph,
+another onnxruntime) rebuilds it. Where no graph can be built or checked (a method that keeps modules of
+its own, a task with no one-pass graph, a run whose data files are gone, a folder that cannot be written)
+the run predicts on PyTorch and says why once; `backend="torch"` skips all of this. int8 graphs are not
+candidates: they change predictions (`export --int8` writes them, behind its own gate, when asked).
+
+Written here because neither transformers nor optimum keeps a checked, per-run compiled graph beside a
+training run; optimum's exporter does not support transformers 5 (see `exporting.onnx_export`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import fs
+from ..core.errors import UserError
+from ..core.runs import RUN_FILE, RunInfo
+from ..data.batches import batch_tokens, sorted_batches
+from ..modeling.resolve import load_tokenizer
+from . import onnx_gate
+from .loading import labelled_split, merged_model, run_task
+from .onnx_backend import OnnxModule, session
+from .onnx_graph import OPSET, fused_graph, tracing_batch, write_graph
+
+logger = logging.getLogger(__name__)
+
+FOLDER = "backend"
+RECORD = "gate.json"
+FORMAT = "transferkit-run-backend"
+FORMAT_VERSION = 1
+VARIANTS = {"onnxruntime-fp32": "model.onnx", "onnxruntime-fp32-fused": "model.fused.onnx"}
+
+
+def fingerprint(info: RunInfo) -> str:
+    """sha256 over run.json and every file of the run's artefact (names and contents)."""
+    h = hashlib.sha256()
+    run_json = Path(info.run_dir) / RUN_FILE
+    h.update(run_json.read_bytes())
+    art = Path(info.artifact_dir)
+    for path in sorted(p for p in art.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(art)).encode() + b"\0")
+        with path.open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
+    """(the run's backend record, "") when it can be used as it is, else (None, why not). A record's
+    `variant` is the fastest backend ("torch" or a graph's name); `graph`, the fastest graph that passed (kept
+    on disk whether or not it won, for `backend="onnxruntime"`), or None."""
+    folder = Path(info.run_dir) / FOLDER
+    path = folder / RECORD
+    if not path.is_file():
+        return None, "no backend is cached yet"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, f"{path} is damaged"
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        return None, f"{path} is not a backend record of this version"
+    graph = record.get("graph")
+    if record.get("variant") not in ("torch", graph) or (graph is not None and graph not in VARIANTS):
+        return None, f"{path} names an unknown backend"
+    if record.get("fingerprint") != fingerprint(info):
+        return None, "the run changed since its backend was built"
+    if graph is None:
+        return record, ""
+    if record.get("onnxruntime") != _onnxruntime_version():
+        return None, f"its graph was built with onnxruntime {record.get('onnxruntime')}"
+    try:
+        onnx_gate.check_fp32(record.get("check"), "the recorded check")
+    except (UserError, TypeError, KeyError):
+        return None, f"{path} records no passing check"
+    file = folder / VARIANTS[graph]
+    if not file.is_file() or record.get("graph_sha256") != _sha256(file):
+        return None, f"{file.name} is missing or is not the graph that was checked"
+    return record, ""
+
+
+def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: bool = False) -> OnnxModule | None:
+    """The run's cached (or newly built) gated graph as a module where it is the fastest backend, or None
+    where PyTorch is (the fastest, or the only one). `required` (backend="onnxruntime"): the graph whenever one
+    passed, and an error saying why where none did."""
+    task = run_task(info)
+    why = task.onnx_refusal
+    record = None
+    if why is None:
+        record, stale = cached(info)
+        if record is None:
+            logger.info(f"preparing the fastest backend for {run_dir} ({stale}); graphs are checked against "
+                        f"PyTorch on the run's test split, and the result is cached in {Path(run_dir) / FOLDER}")
+            try:
+                record = build(run_dir, info, task, batch_size)
+            except Exception as e:  # noqa: BLE001 - a full disk while tracing is no reason not to predict
+                if not isinstance(e, UserError) and not fs.is_storage_error(e):
+                    raise
+                why = str(e)
+                logger.info(f"{run_dir} predicts on PyTorch: {why}")
+    if record is not None and record.get("graph") is None:
+        why = record.get("reason") or "no graph passed the check against PyTorch"
+    if why is not None:
+        if required:
+            raise UserError(f"{run_dir}: no onnxruntime backend: {why}")
+        return None
+    assert record is not None
+    if record["variant"] == "torch" and not required:
+        return None
+    graph = record["graph"]
+    module = OnnxModule(session(Path(run_dir) / FOLDER / VARIANTS[graph]), list(info.label_names), task.head_kind)
+    module.variant = graph
+    return module
+
+
+def _speeds(record: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.0f} rows/s" for k, v in (record.get("rows_per_s") or {}).items() if v)
+
+
+def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64) -> dict[str, Any]:
+    """Trace, check, time and cache the run's graphs (see the module docstring); returns the record.
+    A method whose model cannot fold into plain weights gets a cached record saying so (PyTorch); a
+    UserError says why nothing could be built or checked this time."""
+    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint(info)}
+    try:
+        model = merged_model(info)
+    except UserError as e:  # the method keeps modules of its own: PyTorch for as long as the run is this run
+        record = {**base, "variant": "torch", "graph": None, "reason": str(e).removeprefix(f"{info.run_dir}: ")}
+        _cache(run_dir, lambda tmp: None, record)
+        return record
+    try:
+        split, source = labelled_split(run_dir, info, task, None, None, None)
+    except UserError as e:
+        raise UserError(f"its test split cannot be read to check a graph ({e})") from None
+    if len(split) == 0:
+        raise UserError("its test split is empty, so no graph can be checked")
+    tokenizer = load_tokenizer(str(info.artifact_dir))
+    held_out = task.encode(tokenizer, split, info.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    per_token = task.head_kind == "token"
+    example = tracing_batch(held_out, pad_id)
+    where = f"{len(split)} texts of {Path(str(source)).name}"
+    record = dict(base)
+
+    def write(tmp: Path) -> None:
+        write_graph(model, tmp / VARIANTS["onnxruntime-fp32"], example, per_token)
+        try:
+            fused = fused_graph(model, tmp / VARIANTS["onnxruntime-fp32-fused"], example, per_token)
+        except Exception as e:  # noqa: BLE001 - the optimiser's own failures only cost the fused candidate
+            logger.debug(f"no fused graph: {type(e).__name__}: {e}")
+            fused = 0
+        graphs = {variant: OnnxModule(session(tmp / file), list(info.label_names), task.head_kind)
+                  for variant, file in VARIANTS.items() if (tmp / file).is_file()}
+        checks = onnx_gate.agreements(model, graphs, held_out, task.gate_view, batch_size, pad_id)
+        speeds = {"torch": next(iter(checks.values()))["rows_per_s"]["reference"]}
+        for variant, found in checks.items():
+            try:
+                onnx_gate.check_fp32(found, where)
+            except UserError as e:
+                logger.info(f"{variant} refused: {e}")
+                continue
+            speeds[variant] = found["rows_per_s"]["candidate"]
+        passed = [v for v in speeds if v != "torch"]
+        graph = max(passed, key=speeds.__getitem__) if passed else None
+        graphs.clear()  # the sessions' file handles go before the folder moves
+        for variant, file in VARIANTS.items():  # keep only the fastest graph that passed
+            if variant != graph:
+                (tmp / file).unlink(missing_ok=True)
+        record.update({
+            "variant": max(speeds, key=speeds.__getitem__), "graph": graph, "onnxruntime": _onnxruntime_version(),
+            "torch": torch.__version__, "opset": OPSET, "threads": torch.get_num_threads(),
+            "fused_attention_ops": fused, "data": where,
+            "checks": {k: {n: v for n, v in found.items() if n != "rows_per_s"} for k, found in checks.items()},
+            "limits": onnx_gate.limits(), "rows_per_s": speeds})
+        if graph is not None:
+            record["check"] = record["checks"][graph]
+            record["graph_sha256"] = _sha256(tmp / VARIANTS[graph])
+    _cache(run_dir, write, record)
+    logger.info(f"backend for {run_dir}: {record['variant']} ({_speeds(record)}; checked on {where})")
+    return record
+
+
+def _cache(run_dir: str | Path, write: Any, record: dict[str, Any]) -> None:
+    """`write(tmp)` fills a private folder inside the run, `record` goes in last as gate.json, and the folder
+    takes the place of RUN/backend (a run that cannot be written to: one line)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}-", dir=run_dir))
+    except OSError as e:
+        raise UserError(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
+    try:
+        write(tmp)
+        fs.write_json(tmp / RECORD, record)
+        _swap_in(tmp, Path(run_dir) / FOLDER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Move the finished folder to `final`, replacing a stale one; a folder another process put there
+    meanwhile is as good as ours (both were checked), so losing that race is fine."""
+    if final.exists():
+        old = final.with_name(f".{final.name}-old-{os.getpid()}")
+        try:
+            fs.replace(final, old)
+        except OSError:
+            return
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        fs.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
