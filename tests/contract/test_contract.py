@@ -98,6 +98,18 @@ def test_method_on_task(method, task, task_data, tmp_path, request):
     # one input alone: its row (scores equal up to float noise: alone it is not padded)
     assert _flat(predictor.predict(case.inputs[0])) == pytest.approx(_flat(rows[0]), abs=1e-5)
 
+    # the default backend (a gated onnxruntime graph where one passes and is faster) answers as PyTorch does,
+    # and every run whose method folds into the weights has a graph, except a task with no one-pass graph
+    on_torch = Predictor.from_run(run, backend="torch").predict(list(case.inputs))
+    assert _flat(on_torch) == pytest.approx(_flat(rows), abs=1e-4)
+    try:
+        on_graph = Predictor.from_run(run, backend="onnxruntime")
+    except UserError as e:
+        assert "cannot be merged" in str(e) or tasks.get(task).onnx_refusal in str(e)
+    else:
+        assert on_graph.backend.startswith("onnxruntime")
+        assert _flat(on_graph.predict(list(case.inputs))) == pytest.approx(_flat(on_torch), abs=1e-4)
+
     # evaluate the run's own test split
     report = api.evaluate(run)
     assert all(k in report for k in tasks.get(task).headline_metrics)
