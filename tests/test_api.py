@@ -80,7 +80,7 @@ def test_head_only_caches_features(finished_run, tiny_model_dir):
     # the encoder stayed frozen: the saved encoder equals the starting one
     from transformers import AutoModel
     start = AutoModel.from_pretrained(tiny_model_dir)
-    trained = Predictor.from_run(run).model
+    trained = Predictor.from_run(run, backend="torch").model
     for n, p in start.named_parameters():
         if "pooler" not in n:
             torch.testing.assert_close(trained.encoder.get_parameter(n), p, rtol=0, atol=0)

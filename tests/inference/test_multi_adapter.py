@@ -48,7 +48,7 @@ def multi(runs):
 @pytest.fixture(scope="module")
 def alone(runs):
     """Each run served by itself (LoRA merged into the weights): the reference."""
-    return {name: Predictor.from_run(run) for name, run in runs.items()}
+    return {name: Predictor.from_run(run, backend="torch") for name, run in runs.items()}
 
 
 def test_mixed_batch_equals_each_adapter_alone(multi, alone):

@@ -64,7 +64,7 @@ def test_non_string_is_a_user_error(predictor):
 
 
 def test_lora_is_merged_for_serving(finished_run):
-    model = Predictor.from_run(finished_run("lora")).model
+    model = Predictor.from_run(finished_run("lora"), backend="torch").model
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert type(model).__name__ == "TransferkitForSequenceClassification"
     assert not model.training
@@ -79,7 +79,7 @@ def test_int8_predictor_is_close(finished_run):
 
 
 def test_predict_logits_restores_training_mode(finished_run):
-    predictor = Predictor.from_run(finished_run("full"))
+    predictor = Predictor.from_run(finished_run("full"), backend="torch")  # its PyTorch model's modes
     model = predictor.model.train()
     tok = predictor.tokenizer
     ids = TokenData([tok(t, truncation=True, max_length=predictor.max_length)["input_ids"] for t in TEXTS[:4]])

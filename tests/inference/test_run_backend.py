@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+import transferkit
 from transferkit import api
 from transferkit.core.errors import UserError
 from transferkit.core.runs import RunInfo
@@ -29,7 +30,7 @@ TEXTS = ["a good film", "a dull plot", "great acting and a fine story", "boring"
 def run(finished_run, tmp_path):
     """A private copy of the session's LoRA run (these tests build, damage and rebuild its cache)."""
     dst = tmp_path / "run"
-    shutil.copytree(finished_run("lora"), dst)
+    shutil.copytree(finished_run("lora"), dst, ignore=shutil.ignore_patterns("backend"))  # not yet cached
     return dst
 
 
@@ -48,7 +49,8 @@ def test_the_default_builds_a_checked_cache_and_answers_as_pytorch(run):
     default = Predictor.from_run(run)
     record = _record(run)
     assert record["variant"] == default.backend or (record["variant"] == "torch" and default.backend == "torch")
-    assert record["graph"] in run_backend.VARIANTS and (run / "backend" / run_backend.VARIANTS[record["graph"]]).is_file()
+    graph_file = run / "backend" / run_backend.VARIANTS.get(record["graph"], "missing")
+    assert record["graph"] in run_backend.VARIANTS and graph_file.is_file()
     assert record["check"]["argmax_agreement"] >= 0.995 and record["check"]["max_prob_diff"] <= 1e-3
     assert record["checks"]["onnxruntime-fp32"]["items"] == len(_test_texts(run))
     assert set(record["rows_per_s"]) >= {"torch", record["graph"]}
@@ -127,7 +129,7 @@ def test_a_missing_or_damaged_record_is_never_used(run, damage):
 
 def test_a_method_with_modules_of_its_own_stays_on_pytorch(finished_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run("adapter"), run)
+    shutil.copytree(finished_run("adapter"), run, ignore=shutil.ignore_patterns("backend"))
     assert Predictor.from_run(run).backend == "torch"
     record = _record(run)
     assert record["graph"] is None and "cannot be merged" in record["reason"]
@@ -181,3 +183,13 @@ def test_the_server_answers_each_run_on_its_backend(run):
 def test_an_export_still_runs_as_before(run, tmp_path):
     out = api.export(run, tmp_path / "onnx", format="onnx")
     assert Predictor.from_run(out).backend == "onnxruntime"
+
+
+def test_pipeline_runs_on_the_default_backend_or_the_one_asked(run):
+    default = transferkit.pipeline("text-classification", model=str(run))
+    plain = transferkit.pipeline("text-classification", model=str(run), backend="torch")
+    assert plain.predictor.backend == "torch" and default.predictor.backend == _record(run)["variant"]
+    for a, b in zip(default(TEXTS), plain(TEXTS)):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-4
+    with pytest.raises(UserError, match="backend 'onnxruntime' is for fine-tuned runs"):
+        transferkit.pipeline("fill-mask", model="minilm-l6", backend="onnxruntime")

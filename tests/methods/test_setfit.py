@@ -35,7 +35,7 @@ def test_similarity_loss():
 def _similarities(run_dir, texts_by_label):
     """Mean cosine similarity of same-label and other-label pairs under the run's saved encoder."""
     from transferkit.inference import Predictor
-    p = Predictor.from_run(run_dir)
+    p = Predictor.from_run(run_dir, backend="torch")  # the PyTorch encoder's pooled vectors
     vecs = {}
     for label, texts in texts_by_label.items():
         enc = p.tokenizer(texts, padding=True, return_tensors="pt")

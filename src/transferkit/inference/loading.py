@@ -94,7 +94,7 @@ def merged_model(info: RunInfo, base_model: str | None = None) -> nn.Module:
     an onnxruntime graph is traced from), or a UserError for methods whose inference model keeps modules of its
     own (adapter, prefix)."""
     model = load_run_model(info, merge=True, base_model=base_model).eval()
-    extra = _extra_weights(model)
+    extra = extra_weights(model)
     if extra:
         raise UserError(f"{info.run_dir}: method {info.method!r} cannot be merged into the encoder's weights (its "
                         f"inference model keeps its own modules, e.g. {extra[0]}); export supports methods "
@@ -102,7 +102,7 @@ def merged_model(info: RunInfo, base_model: str | None = None) -> nn.Module:
     return model
 
 
-def _extra_weights(model: nn.Module) -> list[str]:
+def extra_weights(model: nn.Module) -> list[str]:
     """Weights the plain classifier class does not have (all of them if `model` is another class; none for a
     plain transformers model without adapter modules, such as a generation run's merged causal LM)."""
     if not isinstance(model, Classifier):

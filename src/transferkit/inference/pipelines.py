@@ -54,10 +54,11 @@ def _kinds() -> dict[str, Any]:
 
 
 def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str | None = None,
-             **defaults: Any) -> "Pipeline":
+             backend: str = "auto", **defaults: Any) -> "Pipeline":
     """A callable for `task` (text-classification / sentiment-analysis, token-classification / ner,
     fill-mask, text-generation) over `model`; keyword `defaults` become the call's defaults
-    (e.g. `aggregation_strategy="simple"`, `top_k=2`)."""
+    (e.g. `aggregation_strategy="simple"`, `top_k=2`). A fine-tuned run predicts on its fastest gated backend
+    (`backend` as `Predictor.from_run` takes it: "auto", "torch" or "onnxruntime")."""
     runtime.setup()
     kinds = _kinds()
     if task not in kinds:
@@ -71,7 +72,10 @@ def pipeline(task: str, model: str | Path, *, batch_size: int = 32, device: str 
     if unknown:
         raise UserError(f"pipeline({task!r}): unknown option {unknown[0]!r}; options: {', '.join(call_options)}")
     if isinstance(found, Task):
-        return TaskPipeline(found, str(model), batch_size, device, defaults)
+        return TaskPipeline(found, str(model), batch_size, device, defaults, backend)
+    if backend not in ("auto", "torch"):
+        raise UserError(f"pipeline({task!r}) on {model}: backend {backend!r} is for fine-tuned runs; "
+                        f"language models run on PyTorch")
     return found(str(model), batch_size, device, defaults)
 
 
@@ -127,13 +131,13 @@ class TaskPipeline(Pipeline):
     scores per text, or entities per text."""
 
     def __init__(self, task: Task, model: str, batch_size: int, device: str | None,
-                 defaults: dict[str, Any]) -> None:
-        self.task_obj = task
+                 defaults: dict[str, Any], backend: str = "auto") -> None:
+        self.task_obj, self.backend = task, backend
         self.task, self.call_options = task.pipeline_names[0], task.pipeline_options  # as messages name it
         super().__init__(model, batch_size, device, defaults)
 
     def load(self, model: str, device: str | None) -> None:
-        self.predictor = _load_head(model, self.task_obj, device, self.batch_size)
+        self.predictor = _load_head(model, self.task_obj, device, self.batch_size, self.backend)
         self.task_obj = self.predictor.task  # the run's own task (a pair run opens as text-classification)
         self.task_obj.check_pipeline_options(self.defaults)  # a bad default fails now, not at the first call
 
@@ -149,7 +153,7 @@ class TaskPipeline(Pipeline):
         return self.task_obj.pipeline_call(self.predictor, texts, opts)
 
 
-def _load_head(model: str, task: Task, device: str | None, batch_size: int) -> Any:
+def _load_head(model: str, task: Task, device: str | None, batch_size: int, backend: str = "auto") -> Any:
     """A Predictor for a run directory, bundled name or HF folder of `task`."""
     p = Path(model)
     if (p / RUN_FILE).is_file():
@@ -160,7 +164,10 @@ def _load_head(model: str, task: Task, device: str | None, batch_size: int) -> A
         if info.task != task.name and task.pipeline_names[0] not in tasks.get(info.task).pipeline_names:
             other = tasks.get(info.task).pipeline_names[0]
             raise UserError(f"{model} is a {info.task} run; open it with pipeline({other!r}, model=...)")
-        return Predictor.from_run(p, device=device, batch_size=batch_size)
+        return Predictor.from_run(p, device=device, batch_size=batch_size, backend=backend)
+    if backend not in ("auto", "torch"):
+        raise UserError(f"{model}: backend {backend!r} is for fine-tuned runs and ONNX exports; a model folder "
+                        f"runs on PyTorch")
     return _load_hf_head(model, task, device, batch_size)
 
 

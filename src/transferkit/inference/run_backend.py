@@ -4,12 +4,11 @@
 finished run on the fastest forward pass that reproduces it. The first time, `build` traces the run's merged
 model to onnxruntime graphs (`onnx_graph`: the plain fp32 graph, and the fused one where onnxruntime's
 transformer optimiser fuses its attention), checks each against the PyTorch model on the run's own held-out
-test split with the export's fp32 gate (`onnx_gate.check_fp32`: argmax agreement >= 99.5% and largest
-probability difference <= 1e-3, read the way the task reads its outputs), times every candidate that passes,
-PyTorch included, in that same pass, and keeps the fastest (and the fastest graph that passed, for
-`backend="onnxruntime"`). `RUN/backend/` then holds that graph and
-`gate.json`: the checks, the timings, the onnxruntime version and a fingerprint of the run (run.json and
-every file of its artefact).
+test split (its first CHECK_ROWS rows) with the export's fp32 gate (`onnx_gate.check_fp32`: argmax agreement
+>= 99.5% and largest probability difference <= 1e-3, read the way the task reads its outputs), times every
+candidate that passes, PyTorch included, in that same pass, and keeps the fastest (and the fastest graph that
+passed, for `backend="onnxruntime"`). `RUN/backend/` then holds that graph and `gate.json`: the checks, the
+timings, the onnxruntime version and a fingerprint of the run (run.json and every file of its artefact).
 
 A cached graph is used only while its record holds: the record parses, names this format, this
 onnxruntime and the run's current fingerprint, its checks pass the current limits, and the graph file's
@@ -43,17 +42,23 @@ from ..core.runs import RUN_FILE, RunInfo
 from ..data.batches import batch_tokens, sorted_batches
 from ..modeling.resolve import load_tokenizer
 from . import onnx_gate
-from .loading import labelled_split, merged_model, run_task
+from .loading import extra_weights, labelled_split, load_run_model, run_task
 from .onnx_backend import OnnxModule, session
 from .onnx_graph import OPSET, fused_graph, tracing_batch, write_graph
 
 logger = logging.getLogger(__name__)
+
+
+class NoGraph(UserError):
+    """Why no graph can be built or checked this time (the run then predicts on PyTorch); any other error of the
+    run itself (a damaged file, a bad run.json) is raised as it would be on PyTorch."""
 
 FOLDER = "backend"
 RECORD = "gate.json"
 FORMAT = "transferkit-run-backend"
 FORMAT_VERSION = 1
 VARIANTS = {"onnxruntime-fp32": "model.onnx", "onnxruntime-fp32-fused": "model.fused.onnx"}
+CHECK_ROWS = 1000  # test rows the graphs are checked and timed on (the first, in split order): one flip is 0.1%
 
 
 def fingerprint(info: RunInfo) -> str:
@@ -122,12 +127,10 @@ def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: boo
     if why is None:
         record, stale = cached(info)
         if record is None:
-            logger.info(f"preparing the fastest backend for {run_dir} ({stale}); graphs are checked against "
-                        f"PyTorch on the run's test split, and the result is cached in {Path(run_dir) / FOLDER}")
             try:
-                record = build(run_dir, info, task, batch_size)
+                record = build(run_dir, info, task, batch_size, stale)
             except Exception as e:  # noqa: BLE001 - a full disk while tracing is no reason not to predict
-                if not isinstance(e, UserError) and not fs.is_storage_error(e):
+                if not isinstance(e, NoGraph) and not fs.is_storage_error(e):
                     raise
                 why = str(e)
                 logger.info(f"{run_dir} predicts on PyTorch: {why}")
@@ -150,29 +153,34 @@ def _speeds(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.0f} rows/s" for k, v in (record.get("rows_per_s") or {}).items() if v)
 
 
-def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64) -> dict[str, Any]:
+def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, why: str = "") -> dict[str, Any]:
     """Trace, check, time and cache the run's graphs (see the module docstring); returns the record.
-    A method whose model cannot fold into plain weights gets a cached record saying so (PyTorch); a
-    UserError says why nothing could be built or checked this time."""
+    A method whose model cannot fold into plain weights gets a cached record saying so (PyTorch); NoGraph says
+    why nothing could be built or checked this time; a run that does not load fails as it would on PyTorch."""
     base = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint(info)}
-    try:
-        model = merged_model(info)
-    except UserError as e:  # the method keeps modules of its own: PyTorch for as long as the run is this run
-        record = {**base, "variant": "torch", "graph": None, "reason": str(e).removeprefix(f"{info.run_dir}: ")}
+    model = load_run_model(info, merge=True).eval()  # a damaged run fails here, in one line, as on PyTorch
+    extra = extra_weights(model)
+    if extra:  # the method keeps modules of its own: PyTorch for as long as the run is this run
+        reason = (f"method {info.method!r} cannot be merged into the encoder's weights (its inference model keeps "
+                  f"its own modules, e.g. {extra[0]})")
+        record = {**base, "variant": "torch", "graph": None, "reason": reason}
         _cache(run_dir, lambda tmp: None, record)
         return record
+    logger.info(f"preparing the fastest backend for {run_dir}{f' ({why})' if why else ''}: graphs are checked "
+                f"against PyTorch on the run's test split, and the result is cached in {Path(run_dir) / FOLDER}")
     try:
         split, source = labelled_split(run_dir, info, task, None, None, None)
     except UserError as e:
-        raise UserError(f"its test split cannot be read to check a graph ({e})") from None
+        raise NoGraph(f"its test split cannot be read to check a graph ({e})") from None
     if len(split) == 0:
-        raise UserError("its test split is empty, so no graph can be checked")
+        raise NoGraph("its test split is empty, so no graph can be checked")
     tokenizer = load_tokenizer(str(info.artifact_dir))
-    held_out = task.encode(tokenizer, split, info.max_length)
+    held_out = _First(task.encode(tokenizer, split, info.max_length), CHECK_ROWS)
     pad_id = tokenizer.pad_token_id or 0
     per_token = task.head_kind == "token"
     example = tracing_batch(held_out, pad_id)
-    where = f"{len(split)} texts of {Path(str(source)).name}"
+    n = len(held_out.lengths())
+    where = f"{n} texts of {Path(str(source)).name}" + (f" (the first {n} of {len(split)})" if n < len(split) else "")
     record = dict(base)
 
     def write(tmp: Path) -> None:
@@ -219,7 +227,7 @@ def _cache(run_dir: str | Path, write: Any, record: dict[str, Any]) -> None:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}-", dir=run_dir))
     except OSError as e:
-        raise UserError(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
+        raise NoGraph(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
     try:
         write(tmp)
         fs.write_json(tmp / RECORD, record)
@@ -243,3 +251,16 @@ def _swap_in(tmp: Path, final: Path) -> None:
     except OSError:
         if not final.is_dir():
             raise
+
+
+class _First:
+    """The first `n` rows of encoded data (what the gate reads of it: lengths and collate)."""
+
+    def __init__(self, data: Any, n: int) -> None:
+        self.data, self.n = data, min(n, len(data.lengths()))
+
+    def lengths(self) -> list[int]:
+        return list(self.data.lengths()[:self.n])
+
+    def collate(self, idx: Any, pad_id: int) -> Any:
+        return self.data.collate(idx, pad_id)
