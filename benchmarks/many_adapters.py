@@ -122,7 +122,7 @@ def child_memory(kind: str, runs: dict[str, str]) -> dict[str, float]:
         shared = Predictor.from_runs(runs, device="cpu")
         predict = {n: (lambda tx, n=n: shared.predict(tx, adapter=n)) for n in runs}
     else:
-        separate = {n: Predictor.from_run(r, device="cpu") for n, r in runs.items()}
+        separate = {n: Predictor.from_run(r, device="cpu", backend="torch") for n, r in runs.items()}
         predict = {n: separate[n].predict for n in runs}
     seconds = time.perf_counter() - t0
     gc.collect()
@@ -196,7 +196,7 @@ def main() -> None:
     from transferkit.inference import AdapterPredictor
     mixed = AdapterPredictor.from_runs(lora, device="cpu", strategy="mixed")
     grouped = AdapterPredictor(mixed.model, mixed.tokenizer, device="cpu", strategy="grouped")  # same weights
-    separate = {n: Predictor.from_run(r, device="cpu") for n, r in lora.items()}
+    separate = {n: Predictor.from_run(r, device="cpu", backend="torch") for n, r in lora.items()}
     import transferkit.data.bundled  # noqa: F401
     from transferkit.core.registry import DATASETS
     pool = [str(t) for t in DATASETS.get("movie-sentences").load()["text"]]

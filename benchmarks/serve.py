@@ -5,7 +5,10 @@ MiniLM-L6 for a few steps; speed does not depend on how well they are trained). 
 each a separate process on 127.0.0.1, measured in one invocation on the same texts:
 
     (a) one    `transferkit serve` with one task, every request to it
-    (b) eight  `transferkit serve` with the eight tasks on one base, requests spread uniformly
+    (b) eight  `transferkit serve` with the eight tasks, requests spread uniformly: by default each run on
+               its gated onnxruntime graph (inference/run_backend.py), alone, where that is its fastest
+               backend; `eight-torch` is the same with `--backend torch` (all eight on one shared base in
+               mixed batches: the server before the run backends)
     (c) naive  eight FastAPI processes, one per task, each running `transformers.pipeline` on its
                own merged model (`transferkit export`), one request at a time
 
@@ -164,7 +167,7 @@ def bound(runs: dict[str, Path], names: list[str], texts: list[str], threads: in
 
     from transferkit.inference import Predictor
     torch.set_num_threads(threads)
-    merged, shared = Predictor.from_run(runs[names[0]]), Predictor.from_runs(runs)
+    merged, shared = Predictor.from_run(runs[names[0]], backend="torch"), Predictor.from_runs(runs)
     sample = texts[:128]
     rng = random.Random(1)
     tags = [names[rng.randrange(len(names))] for _ in sample]
@@ -214,9 +217,9 @@ def main() -> None:
           f"texts/s, 16 texts of {len(names)} tasks per pass on the shared encoder "
           f"{results['bound']['shared_mixed_16']:.1f} texts/s ({results['bound']['ratio']:.2f}x)", flush=True)
 
-    def serve(models: list[str]) -> tuple[int, list[subprocess.Popen]]:
+    def serve(models: list[str], extra: list[str]) -> tuple[int, list[subprocess.Popen]]:
         port = free_port()
-        cmd = [sys.executable, "-m", "transferkit", "serve", "--port", str(port), "--max-queue", "4096"]
+        cmd = [sys.executable, "-m", "transferkit", "serve", "--port", str(port), "--max-queue", "4096", *extra]
         for m in models:
             cmd += ["--adapter", f"{m}={runs[m]}"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -231,8 +234,9 @@ def main() -> None:
             return all(abs(g - want[lab]) < 1e-4 for g, lab in zip(got, want))
         return check
 
-    for variant, models in (("one", names[:1]), ("eight", names)):
-        port, procs = serve(models)
+    for variant, models, extra in (("one", names[:1], []), ("eight-torch", names, ["--backend", "torch"]),
+                                   ("eight", names, [])):
+        port, procs = serve(models, extra)
         url = f"http://127.0.0.1:{port}/v1/classify"
         traffic = [(names[0], t) for t in texts] if variant == "one" else plan
         targets = [(url, {"model": m, "input": t, "truncate": True}) for m, t in traffic]  # cut as offline
@@ -277,11 +281,13 @@ def main() -> None:
     rows = [[f"{v} ({len(names) if v != 'one' else 1} task{'s' if v != 'one' else ''})", c,
              f"{results[f'{v}@{c}']['requests_per_s']:.1f}", f"{results[f'{v}@{c}']['p50_ms']:.0f}",
              f"{results[f'{v}@{c}']['p99_ms']:.0f}", results[f"{v}@{c}"]["wrong_or_failed"],
-             f"{results[f'{v}_rss_mb']:.0f}"] for v in ("one", "eight", "naive") for c in levels]
+             f"{results[f'{v}_rss_mb']:.0f}"] for v in ("one", "eight-torch", "eight", "naive") for c in levels]
     print_table(["server", "concurrency", "texts/s", "p50 ms", "p99 ms", "wrong/failed", "RSS MB"], rows)
     summary = {
         "eight_vs_one_texts_per_s@16": ratio(results["eight@16"]["texts_per_s"], results["one@16"]["texts_per_s"]),
         "eight_vs_naive_texts_per_s@16": ratio(results["eight@16"]["texts_per_s"], results["naive@16"]["texts_per_s"]),
+        "eight_vs_eight_torch_texts_per_s@16": ratio(results["eight@16"]["texts_per_s"],
+                                                     results["eight-torch@16"]["texts_per_s"]),
         "eight_vs_one_rss": ratio(results["eight_rss_mb"], results["one_rss_mb"]),
         "eight_vs_naive_rss": ratio(results["eight_rss_mb"], results["naive_rss_mb"]),
         "in_process_bound_eight_vs_naive": results["bound"]["ratio"],
