@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import transferkit
 from transferkit import api
 from transferkit.core.errors import UserError
-from transferkit.core.runs import RunInfo
+from transferkit.core.runs import RunInfo, trust_base
 from transferkit.inference import Predictor, run_backend
 from transferkit.inference.loading import labelled_split, run_task
 from transferkit.serving.models import ModelSet
@@ -193,3 +193,33 @@ def test_pipeline_runs_on_the_default_backend_or_the_one_asked(run):
         assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-4
     with pytest.raises(UserError, match="backend 'onnxruntime' is for fine-tuned runs"):
         transferkit.pipeline("fill-mask", model="minilm-l6", backend="onnxruntime")
+
+
+def test_a_backend_that_came_with_a_copied_run_is_checked_again(run, monkeypatch, tmp_path):
+    Predictor.from_run(run)
+    assert run_backend.cached(RunInfo.read(run))[0] is not None
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "another-machine"))  # this machine built nothing
+    trust_base(RunInfo.read(run).model_path)  # ...but trains from the same base folder
+    record, why = run_backend.cached(RunInfo.read(run))
+    assert record is None and "not built and checked on this machine" in why
+    with logged() as lines:
+        Predictor.from_run(run, backend="onnxruntime")
+    assert any("preparing the fastest backend" in line for line in lines)
+    assert run_backend.cached(RunInfo.read(run))[0] is not None
+
+
+@pytest.mark.parametrize("failure", ["trace", "disk full"])
+def test_a_graph_that_cannot_be_built_leaves_pytorch_working(run, monkeypatch, failure):
+    if failure == "trace":
+        def broken(*args, **kwargs):
+            raise RuntimeError("the tracer met an op it cannot export")
+        monkeypatch.setattr(run_backend, "write_graph", broken)
+    else:
+        def full(path, obj, *args, **kwargs):
+            raise UserError(f"cannot write {path}: the disk is full")
+        monkeypatch.setattr(run_backend.fs, "write_json", full)
+    with logged() as lines:
+        p = Predictor.from_run(run)
+    assert p.backend == "torch" and p.predict("a good film")["label"]
+    assert any("predicts on PyTorch" in line for line in lines)
+    assert not (run / "backend").exists()

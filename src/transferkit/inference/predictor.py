@@ -83,7 +83,7 @@ class Predictor:
                  required: bool = False) -> "Predictor | None":
         """The run on its cached gated onnxruntime graph (`inference.run_backend`), or None where PyTorch is its
         backend or the device is a GPU (`required`: an error instead of None)."""
-        on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        on_cpu = device == "cpu" or (device is None and (required or not torch.cuda.is_available()))
         if not on_cpu:
             if required:
                 raise UserError(f"{run_dir}: its onnxruntime graph runs on the CPU, not on {device or 'cuda'}")

@@ -23,26 +23,28 @@ training run; optimum's exporter does not support transformers 5 (see `exporting
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from torch import nn
+import transformers
 
 from ..core import fs
 from ..core.errors import UserError
+from ..core.folders import read_json
 from ..core.runs import RUN_FILE, RunInfo
-from ..data.batches import batch_tokens, sorted_batches
+from ..data.bundled import cache_dir
 from ..modeling.resolve import load_tokenizer
 from . import onnx_gate
-from .loading import extra_weights, labelled_split, load_run_model, run_task
+from .loading import extra_weights, labelled_split, load_run_model, run_base, run_task
 from .onnx_backend import OnnxModule, session
 from .onnx_graph import OPSET, fused_graph, tracing_batch, write_graph
 
@@ -53,35 +55,62 @@ class NoGraph(UserError):
     """Why no graph can be built or checked this time (the run then predicts on PyTorch); any other error of the
     run itself (a damaged file, a bad run.json) is raised as it would be on PyTorch."""
 
+
 FOLDER = "backend"
 RECORD = "gate.json"
 FORMAT = "transferkit-run-backend"
 FORMAT_VERSION = 1
 VARIANTS = {"onnxruntime-fp32": "model.onnx", "onnxruntime-fp32-fused": "model.fused.onnx"}
 CHECK_ROWS = 1000  # test rows the graphs are checked and timed on (the first, in split order): one flip is 0.1%
+BUILT_FILE = "built-backends.json"  # in the transferkit cache: the graphs this machine built and checked
+BUILT_MAX = 1000
 
 
 def fingerprint(info: RunInfo) -> str:
-    """sha256 over run.json and every file of the run's artefact (names and contents)."""
+    """sha256 over run.json, every file of the run's artefact (names and contents; its model card aside) and the
+    base the artefact goes on (each file's name, size and modification time: a changed base changes the graph)."""
     h = hashlib.sha256()
-    run_json = Path(info.run_dir) / RUN_FILE
-    h.update(run_json.read_bytes())
+    h.update((Path(info.run_dir) / RUN_FILE).read_bytes())
     art = Path(info.artifact_dir)
-    for path in sorted(p for p in art.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(art)).encode() + b"\0")
-        with path.open("rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
+    for path in sorted(p for p in art.rglob("*") if p.is_file() and p.name != "README.md"):
+        h.update(str(path.relative_to(art)).encode() + b"\0" + _sha256(path).encode())
+    base = Path(run_base(info).path)
+    if base.is_dir():
+        for path in sorted(p for p in base.iterdir() if p.is_file()):
+            st = path.stat()
+            h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
 def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def _onnxruntime_version() -> str:
+def _versions() -> dict[str, str]:
     import onnxruntime
-    return onnxruntime.__version__
+    return {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _built() -> list[str]:
+    try:
+        data = read_json(cache_dir() / BUILT_FILE)
+    except UserError:
+        return []
+    return [x for x in data if isinstance(x, str)] if isinstance(data, list) else []
+
+
+def _remember(graph_sha: str) -> None:
+    """Note a graph this machine built and checked (a backend/ folder that arrived with a copied run is not)."""
+    known = [x for x in _built() if x != graph_sha] + [graph_sha]
+    try:
+        (cache_dir()).mkdir(parents=True, exist_ok=True)
+        fs.write_json(cache_dir() / BUILT_FILE, known[-BUILT_MAX:])
+    except (OSError, UserError):
+        pass  # a read-only cache only means the graph is checked again next time
 
 
 def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
@@ -105,8 +134,8 @@ def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
         return None, "the run changed since its backend was built"
     if graph is None:
         return record, ""
-    if record.get("onnxruntime") != _onnxruntime_version():
-        return None, f"its graph was built with onnxruntime {record.get('onnxruntime')}"
+    if record.get("versions") != _versions():
+        return None, f"its graph was built with other versions ({record.get('versions')})"
     try:
         onnx_gate.check_fp32(record.get("check"), "the recorded check")
     except (UserError, TypeError, KeyError):
@@ -114,6 +143,8 @@ def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
     file = folder / VARIANTS[graph]
     if not file.is_file() or record.get("graph_sha256") != _sha256(file):
         return None, f"{file.name} is missing or is not the graph that was checked"
+    if record["graph_sha256"] not in _built():
+        return None, "its graph was not built and checked on this machine"
     return record, ""
 
 
@@ -128,10 +159,11 @@ def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: boo
         record, stale = cached(info)
         if record is None:
             try:
-                record = build(run_dir, info, task, batch_size, stale)
-            except Exception as e:  # noqa: BLE001 - a full disk while tracing is no reason not to predict
-                if not isinstance(e, NoGraph) and not fs.is_storage_error(e):
-                    raise
+                with _building(run_dir):  # one process builds; the others wait and read what it cached
+                    record, stale = cached(info)
+                    if record is None:
+                        record = build(run_dir, info, task, batch_size, stale)
+            except NoGraph as e:
                 why = str(e)
                 logger.info(f"{run_dir} predicts on PyTorch: {why}")
     if record is not None and record.get("graph") is None:
@@ -147,6 +179,21 @@ def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: boo
     module = OnnxModule(session(Path(run_dir) / FOLDER / VARIANTS[graph]), list(info.label_names), task.head_kind)
     module.variant = graph
     return module
+
+
+@contextlib.contextmanager
+def _building(run_dir: str | Path) -> Iterator[None]:
+    """An exclusive lock on RUN/.backend.lock for as long as the block runs (a run folder that cannot be written
+    to: NoGraph, before any work)."""
+    try:
+        f = open(Path(run_dir) / f".{FOLDER}.lock", "a+b")
+    except OSError as e:
+        raise NoGraph(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        f.close()  # closing releases the lock
 
 
 def _speeds(record: dict[str, Any]) -> str:
@@ -174,6 +221,20 @@ def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, w
         raise NoGraph(f"its test split cannot be read to check a graph ({e})") from None
     if len(split) == 0:
         raise NoGraph("its test split is empty, so no graph can be checked")
+    try:
+        return _build_graphs(run_dir, info, task, model, split, source, base, batch_size)
+    except NoGraph:
+        raise
+    except Exception as e:  # noqa: BLE001 - a graph that cannot be traced, run or written leaves PyTorch working
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        logger.debug("building the backend failed", exc_info=True)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise NoGraph(f"no graph could be built ({type(e).__name__}{': ' + first if first else ''})") from None
+
+
+def _build_graphs(run_dir: str | Path, info: RunInfo, task: Any, model: Any, split: Any, source: Any,
+                  base: dict[str, Any], batch_size: int) -> dict[str, Any]:
     tokenizer = load_tokenizer(str(info.artifact_dir))
     held_out = _First(task.encode(tokenizer, split, info.max_length), CHECK_ROWS)
     pad_id = tokenizer.pad_token_id or 0
@@ -208,22 +269,23 @@ def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, w
             if variant != graph:
                 (tmp / file).unlink(missing_ok=True)
         record.update({
-            "variant": max(speeds, key=speeds.__getitem__), "graph": graph, "onnxruntime": _onnxruntime_version(),
-            "torch": torch.__version__, "opset": OPSET, "threads": torch.get_num_threads(),
-            "fused_attention_ops": fused, "data": where,
+            "variant": max(speeds, key=speeds.__getitem__), "graph": graph, "versions": _versions(), "opset": OPSET,
+            "threads": torch.get_num_threads(), "fused_attention_ops": fused, "data": where,
             "checks": {k: {n: v for n, v in found.items() if n != "rows_per_s"} for k, found in checks.items()},
             "limits": onnx_gate.limits(), "rows_per_s": speeds})
         if graph is not None:
             record["check"] = record["checks"][graph]
             record["graph_sha256"] = _sha256(tmp / VARIANTS[graph])
     _cache(run_dir, write, record)
+    if record.get("graph_sha256"):
+        _remember(record["graph_sha256"])
     logger.info(f"backend for {run_dir}: {record['variant']} ({_speeds(record)}; checked on {where})")
     return record
 
 
 def _cache(run_dir: str | Path, write: Any, record: dict[str, Any]) -> None:
     """`write(tmp)` fills a private folder inside the run, `record` goes in last as gate.json, and the folder
-    takes the place of RUN/backend (a run that cannot be written to: one line)."""
+    takes the place of RUN/backend (a folder that cannot be written to, or a full disk: NoGraph)."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}-", dir=run_dir))
     except OSError as e:
@@ -232,25 +294,21 @@ def _cache(run_dir: str | Path, write: Any, record: dict[str, Any]) -> None:
         write(tmp)
         fs.write_json(tmp / RECORD, record)
         _swap_in(tmp, Path(run_dir) / FOLDER)
+    except UserError as e:  # the writers' one line for a full disk or a refused write
+        raise NoGraph(str(e)) from None
+    except OSError as e:
+        raise NoGraph(f"{run_dir}: the backend could not be written ({e.strerror or type(e).__name__})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
-    """Move the finished folder to `final`, replacing a stale one; a folder another process put there
-    meanwhile is as good as ours (both were checked), so losing that race is fine."""
+    """Move the finished folder to `final`, replacing a stale one (under the build lock: no other builder)."""
     if final.exists():
         old = final.with_name(f".{final.name}-old-{os.getpid()}")
-        try:
-            fs.replace(final, old)
-        except OSError:
-            return
+        fs.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        fs.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
+    fs.replace(tmp, final)
 
 
 class _First:

@@ -169,9 +169,11 @@ class MultiLabel(SequenceClassification):
     card_pipeline_note = "  # a label applies when its score is over 0.5 (its tuned threshold is folded in)"
 
     def card_summary(self, label_names: Sequence[str]) -> str:
+        tuned = ("the decision thresholds tuned on the validation split are folded into the head, so a label applies "
+                 "when its score is over 0.5" if "thresholds" in self.head else
+                 "with no validation split to tune thresholds on, a label applies when its probability is over 0.5")
         return (f"gives a text any number of {len(label_names)} labels ({', '.join(map(str, label_names))}), each "
-                "with its own probability; the decision thresholds tuned on the validation split are folded into the "
-                "head, so a label applies when its probability is over 0.5")
+                f"with its own score; {tuned}")
 
     def card_onnx_decode(self) -> list[str]:
         return ["probs = 1 / (1 + np.exp(-logits))",
