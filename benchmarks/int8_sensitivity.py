@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transferkit.config.finetune import RunConfig
     from transferkit.core.runs import RunInfo
-    from transferkit.data.batches import batch_tokens, sorted_batches
+    from transferkit.data.batches import FirstRows, batch_tokens, sorted_batches
     from transferkit.exporting import int8_smoothing
     from transferkit.inference.loading import merged_model, run_task
     from transferkit.inference.onnx_backend import OnnxModule, session
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"validation": task.encode(tok, splits.validation, info.max_length),
             "test": task.encode(tok, splits.test, info.max_length)}
     if args.quick:
-        data = {k: _First(v, 200) for k, v in data.items()}
+        data = {k: FirstRows(v, 200) for k, v in data.items()}
     folder = Path(tempfile.mkdtemp())
     example = tracing_batch(data["test"], 0)
     smoothed = copy.deepcopy(model)
@@ -103,19 +103,6 @@ def main(argv: list[str] | None = None) -> int:
                           "run": str(args.run), "method": info.method, "linear_layers": len(linear),
                           "rows": {k: len(d.lengths()) for k, d in data.items()}, "results": results})
     return 0
-
-
-class _First:
-    """The first `n` rows of encoded data."""
-
-    def __init__(self, data: Any, n: int) -> None:
-        self.data, self.n = data, min(n, len(data.lengths()))
-
-    def lengths(self) -> list[int]:
-        return list(self.data.lengths()[:self.n])
-
-    def collate(self, idx: Any, pad_id: int) -> Any:
-        return self.data.collate(idx, pad_id)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import logging
@@ -392,3 +393,15 @@ def torchrun(args: list[str], env: dict, processes: int = 2, timeout: int = 600)
             break
     assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done
+
+
+def head_flipped(write_graph: Callable[..., None]) -> Callable[..., None]:
+    """A graph writer that traces, instead of the model it is given, a copy whose classifier weights are scaled
+    by -3: a graph that must fail the check against the PyTorch model."""
+    def write(model: Any, path: Path, example: dict, per_token: bool) -> None:
+        import torch
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.classifier.weight.mul_(-3.0)
+        write_graph(other, path, example, per_token)
+    return write

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import NEGATIVE, POSITIVE, expect_user_error, write_conll
+from helpers import NEGATIVE, POSITIVE, expect_user_error, head_flipped, write_conll
 from transferkit import Predictor, api, cli
 from transferkit.core.errors import UserError
 from transferkit.exporting import onnx_export
@@ -78,15 +78,7 @@ def test_backend_must_fit_the_folder(exported, capsys):
 
 
 def test_a_graph_that_disagrees_is_refused_and_nothing_written(finished_run, tmp_path, monkeypatch):
-    real = onnx_export.write_graph
-
-    def broken(model, path, example, per_token):  # the graph of a model whose head was changed
-        import copy
-        other = copy.deepcopy(model)
-        with torch.no_grad():
-            other.classifier.weight.mul_(-3.0)
-        real(other, path, example, per_token)
-    monkeypatch.setattr(onnx_export, "write_graph", broken)
+    monkeypatch.setattr(onnx_export, "write_graph", head_flipped(onnx_export.write_graph))
     with pytest.raises(UserError, match="disagrees with the PyTorch model.*argmax agreement"):
         api.export(finished_run("lora"), tmp_path / "out", format="onnx")
     assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@ the same answers as PyTorch, a graph that disagrees refused, rebuilt when the ru
 missing or damaged record."""
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 
@@ -21,7 +20,7 @@ from transferkit.inference import Predictor, run_backend
 from transferkit.inference.loading import labelled_split, run_task
 from transferkit.serving.models import ModelSet
 
-from helpers import expect_user_error, logged
+from helpers import expect_user_error, head_flipped, logged
 
 TEXTS = ["a good film", "a dull plot", "great acting and a fine story", "boring"]
 
@@ -67,14 +66,7 @@ def test_the_default_builds_a_checked_cache_and_answers_as_pytorch(run):
 
 
 def test_a_graph_that_disagrees_is_refused(run, monkeypatch):
-    real = run_backend.write_graph
-
-    def perturbed(model, path, example, per_token):  # the graph of a model whose head was changed
-        other = copy.deepcopy(model)
-        with torch.no_grad():
-            other.classifier.weight.mul_(-3.0)
-        real(other, path, example, per_token)
-    monkeypatch.setattr(run_backend, "write_graph", perturbed)
+    monkeypatch.setattr(run_backend, "write_graph", head_flipped(run_backend.write_graph))
     monkeypatch.setattr(run_backend, "fused_graph", lambda *a: 0)
     with logged() as lines:
         p = Predictor.from_run(run)

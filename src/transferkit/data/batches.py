@@ -116,3 +116,17 @@ class FeatureData:
         if self.labels is not None:
             batch["labels"] = label_tensor([self.labels[i] for i in idx])
         return batch
+
+
+class FirstRows:
+    """The first `n` rows of encoded data, seen through what batching reads of it (lengths and collate): a check
+    or a benchmark that needs only a bounded prefix of a split."""
+
+    def __init__(self, data: Any, n: int) -> None:
+        self.data, self.n = data, min(n, len(data.lengths()))
+
+    def lengths(self) -> list[int]:
+        return list(self.data.lengths()[:self.n])
+
+    def collate(self, idx: Sequence[int], pad_id: int) -> Any:
+        return self.data.collate(idx, pad_id)

@@ -89,21 +89,25 @@ def fused_graph(model: nn.Module, path: Path, example: dict[str, torch.Tensor], 
     try:
         with eager_attention(model):
             write_graph(model, eager, example, per_token)
-        logging.disable(logging.WARNING)  # the optimiser logs every fusion it tries, under loggers of its own
-        try:
+        with _quiet():
             opt = optimize_model(str(eager), model_type="bert", num_heads=int(heads), hidden_size=int(hidden),
                                  opt_level=1, use_gpu=False)
-        finally:
-            logging.disable(logging.NOTSET)
         fused = opt.get_fused_operator_statistics()
         n = int(fused.get("Attention", 0)) + int(fused.get("MultiHeadAttention", 0))
         if n:
-            logging.disable(logging.WARNING)
-            try:
+            with _quiet():
                 opt.save_model_to_file(str(path))
-            finally:
-                logging.disable(logging.NOTSET)
         logger.debug(f"onnxruntime fusions: {fused}")
         return n
     finally:
         eager.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The optimiser logs every fusion it tries (and every save) under module-named loggers of its own."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)

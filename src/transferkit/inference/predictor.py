@@ -69,7 +69,7 @@ class Predictor:
             raise UserError(f"--backend onnxruntime runs the graph cached for {run_dir}, built on the base the run "
                             f"records; leave out --base-model, or use --backend torch")
         if backend != "torch" and not quantize and base_model is None:
-            fast = cls.on_graph(run_dir, info, device, batch_size, required=backend == "onnxruntime")
+            fast = cls.on_graph(run_dir, info, device, batch_size, required=backend == "onnxruntime", task=task)
             if fast is not None:
                 return fast
         model = load_run_model(info, merge=True, base_model=base_model)
@@ -80,7 +80,7 @@ class Predictor:
 
     @classmethod
     def on_graph(cls, run_dir: str | Path, info: RunInfo, device: str | None = None, batch_size: int = 64,
-                 required: bool = False) -> "Predictor | None":
+                 required: bool = False, task: Task | None = None) -> "Predictor | None":
         """The run on its cached gated onnxruntime graph (`inference.run_backend`), or None where PyTorch is its
         backend or the device is a GPU (`required`: an error instead of None)."""
         on_cpu = device == "cpu" or (device is None and (required or not torch.cuda.is_available()))
@@ -88,11 +88,12 @@ class Predictor:
             if required:
                 raise UserError(f"{run_dir}: its onnxruntime graph runs on the CPU, not on {device or 'cuda'}")
             return None
-        module = run_backend.load(run_dir, info, batch_size, required=required)
+        task = task or run_task(info)
+        module = run_backend.load(run_dir, info, batch_size, required=required, task=task)
         if module is None:
             return None
         predictor = cls(module, load_tokenizer(str(info.artifact_dir)), info.label_names, info.max_length,
-                        batch_size, "cpu", run_task(info))
+                        batch_size, "cpu", task)
         predictor.backend = module.variant
         return predictor
 

@@ -41,6 +41,7 @@ from ..core import fs
 from ..core.errors import UserError
 from ..core.folders import read_json
 from ..core.runs import RUN_FILE, RunInfo
+from ..data.batches import FirstRows
 from ..data.bundled import cache_dir
 from ..modeling.resolve import load_tokenizer
 from . import onnx_gate
@@ -113,10 +114,11 @@ def _remember(graph_sha: str) -> None:
         pass  # a read-only cache only means the graph is checked again next time
 
 
-def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
+def cached(info: RunInfo, key: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """(the run's backend record, "") when it can be used as it is, else (None, why not). A record's
     `variant` is the fastest backend ("torch" or a graph's name); `graph`, the fastest graph that passed (kept
-    on disk whether or not it won, for `backend="onnxruntime"`), or None."""
+    on disk whether or not it won, for `backend="onnxruntime"`), or None. `key`: the run's `fingerprint`, when the
+    caller has it already."""
     folder = Path(info.run_dir) / FOLDER
     path = folder / RECORD
     if not path.is_file():
@@ -130,7 +132,7 @@ def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
     graph = record.get("graph")
     if record.get("variant") not in ("torch", graph) or (graph is not None and graph not in VARIANTS):
         return None, f"{path} names an unknown backend"
-    if record.get("fingerprint") != fingerprint(info):
+    if record.get("fingerprint") != (key or fingerprint(info)):
         return None, "the run changed since its backend was built"
     if graph is None:
         return record, ""
@@ -148,21 +150,23 @@ def cached(info: RunInfo) -> tuple[dict[str, Any] | None, str]:
     return record, ""
 
 
-def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: bool = False) -> OnnxModule | None:
+def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: bool = False,
+         task: Any = None) -> OnnxModule | None:
     """The run's cached (or newly built) gated graph as a module where it is the fastest backend, or None
     where PyTorch is (the fastest, or the only one). `required` (backend="onnxruntime"): the graph whenever one
-    passed, and an error saying why where none did."""
-    task = run_task(info)
+    passed, and an error saying why where none did. `task`: the run's task, when the caller has it already."""
+    task = task or run_task(info)
     why = task.onnx_refusal
     record = None
     if why is None:
-        record, stale = cached(info)
+        key = fingerprint(info)  # hashed once for every check below and for the build
+        record, stale = cached(info, key)
         if record is None:
             try:
                 with _building(run_dir):  # one process builds; the others wait and read what it cached
-                    record, stale = cached(info)
+                    record, stale = cached(info, key)
                     if record is None:
-                        record = build(run_dir, info, task, batch_size, stale)
+                        record = build(run_dir, info, task, batch_size, stale, key)
             except NoGraph as e:
                 why = str(e)
                 logger.info(f"{run_dir} predicts on PyTorch: {why}")
@@ -200,11 +204,12 @@ def _speeds(record: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.0f} rows/s" for k, v in (record.get("rows_per_s") or {}).items() if v)
 
 
-def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, why: str = "") -> dict[str, Any]:
+def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, why: str = "",
+          key: str | None = None) -> dict[str, Any]:
     """Trace, check, time and cache the run's graphs (see the module docstring); returns the record.
     A method whose model cannot fold into plain weights gets a cached record saying so (PyTorch); NoGraph says
     why nothing could be built or checked this time; a run that does not load fails as it would on PyTorch."""
-    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint(info)}
+    base = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": key or fingerprint(info)}
     model = load_run_model(info, merge=True).eval()  # a damaged run fails here, in one line, as on PyTorch
     extra = extra_weights(model)
     if extra:  # the method keeps modules of its own: PyTorch for as long as the run is this run
@@ -236,7 +241,7 @@ def build(run_dir: str | Path, info: RunInfo, task: Any, batch_size: int = 64, w
 def _build_graphs(run_dir: str | Path, info: RunInfo, task: Any, model: Any, split: Any, source: Any,
                   base: dict[str, Any], batch_size: int) -> dict[str, Any]:
     tokenizer = load_tokenizer(str(info.artifact_dir))
-    held_out = _First(task.encode(tokenizer, split, info.max_length), CHECK_ROWS)
+    held_out = FirstRows(task.encode(tokenizer, split, info.max_length), CHECK_ROWS)
     pad_id = tokenizer.pad_token_id or 0
     per_token = task.head_kind == "token"
     example = tracing_batch(held_out, pad_id)
@@ -309,16 +314,3 @@ def _swap_in(tmp: Path, final: Path) -> None:
         fs.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
     fs.replace(tmp, final)
-
-
-class _First:
-    """The first `n` rows of encoded data (what the gate reads of it: lengths and collate)."""
-
-    def __init__(self, data: Any, n: int) -> None:
-        self.data, self.n = data, min(n, len(data.lengths()))
-
-    def lengths(self) -> list[int]:
-        return list(self.data.lengths()[:self.n])
-
-    def collate(self, idx: Any, pad_id: int) -> Any:
-        return self.data.collate(idx, pad_id)
