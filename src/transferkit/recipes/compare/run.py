@@ -144,6 +144,10 @@ def _plan(base: Any, method: str, out: Path, model: str = "", folder: str = "") 
     return plan
 
 
+# Where a run writes and reports its records, and whether it draws a progress bar, do not change the run.
+UNCHANGING = ("output_dir", "train.report_to", "train.progress")
+
+
 def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
     """Whether the run of `cfg` in `run_dir` is new, to resume, or finished (a different config there is refused)."""
     validate(cfg)
@@ -153,8 +157,7 @@ def _plan_config(cfg: Any, run_dir: Path, method: str, key: str = "") -> Plan:
         raise UserError(f"{run_dir} exists but is not a transferkit run (no config.yaml); move it away or "
                         f"choose another --output-dir")
     saved, wanted = flat_config(RunConfig.from_yaml(run_dir / "config.yaml").to_dict()), flat_config(cfg.to_dict())
-    # where its records are reported does not change a run
-    diff = [k for k in wanted if k not in ("output_dir", "train.report_to") and saved.get(k) != wanted[k]]
+    diff = [k for k in wanted if k not in UNCHANGING and saved.get(k) != wanted[k]]
     if diff:
         k = diff[0]
         raise UserError(f"{run_dir} was run with {k}={saved.get(k)!r}, not {wanted[k]!r}; use another "
