@@ -71,9 +71,10 @@ def plan(config: str | Path | RunConfig | dict | None = None, *, memory: str | i
     Returns a `recipes.plan.PlanResult` (`.recommended`, `.reasons`, `.config`, `.table`); with
     `output_dir`, writes plan.json and run.yaml (a config `finetune --config` runs as is).
 
-    `models` (e.g. "minilm-l6,mpnet-base,PATH"): the candidates are ranked by LogME on frozen features of a sample
-    of the training data (`.models`, best first, and plan.json's "models"); the best is planned as above and every
-    other one gets the recommended method's memory and projected time."""
+    `models` (e.g. "minilm-l6,mpnet-base,PATH"): the candidates are ranked by a transferability score on a
+    sample of the training data, each model frozen (LogME of sentence or word vectors; for generation the untuned
+    likelihood of the completions per byte): `.models`, best first, and plan.json's "models". The best is planned
+    as above and every other one gets the recommended method's memory and projected time."""
     from .recipes.plan import PlanRun
     runtime.setup()
     cfg = make_config(config, {SHORT_KEYS.get(k, k): v for k, v in overrides.items()})

@@ -37,8 +37,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tasks", type=int, default=1, help="task models to train and serve on this base (default 1)")
     p.add_argument("--methods", help="comma-separated methods to consider (default: all)")
     p.add_argument("--models", metavar="M,M,...", help="candidate models (bundled names or folders): ranked by a "
-                   "transferability score on frozen features of the data (LogME), the best planned, the others "
-                   "projected for the recommended method")
+                   "transferability score on a sample of the data with each model frozen (LogME; for generation "
+                   "the untuned likelihood per byte), the best planned, the others projected for the recommended "
+                   "method")
     p.add_argument("--dry-run-steps", type=int, default=5,
                    help="real training steps per method on a sample of the data (default 5; the first is not timed)")
     p.add_argument("--no-dry-run", action="store_true", help="estimate only: no training steps, no time projection")

@@ -118,15 +118,26 @@ class FeatureData:
         return batch
 
 
-class FirstRows:
-    """The first `n` rows of encoded data, seen through what batching reads of it (lengths and collate): a check
-    or a benchmark that needs only a bounded prefix of a split."""
+class Rows:
+    """Some rows of encoded data, by index, seen through what batching reads of it (lengths and collate): a check,
+    a sample or a benchmark that needs only part of a split, whatever the task's encoded data is."""
 
-    def __init__(self, data: Any, n: int) -> None:
-        self.data, self.n = data, min(n, len(data.lengths()))
+    def __init__(self, data: Any, idx: Sequence[int]) -> None:
+        self.data, self.idx = data, list(idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
 
     def lengths(self) -> list[int]:
-        return list(self.data.lengths()[:self.n])
+        every = self.data.lengths()
+        return [every[i] for i in self.idx]
 
     def collate(self, idx: Sequence[int], pad_id: int) -> Any:
-        return self.data.collate(idx, pad_id)
+        return self.data.collate([self.idx[i] for i in idx], pad_id)
+
+
+class FirstRows(Rows):
+    """The first `n` rows of encoded data."""
+
+    def __init__(self, data: Any, n: int) -> None:
+        super().__init__(data, range(min(n, len(data.lengths()))))

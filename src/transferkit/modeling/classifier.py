@@ -258,11 +258,17 @@ class TransferkitForTokenClassification(TransferkitForSequenceClassification):
     def pool(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise TypeError("a token classifier has no pooled sentence vector")
 
+    def token_vectors(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's last layer [batch, seq, hidden]: what the head reads at every token."""
+        kwargs = encoder_inputs(input_ids, attention_mask, self.token_types(input_ids, token_type_ids), inputs_embeds)
+        return self.encoder(**kwargs).last_hidden_state
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, **_: Any) -> TokenClassifierOutput:
-        kwargs = encoder_inputs(input_ids, attention_mask, self.token_types(input_ids, token_type_ids), inputs_embeds)
-        hidden = self.encoder(**kwargs).last_hidden_state  # [batch, seq, hidden]
+        hidden = self.token_vectors(input_ids, attention_mask, token_type_ids, inputs_embeds)  # [batch, seq, hidden]
         logits = self.classifier(self.dropout(hidden))  # [batch, seq, num_labels]
         loss = None
         if labels is not None:  # -100: special tokens, later sub-tokens, padding

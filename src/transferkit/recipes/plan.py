@@ -16,8 +16,8 @@
    time against the budget, data size against overfitting, artefact size x tasks, serving cost);
    plan.json holds every figure and run.yaml is a config `transferkit finetune --config` runs as is.
 
-With `models` (`plan --models a,b,PATH`), the candidates are first ranked by LogME on frozen features of the
-training data (`plan_models`); the best-ranked is planned as above, and every other one gets the recommended
+With `models` (`plan --models a,b,PATH`), the candidates are first ranked by a transferability score on a
+sample of the training data, each model frozen (`plan_models`); the best-ranked is planned as above, and every other one gets the recommended
 method's memory and projected time (plan.json's "models").
 
 Nothing here writes a run directory: the dry runs train in memory and are thrown away.
@@ -42,7 +42,7 @@ from .adaptive import adapt
 from .finetune import FinetuneRun
 from .plan_advice import recommend, table
 from .plan_dry_run import dry_run
-from .plan_models import ModelScore, check_task, rank_models
+from .plan_models import ModelScore, rank_models
 from .plan_models import table as models_table
 from .plan_types import GB, Hardware, MethodPlan, PlanResult  # noqa: F401  (GB: plan's callers read sizes in it)
 
@@ -100,7 +100,6 @@ class PlanRun:
             fs.check_writable_dir(self.output_dir)
         self.models = parse_models(models)
         if self.models:
-            check_task(task)
             for name in self.models:
                 resolve_model(name)  # an unknown model fails before any is scored (a bundled one is fetched now)
         self._device, self._memory, self._budget = device, memory, time_budget

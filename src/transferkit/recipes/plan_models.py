@@ -1,11 +1,13 @@
 """`plan --models`: candidate encoders ranked on the user's own data in minutes, before any fine-tuning.
 
-Each model reads the training split as a run would (its own tokenizer and max_length, `FinetuneRun.setup`),
-encodes a sample of it with the frozen encoder (pooled as the model was trained to be read, the last layer), and
-the sample's vectors and labels get a LogME score (`modeling.transferability`: why that estimate). The best-ranked
-model is then planned as `plan` plans one model (every method, the recommendation); every other model gets the
-recommended method's memory and, after a short dry run, its projected time, so the table puts quality, time and
-memory side by side. The sample is the same rows for every model (the split is seeded), so the scores compare.
+Each model reads the training split as a run would (its own tokenizer and max_length, `FinetuneRun.setup`), and
+a seeded sample of its rows is scored with the frozen model by the task's own estimate (`Task.transfer_score`):
+LogME (`modeling.transferability`: why that estimate) of the pooled sentence vectors against the labels for the
+sentence tasks, of each word's vector against its tag for the tagger, and the untuned likelihood of the
+completions, per byte, for generation. The best-ranked model is then planned as `plan` plans one model (every
+method, the recommendation); every other model gets the recommended method's memory and, after a short dry run,
+its projected time, so the table puts quality, time and memory side by side. The sample is the same rows for
+every model (the split is seeded), so the scores compare.
 """
 from __future__ import annotations
 
@@ -20,16 +22,13 @@ import numpy as np
 from ..config.finetune import RunConfig
 from ..core import logs
 from ..core.errors import UserError
-from ..data.batches import TokenData, label_tensor
-from ..modeling.forward import pooled_features
-from ..modeling.transferability import logme, targets
+from ..data.batches import Rows
 from .finetune import FinetuneRun
 from .plan_advice import duration
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 1000  # rows whose vectors are scored: LogME's ranking settles well below this
-FEATURE_BATCH = 64
 
 
 @dataclass
@@ -37,9 +36,10 @@ class ModelScore:
     name: str  # as the user named it
     path: str
     params: int
-    score: float  # LogME: mean log evidence per example (higher transfers better)
+    score: float  # the task's estimate (LogME: mean log evidence per example); higher transfers better
     rows: int  # rows scored
     seconds: float  # encoding and scoring
+    measure: str = "LogME"  # which estimate `score` is
     rank: int = 0
     method: str | None = None  # the recommended method, projected for this model
     memory_mb: float | None = None
@@ -50,15 +50,8 @@ class ModelScore:
         return asdict(self)
 
 
-def check_task(task: Any) -> None:
-    if not task.pooled_features:
-        raise UserError(f"plan --models scores pooled sentence vectors against their labels; a {task.name} run "
-                        "predicts per token or generates, so its models are not ranked yet (compare --models "
-                        "trains them instead)")
-
-
 def score_model(cfg: Any, name: str, sample_rows: int = SAMPLE_ROWS) -> ModelScore:
-    """`name`'s LogME score on a seeded sample of `cfg`'s training split."""
+    """`name`'s score on a seeded sample of `cfg`'s training split (the task's `transfer_score`)."""
     import torch
     t0 = time.perf_counter()
     mcfg = RunConfig.from_dict(cfg.to_dict())
@@ -66,27 +59,26 @@ def score_model(cfg: Any, name: str, sample_rows: int = SAMPLE_ROWS) -> ModelSco
     setup = FinetuneRun(mcfg)
     with logs.quiet():  # the data summary was shown once, for the plan itself
         setup.setup()
-    task, train = setup.task, setup.splits.train
-    data = task.encode(setup.tokenizer, train, setup.max_length)
+    task = setup.task
+    data = task.encode(setup.tokenizer, setup.splits.train, setup.max_length)
     rng = np.random.default_rng(cfg.train.seed)
-    pick = sorted(rng.choice(len(data), size=min(sample_rows, len(data)), replace=False).tolist())
-    sample = TokenData([data.ids[i] for i in pick], [data.labels[i] for i in pick])
+    sample = Rows(data, sorted(rng.choice(len(data), size=min(sample_rows, len(data)), replace=False).tolist()))
     model = task.build_model(setup.resolved, setup.splits.label_names, setup.pooling, 0.0, 0, 1,
                              random_init=mcfg.model.init == "random")
-    params = sum(p.numel() for p in model.encoder.parameters())  # the encoder's: heads differ by task
+    params = sum(p.numel() for p in getattr(model, "encoder", model).parameters())  # heads differ by task
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    features = pooled_features(model.to(device), sample, FEATURE_BATCH, setup.tokenizer.pad_token_id or 0, device)
-    y = targets(label_tensor(list(sample.labels)), len(setup.splits.label_names))
     try:
-        score = logme(features.numpy(), y)
+        score = task.transfer_score(model.to(device), sample, len(setup.splits.label_names), setup.tokenizer,
+                                    setup.tokenizer.pad_token_id or 0, device)
     except ValueError:
-        raise UserError(f"plan --models: the {len(pick)} sampled training rows all have the same label, so no model "
-                        "can be told apart from another on them") from None
-    del model, features
+        raise UserError(f"plan --models: the {len(sample)} sampled training rows all have the same label, so no "
+                        "model can be told apart from another on them") from None
+    del model
     gc.collect()
     seconds = time.perf_counter() - t0
-    logger.info(f"{name}: LogME {score:.4f} on {len(pick)} training rows ({seconds:.0f} s)")
-    return ModelScore(name, str(setup.resolved.path), params, round(score, 5), len(pick), round(seconds, 1))
+    logger.info(f"{name}: {task.transfer_score_name} {score:.4f} on {len(sample)} training rows ({seconds:.0f} s)")
+    return ModelScore(name, str(setup.resolved.path), params, round(score, 5), len(sample), round(seconds, 1),
+                      measure=task.transfer_score_name)
 
 
 def rank_models(cfg: Any, names: list[str], sample_rows: int = SAMPLE_ROWS) -> list[ModelScore]:
@@ -99,12 +91,13 @@ def rank_models(cfg: Any, names: list[str], sample_rows: int = SAMPLE_ROWS) -> l
 
 
 def table(scores: list[ModelScore]) -> str:
-    head = ["rank", "model", "params", "LogME", "scored in", "method", "memory MB", "fits", "projected"]
+    measure = scores[0].measure if scores else "LogME"
+    head = ["rank", "model", "params", measure, "scored in", "method", "memory MB", "fits", "projected"]
     rows = [[s.rank, s.name, f"{s.params / 1e6:.1f}M", f"{s.score:.4f}", f"{s.seconds:.0f} s", s.method or "-",
              "-" if s.memory_mb is None else f"{s.memory_mb:.0f}", "-" if s.fits is None else "yes" if s.fits else "no",
              "-" if s.projected_seconds is None else duration(s.projected_seconds)] for s in scores]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(["models, ranked by LogME on frozen features of the training data (higher transfers better):",
-                      "", *lines])
+    what = "LogME on frozen features of" if measure.startswith("LogME") else f"{measure} of the untuned model on"
+    return "\n".join([f"models, ranked by {what} the training data (higher transfers better):", "", *lines])

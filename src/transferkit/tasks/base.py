@@ -15,7 +15,12 @@ from torch import nn
 from ..core.errors import UserError
 from ..core.registry import DATASETS
 from ..data.tables import is_blank
+from ..modeling.forward import pooled_features
+from ..modeling.transferability import logme, targets
+from ..objectives import batches_of
 from .rows import EncodedInputs, check_texts
+
+TRANSFER_BATCH = 64  # rows a batch when a sample is scored for plan --models
 
 
 def bundled_task(source: str | None) -> str | None:
@@ -23,6 +28,7 @@ def bundled_task(source: str | None) -> str | None:
     if source is None or source not in DATASETS or Path(str(source)).expanduser().exists():
         return None
     return getattr(DATASETS.get(source), "task", "classify")
+
 
 
 class Task:
@@ -173,6 +179,18 @@ class Task:
                  device: Any) -> tuple[dict[str, float], Any]:
         """(metrics, raw predictions) of `model` on `data`."""
         raise NotImplementedError
+
+    # ---- plan --models: how well a frozen model suits this task, before any fine-tuning ------------------------
+    transfer_score_name: ClassVar[str] = "LogME"  # the plan table's column
+
+    def transfer_score(self, model: nn.Module, sample: Any, classes: int, tokenizer: Any, pad_id: int,
+                       device: Any) -> float:
+        """The frozen `model`'s score on `sample` (encoded training rows; higher transfers better): LogME of the
+        pooled sentence vectors against the labels (`modeling.transferability`: why LogME)."""
+        features = pooled_features(model, sample, TRANSFER_BATCH, pad_id, device)
+        labels = torch.cat([sample.collate(idx, pad_id)["labels"]
+                            for idx in batches_of(len(sample), TRANSFER_BATCH)])  # in the sample's row order
+        return logme(features.numpy(), targets(labels, classes))
 
     def load_labelled(self, source: str, label_names: list[str], text_column: str | None,
                       label_column: str | None) -> Any:

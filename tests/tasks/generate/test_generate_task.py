@@ -351,6 +351,19 @@ def test_plan_counts_a_decoder_and_its_generation_cache(llama, rows):
     assert any("bitfit left out" in n for n in result.notes)
 
 
+def test_plan_ranks_decoders_by_how_likely_they_find_the_completions(llama, rows, runs):
+    """The decoder tuned on these rows finds their completions likelier than the untuned one it started from, so
+    `plan --models` ranks it first; the score is minus the completion tokens' cross-entropy in bits per byte."""
+    tuned = runs["full"] / "model"
+    trust_base(str(tuned))
+    result = api.plan(task="generate", data=str(rows), models=f"{llama},{tuned}", methods="lora", dry_run_steps=0)
+    ranked = {m["name"]: m for m in result.models}
+    assert ranked[str(tuned)]["rank"] == 1 and ranked[str(llama)]["rank"] == 2
+    assert {m["measure"] for m in result.models} == {"-bits/byte"}
+    assert ranked[str(llama)]["score"] < ranked[str(tuned)]["score"] < 0
+    assert "ranked by -bits/byte of the untuned model" in result.table
+
+
 def test_compare_and_tune_take_generation_runs(rows, llama, tmp_path):
     result = api.compare("full,lora", task="generate", data=str(rows), model=str(llama), epochs=2,
                          output_dir=tmp_path / "cmp", **{"train.progress": False})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from ...core.errors import UserError
 from ...data.tables import is_blank
-from ..base import Task
+from ...objectives import batches_of
+from ..base import TRANSFER_BATCH, Task
 from ..rows import EncodedInputs
 from .batches import GenData, PackedGenData
 from .format import choose_template, encode_rows, end_token, prompt_ids
@@ -137,6 +139,27 @@ class Generation(Task):
         # with what the test split's generation needs: each prompt as the model reads it, room left for the answer
         data = GenData(ids, labels, split, self.prompt_token_ids(tokenizer, split.prompts, max_length), tokenizer)
         return PackedGenData(data, max_length) if self.packing else data
+
+    # A decoder has no label to fit a probe to; how likely it already finds the completions is the estimate. Per
+    # byte of completion text (not per token), so models with different tokenizers compare; negated bits, so that
+    # higher transfers better, as with LogME.
+    transfer_score_name = "-bits/byte"
+
+    @torch.inference_mode()
+    def transfer_score(self, model: nn.Module, sample: Any, classes: int, tokenizer: Any, pad_id: int,
+                       device: Any) -> float:
+        """Minus the untuned model's cross-entropy on the sample's completion tokens, in bits per UTF-8 byte of
+        those tokens' text."""
+        wrapped = CausalLM(model).eval()
+        nats, size = 0.0, 0
+        for idx in batches_of(len(sample), TRANSFER_BATCH // 4):  # a decoder row is longer than a sentence
+            batch = {k: v.to(device) for k, v in sample.collate(idx, pad_id).items()}
+            loss, _, _ = lm_loss(wrapped(**batch), batch)
+            nats += float(loss)
+            size += len(tokenizer.decode(batch["labels"].tolist()).encode("utf-8"))
+        if size == 0:
+            raise UserError("plan --models: the sampled training rows have no completion text to score")
+        return -nats / math.log(2) / size
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:

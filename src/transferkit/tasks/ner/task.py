@@ -22,8 +22,9 @@ from ...core import fs
 from ...core.errors import UserError
 from ...data.batches import batch_tokens, sorted_batches
 from ...modeling.resolve import build_classifier
+from ...modeling.transferability import logme, targets
 from ...training import distributed
-from ..base import Task
+from ..base import TRANSFER_BATCH, Task
 from ..rows import EncodedInputs
 from .entities import STRATEGIES, EntityCodec
 from .metrics import entity_metrics
@@ -108,6 +109,24 @@ class TokenClassification(Task):
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor],
              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
         return token_loss(outputs, batch)  # class_counts is None: tags are never weighted
+
+    transfer_score_name = "LogME/word"
+
+    @torch.inference_mode()
+    def transfer_score(self, model: nn.Module, sample: Any, classes: int, tokenizer: Any, pad_id: int,
+                       device: Any) -> float:
+        """LogME of the encoder's vector at each word's first sub-token (what the tagger's head reads) against the
+        word's tag: a sequence-level estimate, per word."""
+        model.eval()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        vectors, tags = [], []
+        for idx in sorted_batches(sample.lengths(), TRANSFER_BATCH, batch_tokens(device)):
+            batch = {k: v.to(device) for k, v in sample.collate(idx, pad_id).items()}
+            labels = batch.pop("labels")  # [batch, seq], IGNORE where no word starts
+            keep = labels != IGNORE
+            vectors.append(base.token_vectors(**batch)[keep].float().cpu())  # [words, hidden]
+            tags.append(labels[keep].cpu())
+        return logme(torch.cat(vectors).numpy(), targets(torch.cat(tags), classes))
 
     def augment(self, splits: Any, steps: list, seed: int, spec: str) -> Any:
         tr = splits.train  # a mapped split is read into memory here: augmented rows are new rows
