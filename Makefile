@@ -35,7 +35,7 @@ wordnet: $(STAMP)
 	$(BIN)/python -m transferkit.augmentation.synonyms .wordnet-debs/root
 	rm -rf .wordnet-debs
 
-# The measurements behind the README's results (about 45 minutes on 2 cores).
+# The main measurements behind docs/results.md (about 45 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/methods_accuracy.py
 	$(BIN)/python benchmarks/inference.py --run runs/accuracy/lora

@@ -22,7 +22,7 @@ and token budget (transferkit's `generate_ids`), ROUGE-1/2/L with rouge-score. T
 trl is not a transferkit dependency: `pip install trl==1.16.0` first.
 
     python benchmarks/generate.py                      # 400 training rows, 1 epoch, 100 test prompts
-    python benchmarks/generate.py --seeds 3 --test 207 --variants trl,ours   # the README's numbers
+    python benchmarks/generate.py --seeds 3 --test 207 --variants trl,ours   # the numbers in docs/results.md
     python benchmarks/generate.py --quick
 """
 from __future__ import annotations

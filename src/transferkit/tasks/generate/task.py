@@ -71,7 +71,7 @@ class Generation(Task):
     headline_metrics = ("rouge1", "rouge2", "rougeL", "exact_match", "loss", "perplexity")
     compare_metrics = (("rougeL", "test ROUGE-L x100", "ROUGE-L"), ("rouge1", "ROUGE-1 x100", "ROUGE-1"))
     sample_columns = ("prompt", "completion")
-    # lora's and full's: one run each on bbc-headlines with SmolLM2-135M (README, "Generation"), not a sweep; ia3's
+    # lora's and full's: one run each on bbc-headlines with SmolLM2-135M (docs/tasks.md, "Generation"), not a sweep; ia3's
     # and bitfit's are those methods' usual scale (not measured on generation)
     train_defaults = {"lora": {"lr": 1e-3, "epochs": 1}, "full": {"lr": 5e-5, "epochs": 1},
                       "ia3": {"lr": 5e-3, "epochs": 1}, "bitfit": {"lr": 1e-3, "epochs": 1}}

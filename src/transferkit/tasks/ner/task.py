@@ -77,7 +77,7 @@ class TokenClassification(Task):
     # (full at lr 3e-5: 56.0% on 4,000 sentences x 2 epochs, 69.5% on all x 3 epochs at lr 5e-5). full at lr 1e-4
     # for 5 epochs: 71.5% (validation 67.3, 71.4, 72.4, 72.5, 72.3 after each epoch; 1,145 s of training); lora
     # at lr 2e-3 for 5 epochs: 67.3% (validation 59.1, 64.9, 67.0, 67.1, 68.1; 1,061 s). The other methods keep
-    # their own defaults (not measured here). README "Measured results" has the commands.
+    # their own defaults (not measured here). docs/results.md has the commands.
     train_defaults = {"full": {"lr": 1e-4, "epochs": 5}, "lora": {"lr": 2e-3, "epochs": 5}}
     pipeline_names = ("token-classification", "ner")
     decode_options = {"aggregation_strategy": "first"}
