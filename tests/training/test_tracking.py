@@ -8,6 +8,7 @@ import pytest
 
 from helpers import expect_user_error, make_sentences, tiny_config, write_csv
 from transferkit import api
+from transferkit.config import trackers
 from transferkit.training import tracking
 
 
@@ -80,10 +81,10 @@ def test_a_compare_child_learns_its_group_from_the_environment(tmp_path, monkeyp
                                            ("wandb", "the wandb package is not installed")])
 def test_a_bad_or_missing_tracker_is_one_line_before_any_work(tiny_model_dir, data_csv, tmp_path, capsys, monkeypatch,
                                                               value, message):
-    real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     line = expect_user_error(capsys, ["finetune", "--data", str(data_csv), "--model", str(tiny_model_dir),
                                       "--output-dir", str(tmp_path / "run"), f"train.report_to={value}"])
     assert message in line
     assert not (tmp_path / "run").exists()
-    assert tracking.parse("none") == [] and tracking.parse(None) == []
+    assert trackers.parse("none") == [] and trackers.parse(None) == []

@@ -8,7 +8,7 @@ from ..core.errors import UserError
 from ..core.registry import METHODS
 from .finetune import RunConfig, TrainConfig
 from .pretrain import PretrainConfig
-from ..training.tracking import parse as parse_trackers
+from .trackers import parse as parse_trackers
 
 
 def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str, Any]]:

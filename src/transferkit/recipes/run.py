@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from ..config.base import apply_resume_overrides
+from ..config.trackers import parse as parse_trackers
 from ..core import fs
 from ..core.lock import RunLock
 from ..core.runs import new_run, resumable
@@ -95,7 +96,7 @@ class Run:
 
     def trackers(self) -> list[Any]:
         """The experiment trackers train.report_to names, for this run's Accelerator (none by default)."""
-        return tracking.trackers(tracking.parse(self.cfg.train.report_to),
+        return tracking.trackers(parse_trackers(self.cfg.train.report_to),
                                  tracking.place(self.run_dir, self.tracking_group))
 
     def restore(self, trainer: Any) -> None:

@@ -17,43 +17,21 @@ OUT/tracking/tensorboard/<name>, MLflow's in OUT/mlflow.db in one experiment nam
 run in processes of their own, learn their group from GROUP_ENV and RUN_ENV).
 
 The trackers' packages are an optional extra (`pip install 'transferkit[tracking]'`): a tracker whose package is
-missing, like an unknown name, is a one-line UserError before any work (`parse`, called by the config's checks).
+missing, like an unknown name, is a one-line UserError before any work (`config.trackers.parse`, called by the
+config's checks).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UserError
-
-# tracker name -> (the module it needs, what to install)
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny (or mlflow)"),
-            "wandb": ("wandb", "wandb")}
-NONE = "none"
 GROUP_ENV = "TRANSFERKIT_TRACKING_GROUP"  # the compare folder a child process's run belongs to
 RUN_ENV = "TRANSFERKIT_TRACKING_RUN"  # its name in that group
 TRACKING_DIR = "tracking"
 MLFLOW_DB = "mlflow.db"
-
-
-def parse(value: str | None) -> list[str]:
-    """The trackers `train.report_to` names, in order ([] for none); an unknown name or one whose package is not
-    installed is a one-line UserError."""
-    names = [n.strip().lower() for n in str(value or NONE).split(",") if n.strip()]
-    names = list(dict.fromkeys(n for n in names if n != NONE))
-    for name in names:
-        if name not in TRACKERS:
-            raise UserError(f"train.report_to: unknown tracker {name!r}; choose {', '.join(TRACKERS)} (several "
-                            f"joined by commas) or {NONE}")
-        module, package = TRACKERS[name]
-        if importlib.util.find_spec(module) is None:
-            raise UserError(f"train.report_to={name}: the {module} package is not installed; pip install {package} "
-                            f"(or pip install 'transferkit[tracking]')")
-    return names
 
 
 @dataclass(frozen=True)
