@@ -26,6 +26,7 @@ from ..core import fs
 from ..core.folders import read_json_object
 from ..core.registry import DATASETS, METHODS, MODELS
 from ..core.runs import RunInfo
+from ..inference.loading import run_task  # the run's task with its head settings
 from ..modeling.classifier import MODEL_TYPE
 
 CARD_FILE = "README.md"
@@ -43,7 +44,6 @@ def write_run_card(folder: Path, run_dir: Path, info: RunInfo, task: Any, cfg: R
 
 def refresh_run_card(run_dir: str | Path, test: dict[str, Any]) -> None:
     """Rewrite a finished run's card with test scores it got after training (`tune` scores its best trial once)."""
-    from ..inference.loading import run_task  # the run's task with its head settings
     info = RunInfo.read(run_dir)
     scores = {k: v for k, v in test.items() if isinstance(v, float)}  # the metrics, not counts such as num_examples
     metrics = {**read_json_object(Path(run_dir) / "metrics.json", "run metrics"), "test": scores}
@@ -83,7 +83,6 @@ def write_onnx_card(folder: Path, run_dir: str | Path, manifest: dict[str, Any])
 
 
 def _run_records(run_dir: str | Path) -> tuple[RunInfo, Any, RunConfig, dict[str, Any]]:
-    from ..inference.loading import run_task  # the run's task with its head settings
     info = RunInfo.read(run_dir)
     metrics_path = Path(run_dir) / "metrics.json"
     metrics = read_json_object(metrics_path, "run metrics") if metrics_path.is_file() else {}
