@@ -16,12 +16,13 @@ The locks a process took are also where the CLI learns which run an interrupt st
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import UserError
 
@@ -43,6 +44,18 @@ def _try_flock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+@contextlib.contextmanager
+def exclusive(path: Path | str) -> Iterator[None]:
+    """A blocking exclusive lock on the file `path` (created if missing) for as long as the block runs: another
+    process asking for it waits. For short critical sections (building a run's cached backend, creating a shared
+    tracking store), not for a run's life (that is `RunLock`). Without flock (Windows) the block runs unlocked.
+    An unwritable place raises the OSError of opening it."""
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def read_lock(run_dir: Path | str) -> dict[str, Any] | None:

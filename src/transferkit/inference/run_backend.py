@@ -24,7 +24,6 @@ training run; optimum's exporter does not support transformers 5 (see `exporting
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ import transformers
 from ..core import fs
 from ..core.errors import UserError
 from ..core.folders import read_json
+from ..core.lock import exclusive
 from ..core.runs import RUN_FILE, RunInfo
 from ..data.batches import FirstRows
 from ..data.bundled import cache_dir
@@ -189,15 +189,12 @@ def load(run_dir: str | Path, info: RunInfo, batch_size: int = 64, required: boo
 def _building(run_dir: str | Path) -> Iterator[None]:
     """An exclusive lock on RUN/.backend.lock for as long as the block runs (a run folder that cannot be written
     to: NoGraph, before any work)."""
-    try:
-        f = open(Path(run_dir) / f".{FOLDER}.lock", "a+b")
-    except OSError as e:
-        raise NoGraph(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive(Path(run_dir) / f".{FOLDER}.lock"))
+        except OSError as e:
+            raise NoGraph(f"{run_dir} cannot hold a cached backend ({e.strerror or type(e).__name__})") from None
         yield
-    finally:
-        f.close()  # closing releases the lock
 
 
 def _speeds(record: dict[str, Any]) -> str:

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.lock import exclusive
+
 GROUP_ENV = "TRANSFERKIT_TRACKING_GROUP"  # the compare folder a child process's run belongs to
 RUN_ENV = "TRANSFERKIT_TRACKING_RUN"  # its name in that group
 TRACKING_DIR = "tracking"
@@ -67,12 +69,17 @@ def trackers(names: list[str], where: Place) -> list[Any]:
         """MLflow's tracker on the SQLite store beside the runs, unless MLFLOW_TRACKING_URI names another."""
 
         def start(self) -> None:
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
-                import mlflow  # heavy: only when tracking to MLflow
-                where.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
-                mlflow.set_tracking_uri(f"sqlite:///{where.mlflow_db.resolve()}")
-                self.logging_dir = (where.mlflow_db.parent / "mlartifacts").resolve().as_uri()
-            super().start()
+            if os.environ.get("MLFLOW_TRACKING_URI"):
+                super().start()
+                return
+            import mlflow  # heavy: only when tracking to MLflow
+            where.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(f"sqlite:///{where.mlflow_db.resolve()}")
+            self.logging_dir = (where.mlflow_db.parent / "mlartifacts").resolve().as_uri()
+            # tune's workers and compare's cells may start at once: one at a time creates the store's tables and
+            # the experiment, the others then find them
+            with exclusive(where.mlflow_db.with_name(where.mlflow_db.name + ".lock")):
+                super().start()
 
     made = {"tensorboard": lambda: TensorBoardTracker(where.tensorboard_dir.name, str(where.tensorboard_dir.parent)),
             "mlflow": lambda: LocalMLflow(experiment_name=where.group, run_name=where.name),
