@@ -99,7 +99,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps of 16 sentences")
     p.add_argument("--peak", type=float, default=240.0, help="fp32 GFLOP/s peak of this machine")
     args = p.parse_args()
-    spec = {"threads": args.threads, "model": args.model, "method": args.method, "steps": 3 if args.quick else args.steps}
+    spec = {"threads": args.threads, "model": args.model, "method": args.method,
+            "steps": 3 if args.quick else args.steps}
     results = {}
     for variant in ("eager", "compiled"):
         print(f"running {variant} ({args.method}, {args.model}) in a child process ...", flush=True)

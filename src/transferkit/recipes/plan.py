@@ -17,8 +17,8 @@
    plan.json holds every figure and run.yaml is a config `transferkit finetune --config` runs as is.
 
 With `models` (`plan --models a,b,PATH`), the candidates are first ranked by a transferability score on a
-sample of the training data, each model frozen (`plan_models`); the best-ranked is planned as above, and every other one gets the recommended
-method's memory and projected time (plan.json's "models").
+sample of the training data, each model frozen (`plan_models`); the best-ranked is planned as above, and every
+other one gets the recommended method's memory and projected time (plan.json's "models").
 
 Nothing here writes a run directory: the dry runs train in memory and are thrown away.
 """
