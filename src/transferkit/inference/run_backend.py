@@ -43,6 +43,7 @@ from ..core.lock import exclusive
 from ..core.runs import RUN_FILE, RunInfo
 from ..data.batches import FirstRows
 from ..data.bundled import cache_dir
+from ..data.fingerprint import file_sha256
 from ..modeling.resolve import load_tokenizer
 from . import onnx_gate
 from .loading import extra_weights, labelled_split, load_run_model, run_base, run_task
@@ -74,20 +75,12 @@ def fingerprint(info: RunInfo) -> str:
     h.update((Path(info.run_dir) / RUN_FILE).read_bytes())
     art = Path(info.artifact_dir)
     for path in sorted(p for p in art.rglob("*") if p.is_file() and p.name != "README.md"):
-        h.update(str(path.relative_to(art)).encode() + b"\0" + _sha256(path).encode())
+        h.update(str(path.relative_to(art)).encode() + b"\0" + file_sha256(path).encode())
     base = Path(run_base(info).path)
     if base.is_dir():
         for path in sorted(p for p in base.iterdir() if p.is_file()):
             st = path.stat()
             h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -108,7 +101,7 @@ def _remember(graph_sha: str) -> None:
     """Note a graph this machine built and checked (a backend/ folder that arrived with a copied run is not)."""
     known = [x for x in _built() if x != graph_sha] + [graph_sha]
     try:
-        (cache_dir()).mkdir(parents=True, exist_ok=True)
+        cache_dir().mkdir(parents=True, exist_ok=True)
         fs.write_json(cache_dir() / BUILT_FILE, known[-BUILT_MAX:])
     except (OSError, UserError):
         pass  # a read-only cache only means the graph is checked again next time
@@ -143,7 +136,7 @@ def cached(info: RunInfo, key: str | None = None) -> tuple[dict[str, Any] | None
     except (UserError, TypeError, KeyError):
         return None, f"{path} records no passing check"
     file = folder / VARIANTS[graph]
-    if not file.is_file() or record.get("graph_sha256") != _sha256(file):
+    if not file.is_file() or record.get("graph_sha256") != file_sha256(file):
         return None, f"{file.name} is missing or is not the graph that was checked"
     if record["graph_sha256"] not in _built():
         return None, "its graph was not built and checked on this machine"
@@ -277,7 +270,7 @@ def _build_graphs(run_dir: str | Path, info: RunInfo, task: Any, model: Any, spl
             "limits": onnx_gate.limits(), "rows_per_s": speeds})
         if graph is not None:
             record["check"] = record["checks"][graph]
-            record["graph_sha256"] = _sha256(tmp / VARIANTS[graph])
+            record["graph_sha256"] = file_sha256(tmp / VARIANTS[graph])
     _cache(run_dir, write, record)
     if record.get("graph_sha256"):
         _remember(record["graph_sha256"])
