@@ -14,7 +14,7 @@ import torch
 from transferkit import api
 from transferkit.inference import Predictor
 from transferkit.modeling import classifier
-from transferkit.modeling.resolve import BundledModel
+from transferkit.modeling.bundled_models import BundledModel
 from transferkit.core.registry import MODELS
 
 from helpers import tiny_config

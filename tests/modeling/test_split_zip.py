@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from transferkit.core.errors import UserError
-from transferkit.modeling.resolve import MPNET, list_models
+from transferkit.modeling.bundled_models import MPNET
+from transferkit.modeling.resolve import list_models
 from transferkit.modeling.split_zip import Part, SplitZipModel, fetch
 
 WEIGHTS = b"weights " * 5000

@@ -66,7 +66,7 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method", "transferkit.methods")
 DATASETS: Registry = Registry("dataset", "transferkit.data.bundled")
-MODELS: Registry = Registry("model", "transferkit.modeling.resolve")
+MODELS: Registry = Registry("model", "transferkit.modeling.bundled_models")
 TASKS: Registry = Registry("task", "transferkit.tasks")
 OBJECTIVES: Registry = Registry("objective", "transferkit.objectives")
 CORPORA: Registry = Registry("corpus", "transferkit.data.corpus")
